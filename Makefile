@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`. Both set the
+# machine up first (idempotent), so they work on a fresh Debian machine as root.
+PY := .venv/bin/python
+STATE ?= examples/standalone.yaml
+
+.PHONY: setup run test unit kernel proto proto-check bench clean
+
+setup:
+	@./scripts/setup.sh
+
+run: setup
+	$(PY) -m socklb.dataplane.cli run --state $(STATE)
+
+test: setup proto-check
+	$(PY) -m pytest -v -p no:cacheprovider tests
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+kernel: setup
+	$(PY) -m pytest -v -p no:cacheprovider tests/kernel
+
+proto: setup
+	./scripts/genproto.sh
+
+proto-check:
+	./scripts/genproto.sh --check
+
+bench: setup
+	$(PY) -m bench.datapath

@@ -1,0 +1,178 @@
+from socklb.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ServiceState(_message.Message):
+    __slots__ = ("name", "frontends", "backends", "selection", "affinity_timeout_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frontends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Frontend]
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    selection: _types_pb2.Selection
+    affinity_timeout_seconds: int
+    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class NodeState(_message.Message):
+    __slots__ = ("version", "services")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    services: _containers.RepeatedCompositeFieldContainer[ServiceState]
+    def __init__(self, version: _Optional[int] = ..., services: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
+
+class NodeStateDelta(_message.Message):
+    __slots__ = ("from_version", "version", "upserts", "removals")
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVALS_FIELD_NUMBER: _ClassVar[int]
+    from_version: int
+    version: int
+    upserts: _containers.RepeatedCompositeFieldContainer[ServiceState]
+    removals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_version: _Optional[int] = ..., version: _Optional[int] = ..., upserts: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ..., removals: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ApplyStateRequest(_message.Message):
+    __slots__ = ("full", "delta")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    full: NodeState
+    delta: NodeStateDelta
+    def __init__(self, full: _Optional[_Union[NodeState, _Mapping]] = ..., delta: _Optional[_Union[NodeStateDelta, _Mapping]] = ...) -> None: ...
+
+class ApplyStateResponse(_message.Message):
+    __slots__ = ("version", "frontends_written", "frontends_removed", "backends_written", "backends_removed", "duration_seconds")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    frontends_written: int
+    frontends_removed: int
+    backends_written: int
+    backends_removed: int
+    duration_seconds: float
+    def __init__(self, version: _Optional[int] = ..., frontends_written: _Optional[int] = ..., frontends_removed: _Optional[int] = ..., backends_written: _Optional[int] = ..., backends_removed: _Optional[int] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
+
+class DumpRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProgrammedFrontend(_message.Message):
+    __slots__ = ("id", "service", "frontend", "selection", "affinity_timeout_seconds", "slots")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    service: str
+    frontend: _types_pb2.Frontend
+    selection: _types_pb2.Selection
+    affinity_timeout_seconds: int
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[int] = ..., service: _Optional[str] = ..., frontend: _Optional[_Union[_types_pb2.Frontend, _Mapping]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity_timeout_seconds: _Optional[int] = ..., slots: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DumpServicesResponse(_message.Message):
+    __slots__ = ("frontends",)
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    frontends: _containers.RepeatedCompositeFieldContainer[ProgrammedFrontend]
+    def __init__(self, frontends: _Optional[_Iterable[_Union[ProgrammedFrontend, _Mapping]]] = ...) -> None: ...
+
+class ProgrammedBackend(_message.Message):
+    __slots__ = ("id", "frontend_id", "address", "port", "protocol", "state")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    frontend_id: int
+    address: str
+    port: int
+    protocol: _types_pb2.Protocol
+    state: _types_pb2.BackendState
+    def __init__(self, id: _Optional[int] = ..., frontend_id: _Optional[int] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., state: _Optional[_Union[_types_pb2.BackendState, str]] = ...) -> None: ...
+
+class DumpBackendsResponse(_message.Message):
+    __slots__ = ("backends",)
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    backends: _containers.RepeatedCompositeFieldContainer[ProgrammedBackend]
+    def __init__(self, backends: _Optional[_Iterable[_Union[ProgrammedBackend, _Mapping]]] = ...) -> None: ...
+
+class Flow(_message.Message):
+    __slots__ = ("frontend_id", "backend_id", "frontend", "backend_address", "backend_port")
+    FRONTEND_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_PORT_FIELD_NUMBER: _ClassVar[int]
+    frontend_id: int
+    backend_id: int
+    frontend: _types_pb2.Frontend
+    backend_address: str
+    backend_port: int
+    def __init__(self, frontend_id: _Optional[int] = ..., backend_id: _Optional[int] = ..., frontend: _Optional[_Union[_types_pb2.Frontend, _Mapping]] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ...) -> None: ...
+
+class DumpFlowsResponse(_message.Message):
+    __slots__ = ("flows",)
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
+
+class Counters(_message.Message):
+    __slots__ = ("translations", "affinity_hits", "no_backend", "policy_denies", "rev_nat_hits", "rev_nat_misses", "rev_nat_cleaned", "affinity_misses")
+    TRANSLATIONS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_HITS_FIELD_NUMBER: _ClassVar[int]
+    NO_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    POLICY_DENIES_FIELD_NUMBER: _ClassVar[int]
+    REV_NAT_HITS_FIELD_NUMBER: _ClassVar[int]
+    REV_NAT_MISSES_FIELD_NUMBER: _ClassVar[int]
+    REV_NAT_CLEANED_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_MISSES_FIELD_NUMBER: _ClassVar[int]
+    translations: int
+    affinity_hits: int
+    no_backend: int
+    policy_denies: int
+    rev_nat_hits: int
+    rev_nat_misses: int
+    rev_nat_cleaned: int
+    affinity_misses: int
+    def __init__(self, translations: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., no_backend: _Optional[int] = ..., policy_denies: _Optional[int] = ..., rev_nat_hits: _Optional[int] = ..., rev_nat_misses: _Optional[int] = ..., rev_nat_cleaned: _Optional[int] = ..., affinity_misses: _Optional[int] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node", "cgroup", "pin_dir", "applied_version", "adopted", "kernel")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    PIN_DIR_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADOPTED_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    cgroup: str
+    pin_dir: str
+    applied_version: int
+    adopted: bool
+    kernel: str
+    def __init__(self, node: _Optional[str] = ..., cgroup: _Optional[str] = ..., pin_dir: _Optional[str] = ..., applied_version: _Optional[int] = ..., adopted: _Optional[bool] = ..., kernel: _Optional[str] = ...) -> None: ...
