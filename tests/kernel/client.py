@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Test client: joins a cgroup (and a network namespace) before it creates any
+socket, then runs JSON commands, one per stdin line, answering one JSON line
+each on stdout. Standard library only.
+
+    client.py [--cgroup /sys/fs/cgroup/.../socklb-test-1-0] [--netns /run/netns/NAME]
+
+First output line: {"pid", "cgroup", "netns"}. Commands (``op``):
+
+- tcp_many {addr, port, n, detail?}: n times connect, getpeername, send a line,
+  read the backend's name, close. -> {counts, peers, errors, [conns]}
+- tcp_open {id, addr, port}: a connection that stays open. -> {peer, backend}
+- tcp_ping {id}: one more request on it. -> {backend} or {error}
+- close {id}
+- udp_sendto {addr, port, n}: unconnected socket, n times sendto + recvfrom.
+  -> {counts, sources, errors}
+- udp_connected {addr, port, n}: connect, getpeername, n times send/recv (and
+  recvfrom, to see the source). -> {peer, counts, sources, errors}
+- connect_error {addr, port, proto}: -> {error} (null if it connected)
+- loop_start {addr, port, max}: a thread doing tcp requests back to back.
+- loop_status: -> {ok, failed, errors, counts}
+- loop_stop: stops it and returns the final loop_status.
+"""
+
+import argparse
+import ctypes
+import errno
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+CLONE_NEWNET = 0x40000000
+IO_TIMEOUT = 20.0  # a hang guard only
+
+
+def join(cgroup, netns):
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    if netns:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(netns, os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+        finally:
+            os.close(fd)
+
+
+def my_cgroup():
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return ""
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def errname(e):
+    if isinstance(e, socket.timeout):
+        return "TIMEOUT"
+    if isinstance(e, OSError) and e.errno is not None:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return type(e).__name__
+
+
+def peer_str(p):
+    return [p[0], p[1]]
+
+
+def readline(s):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "closed by peer")
+        buf += chunk
+    return buf.decode().strip()
+
+
+class Counter(dict):
+    def add(self, key):
+        self[key] = self.get(key, 0) + 1
+
+
+def tcp_request(addr, port):
+    """One connection: returns (backend, peer, t_before, t_after_connect)."""
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    try:
+        s.settimeout(IO_TIMEOUT)
+        t0 = time.monotonic()
+        s.connect((addr, port))
+        t1 = time.monotonic()
+        peer = s.getpeername()
+        s.sendall(b"ping\n")
+        return readline(s), peer_str(peer), t0, t1
+    finally:
+        s.close()
+
+
+class Loop(threading.Thread):
+    def __init__(self, addr, port, maximum):
+        super().__init__(daemon=True)
+        self.addr, self.port, self.max = addr, port, maximum
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.errors = Counter()
+        self.counts = Counter()
+
+    def run(self):
+        for _ in range(self.max):
+            if self.stop_flag.is_set():
+                break
+            try:
+                backend, _, _, _ = tcp_request(self.addr, self.port)
+                with self.lock:
+                    self.ok += 1
+                    self.counts.add(backend)
+            except Exception as e:
+                with self.lock:
+                    self.failed += 1
+                    self.errors.add(errname(e))
+
+    def status(self):
+        with self.lock:
+            return {
+                "ok": self.ok,
+                "failed": self.failed,
+                "errors": dict(self.errors),
+                "counts": dict(self.counts),
+                "running": self.is_alive(),
+            }
+
+
+class Server:
+    def __init__(self):
+        self.socks = {}
+        self.loop = None
+
+    def op_tcp_many(self, addr, port, n, detail=False):
+        counts, peers, errors, conns = Counter(), Counter(), Counter(), []
+        for _ in range(n):
+            try:
+                backend, peer, t0, t1 = tcp_request(addr, port)
+                counts.add(backend)
+                peers.add(json.dumps(peer))
+                if detail:
+                    conns.append({"backend": backend, "t0": t0, "t1": t1})
+            except Exception as e:
+                errors.add(errname(e))
+                if detail:
+                    conns.append({"error": errname(e)})
+        res = {"counts": counts, "peers": {k: v for k, v in peers.items()}, "errors": errors}
+        if detail:
+            res["conns"] = conns
+        return res
+
+    def op_tcp_open(self, id, addr, port):
+        s = socket.socket(family(addr), socket.SOCK_STREAM)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            s.connect((addr, port))
+        except Exception as e:
+            s.close()
+            return {"error": errname(e)}
+        self.socks[id] = s
+        peer = s.getpeername()
+        s.sendall(b"ping\n")
+        return {"peer": peer_str(peer), "backend": readline(s)}
+
+    def op_tcp_ping(self, id):
+        s = self.socks[id]
+        try:
+            s.sendall(b"ping\n")
+            return {"backend": readline(s), "peer": peer_str(s.getpeername())}
+        except Exception as e:
+            return {"error": errname(e)}
+
+    def op_close(self, id):
+        s = self.socks.pop(id, None)
+        if s:
+            s.close()
+        return {}
+
+    def _udp_exchange(self, s, send, n):
+        counts, sources, errors = Counter(), Counter(), Counter()
+        for _ in range(n):
+            try:
+                send()
+                data, src = s.recvfrom(65535)
+                counts.add(data.decode())
+                sources.add(json.dumps(peer_str(src)))
+            except Exception as e:
+                errors.add(errname(e))
+        return counts, sources, errors
+
+    def op_udp_sendto(self, addr, port, n):
+        s = socket.socket(family(addr), socket.SOCK_DGRAM)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            counts, sources, errors = self._udp_exchange(
+                s, lambda: s.sendto(b"ping", (addr, port)), n)
+        finally:
+            s.close()
+        return {"counts": counts, "sources": sources, "errors": errors}
+
+    def op_udp_connected(self, addr, port, n):
+        s = socket.socket(family(addr), socket.SOCK_DGRAM)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            try:
+                s.connect((addr, port))
+            except Exception as e:
+                return {"error": errname(e)}
+            peer = peer_str(s.getpeername())
+            counts, sources, errors = self._udp_exchange(s, lambda: s.send(b"ping"), n)
+            # plain recv() on the connected socket as well
+            try:
+                s.send(b"ping")
+                counts.add(s.recv(65535).decode())
+            except Exception as e:
+                errors.add(errname(e))
+        finally:
+            s.close()
+        return {"peer": peer, "counts": counts, "sources": sources, "errors": errors}
+
+    def op_connect_error(self, addr, port, proto="tcp"):
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        s = socket.socket(family(addr), kind)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            s.connect((addr, port))
+            if proto == "udp":
+                # connect() of UDP does not talk to anyone; sending does
+                s.send(b"ping")
+            return {"error": None, "peer": peer_str(s.getpeername())}
+        except Exception as e:
+            return {"error": errname(e)}
+        finally:
+            s.close()
+
+    def op_sendto_error(self, addr, port):
+        s = socket.socket(family(addr), socket.SOCK_DGRAM)
+        try:
+            s.sendto(b"ping", (addr, port))
+            return {"error": None}
+        except Exception as e:
+            return {"error": errname(e)}
+        finally:
+            s.close()
+
+    def op_loop_start(self, addr, port, max=100000):
+        self.loop = Loop(addr, port, max)
+        self.loop.start()
+        return {}
+
+    def op_loop_status(self):
+        return self.loop.status()
+
+    def op_loop_stop(self):
+        self.loop.stop_flag.set()
+        self.loop.join(IO_TIMEOUT * 2)
+        return self.loop.status()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cgroup")
+    ap.add_argument("--netns")
+    args = ap.parse_args()
+    join(args.cgroup, args.netns)
+    out = sys.stdout
+    out.write(json.dumps({
+        "pid": os.getpid(),
+        "cgroup": my_cgroup(),
+        "netns": os.readlink("/proc/self/ns/net"),
+    }) + "\n")
+    out.flush()
+    srv = Server()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        op = req.pop("op")
+        try:
+            res = getattr(srv, "op_" + op)(**req)
+        except Exception as e:  # report, keep serving
+            res = {"exception": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
