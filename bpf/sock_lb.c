@@ -1,0 +1,312 @@
+/* socklb socket load balancing: cgroup sock_addr hooks that translate a
+ * service VIP to a backend once, at connect()/sendmsg(), and translate back
+ * at recvmsg()/getpeername(). Compiled by bcc; the loader passes
+ * -DSOCKLB_PIN_DIR="..." so every map is pinned (and adopted on restart).
+ *
+ * Each hook has one body shared by both families: the v6 flag is a
+ * compile-time constant after inlining, so each program keeps only the
+ * context accesses its attach type allows.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+#include <linux/errno.h>
+#include "socklb.h"
+
+#define PIN(name) SOCKLB_PIN_DIR "/" name
+
+BPF_TABLE_PINNED("hash", struct socklb_svc_key, struct socklb_svc_val, services,
+		 SOCKLB_SERVICES_MAX, PIN("services"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", u32, struct socklb_backend, backends, SOCKLB_BACKENDS_MAX,
+		 PIN("backends"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct socklb_affinity_key, struct socklb_affinity_val,
+		 affinity, SOCKLB_AFFINITY_MAX, PIN("affinity"));
+BPF_TABLE_PINNED("lru_hash", struct socklb_rnat_key, struct socklb_rnat_val, rev_nat,
+		 SOCKLB_REV_NAT_MAX, PIN("rev_nat"));
+BPF_TABLE_PINNED("percpu_array", u32, u64, counters, SOCKLB_CNT_MAX, PIN("counters"));
+BPF_TABLE_PINNED("array", u32, u64, meta, SOCKLB_META_MAX, PIN("meta"));
+
+/* Socket storage, pinned like the rest so that flows of sockets opened before
+ * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
+ * be pinned, hence the spelled-out declaration). */
+struct flows_table_t {
+	int key;
+	struct socklb_flow leaf;
+	void *(*sk_storage_get)(void *, void *, int);
+	int (*sk_storage_delete)(void *);
+	u32 flags;
+};
+__attribute__((section("maps/sk_storage:" PIN("flows"))))
+struct flows_table_t flows = { .flags = BPF_F_NO_PREALLOC };
+BPF_ANNOTATE_KV_PAIR(flows, int, struct socklb_flow);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *v = counters.lookup(&idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void ctx_load_addr(struct bpf_sock_addr *ctx, __u32 addr[4], const int v6)
+{
+	if (v6) {
+		addr[0] = ctx->user_ip6[0];
+		addr[1] = ctx->user_ip6[1];
+		addr[2] = ctx->user_ip6[2];
+		addr[3] = ctx->user_ip6[3];
+	} else {
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = bpf_htonl(0xffff);
+		addr[3] = ctx->user_ip4;
+	}
+}
+
+static __always_inline int addr_is_v4mapped(const __u32 addr[4])
+{
+	return addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff);
+}
+
+/* A v4 hook can only be given a v4 address; a v6 hook takes either (v4 as mapped). */
+static __always_inline int ctx_store_addr(struct bpf_sock_addr *ctx, const __u32 addr[4],
+					  __u16 port, const int v6)
+{
+	if (v6) {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	} else {
+		if (!addr_is_v4mapped(addr))
+			return -1;
+		ctx->user_ip4 = addr[3];
+	}
+	ctx->user_port = port;
+	return 0;
+}
+
+static __always_inline int addr_eq(const __u32 a[4], const __u32 b[4])
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline void addr_copy(__u32 dst[4], const __u32 src[4])
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+/* Maglev's key: the client netns, so one client sees one backend per
+ * frontend on every node. A 64-bit finaliser (splitmix64) spreads cookies,
+ * which are small sequential numbers. */
+static __always_inline __u32 maglev_hash(__u64 netns, __u32 frontend_id)
+{
+	__u64 x = netns ^ ((__u64)frontend_id << 32) ^ 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return (__u32)x ^ (__u32)(x >> 32);
+}
+
+static __always_inline struct socklb_backend *
+affinity_backend(const struct socklb_svc_val *master, __u64 netns, __u64 now, __u32 *backend_id)
+{
+	struct socklb_affinity_key ak = { .netns_cookie = netns, .frontend_id = master->id };
+	struct socklb_affinity_val *av = affinity.lookup(&ak);
+	struct socklb_backend *be;
+
+	if (!av || now - av->last_used_ns > (__u64)master->affinity_timeout * 1000000000ULL)
+		return NULL;
+	*backend_id = av->backend_id;
+	be = backends.lookup(backend_id);
+	/* A backend that left the frontend, or drains, takes no new flows. */
+	if (!be || be->frontend_id != master->id || be->state != SOCKLB_BE_ACTIVE)
+		return NULL;
+	av->last_used_ns = now;
+	return be;
+}
+
+static __always_inline struct socklb_backend *
+select_backend(struct socklb_svc_key *key, const struct socklb_svc_val *master, __u64 netns,
+	       __u32 *backend_id)
+{
+	struct socklb_backend *be;
+	struct socklb_svc_val *slot;
+	__u64 now = 0;
+	__u32 idx;
+
+	if (master->affinity_timeout) {
+		now = bpf_ktime_get_ns();
+		be = affinity_backend(master, netns, now, backend_id);
+		if (be) {
+			count(SOCKLB_CNT_AFFINITY_HIT);
+			return be;
+		}
+		count(SOCKLB_CNT_AFFINITY_MISS);
+	}
+	if (master->count == 0)
+		return NULL;
+	if (master->selection == SOCKLB_SEL_MAGLEV)
+		idx = maglev_hash(netns, master->id) % master->count;
+	else
+		idx = bpf_get_prandom_u32() % master->count;
+	key->slot = idx + 1;
+	slot = services.lookup(key);
+	key->slot = 0;
+	if (!slot)
+		return NULL;
+	*backend_id = slot->id;
+	be = backends.lookup(backend_id);
+	if (!be)
+		return NULL;
+	if (master->affinity_timeout) {
+		struct socklb_affinity_key ak = { .netns_cookie = netns, .frontend_id = master->id };
+		struct socklb_affinity_val av = { .last_used_ns = now, .backend_id = *backend_id };
+		affinity.update(&ak, &av);
+	}
+	return be;
+}
+
+static __always_inline void flow_record(struct socklb_flow *f, const struct socklb_svc_key *key,
+					const struct socklb_svc_val *master, __u32 backend_id,
+					const struct socklb_backend *be)
+{
+	f->frontend_id = master->id;
+	f->backend_id = backend_id;
+	addr_copy(f->vip, key->addr);
+	f->vip_port = key->port;
+	addr_copy(f->backend_addr, be->addr);
+	f->backend_port = be->port;
+	f->proto = key->proto;
+}
+
+/* Remember the reverse-NAT key on the socket so sock_release can delete it. */
+static __always_inline void flow_remember_rnat(struct socklb_flow *f, const struct socklb_rnat_key *rk)
+{
+	__u8 i;
+
+#pragma unroll
+	for (i = 0; i < SOCKLB_FLOW_RNAT_RING; i++) {
+		if (i < f->rnat_used && addr_eq(f->rnat[i].addr, rk->addr) && f->rnat[i].port == rk->port)
+			return;
+	}
+	i = f->rnat_next & (SOCKLB_FLOW_RNAT_RING - 1);
+	f->rnat[i] = *rk;
+	f->rnat_next = (i + 1) & (SOCKLB_FLOW_RNAT_RING - 1);
+	if (f->rnat_used < SOCKLB_FLOW_RNAT_RING)
+		f->rnat_used++;
+}
+
+/* Common part of connect and sendmsg: 1 = let the syscall go on (translated
+ * or not a VIP), 0 = fail it with ECONNREFUSED. */
+static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, const int sendmsg)
+{
+	struct socklb_svc_key key = {};
+	struct socklb_svc_val *master;
+	struct socklb_backend *be;
+	struct socklb_flow *f;
+	__u32 backend_id = 0;
+	__u64 netns;
+
+	ctx_load_addr(ctx, key.addr, v6);
+	key.port = (__u16)ctx->user_port;
+	key.proto = (__u8)ctx->protocol;
+	master = services.lookup(&key);
+	if (!master) {
+		/* A socket re-connected elsewhere must not keep reporting the old VIP. */
+		if (!sendmsg) {
+			f = flows.sk_storage_get(ctx->sk, 0, 0);
+			if (f)
+				f->frontend_id = 0;
+		}
+		return 1;
+	}
+	netns = bpf_get_netns_cookie(ctx);
+	be = select_backend(&key, master, netns, &backend_id);
+	if (!be || ctx_store_addr(ctx, be->addr, be->port, v6) < 0) {
+		count(SOCKLB_CNT_NO_BACKEND);
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+	count(SOCKLB_CNT_TRANSLATED);
+
+	f = flows.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (f)
+		flow_record(f, &key, master, backend_id, be);
+	if (sendmsg) {
+		struct socklb_rnat_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
+		struct socklb_rnat_val rv = { .frontend_id = master->id };
+
+		addr_copy(rk.addr, be->addr);
+		rk.port = be->port;
+		addr_copy(rv.addr, key.addr);
+		rv.port = key.port;
+		rev_nat.update(&rk, &rv);
+		if (f)
+			flow_remember_rnat(f, &rk);
+	}
+	return 1;
+}
+
+/* recvmsg and getpeername: report the VIP, not the backend. */
+static __always_inline int reverse(struct bpf_sock_addr *ctx, const int v6, const int recvmsg)
+{
+	struct socklb_flow *f;
+	__u32 addr[4];
+	__u16 port = (__u16)ctx->user_port;
+
+	ctx_load_addr(ctx, addr, v6);
+	f = flows.sk_storage_get(ctx->sk, 0, 0);
+	if (f && f->frontend_id && f->backend_port == port && addr_eq(f->backend_addr, addr)) {
+		ctx_store_addr(ctx, f->vip, f->vip_port, v6);
+		if (recvmsg)
+			count(SOCKLB_CNT_RNAT_HIT);
+		return 1;
+	}
+	if (!recvmsg || !f)
+		return 1;
+
+	struct socklb_rnat_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
+	struct socklb_rnat_val *rv;
+
+	addr_copy(rk.addr, addr);
+	rk.port = port;
+	rv = rev_nat.lookup(&rk);
+	if (!rv) {
+		count(SOCKLB_CNT_RNAT_MISS);
+		return 1;
+	}
+	ctx_store_addr(ctx, rv->addr, rv->port, v6);
+	count(SOCKLB_CNT_RNAT_HIT);
+	return 1;
+}
+
+int socklb_connect4(struct bpf_sock_addr *ctx) { return translate(ctx, 0, 0); }
+int socklb_connect6(struct bpf_sock_addr *ctx) { return translate(ctx, 1, 0); }
+int socklb_sendmsg4(struct bpf_sock_addr *ctx) { return translate(ctx, 0, 1); }
+int socklb_sendmsg6(struct bpf_sock_addr *ctx) { return translate(ctx, 1, 1); }
+int socklb_recvmsg4(struct bpf_sock_addr *ctx) { return reverse(ctx, 0, 1); }
+int socklb_recvmsg6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1, 1); }
+int socklb_getpeername4(struct bpf_sock_addr *ctx) { return reverse(ctx, 0, 0); }
+int socklb_getpeername6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1, 0); }
+
+/* The kernel frees the flow record with the socket; the reverse-NAT entries
+ * it made live in a map and are deleted here rather than left to the LRU. */
+int socklb_sock_release(struct bpf_sock *sk)
+{
+	struct socklb_flow *f = flows.sk_storage_get(sk, 0, 0);
+	__u8 i;
+
+	if (!f)
+		return 1;
+#pragma unroll
+	for (i = 0; i < SOCKLB_FLOW_RNAT_RING; i++) {
+		if (i < f->rnat_used) {
+			struct socklb_rnat_key rk = f->rnat[i];
+			if (rev_nat.delete(&rk) == 0)
+				count(SOCKLB_CNT_RNAT_CLEANED);
+		}
+	}
+	return 1;
+}

@@ -1,0 +1,145 @@
+/* socklb map layouts: the one place both the BPF programs and user space
+ * (socklb/dataplane/layout.py mirrors it; a test compares the two) agree on.
+ *
+ * Addresses are 16 bytes in network order for both families; an IPv4 address
+ * is stored v4-mapped (::ffff:a.b.c.d), so an IPv4 socket and a v4-mapped IPv6
+ * socket connecting to the same IPv4 VIP find the same service entry.
+ */
+#ifndef SOCKLB_H
+#define SOCKLB_H
+
+#ifndef SOCKLB_USERSPACE
+#include <linux/types.h>
+#endif
+
+/* Capacities; the loader may override them with -D at compile time. */
+#ifndef SOCKLB_SERVICES_MAX
+#define SOCKLB_SERVICES_MAX 262144 /* master + selection slots */
+#endif
+#ifndef SOCKLB_BACKENDS_MAX
+#define SOCKLB_BACKENDS_MAX 65536
+#endif
+#ifndef SOCKLB_AFFINITY_MAX
+#define SOCKLB_AFFINITY_MAX 65536
+#endif
+#ifndef SOCKLB_REV_NAT_MAX
+#define SOCKLB_REV_NAT_MAX 65536
+#endif
+
+/* Reverse-NAT keys an unconnected UDP socket remembers so that sock_release
+ * can delete them; older ones are left to the LRU. */
+#define SOCKLB_FLOW_RNAT_RING 4
+
+enum socklb_selection {
+	SOCKLB_SEL_RANDOM = 1,
+	SOCKLB_SEL_MAGLEV = 2,
+};
+
+enum socklb_backend_state {
+	SOCKLB_BE_ACTIVE = 1,
+	SOCKLB_BE_DRAINING = 2,
+	SOCKLB_BE_QUARANTINED = 3,
+};
+
+/* services: slot 0 is the master entry of a frontend (VIP, port, proto);
+ * slots 1..count hold the selection table (one backend id per slot). */
+struct socklb_svc_key {
+	__u32 addr[4];
+	__u16 port;  /* network order */
+	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+	__u16 slot;
+	__u16 pad2;
+};
+
+struct socklb_svc_val {
+	__u32 id;               /* master: frontend id; slot: backend id */
+	__u32 count;            /* master: slots in the table (0: no backend) */
+	__u32 affinity_timeout; /* master: seconds, 0 = no affinity */
+	__u8 selection;         /* master: enum socklb_selection */
+	__u8 flags;
+	__u16 pad;
+};
+
+/* backends: id -> address. An entry belongs to one frontend, so its state is
+ * that frontend's view of the backend. */
+struct socklb_backend {
+	__u32 addr[4];
+	__u16 port; /* network order */
+	__u8 proto;
+	__u8 state; /* enum socklb_backend_state */
+	__u32 frontend_id;
+};
+
+/* affinity (LRU): socket LB cannot see the client IP at connect time, so the
+ * client is its network namespace. */
+struct socklb_affinity_key {
+	__u64 netns_cookie;
+	__u32 frontend_id;
+	__u32 pad;
+};
+
+struct socklb_affinity_val {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* rev_nat (LRU): for unconnected UDP, (socket, backend) -> VIP that was asked. */
+struct socklb_rnat_key {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct socklb_rnat_val {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 frontend_id;
+};
+
+/* flows: socket storage, the conntrack entry of a load-balanced socket; the
+ * kernel frees it with the socket. */
+struct socklb_flow {
+	__u32 frontend_id;
+	__u32 backend_id;
+	__u32 vip[4];
+	__u32 backend_addr[4];
+	__u16 vip_port;     /* network order */
+	__u16 backend_port; /* network order */
+	__u8 proto;
+	__u8 rnat_next; /* next slot of rnat ring to overwrite */
+	__u8 rnat_used; /* valid entries in the rnat ring */
+	__u8 pad;
+	struct socklb_rnat_key rnat[SOCKLB_FLOW_RNAT_RING];
+};
+
+/* counters: per-CPU array indexed by this enum. */
+enum socklb_counter {
+	SOCKLB_CNT_TRANSLATED = 0,
+	SOCKLB_CNT_AFFINITY_HIT,
+	SOCKLB_CNT_AFFINITY_MISS,
+	SOCKLB_CNT_NO_BACKEND,
+	SOCKLB_CNT_POLICY_DENY,
+	SOCKLB_CNT_RNAT_HIT,
+	SOCKLB_CNT_RNAT_MISS,
+	SOCKLB_CNT_RNAT_CLEANED,
+	SOCKLB_CNT_MAX,
+};
+
+/* meta: array map of __u64, state the agent keeps with the maps. */
+enum socklb_meta {
+	SOCKLB_META_VERSION = 0,      /* last applied desired-state version */
+	SOCKLB_META_NEXT_FRONTEND_ID, /* ids are never reused while pinned */
+	SOCKLB_META_NEXT_BACKEND_ID,
+	SOCKLB_META_LAYOUT,           /* SOCKLB_LAYOUT_VERSION of the maps */
+	SOCKLB_META_MAX,
+};
+
+/* Bump when a map layout changes: pinned maps of another layout are not adopted. */
+#define SOCKLB_LAYOUT_VERSION 1
+
+#endif /* SOCKLB_H */

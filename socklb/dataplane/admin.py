@@ -1,0 +1,109 @@
+"""The node admin API (socklb.v1.NodeAdmin) over a unix socket."""
+from __future__ import annotations
+
+import os
+import platform
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
+
+from . import layout
+from .agent import Agent, StateUnknown
+from .desired import InvalidState
+from .flows import read_flows
+
+_STATE_TO_PB = {
+    layout.BackendState.ACTIVE: types_pb2.BACKEND_STATE_ACTIVE,
+    layout.BackendState.DRAINING: types_pb2.BACKEND_STATE_DRAINING,
+    layout.BackendState.QUARANTINED: types_pb2.BACKEND_STATE_QUARANTINED,
+}
+_SEL_TO_PB = {layout.Selection.RANDOM: types_pb2.SELECTION_RANDOM,
+              layout.Selection.MAGLEV: types_pb2.SELECTION_MAGLEV}
+_PROTO_TO_PB = {6: types_pb2.PROTOCOL_TCP, 17: types_pb2.PROTOCOL_UDP}
+
+
+def frontend_pb(addr: bytes, port: int, proto: int) -> types_pb2.Frontend:
+    return types_pb2.Frontend(address=layout.unpack_addr(layout.pack_addr(addr)), port=port,
+                              protocol=_PROTO_TO_PB.get(proto, types_pb2.PROTOCOL_UNSPECIFIED))
+
+
+class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    def GetState(self, request, context):
+        return self.agent.state()
+
+    def ApplyState(self, request, context):
+        try:
+            if request.WhichOneof("state") == "delta":
+                r = self.agent.apply_delta(request.delta)
+            elif request.WhichOneof("state") == "full":
+                r = self.agent.apply(request.full)
+            else:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "state: give `full` or `delta`")
+        except InvalidState as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StateUnknown as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except OSError as e:
+            context.abort(grpc.StatusCode.INTERNAL, f"map update failed, previous state restored: {e}")
+        return node_pb2.ApplyStateResponse(
+            version=r.version, frontends_written=r.frontends_written, frontends_removed=r.frontends_removed,
+            backends_written=r.backends_written, backends_removed=r.backends_removed,
+            duration_seconds=r.duration)
+
+    def DumpServices(self, request, context):
+        out = node_pb2.DumpServicesResponse()
+        for fe in sorted(self.agent.programmed.frontends.values(), key=lambda f: f.id):
+            out.frontends.append(node_pb2.ProgrammedFrontend(
+                id=fe.id, service=fe.service, frontend=frontend_pb(fe.key.addr, fe.key.port, fe.key.proto),
+                selection=_SEL_TO_PB[fe.selection], affinity_timeout_seconds=fe.affinity_timeout,
+                slots=list(fe.slots)))
+        return out
+
+    def DumpBackends(self, request, context):
+        out = node_pb2.DumpBackendsResponse()
+        for b in sorted(self.agent.programmed.backends.values(), key=lambda b: b.id):
+            out.backends.append(node_pb2.ProgrammedBackend(
+                id=b.id, frontend_id=b.frontend_id, address=layout.unpack_addr(layout.pack_addr(b.addr)),
+                port=b.port, protocol=_PROTO_TO_PB.get(b.proto, 0), state=_STATE_TO_PB[b.state]))
+        return out
+
+    def DumpFlows(self, request, context):
+        out = node_pb2.DumpFlowsResponse()
+        for f in read_flows(self.agent.datapath):
+            out.flows.append(node_pb2.Flow(
+                frontend_id=f.frontend_id, backend_id=f.backend_id,
+                frontend=frontend_pb(bytes(f.vip), layout.port_host(f.vip_port), f.proto),
+                backend_address=layout.unpack_addr(f.backend_addr), backend_port=layout.port_host(f.backend_port)))
+        return out
+
+    def GetCounters(self, request, context):
+        c = self.agent.store.counters_sum()
+        C = layout.Counter
+        return node_pb2.Counters(
+            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
+            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
+            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
+
+    def GetInfo(self, request, context):
+        dp = self.agent.datapath
+        return node_pb2.NodeInfo(node=self.agent.node, cgroup=str(dp.cgroup), pin_dir=str(dp.pin_dir),
+                                 applied_version=self.agent.applied_version, adopted=dp.adopted,
+                                 kernel=platform.release())
+
+
+def serve(agent: Agent, socket_path: Path) -> grpc.Server:
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if socket_path.exists():
+        socket_path.unlink()  # a stale socket of a killed agent
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminServicer(agent), server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    server.start()
+    os.chmod(socket_path, 0o600)  # admin rights on the node: root only
+    return server

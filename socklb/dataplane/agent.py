@@ -1,0 +1,122 @@
+"""The node agent's core: owns the datapath and applies desired states to it,
+all or nothing."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from socklb.v1 import node_pb2
+
+from . import layout
+from .desired import FrontendTarget, InvalidState, Limits, frontend_targets, merge_delta
+from .loader import Datapath
+from .maps import MapStore
+from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
+
+log = logging.getLogger(__name__)
+
+
+class StateUnknown(RuntimeError):
+    """A delta arrived but the node does not hold the full state it builds on."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    version: int
+    frontends_written: int
+    frontends_removed: int
+    backends_written: int
+    backends_removed: int
+    duration: float
+
+
+class Agent:
+    def __init__(self, datapath: Datapath, node: str):
+        self.datapath = datapath
+        self.node = node
+        self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
+        self._lock = threading.Lock()
+        self.store: MapStore | None = None
+        self.programmed = Programmed()
+        # Services of the last applied state; None after a restart until a
+        # full state arrives (the maps hold addresses, not names and weights).
+        self.applied: node_pb2.NodeState | None = None
+        self.applied_version = 0
+
+    def start(self) -> None:
+        self.datapath.load()
+        self.store = MapStore(self.datapath.maps)
+        self.programmed = self.store.read_programmed()
+        self.applied_version = self.store.meta_get(layout.Meta.VERSION)
+        log.info("programmed state read back: %d frontends, %d backends, version %d",
+                 len(self.programmed.frontends), len(self.programmed.backends), self.applied_version)
+
+    def state(self) -> node_pb2.NodeState:
+        with self._lock:
+            if self.applied is not None:
+                return node_pb2.NodeState.FromString(self.applied.SerializeToString())
+            return node_pb2.NodeState(version=self.applied_version)
+
+    def apply(self, state: node_pb2.NodeState) -> ApplyResult:
+        """Validate, plan and write; on any error the maps are as before."""
+        start = time.monotonic()
+        targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
+        with self._lock:
+            return self._apply_locked(state, targets, start)
+
+    def apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
+        start = time.monotonic()
+        with self._lock:
+            if self.applied is None:
+                raise StateUnknown("this node has not received a full state since it started; "
+                                   "send a full state")
+            merged = merge_delta(self.applied, delta)
+            targets = frontend_targets(merged, self.limits)
+            return self._apply_locked(merged, targets, start)
+
+    def _apply_locked(self, state, targets: dict, start: float) -> ApplyResult:
+        plan = make_plan(self.programmed, targets)
+        try:
+            self.store.execute(plan)
+        except Exception:
+            log.exception("map update failed; restoring the previous state")
+            self._restore(self.programmed)
+            raise
+        self.store.meta_set(layout.Meta.VERSION, state.version)
+        self.programmed = plan.result
+        self.applied = node_pb2.NodeState.FromString(state.SerializeToString())
+        self.applied_version = state.version
+        result = ApplyResult(
+            version=state.version,
+            frontends_written=plan.count(PutMaster),
+            frontends_removed=plan.count(DeleteMaster),
+            backends_written=plan.count(PutBackend),
+            backends_removed=plan.count(DeleteBackend),
+            duration=time.monotonic() - start,
+        )
+        log.info("applied version %d: %s", state.version, result)
+        return result
+
+    def _restore(self, previous: Programmed) -> None:
+        current = self.store.read_programmed()
+        plan = make_plan(current, targets_of(previous))
+        self.store.execute(plan)
+
+
+def targets_of(prog: Programmed) -> dict:
+    """Targets that reproduce a programmed state exactly (same ids, same slots)."""
+    from .desired import BackendTarget
+
+    out = {}
+    for key, fe in prog.frontends.items():
+        mine = sorted((b for b in prog.backends.values() if b.frontend_id == fe.id), key=lambda b: b.id)
+        index = {b.id: i for i, b in enumerate(mine)}
+        backends = tuple(BackendTarget(b.addr, b.port, b.state, 1) for b in mine)
+        out[key] = FrontendTarget(fe.service, key, fe.selection, fe.affinity_timeout, backends,
+                                  tuple(index[s] for s in fe.slots if s in index))
+    return out
+
+
+__all__ = ["Agent", "ApplyResult", "InvalidState", "StateUnknown"]

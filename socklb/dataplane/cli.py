@@ -1,0 +1,254 @@
+"""socklb-dataplane: the node agent and its operator commands.
+
+  run      load + attach (or adopt) the programs, serve the admin API, and in
+           standalone mode apply a desired-state file (re-read on change/SIGHUP)
+  apply    send a state file to a running agent
+  dump     services | backends | flows | counters | state | info
+  detach   remove the programs and pins
+  exec     run a command inside the load-balanced cgroup
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from socklb.v1 import node_pb2, node_pb2_grpc
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
+DEFAULT_ADMIN_SOCKET = Path("/run/socklb/admin.sock")
+DEFAULT_CGROUP = "socklb"
+
+log = logging.getLogger("socklb.dataplane")
+
+
+class CliError(Exception):
+    pass
+
+
+def resolve_cgroup(value: str, create: bool) -> Path:
+    from .kernel import cgroup2_mount
+
+    path = Path(value)
+    if not path.is_absolute():
+        path = cgroup2_mount() / value
+    if not path.exists():
+        if not create:
+            raise CliError(f"cgroup {path} does not exist")
+        path.mkdir(parents=True)
+    if not (path / "cgroup.procs").exists():
+        raise CliError(f"{path} is not a cgroup v2 directory")
+    return path
+
+
+# --- run -------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from . import admin
+    from .agent import Agent
+    from .desired import InvalidState
+    from .loader import Capacity, Datapath, LoadError
+    from .statefile import load_state
+
+    cap = Capacity(services=args.services_max, backends=args.backends_max,
+                   affinity=args.affinity_max, rev_nat=args.rev_nat_max)
+    dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
+    agent = Agent(dp, args.node)
+    try:
+        agent.start()
+    except (LoadError, OSError) as e:
+        raise CliError(f"cannot load the datapath: {e}") from e
+
+    reload = threading.Event()
+    stop = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def apply_file() -> None:
+        try:
+            agent.apply(load_state(args.state))
+        except InvalidState as e:
+            log.error("state file rejected, nothing changed: %s", e)
+        except OSError as e:
+            log.error("applying %s failed, previous state restored: %s", args.state, e)
+
+    mtime = None
+    if args.state:
+        mtime = _mtime(args.state)
+        apply_file()
+    server = admin.serve(agent, Path(args.admin_socket))
+    log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
+    try:
+        while not stop.wait(1.0):
+            if args.state:
+                now = _mtime(args.state)
+                if reload.is_set() or now != mtime:
+                    reload.clear()
+                    mtime = now
+                    apply_file()
+    finally:
+        server.stop(grace=1).wait()
+        # Programs stay attached and maps pinned: stopping the agent must not
+        # interrupt traffic. `detach` removes them.
+        log.info("stopped; programs stay attached (use `detach` to remove them)")
+    return 0
+
+
+def _mtime(path) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+# --- admin client commands ------------------------------------------------
+
+def _stub(args) -> node_pb2_grpc.NodeAdminStub:
+    path = Path(args.admin_socket)
+    if not path.exists():
+        raise CliError(f"no agent is listening on {path} (is `socklb-dataplane run` running?)")
+    return node_pb2_grpc.NodeAdminStub(grpc.insecure_channel(f"unix://{path}"))
+
+
+def _print(msg, args) -> None:
+    if args.output == "json":
+        print(json_format.MessageToJson(msg, always_print_fields_with_no_presence=True, indent=2))
+    else:
+        print(json_format.MessageToJson(msg, indent=2) if msg.ByteSize() else "(empty)")
+
+
+def cmd_apply(args) -> int:
+    from .statefile import load_state
+
+    state = load_state(args.file)
+    resp = _stub(args).ApplyState(node_pb2.ApplyStateRequest(full=state), timeout=args.timeout)
+    _print(resp, args)
+    return 0
+
+
+def cmd_dump(args) -> int:
+    stub = _stub(args)
+    req = node_pb2.DumpRequest()
+    call = {
+        "services": lambda: stub.DumpServices(req, timeout=args.timeout),
+        "backends": lambda: stub.DumpBackends(req, timeout=args.timeout),
+        "flows": lambda: stub.DumpFlows(req, timeout=args.timeout),
+        "counters": lambda: stub.GetCounters(req, timeout=args.timeout),
+        "state": lambda: stub.GetState(node_pb2.GetStateRequest(), timeout=args.timeout),
+        "info": lambda: stub.GetInfo(node_pb2.GetInfoRequest(), timeout=args.timeout),
+    }[args.what]
+    _print(call(), args)
+    return 0
+
+
+def cmd_detach(args) -> int:
+    from .loader import detach
+
+    pin_dir = Path(args.pin_dir)
+    if not pin_dir.exists():
+        raise CliError(f"{pin_dir} does not exist: nothing to detach")
+    removed = detach(pin_dir)
+    for p in removed:
+        print(f"removed {p}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    if not args.command:
+        raise CliError("exec: give a command after --")
+    cg = resolve_cgroup(args.cgroup, create=False)
+    (cg / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        os.execvp(args.command[0], args.command)
+    except OSError as e:
+        raise CliError(f"exec {args.command[0]}: {e.strerror}") from e
+    return 127
+
+
+# --- main ------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import layout
+
+    p = argparse.ArgumentParser(prog="socklb-dataplane", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def admin_opts(sp):
+        sp.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+        sp.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        sp.add_argument("--timeout", type=float, default=30.0)
+
+    r = sub.add_parser("run", help="run the node agent")
+    r.add_argument("--state", help="desired-state file (YAML/JSON NodeState): standalone mode")
+    r.add_argument("--cgroup", default=DEFAULT_CGROUP,
+                   help="cgroup v2 whose processes are load-balanced (absolute, or relative to the "
+                        "cgroup2 mount; created if missing)")
+    r.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    r.add_argument("--admin-socket", default=str(DEFAULT_ADMIN_SOCKET))
+    r.add_argument("--node", default=socket.gethostname())
+    r.add_argument("--services-max", type=int, default=layout.SERVICES_MAX)
+    r.add_argument("--backends-max", type=int, default=layout.BACKENDS_MAX)
+    r.add_argument("--affinity-max", type=int, default=layout.AFFINITY_MAX)
+    r.add_argument("--rev-nat-max", type=int, default=layout.REV_NAT_MAX)
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("apply", help="apply a desired-state file through the admin API")
+    a.add_argument("file")
+    admin_opts(a)
+    a.set_defaults(func=cmd_apply)
+
+    d = sub.add_parser("dump", help="show what the node has programmed")
+    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info"])
+    admin_opts(d)
+    d.set_defaults(func=cmd_dump)
+
+    x = sub.add_parser("detach", help="remove the programs and pins")
+    x.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    x.add_argument("--cgroup", help="accepted for symmetry with run; links know their cgroup")
+    x.set_defaults(func=cmd_detach)
+
+    e = sub.add_parser("exec", help="run a command inside the load-balanced cgroup")
+    e.add_argument("--cgroup", default=DEFAULT_CGROUP)
+    e.add_argument("command", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_exec)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .desired import InvalidState
+
+    try:
+        return args.func(args)
+    except InvalidState as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2 if e.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+    except PermissionError as e:
+        print(f"error: {e} (the dataplane needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Desired state (socklb.v1.NodeState) -> validated per-frontend targets.
+
+Pure: no I/O. Every error names the offending field as a path into the
+message (`services[2].frontends[0].address`), and nothing is returned
+half-checked: a state is either entirely valid or rejected.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from socklb.lb import selection
+from socklb.v1 import node_pb2, types_pb2
+
+from . import layout
+
+PROTOCOLS = {
+    types_pb2.PROTOCOL_UNSPECIFIED: socket.IPPROTO_TCP,  # like Kubernetes, TCP unless told
+    types_pb2.PROTOCOL_TCP: socket.IPPROTO_TCP,
+    types_pb2.PROTOCOL_UDP: socket.IPPROTO_UDP,
+}
+STATES = {
+    types_pb2.BACKEND_STATE_UNSPECIFIED: layout.BackendState.ACTIVE,
+    types_pb2.BACKEND_STATE_ACTIVE: layout.BackendState.ACTIVE,
+    types_pb2.BACKEND_STATE_DRAINING: layout.BackendState.DRAINING,
+    types_pb2.BACKEND_STATE_QUARANTINED: layout.BackendState.QUARANTINED,
+}
+SELECTIONS = {
+    types_pb2.SELECTION_UNSPECIFIED: layout.Selection.RANDOM,
+    types_pb2.SELECTION_RANDOM: layout.Selection.RANDOM,
+    types_pb2.SELECTION_MAGLEV: layout.Selection.MAGLEV,
+}
+MAX_WEIGHT = 65535
+MAX_AFFINITY_SECONDS = 86400 * 7
+MAX_NAME = 253
+
+
+class InvalidState(ValueError):
+    """The desired state is wrong; `field` is the path of the culprit."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, order=True)
+class FrontendKey:
+    addr: bytes  # 16 bytes, IPv4 v4-mapped
+    port: int
+    proto: int  # IPPROTO_*
+
+    @property
+    def is_v4(self) -> bool:
+        return self.addr[:12] == b"\0" * 10 + b"\xff\xff"
+
+    def __str__(self) -> str:
+        ip = ipaddress.IPv6Address(self.addr)
+        host = str(ip.ipv4_mapped) if ip.ipv4_mapped else f"[{ip}]"
+        return f"{host}:{self.port}/{'tcp' if self.proto == socket.IPPROTO_TCP else 'udp'}"
+
+
+@dataclass(frozen=True)
+class BackendTarget:
+    addr: bytes
+    port: int
+    state: layout.BackendState
+    weight: int
+
+
+@dataclass(frozen=True)
+class FrontendTarget:
+    service: str
+    key: FrontendKey
+    selection: layout.Selection
+    affinity_timeout: int
+    backends: tuple[BackendTarget, ...]
+    # Selection table: indices into `backends`, ACTIVE ones only.
+    table: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    services: int = layout.SERVICES_MAX  # master + slot entries
+    backends: int = layout.BACKENDS_MAX
+
+
+def _ip(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        ip = ipaddress.ip_address(text.strip("[]") if text.startswith("[") else text)
+    except ValueError:
+        raise InvalidState(field, f"{text!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        raise InvalidState(field, f"{ip} cannot be used (unspecified or multicast)")
+    return ip
+
+
+def _addr16(ip) -> bytes:
+    return layout.addr16(str(ip))
+
+
+def _port(value: int, field: str, allow_zero: bool) -> int:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise InvalidState(field, f"port {value} is out of range {0 if allow_zero else 1}..65535")
+    return value
+
+
+def _enum(table: dict, value: int, field: str, kind: str):
+    if value not in table:
+        raise InvalidState(field, f"unknown {kind} {value}")
+    return table[value]
+
+
+def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> dict[FrontendKey, FrontendTarget]:
+    """Validate a whole NodeState and expand it into one target per frontend."""
+    targets: dict[FrontendKey, FrontendTarget] = {}
+    owner: dict[FrontendKey, str] = {}
+    names: dict[str, int] = {}
+    for si, svc in enumerate(state.services):
+        sf = f"services[{si}]"
+        if not svc.name:
+            raise InvalidState(f"{sf}.name", "must not be empty")
+        if len(svc.name) > MAX_NAME:
+            raise InvalidState(f"{sf}.name", f"longer than {MAX_NAME} characters")
+        if svc.name in names:
+            raise InvalidState(f"{sf}.name", f"{svc.name!r} is already services[{names[svc.name]}]")
+        names[svc.name] = si
+        for t in service_targets(svc, sf):
+            if t.key in targets:
+                raise InvalidState(_frontend_field(svc, sf, t.key),
+                                   f"frontend {t.key} is already used by {owner[t.key]}")
+            targets[t.key] = t
+            owner[t.key] = f"{sf} ({svc.name!r})"
+    check_capacity(targets.values(), limits)
+    return targets
+
+
+def _frontend_field(svc, sf: str, key: FrontendKey) -> str:
+    for fi, fe in enumerate(svc.frontends):
+        ip = _ip(fe.address, "")
+        if _addr16(ip) == key.addr and fe.port == key.port and PROTOCOLS[fe.protocol] == key.proto:
+            return f"{sf}.frontends[{fi}]"
+    return f"{sf}.frontends"
+
+
+def service_targets(svc: node_pb2.ServiceState, sf: str) -> list[FrontendTarget]:
+    sel = _enum(SELECTIONS, svc.selection, f"{sf}.selection", "selection")
+    if svc.affinity_timeout_seconds > MAX_AFFINITY_SECONDS:
+        raise InvalidState(f"{sf}.affinity_timeout_seconds",
+                           f"{svc.affinity_timeout_seconds} s exceeds {MAX_AFFINITY_SECONDS} s")
+    backends = []
+    seen: dict[tuple, int] = {}
+    for bi, be in enumerate(svc.backends):
+        bf = f"{sf}.backends[{bi}]"
+        ip = _ip(be.address, f"{bf}.address")
+        port = _port(be.port, f"{bf}.port", allow_zero=True)
+        if be.weight > MAX_WEIGHT:
+            raise InvalidState(f"{bf}.weight", f"{be.weight} exceeds {MAX_WEIGHT}")
+        state = _enum(STATES, be.state, f"{bf}.state", "backend state")
+        ident = (ip, port)
+        if ident in seen:
+            raise InvalidState(f"{bf}", f"duplicate of backends[{seen[ident]}] ({be.address} port {port})")
+        seen[ident] = bi
+        backends.append((ip, port, state, be.weight or 1))
+
+    out = []
+    seen_fe: dict[FrontendKey, int] = {}
+    for fi, fe in enumerate(svc.frontends):
+        ff = f"{sf}.frontends[{fi}]"
+        ip = _ip(fe.address, f"{ff}.address")
+        port = _port(fe.port, f"{ff}.port", allow_zero=False)
+        proto = _enum(PROTOCOLS, fe.protocol, f"{ff}.protocol", "protocol")
+        key = FrontendKey(_addr16(ip), port, proto)
+        if key in seen_fe:
+            raise InvalidState(ff, f"duplicate of frontends[{seen_fe[key]}] ({key})")
+        seen_fe[key] = fi
+        # A frontend uses the backends of its own address family.
+        mine = tuple(BackendTarget(_addr16(bip), bport or port, bstate, w)
+                     for bip, bport, bstate, w in backends if bip.version == ip.version)
+        if len({(b.addr, b.port) for b in mine}) != len(mine):
+            raise InvalidState(f"{sf}.backends", f"two backends resolve to the same address and port for {key}")
+        active = [i for i, b in enumerate(mine) if b.state == layout.BackendState.ACTIVE]
+        table = selection.build_table(int(sel), [_backend_name(mine[i]) for i in active],
+                                      [mine[i].weight for i in active])
+        out.append(FrontendTarget(svc.name, key, sel, svc.affinity_timeout_seconds, mine,
+                                  tuple(active[j] for j in table)))
+    return out
+
+
+def _backend_name(b: BackendTarget) -> str:
+    # Maglev keys: stable across nodes and processes.
+    return f"{layout.unpack_addr(layout.pack_addr(b.addr))}:{b.port}"
+
+
+def check_capacity(targets, limits: Limits) -> None:
+    targets = list(targets)
+    backends = sum(len(t.backends) for t in targets)
+    if backends > limits.backends:
+        raise InvalidState("services", f"needs {backends} backend entries; the backends map holds "
+                           f"{limits.backends}")
+    slots = sum(1 + len(t.table) for t in targets)
+    if slots > limits.services:
+        raise InvalidState("services", f"needs {slots} service entries (frontends and selection slots); "
+                           f"the services map holds {limits.services}")
+
+
+def merge_delta(current: node_pb2.NodeState, delta: node_pb2.NodeStateDelta) -> node_pb2.NodeState:
+    """The full state a delta leads to. Services are replaced whole by name."""
+    if delta.from_version != current.version:
+        raise InvalidState("from_version", f"delta applies to version {delta.from_version}, "
+                           f"the node is at {current.version}")
+    upserts = {}
+    for i, svc in enumerate(delta.upserts):
+        if svc.name in upserts:
+            raise InvalidState(f"upserts[{i}].name", f"{svc.name!r} appears twice")
+        upserts[svc.name] = svc
+    removals = set(delta.removals)
+    both = removals & upserts.keys()
+    if both:
+        raise InvalidState("removals", f"{sorted(both)[0]!r} is both upserted and removed")
+    out = node_pb2.NodeState(version=delta.version)
+    for svc in current.services:
+        if svc.name in removals:
+            continue
+        out.services.append(upserts.pop(svc.name, svc))
+    out.services.extend(upserts.values())
+    return out

@@ -1,0 +1,237 @@
+"""Thin bindings to the kernel facilities the dataplane uses: libbpf's
+low-level bpf() wrappers (maps, pins, cgroup links), and where cgroup v2 and
+bpffs are mounted. No policy here, only typed calls and clear errors."""
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import enum
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+
+class KernelError(OSError):
+    """A bpf() call failed; carries errno and says what was attempted."""
+
+    def __init__(self, err: int, what: str):
+        super().__init__(err, f"{what}: {os.strerror(err)}")
+
+
+class AttachType(enum.IntEnum):
+    """enum bpf_attach_type values of the hooks socklb uses."""
+
+    CGROUP_INET4_CONNECT = 10
+    CGROUP_INET6_CONNECT = 11
+    CGROUP_UDP4_SENDMSG = 14
+    CGROUP_UDP6_SENDMSG = 15
+    CGROUP_UDP4_RECVMSG = 19
+    CGROUP_UDP6_RECVMSG = 20
+    TRACE_ITER = 28
+    CGROUP_INET4_GETPEERNAME = 29
+    CGROUP_INET6_GETPEERNAME = 30
+    CGROUP_INET_SOCK_RELEASE = 34
+
+
+def _load_libbpf() -> ct.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    lib = ct.CDLL(name, use_errno=True)
+    sigs = {
+        "bpf_obj_pin": ([ct.c_int, ct.c_char_p], ct.c_int),
+        "bpf_obj_get": ([ct.c_char_p], ct.c_int),
+        "bpf_link_create": ([ct.c_int, ct.c_int, ct.c_int, ct.c_void_p], ct.c_int),
+        "bpf_link_update": ([ct.c_int, ct.c_int, ct.c_void_p], ct.c_int),
+        "bpf_link_detach": ([ct.c_int], ct.c_int),
+        "bpf_map_update_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64], ct.c_int),
+        "bpf_map_lookup_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
+        "bpf_map_delete_elem": ([ct.c_int, ct.c_void_p], ct.c_int),
+        "bpf_map_get_next_key": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
+        "bpf_obj_get_info_by_fd": ([ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)], ct.c_int),
+        "bpf_prog_query": ([ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
+                            ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)], ct.c_int),
+        "libbpf_num_possible_cpus": ([], ct.c_int),
+    }
+    for fn, (args, res) in sigs.items():
+        f = getattr(lib, fn)
+        f.argtypes, f.restype = args, res
+    return lib
+
+
+_lib: ct.CDLL | None = None
+
+
+def libbpf() -> ct.CDLL:
+    global _lib
+    if _lib is None:
+        _lib = _load_libbpf()
+    return _lib
+
+
+def _check(ret: int, what: str) -> int:
+    # libbpf >= 1.0 returns -errno directly.
+    if ret < 0:
+        raise KernelError(-ret if ret != -1 else (ct.get_errno() or errno.EIO), what)
+    return ret
+
+
+def obj_pin(fd: int, path: str | Path) -> None:
+    _check(libbpf().bpf_obj_pin(fd, os.fsencode(str(path))), f"pin {path}")
+
+
+def obj_get(path: str | Path) -> int:
+    return _check(libbpf().bpf_obj_get(os.fsencode(str(path))), f"open pinned {path}")
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
+    return _check(libbpf().bpf_link_create(prog_fd, target_fd, int(attach_type), None),
+                  f"attach {attach_type.name}")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    _check(libbpf().bpf_link_update(link_fd, prog_fd, None), "replace program of link")
+
+
+def link_detach(link_fd: int) -> None:
+    _check(libbpf().bpf_link_detach(link_fd), "detach link")
+
+
+def possible_cpus() -> int:
+    return _check(libbpf().libbpf_num_possible_cpus(), "count possible CPUs")
+
+
+class MapInfo(ct.Structure):
+    # Leading fields of struct bpf_map_info; the kernel fills what fits.
+    _fields_ = [
+        ("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+    ]
+
+
+class LinkInfo(ct.Structure):
+    # struct bpf_link_info with its union read as the cgroup member.
+    _fields_ = [
+        ("type", ct.c_uint32), ("id", ct.c_uint32), ("prog_id", ct.c_uint32), ("pad", ct.c_uint32),
+        ("cgroup_id", ct.c_uint64), ("attach_type", ct.c_uint32), ("pad2", ct.c_uint32),
+    ]
+
+
+def _info(fd: int, info: ct.Structure, what: str) -> ct.Structure:
+    size = ct.c_uint32(ct.sizeof(info))
+    _check(libbpf().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)), what)
+    return info
+
+
+def map_info(fd: int) -> MapInfo:
+    return _info(fd, MapInfo(), "read map info")
+
+
+def link_info(fd: int) -> LinkInfo:
+    return _info(fd, LinkInfo(), "read link info")
+
+
+def prog_query(cgroup_fd: int, attach_type: AttachType) -> list[int]:
+    """Ids of the programs attached to a cgroup for one hook."""
+    ids = (ct.c_uint32 * 64)()
+    cnt = ct.c_uint32(len(ids))
+    flags = ct.c_uint32(0)
+    _check(libbpf().bpf_prog_query(cgroup_fd, int(attach_type), 0, ct.byref(flags), ids, ct.byref(cnt)),
+           f"query {attach_type.name}")
+    return list(ids[: cnt.value])
+
+
+class BpfMap:
+    """A map opened by fd, read and written with the layout's ctypes types."""
+
+    def __init__(self, fd: int, key_type, value_type, name: str, percpu: bool = False):
+        self.fd, self.key_type, self.value_type, self.name = fd, key_type, value_type, name
+        self.ncpus = possible_cpus() if percpu else 1
+        # Per-CPU values come back as one 8-byte-aligned slot per possible CPU.
+        self._slot = (ct.sizeof(value_type) + 7) // 8 * 8
+
+    @classmethod
+    def pinned(cls, path: Path, key_type, value_type, percpu: bool = False) -> "BpfMap":
+        return cls(obj_get(path), key_type, value_type, path.name, percpu)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def update(self, key, value) -> None:
+        _check(libbpf().bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(value), 0),
+               f"update {self.name}")
+
+    def delete(self, key) -> bool:
+        ret = libbpf().bpf_map_delete_elem(self.fd, ct.byref(key))
+        if ret == -errno.ENOENT:
+            return False
+        _check(ret, f"delete from {self.name}")
+        return True
+
+    def lookup(self, key):
+        value = self.value_type()
+        ret = libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), ct.byref(value))
+        if ret == -errno.ENOENT:
+            return None
+        _check(ret, f"lookup in {self.name}")
+        return value
+
+    def lookup_percpu(self, key) -> list:
+        buf = ct.create_string_buffer(self._slot * self.ncpus)
+        _check(libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), buf), f"lookup in {self.name}")
+        return [self.value_type.from_buffer_copy(buf.raw, i * self._slot) for i in range(self.ncpus)]
+
+    def keys(self):
+        key = self.key_type()
+        nxt = self.key_type()
+        prev = None
+        while True:
+            ret = libbpf().bpf_map_get_next_key(self.fd, None if prev is None else ct.byref(key), ct.byref(nxt))
+            if ret == -errno.ENOENT:
+                return
+            _check(ret, f"walk {self.name}")
+            ct.memmove(ct.byref(key), ct.byref(nxt), ct.sizeof(key))
+            prev = True
+            yield self.key_type.from_buffer_copy(key)
+
+    def items(self):
+        for k in list(self.keys()):
+            v = self.lookup(k)
+            if v is not None:
+                yield k, v
+
+
+# --- mounts --------------------------------------------------------------
+
+def _mounts() -> list[tuple[str, str]]:
+    out = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.append((parts[1].replace("\\040", " "), parts[2]))
+    return out
+
+
+def cgroup2_mount() -> Path:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup on unified hosts,
+    /sys/fs/cgroup/unified on hybrid ones)."""
+    for path, fstype in _mounts():
+        if fstype == "cgroup2":
+            return Path(path)
+    raise FileNotFoundError("no cgroup2 filesystem is mounted (see /proc/mounts)")
+
+
+def ensure_bpffs(path: Path = Path("/sys/fs/bpf")) -> Path:
+    """bpffs at path, mounting it when missing: pins live there."""
+    if any(p == str(path) and t == "bpf" for p, t in _mounts()):
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], check=True)
+    return path
+
+
+def on_bpffs(path: Path) -> bool:
+    path = path.resolve()
+    return any(t == "bpf" and (path == Path(p) or Path(p) in path.parents) for p, t in _mounts())

@@ -1,0 +1,234 @@
+"""Compile the socket-LB programs with bcc, attach them to a cgroup through
+pinned BPF links, and adopt what an earlier agent left pinned.
+
+Pin directory layout:  <pin_dir>/{services,backends,...}  maps (pinned by bcc)
+                       <pin_dir>/links/<hook>              cgroup links
+A restart recompiles the programs against the same pinned maps and swaps them
+into the existing links with BPF_LINK_UPDATE: the hooks are never empty and
+never doubled, and sockets keep their flow records.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from . import kernel, layout
+from .kernel import AttachType, BpfMap
+
+log = logging.getLogger(__name__)
+
+# bcc's program types.
+_CGROUP_SOCK = 9
+_CGROUP_SOCK_ADDR = 18
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    func: str
+    prog_type: int
+    attach: AttachType
+
+
+HOOKS = (
+    Hook("connect4", "socklb_connect4", _CGROUP_SOCK_ADDR, AttachType.CGROUP_INET4_CONNECT),
+    Hook("connect6", "socklb_connect6", _CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_CONNECT),
+    Hook("sendmsg4", "socklb_sendmsg4", _CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP4_SENDMSG),
+    Hook("sendmsg6", "socklb_sendmsg6", _CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP6_SENDMSG),
+    Hook("recvmsg4", "socklb_recvmsg4", _CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP4_RECVMSG),
+    Hook("recvmsg6", "socklb_recvmsg6", _CGROUP_SOCK_ADDR, AttachType.CGROUP_UDP6_RECVMSG),
+    Hook("getpeername4", "socklb_getpeername4", _CGROUP_SOCK_ADDR, AttachType.CGROUP_INET4_GETPEERNAME),
+    Hook("getpeername6", "socklb_getpeername6", _CGROUP_SOCK_ADDR, AttachType.CGROUP_INET6_GETPEERNAME),
+    Hook("sock_release", "socklb_sock_release", _CGROUP_SOCK, AttachType.CGROUP_INET_SOCK_RELEASE),
+)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    services: int = layout.SERVICES_MAX
+    backends: int = layout.BACKENDS_MAX
+    affinity: int = layout.AFFINITY_MAX
+    rev_nat: int = layout.REV_NAT_MAX
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    key: type
+    value: type
+    max_entries: int
+    percpu: bool = False
+
+
+def map_specs(cap: Capacity) -> dict[str, MapSpec]:
+    return {
+        "services": MapSpec(layout.SvcKey, layout.SvcVal, cap.services),
+        "backends": MapSpec(ct.c_uint32, layout.Backend, cap.backends),
+        "affinity": MapSpec(layout.AffinityKey, layout.AffinityVal, cap.affinity),
+        "rev_nat": MapSpec(layout.RnatKey, layout.RnatVal, cap.rev_nat),
+        "counters": MapSpec(ct.c_uint32, ct.c_uint64, layout.COUNTER_MAX, percpu=True),
+        "meta": MapSpec(ct.c_uint32, ct.c_uint64, layout.META_MAX),
+        # Socket storage: no max_entries, no user-space key.
+        "flows": MapSpec(ct.c_int, layout.Flow, 0),
+    }
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def bpf_source_dir() -> Path:
+    return Path(str(resources.files("socklb.bpf")))
+
+
+@dataclass
+class Datapath:
+    """The loaded programs and the open maps of one pin directory."""
+
+    pin_dir: Path
+    cgroup: Path
+    capacity: Capacity = field(default_factory=Capacity)
+    maps: dict[str, BpfMap] = field(default_factory=dict)
+    adopted: bool = False
+    _bpf: object = None
+
+    @property
+    def links_dir(self) -> Path:
+        return self.pin_dir / "links"
+
+    def load(self) -> None:
+        """Compile, load and attach (or adopt). Idempotent across restarts."""
+        kernel.ensure_bpffs()
+        if not kernel.on_bpffs(self.pin_dir.parent if not self.pin_dir.exists() else self.pin_dir):
+            raise LoadError(f"pin directory {self.pin_dir} is not on a bpf filesystem")
+        if not (self.cgroup / "cgroup.procs").exists():
+            raise LoadError(f"{self.cgroup} is not a cgroup v2 directory")
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        self.links_dir.mkdir(exist_ok=True)
+        self._check_pinned_maps()
+        existing = {h.name for h in HOOKS if (self.links_dir / h.name).exists()}
+        self._bpf = self._compile()
+        self._open_maps()
+        self._check_layout_version()
+        cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for hook in HOOKS:
+                fn = self._bpf.load_func(hook.func.encode(), hook.prog_type, attach_type=int(hook.attach))
+                self._attach(hook, fn.fd, cg_fd)
+        finally:
+            os.close(cg_fd)
+        self.adopted = bool(existing)
+        log.info("%s %d hooks on %s, maps in %s", "adopted" if self.adopted else "attached",
+                 len(HOOKS), self.cgroup, self.pin_dir)
+
+    def _compile(self):
+        from bcc import BPF  # bcc is only needed where programs are loaded
+
+        src = bpf_source_dir()
+        cap = self.capacity
+        cflags = [
+            f"-I{src}",
+            f'-DSOCKLB_PIN_DIR="{self.pin_dir}"',
+            f"-DSOCKLB_SERVICES_MAX={cap.services}",
+            f"-DSOCKLB_BACKENDS_MAX={cap.backends}",
+            f"-DSOCKLB_AFFINITY_MAX={cap.affinity}",
+            f"-DSOCKLB_REV_NAT_MAX={cap.rev_nat}",
+        ]
+        try:
+            return BPF(src_file=str(src / "sock_lb.c").encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception with the compiler's output on stderr
+            raise LoadError(f"compiling {src / 'sock_lb.c'} failed: {e}") from e
+
+    def _attach(self, hook: Hook, prog_fd: int, cg_fd: int) -> None:
+        pin = self.links_dir / hook.name
+        if pin.exists():
+            link_fd = kernel.obj_get(pin)
+            try:
+                info = kernel.link_info(link_fd)
+                if info.cgroup_id != os.stat(self.cgroup).st_ino:
+                    raise LoadError(f"{pin} attaches to another cgroup (id {info.cgroup_id}); "
+                                    f"run `socklb-dataplane detach --pin-dir {self.pin_dir}` first")
+                # Atomic swap: the hook runs the old program until this returns.
+                kernel.link_update(link_fd, prog_fd)
+            finally:
+                os.close(link_fd)
+            return
+        link_fd = kernel.link_create(prog_fd, cg_fd, hook.attach)
+        try:
+            kernel.obj_pin(link_fd, pin)
+        finally:
+            os.close(link_fd)
+
+    def _check_pinned_maps(self) -> None:
+        """Refuse pinned maps of another shape before bcc reuses them blindly."""
+        for name, spec in map_specs(self.capacity).items():
+            path = self.pin_dir / name
+            if not path.exists():
+                continue
+            fd = kernel.obj_get(path)
+            try:
+                info = kernel.map_info(fd)
+            finally:
+                os.close(fd)
+            want = (ct.sizeof(spec.key), ct.sizeof(spec.value), spec.max_entries)
+            have = (info.key_size, info.value_size, info.max_entries)
+            if want != have:
+                raise LoadError(
+                    f"pinned map {path} has key/value/entries {have}, this agent needs {want}: "
+                    f"run `socklb-dataplane detach --pin-dir {self.pin_dir}` (drops the load-balancing "
+                    f"state) or start with the same capacities")
+
+    def _open_maps(self) -> None:
+        for name, spec in map_specs(self.capacity).items():
+            self.maps[name] = BpfMap.pinned(self.pin_dir / name, spec.key, spec.value, spec.percpu)
+
+    def _check_layout_version(self) -> None:
+        meta = self.maps["meta"]
+        key = ct.c_uint32(layout.Meta.LAYOUT)
+        have = meta.lookup(key).value
+        if have == 0:
+            meta.update(key, ct.c_uint64(layout.LAYOUT_VERSION))
+        elif have != layout.LAYOUT_VERSION:
+            raise LoadError(f"pinned maps in {self.pin_dir} have layout {have}, this agent "
+                            f"uses {layout.LAYOUT_VERSION}")
+
+    def attached_program_ids(self) -> dict[str, list[int]]:
+        cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return {h.name: kernel.prog_query(cg_fd, h.attach) for h in HOOKS}
+        finally:
+            os.close(cg_fd)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+def detach(pin_dir: Path) -> list[str]:
+    """Remove socklb's links and pins from a pin directory. The programs
+    leave the cgroup at once; the maps go when nothing uses them."""
+    removed = []
+    links = pin_dir / "links"
+    if links.is_dir():
+        for pin in sorted(links.iterdir()):
+            fd = kernel.obj_get(pin)
+            try:
+                kernel.link_detach(fd)
+            finally:
+                os.close(fd)
+            pin.unlink()
+            removed.append(str(pin))
+        links.rmdir()
+    if pin_dir.is_dir():
+        for pin in sorted(pin_dir.iterdir()):
+            pin.unlink()
+            removed.append(str(pin))
+        pin_dir.rmdir()
+    return removed
