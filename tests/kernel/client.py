@@ -17,7 +17,9 @@ First output line: {"pid", "cgroup", "netns"}. Commands (``op``):
 - udp_connected {addr, port, n}: connect, getpeername, n times send/recv (and
   recvfrom, to see the source). -> {peer, counts, sources, errors}
 - connect_error {addr, port, proto}: -> {error} (null if it connected)
-- loop_start {addr, port, max}: a thread doing tcp requests back to back.
+- udp_multi {targets: [[addr, port], ...], n}: one unconnected socket, n rounds
+  of sendto/recvfrom to each target in turn.
+- loop_start {addr, port, max, interval}: a thread doing tcp requests back to back.
 - loop_status: -> {ok, failed, errors, counts}
 - loop_stop: stops it and returns the final loop_status.
 """
@@ -106,9 +108,9 @@ def tcp_request(addr, port):
 
 
 class Loop(threading.Thread):
-    def __init__(self, addr, port, maximum):
+    def __init__(self, addr, port, maximum, interval):
         super().__init__(daemon=True)
-        self.addr, self.port, self.max = addr, port, maximum
+        self.addr, self.port, self.max, self.interval = addr, port, maximum, interval
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0
@@ -129,6 +131,8 @@ class Loop(threading.Thread):
                 with self.lock:
                     self.failed += 1
                     self.errors.add(errname(e))
+            if self.interval:
+                self.stop_flag.wait(self.interval)
 
     def status(self):
         with self.lock:
@@ -213,6 +217,27 @@ class Server:
             s.close()
         return {"counts": counts, "sources": sources, "errors": errors}
 
+    def op_udp_multi(self, targets, n):
+        """One unconnected socket talking to several addresses in turn:
+        -> {replies: {"[addr, port]": {"<source>": {"<backend>": count}}}, errors}"""
+        fam = family(targets[0][0])
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(IO_TIMEOUT)
+        replies, errors = {}, Counter()
+        try:
+            for _ in range(n):
+                for addr, port in targets:
+                    try:
+                        s.sendto(b"ping", (addr, port))
+                        data, src = s.recvfrom(65535)
+                        per = replies.setdefault(json.dumps([addr, port]), {})
+                        Counter.add(per.setdefault(json.dumps(peer_str(src)), Counter()), data.decode())
+                    except Exception as e:
+                        errors.add(errname(e))
+        finally:
+            s.close()
+        return {"replies": replies, "errors": errors}
+
     def op_udp_connected(self, addr, port, n):
         s = socket.socket(family(addr), socket.SOCK_DGRAM)
         s.settimeout(IO_TIMEOUT)
@@ -258,8 +283,8 @@ class Server:
         finally:
             s.close()
 
-    def op_loop_start(self, addr, port, max=100000):
-        self.loop = Loop(addr, port, max)
+    def op_loop_start(self, addr, port, max=100000, interval=0.0):
+        self.loop = Loop(addr, port, max, interval)
         self.loop.start()
         return {}
 

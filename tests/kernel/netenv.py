@@ -46,6 +46,7 @@ CLONE_NEWNET = 0x40000000
 AGENT_READY_TIMEOUT = 120.0
 RPC_TIMEOUT = 120.0
 CMD_TIMEOUT = 120.0
+READY = re.compile(r"\bready\b")
 
 _counter = itertools.count()
 
@@ -590,7 +591,7 @@ class Agent:
         for line in proc.stdout:
             with self._log_lock:
                 self.log.append(line.rstrip("\n"))
-            if "ready" in line and proc is self.proc:
+            if READY.search(line) and proc is self.proc:
                 self._ready.set()
         proc.stdout.close()
 
@@ -770,3 +771,33 @@ def binom_bounds(n: int, p: float, alpha: float = 1e-9) -> tuple[int, int]:
 def tries_for(p_fail_each: float, alpha: float = 1e-9) -> int:
     """Smallest k with p_fail_each**k <= alpha."""
     return max(1, math.ceil(math.log(alpha) / math.log(p_fail_each)))
+
+
+def assert_proportions(counts: dict, n: int, shares: dict, alpha: float = 1e-9) -> None:
+    """Every answer came from one of ``shares`` (name -> expected probability)
+    and each backend's count lies in its binomial bounds. alpha is the total
+    false-failure probability (split over the backends, Bonferroni)."""
+    assert sum(counts.values()) == n, counts
+    assert set(counts) <= set(shares), f"unexpected backends: {counts}"
+    for name, p in shares.items():
+        lo, hi = binom_bounds(n, p, alpha / len(shares))
+        got = counts.get(name, 0)
+        assert lo <= got <= hi, (
+            f"{name}: {got} of {n} answers, expected share {p:.3f}, "
+            f"allowed [{lo}, {hi}] (false-failure probability {alpha:g}); all counts: {counts}"
+        )
+
+
+def poll(fn, timeout: float = 60.0, interval: float = 0.1):
+    """fn() until it returns something truthy (bounded); returns the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
+def peer(addr: str, port: int) -> str:
+    """How client.py reports an address: the JSON of [addr, port]."""
+    return json.dumps([addr, port])

@@ -1,0 +1,93 @@
+"""SIGKILL and restart the agent under load: nothing breaks, nothing doubles."""
+
+import collections
+import signal
+
+import pytest
+
+from netenv import (
+    backend, cgroup_progs, free_port, frontend, node_state, pinned_files, pinned_ids, poll, service,
+)
+
+pytestmark = pytest.mark.agent
+
+VIP = "127.96.0.50"
+HOOKS = 9  # connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6, sock_release
+
+
+def attached(cgroup) -> collections.Counter:
+    return collections.Counter(p["attach_type"] for p in cgroup_progs(cgroup.path))
+
+
+def test_agent_sigkill_restart_adopts(agent, backends, clients, cgroup):
+    bs = [backends(f"backend-{i}", f"127.0.0.{i + 2}") for i in range(2)]
+    vport = free_port(VIP)
+    a = agent(node_state(1, service("web", [frontend(VIP, vport)], [backend(b) for b in bs])))
+    info = a.dump("info")
+    assert not info.get("adopted", False), info
+
+    hooks_before = attached(cgroup)
+    assert len(hooks_before) == HOOKS and set(hooks_before.values()) == {1}, hooks_before
+    pins_before = pinned_ids(a.pin_dir)
+    assert any(kind == "map" for kind, _ in pins_before.values()), pins_before
+    assert all(i > 0 for _, i in pins_before.values()), pins_before
+    services_before = a.dump("services")
+    backends_before = a.dump("backends")
+
+    c = clients()
+    r = c.call("tcp_open", id="pre", addr=VIP, port=vport)
+    assert r["peer"] == [VIP, vport], r
+    pre_backend = r["backend"]
+    pre_addr = {b.label: b.addr for b in bs}[pre_backend]
+
+    def flow_backends():
+        return sorted(f["backendAddress"] for f in a.dump("flows").get("flows", []))
+
+    assert flow_backends() == [pre_addr]
+
+    # A client connecting in a loop (throttled so TIME_WAIT stays small).
+    c.call("loop_start", addr=VIP, port=vport, max=1_000_000, interval=0.002)
+
+    def progressed(by):
+        start = c.call("loop_status")["ok"]
+        return poll(lambda: c.call("loop_status")["ok"] >= start + by, timeout=120)
+
+    assert progressed(50)
+    a.kill()
+    assert not a.running()
+    # programs stay attached and keep working without the agent
+    assert progressed(50)
+    assert attached(cgroup) == hooks_before
+    a.start()  # same cgroup, pin dir, socket, state file
+    assert progressed(50)
+    st = c.call("loop_stop")
+    assert st["failed"] == 0, st
+    assert st["ok"] >= 150 and set(st["counts"]) <= {"backend-0", "backend-1"}, st
+
+    # The connection from before still works.
+    r = c.call("tcp_ping", id="pre")
+    assert r == {"backend": pre_backend, "peer": [VIP, vport]}, r
+    # and its flow record (socket storage in the pinned map) is still found
+    assert flow_backends() == [pre_addr]
+
+    # Adopted: one program per hook, the same pins, the same maps and links.
+    info = a.dump("info")
+    assert info.get("adopted") is True, info
+    assert attached(cgroup) == hooks_before
+    assert pinned_files(a.pin_dir) == sorted(pins_before), (pinned_files(a.pin_dir), pins_before)
+    pins_after = pinned_ids(a.pin_dir)
+    for name, (kind, ident) in pins_before.items():
+        if kind in ("map", "link"):
+            assert pins_after[name] == (kind, ident), (name, pins_before, pins_after)
+    assert a.dump("services") == services_before
+    assert a.dump("backends") == backends_before
+
+    # A second restart, by SIGTERM this time, changes nothing either.
+    a.signal(signal.SIGTERM)
+    a.proc.wait(30)
+    a.start()
+    assert attached(cgroup) == hooks_before
+    assert pinned_ids(a.pin_dir) == pins_after or all(
+        pinned_ids(a.pin_dir)[n] == v for n, v in pins_after.items() if v[0] in ("map", "link"))
+    r = c.call("tcp_many", addr=VIP, port=vport, n=20)
+    assert r["errors"] == {} and set(r["counts"]) <= {"backend-0", "backend-1"}, r
