@@ -22,23 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15socklb/v1/types.proto\x12\tsocklb.v1\"P\n\x08\x46rontend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12%\n\x08protocol\x18\x03 \x01(\x0e\x32\x13.socklb.v1.Protocol\"|\n\x07\x42\x61\x63kend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.socklb.v1.BackendState\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0c\n\x04zone\x18\x06 \x01(\t*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02*\x82\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KEND_STATE_ACTIVE\x10\x01\x12\x1a\n\x16\x42\x41\x43KEND_STATE_DRAINING\x10\x02\x12\x1d\n\x19\x42\x41\x43KEND_STATE_QUARANTINED\x10\x03*R\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x14\n\x10SELECTION_RANDOM\x10\x01\x12\x14\n\x10SELECTION_MAGLEV\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15socklb/v1/types.proto\x12\tsocklb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x08\x46rontend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12%\n\x08protocol\x18\x03 \x01(\x0e\x32\x13.socklb.v1.Protocol\"\xb0\x01\n\x07\x42\x61\x63kend\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.socklb.v1.BackendState\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0c\n\x04zone\x18\x06 \x01(\t\x12\x32\n\x0e\x64rain_deadline\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02*\x82\x01\n\x0c\x42\x61\x63kendState\x12\x1d\n\x19\x42\x41\x43KEND_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KEND_STATE_ACTIVE\x10\x01\x12\x1a\n\x16\x42\x41\x43KEND_STATE_DRAINING\x10\x02\x12\x1d\n\x19\x42\x41\x43KEND_STATE_QUARANTINED\x10\x03*R\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x14\n\x10SELECTION_RANDOM\x10\x01\x12\x14\n\x10SELECTION_MAGLEV\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'socklb.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOL']._serialized_start=244
-  _globals['_PROTOCOL']._serialized_end=316
-  _globals['_BACKENDSTATE']._serialized_start=319
-  _globals['_BACKENDSTATE']._serialized_end=449
-  _globals['_SELECTION']._serialized_start=451
-  _globals['_SELECTION']._serialized_end=533
-  _globals['_FRONTEND']._serialized_start=36
-  _globals['_FRONTEND']._serialized_end=116
-  _globals['_BACKEND']._serialized_start=118
-  _globals['_BACKEND']._serialized_end=242
+  _globals['_PROTOCOL']._serialized_start=330
+  _globals['_PROTOCOL']._serialized_end=402
+  _globals['_BACKENDSTATE']._serialized_start=405
+  _globals['_BACKENDSTATE']._serialized_end=535
+  _globals['_SELECTION']._serialized_start=537
+  _globals['_SELECTION']._serialized_end=619
+  _globals['_FRONTEND']._serialized_start=69
+  _globals['_FRONTEND']._serialized_end=149
+  _globals['_BACKEND']._serialized_start=152
+  _globals['_BACKEND']._serialized_end=328
 # @@protoc_insertion_point(module_scope)

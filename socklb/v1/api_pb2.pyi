@@ -1,0 +1,279 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from socklb.v1 import node_pb2 as _node_pb2
+from socklb.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AffinityMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AFFINITY_MODE_UNSPECIFIED: _ClassVar[AffinityMode]
+    AFFINITY_MODE_NONE: _ClassVar[AffinityMode]
+    AFFINITY_MODE_CLIENT: _ClassVar[AffinityMode]
+
+class TrafficPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRAFFIC_POLICY_UNSPECIFIED: _ClassVar[TrafficPolicy]
+    TRAFFIC_POLICY_CLUSTER: _ClassVar[TrafficPolicy]
+    TRAFFIC_POLICY_LOCAL: _ClassVar[TrafficPolicy]
+
+class NodeHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_HEALTH_UNSPECIFIED: _ClassVar[NodeHealth]
+    NODE_HEALTH_READY: _ClassVar[NodeHealth]
+    NODE_HEALTH_DEGRADED: _ClassVar[NodeHealth]
+    NODE_HEALTH_DISCONNECTED: _ClassVar[NodeHealth]
+    NODE_HEALTH_GONE: _ClassVar[NodeHealth]
+AFFINITY_MODE_UNSPECIFIED: AffinityMode
+AFFINITY_MODE_NONE: AffinityMode
+AFFINITY_MODE_CLIENT: AffinityMode
+TRAFFIC_POLICY_UNSPECIFIED: TrafficPolicy
+TRAFFIC_POLICY_CLUSTER: TrafficPolicy
+TRAFFIC_POLICY_LOCAL: TrafficPolicy
+NODE_HEALTH_UNSPECIFIED: NodeHealth
+NODE_HEALTH_READY: NodeHealth
+NODE_HEALTH_DEGRADED: NodeHealth
+NODE_HEALTH_DISCONNECTED: NodeHealth
+NODE_HEALTH_GONE: NodeHealth
+
+class Affinity(_message.Message):
+    __slots__ = ("mode", "timeout_seconds")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    mode: AffinityMode
+    timeout_seconds: int
+    def __init__(self, mode: _Optional[_Union[AffinityMode, str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class Service(_message.Message):
+    __slots__ = ("name", "frontends", "backends", "selection", "affinity", "traffic_policy", "resource_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frontends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Frontend]
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    selection: _types_pb2.Selection
+    affinity: Affinity
+    traffic_policy: TrafficPolicy
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity: _Optional[_Union[Affinity, _Mapping]] = ..., traffic_policy: _Optional[_Union[TrafficPolicy, str]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class PutServiceRequest(_message.Message):
+    __slots__ = ("service", "expected_version", "create_only")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    service: Service
+    expected_version: int
+    create_only: bool
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ..., expected_version: _Optional[int] = ..., create_only: _Optional[bool] = ...) -> None: ...
+
+class GetServiceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services", "revision")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[Service]
+    revision: int
+    def __init__(self, services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeleteServiceRequest(_message.Message):
+    __slots__ = ("name", "expected_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expected_version: int
+    def __init__(self, name: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class DeleteServiceResponse(_message.Message):
+    __slots__ = ("revision", "existed")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    existed: bool
+    def __init__(self, revision: _Optional[int] = ..., existed: _Optional[bool] = ...) -> None: ...
+
+class BackendRef(_message.Message):
+    __slots__ = ("address", "port")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class SetBackendsRequest(_message.Message):
+    __slots__ = ("service", "backends", "expected_version")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    expected_version: int
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class AddBackendsRequest(_message.Message):
+    __slots__ = ("service", "backends", "expected_version")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    expected_version: int
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class RemoveBackendsRequest(_message.Message):
+    __slots__ = ("service", "backends", "keep_sockets", "expected_version")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendRef]
+    keep_sockets: bool
+    expected_version: int
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., keep_sockets: _Optional[bool] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class DrainBackendsRequest(_message.Message):
+    __slots__ = ("service", "backends", "deadline_seconds", "expected_version")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendRef]
+    deadline_seconds: int
+    expected_version: int
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., deadline_seconds: _Optional[int] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("name", "applied_version", "desired_version", "health", "capabilities", "kernel", "last_seen", "last_error", "replica")
+    class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    applied_version: int
+    desired_version: int
+    health: NodeHealth
+    capabilities: _containers.ScalarMap[str, str]
+    kernel: str
+    last_seen: _timestamp_pb2.Timestamp
+    last_error: str
+    replica: str
+    def __init__(self, name: _Optional[str] = ..., applied_version: _Optional[int] = ..., desired_version: _Optional[int] = ..., health: _Optional[_Union[NodeHealth, str]] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("service", "node")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    node: str
+    def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class BackendStats(_message.Message):
+    __slots__ = ("address", "port", "active_flows")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    active_flows: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., active_flows: _Optional[int] = ...) -> None: ...
+
+class ServiceStats(_message.Message):
+    __slots__ = ("service", "active_flows", "backends")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    active_flows: int
+    backends: _containers.RepeatedCompositeFieldContainer[BackendStats]
+    def __init__(self, service: _Optional[str] = ..., active_flows: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ...) -> None: ...
+
+class NodeStats(_message.Message):
+    __slots__ = ("node", "counters", "active_flows", "reported_at")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    counters: _node_pb2.Counters
+    active_flows: int
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, node: _Optional[str] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., active_flows: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("services", "nodes")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceStats]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStats, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("from_revision",)
+    FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
+    from_revision: int
+    def __init__(self, from_revision: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("revision", "type", "name", "service")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[WatchEvent.Type]
+        TYPE_PUT: _ClassVar[WatchEvent.Type]
+        TYPE_DELETE: _ClassVar[WatchEvent.Type]
+    TYPE_UNSPECIFIED: WatchEvent.Type
+    TYPE_PUT: WatchEvent.Type
+    TYPE_DELETE: WatchEvent.Type
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    type: WatchEvent.Type
+    name: str
+    service: Service
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[WatchEvent.Type, str]] = ..., name: _Optional[str] = ..., service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
