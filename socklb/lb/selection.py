@@ -52,6 +52,9 @@ SELECTION_MAGLEV = 2
 # per slot per frontend in the datapath, O(M log M) work to populate, and M
 # entries to push to every node on a change. Past 16381 (N > 163) we stop
 # growing the table and accept a coarser balance (still within N/M).
+# A change of size (the backend count crossing a step) rebuilds the table from
+# scratch, so almost every slot moves; callers that want Maglev's stability
+# through such changes must keep the size (e.g. only grow it).
 MAGLEV_SIZES: tuple[int, ...] = (251, 509, 1021, 2039, 4093, 8191, 16381)
 _MAGLEV_OVERPROVISION = 100
 
@@ -102,8 +105,9 @@ def maglev_table(keys: Sequence[str], weights: Sequence[int], size: int) -> list
     ``s`` is the index (into ``keys``) of the backend owning slot ``s``.
     Weighted population as in Envoy/Katran: in each round a backend of weight
     ``w`` takes ``w / max(weights)`` turns on average, so entries are
-    proportional to weight. Weight-0 backends get no entry; no positive weight
-    gives ``[]``.
+    proportional to weight. Weight-0 backends get no entry (nor may a backend
+    whose weight share is below about ``1/size``); no positive weight gives
+    ``[]``.
 
     Each backend's preference list is ``(offset + j * skip) % size`` with
     ``d = blake2b(key.encode(), digest_size=16, person=b"socklb-maglev-v1")``,
@@ -288,26 +292,23 @@ def _interleave(counts: list[int]) -> list[int]:
 
 
 def _maglev_permutations(keys: list[str], size: int) -> tuple[list[int], list[int]]:
-    """(offset, skip) of each key's preference list, keys in population order."""
+    """(offset, skip) of each key's preference list ``(offset + j*skip) % size``.
+
+    Two keys with the same skip walk the same cycle in lockstep, and changes
+    elsewhere then move many of their entries (the tail of Maglev's
+    disruption). Re-hashing duplicates was tried and made things worse: when
+    the first holder of a skip leaves, the re-hashed key's whole permutation
+    changes. So this is the paper's scheme, unchanged.
+    """
     offsets: list[int] = []
     skips: list[int] = []
-    used: set[int] = set()
     for key in keys:
-        data = key.encode("utf-8")
-        digest = hashlib.blake2b(data, digest_size=16, person=_MAGLEV_PERSON).digest()
+        digest = hashlib.blake2b(
+            key.encode("utf-8"), digest_size=16, person=_MAGLEV_PERSON
+        ).digest()
         offsets.append(int.from_bytes(digest[:8], "big") % size)
-        s = int.from_bytes(digest[8:], "big") % (size - 1) + 1
-        attempt = 0
-        while DEDUP and s in used:
-            attempt += 1
-            d = hashlib.blake2b(
-                data + b"\0" + attempt.to_bytes(4, "big"), digest_size=8, person=_MAGLEV_PERSON
-            ).digest()
-            s = int.from_bytes(d, "big") % (size - 1) + 1
-        used.add(s)
-        skips.append(s)
+        skips.append(int.from_bytes(digest[8:], "big") % (size - 1) + 1)
     return offsets, skips
-DEDUP = True
 
 
 def _is_prime(n: int) -> bool:
