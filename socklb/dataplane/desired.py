@@ -80,13 +80,19 @@ class FrontendTarget:
     table: tuple[int, ...]
 
 
+# Maglev table size on every node: fixed, so that removing a backend moves
+# only its share of the table (a size change would reshuffle every slot).
+MAGLEV_TABLE_SIZE = 1021
+
+
 @dataclass(frozen=True)
 class Limits:
     services: int = layout.SERVICES_MAX  # master + slot entries
     backends: int = layout.BACKENDS_MAX
+    maglev_size: int = MAGLEV_TABLE_SIZE
 
 
-def _ip(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def parse_ip(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         ip = ipaddress.ip_address(text.strip("[]") if text.startswith("[") else text)
     except ValueError:
@@ -102,7 +108,7 @@ def _addr16(ip) -> bytes:
     return layout.addr16(str(ip))
 
 
-def _port(value: int, field: str, allow_zero: bool) -> int:
+def check_port(value: int, field: str, allow_zero: bool) -> int:
     if not (0 if allow_zero else 1) <= value <= 65535:
         raise InvalidState(field, f"port {value} is out of range {0 if allow_zero else 1}..65535")
     return value
@@ -128,7 +134,7 @@ def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> di
         if svc.name in names:
             raise InvalidState(f"{sf}.name", f"{svc.name!r} is already services[{names[svc.name]}]")
         names[svc.name] = si
-        for t in service_targets(svc, sf):
+        for t in service_targets(svc, sf, limits):
             if t.key in targets:
                 raise InvalidState(_frontend_field(svc, sf, t.key),
                                    f"frontend {t.key} is already used by {owner[t.key]}")
@@ -140,13 +146,13 @@ def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> di
 
 def _frontend_field(svc, sf: str, key: FrontendKey) -> str:
     for fi, fe in enumerate(svc.frontends):
-        ip = _ip(fe.address, "")
+        ip = parse_ip(fe.address, "")
         if _addr16(ip) == key.addr and fe.port == key.port and PROTOCOLS[fe.protocol] == key.proto:
             return f"{sf}.frontends[{fi}]"
     return f"{sf}.frontends"
 
 
-def service_targets(svc: node_pb2.ServiceState, sf: str) -> list[FrontendTarget]:
+def service_targets(svc: node_pb2.ServiceState, sf: str, limits: Limits = Limits()) -> list[FrontendTarget]:
     sel = _enum(SELECTIONS, svc.selection, f"{sf}.selection", "selection")
     if svc.affinity_timeout_seconds > MAX_AFFINITY_SECONDS:
         raise InvalidState(f"{sf}.affinity_timeout_seconds",
@@ -155,8 +161,8 @@ def service_targets(svc: node_pb2.ServiceState, sf: str) -> list[FrontendTarget]
     seen: dict[tuple, int] = {}
     for bi, be in enumerate(svc.backends):
         bf = f"{sf}.backends[{bi}]"
-        ip = _ip(be.address, f"{bf}.address")
-        port = _port(be.port, f"{bf}.port", allow_zero=True)
+        ip = parse_ip(be.address, f"{bf}.address")
+        port = check_port(be.port, f"{bf}.port", allow_zero=True)
         if be.weight > MAX_WEIGHT:
             raise InvalidState(f"{bf}.weight", f"{be.weight} exceeds {MAX_WEIGHT}")
         state = _enum(STATES, be.state, f"{bf}.state", "backend state")
@@ -170,8 +176,8 @@ def service_targets(svc: node_pb2.ServiceState, sf: str) -> list[FrontendTarget]
     seen_fe: dict[FrontendKey, int] = {}
     for fi, fe in enumerate(svc.frontends):
         ff = f"{sf}.frontends[{fi}]"
-        ip = _ip(fe.address, f"{ff}.address")
-        port = _port(fe.port, f"{ff}.port", allow_zero=False)
+        ip = parse_ip(fe.address, f"{ff}.address")
+        port = check_port(fe.port, f"{ff}.port", allow_zero=False)
         proto = _enum(PROTOCOLS, fe.protocol, f"{ff}.protocol", "protocol")
         key = FrontendKey(_addr16(ip), port, proto)
         if key in seen_fe:
@@ -183,8 +189,11 @@ def service_targets(svc: node_pb2.ServiceState, sf: str) -> list[FrontendTarget]
         if len({(b.addr, b.port) for b in mine}) != len(mine):
             raise InvalidState(f"{sf}.backends", f"two backends resolve to the same address and port for {key}")
         active = [i for i, b in enumerate(mine) if b.state == layout.BackendState.ACTIVE]
+        if sel == layout.Selection.MAGLEV and len(active) > limits.maglev_size:
+            raise InvalidState(f"{sf}.backends", f"{len(active)} active backends for {key} exceed the Maglev "
+                                                 f"table size {limits.maglev_size}")
         table = selection.build_table(int(sel), [_backend_name(mine[i]) for i in active],
-                                      [mine[i].weight for i in active])
+                                      [mine[i].weight for i in active], limits.maglev_size)
         out.append(FrontendTarget(svc.name, key, sel, svc.affinity_timeout_seconds, mine,
                                   tuple(active[j] for j in table)))
     return out

@@ -171,12 +171,16 @@ def maglev_size(n_backends: int) -> int:
     return MAGLEV_SIZES[-1]
 
 
-def build_table(selection: int, keys: Sequence[str], weights: Sequence[int]) -> list[int]:
+def build_table(selection: int, keys: Sequence[str], weights: Sequence[int],
+                table_size: int | None = None) -> list[int]:
     """The selection table of a frontend: indices into ``keys``/``weights``.
 
     ``selection`` is a ``socklb.v1.Selection`` value: 0 or 1 (RANDOM) gives
-    :func:`weighted_slots`, 2 (MAGLEV) gives :func:`maglev_table` sized by
-    :func:`maglev_size` over the backends with weight > 0.
+    :func:`weighted_slots`, 2 (MAGLEV) gives :func:`maglev_table` of
+    ``table_size`` slots, or sized by :func:`maglev_size` over the backends
+    with weight > 0 when ``table_size`` is None. A fixed size is what keeps
+    Maglev's promise across backend changes: crossing a size step reshuffles
+    every slot.
     """
     ws = _check_weights(weights)
     _check_keys(keys, len(ws))
@@ -187,7 +191,7 @@ def build_table(selection: int, keys: Sequence[str], weights: Sequence[int]) -> 
         active = sum(1 for w in ws if w > 0)
         if active > MAX_TABLE:
             raise ValueError(f"{active} backends exceed the largest maglev table ({MAX_TABLE})")
-        return maglev_table(keys, ws, maglev_size(active))
+        return maglev_table(keys, ws, table_size if table_size is not None else maglev_size(active))
     raise ValueError(f"unknown selection {selection!r} (expected 0, 1 RANDOM or 2 MAGLEV)")
 
 
