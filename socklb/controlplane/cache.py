@@ -1,0 +1,105 @@
+"""The snapshot cache: every node's desired entries, kept current from the
+store's service changes. No I/O and no knowledge of streams (the stream
+server in sync.py consumes its updates), as in go-control-plane's
+pkg/cache vs pkg/server.
+
+Entries of CLUSTER services are shared by all nodes and computed once per
+change; entries of LOCAL services are computed per node that asked.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from socklb.v1 import api_pb2, node_pb2
+
+from . import compute
+
+
+@dataclass
+class Update:
+    """What one batch of service changes means for the nodes."""
+
+    revision: int
+    # Entries every node gets (CLUSTER services), and services gone everywhere.
+    shared_upserts: list[node_pb2.ServiceState] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    # Entries for specific nodes (LOCAL services, and policy switches).
+    per_node: dict[str, list[node_pb2.ServiceState]] = field(default_factory=dict)
+
+    def for_node(self, node: str) -> tuple[list[node_pb2.ServiceState], list[str]]:
+        return self.shared_upserts + self.per_node.get(node, []), self.removals
+
+    def empty(self) -> bool:
+        return not (self.shared_upserts or self.removals or self.per_node)
+
+
+class SnapshotCache:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.services: dict[str, api_pb2.Service] = {}
+        self._shared: dict[str, node_pb2.ServiceState] = {}
+        self._local: dict[str, dict[str, node_pb2.ServiceState]] = {}
+
+    def load(self, services: Iterable[api_pb2.Service], revision: int) -> None:
+        self.services.clear()
+        self._shared.clear()
+        self._local.clear()
+        for svc in services:
+            self._set(svc)
+        self.revision = revision
+
+    def _set(self, svc: api_pb2.Service) -> None:
+        self.services[svc.name] = svc
+        shared = compute.shared_entry(svc)
+        if shared is not None:
+            self._shared[svc.name] = shared
+        else:
+            self._local[svc.name] = {}
+
+    def _entry(self, name: str, node: str) -> node_pb2.ServiceState:
+        if name in self._shared:
+            return self._shared[name]
+        per_node = self._local[name]
+        if node not in per_node:
+            per_node[node] = compute.node_service(self.services[name], node)
+        return per_node[node]
+
+    def entries_for(self, node: str) -> dict[str, node_pb2.ServiceState]:
+        return {name: self._entry(name, node) for name in self.services}
+
+    def apply(self, changes: Iterable[tuple[str, api_pb2.Service | None]], revision: int,
+              nodes: Iterable[str]) -> Update:
+        """Apply service changes (None = deleted) seen at `revision`; `nodes`
+        are those that need per-node entries now (connected ones)."""
+        nodes = list(nodes)
+        upd = Update(revision)
+        shared: dict[str, node_pb2.ServiceState] = {}
+        per_node: dict[str, dict[str, node_pb2.ServiceState]] = {}
+        removed: list[str] = []
+        # Within a batch only the last write of a name matters: the nodes
+        # have seen none of them yet.
+        for name, svc in dict(changes).items():
+            before = {n: self._entry(name, n) for n in nodes} if name in self.services else None
+            old_shared = self._shared.pop(name, None)
+            self._local.pop(name, None)
+            if svc is None:
+                if self.services.pop(name, None) is not None:
+                    removed.append(name)
+                continue
+            self._set(svc)
+            new_shared = self._shared.get(name)
+            if new_shared is not None and (before is None or old_shared is not None):
+                # Shared before and after (or new): one comparison for all nodes.
+                if new_shared != old_shared:
+                    shared[name] = new_shared
+                continue
+            for n in nodes:
+                entry = self._entry(name, n)
+                if before is None or before[n] != entry:
+                    per_node.setdefault(n, {})[name] = entry
+        upd.shared_upserts = [shared[n] for n in sorted(shared)]
+        upd.removals = sorted(removed)
+        upd.per_node = {n: [e[k] for k in sorted(e)] for n, e in per_node.items() if e}
+        self.revision = revision
+        return upd

@@ -1,0 +1,67 @@
+"""Validation of public API input. Pure; errors name the field.
+
+Frontends and backends are checked by the same code the dataplane uses
+(socklb.dataplane.desired), on the cluster-wide node entry of the service, so
+the control plane never accepts what a node would refuse.
+"""
+from __future__ import annotations
+
+import re
+
+from socklb.dataplane.desired import InvalidState, check_port, parse_ip, service_targets
+from socklb.v1 import api_pb2, types_pb2
+
+from . import compute
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
+MAX_NAME = 253
+MAX_BACKENDS = 4096
+MAX_FRONTENDS = 64
+MAX_AFFINITY_SECONDS = 604800
+MAX_NODE_NAME = 253
+
+__all__ = ["InvalidState", "validate_service", "validate_name", "validate_backend_refs"]
+
+
+def validate_name(name: str, field: str) -> None:
+    if not name:
+        raise InvalidState(field, "must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidState(field, f"longer than {MAX_NAME} characters")
+    if not NAME_RE.match(name):
+        raise InvalidState(field, f"{name!r} must be 'name' or 'namespace/name' of lowercase letters, "
+                                  "digits, '-' and '.'")
+
+
+def _enum(value: int, enum_type, field: str) -> None:
+    if value not in enum_type.values():
+        raise InvalidState(field, f"unknown value {value}")
+
+
+def validate_service(svc: api_pb2.Service, field: str = "service") -> None:
+    validate_name(svc.name, f"{field}.name")
+    if len(svc.frontends) > MAX_FRONTENDS:
+        raise InvalidState(f"{field}.frontends", f"more than {MAX_FRONTENDS} frontends")
+    if len(svc.backends) > MAX_BACKENDS:
+        raise InvalidState(f"{field}.backends", f"more than {MAX_BACKENDS} backends")
+    _enum(svc.selection, types_pb2.Selection, f"{field}.selection")
+    _enum(svc.traffic_policy, api_pb2.TrafficPolicy, f"{field}.traffic_policy")
+    _enum(svc.affinity.mode, api_pb2.AffinityMode, f"{field}.affinity.mode")
+    if svc.affinity.timeout_seconds > MAX_AFFINITY_SECONDS:
+        raise InvalidState(f"{field}.affinity.timeout_seconds",
+                           f"{svc.affinity.timeout_seconds} exceeds {MAX_AFFINITY_SECONDS}")
+    if svc.affinity.timeout_seconds and svc.affinity.mode != api_pb2.AFFINITY_MODE_CLIENT:
+        raise InvalidState(f"{field}.affinity.timeout_seconds", "only meaningful with AFFINITY_MODE_CLIENT")
+    for i, b in enumerate(svc.backends):
+        _enum(b.state, types_pb2.BackendState, f"{field}.backends[{i}].state")
+        if len(b.node) > MAX_NODE_NAME or len(b.zone) > MAX_NODE_NAME:
+            raise InvalidState(f"{field}.backends[{i}]", "node and zone are at most 253 characters")
+        if b.HasField("drain_deadline") and b.state != types_pb2.BACKEND_STATE_DRAINING:
+            raise InvalidState(f"{field}.backends[{i}].drain_deadline", "only DRAINING backends have a deadline")
+    service_targets(compute.node_service(svc, None), field)
+
+
+def validate_backend_refs(refs, field: str) -> None:
+    for i, r in enumerate(refs):
+        parse_ip(r.address, f"{field}[{i}].address")
+        check_port(r.port, f"{field}[{i}].port", allow_zero=True)
