@@ -33,10 +33,15 @@ class ApplyResult:
 
 
 class Agent:
-    def __init__(self, datapath: Datapath, node: str):
+    """With datapath None the agent validates, plans and keeps state but
+    programs nothing: a node that "applies to nothing", for tests and the
+    convergence benchmark."""
+
+    def __init__(self, datapath: Datapath | None, node: str):
         self.datapath = datapath
         self.node = node
-        self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
+        self.limits = (Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
+                       if datapath is not None else Limits())
         self._lock = threading.Lock()
         self.store: MapStore | None = None
         self.programmed = Programmed()
@@ -46,6 +51,8 @@ class Agent:
         self.applied_version = 0
 
     def start(self) -> None:
+        if self.datapath is None:
+            return
         self.datapath.load()
         self.store = MapStore(self.datapath.maps)
         self.programmed = self.store.read_programmed()
@@ -78,13 +85,14 @@ class Agent:
 
     def _apply_locked(self, state, targets: dict, start: float) -> ApplyResult:
         plan = make_plan(self.programmed, targets)
-        try:
-            self.store.execute(plan)
-        except Exception:
-            log.exception("map update failed; restoring the previous state")
-            self._restore(self.programmed)
-            raise
-        self.store.meta_set(layout.Meta.VERSION, state.version)
+        if self.store is not None:
+            try:
+                self.store.execute(plan)
+            except Exception:
+                log.exception("map update failed; restoring the previous state")
+                self._restore(self.programmed)
+                raise
+            self.store.meta_set(layout.Meta.VERSION, state.version)
         self.programmed = plan.result
         self.applied = node_pb2.NodeState.FromString(state.SerializeToString())
         self.applied_version = state.version

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -82,10 +81,20 @@ def cmd_run(args) -> int:
         except OSError as e:
             log.error("applying %s failed, previous state restored: %s", args.state, e)
 
+    if args.state and args.controlplane:
+        raise CliError("give either --state (standalone) or --controlplane, not both")
     mtime = None
     if args.state:
         mtime = _mtime(args.state)
         apply_file()
+    client = None
+    if args.controlplane:
+        from .sync_client import SyncClient
+
+        client = SyncClient(agent, [a.strip() for a in args.controlplane.split(",") if a.strip()],
+                            stats_interval=args.stats_interval,
+                            capabilities={"socket_lb": "cgroup-sock-addr"})
+        client.start()
     server = admin.serve(agent, Path(args.admin_socket))
     log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
     try:
@@ -97,6 +106,8 @@ def cmd_run(args) -> int:
                     mtime = now
                     apply_file()
     finally:
+        if client is not None:
+            client.stop()
         server.stop(grace=1).wait()
         # Programs stay attached and maps pinned: stopping the agent must not
         # interrupt traffic. `detach` removes them.
@@ -192,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the node agent")
     r.add_argument("--state", help="desired-state file (YAML/JSON NodeState): standalone mode")
+    r.add_argument("--controlplane", default=os.environ.get("SOCKLB_CONTROLPLANE", ""),
+                   help="control-plane addresses host:port[,host:port...]: take the desired state from there")
+    r.add_argument("--stats-interval", type=float, default=5.0, help="seconds between statistics reports")
     r.add_argument("--cgroup", default=DEFAULT_CGROUP,
                    help="cgroup v2 whose processes are load-balanced (absolute, or relative to the "
                         "cgroup2 mount; created if missing)")

@@ -1,0 +1,171 @@
+"""The public gRPC API (socklb.v1.LoadBalancer): status codes at the rim,
+the work in services.py (writes) and nodes.py (status, stats)."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+
+from socklb.dataplane.desired import InvalidState
+from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
+
+from . import keys
+from .nodes import NodeRegistry
+from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
+                       remove_backends, set_backends)
+from .store.base import Compacted, Store, StoreError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def _status(fn):
+    """Map domain errors to gRPC status codes; nothing was written on any of them."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except InvalidState as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except NotFound as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except Conflict as e:
+            await context.abort(grpc.StatusCode.ABORTED, str(e))
+        except AlreadyExists as e:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, f"store error: {e}")
+    return wrapper
+
+
+class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
+    def __init__(self, store: Store, registry: NodeRegistry):
+        self.store = store
+        self.services = ServiceStore(store)
+        self.registry = registry
+
+    async def _run(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    @_status
+    async def PutService(self, request, context):
+        if not request.HasField("service"):
+            raise InvalidState("service", "is required")
+        r = await self._run(self.services.put, request.service, request.expected_version, request.create_only)
+        return r.service
+
+    @_status
+    async def GetService(self, request, context):
+        return await self._run(self.services.get, request.name)
+
+    @_status
+    async def ListServices(self, request, context):
+        services, rev = await self._run(self.services.list)
+        return api_pb2.ListServicesResponse(services=services, revision=rev)
+
+    @_status
+    async def DeleteService(self, request, context):
+        rev, existed = await self._run(self.services.delete, request.name, request.expected_version)
+        return api_pb2.DeleteServiceResponse(revision=rev, existed=existed)
+
+    @_status
+    async def SetBackends(self, request, context):
+        r = await self._run(self.services.update, request.service, set_backends(request.backends),
+                            request.expected_version)
+        return r.service
+
+    @_status
+    async def AddBackends(self, request, context):
+        r = await self._run(self.services.update, request.service, add_backends(request.backends),
+                            request.expected_version)
+        return r.service
+
+    @_status
+    async def RemoveBackends(self, request, context):
+        r = await self._run(self.services.update, request.service, remove_backends(request.backends),
+                            request.expected_version)
+        return r.service
+
+    @_status
+    async def DrainBackends(self, request, context):
+        r = await self._run(self.services.update, request.service,
+                            drain_backends(request.backends, request.deadline_seconds), request.expected_version)
+        return r.service
+
+    @_status
+    async def ListNodes(self, request, context):
+        nodes = await self._run(self.registry.list)
+        return api_pb2.ListNodesResponse(nodes=sorted(nodes, key=lambda n: n.name))
+
+    @_status
+    async def GetStats(self, request, context):
+        reports = await self._run(self.registry.list_stats)
+        return aggregate_stats(reports, request.service, request.node)
+
+    async def Watch(self, request, context):
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        start = request.from_revision + 1
+        try:
+            if request.from_revision == 0:
+                services, rev = await self._run(self.services.list)
+                for svc in services:
+                    yield api_pb2.WatchEvent(revision=svc.resource_version, type=api_pb2.WatchEvent.TYPE_PUT,
+                                             name=svc.name, service=svc)
+                start = rev + 1
+            watch = await self._run(self.store.watch, keys.SERVICES, start,
+                                    lambda evs: loop.call_soon_threadsafe(queue.put_nowait, evs))
+        except Compacted as e:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"from_revision: {request.from_revision} is compacted (oldest kept: "
+                                f"{e.compact_revision}); list and watch from the list's revision")
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
+        try:
+            while True:
+                events = await queue.get()
+                if not events and watch.error is not None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"watch ended: {watch.error}")
+                for ev in events:
+                    name = keys.service_name(ev.key)
+                    if ev.type == "put":
+                        svc = api_pb2.Service.FromString(ev.value)
+                        svc.resource_version = ev.revision
+                        yield api_pb2.WatchEvent(revision=ev.revision, type=api_pb2.WatchEvent.TYPE_PUT,
+                                                 name=name, service=svc)
+                    else:
+                        yield api_pb2.WatchEvent(revision=ev.revision, type=api_pb2.WatchEvent.TYPE_DELETE,
+                                                 name=name)
+        finally:
+            watch.cancel()
+
+
+def aggregate_stats(reports, service: str = "", node: str = "") -> api_pb2.StatsResponse:
+    out = api_pb2.StatsResponse()
+    per_service: dict[str, dict[tuple[str, int], int]] = {}
+    for name in sorted(reports):
+        if node and name != node:
+            continue
+        r = reports[name]
+        flows = 0
+        for f in r.flows:
+            if service and f.service != service:
+                continue
+            per_service.setdefault(f.service, {})
+            k = (f.backend_address, f.backend_port)
+            per_service[f.service][k] = per_service[f.service].get(k, 0) + f.active
+            flows += f.active
+        ns = api_pb2.NodeStats(node=name, active_flows=flows, reported_at=r.at)
+        ns.counters.CopyFrom(r.counters if r.HasField("counters") else node_pb2.Counters())
+        out.nodes.append(ns)
+    for svc in sorted(per_service):
+        backends = per_service[svc]
+        s = api_pb2.ServiceStats(service=svc, active_flows=sum(backends.values()))
+        for (addr, port) in sorted(backends):
+            s.backends.append(api_pb2.BackendStats(address=addr, port=port, active_flows=backends[(addr, port)]))
+        out.services.append(s)
+    return out

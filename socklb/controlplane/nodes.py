@@ -1,0 +1,157 @@
+"""Node status and statistics: kept in memory by the replica a node is
+connected to, written to the store in coalesced batches so that every
+replica (and the leader) sees every node."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from google.protobuf import timestamp_pb2
+
+from socklb.v1 import api_pb2, sync_pb2
+
+from . import keys
+from .store.base import Compare, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def health_of(node: api_pb2.Node, connected: bool) -> int:
+    if not connected:
+        return api_pb2.NODE_HEALTH_DISCONNECTED
+    if node.last_error or node.applied_version < node.desired_version:
+        return api_pb2.NODE_HEALTH_DEGRADED
+    return api_pb2.NODE_HEALTH_READY
+
+
+class NodeRegistry:
+    def __init__(self, store: Store, replica: str, flush_interval: float = 0.2):
+        self.store = store
+        self.replica = replica
+        self.flush_interval = flush_interval
+        self.records: dict[str, api_pb2.Node] = {}
+        self.connected_nodes: set[str] = set()
+        self.reports: dict[str, sync_pb2.StatsReport] = {}
+        self._dirty: set[str] = set()
+        self._dirty_stats: set[str] = set()
+        self._gone: set[str] = set()  # disconnected here, to be written if still ours
+        self._wake = asyncio.Event()
+
+    # --- events from streams (event loop thread) --------------------------
+    def connected(self, hello: sync_pb2.Hello, peer: str, desired: int) -> None:
+        n = api_pb2.Node(name=hello.node, applied_version=hello.applied_version, desired_version=desired,
+                         kernel=hello.kernel, replica=self.replica, last_seen=_now())
+        n.capabilities.update(hello.capabilities)
+        self.records[hello.node] = n
+        self.connected_nodes.add(hello.node)
+        self._gone.discard(hello.node)
+        self._touch(hello.node)
+
+    def disconnected(self, node: str) -> None:
+        self.connected_nodes.discard(node)
+        if node in self.records:
+            self.records[node].last_seen.CopyFrom(_now())
+            self._gone.add(node)
+            self._touch(node)
+
+    def desired(self, node: str, version: int) -> None:
+        if node in self.records:
+            self.records[node].desired_version = version
+            self._touch(node)
+
+    def acked(self, node: str, version: int) -> None:
+        n = self.records.get(node)
+        if n is not None:
+            n.applied_version = max(n.applied_version, version)
+            n.last_error = ""
+            n.last_seen.CopyFrom(_now())
+            self._touch(node)
+
+    def nacked(self, node: str, version: int, error: str) -> None:
+        n = self.records.get(node)
+        if n is not None:
+            n.last_error = f"version {version}: {error}"
+            n.last_seen.CopyFrom(_now())
+            self._touch(node)
+
+    def stats(self, node: str, report: sync_pb2.StatsReport) -> None:
+        self.reports[node] = report
+        self._dirty_stats.add(node)
+        if node in self.records:
+            self.records[node].last_seen.CopyFrom(_now())
+        self._wake.set()
+
+    def applied_version(self, node: str) -> int:
+        n = self.records.get(node)
+        return n.applied_version if n is not None else 0
+
+    def _touch(self, node: str) -> None:
+        n = self.records[node]
+        n.health = health_of(n, node in self.connected_nodes)
+        self._dirty.add(node)
+        self._wake.set()
+
+    # --- persistence ---------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await asyncio.to_thread(self.flush_batch, *self._take())
+            except StoreError as e:
+                log.warning("could not write node status (will retry): %s", e)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+            await asyncio.sleep(self.flush_interval)
+
+    def _take(self):
+        dirty, self._dirty = self._dirty, set()
+        stats, self._dirty_stats = self._dirty_stats, set()
+        gone = dirty & self._gone
+        self._gone -= gone
+        live = {n: self.records[n].SerializeToString() for n in dirty - gone if n in self.records}
+        down = {n: self.records[n] for n in gone if n in self.records}
+        reports = {n: self.reports[n].SerializeToString() for n in stats if n in self.reports}
+        return live, down, reports
+
+    def flush_batch(self, live: dict[str, bytes], down: dict[str, api_pb2.Node], reports: dict[str, bytes]) -> None:
+        puts = [(keys.node(n), v) for n, v in live.items()] + [(keys.stats(n), v) for n, v in reports.items()]
+        if puts:
+            self.store.txn([], puts)
+        for name, record in down.items():
+            # Only if no other replica took the node over in the meantime.
+            kv = self.store.get(keys.node(name))
+            if kv is not None and api_pb2.Node.FromString(kv.value).replica != self.replica:
+                continue
+            self.store.txn([Compare(keys.node(name), kv.mod_revision if kv else 0)],
+                           [(keys.node(name), record.SerializeToString())])
+
+    # --- reads (any replica) ---------------------------------------------------
+    def list(self) -> list[api_pb2.Node]:
+        kvs, _ = self.store.range(keys.NODES)
+        return [api_pb2.Node.FromString(kv.value) for kv in kvs]
+
+    def list_stats(self) -> dict[str, sync_pb2.StatsReport]:
+        kvs, _ = self.store.range(keys.STATS)
+        return {kv.key[len(keys.STATS):]: sync_pb2.StatsReport.FromString(kv.value) for kv in kvs}
+
+
+def mark_gone(store: Store, fence: Compare, timeout: float, now: float | None = None) -> list[str]:
+    """Leader duty: nodes disconnected for longer than `timeout` become GONE."""
+    now = now if now is not None else time.time()
+    out = []
+    kvs, _ = store.range(keys.NODES)
+    for kv in kvs:
+        n = api_pb2.Node.FromString(kv.value)
+        if n.health == api_pb2.NODE_HEALTH_DISCONNECTED and now - n.last_seen.ToSeconds() > timeout:
+            n.health = api_pb2.NODE_HEALTH_GONE
+            if store.txn([fence, Compare(kv.key, kv.mod_revision)], [(kv.key, n.SerializeToString())]) is not None:
+                out.append(n.name)
+    return out

@@ -1,0 +1,210 @@
+"""socklb-controlplane: the API, the sync streams, and the loop that turns
+store changes into node updates.
+
+    store watch ──▶ SnapshotCache.apply ──▶ SyncService.publish ──▶ node streams
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+
+import grpc
+
+from socklb.v1 import api_pb2, api_pb2_grpc
+
+from . import keys
+from .api import LoadBalancerServicer
+from .cache import SnapshotCache
+from .nodes import NodeRegistry, mark_gone
+from .services import ServiceStore, expire_drains
+from .store.base import Compacted, Store, StoreError
+from .sync import SyncService
+
+log = logging.getLogger("socklb.controlplane")
+
+# Keepalive agreed with the dataplane's client (sync_client.py): the server
+# must allow pings at least as often as clients send them, or it answers
+# GOAWAY too_many_pings.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 << 20),
+]
+
+
+class ControlPlane:
+    def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0):
+        self.store = store
+        self.replica = replica
+        self.node_timeout = node_timeout
+        self.duty_interval = duty_interval
+        self.cache = SnapshotCache()
+        self.registry = NodeRegistry(store, replica)
+        self.sync = SyncService(self.cache, self.registry, replica)
+        self.api = LoadBalancerServicer(store, self.registry)
+        self._watch = None
+        self._gen = 0
+        self._tasks: list[asyncio.Task] = []
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self, listen: str) -> int:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._load)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
+        self.server.add_generic_rpc_handlers([self.sync.handler()])
+        port = self.server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        await self.server.start()
+        self._tasks = [asyncio.create_task(self.registry.run()), asyncio.create_task(self._duties())]
+        log.info("replica %s serving on %s (port %d), store revision %d", self.replica, listen, port,
+                 self.cache.revision)
+        return port
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for t in self._tasks:
+            t.cancel()
+        if self.server is not None:
+            await self.server.stop(grace=1)
+
+    # --- store -> cache -> nodes -------------------------------------------------
+    def _load(self) -> None:
+        kvs, rev = self.store.range(keys.SERVICES)
+        services = []
+        for kv in kvs:
+            svc = api_pb2.Service.FromString(kv.value)
+            svc.resource_version = kv.mod_revision
+            services.append(svc)
+        self.cache.load(services, rev)
+        self._start_watch(rev + 1)
+
+    def _start_watch(self, start: int) -> None:
+        # A generation number, not the Watch object, tells current events
+        # from a replaced watch's: events can arrive before watch() returns.
+        self._gen += 1
+        gen, loop, box = self._gen, self._loop, []
+
+        def on_events(events):
+            err = box[0].error if (not events and box) else None
+            loop.call_soon_threadsafe(self._on_events, events, gen, err)
+
+        self._watch = self.store.watch(keys.SERVICES, start, on_events)
+        box.append(self._watch)
+
+    def _on_events(self, events, gen: int, error) -> None:
+        if gen != self._gen:
+            return
+        if not events:  # the store's rule: an empty batch means the watch died
+            self._gen += 1
+            asyncio.ensure_future(self._rewatch(error or StoreError("watch stopped")))
+            return
+        changes = []
+        for ev in events:
+            svc = None
+            if ev.type == "put":
+                svc = api_pb2.Service.FromString(ev.value)
+                svc.resource_version = ev.revision
+            changes.append((keys.service_name(ev.key), svc))
+        update = self.cache.apply(changes, max(ev.revision for ev in events), self.sync.nodes())
+        self.sync.publish(update)
+
+    async def _rewatch(self, error: Exception) -> None:
+        """The watch died (compaction, store restart): reload, resync, re-watch."""
+        log.warning("service watch ended (%s); reloading from the store", error)
+        delay = 0.2
+        while True:
+            try:
+                if self._watch is not None:
+                    self._watch.cancel()
+                self._watch = None
+                await asyncio.to_thread(self._load)
+                break
+            except (StoreError, Compacted) as e:
+                log.warning("reload failed (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.sync.resync_all()
+
+    # --- leader duties -------------------------------------------------------------
+    async def _duties(self) -> None:
+        leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
+                                             max(self.duty_interval * 3, 5.0))
+        services = ServiceStore(self.store)
+        try:
+            while True:
+                await asyncio.sleep(self.duty_interval)
+                if not leadership.is_leader():
+                    continue
+                try:
+                    fence = leadership.fence()
+                    gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout)
+                    drained = await asyncio.to_thread(expire_drains, services, fence)
+                    if gone or drained:
+                        log.info("leader: nodes gone %s, drains expired in %s", gone, drained)
+                except StoreError as e:
+                    log.warning("leader duties failed (will retry): %s", e)
+        finally:
+            await asyncio.to_thread(leadership.close)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="socklb-controlplane", description="socklb control plane")
+    p.add_argument("--listen", default=os.environ.get("SOCKLB_LISTEN", "127.0.0.1:7400"),
+                   help="address for the API and the node streams (default 127.0.0.1:7400)")
+    p.add_argument("--store", default=os.environ.get("SOCKLB_STORE", "embedded:///var/lib/socklb/controlplane"),
+                   help="embedded:///DIR (default) or etcd://host:port[,host:port...]")
+    p.add_argument("--replica-id", default=os.environ.get("SOCKLB_REPLICA_ID", ""),
+                   help="name of this replica (default: hostname-pid-random)")
+    p.add_argument("--node-timeout", type=float, default=60.0,
+                   help="seconds a disconnected node is kept before the leader marks it GONE")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def _amain(args) -> int:
+    from .store.base import open_store
+
+    replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    try:
+        store = await asyncio.to_thread(open_store, args.store)
+    except (ValueError, StoreError, OSError) as e:
+        print(f"error: cannot open store {args.store}: {e}", file=sys.stderr)
+        return 1
+    cp = ControlPlane(store, replica, node_timeout=args.node_timeout)
+    try:
+        await cp.start(args.listen)
+    except (OSError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        store.close()
+        return 1
+    log.info("ready")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await cp.stop()
+    store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

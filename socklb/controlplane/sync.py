@@ -1,0 +1,212 @@
+"""The stream server: one NodeSync stream per node, fed by the snapshot cache.
+
+Protocol (versions are store revisions):
+  node -> Hello(node, applied_version, state_digest, capabilities)
+  cp   -> nothing (digest matches and versions equal), an empty delta (digest
+          matches, older version), or a snapshot in chunks
+  cp   -> Delta(from_version = node's version, version = revision) per change
+          that affects the node
+  node -> Ack(version, nonce) / Nack(version, nonce, error)
+A NACKed delta is followed by one snapshot; a NACKed snapshot leaves the node
+on its last good state until the next change. Messages are serialized once
+per update and shared by every node; the per-node part (nonce, from_version)
+is a few bytes appended to the shared bytes (protobuf merges repeated
+occurrences of a message field).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from socklb.lb.digest import entries_digest
+from socklb.v1 import node_pb2, sync_pb2
+
+from .cache import SnapshotCache, Update
+from .nodes import NodeRegistry
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
+
+
+@dataclass
+class NodeSession:
+    node: str
+    peer: str
+    version: int  # what the node holds once it applied everything sent
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    diverged: bool = False  # last update refused: the next one is a snapshot
+    snapshot_nack_version: int = -1
+    closed: bool = False
+
+
+class SyncService:
+    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, replica: str):
+        self.cache = cache
+        self.registry = registry
+        self.replica = replica
+        self.sessions: dict[str, NodeSession] = {}
+        self._nonce = itertools.count(1)
+        self._ack_waiters: list[tuple[int, asyncio.Future]] = []
+
+    # --- gRPC plumbing ------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        # Responses are pre-serialized bytes: no response_serializer.
+        return grpc.method_handlers_generic_handler("socklb.v1.NodeSync", {
+            "Sync": grpc.stream_stream_rpc_method_handler(
+                self.sync, request_deserializer=sync_pb2.NodeMessage.FromString),
+        })
+
+    def nodes(self) -> list[str]:
+        return list(self.sessions)
+
+    def _next_nonce(self) -> str:
+        return f"{self.replica}-{next(self._nonce)}"
+
+    async def sync(self, requests: AsyncIterator[sync_pb2.NodeMessage], context) -> AsyncIterator[bytes]:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("msg") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must be a Hello")
+        hello = first.hello
+        if not hello.node:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.node: must not be empty")
+        session = self._open(hello, context.peer())
+        reader = asyncio.create_task(self._read(session, requests))
+        try:
+            while True:
+                get = asyncio.ensure_future(session.queue.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                msg = get.result()
+                if msg is None:  # replaced by a newer stream of the same node
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            self._close(session)
+
+    # --- sessions -----------------------------------------------------------
+    def _open(self, hello: sync_pb2.Hello, peer: str) -> NodeSession:
+        old = self.sessions.get(hello.node)
+        if old is not None:
+            log.info("node %s reconnected from %s; closing its older stream", hello.node, peer)
+            old.closed = True
+            old.queue.put_nowait(None)
+        session = NodeSession(hello.node, peer, hello.applied_version)
+        self.sessions[hello.node] = session
+        self.registry.connected(hello, peer, desired=self.cache.revision)
+        entries = self.cache.entries_for(hello.node)
+        if hello.state_digest and hello.state_digest == entries_digest(entries):
+            if hello.applied_version != self.cache.revision:
+                # Same content, older label: an empty delta moves the version.
+                self._send_delta(session, self.cache.revision, b"", [], [])
+            log.info("node %s resumed at version %d without a snapshot", hello.node, hello.applied_version)
+        else:
+            self._send_snapshot(session, entries)
+        return session
+
+    def _close(self, session: NodeSession) -> None:
+        if self.sessions.get(session.node) is session:
+            del self.sessions[session.node]
+            self.registry.disconnected(session.node)
+
+    async def _read(self, session: NodeSession, requests) -> None:
+        async for msg in requests:
+            kind = msg.WhichOneof("msg")
+            if kind == "ack":
+                self.registry.acked(session.node, msg.ack.version)
+                self._notify_acks()
+            elif kind == "nack":
+                log.warning("node %s refused version %d: %s", session.node, msg.nack.version, msg.nack.error)
+                self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
+                if not session.diverged:
+                    session.diverged = True
+                    self._send_snapshot(session, self.cache.entries_for(session.node))
+                self._notify_acks()
+            elif kind == "stats":
+                self.registry.stats(session.node, msg.stats)
+            elif kind == "hello":
+                log.warning("node %s sent a second Hello; ignored", session.node)
+
+    # --- sending ------------------------------------------------------------
+    def _send_snapshot(self, session: NodeSession, entries: dict[str, node_pb2.ServiceState],
+                       trace: bytes = b"") -> None:
+        version = self.cache.revision
+        chunks: list[list[node_pb2.ServiceState]] = [[]]
+        size = 0
+        for name in sorted(entries):
+            e = entries[name]
+            n = e.ByteSize()
+            if chunks[-1] and size + n > SNAPSHOT_CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(e)
+            size += n
+        for i, chunk in enumerate(chunks):
+            msg = sync_pb2.ControlMessage(
+                nonce=self._next_nonce(),
+                snapshot=sync_pb2.SnapshotChunk(version=version, services=chunk, last=i == len(chunks) - 1))
+            session.queue.put_nowait(trace + msg.SerializeToString())
+        session.version = version
+        session.diverged = False
+        self.registry.desired(session.node, version)
+
+    def _send_delta(self, session: NodeSession, version: int, shared: bytes,
+                    upserts: list[node_pb2.ServiceState], removals: list[str]) -> None:
+        own = sync_pb2.ControlMessage(nonce=self._next_nonce(), delta=node_pb2.NodeStateDelta(
+            from_version=session.version, version=version, upserts=upserts, removals=removals))
+        session.queue.put_nowait(shared + own.SerializeToString())
+        session.version = version
+        self.registry.desired(session.node, version)
+
+    def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
+        """Send an update to the nodes it affects; returns how many."""
+        if update.empty():
+            return 0
+        trace = sync_pb2.ControlMessage(trace_context=trace_context or {}).SerializeToString()
+        shared = trace
+        if update.shared_upserts or update.removals:
+            shared += sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
+                upserts=update.shared_upserts, removals=update.removals)).SerializeToString()
+        sent = 0
+        for node, session in list(self.sessions.items()):
+            own = update.per_node.get(node, [])
+            if not own and not (update.shared_upserts or update.removals):
+                continue
+            if session.diverged:
+                self._send_snapshot(session, self.cache.entries_for(node), trace)
+            else:
+                self._send_delta(session, update.revision, shared, own, [])
+            sent += 1
+        return sent
+
+    def resync_all(self) -> None:
+        """After the cache was reloaded (e.g. the store watch was compacted)."""
+        for node, session in list(self.sessions.items()):
+            self._send_snapshot(session, self.cache.entries_for(node))
+
+    # --- waiting for acks (benchmarks, tests) --------------------------------
+    async def wait_acked(self, version: int, nodes: list[str] | None = None) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((version, fut, nodes))
+        self._notify_acks()
+        await fut
+
+    def _notify_acks(self) -> None:
+        keep = []
+        for version, fut, nodes in self._ack_waiters:
+            names = nodes if nodes is not None else list(self.sessions)
+            if fut.done():
+                continue
+            if all(self.registry.applied_version(n) >= version for n in names):
+                fut.set_result(None)
+            else:
+                keep.append((version, fut, nodes))
+        self._ack_waiters = keep

@@ -1,0 +1,180 @@
+"""The node's side of the NodeSync stream: Hello, apply what comes, Ack or
+Nack, report statistics; reconnect with backoff to any replica. While no
+control plane is reachable the node keeps its last state (the BPF maps do
+not depend on this process at all)."""
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import random
+import threading
+import time
+from collections import Counter
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from socklb.lb.digest import state_digest
+from socklb.v1 import node_pb2, sync_pb2, sync_pb2_grpc
+
+from . import layout
+from .agent import Agent, StateUnknown
+from .desired import InvalidState
+
+log = logging.getLogger(__name__)
+
+# Must match the server's permitted ping interval (controlplane/server.py).
+CLIENT_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
+class SyncClient:
+    def __init__(self, agent: Agent, servers: list[str], stats_interval: float = 5.0,
+                 capabilities: dict[str, str] | None = None, max_backoff: float = 5.0):
+        if not servers:
+            raise ValueError("at least one control-plane address is needed")
+        self.agent = agent
+        self.servers = servers
+        self.stats_interval = stats_interval
+        self.capabilities = capabilities or {}
+        self.max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._channel: grpc.Channel | None = None
+        self.connected_to: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sync-client", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._channel is not None:
+            self._channel.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        i = random.randrange(len(self.servers))
+        while not self._stop.is_set():
+            target = self.servers[i % len(self.servers)]
+            i += 1
+            started = time.monotonic()
+            try:
+                self._session(target)
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    return
+                log.warning("control plane %s: %s %s", target, e.code().name, e.details())
+            except Exception:  # keep the node agent alive whatever the stream did
+                log.exception("sync session with %s failed", target)
+            finally:
+                self.connected_to = None
+            if time.monotonic() - started > 10:
+                backoff = 0.1  # the session was healthy for a while: reconnect fast
+            self._stop.wait(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _hello(self) -> sync_pb2.NodeMessage:
+        state = self.agent.state() if self.agent.applied is not None else None
+        hello = sync_pb2.Hello(
+            node=self.agent.node, applied_version=self.agent.applied_version,
+            state_digest=state_digest(state) if state is not None else b"",
+            kernel=platform.release())
+        hello.capabilities.update(self.capabilities)
+        return sync_pb2.NodeMessage(hello=hello)
+
+    def _session(self, target: str) -> None:
+        out: queue.Queue = queue.Queue()
+        done = threading.Event()
+
+        def requests():
+            yield self._hello()
+            while not done.is_set():
+                try:
+                    msg = out.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if msg is None:
+                    return
+                yield msg
+
+        def report_stats():
+            while not done.wait(self.stats_interval):
+                try:
+                    out.put(sync_pb2.NodeMessage(stats=self.stats_report()))
+                except Exception:
+                    log.exception("collecting statistics failed")
+
+        self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
+        stats_thread = threading.Thread(target=report_stats, name="stats", daemon=True)
+        try:
+            stub = sync_pb2_grpc.NodeSyncStub(self._channel)
+            responses = stub.Sync(requests())
+            self.connected_to = target
+            stats_thread.start()
+            log.info("connected to control plane %s", target)
+            chunks: list[node_pb2.ServiceState] = []
+            for msg in responses:
+                reply = self._handle(msg, chunks)
+                if reply is not None:
+                    out.put(reply)
+        finally:
+            done.set()
+            out.put(None)
+            self._channel.close()
+            self._channel = None
+
+    def _handle(self, msg: sync_pb2.ControlMessage, chunks: list) -> sync_pb2.NodeMessage | None:
+        kind = msg.WhichOneof("msg")
+        try:
+            if kind == "snapshot":
+                chunks.extend(msg.snapshot.services)
+                if not msg.snapshot.last:
+                    return None
+                state = node_pb2.NodeState(version=msg.snapshot.version, services=chunks)
+                chunks.clear()
+                version = msg.snapshot.version
+                self.agent.apply(state)
+            elif kind == "delta":
+                version = msg.delta.version
+                self.agent.apply_delta(msg.delta)
+            else:
+                return None
+        except (InvalidState, StateUnknown, OSError) as e:
+            log.error("refusing version %d: %s", version, e)
+            return sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=version, nonce=msg.nonce, error=str(e)))
+        return sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=version, nonce=msg.nonce))
+
+    def stats_report(self) -> sync_pb2.StatsReport:
+        from .flows import read_flows
+
+        agent = self.agent
+        at = timestamp_pb2.Timestamp()
+        at.GetCurrentTime()
+        report = sync_pb2.StatsReport(at=at, health="ok")
+        if agent.store is None:
+            return report
+        c = agent.store.counters_sum()
+        C = layout.Counter
+        report.counters.CopyFrom(node_pb2.Counters(
+            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
+            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
+            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED]))
+        names = {fe.id: fe.service for fe in agent.programmed.frontends.values()}
+        counts: Counter = Counter()
+        for f in read_flows(agent.datapath):
+            name = names.get(f.frontend_id)
+            if name:
+                counts[(name, layout.unpack_addr(f.backend_addr), layout.port_host(f.backend_port))] += 1
+        for (name, addr, port), n in sorted(counts.items()):
+            report.flows.append(sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n))
+        return report

@@ -1,0 +1,163 @@
+"""The sync protocol end to end in one process: a real control plane (grpc.aio,
+embedded store) and real sync clients whose agents program nothing."""
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from socklb.controlplane.server import ControlPlane
+from socklb.controlplane.store.base import open_store
+from socklb.dataplane.agent import Agent
+from socklb.dataplane.sync_client import SyncClient
+from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
+
+
+class Server:
+    """A control plane on its own event loop thread."""
+
+    def __init__(self, store_url):
+        self.store = open_store(store_url)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.cp = ControlPlane(self.store, "r1", duty_interval=0.2)
+        self.port = self.call(self.cp.start("127.0.0.1:0"))
+        self.addr = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.addr)
+        self.api = api_pb2_grpc.LoadBalancerStub(self.channel)
+
+    def call(self, coro, timeout=30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.channel.close()
+        self.call(self.cp.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(f"embedded://{tmp_path}/store")
+    yield s
+    s.close()
+
+
+def service(name, vip, backends, **kw):
+    return json_format.ParseDict({"name": name, "frontends": [{"address": vip, "port": 80}],
+                                  "backends": [{"address": a, "port": 80} for a in backends], **kw},
+                                 api_pb2.Service())
+
+
+def wait_for(pred, what, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def node(server, name, **kw):
+    agent = Agent(None, name)
+    client = SyncClient(agent, [server.addr], stats_interval=kw.pop("stats_interval", 0.2), **kw)
+    client.start()
+    return agent, client
+
+
+def backends_of(agent, svc):
+    st = agent.state()
+    return sorted(b.address for s in st.services if s.name == svc for b in s.backends)
+
+
+def test_snapshot_then_deltas_reach_every_node(server):
+    server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+    nodes = [node(server, f"n{i}") for i in range(3)]
+    try:
+        for agent, _ in nodes:
+            wait_for(lambda: backends_of(agent, "a") == ["10.0.0.1"], "snapshot")
+        r = server.api.AddBackends(api_pb2.AddBackendsRequest(
+            service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
+        for agent, _ in nodes:
+            wait_for(lambda: agent.applied_version == r.resource_version, "delta applied")
+            assert backends_of(agent, "a") == ["10.0.0.1", "10.0.0.2"]
+        wait_for(lambda: all(n.applied_version == r.resource_version and n.health == api_pb2.NODE_HEALTH_READY
+                             for n in server.api.ListNodes(api_pb2.ListNodesRequest()).nodes)
+                 and len(server.api.ListNodes(api_pb2.ListNodesRequest()).nodes) == 3, "nodes READY")
+        server.api.DeleteService(api_pb2.DeleteServiceRequest(name="a"))
+        for agent, _ in nodes:
+            wait_for(lambda: agent.state().services == [], "removal")
+    finally:
+        for _, c in nodes:
+            c.stop()
+
+
+def test_reconnect_with_same_state_needs_no_snapshot(server):
+    r = server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+    agent, client = node(server, "n1")
+    wait_for(lambda: agent.applied_version == r.resource_version, "first sync")
+    client.stop()
+    applied = []
+    real_apply = agent.apply
+    agent.apply = lambda st: applied.append(st) or real_apply(st)
+    client2 = SyncClient(agent, [server.addr], stats_interval=0.2)
+    client2.start()
+    try:
+        wait_for(lambda: client2.connected_to is not None, "reconnect")
+        r2 = server.api.AddBackends(api_pb2.AddBackendsRequest(
+            service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
+        wait_for(lambda: agent.applied_version == r2.resource_version, "delta after resume")
+        assert applied == []  # resumed by digest: no snapshot was needed
+    finally:
+        client2.stop()
+
+
+def test_nack_leaves_the_node_on_its_last_good_state_and_shows_in_status(server):
+    r = server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+    agent, client = node(server, "n1")
+    try:
+        wait_for(lambda: agent.applied_version == r.resource_version, "first sync")
+        agent.limits = type(agent.limits)(backends=1)  # this node now holds only one backend
+        r2 = server.api.AddBackends(api_pb2.AddBackendsRequest(
+            service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
+        def degraded():
+            (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+            return n.health == api_pb2.NODE_HEALTH_DEGRADED and "backends map holds 1" in n.last_error
+        wait_for(degraded, "NACK in node status")
+        assert agent.applied_version == r.resource_version
+        assert backends_of(agent, "a") == ["10.0.0.1"]
+        assert r2.resource_version > r.resource_version
+    finally:
+        client.stop()
+
+
+def test_a_hello_without_node_name_is_refused(server):
+    stub = sync_pb2_grpc.NodeSyncStub(server.channel)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Sync(iter([sync_pb2.NodeMessage(hello=sync_pb2.Hello())])))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hello.node" in e.value.details()
+
+
+def test_large_snapshot_arrives_in_chunks(server):
+    for i in range(60):
+        svc = service(f"s{i}", f"127.96.{i // 250}.{i % 250 + 1}", [f"10.1.{i}.{j}" for j in range(1, 200)])
+        server.api.PutService(api_pb2.PutServiceRequest(service=svc))
+    agent, client = node(server, "n1")
+    try:
+        wait_for(lambda: len(agent.state().services) == 60, "chunked snapshot", timeout=30)
+        assert sum(len(s.backends) for s in agent.state().services) == 60 * 199
+    finally:
+        client.stop()
+
+
+def test_stats_flow_back_to_the_api(server):
+    agent, client = node(server, "n1")
+    try:
+        wait_for(lambda: [n.node for n in server.api.GetStats(api_pb2.GetStatsRequest()).nodes] == ["n1"],
+                 "stats report stored")
+    finally:
+        client.stop()
