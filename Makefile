@@ -3,12 +3,15 @@
 PY := .venv/bin/python
 STATE ?= examples/standalone.yaml
 
-.PHONY: setup run test unit kernel proto proto-check bench clean
+.PHONY: setup run standalone test unit kernel proto proto-check bench clean
 
 setup:
 	@./scripts/setup.sh
 
 run: setup
+	./scripts/run.sh
+
+standalone: setup
 	$(PY) -m socklb.dataplane.cli run --state $(STATE)
 
 test: setup proto-check
