@@ -7,7 +7,7 @@ each on stdout. Standard library only.
 
 First output line: {"pid", "cgroup", "netns"}. Commands (``op``):
 
-- tcp_many {addr, port, n, detail?}: n times connect, getpeername, send a line,
+- tcp_many {addr, port, n, detail?, interval?}: n times connect, getpeername, send a line,
   read the backend's name, close. -> {counts, peers, errors, [conns]}
 - tcp_open {id, addr, port}: a connection that stays open. -> {peer, backend}
 - tcp_ping {id}: one more request on it. -> {backend} or {error}
@@ -150,9 +150,11 @@ class Server:
         self.socks = {}
         self.loop = None
 
-    def op_tcp_many(self, addr, port, n, detail=False):
+    def op_tcp_many(self, addr, port, n, detail=False, interval=0.0):
         counts, peers, errors, conns = Counter(), Counter(), Counter(), []
-        for _ in range(n):
+        for i in range(n):
+            if interval and i:
+                time.sleep(interval)
             try:
                 backend, peer, t0, t1 = tcp_request(addr, port)
                 counts.add(backend)

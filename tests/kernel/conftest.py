@@ -78,12 +78,20 @@ def sweep_leftovers():
         yield
         return
     mount = netenv.cgroup2_mount()
+    for pid in netenv.stale_agent_pids():
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
     if netenv.NETNS_DIR.is_dir():
         for p in netenv.NETNS_DIR.iterdir():
             if netenv.stale(p.name):
                 ns = netenv.NetNS.__new__(netenv.NetNS)
                 ns.name = p.name
                 ns.remove()
+    for p in Path(tempfile.gettempdir()).glob(netenv.PREFIX + "-*"):
+        if netenv.stale(p.name):
+            shutil.rmtree(p, ignore_errors=True)
     if netenv.BPFFS.is_dir():
         for p in netenv.BPFFS.iterdir():
             if netenv.stale(p.name):
@@ -174,7 +182,8 @@ def clients(cgroup):
 @pytest.fixture
 def workdir():
     # short: the admin socket path must fit in sun_path (108 bytes)
-    d = Path(tempfile.mkdtemp(prefix="socklb-test-"))
+    d = Path(tempfile.gettempdir()) / netenv.unique_name("wd")
+    d.mkdir(mode=0o700)
     try:
         yield d
     finally:

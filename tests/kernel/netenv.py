@@ -647,7 +647,7 @@ class Agent:
         problems found (an empty list when detach did its whole job)."""
         problems = []
         self.stop()
-        if have_agent():
+        if have_agent() and self.pin_dir.exists():
             r = self.cli("detach", "--pin-dir", str(self.pin_dir), "--cgroup", str(self.cgroup.path))
             if r.returncode != 0:
                 problems.append(f"detach exited {r.returncode}: {r.stdout}{r.stderr}")
@@ -801,3 +801,23 @@ def poll(fn, timeout: float = 60.0, interval: float = 0.1):
 def peer(addr: str, port: int) -> str:
     """How client.py reports an address: the JSON of [addr, port]."""
     return json.dumps([addr, port])
+
+
+def stale_agent_pids() -> list[int]:
+    """Agents started by an earlier run that died (their pin dir name is
+    stale): ``socklb.dataplane.cli run ... --pin-dir /sys/fs/bpf/<stale>``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "socklb.dataplane.cli" not in args or "--pin-dir" not in args:
+            continue
+        i = args.index("--pin-dir")
+        if i + 1 < len(args) and stale(Path(args[i + 1]).name):
+            out.append(int(d.name))
+    return out

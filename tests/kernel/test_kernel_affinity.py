@@ -19,9 +19,14 @@ def test_affinity_sticks_then_expires(agent, backends, clients):
                                     affinity=timeout)))
     c = clients()
 
-    r = c.call("tcp_many", addr=VIP, port=vport, n=30, detail=True)
-    assert r["errors"] == {}, r
-    conns = r["conns"]
+    # Back to back, then spaced out over more than twice the timeout: every
+    # use refreshes the entry, so the backend holds as long as each connection
+    # follows the previous one within the timeout.
+    r1 = c.call("tcp_many", addr=VIP, port=vport, n=20, detail=True)
+    r2 = c.call("tcp_many", addr=VIP, port=vport, n=10, detail=True, interval=timeout / 4)
+    assert r1["errors"] == {} and r2["errors"] == {}, (r1, r2)
+    conns = r1["conns"] + r2["conns"]
+    assert conns[-1]["t1"] - conns[0]["t0"] > 2 * timeout
     # Connection i must have the backend of connection i-1 whenever it was
     # certainly made within the timeout of it: the hook of i-1 ran after
     # t0[i-1] and the hook of i before t1[i] (both CLOCK_MONOTONIC, the

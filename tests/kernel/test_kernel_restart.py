@@ -87,7 +87,27 @@ def test_agent_sigkill_restart_adopts(agent, backends, clients, cgroup):
     a.proc.wait(30)
     a.start()
     assert attached(cgroup) == hooks_before
-    assert pinned_ids(a.pin_dir) == pins_after or all(
-        pinned_ids(a.pin_dir)[n] == v for n, v in pins_after.items() if v[0] in ("map", "link"))
+    pins_third = pinned_ids(a.pin_dir)
+    assert sorted(pins_third) == sorted(pins_before), pins_third
+    for name, (kind, ident) in pins_before.items():
+        if kind in ("map", "link"):
+            assert pins_third[name] == (kind, ident), (name, pins_before, pins_third)
     r = c.call("tcp_many", addr=VIP, port=vport, n=20)
     assert r["errors"] == {} and set(r["counts"]) <= {"backend-0", "backend-1"}, r
+
+
+def test_detach_removes_programs_and_pins(agent, backends, clients, cgroup):
+    b = backends("backend-0", "127.0.0.2")
+    vport = free_port(VIP)
+    a = agent(node_state(1, service("web", [frontend(VIP, vport)], [backend(b)])))
+    c = clients()
+    assert c.call("tcp_many", addr=VIP, port=vport, n=3)["counts"] == {"backend-0": 3}
+    a.stop()
+    # stopped, not detached: still balancing
+    assert c.call("tcp_many", addr=VIP, port=vport, n=3)["counts"] == {"backend-0": 3}
+    r = a.cli("detach", "--pin-dir", str(a.pin_dir), "--cgroup", str(cgroup.path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert attached(cgroup) == collections.Counter()
+    assert not a.pin_dir.exists() or pinned_files(a.pin_dir) == []
+    # no longer translated: nothing listens on the VIP itself
+    assert c.call("connect_error", addr=VIP, port=vport)["error"] == "ECONNREFUSED"
