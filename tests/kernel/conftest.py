@@ -17,17 +17,7 @@ import pytest
 import netenv
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def require(condition: bool, what: str) -> None:
-    """Skip (developer machine) or fail (CI=true) when a prerequisite is missing."""
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"kernel test prerequisite missing (CI=true, so not skipping): {what}", pytrace=False)
-    pytest.skip(f"kernel test prerequisite missing: {what}")
+from netenv import require
 
 
 def pytest_configure(config):

@@ -61,6 +61,23 @@ def unique_name(kind: str = "") -> str:
 # Environment probes
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (developer machine) or fail (CI=true) when a prerequisite of a
+    kernel test is missing. Every kernel test goes through this (the autouse
+    fixture in conftest.py)."""
+    if condition:
+        return
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"kernel test prerequisite missing (CI=true, so not skipping): {what}", pytrace=False)
+    pytest.skip(f"kernel test prerequisite missing: {what}")
+
+
 def cgroup2_mount() -> Path | None:
     """The cgroup2 mount point from /proc/mounts (never hard-coded)."""
     try:

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import conftest
 import netenv
 
 
@@ -20,8 +19,8 @@ import netenv
 def test_require_fails_under_ci(monkeypatch, ci):
     monkeypatch.setenv("CI", ci)
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
-        conftest.require(False, "something")
-    conftest.require(True, "something")  # no exception when present
+        netenv.require(False, "something")
+    netenv.require(True, "something")  # no exception when present
 
 
 @pytest.mark.pure
@@ -32,7 +31,7 @@ def test_require_skips_outside_ci(monkeypatch, ci):
     else:
         monkeypatch.setenv("CI", ci)
     with pytest.raises(pytest.skip.Exception, match="something"):
-        conftest.require(False, "something")
+        netenv.require(False, "something")
 
 
 @pytest.mark.pure
