@@ -8,7 +8,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64
   clang llvm libbpf-dev bpftool gcc make
   iproute2 iptables nftables procps
-  nginx-light wrk socat
+  nginx-light wrk socat etcd-server
 )
 
 need_apt=0

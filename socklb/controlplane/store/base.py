@@ -1,0 +1,359 @@
+"""The control plane's storage contract, shared by the embedded and etcd stores.
+
+A store is a flat, revisioned key-value space (the etcd v3 model):
+
+- Keys are non-empty ``str`` (stored as UTF-8, ordered byte-wise), values ``bytes``.
+- Every change is stamped with a store-wide revision. A fresh store is at
+  revision 1; a successful txn that changes something moves it by exactly 1,
+  and all of the txn's puts and deletes carry that revision.
+- ``txn`` is the only write: compares on ``mod_revision`` (0 = "must not exist")
+  guard a set of puts and deletes, applied atomically or not at all.
+- ``watch`` delivers every change under a prefix from a start revision
+  (inclusive), in revision order, in batches made of whole revisions.
+- History kept for watches is finite: starting a watch before the oldest kept
+  revision raises :class:`Compacted`; the caller re-lists with ``range`` and
+  watches from the returned revision + 1.
+
+Watch errors (one rule for both stores): if a watch cannot continue once it is
+running (its start revision was compacted while it lagged or while it was
+reconnecting, or the callback raised), ``Watch.error`` is set to the exception
+FIRST, then the callback is called once with an empty list, and the watch
+stops. An empty batch is never delivered otherwise. Problems known when
+``watch()`` is called are raised by it (Compacted, Unavailable) and the callback
+is never called. Connection loss alone is not an error for an etcd watch: it
+reconnects and resumes after the last delivered revision.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+from urllib.parse import parse_qs
+
+LEADER_PREFIX = "/socklb/leader/"
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "put" | "delete"
+    key: str
+    value: bytes | None  # None for "delete"
+    revision: int  # the mod_revision of the change
+
+
+@dataclass(frozen=True)
+class Compare:
+    """Holds when ``key``'s current mod_revision equals ``mod_revision``.
+
+    0 means "the key must not exist"; a negative value never holds.
+    """
+
+    key: str
+    mod_revision: int
+
+
+class StoreError(Exception):
+    """Any store failure that is not one of the more specific kinds below."""
+
+
+class Compacted(StoreError):
+    """The requested start revision is older than the history the store keeps.
+
+    ``compact_revision`` is the oldest revision a watch can start from now
+    (0 if unknown).
+    """
+
+    def __init__(self, compact_revision: int, message: str | None = None):
+        self.compact_revision = compact_revision
+        super().__init__(message or f"revision compacted: the oldest revision kept is {compact_revision}")
+
+
+class Unavailable(StoreError):
+    """The backend cannot be reached right now; retry later.
+
+    For a write (txn) the outcome is unknown: the change may or may not have
+    been applied. Re-read before retrying; mod_revision compares make retries
+    safe.
+    """
+
+
+class Watch(abc.ABC):
+    """A running watch. ``error`` is None until the watch stopped on an error."""
+
+    error: Exception | None = None
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Stop the watch. Idempotent. Once it returns (when called from
+        another thread than the callback's) the callback is not called again."""
+
+
+class Leadership(abc.ABC):
+    """One campaign for a named singleton duty, from ``Store.campaign``."""
+
+    name: str
+    identity: str
+
+    @abc.abstractmethod
+    def is_leader(self) -> bool:
+        """Non-blocking. True while this campaign holds the leadership (etcd:
+        and its lease was refreshed recently enough that it cannot have
+        expired). Re-campaigns automatically after losing it."""
+
+    @abc.abstractmethod
+    def fence(self) -> Compare:
+        """A compare that holds only while this campaign is still the leader:
+        the leader key's mod_revision as created by this campaign (the key is
+        never modified after creation, so this equals its create_revision).
+        Put it in every leader-only txn. When not leader: a compare that
+        never holds."""
+
+    @abc.abstractmethod
+    def resign(self) -> None:
+        """Give up the leadership now (if held) and stop campaigning. To stand
+        again, call ``Store.campaign`` again. Idempotent."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """``resign()`` and release the campaign's resources (thread, lease)."""
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """The store's current revision."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> KeyValue | None: ...
+
+    @abc.abstractmethod
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key starting with ``prefix`` (all keys for ""), sorted by key,
+        and the revision the snapshot was read at."""
+
+    @abc.abstractmethod
+    def txn(self, compares: Sequence[Compare], puts: Sequence[tuple[str, bytes]] = (),
+            deletes: Sequence[str] = ()) -> int | None:
+        """Atomically: if every compare holds, apply puts and deletes and return
+        the new revision (the current one if nothing changed, e.g. no
+        puts/deletes or only deletes of absent keys); else change nothing and
+        return None. A key may appear only once across puts and deletes
+        (ValueError otherwise)."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, start_revision: int,
+              callback: Callable[[list[Event]], None]) -> Watch:
+        """Deliver every event with revision >= start_revision under prefix, in
+        order, from a background thread, one batch per revision or more. Raises
+        Compacted if start_revision is older than the kept history (see the
+        module docstring for errors found later)."""
+
+    @abc.abstractmethod
+    def campaign(self, name: str, identity: str, ttl: float) -> Leadership:
+        """Stand for leader of ``name`` (leader key ``/socklb/leader/<name>``,
+        value ``identity``). Returns at once; poll ``is_leader()``."""
+
+    def compact(self, revision: int) -> None:
+        """Drop history before ``revision``: watches can start from ``revision``
+        on. A no-op if already compacted that far; ValueError for a future
+        revision."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Resign every campaign, cancel every watch (without calling their
+        callbacks), release resources. Idempotent."""
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- helpers shared by the implementations ---------------------------------
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every key starting with prefix;
+    None if there is none (empty prefix or all 0xff): the range is open-ended."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return None
+
+
+def check_key(key: str) -> bytes:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"store keys are non-empty str, got {key!r}")
+    return key.encode()
+
+
+def check_value(value) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"store values are bytes, got {type(value).__name__}")
+
+
+def check_txn(compares: Sequence[Compare], puts: Sequence[tuple[str, bytes]],
+              deletes: Sequence[str]) -> tuple[list[Compare], list[tuple[str, bytes]], list[str]]:
+    cs = list(compares)
+    for c in cs:
+        if not isinstance(c, Compare):
+            raise TypeError(f"compares are Compare, got {type(c).__name__}")
+        check_key(c.key)
+    ps = [(k, check_value(v)) for k, v in puts]
+    ds = list(deletes)
+    seen: set[str] = set()
+    for k in [k for k, _ in ps] + ds:
+        check_key(k)
+        if k in seen:
+            raise ValueError(f"key {k!r} appears more than once in the txn's puts/deletes")
+        seen.add(k)
+    return cs, ps, ds
+
+
+def leader_key(name: str) -> str:
+    if not name or "/" in name:
+        raise ValueError(f"leadership name must be non-empty without '/', got {name!r}")
+    return LEADER_PREFIX + name
+
+
+def never_holds(key: str) -> Compare:
+    return Compare(key, -1)
+
+
+class WatchBase(Watch):
+    """Delivery bookkeeping shared by both stores' watches."""
+
+    def __init__(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None]):
+        if not isinstance(start_revision, int) or start_revision < 1:
+            raise ValueError(f"start_revision must be an int >= 1, got {start_revision!r}")
+        self.prefix = prefix
+        self.error = None
+        self._callback = callback
+        self._next = start_revision  # next revision not yet delivered
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def next_revision(self) -> int:
+        """The first revision not delivered yet (resume a new watch from here)."""
+        return self._next
+
+    def _deliver(self, events: list[Event]) -> bool:
+        """Hand a non-empty batch to the callback; False if the watch must stop."""
+        if self._stopped.is_set():
+            return False
+        try:
+            self._callback(events)
+        except Exception as e:  # a callback that raises stops the watch loudly
+            self._fail(e)
+            return False
+        self._next = events[-1].revision + 1
+        return True
+
+    def _fail(self, err: Exception) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self.error = err
+            self._stopped.set()
+        try:
+            self._callback([])
+        except Exception:
+            pass
+
+    def _stop_thread(self) -> None:
+        self._stopped.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+
+# --- URLs ------------------------------------------------------------------
+
+def _query(q: str, allowed: dict[str, type], url: str) -> dict:
+    out = {}
+    for k, vs in parse_qs(q, keep_blank_values=True, strict_parsing=bool(q)).items():
+        if k not in allowed:
+            raise ValueError(f"store URL {url!r}: unknown option {k!r} (known: {', '.join(allowed)})")
+        try:
+            out[k] = allowed[k](vs[-1])
+        except ValueError:
+            raise ValueError(f"store URL {url!r}: bad value for {k!r}: {vs[-1]!r}") from None
+    return out
+
+
+def parse_etcd_endpoints(hosts: str, url: str) -> list[tuple[str, int]]:
+    eps = []
+    for part in hosts.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"store URL {url!r}: empty endpoint")
+        if part.startswith("["):  # [v6]:port
+            host, sep, rest = part[1:].partition("]")
+            if not sep:
+                raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
+            port_s = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+        elif part.count(":") == 1:
+            host, port_s = part.split(":")
+        elif ":" in part:
+            raise ValueError(f"store URL {url!r}: write IPv6 endpoints as [addr]:port, got {part!r}")
+        else:
+            host, port_s = part, None
+        try:
+            port = 2379 if port_s is None else int(port_s)
+        except ValueError:
+            raise ValueError(f"store URL {url!r}: bad port in {part!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
+        eps.append((host, port))
+    return eps
+
+
+def open_store(url: str) -> Store:
+    """Open a store from a URL.
+
+    - ``embedded:///abs/dir`` (``embedded://rel/dir``, or a plain path): the
+      embedded store in that directory (created if missing). Option:
+      ``?history=N`` revisions of watch history kept (default 100000).
+    - ``etcd://host:port[,host:port...]`` (port defaults to 2379, IPv6 as
+      ``[addr]:port``): etcd over plain gRPC. Option: ``?timeout=SECONDS`` per
+      request (default 5). Does not connect eagerly: an unreachable etcd shows
+      as Unavailable from the operations.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"store URL must be a non-empty string, got {url!r}")
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if ":" in url.split("/")[0] and not url.startswith(("/", ".")):
+            raise ValueError(f"store URL {url!r}: expected embedded:///dir, etcd://host:port,... or a path")
+        scheme, rest = "embedded", url
+    rest, _, q = rest.partition("?")
+    if scheme == "embedded":
+        if not rest:
+            raise ValueError(f"store URL {url!r}: no directory")
+        from .embedded import EmbeddedStore
+        return EmbeddedStore(rest, **_query(q, {"history": int}, url))
+    if scheme == "etcd":
+        rest = rest.rstrip("/")
+        if not rest or "/" in rest:
+            raise ValueError(f"store URL {url!r}: expected etcd://host:port[,host:port...]")
+        from .etcd import EtcdStore
+        return EtcdStore(parse_etcd_endpoints(rest, url), **_query(q, {"timeout": float}, url))
+    raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r} (embedded or etcd)")
