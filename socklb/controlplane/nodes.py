@@ -123,8 +123,8 @@ class NodeRegistry:
 
     def flush_batch(self, live: dict[str, bytes], down: dict[str, api_pb2.Node], reports: dict[str, bytes]) -> None:
         puts = [(keys.node(n), v) for n, v in live.items()] + [(keys.stats(n), v) for n, v in reports.items()]
-        if puts:
-            self.store.txn([], puts)
+        for batch in _batches(puts):
+            self.store.txn([], batch)
         for name, record in down.items():
             # Only if no other replica took the node over in the meantime.
             kv = self.store.get(keys.node(name))
@@ -141,6 +141,23 @@ class NodeRegistry:
     def list_stats(self) -> dict[str, sync_pb2.StatsReport]:
         kvs, _ = self.store.range(keys.STATS)
         return {kv.key[len(keys.STATS):]: sync_pb2.StatsReport.FromString(kv.value) for kv in kvs}
+
+
+# etcd refuses a txn of more than 128 operations or ~1.5 MiB.
+_TXN_OPS = 100
+_TXN_BYTES = 1 << 20
+
+
+def _batches(puts):
+    batch, size = [], 0
+    for k, v in puts:
+        if batch and (len(batch) >= _TXN_OPS or size + len(v) > _TXN_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((k, v))
+        size += len(k) + len(v)
+    if batch:
+        yield batch
 
 
 def mark_gone(store: Store, fence: Compare, timeout: float, now: float | None = None) -> list[str]:
