@@ -77,6 +77,7 @@ class SyncService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.node: must not be empty")
         session = self._open(hello, context.peer())
         reader = asyncio.create_task(self._read(session, requests))
+        get = None
         try:
             while True:
                 get = asyncio.ensure_future(session.queue.get())
@@ -89,6 +90,8 @@ class SyncService:
                     break
                 yield msg
         finally:
+            if get is not None and not get.done():
+                get.cancel()
             reader.cancel()
             self._close(session)
 
