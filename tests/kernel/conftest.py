@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 import netenv
-
-
 from netenv import require
 
 
