@@ -167,7 +167,8 @@ def cmd_detach(args) -> int:
 
     pin_dir = Path(args.pin_dir)
     if not pin_dir.exists():
-        raise CliError(f"{pin_dir} does not exist: nothing to detach")
+        print(f"{pin_dir} does not exist: nothing to detach")
+        return 0  # idempotent, so cleanup scripts can run it twice
     removed = detach(pin_dir)
     for p in removed:
         print(f"removed {p}")
