@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: GPL-2.0
+/* socklb socket termination: socket iterators (iter/tcp, iter/udp) that find
+ * the load-balanced sockets whose flow record points at a target and destroy
+ * them with the bpf_sock_destroy() kfunc (kernel >= 6.5).
+ *
+ * Built by socklb/dataplane/terminate.py with clang -target bpf against a
+ * vmlinux.h that bpftool generates from the running kernel's BTF (CO-RE),
+ * loaded with libbpf. The `flows` map is not created here: the loader reuses
+ * the agent's pinned socket storage (bpf_map__reuse_fd), so the programs read
+ * the records that the connect/sendmsg hooks wrote.
+ *
+ * Targets (hash map, written by user space before each run), key
+ * struct socklb_term_key {frontend_id, backend_id}:
+ *   {0, B}  every flow to backend B (a backend id belongs to one frontend)
+ *   {F, 0}  every flow of frontend F, whatever its backend
+ *   {F, B}  flows of frontend F to backend B
+ * A socket matches when its flow record is live (frontend_id != 0) and its
+ * connected peer is the record's backend address and port: a connection
+ * made directly to a backend address has no live record and is never
+ * touched, nor is an unconnected UDP socket (each of its datagrams is
+ * balanced anew, so it has nothing to reset).
+ *
+ * Mode (array map `term_cfg`, one entry):
+ *   DESTROY  bpf_sock_destroy() each match, emit a record with the result
+ *   DRY_RUN  emit a record per match, destroy nothing (also what the netlink
+ *            fallback uses to find the sockets)
+ *   STATS    only count matches in the target's value, emit nothing
+ *
+ * Build with -DSOCKLB_NO_KFUNC for kernels without bpf_sock_destroy(): the
+ * object then loads anywhere iterators and bpf_get_socket_cookie() exist and
+ * only supports DRY_RUN and STATS.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+/* vmlinux.h already defines the __u* types: take the layouts of socklb.h
+ * without <linux/types.h>. */
+#define SOCKLB_USERSPACE
+#include "socklb.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define SOCKLB_IPPROTO_TCP 6
+#define SOCKLB_IPPROTO_UDP 17
+#define SOCKLB_TCP_ESTABLISHED 1 /* also a connected UDP socket's state */
+#define SOCKLB_TCP_LISTEN 10
+
+char LICENSE[] SEC("license") = "GPL";
+
+enum socklb_term_mode {
+	SOCKLB_TERM_DESTROY = 0,
+	SOCKLB_TERM_DRY_RUN = 1,
+	SOCKLB_TERM_STATS = 2,
+};
+
+/* result of a record that was not destroyed here (dry run) */
+#define SOCKLB_TERM_NOT_TRIED 1
+
+struct socklb_term_key {
+	__u32 frontend_id; /* 0: any frontend */
+	__u32 backend_id;  /* 0: any backend of the frontend */
+};
+
+/* Per-target counters of the current run; user space zeroes them. */
+struct socklb_term_val {
+	__u64 matched;
+	__u64 destroyed;
+	__u64 failed;
+};
+
+struct socklb_term_cfg {
+	__u32 mode; /* enum socklb_term_mode */
+	__u32 pad;
+};
+
+/* One record per matched socket, written with bpf_seq_write (64 bytes). */
+struct socklb_term_rec {
+	__u64 cookie;    /* bpf_get_socket_cookie(), the socket diag cookie */
+	__u32 src[4];    /* local address, network order, IPv4 v4-mapped */
+	__u32 dst[4];    /* peer address, network order, IPv4 v4-mapped */
+	__u16 sport;     /* network order */
+	__u16 dport;     /* network order */
+	__u16 family;    /* AF_INET / AF_INET6 */
+	__u8 proto;      /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 state;      /* skc_state */
+	__u32 frontend_id;
+	__u32 backend_id;
+	__s32 result;    /* bpf_sock_destroy(): 0 or -errno; NOT_TRIED in a dry run */
+	__u32 target_kind; /* which key matched: 1 {F,B}, 2 {0,B}, 3 {F,0} */
+};
+
+_Static_assert(sizeof(struct socklb_term_rec) == 64, "socklb_term_rec is 64 bytes (terminate.py)");
+_Static_assert(sizeof(struct socklb_term_val) == 24, "socklb_term_val is 24 bytes (terminate.py)");
+
+/* The agent's socket storage; same key and value as bpf/sock_lb.c. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socklb_flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct socklb_term_key);
+	__type(value, struct socklb_term_val);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_term_cfg);
+} term_cfg SEC(".maps");
+
+#ifndef SOCKLB_NO_KFUNC
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+#endif
+
+static __always_inline struct socklb_term_val *
+match_target(const struct socklb_flow *f, __u32 *kind)
+{
+	struct socklb_term_key k = { .frontend_id = f->frontend_id, .backend_id = f->backend_id };
+	struct socklb_term_val *v;
+
+	v = bpf_map_lookup_elem(&targets, &k);
+	if (v) {
+		*kind = 1;
+		return v;
+	}
+	k.frontend_id = 0;
+	v = bpf_map_lookup_elem(&targets, &k);
+	if (v) {
+		*kind = 2;
+		return v;
+	}
+	k.frontend_id = f->frontend_id;
+	k.backend_id = 0;
+	v = bpf_map_lookup_elem(&targets, &k);
+	if (v)
+		*kind = 3;
+	return v;
+}
+
+/* Fill the 5-tuple; 0 if the socket is not of a family we handle. */
+static __always_inline int read_tuple(struct sock_common *skc, struct socklb_term_rec *r)
+{
+	__u16 family = BPF_CORE_READ(skc, skc_family);
+
+	r->family = family;
+	if (family == AF_INET) {
+		r->src[2] = bpf_htonl(0xffff);
+		r->src[3] = BPF_CORE_READ(skc, skc_rcv_saddr);
+		r->dst[2] = bpf_htonl(0xffff);
+		r->dst[3] = BPF_CORE_READ(skc, skc_daddr);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&r->src, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
+		BPF_CORE_READ_INTO(&r->dst, skc, skc_v6_daddr.in6_u.u6_addr32);
+	} else {
+		return 0;
+	}
+	r->sport = bpf_htons(BPF_CORE_READ(skc, skc_num));
+	r->dport = BPF_CORE_READ(skc, skc_dport);
+	r->state = BPF_CORE_READ(skc, skc_state);
+	return 1;
+}
+
+static __always_inline int handle(struct seq_file *seq, struct sock_common *skc, struct sock *sk,
+				  __u8 proto)
+{
+	struct socklb_term_rec r = {};
+	struct socklb_term_val *tv;
+	struct socklb_term_cfg *cfg;
+	struct socklb_flow *f;
+	__u32 zero = 0, kind = 0;
+
+	f = bpf_sk_storage_get(&flows, sk, 0, 0);
+	if (!f || !f->frontend_id)
+		return 0;
+	if (!read_tuple(skc, &r))
+		return 0;
+	/* Only a socket connected to the record's backend (see the header). */
+	if (r.dport != f->backend_port || r.dst[0] != f->backend_addr[0] ||
+	    r.dst[1] != f->backend_addr[1] || r.dst[2] != f->backend_addr[2] ||
+	    r.dst[3] != f->backend_addr[3])
+		return 0;
+	tv = match_target(f, &kind);
+	if (!tv)
+		return 0;
+	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
+	if (!cfg)
+		return 0;
+
+	__sync_fetch_and_add(&tv->matched, 1);
+	r.cookie = bpf_get_socket_cookie(skc);
+	r.proto = proto;
+	r.frontend_id = f->frontend_id;
+	r.backend_id = f->backend_id;
+	r.target_kind = kind;
+	r.result = SOCKLB_TERM_NOT_TRIED;
+
+#ifndef SOCKLB_NO_KFUNC
+	if (cfg->mode == SOCKLB_TERM_DESTROY) {
+		r.result = bpf_sock_destroy(skc);
+		if (r.result == 0)
+			__sync_fetch_and_add(&tv->destroyed, 1);
+		else
+			__sync_fetch_and_add(&tv->failed, 1);
+	}
+#endif
+	if (cfg->mode != SOCKLB_TERM_STATS)
+		bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+SEC("iter/tcp")
+int socklb_term_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	/* Time-wait and request sockets have no storage; listeners no flow. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp || BPF_CORE_READ(skc, skc_state) == SOCKLB_TCP_LISTEN)
+		return 0;
+	return handle(ctx->meta->seq, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP);
+}
+
+SEC("iter/udp")
+int socklb_term_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp_sk = ctx->udp_sk;
+	struct sock *sk = (struct sock *)udp_sk;
+
+	if (!sk)
+		return 0;
+	/* Unconnected sockets are balanced per datagram: nothing to reset. */
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != SOCKLB_TCP_ESTABLISHED)
+		return 0;
+	return handle(ctx->meta->seq, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP);
+}
