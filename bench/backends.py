@@ -6,7 +6,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bench.lab import BACKEND_ADDR, Teardown, log, netns_exec, pin_cpus, run, wait_until_listening
+from bench.lab import (BACKEND_ADDR, Teardown, join_cgroup, log, netns_exec, run,
+                       wait_until_listening)
 
 NGINX_CONF = """\
 # Written by bench/datapath.py for one run; nothing outside {root} is touched.
@@ -61,7 +62,7 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         proc.wait()
 
 
-def start_nginx(ns: str, workdir: Path, ports: list[int], workers: int,
+def start_nginx(ns: str, workdir: Path, ports: list[int], workers: int, cgroup: Path,
                 cpus: set[int] | None, teardown: Teardown) -> subprocess.Popen:
     root = workdir / "nginx"
     conf = write_nginx_conf(root, ports, workers)
@@ -72,7 +73,7 @@ def start_nginx(ns: str, workdir: Path, ports: list[int], workers: int,
     cmd = netns_exec(ns, ["nginx", *args])
     # `ip netns exec` execs nginx, so this pid is the nginx master; with
     # daemon off it stays in the foreground and SIGQUIT ends it gracefully.
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=pin_cpus(cpus),
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=join_cgroup(cgroup, cpus),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     teardown.add("nginx", lambda: stop_process(proc, signal.SIGQUIT))
     wait_until_listening(ns, "tcp", ports)
@@ -86,12 +87,12 @@ def compile_c(src: Path, workdir: Path) -> Path:
     return exe
 
 
-def start_udp_server(ns: str, exe: Path, ports: list[int], cpus: set[int] | None,
+def start_udp_server(ns: str, exe: Path, ports: list[int], cgroup: Path, cpus: set[int] | None,
                      teardown: Teardown) -> subprocess.Popen:
     # Bound to one address, not the wildcard: an unconnected wildcard socket
     # would answer from the route's preferred source, not the address asked.
     cmd = netns_exec(ns, [str(exe), "server", BACKEND_ADDR, *map(str, ports)])
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=pin_cpus(cpus),
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=join_cgroup(cgroup, cpus),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     teardown.add("udp server", lambda: stop_process(proc))
     wait_until_listening(ns, "udp", ports)

@@ -27,6 +27,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from bench import agent, backends, lab, loadgen, nat, report
 
@@ -91,6 +92,7 @@ class Lab:
     workdir: Path
     plain_cgroup: Path
     lb_cgroup: Path | None
+    server_cgroup: Path                # nginx and the UDP server, for CPU accounting
     crr_exe: Path | None
     udp_exe: Path | None
     pinned: set[int] | None            # CPUs of the servers and the one-at-a-time clients
@@ -163,13 +165,15 @@ def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
     lab.remove_stale(cg_root, bpf_root, agent.detach)
     workdir = lab.make_tempdir(teardown)
     net = lab.build_net(teardown, VIP, [a for a in TCP_ADDRS.values() if a != lab.BACKEND_ADDR])
-    # Two sibling cgroups: socklb's programs are attached to one only, so the
-    # other variants run with no socket LB program in their path at all.
+    # Two sibling client cgroups: socklb's programs are attached to one only,
+    # so the other variants run with no socket LB program in their path at
+    # all. The servers get a third, so that their CPU time can be counted.
     parent = lab.make_cgroup(cg_root / f"{lab.PREFIX}{os.getpid()}", teardown)
     plain = lab.make_cgroup(parent / "plain", teardown)
+    server = lab.make_cgroup(parent / "server", teardown)
     wants_lb = any("socklb" in v for v in args.variants)
     lb = lab.make_cgroup(parent / "socklb", teardown) if wants_lb else None
-    backends.start_nginx(net.backend_ns, workdir, NGINX_PORTS, args.nginx_workers,
+    backends.start_nginx(net.backend_ns, workdir, NGINX_PORTS, args.nginx_workers, server,
                          cpu_set(args.pin_cpu), teardown)
     crr_exe = None
     if args.crr_connections > 0:
@@ -177,15 +181,15 @@ def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
     udp_exe = None
     if any(v.startswith("udp-") for v in args.variants):
         udp_exe = backends.compile_c(UDP_SOURCE, workdir)
-        backends.start_udp_server(net.backend_ns, udp_exe, UDP_PORTS, cpu_set(args.pin_cpu),
-                                  teardown)
+        backends.start_udp_server(net.backend_ns, udp_exe, UDP_PORTS, server,
+                                  cpu_set(args.pin_cpu), teardown)
     paths = None
     if lb is not None:
         ensure_bpffs(bpf_root)
         paths = agent_paths(workdir, lb, bpf_root)
         agent.start_agent(paths, {"bench": tcp_service("socklb"), "bench-udp": UDP_SERVICE},
                           teardown, args.agent_timeout)
-    return Lab(net, workdir, plain, lb, crr_exe, udp_exe, cpu_set(args.pin_cpu), paths)
+    return Lab(net, workdir, plain, lb, server, crr_exe, udp_exe, cpu_set(args.pin_cpu), paths)
 
 
 def cpu_set(cpu: int) -> set[int] | None:
@@ -238,22 +242,38 @@ def active(variant: Variant, ns: str):
         variant.rules.remove()
 
 
+R = TypeVar("R", loadgen.TcpResult, loadgen.CrrResult, loadgen.UdpResult)
+
+
+def cpu_metered(cgroups: list[Path], run: Callable[[], R]) -> R:
+    """Run one measurement and charge it the CPU time its client and server
+    cgroups used, per operation. On a shared VM the rates swing with other
+    tenants' load; the CPU spent per connection hardly does. (Softirq work
+    the kernel defers to ksoftirqd is not in these cgroups.)"""
+    before = sum(lab.cgroup_cpu_usec(cg) for cg in cgroups)
+    res = run()
+    used = sum(lab.cgroup_cpu_usec(cg) for cg in cgroups) - before
+    res.cpu_us = used / res.ops if res.ops else float("nan")
+    return res
+
+
 def measure(variant: Variant, the_lab: Lab, args: argparse.Namespace) -> list[tuple[str, object]]:
     """One measurement of a variant: (kind, result) pairs, kind being
     "wrk", "crr" or "udp". TCP runs wrk and then tcp_crr under the same rules."""
     ns, cg = the_lab.net.client_ns, variant.cgroup
+    metered = [cg, the_lab.server_cgroup]
     with active(variant, ns):
         if variant.proto == "udp":
-            return [("udp", loadgen.run_udp_client(ns, cg, the_lab.udp_exe, variant.addr,
-                                                   variant.port, args.udp_requests,
-                                                   the_lab.pinned))]
+            return [("udp", cpu_metered(metered, lambda: loadgen.run_udp_client(
+                ns, cg, the_lab.udp_exe, variant.addr, variant.port, args.udp_requests,
+                the_lab.pinned)))]
         out: list[tuple[str, object]] = [
-            ("wrk", loadgen.run_wrk(ns, cg, variant.url, args.threads, args.connections,
-                                    args.duration))]
+            ("wrk", cpu_metered(metered, lambda: loadgen.run_wrk(
+                ns, cg, variant.url, args.threads, args.connections, args.duration)))]
         if the_lab.crr_exe is not None:
-            out.append(("crr", loadgen.run_tcp_crr(ns, cg, the_lab.crr_exe, variant.addr,
-                                                   variant.port, args.crr_connections,
-                                                   the_lab.pinned)))
+            out.append(("crr", cpu_metered(metered, lambda: loadgen.run_tcp_crr(
+                ns, cg, the_lab.crr_exe, variant.addr, variant.port, args.crr_connections,
+                the_lab.pinned))))
         return out
 
 
@@ -295,12 +315,14 @@ def probe_all(variants: list[Variant], the_lab: Lab) -> None:
 def describe(kind: str, res) -> str:
     if kind == "wrk":
         return (f"wrk {res.rps:7.0f} req/s  p50 {report.fmt(res.p50_ms)} ms  "
-                f"p99 {report.fmt(res.p99_ms)} ms  errors {sum(res.errors.values()) + res.non_2xx}")
+                f"p99 {report.fmt(res.p99_ms)} ms  cpu {res.cpu_us:.1f} us/op  "
+                f"errors {sum(res.errors.values()) + res.non_2xx}")
     if kind == "crr":
         return (f"crr {res.rate:7.0f} conn/s p50 {res.p50_us:.0f} us  p99 {res.p99_us:.0f} us  "
+                f"cpu {res.cpu_us:.1f} us/op  "
                 f"errors {res.connect_errors + res.io_errors + res.bad_replies}")
     return (f"udp {res.rate:7.0f} rt/s   p50 {res.p50_us:.1f} us  p99 {res.p99_us:.1f} us  "
-            f"timeouts {res.timeouts}  wrong source {res.wrong_source}")
+            f"cpu {res.cpu_us:.1f} us/op  timeouts {res.timeouts}  wrong source {res.wrong_source}")
 
 
 Results = dict[str, dict[str, list]]   # kind -> variant -> one result per round
@@ -361,7 +383,12 @@ NOTES = [
     "p50/p99 cover request and response under load only; the connect() translation and the "
     "NAT of the SYN show up in its req/s, and in the one-at-a-time table, timed from socket() "
     "to close().",
-    "- The machine is noisy: compare ratios within one run, not absolute numbers across runs.",
+    "- CPU µs/op: CPU time used by the client's cgroup and the servers' cgroup (cgroup v2 "
+    "`cpu.stat` usage_usec) during the measurement, divided by the operations completed. On a "
+    "shared VM it is much steadier than the rates (other tenants' load moves the rates, hardly "
+    "the CPU spent per connection); it misses softirq work the kernel defers to ksoftirqd.",
+    "- The machine is noisy: compare ratios within one run, not absolute numbers across runs; "
+    "the per-round quartiles show the spread.",
 ]
 
 
@@ -394,6 +421,13 @@ COMPARISONS = [
     report.Comparison("wrk", "nftables", "direct", "TCP nftables DNAT / direct, req/s"),
     report.Comparison("wrk", "socklb-nomatch", "direct",
                       "TCP socklb cgroup to a non-VIP address / direct, req/s"),
+    # CPU per connection: the steadiest figure on a shared machine (lower is better).
+    report.Comparison("wrk", "socklb", "direct", "TCP socklb / direct, CPU per connection",
+                      attr="cpu"),
+    report.Comparison("wrk", "iptables", "direct", "TCP iptables DNAT / direct, CPU per connection",
+                      attr="cpu"),
+    report.Comparison("wrk", "nftables", "direct", "TCP nftables DNAT / direct, CPU per connection",
+                      attr="cpu"),
     # One at a time, the rate is at the mercy of rare stalls on a shared VM;
     # the median cycle time is the steadier figure (lower is better).
     report.Comparison("crr", "socklb", "direct", "TCP one-at-a-time socklb / direct, p50 cycle time",
@@ -402,7 +436,11 @@ COMPARISONS = [
                       "TCP one-at-a-time iptables DNAT / direct, p50 cycle time", attr="p50"),
     report.Comparison("crr", "nftables", "direct",
                       "TCP one-at-a-time nftables DNAT / direct, p50 cycle time", attr="p50"),
+    report.Comparison("crr", "socklb", "direct",
+                      "TCP one-at-a-time socklb / direct, CPU per connection", attr="cpu"),
     report.Comparison("udp", "udp-socklb", "udp-direct", "UDP socklb / direct, round trips/s"),
+    report.Comparison("udp", "udp-socklb", "udp-direct", "UDP socklb / direct, CPU per round trip",
+                      attr="cpu"),
     report.Comparison("udp", "udp-iptables", "udp-direct", "UDP iptables DNAT / direct, round trips/s"),
 ]
 

@@ -200,9 +200,9 @@ def remove_cgroup(path: Path) -> None:
 
 def join_cgroup(path: Path, cpus: set[int] | None = None) -> Callable[[], None]:
     """A preexec_fn: the child moves itself into the cgroup before it execs
-    `ip netns exec`, so every process of the client is accounted there and
-    sees the cgroup's BPF programs from its first syscall. Optionally pins
-    the child to CPUs first."""
+    `ip netns exec`, so all its CPU time is accounted there and (for a
+    client) the cgroup's BPF programs see it from its first syscall.
+    Optionally pins the child to CPUs first."""
     procs = str(path / "cgroup.procs")
 
     def _join() -> None:
@@ -214,11 +214,14 @@ def join_cgroup(path: Path, cpus: set[int] | None = None) -> Callable[[], None]:
     return _join
 
 
-def pin_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
-    """A preexec_fn pinning the child to CPUs (None: leave it free)."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+def cgroup_cpu_usec(path: Path) -> int:
+    """CPU time used by the cgroup's processes so far (cgroup v2 cpu.stat,
+    present without any controller enabled)."""
+    for line in (path / "cpu.stat").read_text().splitlines():
+        key, value = line.split()
+        if key == "usage_usec":
+            return int(value)
+    raise RuntimeError(f"no usage_usec in {path}/cpu.stat")
 
 
 # --- leftovers of a run that was killed with SIGKILL ------------------------

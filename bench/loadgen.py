@@ -10,6 +10,8 @@ from pathlib import Path
 
 from bench.lab import join_cgroup, netns_exec
 
+NAN = float("nan")
+
 # wrk prints durations with these units (src/units.c: time_units_us).
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
@@ -23,6 +25,11 @@ class TcpResult:
     p99_ms: float
     errors: dict[str, int] = field(default_factory=dict)   # connect/read/write/timeout
     non_2xx: int = 0
+    cpu_us: float = NAN    # CPU time of client + servers per request, filled in by the caller
+
+    @property
+    def ops(self) -> int:
+        return self.requests
 
 
 @dataclass
@@ -36,6 +43,11 @@ class CrrResult:
     connect_errors: int
     io_errors: int
     bad_replies: int
+    cpu_us: float = NAN
+
+    @property
+    def ops(self) -> int:
+        return self.ok
 
 
 @dataclass
@@ -51,6 +63,11 @@ class UdpResult:
     first_wrong_source: str
     stale: int
     send_errors: int
+    cpu_us: float = NAN
+
+    @property
+    def ops(self) -> int:
+        return self.ok
 
 
 def run_in_client(ns: str, cgroup: Path, cmd: list[str], timeout: float,

@@ -45,8 +45,14 @@ class Summary:
     p99: float
     rounds_rate: list[float]
     rounds_p50: list[float]
+    rounds_cpu: list[float]     # CPU µs per operation, client + server cgroups
     errors: int
     extra: str = ""             # a kind-specific column (UDP: replies from a wrong source)
+
+
+    @property
+    def cpu(self) -> float:
+        return median(self.rounds_cpu)
 
 
 @dataclass
@@ -66,6 +72,7 @@ def summarize_wrk(name: str, results: list[TcpResult]) -> Summary:
     return Summary(name, median([r.rps for r in results]),
                    median([r.p50_ms for r in results]), median([r.p99_ms for r in results]),
                    [r.rps for r in results], [r.p50_ms for r in results],
+                   [r.cpu_us for r in results],
                    sum(sum(r.errors.values()) + r.non_2xx for r in results))
 
 
@@ -73,6 +80,7 @@ def summarize_crr(name: str, results: list[CrrResult]) -> Summary:
     return Summary(name, median([r.rate for r in results]),
                    median([r.p50_us for r in results]), median([r.p99_us for r in results]),
                    [r.rate for r in results], [r.p50_us for r in results],
+                   [r.cpu_us for r in results],
                    sum(r.connect_errors + r.io_errors + r.bad_replies for r in results))
 
 
@@ -80,6 +88,7 @@ def summarize_udp(name: str, results: list[UdpResult]) -> Summary:
     return Summary(name, median([r.rate for r in results]),
                    median([r.p50_us for r in results]), median([r.p99_us for r in results]),
                    [r.rate for r in results], [r.p50_us for r in results],
+                   [r.cpu_us for r in results],
                    sum(r.timeouts + r.send_errors for r in results),
                    extra=str(sum(r.wrong_source for r in results)))
 
@@ -93,14 +102,15 @@ def render_table(t: Table) -> list[str]:
 
     extra_h, extra_a = (f" {t.extra_label} |", "---:|") if t.extra_label else ("", "")
     out = [f"{t.title}", "",
-           f"| variant | {t.rate_label} | p50 {t.unit} | p99 {t.unit} | {t.rate_label} vs "
-           f"{t.base} | p50 vs {t.base} | p99 vs {t.base} | {t.rate_label} per round "
-           f"| errors |{extra_h}",
-           f"|---|---:|---:|---:|---:|---:|---:|---|---:|{extra_a}"]
+           f"| variant | {t.rate_label} | p50 {t.unit} | p99 {t.unit} | CPU µs/op "
+           f"| {t.rate_label} vs {t.base} | p50 vs {t.base} | p99 vs {t.base} "
+           f"| CPU vs {t.base} | {t.rate_label} per round | errors |{extra_h}",
+           f"|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|{extra_a}"]
     for r in t.rows:
         extra = f" {r.extra} |" if t.extra_label else ""
         out.append(f"| {r.name} | {r.rate:.0f} | {fmt(r.p50, digits)} | {fmt(r.p99, digits)} "
-                   f"| {vs(r.rate, 'rate')} | {vs(r.p50, 'p50')} | {vs(r.p99, 'p99')} "
+                   f"| {fmt(r.cpu, 1)} | {vs(r.rate, 'rate')} | {vs(r.p50, 'p50')} "
+                   f"| {vs(r.p99, 'p99')} | {vs(r.cpu, 'cpu')} "
                    f"| {' '.join(f'{v:.0f}' for v in r.rounds_rate)} | {r.errors} |{extra}")
     return out
 
@@ -120,8 +130,8 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A headline ratio table[a] / table[b] of the rates ("rate") or of the
-    median latencies ("p50")."""
+    """A headline ratio table[a] / table[b] of the rates ("rate"), the median
+    latencies ("p50") or the CPU time per operation ("cpu")."""
     table: str
     a: str
     b: str
