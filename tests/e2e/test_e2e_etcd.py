@@ -3,6 +3,8 @@
 - a second control-plane replica on the same etcd serves the same state, and
   a node connected to it takes a change written through the first (and the
   other way round);
+- a node given both replicas fails over when its replica dies, without a
+  failed connection;
 - etcd restarted (stopped, started on the same data dir): the control plane
   recovers without operator action and the nodes never stop balancing.
 """
@@ -107,3 +109,34 @@ def test_etcd_restart_controlplane_recovers_without_operator(cluster):
         assert r["failed"] == 0 and r["errors"] == {}, (node.name, r)
         assert set(r["counts"]) <= {a.label, b.label}, (node.name, r)
         assert_reach_only(c, vip, port, b, where=node.name)
+
+
+@ETCD
+def test_node_fails_over_to_the_other_replica(cluster):
+    """A node given both replicas keeps balancing when the one it is connected
+    to dies, reconnects to the other, and takes the next change from it."""
+    a = cluster.backend("backend-a", "127.0.0.35")
+    b = cluster.backend("backend-b", "127.0.0.36")
+    vip, port = cluster.vip()
+    svc = cluster.put_service("e2e-failover", vip, port, [a])
+    r2 = cluster.add_replica("etcd-r2")
+    n3 = cluster.add_node("node-3", [cluster.cp.addr, r2.addr])
+    cluster.wait_nodes_ready([n3], version=svc.resource_version, cp=r2)
+    replicas = {cluster.cp.replica: cluster.cp, r2.replica: r2}
+    first = cluster.list_nodes(r2)["node-3"].replica
+    assert first in replicas, first
+    victim = replicas.pop(first)
+    (survivor,) = replicas.values()
+
+    c3 = cluster.client(n3)
+    c3.call("loop_start", addr=vip, port=port, max=1_000_000, interval=LOOP_INTERVAL)
+    wait_progress([c3], 20)
+    victim.kill()
+    cluster.wait_nodes_ready([n3], version=svc.resource_version, replica=survivor.replica, cp=survivor)
+    wait_progress([c3], 50)
+    r = c3.call("loop_stop")
+    assert r["failed"] == 0 and r["errors"] == {} and set(r["counts"]) == {a.label}, r
+
+    moved = cluster.set_backends("e2e-failover", [b], cp=survivor)
+    cluster.wait_nodes_ready([n3], version=moved.resource_version, replica=survivor.replica, cp=survivor)
+    assert_reach_only(c3, vip, port, b, where=n3.name)
