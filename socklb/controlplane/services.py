@@ -17,7 +17,7 @@ from socklb.v1 import api_pb2, types_pb2
 
 from . import keys
 from .store.base import Compare, Store
-from .validate import validate_backend_refs, validate_name, validate_service
+from .validate import validate_backend_refs, validate_backends, validate_name, validate_service
 
 
 class NotFound(LookupError):
@@ -158,6 +158,8 @@ def _ident(address: str, port: int) -> tuple[str, int]:
 
 
 def set_backends(backends) -> Callable[[api_pb2.Service], api_pb2.Service]:
+    validate_backends(backends, "backends")
+
     def mutate(svc):
         del svc.backends[:]
         svc.backends.extend(backends)
@@ -166,6 +168,8 @@ def set_backends(backends) -> Callable[[api_pb2.Service], api_pb2.Service]:
 
 
 def add_backends(backends) -> Callable[[api_pb2.Service], api_pb2.Service]:
+    validate_backends(backends, "backends")
+
     def mutate(svc):
         index = {_ident(b.address, b.port): i for i, b in enumerate(svc.backends)}
         for b in backends:

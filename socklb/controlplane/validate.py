@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from socklb.dataplane.desired import InvalidState, check_port, parse_ip, service_targets
+from socklb.dataplane.desired import MAX_WEIGHT, InvalidState, check_port, parse_ip, service_targets
 from socklb.v1 import api_pb2, types_pb2
 
 from . import compute
@@ -20,7 +20,7 @@ MAX_FRONTENDS = 64
 MAX_AFFINITY_SECONDS = 604800
 MAX_NODE_NAME = 253
 
-__all__ = ["InvalidState", "validate_service", "validate_name", "validate_backend_refs"]
+__all__ = ["InvalidState", "validate_service", "validate_name", "validate_backends", "validate_backend_refs"]
 
 
 def validate_name(name: str, field: str) -> None:
@@ -52,13 +52,27 @@ def validate_service(svc: api_pb2.Service, field: str = "service") -> None:
                            f"{svc.affinity.timeout_seconds} exceeds {MAX_AFFINITY_SECONDS}")
     if svc.affinity.timeout_seconds and svc.affinity.mode != api_pb2.AFFINITY_MODE_CLIENT:
         raise InvalidState(f"{field}.affinity.timeout_seconds", "only meaningful with AFFINITY_MODE_CLIENT")
-    for i, b in enumerate(svc.backends):
-        _enum(b.state, types_pb2.BackendState, f"{field}.backends[{i}].state")
-        if len(b.node) > MAX_NODE_NAME or len(b.zone) > MAX_NODE_NAME:
-            raise InvalidState(f"{field}.backends[{i}]", "node and zone are at most 253 characters")
-        if b.HasField("drain_deadline") and b.state != types_pb2.BACKEND_STATE_DRAINING:
-            raise InvalidState(f"{field}.backends[{i}].drain_deadline", "only DRAINING backends have a deadline")
+    validate_backends(svc.backends, f"{field}.backends")
     service_targets(compute.node_service(svc, None), field)
+
+
+def validate_backends(backends, field: str) -> None:
+    """Each backend on its own, and no two with the same address and port."""
+    seen: dict[tuple, int] = {}
+    for i, b in enumerate(backends):
+        f = f"{field}[{i}]"
+        ip = parse_ip(b.address, f"{f}.address")
+        check_port(b.port, f"{f}.port", allow_zero=True)
+        if b.weight > MAX_WEIGHT:
+            raise InvalidState(f"{f}.weight", f"{b.weight} exceeds {MAX_WEIGHT}")
+        _enum(b.state, types_pb2.BackendState, f"{f}.state")
+        if len(b.node) > MAX_NODE_NAME or len(b.zone) > MAX_NODE_NAME:
+            raise InvalidState(f, "node and zone are at most 253 characters")
+        if b.HasField("drain_deadline") and b.state != types_pb2.BACKEND_STATE_DRAINING:
+            raise InvalidState(f"{f}.drain_deadline", "only DRAINING backends have a deadline")
+        if (ip, b.port) in seen:
+            raise InvalidState(f, f"duplicate of {field}[{seen[(ip, b.port)]}] ({b.address} port {b.port})")
+        seen[(ip, b.port)] = i
 
 
 def validate_backend_refs(refs, field: str) -> None:
