@@ -32,10 +32,15 @@ def health_of(node: api_pb2.Node, connected: bool) -> int:
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, replica: str, flush_interval: float = 0.2):
+    def __init__(self, store: Store, replica: str, flush_interval: float = 0.2, heartbeat: float = 10.0):
         self.store = store
         self.replica = replica
         self.flush_interval = flush_interval
+        # Records of connected nodes are rewritten this often, so that a
+        # replica that dies (and cannot write "disconnected") is noticed:
+        # a record not refreshed for `stale_after` is read as DISCONNECTED.
+        self.heartbeat = heartbeat
+        self.stale_after = 3 * heartbeat
         self.records: dict[str, api_pb2.Node] = {}
         self.connected_nodes: set[str] = set()
         self.reports: dict[str, sync_pb2.StatsReport] = {}
@@ -100,6 +105,23 @@ class NodeRegistry:
 
     # --- persistence ---------------------------------------------------------
     async def run(self) -> None:
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._flush_loop()
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            now = _now()
+            for name in self.connected_nodes:
+                if name in self.records:
+                    self.records[name].last_seen.CopyFrom(now)
+                    self._dirty.add(name)
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -134,9 +156,13 @@ class NodeRegistry:
                            [(keys.node(name), record.SerializeToString())])
 
     # --- reads (any replica) ---------------------------------------------------
-    def list(self) -> list[api_pb2.Node]:
+    def list(self, now: float | None = None) -> list[api_pb2.Node]:
         kvs, _ = self.store.range(keys.NODES)
-        return [api_pb2.Node.FromString(kv.value) for kv in kvs]
+        out = [api_pb2.Node.FromString(kv.value) for kv in kvs]
+        for n in out:
+            if is_stale(n, self.stale_after, now):
+                n.health = api_pb2.NODE_HEALTH_DISCONNECTED
+        return out
 
     def list_stats(self) -> dict[str, sync_pb2.StatsReport]:
         kvs, _ = self.store.range(keys.STATS)
@@ -160,15 +186,28 @@ def _batches(puts):
         yield batch
 
 
-def mark_gone(store: Store, fence: Compare, timeout: float, now: float | None = None) -> list[str]:
-    """Leader duty: nodes disconnected for longer than `timeout` become GONE."""
+def is_stale(n: api_pb2.Node, stale_after: float, now: float | None = None) -> bool:
+    """A connected-looking record its replica stopped refreshing (it died)."""
+    now = now if now is not None else time.time()
+    return (n.health in (api_pb2.NODE_HEALTH_READY, api_pb2.NODE_HEALTH_DEGRADED)
+            and now - n.last_seen.ToSeconds() > stale_after)
+
+
+def mark_gone(store: Store, fence: Compare, timeout: float, stale_after: float,
+              now: float | None = None) -> list[str]:
+    """Leader duty: stale records become DISCONNECTED; nodes disconnected for
+    longer than `timeout` become GONE."""
     now = now if now is not None else time.time()
     out = []
     kvs, _ = store.range(keys.NODES)
     for kv in kvs:
         n = api_pb2.Node.FromString(kv.value)
-        if n.health == api_pb2.NODE_HEALTH_DISCONNECTED and now - n.last_seen.ToSeconds() > timeout:
+        if is_stale(n, stale_after, now):
+            n.health = api_pb2.NODE_HEALTH_DISCONNECTED
+        elif n.health == api_pb2.NODE_HEALTH_DISCONNECTED and now - n.last_seen.ToSeconds() > timeout:
             n.health = api_pb2.NODE_HEALTH_GONE
-            if store.txn([fence, Compare(kv.key, kv.mod_revision)], [(kv.key, n.SerializeToString())]) is not None:
-                out.append(n.name)
+        else:
+            continue
+        if store.txn([fence, Compare(kv.key, kv.mod_revision)], [(kv.key, n.SerializeToString())]) is not None:
+            out.append(n.name)
     return out

@@ -23,7 +23,7 @@ from .api import LoadBalancerServicer
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
 from .services import ServiceStore, expire_drains
-from .store.base import Compacted, Store, StoreError
+from .store.base import Compacted, Store, StoreError, Unavailable
 from .sync import SyncService
 
 log = logging.getLogger("socklb.controlplane")
@@ -41,13 +41,14 @@ SERVER_OPTIONS = [
 
 
 class ControlPlane:
-    def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0):
+    def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0,
+                 heartbeat: float = 10.0):
         self.store = store
         self.replica = replica
         self.node_timeout = node_timeout
         self.duty_interval = duty_interval
         self.cache = SnapshotCache()
-        self.registry = NodeRegistry(store, replica)
+        self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
         self.sync = SyncService(self.cache, self.registry, replica)
         self.api = LoadBalancerServicer(store, self.registry)
         self._watch = None
@@ -57,7 +58,15 @@ class ControlPlane:
 
     async def start(self, listen: str) -> int:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._load)
+        delay = 0.2
+        while True:  # a store that is not up yet is waited for, not fatal
+            try:
+                await asyncio.to_thread(self._load)
+                break
+            except Unavailable as e:
+                log.warning("store unavailable (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
@@ -148,7 +157,8 @@ class ControlPlane:
                     continue
                 try:
                     fence = leadership.fence()
-                    gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout)
+                    gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
+                                                   self.registry.stale_after)
                     drained = await asyncio.to_thread(expire_drains, services, fence)
                     if gone or drained:
                         log.info("leader: nodes gone %s, drains expired in %s", gone, drained)

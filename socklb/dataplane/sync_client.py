@@ -37,7 +37,8 @@ CLIENT_OPTIONS = [
 
 class SyncClient:
     def __init__(self, agent: Agent, servers: list[str], stats_interval: float = 5.0,
-                 capabilities: dict[str, str] | None = None, max_backoff: float = 5.0):
+                 capabilities: dict[str, str] | None = None, max_backoff: float = 5.0,
+                 connect_timeout: float = 3.0):
         if not servers:
             raise ValueError("at least one control-plane address is needed")
         self.agent = agent
@@ -45,6 +46,7 @@ class SyncClient:
         self.stats_interval = stats_interval
         self.capabilities = capabilities or {}
         self.max_backoff = max_backoff
+        self.connect_timeout = connect_timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None
@@ -117,6 +119,11 @@ class SyncClient:
         self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
         stats_thread = threading.Thread(target=report_stats, name="stats", daemon=True)
         try:
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout)
+            except grpc.FutureTimeoutError:
+                log.warning("control plane %s: not reachable within %.0fs", target, self.connect_timeout)
+                return
             stub = sync_pb2_grpc.NodeSyncStub(self._channel)
             responses = stub.Sync(requests())
             self.connected_to = target

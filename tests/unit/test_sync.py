@@ -161,3 +161,31 @@ def test_stats_flow_back_to_the_api(server):
                  "stats report stored")
     finally:
         client.stop()
+
+
+def test_records_of_a_dead_replica_read_as_disconnected_then_gone(tmp_path):
+    """A replica that dies cannot write "disconnected": its records go stale,
+    and the leader turns them DISCONNECTED, then GONE."""
+    from socklb.controlplane import keys
+    from socklb.controlplane.nodes import NodeRegistry, is_stale, mark_gone
+    from socklb.controlplane.store.base import Compare
+
+    store = open_store(f"embedded://{tmp_path}/s")
+    try:
+        reg = NodeRegistry(store, "dead-replica", heartbeat=1.0)
+        n = api_pb2.Node(name="n1", health=api_pb2.NODE_HEALTH_READY, replica="dead-replica")
+        n.last_seen.FromSeconds(1000)
+        store.txn([], [(keys.node("n1"), n.SerializeToString())])
+        assert is_stale(n, reg.stale_after, now=1000 + reg.stale_after + 1)
+        assert [x.health for x in reg.list(now=1000 + reg.stale_after + 1)] == [api_pb2.NODE_HEALTH_DISCONNECTED]
+        lead = store.campaign("duties", "me", 5)
+        wait_for(lead.is_leader, "leadership")
+        assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1010) == ["n1"]
+        assert reg.list(now=1010)[0].health == api_pb2.NODE_HEALTH_DISCONNECTED
+        assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1100) == ["n1"]
+        assert reg.list(now=1100)[0].health == api_pb2.NODE_HEALTH_GONE
+        # A fence that no longer holds writes nothing.
+        assert mark_gone(store, Compare("/socklb/leader/none", -1), 60, reg.stale_after, now=2000) == []
+        lead.close()
+    finally:
+        store.close()
