@@ -242,7 +242,7 @@ def active(variant: Variant, ns: str):
         variant.rules.remove()
 
 
-R = TypeVar("R", loadgen.TcpResult, loadgen.CrrResult, loadgen.UdpResult)
+R = TypeVar("R", loadgen.WrkResult, loadgen.CrrResult, loadgen.UdpResult)
 
 
 def cpu_metered(cgroups: list[Path], run: Callable[[], R]) -> R:
@@ -414,8 +414,8 @@ def tables(args: argparse.Namespace, results: Results) -> dict[str, report.Table
 
 
 COMPARISONS = [
-    report.Comparison("wrk", "socklb", "direct", "TCP socklb / direct, req/s", "≥ 0.97x"),
-    report.Comparison("wrk", "socklb", "iptables", "TCP socklb / iptables DNAT, req/s", "> 1x"),
+    report.Comparison("wrk", "socklb", "direct", "TCP socklb / direct, req/s", (">=", 0.97)),
+    report.Comparison("wrk", "socklb", "iptables", "TCP socklb / iptables DNAT, req/s", (">", 1.0)),
     report.Comparison("wrk", "socklb", "nftables", "TCP socklb / nftables DNAT, req/s"),
     report.Comparison("wrk", "iptables", "direct", "TCP iptables DNAT / direct, req/s"),
     report.Comparison("wrk", "nftables", "direct", "TCP nftables DNAT / direct, req/s"),

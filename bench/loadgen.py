@@ -17,7 +17,7 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0
 
 
 @dataclass
-class TcpResult:
+class WrkResult:
     """One wrk run."""
     requests: int
     rps: float
@@ -98,7 +98,7 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _UNIT_MS[unit]
 
 
-def parse_wrk(out: str) -> TcpResult:
+def parse_wrk(out: str) -> WrkResult:
     def need(pattern: str) -> re.Match:
         m = re.search(pattern, out, re.M)
         if m is None:
@@ -117,11 +117,11 @@ def parse_wrk(out: str) -> TcpResult:
     if m:
         errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return TcpResult(requests, rps, p50, p99, errors, int(m.group(1)) if m else 0)
+    return WrkResult(requests, rps, p50, p99, errors, int(m.group(1)) if m else 0)
 
 
 def run_wrk(ns: str, cgroup: Path, url: str, threads: int, connections: int,
-            duration_s: float) -> TcpResult:
+            duration_s: float) -> WrkResult:
     cmd = wrk_command(url, threads, connections, duration_s)
     return parse_wrk(run_in_client(ns, cgroup, cmd, timeout=duration_s + 30))
 
@@ -147,7 +147,7 @@ end
 
 
 def run_wrk_spread(ns: str, cgroup: Path, url: str, workdir: Path,
-                   duration_s: float = 1.0) -> tuple[TcpResult, dict[str, int]]:
+                   duration_s: float = 1.0) -> tuple[WrkResult, dict[str, int]]:
     script = workdir / "spread.lua"
     if not script.exists():
         script.write_text(SPREAD_LUA)

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.loadgen import CrrResult, TcpResult, UdpResult
+from bench.loadgen import CrrResult, WrkResult, UdpResult
 
 BEGIN, END = "<!-- datapath:begin -->", "<!-- datapath:end -->"
 
@@ -68,7 +68,7 @@ class Table:
         return next((r for r in self.rows if r.name == name), None)
 
 
-def summarize_wrk(name: str, results: list[TcpResult]) -> Summary:
+def summarize_wrk(name: str, results: list[WrkResult]) -> Summary:
     return Summary(name, median([r.rps for r in results]),
                    median([r.p50_ms for r in results]), median([r.p99_ms for r in results]),
                    [r.rps for r in results], [r.p50_ms for r in results],
@@ -136,8 +136,21 @@ class Comparison:
     a: str
     b: str
     what: str
-    target: str = ""
+    target: tuple[str, float] | None = None   # (">=" | ">", bound) on the ratio of medians
     attr: str = "rate"
+
+
+def target_text(target: tuple[str, float] | None, value: float) -> str:
+    """State the issue's target and whether this run's ratio meets it; a
+    statement, not an assertion (one noisy run proves little)."""
+    if target is None:
+        return ""
+    op, bound = target
+    sign = "≥" if op == ">=" else ">"
+    if math.isnan(value):
+        return f" — target {sign} {bound:g}x"
+    met = value >= bound if op == ">=" else value > bound
+    return f" — target {sign} {bound:g}x: {'met' if met else 'not met'} in this run"
 
 
 def headline(tables: dict[str, Table], comparisons: list[Comparison]) -> list[str]:
@@ -149,8 +162,8 @@ def headline(tables: dict[str, Table], comparisons: list[Comparison]) -> list[st
             continue
         per_round = paired_ratios(getattr(x, f"rounds_{c.attr}"), getattr(y, f"rounds_{c.attr}"))
         q1, q3 = quartiles(per_round)
-        target = f" — target {c.target}" if c.target else ""
         overall = ratio(getattr(x, c.attr), getattr(y, c.attr))
+        target = target_text(c.target, overall)
         lines.append(f"- {c.what}: **{fmt(overall, 3)}x** (per-round ratios: "
                      f"median {fmt(median(per_round), 3)}x, quartiles {fmt(q1, 3)}–"
                      f"{fmt(q3, 3)}){target}")
