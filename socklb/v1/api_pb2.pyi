@@ -52,7 +52,7 @@ class Affinity(_message.Message):
     def __init__(self, mode: _Optional[_Union[AffinityMode, str]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "frontends", "backends", "selection", "affinity", "traffic_policy", "resource_version")
+    __slots__ = ("name", "frontends", "backends", "selection", "affinity", "traffic_policy", "resource_version", "released")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Service(_message.Message):
     AFFINITY_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_POLICY_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     name: str
     frontends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Frontend]
     backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
@@ -67,7 +68,8 @@ class Service(_message.Message):
     affinity: Affinity
     traffic_policy: TrafficPolicy
     resource_version: int
-    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity: _Optional[_Union[Affinity, _Mapping]] = ..., traffic_policy: _Optional[_Union[TrafficPolicy, str]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    released: _containers.RepeatedCompositeFieldContainer[BackendRef]
+    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity: _Optional[_Union[Affinity, _Mapping]] = ..., traffic_policy: _Optional[_Union[TrafficPolicy, str]] = ..., resource_version: _Optional[int] = ..., released: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ...) -> None: ...
 
 class PutServiceRequest(_message.Message):
     __slots__ = ("service", "expected_version", "create_only")
@@ -194,6 +196,60 @@ class Node(_message.Message):
     replica: str
     def __init__(self, name: _Optional[str] = ..., applied_version: _Optional[int] = ..., desired_version: _Optional[int] = ..., health: _Optional[_Union[NodeHealth, str]] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
 
+class TerminateFlowsRequest(_message.Message):
+    __slots__ = ("service", "backends", "dry_run")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendRef]
+    dry_run: bool
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class GetTerminationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListTerminationsRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class ListTerminationsResponse(_message.Message):
+    __slots__ = ("terminations",)
+    TERMINATIONS_FIELD_NUMBER: _ClassVar[int]
+    terminations: _containers.RepeatedCompositeFieldContainer[Termination]
+    def __init__(self, terminations: _Optional[_Iterable[_Union[Termination, _Mapping]]] = ...) -> None: ...
+
+class Termination(_message.Message):
+    __slots__ = ("id", "service", "backends", "dry_run", "trigger", "created", "reports", "found", "destroyed", "failed", "pending_nodes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_NODES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendRef]
+    dry_run: bool
+    trigger: str
+    created: _timestamp_pb2.Timestamp
+    reports: _containers.RepeatedCompositeFieldContainer[_node_pb2.TerminationReport]
+    found: int
+    destroyed: int
+    failed: int
+    pending_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., trigger: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[_node_pb2.TerminationReport, _Mapping]]] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., pending_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -213,14 +269,16 @@ class GetStatsRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class BackendStats(_message.Message):
-    __slots__ = ("address", "port", "active_flows")
+    __slots__ = ("address", "port", "active_flows", "sockets")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
     address: str
     port: int
     active_flows: int
-    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., active_flows: _Optional[int] = ...) -> None: ...
+    sockets: _containers.RepeatedCompositeFieldContainer[_node_pb2.SocketStats]
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., active_flows: _Optional[int] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ...) -> None: ...
 
 class ServiceStats(_message.Message):
     __slots__ = ("service", "active_flows", "backends")

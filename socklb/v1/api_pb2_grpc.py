@@ -81,6 +81,21 @@ class LoadBalancerStub:
                 request_serializer=socklb_dot_v1_dot_api__pb2.DrainBackendsRequest.SerializeToString,
                 response_deserializer=socklb_dot_v1_dot_api__pb2.Service.FromString,
                 _registered_method=True)
+        self.TerminateFlows = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/TerminateFlows',
+                request_serializer=socklb_dot_v1_dot_api__pb2.TerminateFlowsRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.Termination.FromString,
+                _registered_method=True)
+        self.GetTermination = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/GetTermination',
+                request_serializer=socklb_dot_v1_dot_api__pb2.GetTerminationRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.Termination.FromString,
+                _registered_method=True)
+        self.ListTerminations = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/ListTerminations',
+                request_serializer=socklb_dot_v1_dot_api__pb2.ListTerminationsRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.ListTerminationsResponse.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/socklb.v1.LoadBalancer/ListNodes',
                 request_serializer=socklb_dot_v1_dot_api__pb2.ListNodesRequest.SerializeToString,
@@ -157,6 +172,25 @@ class LoadBalancerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TerminateFlows(self, request, context):
+        """Terminate (or list, with dry_run) the flows of a service's backends on every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTermination(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTerminations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,6 +253,21 @@ def add_LoadBalancerServicer_to_server(servicer, server):
                     servicer.DrainBackends,
                     request_deserializer=socklb_dot_v1_dot_api__pb2.DrainBackendsRequest.FromString,
                     response_serializer=socklb_dot_v1_dot_api__pb2.Service.SerializeToString,
+            ),
+            'TerminateFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateFlows,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.TerminateFlowsRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.Termination.SerializeToString,
+            ),
+            'GetTermination': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTermination,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.GetTerminationRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.Termination.SerializeToString,
+            ),
+            'ListTerminations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTerminations,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.ListTerminationsRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.ListTerminationsResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -459,6 +508,87 @@ class LoadBalancer:
             '/socklb.v1.LoadBalancer/DrainBackends',
             socklb_dot_v1_dot_api__pb2.DrainBackendsRequest.SerializeToString,
             socklb_dot_v1_dot_api__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/TerminateFlows',
+            socklb_dot_v1_dot_api__pb2.TerminateFlowsRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.Termination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTermination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/GetTermination',
+            socklb_dot_v1_dot_api__pb2.GetTerminationRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.Termination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTerminations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/ListTerminations',
+            socklb_dot_v1_dot_api__pb2.ListTerminationsRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.ListTerminationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

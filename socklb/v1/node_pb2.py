@@ -22,48 +22,65 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from socklb.v1 import types_pb2 as socklb_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14socklb/v1/node.proto\x12\tsocklb.v1\x1a\x15socklb/v1/types.proto\"\xb5\x01\n\x0cServiceState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\tfrontends\x18\x02 \x03(\x0b\x32\x13.socklb.v1.Frontend\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.socklb.v1.Backend\x12\'\n\tselection\x18\x04 \x01(\x0e\x32\x14.socklb.v1.Selection\x12 \n\x18\x61\x66\x66inity_timeout_seconds\x18\x05 \x01(\r\"G\n\tNodeState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x08services\x18\x02 \x03(\x0b\x32\x17.socklb.v1.ServiceState\"s\n\x0eNodeStateDelta\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x07upserts\x18\x03 \x03(\x0b\x32\x17.socklb.v1.ServiceState\x12\x10\n\x08removals\x18\x04 \x03(\t\"\x11\n\x0fGetStateRequest\"n\n\x11\x41pplyStateRequest\x12$\n\x04\x66ull\x18\x01 \x01(\x0b\x32\x14.socklb.v1.NodeStateH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.socklb.v1.NodeStateDeltaH\x00\x42\x07\n\x05state\"\xa9\x01\n\x12\x41pplyStateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x19\n\x11\x66rontends_written\x18\x02 \x01(\r\x12\x19\n\x11\x66rontends_removed\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61\x63kends_written\x18\x04 \x01(\r\x12\x18\n\x10\x62\x61\x63kends_removed\x18\x05 \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\"\r\n\x0b\x44umpRequest\"\xb2\x01\n\x12ProgrammedFrontend\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0f\n\x07service\x18\x02 \x01(\t\x12%\n\x08\x66rontend\x18\x03 \x01(\x0b\x32\x13.socklb.v1.Frontend\x12\'\n\tselection\x18\x04 \x01(\x0e\x32\x14.socklb.v1.Selection\x12 \n\x18\x61\x66\x66inity_timeout_seconds\x18\x05 \x01(\r\x12\r\n\x05slots\x18\x06 \x03(\r\"H\n\x14\x44umpServicesResponse\x12\x30\n\tfrontends\x18\x01 \x03(\x0b\x32\x1d.socklb.v1.ProgrammedFrontend\"\xa2\x01\n\x11ProgrammedBackend\x12\n\n\x02id\x18\x01 \x01(\r\x12\x13\n\x0b\x66rontend_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12%\n\x08protocol\x18\x05 \x01(\x0e\x32\x13.socklb.v1.Protocol\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.socklb.v1.BackendState\"F\n\x14\x44umpBackendsResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.socklb.v1.ProgrammedBackend\"\x85\x01\n\x04\x46low\x12\x13\n\x0b\x66rontend_id\x18\x01 \x01(\r\x12\x12\n\nbackend_id\x18\x02 \x01(\r\x12%\n\x08\x66rontend\x18\x03 \x01(\x0b\x32\x13.socklb.v1.Frontend\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_port\x18\x05 \x01(\r\"3\n\x11\x44umpFlowsResponse\x12\x1e\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x0f.socklb.v1.Flow\"\xc2\x01\n\x08\x43ounters\x12\x14\n\x0ctranslations\x18\x01 \x01(\x04\x12\x15\n\raffinity_hits\x18\x02 \x01(\x04\x12\x12\n\nno_backend\x18\x03 \x01(\x04\x12\x15\n\rpolicy_denies\x18\x04 \x01(\x04\x12\x14\n\x0crev_nat_hits\x18\x05 \x01(\x04\x12\x16\n\x0erev_nat_misses\x18\x06 \x01(\x04\x12\x17\n\x0frev_nat_cleaned\x18\x07 \x01(\x04\x12\x17\n\x0f\x61\x66\x66inity_misses\x18\x08 \x01(\x04\"\x10\n\x0eGetInfoRequest\"s\n\x08NodeInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x63group\x18\x02 \x01(\t\x12\x0f\n\x07pin_dir\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\x04\x12\x0f\n\x07\x61\x64opted\x18\x05 \x01(\x08\x12\x0e\n\x06kernel\x18\x06 \x01(\t2\xe0\x03\n\tNodeAdmin\x12<\n\x08GetState\x12\x1a.socklb.v1.GetStateRequest\x1a\x14.socklb.v1.NodeState\x12I\n\nApplyState\x12\x1c.socklb.v1.ApplyStateRequest\x1a\x1d.socklb.v1.ApplyStateResponse\x12G\n\x0c\x44umpServices\x12\x16.socklb.v1.DumpRequest\x1a\x1f.socklb.v1.DumpServicesResponse\x12G\n\x0c\x44umpBackends\x12\x16.socklb.v1.DumpRequest\x1a\x1f.socklb.v1.DumpBackendsResponse\x12\x41\n\tDumpFlows\x12\x16.socklb.v1.DumpRequest\x1a\x1c.socklb.v1.DumpFlowsResponse\x12:\n\x0bGetCounters\x12\x16.socklb.v1.DumpRequest\x1a\x13.socklb.v1.Counters\x12\x39\n\x07GetInfo\x12\x19.socklb.v1.GetInfoRequest\x1a\x13.socklb.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14socklb/v1/node.proto\x12\tsocklb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15socklb/v1/types.proto\"\xdd\x01\n\x0cServiceState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\tfrontends\x18\x02 \x03(\x0b\x32\x13.socklb.v1.Frontend\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.socklb.v1.Backend\x12\'\n\tselection\x18\x04 \x01(\x0e\x32\x14.socklb.v1.Selection\x12 \n\x18\x61\x66\x66inity_timeout_seconds\x18\x05 \x01(\r\x12&\n\nkeep_flows\x18\x06 \x03(\x0b\x32\x12.socklb.v1.Backend\"G\n\tNodeState\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x08services\x18\x02 \x03(\x0b\x32\x17.socklb.v1.ServiceState\"s\n\x0eNodeStateDelta\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12(\n\x07upserts\x18\x03 \x03(\x0b\x32\x17.socklb.v1.ServiceState\x12\x10\n\x08removals\x18\x04 \x03(\t\"\x11\n\x0fGetStateRequest\"n\n\x11\x41pplyStateRequest\x12$\n\x04\x66ull\x18\x01 \x01(\x0b\x32\x14.socklb.v1.NodeStateH\x00\x12*\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x19.socklb.v1.NodeStateDeltaH\x00\x42\x07\n\x05state\"\xa9\x01\n\x12\x41pplyStateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x19\n\x11\x66rontends_written\x18\x02 \x01(\r\x12\x19\n\x11\x66rontends_removed\x18\x03 \x01(\r\x12\x18\n\x10\x62\x61\x63kends_written\x18\x04 \x01(\r\x12\x18\n\x10\x62\x61\x63kends_removed\x18\x05 \x01(\r\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\"\r\n\x0b\x44umpRequest\"\xb2\x01\n\x12ProgrammedFrontend\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0f\n\x07service\x18\x02 \x01(\t\x12%\n\x08\x66rontend\x18\x03 \x01(\x0b\x32\x13.socklb.v1.Frontend\x12\'\n\tselection\x18\x04 \x01(\x0e\x32\x14.socklb.v1.Selection\x12 \n\x18\x61\x66\x66inity_timeout_seconds\x18\x05 \x01(\r\x12\r\n\x05slots\x18\x06 \x03(\r\"H\n\x14\x44umpServicesResponse\x12\x30\n\tfrontends\x18\x01 \x03(\x0b\x32\x1d.socklb.v1.ProgrammedFrontend\"\xa2\x01\n\x11ProgrammedBackend\x12\n\n\x02id\x18\x01 \x01(\r\x12\x13\n\x0b\x66rontend_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12%\n\x08protocol\x18\x05 \x01(\x0e\x32\x13.socklb.v1.Protocol\x12&\n\x05state\x18\x06 \x01(\x0e\x32\x17.socklb.v1.BackendState\"F\n\x14\x44umpBackendsResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.socklb.v1.ProgrammedBackend\"\x85\x01\n\x04\x46low\x12\x13\n\x0b\x66rontend_id\x18\x01 \x01(\r\x12\x12\n\nbackend_id\x18\x02 \x01(\r\x12%\n\x08\x66rontend\x18\x03 \x01(\x0b\x32\x13.socklb.v1.Frontend\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_port\x18\x05 \x01(\r\"3\n\x11\x44umpFlowsResponse\x12\x1e\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x0f.socklb.v1.Flow\"\xc2\x01\n\x08\x43ounters\x12\x14\n\x0ctranslations\x18\x01 \x01(\x04\x12\x15\n\raffinity_hits\x18\x02 \x01(\x04\x12\x12\n\nno_backend\x18\x03 \x01(\x04\x12\x15\n\rpolicy_denies\x18\x04 \x01(\x04\x12\x14\n\x0crev_nat_hits\x18\x05 \x01(\x04\x12\x16\n\x0erev_nat_misses\x18\x06 \x01(\x04\x12\x17\n\x0frev_nat_cleaned\x18\x07 \x01(\x04\x12\x17\n\x0f\x61\x66\x66inity_misses\x18\x08 \x01(\x04\"\x10\n\x0eGetInfoRequest\"s\n\x08NodeInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06\x63group\x18\x02 \x01(\t\x12\x0f\n\x07pin_dir\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\x04\x12\x0f\n\x07\x61\x64opted\x18\x05 \x01(\x08\x12\x0e\n\x06kernel\x18\x06 \x01(\t\"Z\n\x10TerminateRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12$\n\x08\x62\x61\x63kends\x18\x02 \x03(\x0b\x32\x12.socklb.v1.Backend\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"U\n\x12\x42\x61\x63kendTermination\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\r\n\x05\x66ound\x18\x03 \x01(\x04\x12\x11\n\tdestroyed\x18\x04 \x01(\x04\"\x9c\x01\n\x10TerminatedSocket\x12\r\n\x05netns\x18\x01 \x01(\t\x12\x0e\n\x06\x63ookie\x18\x02 \x01(\x04\x12%\n\x08protocol\x18\x03 \x01(\x0e\x32\x13.socklb.v1.Protocol\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\x05\"\xe6\x02\n\x11TerminationReport\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07trigger\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\r\n\x05\x66ound\x18\x07 \x01(\x04\x12\x11\n\tdestroyed\x18\x08 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\x04\x12\x18\n\x10\x64uration_seconds\x18\n \x01(\x01\x12\x12\n\nnamespaces\x18\x0b \x01(\r\x12/\n\x08\x62\x61\x63kends\x18\x0c \x03(\x0b\x32\x1d.socklb.v1.BackendTermination\x12,\n\x07sockets\x18\r \x03(\x0b\x32\x1b.socklb.v1.TerminatedSocket\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12&\n\x02\x61t\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x02\n\x0bSocketStats\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_port\x18\x03 \x01(\r\x12%\n\x08protocol\x18\x04 \x01(\x0e\x32\x13.socklb.v1.Protocol\x12\x0f\n\x07sockets\x18\x05 \x01(\x04\x12\x32\n\x06states\x18\x06 \x03(\x0b\x32\".socklb.v1.SocketStats.StatesEntry\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x0f\n\x07srtt_us\x18\t \x01(\x04\x12\x13\n\x0bretransmits\x18\n \x01(\x04\x12\r\n\x05\x64rops\x18\x0b \x01(\x04\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"<\n\x13SocketStatsResponse\x12%\n\x05stats\x18\x01 \x03(\x0b\x32\x16.socklb.v1.SocketStats2\xf2\x04\n\tNodeAdmin\x12<\n\x08GetState\x12\x1a.socklb.v1.GetStateRequest\x1a\x14.socklb.v1.NodeState\x12I\n\nApplyState\x12\x1c.socklb.v1.ApplyStateRequest\x1a\x1d.socklb.v1.ApplyStateResponse\x12G\n\x0c\x44umpServices\x12\x16.socklb.v1.DumpRequest\x1a\x1f.socklb.v1.DumpServicesResponse\x12G\n\x0c\x44umpBackends\x12\x16.socklb.v1.DumpRequest\x1a\x1f.socklb.v1.DumpBackendsResponse\x12\x41\n\tDumpFlows\x12\x16.socklb.v1.DumpRequest\x1a\x1c.socklb.v1.DumpFlowsResponse\x12:\n\x0bGetCounters\x12\x16.socklb.v1.DumpRequest\x1a\x13.socklb.v1.Counters\x12\x39\n\x07GetInfo\x12\x19.socklb.v1.GetInfoRequest\x1a\x13.socklb.v1.NodeInfo\x12\x46\n\tTerminate\x12\x1b.socklb.v1.TerminateRequest\x1a\x1c.socklb.v1.TerminationReport\x12H\n\x0eGetSocketStats\x12\x16.socklb.v1.DumpRequest\x1a\x1e.socklb.v1.SocketStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'socklb.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVICESTATE']._serialized_start=59
-  _globals['_SERVICESTATE']._serialized_end=240
-  _globals['_NODESTATE']._serialized_start=242
-  _globals['_NODESTATE']._serialized_end=313
-  _globals['_NODESTATEDELTA']._serialized_start=315
-  _globals['_NODESTATEDELTA']._serialized_end=430
-  _globals['_GETSTATEREQUEST']._serialized_start=432
-  _globals['_GETSTATEREQUEST']._serialized_end=449
-  _globals['_APPLYSTATEREQUEST']._serialized_start=451
-  _globals['_APPLYSTATEREQUEST']._serialized_end=561
-  _globals['_APPLYSTATERESPONSE']._serialized_start=564
-  _globals['_APPLYSTATERESPONSE']._serialized_end=733
-  _globals['_DUMPREQUEST']._serialized_start=735
-  _globals['_DUMPREQUEST']._serialized_end=748
-  _globals['_PROGRAMMEDFRONTEND']._serialized_start=751
-  _globals['_PROGRAMMEDFRONTEND']._serialized_end=929
-  _globals['_DUMPSERVICESRESPONSE']._serialized_start=931
-  _globals['_DUMPSERVICESRESPONSE']._serialized_end=1003
-  _globals['_PROGRAMMEDBACKEND']._serialized_start=1006
-  _globals['_PROGRAMMEDBACKEND']._serialized_end=1168
-  _globals['_DUMPBACKENDSRESPONSE']._serialized_start=1170
-  _globals['_DUMPBACKENDSRESPONSE']._serialized_end=1240
-  _globals['_FLOW']._serialized_start=1243
-  _globals['_FLOW']._serialized_end=1376
-  _globals['_DUMPFLOWSRESPONSE']._serialized_start=1378
-  _globals['_DUMPFLOWSRESPONSE']._serialized_end=1429
-  _globals['_COUNTERS']._serialized_start=1432
-  _globals['_COUNTERS']._serialized_end=1626
-  _globals['_GETINFOREQUEST']._serialized_start=1628
-  _globals['_GETINFOREQUEST']._serialized_end=1644
-  _globals['_NODEINFO']._serialized_start=1646
-  _globals['_NODEINFO']._serialized_end=1761
-  _globals['_NODEADMIN']._serialized_start=1764
-  _globals['_NODEADMIN']._serialized_end=2244
+  _globals['_SOCKETSTATS_STATESENTRY']._loaded_options = None
+  _globals['_SOCKETSTATS_STATESENTRY']._serialized_options = b'8\001'
+  _globals['_SERVICESTATE']._serialized_start=92
+  _globals['_SERVICESTATE']._serialized_end=313
+  _globals['_NODESTATE']._serialized_start=315
+  _globals['_NODESTATE']._serialized_end=386
+  _globals['_NODESTATEDELTA']._serialized_start=388
+  _globals['_NODESTATEDELTA']._serialized_end=503
+  _globals['_GETSTATEREQUEST']._serialized_start=505
+  _globals['_GETSTATEREQUEST']._serialized_end=522
+  _globals['_APPLYSTATEREQUEST']._serialized_start=524
+  _globals['_APPLYSTATEREQUEST']._serialized_end=634
+  _globals['_APPLYSTATERESPONSE']._serialized_start=637
+  _globals['_APPLYSTATERESPONSE']._serialized_end=806
+  _globals['_DUMPREQUEST']._serialized_start=808
+  _globals['_DUMPREQUEST']._serialized_end=821
+  _globals['_PROGRAMMEDFRONTEND']._serialized_start=824
+  _globals['_PROGRAMMEDFRONTEND']._serialized_end=1002
+  _globals['_DUMPSERVICESRESPONSE']._serialized_start=1004
+  _globals['_DUMPSERVICESRESPONSE']._serialized_end=1076
+  _globals['_PROGRAMMEDBACKEND']._serialized_start=1079
+  _globals['_PROGRAMMEDBACKEND']._serialized_end=1241
+  _globals['_DUMPBACKENDSRESPONSE']._serialized_start=1243
+  _globals['_DUMPBACKENDSRESPONSE']._serialized_end=1313
+  _globals['_FLOW']._serialized_start=1316
+  _globals['_FLOW']._serialized_end=1449
+  _globals['_DUMPFLOWSRESPONSE']._serialized_start=1451
+  _globals['_DUMPFLOWSRESPONSE']._serialized_end=1502
+  _globals['_COUNTERS']._serialized_start=1505
+  _globals['_COUNTERS']._serialized_end=1699
+  _globals['_GETINFOREQUEST']._serialized_start=1701
+  _globals['_GETINFOREQUEST']._serialized_end=1717
+  _globals['_NODEINFO']._serialized_start=1719
+  _globals['_NODEINFO']._serialized_end=1834
+  _globals['_TERMINATEREQUEST']._serialized_start=1836
+  _globals['_TERMINATEREQUEST']._serialized_end=1926
+  _globals['_BACKENDTERMINATION']._serialized_start=1928
+  _globals['_BACKENDTERMINATION']._serialized_end=2013
+  _globals['_TERMINATEDSOCKET']._serialized_start=2016
+  _globals['_TERMINATEDSOCKET']._serialized_end=2172
+  _globals['_TERMINATIONREPORT']._serialized_start=2175
+  _globals['_TERMINATIONREPORT']._serialized_end=2533
+  _globals['_SOCKETSTATS']._serialized_start=2536
+  _globals['_SOCKETSTATS']._serialized_end=2865
+  _globals['_SOCKETSTATS_STATESENTRY']._serialized_start=2820
+  _globals['_SOCKETSTATS_STATESENTRY']._serialized_end=2865
+  _globals['_SOCKETSTATSRESPONSE']._serialized_start=2867
+  _globals['_SOCKETSTATSRESPONSE']._serialized_end=2927
+  _globals['_NODEADMIN']._serialized_start=2930
+  _globals['_NODEADMIN']._serialized_end=3556
 # @@protoc_insertion_point(module_scope)

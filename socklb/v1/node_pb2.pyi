@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from socklb.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -8,18 +11,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServiceState(_message.Message):
-    __slots__ = ("name", "frontends", "backends", "selection", "affinity_timeout_seconds")
+    __slots__ = ("name", "frontends", "backends", "selection", "affinity_timeout_seconds", "keep_flows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FLOWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     frontends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Frontend]
     backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
     selection: _types_pb2.Selection
     affinity_timeout_seconds: int
-    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity_timeout_seconds: _Optional[int] = ...) -> None: ...
+    keep_flows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity_timeout_seconds: _Optional[int] = ..., keep_flows: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ...) -> None: ...
 
 class NodeState(_message.Message):
     __slots__ = ("version", "services")
@@ -176,3 +181,116 @@ class NodeInfo(_message.Message):
     adopted: bool
     kernel: str
     def __init__(self, node: _Optional[str] = ..., cgroup: _Optional[str] = ..., pin_dir: _Optional[str] = ..., applied_version: _Optional[int] = ..., adopted: _Optional[bool] = ..., kernel: _Optional[str] = ...) -> None: ...
+
+class TerminateRequest(_message.Message):
+    __slots__ = ("service", "backends", "dry_run")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    dry_run: bool
+    def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class BackendTermination(_message.Message):
+    __slots__ = ("address", "port", "found", "destroyed")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    found: int
+    destroyed: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ...) -> None: ...
+
+class TerminatedSocket(_message.Message):
+    __slots__ = ("netns", "cookie", "protocol", "state", "source", "destination", "result")
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    netns: str
+    cookie: int
+    protocol: _types_pb2.Protocol
+    state: str
+    source: str
+    destination: str
+    result: int
+    def __init__(self, netns: _Optional[str] = ..., cookie: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., result: _Optional[int] = ...) -> None: ...
+
+class TerminationReport(_message.Message):
+    __slots__ = ("id", "node", "service", "trigger", "dry_run", "method", "found", "destroyed", "failed", "duration_seconds", "namespaces", "backends", "sockets", "error", "at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    node: str
+    service: str
+    trigger: str
+    dry_run: bool
+    method: str
+    found: int
+    destroyed: int
+    failed: int
+    duration_seconds: float
+    namespaces: int
+    backends: _containers.RepeatedCompositeFieldContainer[BackendTermination]
+    sockets: _containers.RepeatedCompositeFieldContainer[TerminatedSocket]
+    error: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., service: _Optional[str] = ..., trigger: _Optional[str] = ..., dry_run: _Optional[bool] = ..., method: _Optional[str] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., namespaces: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendTermination, _Mapping]]] = ..., sockets: _Optional[_Iterable[_Union[TerminatedSocket, _Mapping]]] = ..., error: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SocketStats(_message.Message):
+    __slots__ = ("service", "backend_address", "backend_port", "protocol", "sockets", "states", "bytes_sent", "bytes_received", "srtt_us", "retransmits", "drops")
+    class StatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    SRTT_US_FIELD_NUMBER: _ClassVar[int]
+    RETRANSMITS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    backend_address: str
+    backend_port: int
+    protocol: _types_pb2.Protocol
+    sockets: int
+    states: _containers.ScalarMap[str, int]
+    bytes_sent: int
+    bytes_received: int
+    srtt_us: int
+    retransmits: int
+    drops: int
+    def __init__(self, service: _Optional[str] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., sockets: _Optional[int] = ..., states: _Optional[_Mapping[str, int]] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., srtt_us: _Optional[int] = ..., retransmits: _Optional[int] = ..., drops: _Optional[int] = ...) -> None: ...
+
+class SocketStatsResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: _containers.RepeatedCompositeFieldContainer[SocketStats]
+    def __init__(self, stats: _Optional[_Iterable[_Union[SocketStats, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,16 @@ class NodeAdminStub:
                 request_serializer=socklb_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=socklb_dot_v1_dot_node__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Terminate = channel.unary_unary(
+                '/socklb.v1.NodeAdmin/Terminate',
+                request_serializer=socklb_dot_v1_dot_node__pb2.TerminateRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_node__pb2.TerminationReport.FromString,
+                _registered_method=True)
+        self.GetSocketStats = channel.unary_unary(
+                '/socklb.v1.NodeAdmin/GetSocketStats',
+                request_serializer=socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_node__pb2.SocketStatsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAdminServicer:
@@ -120,6 +130,20 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Terminate(self, request, context):
+        """Terminate (or, dry run, list) the load-balanced flows of a service's backends on this node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSocketStats(self, request, context):
+        """Socket statistics of load-balanced flows, per service and backend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +181,16 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=socklb_dot_v1_dot_node__pb2.GetInfoRequest.FromString,
                     response_serializer=socklb_dot_v1_dot_node__pb2.NodeInfo.SerializeToString,
+            ),
+            'Terminate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Terminate,
+                    request_deserializer=socklb_dot_v1_dot_node__pb2.TerminateRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_node__pb2.TerminationReport.SerializeToString,
+            ),
+            'GetSocketStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSocketStats,
+                    request_deserializer=socklb_dot_v1_dot_node__pb2.DumpRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_node__pb2.SocketStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +383,60 @@ class NodeAdmin:
             '/socklb.v1.NodeAdmin/GetInfo',
             socklb_dot_v1_dot_node__pb2.GetInfoRequest.SerializeToString,
             socklb_dot_v1_dot_node__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Terminate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.NodeAdmin/Terminate',
+            socklb_dot_v1_dot_node__pb2.TerminateRequest.SerializeToString,
+            socklb_dot_v1_dot_node__pb2.TerminationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSocketStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.NodeAdmin/GetSocketStats',
+            socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
+            socklb_dot_v1_dot_node__pb2.SocketStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

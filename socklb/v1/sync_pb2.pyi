@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from socklb.v1 import node_pb2 as _node_pb2
+from socklb.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -11,16 +12,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NodeMessage(_message.Message):
-    __slots__ = ("hello", "ack", "nack", "stats")
+    __slots__ = ("hello", "ack", "nack", "stats", "termination")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    TERMINATION_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     nack: Nack
     stats: StatsReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ...) -> None: ...
+    termination: _node_pb2.TerminationReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., stats: _Optional[_Union[StatsReport, _Mapping]] = ..., termination: _Optional[_Union[_node_pb2.TerminationReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node", "applied_version", "state_digest", "capabilities", "kernel")
@@ -74,19 +77,21 @@ class FlowCount(_message.Message):
     def __init__(self, service: _Optional[str] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
 
 class StatsReport(_message.Message):
-    __slots__ = ("at", "counters", "flows", "health")
+    __slots__ = ("at", "counters", "flows", "health", "sockets")
     AT_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     FLOWS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     counters: _node_pb2.Counters
     flows: _containers.RepeatedCompositeFieldContainer[FlowCount]
     health: str
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ...) -> None: ...
+    sockets: _containers.RepeatedCompositeFieldContainer[_node_pb2.SocketStats]
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("nonce", "trace_context", "snapshot", "delta")
+    __slots__ = ("nonce", "trace_context", "snapshot", "delta", "terminate")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,11 +103,25 @@ class ControlMessage(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    TERMINATE_FIELD_NUMBER: _ClassVar[int]
     nonce: str
     trace_context: _containers.ScalarMap[str, str]
     snapshot: SnapshotChunk
     delta: _node_pb2.NodeStateDelta
-    def __init__(self, nonce: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[_node_pb2.NodeStateDelta, _Mapping]] = ...) -> None: ...
+    terminate: TerminateCommand
+    def __init__(self, nonce: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[_node_pb2.NodeStateDelta, _Mapping]] = ..., terminate: _Optional[_Union[TerminateCommand, _Mapping]] = ...) -> None: ...
+
+class TerminateCommand(_message.Message):
+    __slots__ = ("id", "service", "backends", "dry_run")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    service: str
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    dry_run: bool
+    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("version", "services", "last")
