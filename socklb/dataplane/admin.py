@@ -90,6 +90,14 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
             no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
             rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
 
+    def Terminate(self, request, context):
+        import uuid
+
+        if not request.service:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "service: must not be empty")
+        return self.agent.terminate(request.service, request.backends, request.dry_run,
+                                    f"local-{uuid.uuid4().hex[:8]}")
+
     def GetInfo(self, request, context):
         dp = self.agent.datapath
         return node_pb2.NodeInfo(node=self.agent.node, cgroup=str(dp.cgroup), pin_dir=str(dp.pin_dir),

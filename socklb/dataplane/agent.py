@@ -37,9 +37,11 @@ class Agent:
     programs nothing: a node that "applies to nothing", for tests and the
     convergence benchmark."""
 
-    def __init__(self, datapath: Datapath | None, node: str):
+    def __init__(self, datapath: Datapath | None, node: str, terminate_method: str = "auto"):
         self.datapath = datapath
         self.node = node
+        self.terminate_method = terminate_method
+        self.terminations = None  # TerminationService, once the datapath is loaded
         self.limits = (Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
                        if datapath is not None else Limits())
         self._lock = threading.Lock()
@@ -54,6 +56,12 @@ class Agent:
         if self.datapath is None:
             return
         self.datapath.load()
+        from .terminations import TerminationService
+
+        self.terminations = TerminationService(self.datapath.pin_dir, self.node, self.terminate_method)
+        # Build and load the termination programs now (the first build runs
+        # clang for seconds), not when the first backend goes away.
+        threading.Thread(target=self.terminations.capability, name="terminate-warmup", daemon=True).start()
         self.store = MapStore(self.datapath.maps)
         self.programmed = self.store.read_programmed()
         self.applied_version = self.store.meta_get(layout.Meta.VERSION)
@@ -93,7 +101,8 @@ class Agent:
                 self._restore(self.programmed)
                 raise
             self.store.meta_set(layout.Meta.VERSION, state.version)
-        self.programmed = plan.result
+        before, self.programmed = self.programmed, plan.result
+        self._terminate_removed(before, plan, state)
         self.applied = node_pb2.NodeState.FromString(state.SerializeToString())
         self.applied_version = state.version
         result = ApplyResult(
@@ -106,6 +115,38 @@ class Agent:
         )
         log.info("applied version %d: %s", state.version, result)
         return result
+
+    def _terminate_removed(self, before: Programmed, plan, state) -> None:
+        if self.terminations is None:
+            return
+        from .terminations import removed_targets
+
+        for op in plan.ops:
+            if isinstance(op, DeleteBackend) and op.id in before.backends:
+                b = before.backends[op.id]
+                fe = next((f for f in before.frontends.values() if f.id == b.frontend_id), None)
+                if fe is not None:
+                    self.terminations.graveyard.bury(fe.service, fe.id, b.id,
+                                                     (layout.unpack_addr(layout.pack_addr(b.addr)), b.port))
+        for job in removed_targets(before, plan, state, state.version):
+            self.terminations.submit(job)
+
+    def terminate(self, service: str, backends, dry_run: bool, job_id: str, wait: bool = True):
+        """Terminate (or list) the flows of a service's backends on this node."""
+        from .terminations import request_job, to_report
+
+        with self._lock:
+            job = request_job(job_id, service, backends, dry_run, self.programmed,
+                              self.terminations.graveyard) if self.terminations else None
+        if job is None:
+            from .terminations import Job
+
+            return to_report(Job(job_id, service, "request", dry_run, (), {}), self.node, None,
+                             error="this node programs no datapath")
+        if wait:
+            return self.terminations.run_now(job)
+        self.terminations.run_later(job)
+        return None
 
     def _restore(self, previous: Programmed) -> None:
         current = self.store.read_programmed()

@@ -61,7 +61,7 @@ def cmd_run(args) -> int:
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
-    agent = Agent(dp, args.node)
+    agent = Agent(dp, args.node, terminate_method=args.terminate_method)
     try:
         agent.start()
     except (LoadError, OSError) as e:
@@ -162,6 +162,23 @@ def cmd_dump(args) -> int:
     return 0
 
 
+def _backend_arg(text: str):
+    from socklb.v1 import types_pb2
+
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise CliError(f"{text!r}: expected ADDRESS:PORT (IPv6 as [addr]:port)")
+    return types_pb2.Backend(address=host.strip("[]"), port=int(port))
+
+
+def cmd_terminate(args) -> int:
+    req = node_pb2.TerminateRequest(service=args.service, backends=[_backend_arg(b) for b in args.backends],
+                                    dry_run=args.dry_run)
+    report = _stub(args).Terminate(req, timeout=args.timeout)
+    _print(report, args)
+    return 1 if report.error else 0
+
+
 def cmd_detach(args) -> int:
     from .loader import detach
 
@@ -217,7 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backends-max", type=int, default=layout.BACKENDS_MAX)
     r.add_argument("--affinity-max", type=int, default=layout.AFFINITY_MAX)
     r.add_argument("--rev-nat-max", type=int, default=layout.REV_NAT_MAX)
+    r.add_argument("--terminate-method", choices=["auto", "kfunc", "netlink"], default="auto",
+                   help="how sockets are destroyed: bpf_sock_destroy() from an iterator (kfunc), "
+                        "netlink SOCK_DESTROY, or the first that works (auto)")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("terminate", help="terminate (or --dry-run: list) a service's flows on this node")
+    t.add_argument("service")
+    t.add_argument("backends", nargs="*", metavar="ADDR:PORT", help="only flows to these backends")
+    t.add_argument("--dry-run", action="store_true")
+    admin_opts(t)
+    t.set_defaults(func=cmd_terminate)
 
     a = sub.add_parser("apply", help="apply a desired-state file through the admin API")
     a.add_argument("file")

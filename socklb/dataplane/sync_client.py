@@ -10,7 +10,7 @@ import queue
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -51,6 +51,20 @@ class SyncClient:
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None
         self.connected_to: str | None = None
+        # Termination reports wait here while no stream is up.
+        self._pending = deque(maxlen=256)
+        self._out: queue.Queue | None = None
+        self._out_lock = threading.Lock()
+        if agent.terminations is not None:
+            agent.terminations.listeners.append(self._report)
+
+    def _report(self, report: node_pb2.TerminationReport) -> None:
+        msg = sync_pb2.NodeMessage(termination=report)
+        with self._out_lock:
+            if self._out is not None:
+                self._out.put(msg)
+            else:
+                self._pending.append(msg)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sync-client", daemon=True)
@@ -92,6 +106,8 @@ class SyncClient:
             state_digest=state_digest(state) if state is not None else b"",
             kernel=platform.release())
         hello.capabilities.update(self.capabilities)
+        if self.agent.terminations is not None:
+            hello.capabilities["sock_destroy"] = self.agent.terminations.capability()
         return sync_pb2.NodeMessage(hello=hello)
 
     def _session(self, target: str) -> None:
@@ -126,6 +142,10 @@ class SyncClient:
                 return
             stub = sync_pb2_grpc.NodeSyncStub(self._channel)
             responses = stub.Sync(requests())
+            with self._out_lock:
+                self._out = out
+                while self._pending:
+                    out.put(self._pending.popleft())
             self.connected_to = target
             stats_thread.start()
             log.info("connected to control plane %s", target)
@@ -135,6 +155,8 @@ class SyncClient:
                 if reply is not None:
                     out.put(reply)
         finally:
+            with self._out_lock:
+                self._out = None
             done.set()
             out.put(None)
             self._channel.close()
@@ -154,6 +176,10 @@ class SyncClient:
             elif kind == "delta":
                 version = msg.delta.version
                 self.agent.apply_delta(msg.delta)
+            elif kind == "terminate":
+                cmd = msg.terminate
+                self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
+                return None
             else:
                 return None
         except (InvalidState, StateUnknown, OSError) as e:

@@ -1,0 +1,249 @@
+"""When and what the node terminates, and how it reports it.
+
+Triggers:
+  - a state change removes backends (or whole frontends): their flows die,
+    except backends the service lists in keep_flows (removed with keep_sockets);
+  - an explicit request (admin API, or the control plane's TerminateCommand).
+The work runs on one worker thread, after the maps were updated, so applying
+and acknowledging a state never waits for it, and a client that reconnects
+is balanced to a live backend.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+
+from socklb.v1 import node_pb2, types_pb2
+
+from . import layout
+from .desired import FrontendKey
+from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_SOCKETS = 100
+GRAVEYARD = 4096  # removed (frontend, backend) ids remembered for later explicit requests
+
+_STATES_TCP = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    service: str
+    trigger: str
+    dry_run: bool
+    # (frontend_id, backend_id) pairs; backend 0 = every flow of the frontend.
+    targets: tuple[tuple[int, int], ...]
+    # What each target is, for the report: (frontend_id, backend_id) -> (address, port).
+    names: dict
+
+
+def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
+    """Jobs for the flows a plan orphans: one per service, trigger by cause."""
+    keep = {s.name: {_norm(k.address, k.port) for k in s.keep_flows} for s in state.services}
+    by_id = {fe.id: fe for fe in before.frontends.values()}
+    gone_frontends = {op.key for op in plan.ops if isinstance(op, DeleteMaster)}
+    per_service: dict[str, dict] = {}
+    for key in gone_frontends:
+        fe = before.frontends[key]
+        per_service.setdefault(fe.service, {})[(fe.id, 0)] = (str(key), 0)
+    for op in plan.ops:
+        if not isinstance(op, DeleteBackend):
+            continue
+        b = before.backends.get(op.id)
+        fe = by_id.get(b.frontend_id) if b else None
+        if b is None or fe is None or fe.key in gone_frontends:
+            continue  # covered by the whole-frontend target
+        addr = layout.unpack_addr(layout.pack_addr(b.addr))
+        if (addr, b.port) in keep.get(fe.service, set()):
+            continue
+        per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
+    names = {s.name for s in state.services}
+    return [Job(id=f"v{version}", service=svc, trigger="backend-removed" if svc in names else "service-removed",
+                dry_run=False, targets=tuple(sorted(t)), names=t)
+            for svc, t in sorted(per_service.items())]
+
+
+def _norm(address: str, port: int) -> tuple[str, int]:
+    try:
+        return layout.unpack_addr(layout.pack_addr(layout.addr16(address))), port
+    except ValueError:
+        return address, port
+
+
+def request_job(job_id: str, service: str, backends, dry_run: bool, programmed: Programmed,
+                graveyard: "Graveyard") -> Job:
+    """A job for an explicit request: the service's frontends, and the
+    backends by address (also recently removed ones)."""
+    frontends = [fe for fe in programmed.frontends.values() if fe.service == service]
+    wanted = [(b.address, b.port) for b in backends]
+    targets: dict = {}
+    if not wanted:
+        for fe in frontends:
+            targets[(fe.id, 0)] = (str(fe.key), 0)
+        for (fid, bid), name in graveyard.of_service(service).items():
+            targets.setdefault((fid, bid), name)
+    else:
+        norm = {_norm(a, p) for a, p in wanted}
+        ids = {fe.id for fe in frontends}
+        for b in programmed.backends.values():
+            name = (layout.unpack_addr(layout.pack_addr(b.addr)), b.port)
+            if b.frontend_id in ids and name in norm:
+                targets[(b.frontend_id, b.id)] = name
+        for (fid, bid), name in graveyard.of_service(service).items():
+            if name in norm:
+                targets.setdefault((fid, bid), name)
+    return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets)
+
+
+class Graveyard:
+    """Ids of recently removed backends, so flows kept with keep_sockets can
+    still be terminated by address later."""
+
+    def __init__(self, size: int = GRAVEYARD):
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+
+    def bury(self, service: str, frontend_id: int, backend_id: int, name: tuple[str, int]) -> None:
+        self._d[(frontend_id, backend_id)] = (service, name)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def of_service(self, service: str) -> dict:
+        return {k: name for k, (svc, name) in self._d.items() if svc == service}
+
+
+def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.TerminationReport:
+    at = timestamp_pb2.Timestamp()
+    at.GetCurrentTime()
+    out = node_pb2.TerminationReport(id=job.id, node=node, service=job.service, trigger=job.trigger,
+                                     dry_run=job.dry_run, error=error, at=at)
+    if rep is None:
+        return out
+    out.method = rep.method
+    out.found, out.destroyed, out.failed = rep.found, rep.destroyed, rep.failed
+    out.duration_seconds = rep.duration
+    out.namespaces = rep.netns_scanned
+    per_backend: dict[tuple[str, int], list[int]] = {}
+    for t, c in rep.per_target.items():
+        name = job.names.get((t.frontend_id, t.backend_id))
+        if name is None:
+            continue
+        acc = per_backend.setdefault(name, [0, 0])
+        acc[0] += c.found
+        acc[1] += c.destroyed
+    for (addr, port), (found, destroyed) in sorted(per_backend.items()):
+        out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
+    limit = len(rep.sockets) if job.dry_run else MAX_REPORTED_SOCKETS
+    for s in rep.sockets[:limit]:
+        proto = types_pb2.PROTOCOL_TCP if s.proto == "tcp" else types_pb2.PROTOCOL_UDP
+        state = _STATES_TCP.get(s.state, str(s.state)) if s.proto == "tcp" else (
+            "CONNECTED" if s.state == 1 else str(s.state))
+        ts = node_pb2.TerminatedSocket(netns=s.netns, cookie=s.cookie, protocol=proto, state=state,
+                                       source=_hostport(s.src, s.sport), destination=_hostport(s.dst, s.dport))
+        if s.result is not None:
+            ts.result = s.result
+        out.sockets.append(ts)
+    return out
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+class TerminationService:
+    """Owns the Terminator (loaded once) and the worker that runs jobs."""
+
+    def __init__(self, pin_dir, node: str, method: str = "auto"):
+        self.pin_dir = pin_dir
+        self.node = node
+        self.method = method
+        self.graveyard = Graveyard()
+        self.listeners: list[Callable[[node_pb2.TerminationReport], None]] = []
+        self.recent: list[node_pb2.TerminationReport] = []
+        self._terminator = None
+        self._unavailable: str | None = None
+        self._jobs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="terminations", daemon=True)
+        self._thread.start()
+
+    def capability(self) -> str:
+        """"kfunc", "netlink", or "none: <why>" (loads the programs)."""
+        t = self._get()
+        return t.method.value if t is not None else f"none: {self._unavailable}"
+
+    def _get(self):
+        from .terminate import TerminationError, Terminator
+
+        with self._lock:
+            if self._terminator is None and self._unavailable is None:
+                try:
+                    self._terminator = Terminator(self.pin_dir, method=self.method)
+                except TerminationError as e:
+                    self._unavailable = str(e)
+                    log.error("socket termination unavailable: %s", e)
+            return self._terminator
+
+    def submit(self, job: Job) -> None:
+        """Run in the background if there is anything to do."""
+        if job.targets:
+            self._jobs.put((job, None))
+
+    def run_later(self, job: Job) -> None:
+        """Run in the background and report even when nothing matched."""
+        self._jobs.put((job, None))
+
+    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+        """Run a job on the worker and wait for its report."""
+        done: queue.Queue = queue.Queue(1)
+        self._jobs.put((job, done))
+        return done.get()
+
+    def _work(self) -> None:
+        from .terminate import Target
+
+        while True:
+            job, done = self._jobs.get()
+            if job is None:
+                return
+            t = self._get()
+            if not job.targets:
+                report = to_report(job, self.node, None)
+            elif t is None:
+                report = to_report(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
+            else:
+                try:
+                    rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run)
+                    report = to_report(job, self.node, rep)
+                    log.info("termination %s (%s, %s): %s", job.id, job.service, job.trigger, rep.summary())
+                except Exception as e:  # a failed run must not kill the worker
+                    log.exception("termination %s failed", job.id)
+                    report = to_report(job, self.node, None, error=str(e))
+            self.recent = (self.recent + [report])[-100:]
+            if done is not None:
+                done.put(report)
+            for listener in list(self.listeners):
+                try:
+                    listener(report)
+                except Exception:
+                    log.exception("termination report listener failed")
+
+    def close(self) -> None:
+        self._jobs.put((None, None))
+        self._thread.join(timeout=5)
+        with self._lock:
+            if self._terminator is not None:
+                self._terminator.close()
+                self._terminator = None
+
+
+__all__ = ["Graveyard", "Job", "TerminationService", "removed_targets", "request_job", "to_report"]
