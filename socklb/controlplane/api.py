@@ -11,11 +11,12 @@ import grpc
 from socklb.dataplane.desired import InvalidState
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
-from . import keys
+from . import keys, terminations
 from .nodes import NodeRegistry
 from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
                        remove_backends, set_backends)
 from .store.base import Compacted, Store, StoreError, Unavailable
+from .validate import validate_backend_refs
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def RemoveBackends(self, request, context):
-        r = await self._run(self.services.update, request.service, remove_backends(request.backends),
-                            request.expected_version)
+        r = await self._run(self.services.update, request.service,
+                            remove_backends(request.backends, request.keep_sockets), request.expected_version)
         return r.service
 
     @_status
@@ -95,6 +96,28 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
         r = await self._run(self.services.update, request.service,
                             drain_backends(request.backends, request.deadline_seconds), request.expected_version)
         return r.service
+
+    @_status
+    async def TerminateFlows(self, request, context):
+        await self._run(self.services.get, request.service)  # NOT_FOUND before anything is written
+        validate_backend_refs(request.backends, "backends")
+        nodes = await self._run(self.registry.list)
+        connected = [n.name for n in nodes if n.health in (api_pb2.NODE_HEALTH_READY, api_pb2.NODE_HEALTH_DEGRADED)]
+        term = terminations.new_request(request, connected)
+        await self._run(self.store.txn, [], [(keys.termination_request(term.id), term.SerializeToString())])
+        return term
+
+    @_status
+    async def GetTermination(self, request, context):
+        found = await self._run(terminations.assemble, self.store, "", request.id)
+        if not found:
+            raise NotFound(f"termination {request.id!r} does not exist")
+        return found[0]
+
+    @_status
+    async def ListTerminations(self, request, context):
+        found = await self._run(terminations.assemble, self.store, request.service)
+        return api_pb2.ListTerminationsResponse(terminations=found)
 
     @_status
     async def ListNodes(self, request, context):

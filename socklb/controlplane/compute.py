@@ -50,6 +50,7 @@ def node_service(svc: api_pb2.Service, node: str | None) -> node_pb2.ServiceStat
         backends=[_node_backend(b) for b in backends],
         selection=svc.selection,
         affinity_timeout_seconds=affinity_seconds(svc),
+        keep_flows=[types_pb2.Backend(address=r.address, port=r.port) for r in svc.released],
     )
 
 

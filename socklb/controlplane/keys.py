@@ -1,6 +1,8 @@
 """Store key layout. One place, so replicas and tools agree."""
 from __future__ import annotations
 
+from urllib.parse import quote, unquote
+
 from socklb.dataplane.desired import FrontendKey
 
 ROOT = "/socklb/"
@@ -8,6 +10,7 @@ SERVICES = ROOT + "services/"
 FRONTENDS = ROOT + "frontends/"  # index: frontend -> owning service, for uniqueness
 NODES = ROOT + "nodes/"
 STATS = ROOT + "stats/"
+TERMINATIONS = ROOT + "terminations/"  # <id>/request, <id>/reports/<node>
 
 
 def service(name: str) -> str:
@@ -28,3 +31,17 @@ def node(name: str) -> str:
 
 def stats(name: str) -> str:
     return STATS + name
+
+
+def termination_request(term_id: str) -> str:
+    return f"{TERMINATIONS}{quote(term_id, safe='')}/request"
+
+
+def termination_report(term_id: str, node: str) -> str:
+    return f"{TERMINATIONS}{quote(term_id, safe='')}/reports/{quote(node, safe='')}"
+
+
+def parse_termination_key(key: str) -> tuple[str, str, str]:
+    """(id, "request" | "reports", node or "")."""
+    parts = key[len(TERMINATIONS):].split("/")
+    return unquote(parts[0]), parts[1], unquote(parts[2]) if len(parts) > 2 else ""

@@ -9,7 +9,7 @@ import time
 
 from google.protobuf import timestamp_pb2
 
-from socklb.v1 import api_pb2, sync_pb2
+from socklb.v1 import api_pb2, node_pb2, sync_pb2
 
 from . import keys
 from .store.base import Compare, Store, StoreError
@@ -46,6 +46,7 @@ class NodeRegistry:
         self.reports: dict[str, sync_pb2.StatsReport] = {}
         self._dirty: set[str] = set()
         self._dirty_stats: set[str] = set()
+        self._reports: list[node_pb2.TerminationReport] = []
         self._gone: set[str] = set()  # disconnected here, to be written if still ours
         self._wake = asyncio.Event()
 
@@ -91,6 +92,10 @@ class NodeRegistry:
         self._dirty_stats.add(node)
         if node in self.records:
             self.records[node].last_seen.CopyFrom(_now())
+        self._wake.set()
+
+    def termination(self, report: node_pb2.TerminationReport) -> None:
+        self._reports.append(report)
         self._wake.set()
 
     def applied_version(self, node: str) -> int:
@@ -140,11 +145,15 @@ class NodeRegistry:
         self._gone -= gone
         live = {n: self.records[n].SerializeToString() for n in dirty - gone if n in self.records}
         down = {n: self.records[n] for n in gone if n in self.records}
-        reports = {n: self.reports[n].SerializeToString() for n in stats if n in self.reports}
-        return live, down, reports
+        puts = [(keys.stats(n), self.reports[n].SerializeToString()) for n in stats if n in self.reports]
+        terminations, self._reports = self._reports, []
+        puts += [(keys.termination_report(t.id, t.node), t.SerializeToString()) for t in terminations]
+        return live, down, puts
 
-    def flush_batch(self, live: dict[str, bytes], down: dict[str, api_pb2.Node], reports: dict[str, bytes]) -> None:
-        puts = [(keys.node(n), v) for n, v in live.items()] + [(keys.stats(n), v) for n, v in reports.items()]
+    def flush_batch(self, live: dict[str, bytes], down: dict[str, api_pb2.Node],
+                    other: list[tuple[str, bytes]]) -> None:
+        """Node records, plus other puts (statistics, termination reports)."""
+        puts = [(keys.node(n), v) for n, v in live.items()] + other
         for batch in _batches(puts):
             self.store.txn([], batch)
         for name, record in down.items():

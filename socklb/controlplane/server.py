@@ -18,7 +18,7 @@ import grpc
 
 from socklb.v1 import api_pb2, api_pb2_grpc
 
-from . import keys
+from . import keys, terminations
 from .api import LoadBalancerServicer
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
@@ -52,6 +52,7 @@ class ControlPlane:
         self.sync = SyncService(self.cache, self.registry, replica)
         self.api = LoadBalancerServicer(store, self.registry)
         self._watch = None
+        self._term_watch = None
         self._gen = 0
         self._tasks: list[asyncio.Task] = []
         self.server: grpc.aio.Server | None = None
@@ -82,6 +83,8 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        if self._term_watch is not None:
+            self._term_watch.cancel()
         for t in self._tasks:
             t.cancel()
         if self.server is not None:
@@ -97,6 +100,8 @@ class ControlPlane:
             services.append(svc)
         self.cache.load(services, rev)
         self._start_watch(rev + 1)
+        if self._term_watch is None:
+            self._start_term_watch(rev + 1)
 
     def _start_watch(self, start: int) -> None:
         # A generation number, not the Watch object, tells current events
@@ -127,6 +132,41 @@ class ControlPlane:
             changes.append((keys.service_name(ev.key), svc))
         update = self.cache.apply(changes, max(ev.revision for ev in events), self.sync.nodes())
         self.sync.publish(update)
+
+    def _start_term_watch(self, start: int) -> None:
+        """Termination requests written by any replica reach this replica's nodes."""
+        loop = self._loop
+
+        def on_events(events):
+            loop.call_soon_threadsafe(self._on_term_events, events)
+
+        self._term_watch = self.store.watch(keys.TERMINATIONS, start, on_events)
+
+    def _on_term_events(self, events) -> None:
+        if not events:
+            log.warning("termination watch ended (%s); restarting it",
+                        self._term_watch.error if self._term_watch else "?")
+            self._term_watch = None
+            asyncio.ensure_future(self._restart_term_watch())
+            return
+        for ev in events:
+            tid, kind, _ = keys.parse_termination_key(ev.key)
+            if ev.type != "put" or kind != "request":
+                continue
+            term = api_pb2.Termination.FromString(ev.value)
+            sent = self.sync.send_command(terminations.command(term), list(term.pending_nodes))
+            log.info("termination %s (%s): sent to %d nodes here", tid, term.service, len(sent))
+
+    async def _restart_term_watch(self) -> None:
+        delay = 0.2
+        while self._term_watch is None:
+            try:
+                rev = await asyncio.to_thread(self.store.revision)
+                self._start_term_watch(rev + 1)
+            except StoreError as e:
+                log.warning("termination watch: %s; retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _rewatch(self, error: Exception) -> None:
         """The watch died (compaction, store restart): reload, resync, re-watch."""

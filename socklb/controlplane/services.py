@@ -76,9 +76,16 @@ class ServiceStore:
     # --- writes --------------------------------------------------------------
     def put(self, svc: api_pb2.Service, expected_version: int = 0, create_only: bool = False) -> WriteResult:
         svc = _normalized(svc)
+        del svc.released[:]  # output only: kept from what is stored
         validate_service(svc)
-        return self._write(svc.name, lambda _old: svc, expected_version, create_only=create_only,
-                           must_exist=False)
+
+        def replace(old: api_pb2.Service) -> api_pb2.Service:
+            new = api_pb2.Service()
+            new.CopyFrom(svc)
+            new.released.extend(old.released)
+            _unrelease(new, new.backends)
+            return new
+        return self._write(svc.name, replace, expected_version, create_only=create_only, must_exist=False)
 
     def update(self, name: str, mutate: Callable[[api_pb2.Service], api_pb2.Service],
                expected_version: int = 0, fence: Compare | None = None) -> WriteResult:
@@ -157,12 +164,24 @@ def _ident(address: str, port: int) -> tuple[str, int]:
     return str(parse_ip(address, "address")), port
 
 
+MAX_RELEASED = 256
+
+
+def _unrelease(svc: api_pb2.Service, backends) -> None:
+    """A backend added again is no longer 'removed with its sockets kept'."""
+    back = {_ident(b.address, b.port) for b in backends}
+    keep = [r for r in svc.released if _ident(r.address, r.port) not in back]
+    del svc.released[:]
+    svc.released.extend(keep)
+
+
 def set_backends(backends) -> Callable[[api_pb2.Service], api_pb2.Service]:
     validate_backends(backends, "backends")
 
     def mutate(svc):
         del svc.backends[:]
         svc.backends.extend(backends)
+        _unrelease(svc, backends)
         return svc
     return mutate
 
@@ -179,18 +198,28 @@ def add_backends(backends) -> Callable[[api_pb2.Service], api_pb2.Service]:
                 index[_ident(b.address, b.port)] = len(svc.backends) - 1
             else:
                 svc.backends[i].CopyFrom(b)
+        _unrelease(svc, backends)
         return svc
     return mutate
 
 
-def remove_backends(refs) -> Callable[[api_pb2.Service], api_pb2.Service]:
+def remove_backends(refs, keep_sockets: bool = False) -> Callable[[api_pb2.Service], api_pb2.Service]:
+    """Remove backends; their flows are terminated on every node unless
+    keep_sockets, which records them in `released` (sent to nodes as keep_flows)."""
     validate_backend_refs(refs, "backends")
     gone = {_ident(r.address, r.port) for r in refs}
 
     def mutate(svc):
+        removed = [b for b in svc.backends if _ident(b.address, b.port) in gone]
         keep = [b for b in svc.backends if _ident(b.address, b.port) not in gone]
         del svc.backends[:]
         svc.backends.extend(keep)
+        if keep_sockets and removed:
+            have = {_ident(r.address, r.port) for r in svc.released}
+            for b in removed:
+                if _ident(b.address, b.port) not in have:
+                    svc.released.append(api_pb2.BackendRef(address=b.address, port=b.port))
+            del svc.released[:-MAX_RELEASED]
         return svc
     return mutate
 

@@ -135,6 +135,10 @@ class SyncService:
                 self._notify_acks()
             elif kind == "stats":
                 self.registry.stats(session.node, msg.stats)
+            elif kind == "termination":
+                report = msg.termination
+                report.node = session.node  # a node reports for itself only
+                self.registry.termination(report)
             elif kind == "hello":
                 log.warning("node %s sent a second Hello; ignored", session.node)
 
@@ -188,6 +192,17 @@ class SyncService:
             else:
                 self._send_delta(session, update.revision, shared, own, [])
             sent += 1
+        return sent
+
+    def send_command(self, cmd: sync_pb2.TerminateCommand, nodes: list[str] | None = None) -> list[str]:
+        """Send a command to connected nodes (all, or those named); returns who got it."""
+        sent = []
+        for node, session in list(self.sessions.items()):
+            if nodes is not None and node not in nodes:
+                continue
+            msg = sync_pb2.ControlMessage(nonce=self._next_nonce(), terminate=cmd)
+            session.queue.put_nowait(msg.SerializeToString())
+            sent.append(node)
         return sent
 
     def resync_all(self) -> None:

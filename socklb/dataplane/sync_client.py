@@ -178,7 +178,9 @@ class SyncClient:
                 self.agent.apply_delta(msg.delta)
             elif kind == "terminate":
                 cmd = msg.terminate
-                self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
+                report = self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
+                if report is not None:  # answered at once (e.g. nothing to terminate with)
+                    self._report(report)
                 return None
             else:
                 return None

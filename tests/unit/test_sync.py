@@ -189,3 +189,53 @@ def test_records_of_a_dead_replica_read_as_disconnected_then_gone(tmp_path):
         lead.close()
     finally:
         store.close()
+
+
+def test_terminate_flows_reaches_every_node_and_collects_reports(server):
+    server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+    nodes = [node(server, f"n{i}") for i in range(2)]
+    try:
+        wait_for(lambda: len([n for n in server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+                              if n.health == api_pb2.NODE_HEALTH_READY]) == 2, "nodes ready")
+        term = server.api.TerminateFlows(api_pb2.TerminateFlowsRequest(
+            service="a", backends=[api_pb2.BackendRef(address="10.0.0.1", port=80)], dry_run=True))
+        assert term.id.startswith("t-") and sorted(term.pending_nodes) == ["n0", "n1"]
+
+        def reported():
+            t = server.api.GetTermination(api_pb2.GetTerminationRequest(id=term.id))
+            return sorted(r.node for r in t.reports) == ["n0", "n1"] and not t.pending_nodes
+        wait_for(reported, "reports from both nodes")
+        t = server.api.GetTermination(api_pb2.GetTerminationRequest(id=term.id))
+        # These nodes program no datapath: they say so instead of pretending.
+        assert all(r.error and r.trigger == "request" and r.dry_run for r in t.reports)
+        listed = server.api.ListTerminations(api_pb2.ListTerminationsRequest(service="a")).terminations
+        assert [x.id for x in listed] == [term.id]
+        with pytest.raises(grpc.RpcError) as e:
+            server.api.TerminateFlows(api_pb2.TerminateFlowsRequest(service="nope"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as e:
+            server.api.GetTermination(api_pb2.GetTerminationRequest(id="t-none"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for _, c in nodes:
+            c.stop()
+
+
+def test_keep_sockets_reaches_nodes_as_keep_flows(server):
+    server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1", "10.0.0.2"])))
+    agent, client = node(server, "n1")
+    try:
+        r = server.api.RemoveBackends(api_pb2.RemoveBackendsRequest(
+            service="a", backends=[api_pb2.BackendRef(address="10.0.0.2", port=80)], keep_sockets=True))
+        assert [(b.address, b.port) for b in r.released] == [("10.0.0.2", 80)]
+        wait_for(lambda: agent.applied_version == r.resource_version, "delta")
+        (entry,) = agent.state().services
+        assert [(k.address, k.port) for k in entry.keep_flows] == [("10.0.0.2", 80)]
+        # Adding it back forgets the release; a plain put keeps what is stored.
+        r2 = server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+        assert [(b.address, b.port) for b in r2.released] == [("10.0.0.2", 80)]
+        r3 = server.api.AddBackends(api_pb2.AddBackendsRequest(
+            service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
+        assert list(r3.released) == []
+    finally:
+        client.stop()

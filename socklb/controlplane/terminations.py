@@ -1,0 +1,66 @@
+"""Terminations as the API shows them: explicit requests (written to the
+store, fanned out by every replica to its nodes) and the reports nodes send,
+for requests and for flows of backends removed by a change."""
+from __future__ import annotations
+
+import uuid
+
+from google.protobuf import timestamp_pb2
+
+from socklb.v1 import api_pb2, node_pb2, sync_pb2, types_pb2
+
+from . import keys
+from .store.base import Store
+
+
+def new_request(req: api_pb2.TerminateFlowsRequest, nodes: list[str]) -> api_pb2.Termination:
+    created = timestamp_pb2.Timestamp()
+    created.GetCurrentTime()
+    return api_pb2.Termination(id=f"t-{uuid.uuid4().hex[:12]}", service=req.service, backends=req.backends,
+                               dry_run=req.dry_run, trigger="request", created=created,
+                               pending_nodes=sorted(nodes))
+
+
+def command(term: api_pb2.Termination) -> sync_pb2.TerminateCommand:
+    return sync_pb2.TerminateCommand(
+        id=term.id, service=term.service, dry_run=term.dry_run,
+        backends=[types_pb2.Backend(address=b.address, port=b.port) for b in term.backends])
+
+
+def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2.Termination]:
+    """Requests and reports, joined by id, newest first."""
+    kvs, _ = store.range(keys.TERMINATIONS)
+    out: dict[str, api_pb2.Termination] = {}
+    for kv in kvs:
+        tid, kind, node = keys.parse_termination_key(kv.key)
+        if term_id and tid != term_id:
+            continue
+        t = out.setdefault(tid, api_pb2.Termination(id=tid))
+        if kind == "request":
+            req = api_pb2.Termination.FromString(kv.value)
+            reports = list(t.reports)
+            t.CopyFrom(req)
+            t.reports.extend(reports)
+        elif kind == "reports":
+            r = node_pb2.TerminationReport.FromString(kv.value)
+            t.reports.append(r)
+            if not t.trigger:  # no request: a termination a change caused
+                t.service, t.trigger, t.dry_run = r.service, r.trigger, r.dry_run
+                t.created.CopyFrom(r.at)
+                t.backends.extend(api_pb2.BackendRef(address=b.address, port=b.port) for b in r.backends)
+    result = []
+    for t in out.values():
+        if service and t.service != service:
+            continue
+        reported = {r.node for r in t.reports}
+        pending = [n for n in t.pending_nodes if n not in reported]
+        del t.pending_nodes[:]
+        t.pending_nodes.extend(pending)
+        t.found = sum(r.found for r in t.reports)
+        t.destroyed = sum(r.destroyed for r in t.reports)
+        t.failed = sum(r.failed for r in t.reports)
+        reports = sorted(t.reports, key=lambda r: r.node)
+        del t.reports[:]
+        t.reports.extend(reports)
+        result.append(t)
+    return sorted(result, key=lambda t: (t.created.ToNanoseconds(), t.id), reverse=True)
