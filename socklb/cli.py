@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -321,6 +322,29 @@ def text_stats(resp) -> str:
             _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows))
 
 
+def text_termination(t) -> str:
+    head = (f"termination {t.id}  service {t.service}  trigger {t.trigger or '-'}"
+            f"{'  (dry run)' if t.dry_run else ''}  created {_time(t.created)}\n"
+            f"found {t.found}  destroyed {t.destroyed}  failed {t.failed}"
+            f"  pending {', '.join(t.pending_nodes) or '-'}")
+    rows = [[r.node, r.method or "-", str(r.found), str(r.destroyed), str(r.failed),
+             f"{r.duration_seconds * 1000:.1f} ms", str(r.namespaces), r.error or "-"] for r in t.reports]
+    out = head + "\n" + _table(["NODE", "METHOD", "FOUND", "DESTROYED", "FAILED", "TOOK", "NETNS", "ERROR"], rows)
+    socks = [[r.node, s.netns, s.state, s.source, s.destination,
+              "listed" if t.dry_run else ("destroyed" if s.result == 0 else str(s.result))]
+             for r in t.reports for s in r.sockets]
+    if socks:
+        out += "\n\n" + _table(["NODE", "NETNS", "STATE", "SOURCE", "DESTINATION", "RESULT"], socks)
+    return out
+
+
+def text_terminations(resp) -> str:
+    rows = [[t.id, t.service, t.trigger or "-", "yes" if t.dry_run else "no", str(len(t.reports)),
+             str(t.found), str(t.destroyed), ", ".join(t.pending_nodes) or "-", _time(t.created)]
+            for t in resp.terminations]
+    return _table(["ID", "SERVICE", "TRIGGER", "DRY-RUN", "NODES", "FOUND", "DESTROYED", "PENDING", "CREATED"], rows)
+
+
 def text_event(ev) -> str:
     kind = _enum_word(api_pb2.WatchEvent.Type, ev.type, "TYPE_").upper()
     line = f"{ev.revision} {kind} {ev.name}"
@@ -337,6 +361,8 @@ _TEXT = {
     api_pb2.ListNodesResponse: text_nodes,
     api_pb2.StatsResponse: text_stats,
     api_pb2.WatchEvent: text_event,
+    api_pb2.Termination: text_termination,
+    api_pb2.ListTerminationsResponse: text_terminations,
 }
 
 
@@ -471,6 +497,30 @@ def cmd_stats(args, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_terminate(args, client: Client) -> int:
+    req = api_pb2.TerminateFlowsRequest(service=args.service, backends=backend_refs(args.backends),
+                                        dry_run=args.dry_run)
+    term = client.call("TerminateFlows", req)
+    if args.wait:
+        # Poll until every node that was connected has reported (bounded by --wait seconds).
+        end = time.monotonic() + args.wait
+        while term.pending_nodes and time.monotonic() < end:
+            time.sleep(0.2)
+            term = client.call("GetTermination", api_pb2.GetTerminationRequest(id=term.id))
+    emit(term, args.output)
+    return EXIT_OK
+
+
+def cmd_termination_get(args, client: Client) -> int:
+    emit(client.call("GetTermination", api_pb2.GetTerminationRequest(id=args.id)), args.output)
+    return EXIT_OK
+
+
+def cmd_termination_list(args, client: Client) -> int:
+    emit(client.call("ListTerminations", api_pb2.ListTerminationsRequest(service=args.service)), args.output)
+    return EXIT_OK
+
+
 def emit_event(ev, output: str) -> None:
     """One event per line (json: JSON Lines; yaml: one document each) so a pipe sees it at once."""
     if output == "json":
@@ -598,6 +648,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = _add(sub, "stats", cmd_stats, "active flows per service and backend, counters per node")
     s.add_argument("--service", default="", metavar="SERVICE", help="only this service")
     s.add_argument("--node", default="", metavar="NODE", help="only this node")
+    t = _add(sub, "terminate", cmd_terminate,
+             "terminate (or --dry-run: list) the flows of a service's backends on every node")
+    t.add_argument("service", metavar="SERVICE")
+    t.add_argument("backends", nargs="*", metavar="ADDR:PORT", help="only flows to these backends (default: all)")
+    t.add_argument("--dry-run", action="store_true", help="list the flows, terminate nothing")
+    t.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for every node's report (0: return at once)")
+    terms = sub.add_parser("termination", help="show terminations").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    g = _add(terms, "get", cmd_termination_get, "one termination with every node's report")
+    g.add_argument("id", metavar="ID")
+    tl = _add(terms, "list", cmd_termination_list, "terminations, newest first")
+    tl.add_argument("--service", default="", metavar="SERVICE")
     w = _add(sub, "watch", cmd_watch, "stream service changes until Ctrl-C")
     w.add_argument("--from-revision", type=_uint_arg(UINT64_MAX), default=0, metavar="R",
                    help="events after revision R; 0 (default): the current services first, then changes")

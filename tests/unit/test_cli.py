@@ -595,3 +595,23 @@ def test_watch_ends_cleanly_on_ctrl_c(controlplane, sl, tmp_path):
             watcher.kill()
             watcher.wait()
     assert (watcher.returncode, err) == (0, "")
+
+
+def test_terminate_and_termination_commands(sl, tmp_path):
+    f = write_service(tmp_path, "term/web", "127.96.7.1", "{address: 10.7.0.1, port: 80}")
+    ok_json(sl("service", "put", "-f", str(f), "-o", "json"))
+    # No node is connected: the request is recorded with nobody pending, and listed.
+    term = ok_json(sl("terminate", "term/web", "10.7.0.1:80", "--dry-run", "--wait", "0", "-o", "json"))
+    assert term["id"].startswith("t-") and term["dry_run"] and term["service"] == "term/web"
+    got = ok_json(sl("termination", "get", term["id"], "-o", "json"))
+    assert got["id"] == term["id"] and got["backends"] == [{"address": "10.7.0.1", "port": 80}]
+    listed = ok_json(sl("termination", "list", "--service", "term/web", "-o", "json"))
+    assert [t["id"] for t in listed["terminations"]] == [term["id"]]
+    code, out, _ = sl("termination", "list")
+    assert code == 0 and term["id"] in out
+    code, _, err = sl("terminate", "term/none")
+    assert code == 3 and "NOT_FOUND" in err
+    code, _, err = sl("termination", "get", "t-nope")
+    assert code == 3 and "NOT_FOUND" in err
+    code, _, err = sl("terminate", "term/web", "300.1.1.1:80")
+    assert code == 2 and "backends[0].address" in err
