@@ -67,7 +67,7 @@ def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, v
             continue
         per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
     names = {s.name for s in state.services}
-    return [Job(id=f"v{version}", service=svc, trigger="backend-removed" if svc in names else "service-removed",
+    return [Job(id=f"v{version}-{svc}", service=svc, trigger="backend-removed" if svc in names else "service-removed",
                 dry_run=False, targets=tuple(sorted(t)), names=t)
             for svc, t in sorted(per_service.items())]
 
