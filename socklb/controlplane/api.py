@@ -168,27 +168,56 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
 
 def aggregate_stats(reports, service: str = "", node: str = "") -> api_pb2.StatsResponse:
+    """Sum the nodes' reports: flows and socket statistics per service and backend."""
     out = api_pb2.StatsResponse()
-    per_service: dict[str, dict[tuple[str, int], int]] = {}
+    flows: dict[str, dict[tuple[str, int], int]] = {}
+    sockets: dict[tuple[str, str, int], dict[int, node_pb2.SocketStats]] = {}
     for name in sorted(reports):
         if node and name != node:
             continue
         r = reports[name]
-        flows = 0
+        total = 0
         for f in r.flows:
             if service and f.service != service:
                 continue
-            per_service.setdefault(f.service, {})
-            k = (f.backend_address, f.backend_port)
-            per_service[f.service][k] = per_service[f.service].get(k, 0) + f.active
-            flows += f.active
-        ns = api_pb2.NodeStats(node=name, active_flows=flows, reported_at=r.at)
+            per = flows.setdefault(f.service, {})
+            per[(f.backend_address, f.backend_port)] = per.get((f.backend_address, f.backend_port), 0) + f.active
+            total += f.active
+        for st in r.sockets:
+            if service and st.service != service:
+                continue
+            flows.setdefault(st.service, {}).setdefault((st.backend_address, st.backend_port), 0)
+            acc = sockets.setdefault((st.service, st.backend_address, st.backend_port), {})
+            _add_socket_stats(acc, st)
+        ns = api_pb2.NodeStats(node=name, active_flows=total, reported_at=r.at)
         ns.counters.CopyFrom(r.counters if r.HasField("counters") else node_pb2.Counters())
         out.nodes.append(ns)
-    for svc in sorted(per_service):
-        backends = per_service[svc]
+    for svc in sorted(flows):
+        backends = flows[svc]
         s = api_pb2.ServiceStats(service=svc, active_flows=sum(backends.values()))
         for (addr, port) in sorted(backends):
-            s.backends.append(api_pb2.BackendStats(address=addr, port=port, active_flows=backends[(addr, port)]))
+            b = api_pb2.BackendStats(address=addr, port=port, active_flows=backends[(addr, port)])
+            per_proto = sockets.get((svc, addr, port), {})
+            b.sockets.extend(per_proto[p] for p in sorted(per_proto))
+            s.backends.append(b)
         out.services.append(s)
     return out
+
+
+def _add_socket_stats(acc: dict, st: node_pb2.SocketStats) -> None:
+    cur = acc.get(st.protocol)
+    if cur is None:
+        acc[st.protocol] = node_pb2.SocketStats()
+        acc[st.protocol].CopyFrom(st)
+        return
+    # Mean RTT weighted by socket count.
+    n = cur.sockets + st.sockets
+    if n:
+        cur.srtt_us = (cur.srtt_us * cur.sockets + st.srtt_us * st.sockets) // n
+    cur.sockets = n
+    for k, v in st.states.items():
+        cur.states[k] = cur.states.get(k, 0) + v
+    cur.bytes_sent += st.bytes_sent
+    cur.bytes_received += st.bytes_received
+    cur.retransmits += st.retransmits
+    cur.drops += st.drops

@@ -92,3 +92,28 @@ def test_digest_ignores_version_and_order():
     assert state_digest(st) == entries_digest(entries)
     st2 = compute.node_state(reversed(list(cache.services.values())), "n1", version=1)
     assert state_digest(st2) == state_digest(st)
+
+
+def test_stats_aggregate_flows_and_socket_statistics_over_nodes():
+    from socklb.controlplane.api import aggregate_stats
+    from socklb.v1 import node_pb2, sync_pb2
+
+    def report(flows, socks):
+        r = sync_pb2.StatsReport()
+        for svc, addr, n in flows:
+            r.flows.add(service=svc, backend_address=addr, backend_port=80, active=n)
+        for svc, addr, n, sent, rtt in socks:
+            st = r.sockets.add(service=svc, backend_address=addr, backend_port=80,
+                               protocol=types_pb2.PROTOCOL_TCP, sockets=n, bytes_sent=sent, srtt_us=rtt)
+            st.states["ESTABLISHED"] = n
+        return r
+
+    reports = {"n1": report([("a", "10.0.0.1", 2)], [("a", "10.0.0.1", 2, 100, 10)]),
+               "n2": report([("a", "10.0.0.1", 1), ("b", "10.0.0.9", 4)], [("a", "10.0.0.1", 1, 50, 40)])}
+    out = aggregate_stats(reports)
+    (a, b) = out.services
+    assert (a.service, a.active_flows, b.active_flows) == ("a", 3, 4)
+    (st,) = a.backends[0].sockets
+    assert (st.sockets, st.bytes_sent, st.srtt_us, st.states["ESTABLISHED"]) == (3, 150, 20, 3)
+    only = aggregate_stats(reports, service="b", node="n2")
+    assert [s.service for s in only.services] == ["b"] and [n.node for n in only.nodes] == ["n2"]
