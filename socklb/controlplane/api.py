@@ -11,6 +11,8 @@ import grpc
 from socklb.dataplane.desired import InvalidState
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
+from socklb.observability import metrics
+
 from . import keys, terminations
 from .nodes import NodeRegistry
 from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
@@ -21,25 +23,32 @@ from .validate import validate_backend_refs
 log = logging.getLogger(__name__)
 
 
-def _status(fn):
-    """Map domain errors to gRPC status codes; nothing was written on any of them."""
+# Domain errors -> gRPC status codes (first match wins); nothing was written on any of them.
+_ERRORS = (
+    (InvalidState, grpc.StatusCode.INVALID_ARGUMENT, ""),
+    (NotFound, grpc.StatusCode.NOT_FOUND, ""),
+    (Conflict, grpc.StatusCode.ABORTED, ""),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, ""),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    (StoreError, grpc.StatusCode.INTERNAL, "store error: "),
+)
 
+
+def _status(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context):
+        code = grpc.StatusCode.OK
         try:
             return await fn(self, request, context)
-        except InvalidState as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except NotFound as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        except Conflict as e:
-            await context.abort(grpc.StatusCode.ABORTED, str(e))
-        except AlreadyExists as e:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        except Unavailable as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
-        except StoreError as e:
-            await context.abort(grpc.StatusCode.INTERNAL, f"store error: {e}")
+        except Exception as e:
+            for kind, status, prefix in _ERRORS:
+                if isinstance(e, kind):
+                    code = status
+                    await context.abort(status, f"{prefix}{e}")
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.api_requests.labels(fn.__name__, code.name).inc()
     return wrapper
 
 

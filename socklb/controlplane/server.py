@@ -18,6 +18,10 @@ import grpc
 
 from socklb.v1 import api_pb2, api_pb2_grpc
 
+from socklb.observability import metrics
+from socklb.observability.grpcutil import add_health_and_reflection_aio
+from socklb.observability.logs import setup_logging
+
 from . import keys, terminations
 from .api import LoadBalancerServicer
 from .cache import SnapshotCache
@@ -71,6 +75,8 @@ class ControlPlane:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
+        self.health = await add_health_and_reflection_aio(self.server,
+                                                          ["socklb.v1.LoadBalancer", "socklb.v1.NodeSync"])
         port = self.server.add_insecure_port(listen)
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
@@ -79,6 +85,13 @@ class ControlPlane:
         log.info("replica %s serving on %s (port %d), store revision %d", self.replica, listen, port,
                  self.cache.revision)
         return port
+
+    def metric_families(self):
+        """Scrape-time gauges: services and backends from the cache, nodes from the store."""
+        nodes = [api_pb2.NodeHealth.Name(n.health).removeprefix("NODE_HEALTH_").lower()
+                 for n in self.registry.list()]
+        services = self.cache.services.values()
+        return metrics.node_health_families(nodes, len(services), sum(len(s.backends) for s in services))
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -218,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of this replica (default: hostname-pid-random)")
     p.add_argument("--node-timeout", type=float, default=60.0,
                    help="seconds a disconnected node is kept before the leader marks it GONE")
+    p.add_argument("--metrics-listen", default=os.environ.get("SOCKLB_METRICS_LISTEN", ""),
+                   help="host:port to serve Prometheus /metrics on (default: off)")
+    p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SOCKLB_LOG_FORMAT", "text"))
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -232,6 +248,13 @@ async def _amain(args) -> int:
         print(f"error: cannot open store {args.store}: {e}", file=sys.stderr)
         return 1
     cp = ControlPlane(store, replica, node_timeout=args.node_timeout)
+    try:
+        metrics.serve(args.metrics_listen)
+    except (OSError, ValueError) as e:
+        print(f"error: --metrics-listen {args.metrics_listen}: {e}", file=sys.stderr)
+        store.close()
+        return 1
+    metrics.register(cp.metric_families)
     try:
         await cp.start(args.listen)
     except (OSError, StoreError) as e:
@@ -251,8 +274,7 @@ async def _amain(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, args.log_format)
     return asyncio.run(_amain(args))
 
 

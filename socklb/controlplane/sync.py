@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 
 from socklb.lb.digest import entries_digest
+from socklb.observability import metrics
 from socklb.v1 import node_pb2, sync_pb2
 
 from .cache import SnapshotCache, Update
@@ -43,6 +45,8 @@ class NodeSession:
     diverged: bool = False  # last update refused: the next one is a snapshot
     snapshot_nack_version: int = -1
     closed: bool = False
+    # Versions sent and not yet acknowledged -> when they were sent (sync latency).
+    in_flight: dict = field(default_factory=dict)
 
 
 class SyncService:
@@ -125,8 +129,14 @@ class SyncService:
             kind = msg.WhichOneof("msg")
             if kind == "ack":
                 self.registry.acked(session.node, msg.ack.version)
+                metrics.sync_acks.inc()
+                now = time.monotonic()
+                for v in [v for v in session.in_flight if v <= msg.ack.version]:
+                    metrics.sync_latency.observe(now - session.in_flight.pop(v))
                 self._notify_acks()
             elif kind == "nack":
+                metrics.sync_nacks.inc()
+                session.in_flight.pop(msg.nack.version, None)
                 log.warning("node %s refused version %d: %s", session.node, msg.nack.version, msg.nack.error)
                 self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
                 if not session.diverged:
@@ -139,6 +149,8 @@ class SyncService:
                 report = msg.termination
                 report.node = session.node  # a node reports for itself only
                 self.registry.termination(report)
+                metrics.termination_reports.labels(report.trigger).inc()
+                metrics.terminated_sockets_cp.labels(report.trigger).inc(report.destroyed)
             elif kind == "hello":
                 log.warning("node %s sent a second Hello; ignored", session.node)
 
@@ -163,6 +175,8 @@ class SyncService:
             session.queue.put_nowait(trace + msg.SerializeToString())
         session.version = version
         session.diverged = False
+        session.in_flight[version] = time.monotonic()
+        metrics.sync_updates.labels("snapshot").inc()
         self.registry.desired(session.node, version)
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
@@ -171,6 +185,8 @@ class SyncService:
             from_version=session.version, version=version, upserts=upserts, removals=removals))
         session.queue.put_nowait(shared + own.SerializeToString())
         session.version = version
+        session.in_flight[version] = time.monotonic()
+        metrics.sync_updates.labels("delta").inc()
         self.registry.desired(session.node, version)
 
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from socklb.observability.grpcutil import add_health_and_reflection
 from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
@@ -111,6 +112,7 @@ def serve(agent: Agent, socket_path: Path) -> grpc.Server:
         socket_path.unlink()  # a stale socket of a killed agent
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminServicer(agent), server)
+    add_health_and_reflection(server, ["socklb.v1.NodeAdmin"])
     server.add_insecure_port(f"unix://{socket_path}")
     server.start()
     os.chmod(socket_path, 0o600)  # admin rights on the node: root only

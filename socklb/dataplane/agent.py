@@ -2,11 +2,13 @@
 all or nothing."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
+from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
 from . import layout
@@ -76,12 +78,17 @@ class Agent:
 
     def apply(self, state: node_pb2.NodeState) -> ApplyResult:
         """Validate, plan and write; on any error the maps are as before."""
-        start = time.monotonic()
-        targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
-        with self._lock:
-            return self._apply_locked(state, targets, start)
+        with _measured():
+            start = time.monotonic()
+            targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
+            with self._lock:
+                return self._apply_locked(state, targets, start)
 
     def apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
+        with _measured():
+            return self._apply_delta(delta)
+
+    def _apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
         start = time.monotonic()
         with self._lock:
             if self.applied is None:
@@ -105,6 +112,8 @@ class Agent:
         self._terminate_removed(before, plan, state)
         self.applied = node_pb2.NodeState.FromString(state.SerializeToString())
         self.applied_version = state.version
+        metrics.programmed.labels("frontends").set(len(self.programmed.frontends))
+        metrics.programmed.labels("backends").set(len(self.programmed.backends))
         result = ApplyResult(
             version=state.version,
             frontends_written=plan.count(PutMaster),
@@ -152,6 +161,23 @@ class Agent:
         current = self.store.read_programmed()
         plan = make_plan(current, targets_of(previous))
         self.store.execute(plan)
+
+
+@contextlib.contextmanager
+def _measured():
+    start = time.monotonic()
+    result = "ok"
+    try:
+        yield
+    except (InvalidState, StateUnknown):
+        result = "invalid"
+        raise
+    except Exception:
+        result = "error"
+        raise
+    finally:
+        metrics.applies.labels(result).inc()
+        metrics.apply_seconds.observe(time.monotonic() - start)
 
 
 def targets_of(prog: Programmed) -> dict:

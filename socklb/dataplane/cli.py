@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from socklb.observability import metrics
+from socklb.observability.logs import setup_logging
 from socklb.v1 import node_pb2, node_pb2_grpc
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
@@ -96,6 +98,12 @@ def cmd_run(args) -> int:
                             capabilities={"socket_lb": "cgroup-sock-addr"})
         client.start()
     server = admin.serve(agent, Path(args.admin_socket))
+    try:
+        metrics.serve(args.metrics_listen)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--metrics-listen {args.metrics_listen}: {e}") from e
+    if agent.store is not None:
+        metrics.register(lambda: metrics.bpf_counter_families(agent.store.counters_sum()))
     log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
     try:
         while not stop.wait(1.0):
@@ -212,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="socklb-dataplane", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SOCKLB_LOG_FORMAT", "text"))
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def admin_opts(sp):
@@ -224,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--controlplane", default=os.environ.get("SOCKLB_CONTROLPLANE", ""),
                    help="control-plane addresses host:port[,host:port...]: take the desired state from there")
     r.add_argument("--stats-interval", type=float, default=5.0, help="seconds between statistics reports")
+    r.add_argument("--metrics-listen", default=os.environ.get("SOCKLB_METRICS_LISTEN", ""),
+                   help="host:port to serve Prometheus /metrics on (default: off)")
     r.add_argument("--cgroup", default=DEFAULT_CGROUP,
                    help="cgroup v2 whose processes are load-balanced (absolute, or relative to the "
                         "cgroup2 mount; created if missing)")
@@ -272,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, args.log_format)
     from .desired import InvalidState
 
     try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
+from socklb.observability import metrics
 from socklb.v1 import node_pb2, types_pb2
 
 from . import layout
@@ -224,6 +225,10 @@ class TerminationService:
                 try:
                     rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run)
                     report = to_report(job, self.node, rep)
+                    if not job.dry_run:
+                        metrics.terminations.labels(job.trigger, rep.method).inc()
+                        metrics.terminated_sockets.labels(rep.method).inc(rep.destroyed)
+                        metrics.termination_seconds.observe(rep.duration)
                     log.info("termination %s (%s, %s): %s", job.id, job.service, job.trigger, rep.summary())
                 except Exception as e:  # a failed run must not kill the worker
                     log.exception("termination %s failed", job.id)
