@@ -71,7 +71,7 @@ def test_controlplane_killed_open_and_new_connections_keep_working(cluster):
     assert not cluster.cp.running()
     # The nodes lost their stream and are retrying: two failed attempts each
     # (the loss, then a reconnect that found nobody).
-    lost = r"control plane \S+: (UNAVAILABLE|CANCELLED|INTERNAL|UNKNOWN)"
+    lost = r"control plane \S+: (UNAVAILABLE|CANCELLED|INTERNAL|UNKNOWN|not reachable)"
     assert poll(lambda: all(count_lines(n, lost, m) >= 2 for n, m in zip(cluster.nodes, marks)), 60), \
         [n.log_text(m) for n, m in zip(cluster.nodes, marks)]
 
