@@ -36,6 +36,7 @@ EXIT_INPUT = 2        # bad CLI input, INVALID_ARGUMENT, OUT_OF_RANGE
 EXIT_NOT_FOUND = 3    # NOT_FOUND
 EXIT_CONFLICT = 4     # ABORTED (expected version), ALREADY_EXISTS (create only), FAILED_PRECONDITION
 EXIT_UNAVAILABLE = 5  # control plane unreachable, UNAVAILABLE, DEADLINE_EXCEEDED
+EXIT_DENIED = 6       # UNAUTHENTICATED, PERMISSION_DENIED
 EXIT_INTERRUPTED = 130
 
 _EXIT_BY_CODE = {
@@ -47,6 +48,8 @@ _EXIT_BY_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: EXIT_CONFLICT,
     grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
 }
 
 BACKEND_STATES = {
@@ -374,14 +377,22 @@ def render_text(msg) -> str:
 # --- the connection ----------------------------------------------------------------
 
 class Client:
-    def __init__(self, server: str, timeout: float | None):
+    def __init__(self, server: str, timeout: float | None, tls_ca: str = "", tls_cert: str = "",
+                 tls_key: str = "", token: str = ""):
         self.server = server
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(server)
+        if tls_ca or tls_cert:
+            from socklb.controlplane.auth import channel_credentials
+
+            creds = channel_credentials(tls_ca or None, tls_cert or None, tls_key or None)
+            self.channel = grpc.secure_channel(server, creds)
+        else:
+            self.channel = grpc.insecure_channel(server)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.stub = api_pb2_grpc.LoadBalancerStub(self.channel)
 
     def call(self, method: str, request):
-        return getattr(self.stub, method)(request, timeout=self.timeout)
+        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
 
     def connected(self) -> bool:
         """Whether the channel reached the server (tells a refused connection from a server's answer)."""
@@ -536,7 +547,7 @@ def cmd_watch(args, client: Client) -> int:
     if args.count == 0:
         return EXIT_OK
     # No deadline on the stream itself: it lasts until Ctrl-C or --count events.
-    call = client.stub.Watch(api_pb2.WatchRequest(from_revision=args.from_revision))
+    call = client.stub.Watch(api_pb2.WatchRequest(from_revision=args.from_revision), metadata=client.metadata)
     seen = 0
     try:
         for ev in call:
@@ -572,6 +583,14 @@ def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="output format (default text; json/yaml keep the proto field names)")
     g.add_argument("--timeout", type=float, metavar="SECONDS", default=d(DEFAULT_TIMEOUT),
                    help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g}; not applied to watch)")
+    g.add_argument("--tls-ca", metavar="PEM", default=d(os.environ.get("SOCKLB_TLS_CA", "")),
+                   help="CA of the control plane's certificate: connect with TLS ($SOCKLB_TLS_CA)")
+    g.add_argument("--tls-cert", metavar="PEM", default=d(os.environ.get("SOCKLB_TLS_CERT", "")),
+                   help="client certificate for mTLS ($SOCKLB_TLS_CERT)")
+    g.add_argument("--tls-key", metavar="PEM", default=d(os.environ.get("SOCKLB_TLS_KEY", "")),
+                   help="client key for mTLS ($SOCKLB_TLS_KEY)")
+    g.add_argument("--token", metavar="TOKEN", default=d(os.environ.get("SOCKLB_TOKEN", "")),
+                   help="bearer token ($SOCKLB_TOKEN)")
 
 
 def _add(sub, name: str, fn, help: str, **kw) -> argparse.ArgumentParser:
@@ -638,7 +657,7 @@ def _backend_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="socklb", description="Operate the socklb control plane (socklb.v1.LoadBalancer).",
                epilog="exit codes: 0 ok, 1 other error, 2 bad input, 3 not found, 4 conflict, "
-                      "5 control plane unavailable")
+                      "5 control plane unavailable, 6 not authenticated or not allowed")
     _global_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _service_commands(sub)
@@ -686,7 +705,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_INPUT
     if args.timeout is not None and args.timeout <= 0:
         args.timeout = None
-    client = Client(args.server, args.timeout)
+    try:
+        client = Client(args.server, args.timeout, args.tls_ca, args.tls_cert, args.tls_key, args.token)
+    except OSError as e:
+        print(f"error: TLS files: {e}", file=sys.stderr)
+        return EXIT_INPUT
     try:
         return args.func(args, client)
     except UsageError as e:

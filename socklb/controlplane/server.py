@@ -15,14 +15,15 @@ import sys
 import uuid
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from socklb.v1 import api_pb2, api_pb2_grpc
 
-from socklb.observability import metrics
+from socklb.observability import metrics, tracing
 from socklb.observability.grpcutil import add_health_and_reflection_aio
 from socklb.observability.logs import setup_logging
 
-from . import keys, terminations
+from . import auth, keys, terminations
 from .api import LoadBalancerServicer
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
@@ -61,7 +62,8 @@ class ControlPlane:
         self._tasks: list[asyncio.Task] = []
         self.server: grpc.aio.Server | None = None
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, credentials: grpc.ServerCredentials | None = None,
+                    interceptors: list | None = None) -> int:
         self._loop = asyncio.get_running_loop()
         delay = 0.2
         while True:  # a store that is not up yet is waited for, not fatal
@@ -72,12 +74,13 @@ class ControlPlane:
                 log.warning("store unavailable (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
         self.health = await add_health_and_reflection_aio(self.server,
                                                           ["socklb.v1.LoadBalancer", "socklb.v1.NodeSync"])
-        port = self.server.add_insecure_port(listen)
+        port = (self.server.add_secure_port(listen, credentials) if credentials is not None
+                else self.server.add_insecure_port(listen))
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
@@ -143,8 +146,16 @@ class ControlPlane:
                 svc = api_pb2.Service.FromString(ev.value)
                 svc.resource_version = ev.revision
             changes.append((keys.service_name(ev.key), svc))
-        update = self.cache.apply(changes, max(ev.revision for ev in events), self.sync.nodes())
-        self.sync.publish(update)
+        # The trace of the API call that wrote this (if this replica did):
+        # tracing.WriteTraces; changes written elsewhere start a trace here.
+        revision = max(ev.revision for ev in events)
+        parent, links = tracing.caused_by(self.api.traces.find(events))
+        with tracing.TRACER.start_as_current_span("dispatch", context=parent, links=links, attributes={
+                "socklb.replica": self.replica, "socklb.revision": revision,
+                "socklb.services": sorted({name for name, _ in changes})[:100]}) as span:
+            with tracing.TRACER.start_as_current_span("compute", attributes={"socklb.changes": len(changes)}):
+                update = self.cache.apply(changes, revision, self.sync.nodes())
+            span.set_attribute("socklb.nodes", self.sync.publish(update))
 
     def _start_term_watch(self, start: int) -> None:
         """Termination requests written by any replica reach this replica's nodes."""
@@ -167,7 +178,12 @@ class ControlPlane:
             if ev.type != "put" or kind != "request":
                 continue
             term = api_pb2.Termination.FromString(ev.value)
-            sent = self.sync.send_command(terminations.command(term), list(term.pending_nodes))
+            parent, links = tracing.caused_by(self.api.traces.find([ev]))
+            with tracing.TRACER.start_as_current_span("push", context=parent, links=links, kind=SpanKind.PRODUCER,
+                                                      attributes={"socklb.termination": tid,
+                                                                  "socklb.service": term.service}) as span:
+                sent = self.sync.send_command(terminations.command(term), list(term.pending_nodes))
+                span.set_attribute("socklb.nodes", len(sent))
             log.info("termination %s (%s): sent to %d nodes here", tid, term.service, len(sent))
 
     async def _restart_term_watch(self) -> None:
@@ -231,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of this replica (default: hostname-pid-random)")
     p.add_argument("--node-timeout", type=float, default=60.0,
                    help="seconds a disconnected node is kept before the leader marks it GONE")
+    p.add_argument("--tls-cert", default=os.environ.get("SOCKLB_TLS_CERT", ""),
+                   help="server certificate (PEM): serve TLS; files are re-read when they change")
+    p.add_argument("--tls-key", default=os.environ.get("SOCKLB_TLS_KEY", ""), help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", default=os.environ.get("SOCKLB_TLS_CLIENT_CA", ""),
+                   help="CA (PEM) that signs client certificates: require mTLS")
+    p.add_argument("--clients-file", default=os.environ.get("SOCKLB_CLIENTS_FILE", ""),
+                   help="YAML of callers (token or certificate CN) and roles: enables authentication")
     p.add_argument("--metrics-listen", default=os.environ.get("SOCKLB_METRICS_LISTEN", ""),
                    help="host:port to serve Prometheus /metrics on (default: off)")
     p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SOCKLB_LOG_FORMAT", "text"))
@@ -238,10 +261,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def security(args) -> tuple[grpc.ServerCredentials | None, list]:
+    """TLS credentials and the auth interceptor from the flags."""
+    creds = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        creds = auth.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca or None)
+    elif args.tls_client_ca:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    interceptors = []
+    if args.clients_file:
+        interceptors.append(auth.AuthInterceptor(auth.Clients.load(args.clients_file)))
+        if creds is None:
+            log.warning("authentication without TLS: tokens cross the network in clear text")
+    else:
+        log.warning("no --clients-file: every caller may do everything (fine on loopback only)")
+    return creds, interceptors
+
+
 async def _amain(args) -> int:
     from .store.base import open_store
 
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    tracing.setup_tracing("socklb-controlplane", {"service.instance.id": replica})
     try:
         store = await asyncio.to_thread(open_store, args.store)
     except (ValueError, StoreError, OSError) as e:
@@ -256,7 +299,13 @@ async def _amain(args) -> int:
         return 1
     metrics.register(cp.metric_families)
     try:
-        await cp.start(args.listen)
+        creds, interceptors = security(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        store.close()
+        return 1
+    try:
+        await cp.start(args.listen, creds, interceptors)
     except (OSError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         store.close()
@@ -269,6 +318,7 @@ async def _amain(args) -> int:
     await stop.wait()
     await cp.stop()
     store.close()
+    tracing.shutdown_tracing()  # flush the spans still batched
     return 0
 
 

@@ -9,9 +9,10 @@ Protocol (versions are store revisions):
   node -> Ack(version, nonce) / Nack(version, nonce, error)
 A NACKed delta is followed by one snapshot; a NACKed snapshot leaves the node
 on its last good state until the next change. Messages are serialized once
-per update and shared by every node; the per-node part (nonce, from_version)
-is a few bytes appended to the shared bytes (protobuf merges repeated
-occurrences of a message field).
+per update and shared by every node; the per-node part (nonce, from_version,
+and when tracing the W3C context of that node's push span) is a few bytes
+joined to the shared bytes (protobuf merges repeated occurrences of a message
+field).
 """
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from socklb.lb.digest import entries_digest
-from socklb.observability import metrics
+from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2, sync_pb2
 
+from .auth import check_node_name
 from .cache import SnapshotCache, Update
 from .nodes import NodeRegistry
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
+MAX_OPEN_PUSHES = 64  # push spans of a node awaiting its answer; older ones end unanswered
 
 
 @dataclass
@@ -42,6 +47,7 @@ class NodeSession:
     peer: str
     version: int  # what the node holds once it applied everything sent
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    pushes: dict = field(default_factory=dict)  # version -> push span awaiting the node's ACK/NACK
     diverged: bool = False  # last update refused: the next one is a snapshot
     snapshot_nack_version: int = -1
     closed: bool = False
@@ -79,6 +85,9 @@ class SyncService:
         hello = first.hello
         if not hello.node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello.node: must not be empty")
+        denied = check_node_name(hello.node)
+        if denied:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
         session = self._open(hello, context.peer())
         reader = asyncio.create_task(self._read(session, requests))
         get = None
@@ -120,6 +129,10 @@ class SyncService:
         return session
 
     def _close(self, session: NodeSession) -> None:
+        for span in session.pushes.values():
+            span.set_status(Status(StatusCode.ERROR, "the stream closed before the node answered"))
+            span.end()
+        session.pushes.clear()
         if self.sessions.get(session.node) is session:
             del self.sessions[session.node]
             self.registry.disconnected(session.node)
@@ -127,6 +140,8 @@ class SyncService:
     async def _read(self, session: NodeSession, requests) -> None:
         async for msg in requests:
             kind = msg.WhichOneof("msg")
+            if session.pushes and kind in ("ack", "nack"):
+                self._answered(session, kind, getattr(msg, kind))
             if kind == "ack":
                 self.registry.acked(session.node, msg.ack.version)
                 metrics.sync_acks.inc()
@@ -153,6 +168,31 @@ class SyncService:
                 metrics.terminated_sockets_cp.labels(report.trigger).inc(report.destroyed)
             elif kind == "hello":
                 log.warning("node %s sent a second Hello; ignored", session.node)
+
+    # --- tracing --------------------------------------------------------------
+    def _push_span(self, session: NodeSession, version: int, kind: str) -> bytes:
+        """A "push" span for one node's copy of an update, ended by the node's
+        answer; returns the trace context bytes that make its apply a child."""
+        span = tracing.TRACER.start_span("push", kind=SpanKind.PRODUCER, attributes={
+            "socklb.node": session.node, "socklb.version": version, "socklb.update": kind})
+        old = session.pushes.pop(version, None)
+        if old is not None:
+            old.end()
+        session.pushes[version] = span
+        while len(session.pushes) > MAX_OPEN_PUSHES:
+            oldest = session.pushes.pop(next(iter(session.pushes)))
+            oldest.set_status(Status(StatusCode.ERROR, "no answer from the node"))
+            oldest.end()
+        return _trace_bytes(tracing.inject(trace.set_span_in_context(span)))
+
+    def _answered(self, session: NodeSession, kind: str, answer) -> None:
+        """End the push spans a node's ACK/NACK answers (all versions up to its own)."""
+        for version in [v for v in session.pushes if v <= answer.version]:
+            span = session.pushes.pop(version)
+            span.set_attribute("socklb.answer", kind)
+            if kind == "nack" and version == answer.version:
+                span.set_status(Status(StatusCode.ERROR, f"refused: {answer.error}"))
+            span.end()
 
     # --- sending ------------------------------------------------------------
     def _send_snapshot(self, session: NodeSession, entries: dict[str, node_pb2.ServiceState],
@@ -190,34 +230,44 @@ class SyncService:
         self.registry.desired(session.node, version)
 
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
-        """Send an update to the nodes it affects; returns how many."""
+        """Send an update to the nodes it affects; returns how many.
+
+        Trace context: when the current span records, each node's copy gets
+        a "push" span of its own (child of the current span); otherwise every
+        node gets `trace_context`, default the current context (nothing when
+        tracing is off)."""
         if update.empty():
             return 0
-        trace = sync_pb2.ControlMessage(trace_context=trace_context or {}).SerializeToString()
-        shared = trace
+        per_node_spans = trace_context is None and trace.get_current_span().is_recording()
+        trace_bytes = b"" if per_node_spans else _trace_bytes(
+            trace_context if trace_context is not None else tracing.inject())
+        body = b""
         if update.shared_upserts or update.removals:
-            shared += sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
+            body = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
                 upserts=update.shared_upserts, removals=update.removals)).SerializeToString()
         sent = 0
         for node, session in list(self.sessions.items()):
             own = update.per_node.get(node, [])
             if not own and not (update.shared_upserts or update.removals):
                 continue
+            if per_node_spans:
+                trace_bytes = self._push_span(session, update.revision, "snapshot" if session.diverged else "delta")
             if session.diverged:
-                self._send_snapshot(session, self.cache.entries_for(node), trace)
+                self._send_snapshot(session, self.cache.entries_for(node), trace_bytes)
             else:
-                self._send_delta(session, update.revision, shared, own, [])
+                self._send_delta(session, update.revision, trace_bytes + body, own, [])
             sent += 1
         return sent
 
     def send_command(self, cmd: sync_pb2.TerminateCommand, nodes: list[str] | None = None) -> list[str]:
         """Send a command to connected nodes (all, or those named); returns who got it."""
         sent = []
+        trace_bytes = _trace_bytes(tracing.inject())
         for node, session in list(self.sessions.items()):
             if nodes is not None and node not in nodes:
                 continue
             msg = sync_pb2.ControlMessage(nonce=self._next_nonce(), terminate=cmd)
-            session.queue.put_nowait(msg.SerializeToString())
+            session.queue.put_nowait(trace_bytes + msg.SerializeToString())
             sent.append(node)
         return sent
 
@@ -244,3 +294,8 @@ class SyncService:
             else:
                 keep.append((version, fut, nodes))
         self._ack_waiters = keep
+
+
+def _trace_bytes(carrier: dict[str, str]) -> bytes:
+    """A ControlMessage holding only trace_context, to join to a message's bytes."""
+    return sync_pb2.ControlMessage(trace_context=carrier).SerializeToString() if carrier else b""

@@ -93,9 +93,18 @@ def cmd_run(args) -> int:
     if args.controlplane:
         from .sync_client import SyncClient
 
+        creds = None
+        if args.tls_ca or args.tls_cert:
+            from socklb.controlplane.auth import channel_credentials
+
+            try:
+                creds = channel_credentials(args.tls_ca or None, args.tls_cert or None, args.tls_key or None)
+            except OSError as e:
+                raise CliError(f"TLS files: {e}") from e
         client = SyncClient(agent, [a.strip() for a in args.controlplane.split(",") if a.strip()],
                             stats_interval=args.stats_interval,
-                            capabilities={"socket_lb": "cgroup-sock-addr"})
+                            capabilities={"socket_lb": "cgroup-sock-addr"},
+                            credentials=creds, token=args.token)
         client.start()
     server = admin.serve(agent, Path(args.admin_socket))
     try:
@@ -233,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--controlplane", default=os.environ.get("SOCKLB_CONTROLPLANE", ""),
                    help="control-plane addresses host:port[,host:port...]: take the desired state from there")
     r.add_argument("--stats-interval", type=float, default=5.0, help="seconds between statistics reports")
+    r.add_argument("--tls-ca", default=os.environ.get("SOCKLB_TLS_CA", ""),
+                   help="CA of the control plane's certificate: connect with TLS")
+    r.add_argument("--tls-cert", default=os.environ.get("SOCKLB_TLS_CERT", ""), help="node certificate for mTLS")
+    r.add_argument("--tls-key", default=os.environ.get("SOCKLB_TLS_KEY", ""), help="node key for mTLS")
+    r.add_argument("--token", default=os.environ.get("SOCKLB_TOKEN", ""), help="bearer token of this node")
     r.add_argument("--metrics-listen", default=os.environ.get("SOCKLB_METRICS_LISTEN", ""),
                    help="host:port to serve Prometheus /metrics on (default: off)")
     r.add_argument("--cgroup", default=DEFAULT_CGROUP,

@@ -14,8 +14,11 @@ from collections import Counter, deque
 
 import grpc
 from google.protobuf import timestamp_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from socklb.lb.digest import state_digest
+from socklb.observability import tracing
 from socklb.v1 import node_pb2, sync_pb2, sync_pb2_grpc
 
 from . import layout
@@ -38,7 +41,8 @@ CLIENT_OPTIONS = [
 class SyncClient:
     def __init__(self, agent: Agent, servers: list[str], stats_interval: float = 5.0,
                  capabilities: dict[str, str] | None = None, max_backoff: float = 5.0,
-                 connect_timeout: float = 3.0):
+                 connect_timeout: float = 3.0, credentials: grpc.ChannelCredentials | None = None,
+                 token: str = ""):
         if not servers:
             raise ValueError("at least one control-plane address is needed")
         self.agent = agent
@@ -47,6 +51,8 @@ class SyncClient:
         self.capabilities = capabilities or {}
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
+        self.credentials = credentials
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None
@@ -90,6 +96,8 @@ class SyncClient:
                 if self._stop.is_set():
                     return
                 log.warning("control plane %s: %s %s", target, e.code().name, e.details())
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    backoff = self.max_backoff  # retrying fast will not fix credentials
             except Exception:  # keep the node agent alive whatever the stream did
                 log.exception("sync session with %s failed", target)
             finally:
@@ -132,7 +140,8 @@ class SyncClient:
                 except Exception:
                     log.exception("collecting statistics failed")
 
-        self._channel = grpc.insecure_channel(target, options=CLIENT_OPTIONS)
+        self._channel = (grpc.secure_channel(target, self.credentials, options=CLIENT_OPTIONS)
+                         if self.credentials is not None else grpc.insecure_channel(target, options=CLIENT_OPTIONS))
         stats_thread = threading.Thread(target=report_stats, name="stats", daemon=True)
         try:
             try:
@@ -141,7 +150,7 @@ class SyncClient:
                 log.warning("control plane %s: not reachable within %.0fs", target, self.connect_timeout)
                 return
             stub = sync_pb2_grpc.NodeSyncStub(self._channel)
-            responses = stub.Sync(requests())
+            responses = stub.Sync(requests(), metadata=self.metadata)
             with self._out_lock:
                 self._out = out
                 while self._pending:
@@ -163,6 +172,24 @@ class SyncClient:
             self._channel = None
 
     def _handle(self, msg: sync_pb2.ControlMessage, chunks: list) -> sync_pb2.NodeMessage | None:
+        """Handle one message; an update is applied in an "apply" span, child
+        of the control plane's push span whose W3C context the message carries."""
+        kind = msg.WhichOneof("msg")
+        if kind == "terminate":  # the termination job's span becomes the CP span's child
+            with tracing.attached(tracing.extract(msg.trace_context)):
+                return self._apply(msg, chunks)
+        if kind not in ("snapshot", "delta") or (kind == "snapshot" and not msg.snapshot.last):
+            return self._apply(msg, chunks)
+        version = msg.snapshot.version if kind == "snapshot" else msg.delta.version
+        with tracing.TRACER.start_as_current_span(
+                "apply", context=tracing.extract(msg.trace_context), kind=SpanKind.CONSUMER,
+                attributes={"socklb.node": self.agent.node, "socklb.version": version, "socklb.update": kind}) as span:
+            reply = self._apply(msg, chunks)
+            if reply is not None and reply.HasField("nack"):
+                span.set_status(Status(StatusCode.ERROR, reply.nack.error))
+            return reply
+
+    def _apply(self, msg: sync_pb2.ControlMessage, chunks: list) -> sync_pb2.NodeMessage | None:
         kind = msg.WhichOneof("msg")
         try:
             if kind == "snapshot":
@@ -172,10 +199,10 @@ class SyncClient:
                 state = node_pb2.NodeState(version=msg.snapshot.version, services=chunks)
                 chunks.clear()
                 version = msg.snapshot.version
-                self.agent.apply(state)
+                _annotate(self.agent.apply(state))
             elif kind == "delta":
                 version = msg.delta.version
-                self.agent.apply_delta(msg.delta)
+                _annotate(self.agent.apply_delta(msg.delta))
             elif kind == "terminate":
                 cmd = msg.terminate
                 report = self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
@@ -213,3 +240,13 @@ class SyncClient:
         for (name, addr, port), n in sorted(counts.items()):
             report.flows.append(sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n))
         return report
+
+
+def _annotate(result) -> None:
+    """What an apply changed, on the current (apply) span."""
+    span = trace.get_current_span()
+    if result is not None and span.is_recording():
+        span.set_attributes({"socklb.frontends_written": result.frontends_written,
+                             "socklb.frontends_removed": result.frontends_removed,
+                             "socklb.backends_written": result.backends_written,
+                             "socklb.backends_removed": result.backends_removed})

@@ -291,10 +291,10 @@ def test_exit_code_mapping():
     c = grpc.StatusCode
     assert {code: cli.exit_code_for(code) for code in (
         c.INVALID_ARGUMENT, c.OUT_OF_RANGE, c.NOT_FOUND, c.ABORTED, c.ALREADY_EXISTS, c.FAILED_PRECONDITION,
-        c.UNAVAILABLE, c.DEADLINE_EXCEEDED, c.INTERNAL, c.UNKNOWN, c.PERMISSION_DENIED)} == {
+        c.UNAVAILABLE, c.DEADLINE_EXCEEDED, c.INTERNAL, c.UNKNOWN, c.PERMISSION_DENIED, c.UNAUTHENTICATED)} == {
         c.INVALID_ARGUMENT: 2, c.OUT_OF_RANGE: 2, c.NOT_FOUND: 3, c.ABORTED: 4, c.ALREADY_EXISTS: 4,
         c.FAILED_PRECONDITION: 4, c.UNAVAILABLE: 5, c.DEADLINE_EXCEEDED: 5, c.INTERNAL: 1, c.UNKNOWN: 1,
-        c.PERMISSION_DENIED: 1}
+        c.PERMISSION_DENIED: 6, c.UNAUTHENTICATED: 6}
 
 
 def test_help_exits_0(capsys):
