@@ -9,6 +9,7 @@ import logging
 import grpc
 
 from socklb.dataplane.desired import InvalidState
+from socklb.observability import tracing
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
 from socklb.observability import metrics
@@ -49,7 +50,7 @@ def _status(fn):
             raise
         finally:
             metrics.api_requests.labels(fn.__name__, code.name).inc()
-    return wrapper
+    return tracing.server_span("socklb.v1.LoadBalancer")(wrapper)
 
 
 class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
@@ -57,15 +58,30 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
         self.store = store
         self.services = ServiceStore(store)
         self.registry = registry
+        self.traces = tracing.WriteTraces()
 
     async def _run(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
+
+    async def _write(self, key: str, revision_of, fn, *args):
+        """A store write in a "store.txn" span; the revision it made is
+        remembered so that the dispatcher's spans join this call's trace."""
+        with tracing.TRACER.start_as_current_span("store.txn", attributes={"socklb.key": key}) as span:
+            sc = span.get_span_context()
+            with self.traces.writing(key, sc):
+                result = await asyncio.to_thread(fn, *args)
+                rev = revision_of(result)
+                if rev:
+                    span.set_attribute("socklb.revision", rev)
+                    self.traces.written(rev, sc)
+            return result
 
     @_status
     async def PutService(self, request, context):
         if not request.HasField("service"):
             raise InvalidState("service", "is required")
-        r = await self._run(self.services.put, request.service, request.expected_version, request.create_only)
+        r = await self._write(keys.service(request.service.name), _written, self.services.put, request.service,
+                              request.expected_version, request.create_only)
         return r.service
 
     @_status
@@ -79,31 +95,33 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def DeleteService(self, request, context):
-        rev, existed = await self._run(self.services.delete, request.name, request.expected_version)
+        rev, existed = await self._write(keys.service(request.name), lambda r: r[0] if r[1] else 0,
+                                         self.services.delete, request.name, request.expected_version)
         return api_pb2.DeleteServiceResponse(revision=rev, existed=existed)
 
     @_status
     async def SetBackends(self, request, context):
-        r = await self._run(self.services.update, request.service, set_backends(request.backends),
-                            request.expected_version)
+        r = await self._write(keys.service(request.service), _written, self.services.update, request.service,
+                              set_backends(request.backends), request.expected_version)
         return r.service
 
     @_status
     async def AddBackends(self, request, context):
-        r = await self._run(self.services.update, request.service, add_backends(request.backends),
-                            request.expected_version)
+        r = await self._write(keys.service(request.service), _written, self.services.update, request.service,
+                              add_backends(request.backends), request.expected_version)
         return r.service
 
     @_status
     async def RemoveBackends(self, request, context):
-        r = await self._run(self.services.update, request.service,
-                            remove_backends(request.backends, request.keep_sockets), request.expected_version)
+        r = await self._write(keys.service(request.service), _written, self.services.update, request.service,
+                              remove_backends(request.backends, request.keep_sockets), request.expected_version)
         return r.service
 
     @_status
     async def DrainBackends(self, request, context):
-        r = await self._run(self.services.update, request.service,
-                            drain_backends(request.backends, request.deadline_seconds), request.expected_version)
+        r = await self._write(keys.service(request.service), _written, self.services.update, request.service,
+                              drain_backends(request.backends, request.deadline_seconds),
+                              request.expected_version)
         return r.service
 
     @_status
@@ -113,7 +131,8 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
         nodes = await self._run(self.registry.list)
         connected = [n.name for n in nodes if n.health in (api_pb2.NODE_HEALTH_READY, api_pb2.NODE_HEALTH_DEGRADED)]
         term = terminations.new_request(request, connected)
-        await self._run(self.store.txn, [], [(keys.termination_request(term.id), term.SerializeToString())])
+        key = keys.termination_request(term.id)
+        await self._write(key, lambda rev: rev or 0, self.store.txn, [], [(key, term.SerializeToString())])
         return term
 
     @_status
@@ -174,6 +193,10 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
                                                  name=name)
         finally:
             watch.cancel()
+
+
+def _written(r) -> int:
+    return r.service.resource_version if r.written else 0
 
 
 def aggregate_stats(reports, service: str = "", node: str = "") -> api_pb2.StatsResponse:

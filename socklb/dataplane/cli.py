@@ -59,7 +59,9 @@ def cmd_run(args) -> int:
     from .desired import InvalidState
     from .loader import Capacity, Datapath, LoadError
     from .statefile import load_state
+    from socklb.observability.tracing import setup_tracing, shutdown_tracing
 
+    setup_tracing("socklb-dataplane", {"service.instance.id": args.node})  # if OTEL_* ask for export
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
@@ -129,6 +131,7 @@ def cmd_run(args) -> int:
         # Programs stay attached and maps pinned: stopping the agent must not
         # interrupt traffic. `detach` removes them.
         log.info("stopped; programs stay attached (use `detach` to remove them)")
+        shutdown_tracing()  # flush the spans still batched
     return 0
 
 

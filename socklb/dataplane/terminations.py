@@ -15,11 +15,12 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import timestamp_pb2
+from opentelemetry.trace import Status, StatusCode
 
-from socklb.observability import metrics
+from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2, types_pb2
 
 from . import layout
@@ -45,6 +46,9 @@ class Job:
     targets: tuple[tuple[int, int], ...]
     # What each target is, for the report: (frontend_id, backend_id) -> (address, port).
     names: dict
+    # W3C context of what caused the job (the node's apply span, the control
+    # plane's command): the job's "terminate" span is its child.
+    trace_context: dict | None = None
 
 
 def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
@@ -197,16 +201,16 @@ class TerminationService:
     def submit(self, job: Job) -> None:
         """Run in the background if there is anything to do."""
         if job.targets:
-            self._jobs.put((job, None))
+            self._jobs.put((_traced(job), None))
 
     def run_later(self, job: Job) -> None:
         """Run in the background and report even when nothing matched."""
-        self._jobs.put((job, None))
+        self._jobs.put((_traced(job), None))
 
     def run_now(self, job: Job) -> node_pb2.TerminationReport:
         """Run a job on the worker and wait for its report."""
         done: queue.Queue = queue.Queue(1)
-        self._jobs.put((job, done))
+        self._jobs.put((_traced(job), done))
         return done.get()
 
     def _work(self) -> None:
@@ -216,6 +220,7 @@ class TerminationService:
             job, done = self._jobs.get()
             if job is None:
                 return
+            span = _start_span(job)
             t = self._get()
             if not job.targets:
                 report = to_report(job, self.node, None)
@@ -234,6 +239,7 @@ class TerminationService:
                     log.exception("termination %s failed", job.id)
                     report = to_report(job, self.node, None, error=str(e))
             self.recent = (self.recent + [report])[-100:]
+            _end_span(span, report)
             if done is not None:
                 done.put(report)
             for listener in list(self.listeners):
@@ -249,6 +255,30 @@ class TerminationService:
             if self._terminator is not None:
                 self._terminator.close()
                 self._terminator = None
+
+
+def _traced(job: Job) -> Job:
+    """The job with the submitter's trace context (its thread's current span)."""
+    if job.trace_context is not None:
+        return job
+    carrier = tracing.inject()
+    return replace(job, trace_context=carrier) if carrier else job
+
+
+def _start_span(job: Job):
+    return tracing.TRACER.start_span("terminate", context=tracing.extract(job.trace_context), attributes={
+        "socklb.termination": job.id, "socklb.service": job.service, "socklb.trigger": job.trigger,
+        "socklb.dry_run": job.dry_run, "socklb.targets": len(job.targets)})
+
+
+def _end_span(span, report: node_pb2.TerminationReport) -> None:
+    if span.is_recording():
+        span.set_attributes({"socklb.method": report.method, "socklb.found": report.found,
+                             "socklb.destroyed": report.destroyed, "socklb.failed": report.failed,
+                             "socklb.namespaces": report.namespaces})
+        if report.error:
+            span.set_status(Status(StatusCode.ERROR, report.error))
+    span.end()
 
 
 __all__ = ["Graveyard", "Job", "TerminationService", "removed_targets", "request_job", "to_report"]
