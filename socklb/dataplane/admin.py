@@ -99,6 +99,10 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return self.agent.terminate(request.service, request.backends, request.dry_run,
                                     f"local-{uuid.uuid4().hex[:8]}")
 
+    def DumpTerminations(self, request, context):
+        t = self.agent.terminations
+        return node_pb2.TerminationReports(reports=list(t.recent) if t is not None else [])
+
     def GetInfo(self, request, context):
         dp = self.agent.datapath
         return node_pb2.NodeInfo(node=self.agent.node, cgroup=str(dp.cgroup), pin_dir=str(dp.pin_dir),

@@ -177,6 +177,7 @@ def cmd_dump(args) -> int:
         "counters": lambda: stub.GetCounters(req, timeout=args.timeout),
         "state": lambda: stub.GetState(node_pb2.GetStateRequest(), timeout=args.timeout),
         "info": lambda: stub.GetInfo(node_pb2.GetInfoRequest(), timeout=args.timeout),
+        "terminations": lambda: stub.DumpTerminations(req, timeout=args.timeout),
     }[args.what]
     _print(call(), args)
     return 0
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
 
     d = sub.add_parser("dump", help="show what the node has programmed")
-    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info"])
+    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations"])
     admin_opts(d)
     d.set_defaults(func=cmd_dump)
 

@@ -294,3 +294,9 @@ class SocketStatsResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     stats: _containers.RepeatedCompositeFieldContainer[SocketStats]
     def __init__(self, stats: _Optional[_Iterable[_Union[SocketStats, _Mapping]]] = ...) -> None: ...
+
+class TerminationReports(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[TerminationReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[TerminationReport, _Mapping]]] = ...) -> None: ...

@@ -80,6 +80,11 @@ class NodeAdminStub:
                 request_serializer=socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
                 response_deserializer=socklb_dot_v1_dot_node__pb2.SocketStatsResponse.FromString,
                 _registered_method=True)
+        self.DumpTerminations = channel.unary_unary(
+                '/socklb.v1.NodeAdmin/DumpTerminations',
+                request_serializer=socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_node__pb2.TerminationReports.FromString,
+                _registered_method=True)
 
 
 class NodeAdminServicer:
@@ -144,6 +149,13 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DumpTerminations(self, request, context):
+        """The node's most recent termination reports (up to 100), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +203,11 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.GetSocketStats,
                     request_deserializer=socklb_dot_v1_dot_node__pb2.DumpRequest.FromString,
                     response_serializer=socklb_dot_v1_dot_node__pb2.SocketStatsResponse.SerializeToString,
+            ),
+            'DumpTerminations': grpc.unary_unary_rpc_method_handler(
+                    servicer.DumpTerminations,
+                    request_deserializer=socklb_dot_v1_dot_node__pb2.DumpRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_node__pb2.TerminationReports.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +454,33 @@ class NodeAdmin:
             '/socklb.v1.NodeAdmin/GetSocketStats',
             socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
             socklb_dot_v1_dot_node__pb2.SocketStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DumpTerminations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.NodeAdmin/DumpTerminations',
+            socklb_dot_v1_dot_node__pb2.DumpRequest.SerializeToString,
+            socklb_dot_v1_dot_node__pb2.TerminationReports.FromString,
             options,
             channel_credentials,
             insecure,
