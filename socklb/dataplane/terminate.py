@@ -47,6 +47,8 @@ The object is compiled at run time with clang against a vmlinux.h that
 bpftool generates from /sys/kernel/btf/vmlinux; both are cached (keyed by a
 hash of the sources, the compiler and the kernel build) in $SOCKLB_CACHE_DIR,
 else $XDG_CACHE_HOME/socklb, else /var/cache/socklb (root) or ~/.cache/socklb.
+Building, loading and the namespace runner are shared with socket statistics
+(bpfobj.py); their errors surface here as TerminationError.
 
 Limits: namespaces are found through processes and /run/netns only (one held
 only by a bind mount elsewhere or an open fd, or entered by a single thread,
@@ -58,38 +60,31 @@ where nothing matches.
 from __future__ import annotations
 
 import ctypes as ct
-import ctypes.util
 import enum
 import errno
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from . import kernel, layout
-from .loader import bpf_source_dir
+from . import bpfobj, kernel, layout
+# Re-exported: the namespace runner and the cache of the shared helpers.
+from .bpfobj import Netns, cache_dir, close_netns, list_netns  # noqa: F401
+from .bpfobj import BTF_VMLINUX, CLONE_NEWNET, HEADER  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 SOURCE = "sock_destroy.bpf.c"
-HEADER = "socklb.h"
-BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 KFUNC = "bpf_sock_destroy"
 
-_BPF_MAP_TYPE_SK_STORAGE = 24
 
-
-class TerminationError(RuntimeError):
+class TerminationError(bpfobj.BpfObjError):
     """Building, loading or running the termination programs failed."""
 
 
@@ -110,13 +105,9 @@ class _Mode(enum.IntEnum):  # enum socklb_term_mode
 
 
 NOT_TRIED = 1  # SOCKLB_TERM_NOT_TRIED
-# Read size of an iterator fd. The kernel runs the program on objects until
-# the bytes produced reach the read size, in a buffer of 8 pages; an object
-# whose record overflows that buffer is rolled back and shown again on the
-# next read, and a socket destroyed in the first showing is then skipped as
-# unhashed: its record would be lost. Reading at most half the buffer keeps
-# every record of one call within it.
-_ITER_READ = 16384
+# Read size of an iterator fd: at most half the kernel's seq buffer, so a
+# socket destroyed while shown is never rolled back and lost (bpfobj.ITER_READ).
+_ITER_READ = bpfobj.ITER_READ
 MAX_PASSES = 4  # iterator passes per namespace when destroying (see Terminator._run)
 
 
@@ -238,303 +229,53 @@ class Report:
                 f"{self.duration * 1000:.1f} ms, method={self.method}")
 
 
-# --- build: vmlinux.h and the object, cached ----------------------------------
+# --- build, load, namespaces: shared with socket statistics (bpfobj.py) -------
 
-def cache_dir() -> Path:
-    env = os.environ.get("SOCKLB_CACHE_DIR")
-    if env:
-        d = Path(env)
-    elif os.environ.get("XDG_CACHE_HOME"):
-        d = Path(os.environ["XDG_CACHE_HOME"]) / "socklb"
-    elif os.geteuid() == 0:
-        d = Path("/var/cache/socklb")
-    else:
-        d = Path.home() / ".cache" / "socklb"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
-
-
-def _kernel_id() -> str:
-    u = os.uname()
-    return hashlib.sha256(f"{u.release}\0{u.version}\0{u.machine}".encode()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, produce) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    os.close(fd)
+@contextmanager
+def _errors():
+    """Errors of the shared helpers surface as TerminationError here."""
     try:
-        produce(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except TerminationError:
+        raise
+    except bpfobj.BpfObjError as e:
+        raise TerminationError(str(e)) from e
 
 
 def vmlinux_h(cache: Path) -> Path:
     """vmlinux.h of the running kernel (bpftool btf dump ... format c)."""
-    d = cache / f"vmlinux-{_kernel_id()}"
-    h = d / "vmlinux.h"
-    if h.exists():
-        return h
-    bpftool = shutil.which("bpftool")
-    if bpftool is None:
-        raise TerminationError("bpftool is needed to generate vmlinux.h (Debian package bpftool)")
-    if not BTF_VMLINUX.exists():
-        raise TerminationError(f"{BTF_VMLINUX} is missing: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
-    d.mkdir(parents=True, exist_ok=True)
-
-    def produce(tmp: Path):
-        with open(tmp, "wb") as out:
-            r = subprocess.run([bpftool, "btf", "dump", "file", str(BTF_VMLINUX), "format", "c"],
-                               stdout=out, stderr=subprocess.PIPE, timeout=120)
-        if r.returncode != 0:
-            raise TerminationError(f"bpftool btf dump failed: {r.stderr.decode(errors='replace')}")
-
-    _atomic_write(h, produce)
-    return h
-
-
-def _clang() -> str:
-    for c in (os.environ.get("SOCKLB_CLANG"), "clang", "clang-14"):
-        if c and shutil.which(c):
-            return shutil.which(c)
-    raise TerminationError("clang is needed to build the termination programs (Debian package clang)")
-
-
-_clang_versions: dict[str, str] = {}
-
-
-def _clang_version(clang: str) -> str:
-    if clang not in _clang_versions:
-        r = subprocess.run([clang, "--version"], capture_output=True, text=True, timeout=60)
-        _clang_versions[clang] = r.stdout.splitlines()[0] if r.stdout else clang
-    return _clang_versions[clang]
+    with _errors():
+        return bpfobj.vmlinux_h(cache)
 
 
 def build_object(kfunc: bool = True, cache: Path | None = None) -> Path:
     """Compile bpf/sock_destroy.bpf.c (or reuse the cached object)."""
-    cache = cache or cache_dir()
-    src_dir = bpf_source_dir()
-    src = src_dir / SOURCE
-    clang = _clang()
-    flags = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{_target_arch()}"]
-    if not kfunc:
-        flags.append("-DSOCKLB_NO_KFUNC")
-    h = hashlib.sha256()
-    for part in (src.read_bytes(), (src_dir / HEADER).read_bytes(), _clang_version(clang).encode(),
-                 _kernel_id().encode(), " ".join(flags).encode()):
-        h.update(part)
-        h.update(b"\0")
-    obj = cache / f"sock_destroy-{h.hexdigest()[:20]}{'' if kfunc else '-nokfunc'}.o"
-    if obj.exists():
-        return obj
-    inc = vmlinux_h(cache).parent
-
-    def produce(tmp: Path):
-        cmd = [clang, *flags, f"-I{inc}", f"-I{src_dir}", "-c", str(src), "-o", str(tmp)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            raise TerminationError(f"compiling {src} failed:\n{' '.join(cmd)}\n{r.stderr}")
-
-    t0 = time.monotonic()
-    _atomic_write(obj, produce)
-    log.info("built %s in %.1fs", obj, time.monotonic() - t0)
-    return obj
-
-
-def _target_arch() -> str:
-    return {"x86_64": "x86", "AMD64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
-            "riscv64": "riscv"}.get(platform.machine(), platform.machine())
-
-
-# --- probes ---------------------------------------------------------------------
-
-_BTF_KIND_FUNC = 12
-_BTF_EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}          # fixed tail after the 12-byte type header
-_BTF_PER_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
-_kfunc_cache: dict[str, bool] = {}
+    with _errors():
+        return bpfobj.build(SOURCE, () if kfunc else ("SOCKLB_NO_KFUNC",), cache,
+                            suffix="" if kfunc else "-nokfunc")
 
 
 def btf_has_func(name: str, path: Path = BTF_VMLINUX) -> bool:
     """Whether the BTF at path has a FUNC of that name (walks the type section)."""
-    key = f"{path}:{name}"
-    if key in _kfunc_cache:
-        return _kfunc_cache[key]
-    try:
-        data = path.read_bytes()
-    except OSError:
-        _kfunc_cache[key] = False
-        return False
-    magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
-    if magic != 0xEB9F:
-        raise TerminationError(f"{path}: not BTF (or not little-endian)")
-    strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
-    want = name.encode() + b"\0"
-    found = False
-    if (b"\0" + want) in strs:
-        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        unpack = struct.Struct("<III").unpack_from
-        while pos < end:
-            name_off, info, _ = unpack(data, pos)
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            if kind == _BTF_KIND_FUNC and strs[name_off:name_off + len(want)] == want:
-                found = True
-                break
-            pos += 12 + _BTF_EXTRA.get(kind, 0) + _BTF_PER_VLEN.get(kind, 0) * vlen
-    _kfunc_cache[key] = found
-    return found
+    with _errors():
+        return bpfobj.btf_has_func(name, path)
 
 
-# --- libbpf through ctypes ----------------------------------------------------------
-
-_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
-
-
-class _Libbpf:
-    def __init__(self):
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        lib = ct.CDLL(name, use_errno=True)
-        vp, i, s = ct.c_void_p, ct.c_int, ct.c_char_p
-        sigs = {
-            "bpf_object__open_file": ([s, vp], vp),
-            "bpf_object__load": ([vp], i),
-            "bpf_object__close": ([vp], None),
-            "bpf_object__find_map_by_name": ([vp, s], vp),
-            "bpf_object__find_program_by_name": ([vp, s], vp),
-            "bpf_map__reuse_fd": ([vp, i], i),
-            "bpf_map__fd": ([vp], i),
-            "bpf_program__attach_iter": ([vp, vp], vp),
-            "bpf_link__fd": ([vp], i),
-            "bpf_link__destroy": ([vp], i),
-            "bpf_iter_create": ([i], i),
-            "libbpf_set_print": ([vp], vp),
-        }
-        for fn, (args, res) in sigs.items():
-            f = getattr(lib, fn)
-            f.argtypes, f.restype = args, res
-        self.lib = lib
-        self.log: list[str] = []
-        self.log_lock = threading.Lock()
-        self._print = None
-        if platform.machine() in ("x86_64", "AMD64"):
-            # va_list is a pointer-sized array on x86-64: vsnprintf formats it.
-            libc = ct.CDLL(None)
-            vsnprintf = libc.vsnprintf
-            vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
-
-            def cb(level, fmt, ap):
-                buf = ct.create_string_buffer(4096)
-                vsnprintf(buf, len(buf), fmt, ap)
-                self.log.append(buf.value.decode(errors="replace"))
-                return 0
-
-            self._print = _PRINT_FN(cb)
-
-    def capture(self):
-        """Context: libbpf's messages go to self.log (instead of stderr)."""
-        lb = self
-
-        class _Cap:
-            def __enter__(self):
-                lb.log_lock.acquire()
-                lb.log.clear()
-                self.old = lb.lib.libbpf_set_print(ct.cast(lb._print, ct.c_void_p)) if lb._print else None
-                return lb.log
-
-            def __exit__(self, *exc):
-                if lb._print:
-                    lb.lib.libbpf_set_print(self.old)
-                lb.log_lock.release()
-
-        return _Cap()
-
-
-_libbpf: _Libbpf | None = None
-
-
-def _lb() -> _Libbpf:
-    global _libbpf
-    if _libbpf is None:
-        _libbpf = _Libbpf()
-    return _libbpf
-
-
-def _strerror(e: int) -> str:
-    # libbpf's own codes (LIBBPF_ERRNO__*) start at 4000
-    return os.strerror(e) if e < 4000 else f"libbpf error {e} (bad or unsupported object)"
-
-
-def _log_tail(lines: list[str], n: int = 40) -> str:
-    text = "".join(lines).rstrip()
-    tail = text.splitlines()[-n:]
-    return "\n".join(tail)
-
-
-class _Object:
+class _Object(bpfobj.IterObject):
     """The loaded termination object: programs attached as iterators, the
     agent's flows map reused, targets/term_cfg maps of its own."""
 
+    error = TerminationError
+
     def __init__(self, path: Path, pin_dir: Path):
-        lb = _lb()
-        self.lib = lb.lib
-        self.obj = None
-        self.links: dict[str, int] = {}
-        self._link_ptrs: list[int] = []
-        with lb.capture() as logbuf:
-            try:
-                self._open_load(path, pin_dir, logbuf)
-            except Exception:
-                self.close()
-                raise
-
-    def _open_load(self, path: Path, pin_dir: Path, logbuf: list[str]) -> None:
-        lib = self.lib
-        obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
-        if not obj:
-            e = ct.get_errno() or errno.EINVAL
-            raise TerminationError(f"libbpf cannot open {path}: {_strerror(e)}\n{_log_tail(logbuf)}")
-        self.obj = obj
-        flows = lib.bpf_object__find_map_by_name(obj, b"flows")
-        if not flows:
-            raise TerminationError(f"{path} has no map 'flows'")
-        pinned = pin_dir / "flows"
+        with _errors():
+            super().__init__(path, pin_dir, {"tcp": "socklb_term_tcp", "udp": "socklb_term_udp"})
         try:
-            fd = kernel.obj_get(pinned)
-        except OSError as e:
-            raise TerminationError(f"cannot open the agent's flows map {pinned}: {e}") from e
-        try:
-            info = kernel.map_info(fd)
-            if info.type != _BPF_MAP_TYPE_SK_STORAGE or info.value_size != ct.sizeof(layout.Flow):
-                raise TerminationError(
-                    f"{pinned} is not the flows socket storage this build expects (type {info.type}, "
-                    f"value size {info.value_size}, want {_BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.Flow)})")
-            ret = lib.bpf_map__reuse_fd(flows, fd)  # dups fd
-            if ret < 0:
-                raise TerminationError(f"bpf_map__reuse_fd({pinned}): {_strerror(-ret)}")
-        finally:
-            os.close(fd)
-        ret = lib.bpf_object__load(obj)
-        if ret < 0:
-            raise TerminationError(f"loading {path.name} failed: {_strerror(-ret)}\n{_log_tail(logbuf)}")
-        for proto in ("tcp", "udp"):
-            prog = lib.bpf_object__find_program_by_name(obj, f"socklb_term_{proto}".encode())
-            if not prog:
-                raise TerminationError(f"{path} has no program socklb_term_{proto}")
-            link = lib.bpf_program__attach_iter(prog, None)
-            if not link:
-                e = ct.get_errno() or errno.EINVAL
-                raise TerminationError(f"attaching iter/{proto}: {_strerror(e)}\n{_log_tail(logbuf)}")
-            self._link_ptrs.append(link)
-            self.links[proto] = lib.bpf_link__fd(link)
-        self.targets = kernel.BpfMap(self._map_fd("targets"), TermKey, TermVal, "targets")
-        self.cfg = kernel.BpfMap(self._map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
-
-    def _map_fd(self, name: str) -> int:
-        m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
-        fd = self.lib.bpf_map__fd(m) if m else -1
-        if fd < 0:
-            raise TerminationError(f"map {name} missing after load")
-        return fd  # owned by the object: never closed through BpfMap
+            self.targets = kernel.BpfMap(self.map_fd("targets"), TermKey, TermVal, "targets")
+            self.cfg = kernel.BpfMap(self.map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
+        except Exception:
+            self.close()
+            raise
 
     def set_targets(self, targets: Iterable[Target], mode: _Mode) -> None:
         for k in list(self.targets.keys()):
@@ -548,133 +289,14 @@ class _Object:
 
     def read_iter(self, proto: str) -> bytes:
         """Run one iterator in the calling thread's network namespace."""
-        fd = self.lib.bpf_iter_create(self.links[proto])
-        if fd < 0:
-            raise TerminationError(f"bpf_iter_create(iter/{proto}): {os.strerror(-fd)}")
-        chunks = []
-        try:
-            while True:
-                try:
-                    chunk = os.read(fd, _ITER_READ)
-                except BlockingIOError:
-                    continue  # 1M sockets visited in one read without output: go on
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        for link in self._link_ptrs:
-            self.lib.bpf_link__destroy(link)
-        self._link_ptrs.clear()
-        self.links.clear()
-        if self.obj:
-            self.lib.bpf_object__close(self.obj)
-            self.obj = None
-
-
-# --- network namespaces ----------------------------------------------------------------
-
-CLONE_NEWNET = 0x40000000
-_libc = ct.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ct.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
-
-
-@dataclass
-class Netns:
-    ident: str    # "net:[<inode>]"
-    path: str     # where it was found
-    fd: int
-
-
-def list_netns(extra: Iterable[str | Path] = (), unreachable: list[str] | None = None) -> list[Netns]:
-    """Every network namespace reachable on the node, once each: the host's
-    (pid 1), those of all processes, the named ones in /run/netns, and extra
-    paths. Open fds pin them until closed (close_netns). Namespaces seen (by
-    readlink) but not openable are appended to `unreachable`."""
-    cands = ["/proc/1/ns/net", "/proc/thread-self/ns/net"]
-    try:
-        cands += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        pass
-    try:
-        cands += [str(p) for p in sorted(Path("/run/netns").iterdir())]
-    except OSError:
-        pass
-    cands += [str(p) for p in extra]
-    seen: set[tuple[int, int]] = set()
-    denied: dict[str, str] = {}  # "net:[ino]" -> path
-    out: list[Netns] = []
-    for path in cands:
-        try:
-            st = os.stat(path)
-        except PermissionError:
-            try:
-                denied.setdefault(os.readlink(path), path)
-            except OSError:
-                pass
-            continue
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        st = os.fstat(fd)  # the namespace actually opened (pids get reused)
-        if (st.st_dev, st.st_ino) in seen:
-            os.close(fd)
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        out.append(Netns(f"net:[{st.st_ino}]", path, fd))
-    if unreachable is not None:
-        have = {ns.ident for ns in out}
-        unreachable += [f"{ident} ({path}: permission denied)" for ident, path in denied.items()
-                        if ident not in have]
-    return out
-
-
-def close_netns(nss: list[Netns]) -> None:
-    for ns in nss:
-        try:
-            os.close(ns.fd)
-        except OSError:
-            pass
+        return super().read_iter(proto, _ITER_READ)
 
 
 def in_each_netns(nss: list[Netns], fn) -> list[tuple[Netns, object, BaseException | None]]:
     """fn(ns) in every namespace, in one dedicated thread that setns()es into
     each in turn (the caller's threads never move) and restores its own
     namespace at the end."""
-    results: list[tuple[Netns, object, BaseException | None]] = []
-
-    def worker():
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for ns in nss:
-                try:
-                    _setns(ns.fd)
-                    results.append((ns, fn(ns), None))
-                except BaseException as e:  # report, go on with the next namespace
-                    results.append((ns, None, e))
-        finally:
-            try:
-                _setns(own)
-            finally:
-                os.close(own)
-
-    t = threading.Thread(target=worker, name="socklb-terminate", daemon=True)
-    t.start()
-    t.join()
-    return results
+    return bpfobj.in_each_netns(nss, fn, thread_name="socklb-terminate")
 
 
 # --- netlink SOCK_DESTROY ------------------------------------------------------------------

@@ -1,0 +1,533 @@
+"""Build, load and run the node's libbpf objects: BPF socket iterators
+compiled at run time with clang against the running kernel's BTF (CO-RE),
+loaded through libbpf via ctypes, reusing the agent's pinned `flows` socket
+storage; and a runner that calls a function inside every network namespace
+of the node (iterators only see the sockets of the namespace their fd is
+created in).
+
+Shared by socket termination (terminate.py, bpf/sock_destroy.bpf.c) and
+socket statistics (sockstats.py, bpf/sock_stats.bpf.c).
+
+    obj = IterObject(build("sock_stats.bpf.c"), pin_dir,
+                     {"tcp": "socklb_stats_tcp", "udp": "socklb_stats_udp"})
+    nss = list_netns()
+    try:
+        out = in_each_netns(nss, lambda ns: obj.read_iter("tcp"))
+    finally:
+        close_netns(nss)
+    obj.close()
+
+Objects and the vmlinux.h they are compiled against are cached (keyed by a
+hash of the sources, the compiler, the flags and the kernel build) in
+$SOCKLB_CACHE_DIR, else $XDG_CACHE_HOME/socklb, else /var/cache/socklb (root)
+or ~/.cache/socklb.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ctypes.util
+import errno
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from . import kernel, layout
+from .loader import bpf_source_dir
+
+log = logging.getLogger(__name__)
+
+HEADER = "socklb.h"
+BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
+
+BPF_MAP_TYPE_SK_STORAGE = 24
+
+# Read size of an iterator fd. The kernel runs the program on objects until
+# the bytes produced reach the read size, in a buffer of 8 pages; an object
+# whose record overflows that buffer is rolled back and shown again on the
+# next read, and a socket destroyed in the first showing is then skipped as
+# unhashed: its record would be lost. Reading at most half the buffer keeps
+# every record of one call within it.
+ITER_READ = 16384
+
+
+class BpfObjError(RuntimeError):
+    """Building, loading or running a libbpf object failed."""
+
+
+# --- build: vmlinux.h and the object, cached ----------------------------------
+
+def cache_dir() -> Path:
+    env = os.environ.get("SOCKLB_CACHE_DIR")
+    if env:
+        d = Path(env)
+    elif os.environ.get("XDG_CACHE_HOME"):
+        d = Path(os.environ["XDG_CACHE_HOME"]) / "socklb"
+    elif os.geteuid() == 0:
+        d = Path("/var/cache/socklb")
+    else:
+        d = Path.home() / ".cache" / "socklb"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def kernel_id() -> str:
+    u = os.uname()
+    return hashlib.sha256(f"{u.release}\0{u.version}\0{u.machine}".encode()).hexdigest()[:16]
+
+
+def atomic_write(path: Path, produce: Callable[[Path], None]) -> None:
+    """produce(tmp) writes a temporary file next to path, renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    os.close(fd)
+    try:
+        produce(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def vmlinux_h(cache: Path) -> Path:
+    """vmlinux.h of the running kernel (bpftool btf dump ... format c)."""
+    d = cache / f"vmlinux-{kernel_id()}"
+    h = d / "vmlinux.h"
+    if h.exists():
+        return h
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        raise BpfObjError("bpftool is needed to generate vmlinux.h (Debian package bpftool)")
+    if not BTF_VMLINUX.exists():
+        raise BpfObjError(f"{BTF_VMLINUX} is missing: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
+    d.mkdir(parents=True, exist_ok=True)
+
+    def produce(tmp: Path):
+        with open(tmp, "wb") as out:
+            r = subprocess.run([bpftool, "btf", "dump", "file", str(BTF_VMLINUX), "format", "c"],
+                               stdout=out, stderr=subprocess.PIPE, timeout=120)
+        if r.returncode != 0:
+            raise BpfObjError(f"bpftool btf dump failed: {r.stderr.decode(errors='replace')}")
+
+    atomic_write(h, produce)
+    return h
+
+
+def find_clang() -> str:
+    for c in (os.environ.get("SOCKLB_CLANG"), "clang", "clang-14"):
+        if c and shutil.which(c):
+            return shutil.which(c)
+    raise BpfObjError("clang is needed to build the BPF iterator programs (Debian package clang)")
+
+
+_clang_versions: dict[str, str] = {}
+
+
+def clang_version(clang: str) -> str:
+    if clang not in _clang_versions:
+        r = subprocess.run([clang, "--version"], capture_output=True, text=True, timeout=60)
+        _clang_versions[clang] = r.stdout.splitlines()[0] if r.stdout else clang
+    return _clang_versions[clang]
+
+
+def target_arch() -> str:
+    return {"x86_64": "x86", "AMD64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
+            "riscv64": "riscv"}.get(platform.machine(), platform.machine())
+
+
+def build(source: str, defines: Iterable[str] = (), cache: Path | None = None, suffix: str = "") -> Path:
+    """Compile bpf/<source> (with -D<define> for each define) against the
+    running kernel's vmlinux.h, or reuse the cached object. The object is
+    named <source stem>-<hash><suffix>.o in the cache."""
+    cache = cache or cache_dir()
+    src_dir = bpf_source_dir()
+    src = src_dir / source
+    clang = find_clang()
+    flags = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{target_arch()}"]
+    flags += [f"-D{d}" for d in defines]
+    h = hashlib.sha256()
+    for part in (src.read_bytes(), (src_dir / HEADER).read_bytes(), clang_version(clang).encode(),
+                 kernel_id().encode(), " ".join(flags).encode()):
+        h.update(part)
+        h.update(b"\0")
+    stem = source.split(".", 1)[0]
+    obj = cache / f"{stem}-{h.hexdigest()[:20]}{suffix}.o"
+    if obj.exists():
+        return obj
+    inc = vmlinux_h(cache).parent
+
+    def produce(tmp: Path):
+        cmd = [clang, *flags, f"-I{inc}", f"-I{src_dir}", "-c", str(src), "-o", str(tmp)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise BpfObjError(f"compiling {src} failed:\n{' '.join(cmd)}\n{r.stderr}")
+
+    t0 = time.monotonic()
+    atomic_write(obj, produce)
+    log.info("built %s in %.1fs", obj, time.monotonic() - t0)
+    return obj
+
+
+# --- probes ---------------------------------------------------------------------
+
+_BTF_KIND_FUNC = 12
+_BTF_EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}          # fixed tail after the 12-byte type header
+_BTF_PER_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+_func_cache: dict[str, bool] = {}
+
+
+def btf_has_func(name: str, path: Path = BTF_VMLINUX) -> bool:
+    """Whether the BTF at path has a FUNC of that name (walks the type section)."""
+    key = f"{path}:{name}"
+    if key in _func_cache:
+        return _func_cache[key]
+    try:
+        data = path.read_bytes()
+    except OSError:
+        _func_cache[key] = False
+        return False
+    magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
+    if magic != 0xEB9F:
+        raise BpfObjError(f"{path}: not BTF (or not little-endian)")
+    strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
+    want = name.encode() + b"\0"
+    found = False
+    if (b"\0" + want) in strs:
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack = struct.Struct("<III").unpack_from
+        while pos < end:
+            name_off, info, _ = unpack(data, pos)
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            if kind == _BTF_KIND_FUNC and strs[name_off:name_off + len(want)] == want:
+                found = True
+                break
+            pos += 12 + _BTF_EXTRA.get(kind, 0) + _BTF_PER_VLEN.get(kind, 0) * vlen
+    _func_cache[key] = found
+    return found
+
+
+# --- libbpf through ctypes ----------------------------------------------------------
+
+_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
+
+
+class Libbpf:
+    """libbpf.so's object API (open/load/attach), with its messages captured."""
+
+    def __init__(self):
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        lib = ct.CDLL(name, use_errno=True)
+        vp, i, s = ct.c_void_p, ct.c_int, ct.c_char_p
+        sigs = {
+            "bpf_object__open_file": ([s, vp], vp),
+            "bpf_object__load": ([vp], i),
+            "bpf_object__close": ([vp], None),
+            "bpf_object__find_map_by_name": ([vp, s], vp),
+            "bpf_object__find_program_by_name": ([vp, s], vp),
+            "bpf_map__reuse_fd": ([vp, i], i),
+            "bpf_map__fd": ([vp], i),
+            "bpf_program__attach_iter": ([vp, vp], vp),
+            "bpf_link__fd": ([vp], i),
+            "bpf_link__destroy": ([vp], i),
+            "bpf_iter_create": ([i], i),
+            "libbpf_set_print": ([vp], vp),
+        }
+        for fn, (args, res) in sigs.items():
+            f = getattr(lib, fn)
+            f.argtypes, f.restype = args, res
+        self.lib = lib
+        self.log: list[str] = []
+        self.log_lock = threading.Lock()
+        self._print = None
+        if platform.machine() in ("x86_64", "AMD64"):
+            # va_list is a pointer-sized array on x86-64: vsnprintf formats it.
+            libc = ct.CDLL(None)
+            vsnprintf = libc.vsnprintf
+            vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
+
+            def cb(level, fmt, ap):
+                buf = ct.create_string_buffer(4096)
+                vsnprintf(buf, len(buf), fmt, ap)
+                self.log.append(buf.value.decode(errors="replace"))
+                return 0
+
+            self._print = _PRINT_FN(cb)
+
+    def capture(self):
+        """Context: libbpf's messages go to self.log (instead of stderr)."""
+        lb = self
+
+        class _Cap:
+            def __enter__(self):
+                lb.log_lock.acquire()
+                lb.log.clear()
+                self.old = lb.lib.libbpf_set_print(ct.cast(lb._print, ct.c_void_p)) if lb._print else None
+                return lb.log
+
+            def __exit__(self, *exc):
+                if lb._print:
+                    lb.lib.libbpf_set_print(self.old)
+                lb.log_lock.release()
+
+        return _Cap()
+
+
+_libbpf: Libbpf | None = None
+_libbpf_lock = threading.Lock()
+
+
+def libbpf() -> Libbpf:
+    global _libbpf
+    with _libbpf_lock:
+        if _libbpf is None:
+            _libbpf = Libbpf()
+        return _libbpf
+
+
+def strerror(e: int) -> str:
+    # libbpf's own codes (LIBBPF_ERRNO__*) start at 4000
+    return os.strerror(e) if e < 4000 else f"libbpf error {e} (bad or unsupported object)"
+
+
+def log_tail(lines: list[str], n: int = 40) -> str:
+    text = "".join(lines).rstrip()
+    tail = text.splitlines()[-n:]
+    return "\n".join(tail)
+
+
+class IterObject:
+    """A loaded libbpf object whose programs are socket iterators.
+
+    path:     the compiled object (build()).
+    pin_dir:  the agent's pin directory: the object's map `flows` reuses the
+              pinned socket storage <pin_dir>/flows (checked for the layout
+              this build expects), so the programs read the records the
+              connect/sendmsg hooks wrote.
+    programs: key -> program name; each is attached as an iterator and read
+              with read_iter(key).
+
+    Raises `error` (a BpfObjError subclass may be set by a subclass) when
+    anything fails; nothing is left open then.
+    """
+
+    error: type[BpfObjError] = BpfObjError
+
+    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str]):
+        lb = libbpf()
+        self.lib = lb.lib
+        self.path = Path(path)
+        self.obj = None
+        self.links: dict[str, int] = {}
+        self._link_ptrs: list[int] = []
+        with lb.capture() as logbuf:
+            try:
+                self._open_load(self.path, Path(pin_dir), programs, logbuf)
+            except Exception:
+                self.close()
+                raise
+
+    def _open_load(self, path: Path, pin_dir: Path, programs: Mapping[str, str], logbuf: list[str]) -> None:
+        lib, err = self.lib, self.error
+        obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
+        if not obj:
+            e = ct.get_errno() or errno.EINVAL
+            raise err(f"libbpf cannot open {path}: {strerror(e)}\n{log_tail(logbuf)}")
+        self.obj = obj
+        flows = lib.bpf_object__find_map_by_name(obj, b"flows")
+        if not flows:
+            raise err(f"{path} has no map 'flows'")
+        pinned = pin_dir / "flows"
+        try:
+            fd = kernel.obj_get(pinned)
+        except OSError as e:
+            raise err(f"cannot open the agent's flows map {pinned}: {e}") from e
+        try:
+            info = kernel.map_info(fd)
+            if info.type != BPF_MAP_TYPE_SK_STORAGE or info.value_size != ct.sizeof(layout.Flow):
+                raise err(
+                    f"{pinned} is not the flows socket storage this build expects (type {info.type}, "
+                    f"value size {info.value_size}, want {BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.Flow)})")
+            ret = lib.bpf_map__reuse_fd(flows, fd)  # dups fd
+            if ret < 0:
+                raise err(f"bpf_map__reuse_fd({pinned}): {strerror(-ret)}")
+        finally:
+            os.close(fd)
+        ret = lib.bpf_object__load(obj)
+        if ret < 0:
+            raise err(f"loading {path.name} failed: {strerror(-ret)}\n{log_tail(logbuf)}")
+        for key, name in programs.items():
+            prog = lib.bpf_object__find_program_by_name(obj, name.encode())
+            if not prog:
+                raise err(f"{path} has no program {name}")
+            link = lib.bpf_program__attach_iter(prog, None)
+            if not link:
+                e = ct.get_errno() or errno.EINVAL
+                raise err(f"attaching {name}: {strerror(e)}\n{log_tail(logbuf)}")
+            self._link_ptrs.append(link)
+            self.links[key] = lib.bpf_link__fd(link)
+
+    def map_fd(self, name: str) -> int:
+        """fd of one of the object's own maps; owned by the object (never close it)."""
+        m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode()) if self.obj else None
+        fd = self.lib.bpf_map__fd(m) if m else -1
+        if fd < 0:
+            raise self.error(f"map {name} missing after load")
+        return fd
+
+    def read_iter(self, key: str, read_size: int = ITER_READ) -> bytes:
+        """Run one iterator to its end in the calling thread's network
+        namespace; everything its program wrote."""
+        fd = self.lib.bpf_iter_create(self.links[key])
+        if fd < 0:
+            raise self.error(f"bpf_iter_create({key}): {os.strerror(-fd)}")
+        chunks = []
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, read_size)
+                except BlockingIOError:
+                    continue  # 1M sockets visited in one read without output: go on
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for link in self._link_ptrs:
+            self.lib.bpf_link__destroy(link)
+        self._link_ptrs.clear()
+        self.links.clear()
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
+
+
+# --- network namespaces ----------------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+_libc = ct.CDLL(None, use_errno=True)
+
+
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ct.get_errno()
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+@dataclass
+class Netns:
+    ident: str    # "net:[<inode>]"
+    path: str     # where it was found
+    fd: int
+
+
+def list_netns(extra: Iterable[str | Path] = (), unreachable: list[str] | None = None) -> list[Netns]:
+    """Every network namespace reachable on the node, once each: the host's
+    (pid 1), those of all processes, the named ones in /run/netns, and extra
+    paths. Open fds pin them until closed (close_netns). Namespaces seen (by
+    readlink) but not openable are appended to `unreachable`."""
+    cands = ["/proc/1/ns/net", "/proc/thread-self/ns/net"]
+    try:
+        cands += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        pass
+    try:
+        cands += [str(p) for p in sorted(Path("/run/netns").iterdir())]
+    except OSError:
+        pass
+    cands += [str(p) for p in extra]
+    seen: set[tuple[int, int]] = set()
+    denied: dict[str, str] = {}  # "net:[ino]" -> path
+    out: list[Netns] = []
+    for path in cands:
+        try:
+            st = os.stat(path)
+        except PermissionError:
+            try:
+                denied.setdefault(os.readlink(path), path)
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)  # the namespace actually opened (pids get reused)
+        if (st.st_dev, st.st_ino) in seen:
+            os.close(fd)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append(Netns(f"net:[{st.st_ino}]", path, fd))
+    if unreachable is not None:
+        have = {ns.ident for ns in out}
+        unreachable += [f"{ident} ({path}: permission denied)" for ident, path in denied.items()
+                        if ident not in have]
+    return out
+
+
+def open_netns(paths: Iterable[str | Path]) -> list[Netns]:
+    """The namespaces at these paths, once each (OSError if one cannot be opened)."""
+    out, seen = [], set()
+    try:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen:
+                os.close(fd)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            out.append(Netns(f"net:[{st.st_ino}]", str(p), fd))
+    except BaseException:
+        close_netns(out)
+        raise
+    return out
+
+
+def close_netns(nss: list[Netns]) -> None:
+    for ns in nss:
+        try:
+            os.close(ns.fd)
+        except OSError:
+            pass
+
+
+def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
+                  ) -> list[tuple[Netns, object, BaseException | None]]:
+    """fn(ns) in every namespace, in one dedicated thread that setns()es into
+    each in turn (the caller's threads never move) and restores its own
+    namespace at the end."""
+    results: list[tuple[Netns, object, BaseException | None]] = []
+
+    def worker():
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for ns in nss:
+                try:
+                    setns(ns.fd)
+                    results.append((ns, fn(ns), None))
+                except BaseException as e:  # report, go on with the next namespace
+                    results.append((ns, None, e))
+        finally:
+            try:
+                setns(own)
+            finally:
+                os.close(own)
+
+    t = threading.Thread(target=worker, name=thread_name, daemon=True)
+    t.start()
+    t.join()
+    return results

@@ -1,0 +1,278 @@
+"""Socket statistics of load-balanced flows, per service and backend: sockets
+by state, bytes in and out, smoothed RTT and retransmits for TCP, receive
+drops for UDP.
+
+    with SocketStatsCollector(pin_dir) as c:        # builds + loads once
+        samples = c.collect()                       # every network namespace
+        stats = aggregate(samples, names)           # list[node_pb2.SocketStats]
+
+where names maps (frontend_id, backend_id) -> (service, backend_address,
+backend_port), e.g. from the agent's programmed frontends and backends.
+
+Finding: the iter/tcp and iter/udp programs of bpf/sock_stats.bpf.c read the
+agent's `flows` socket storage (the pinned map is reused, not copied) and
+emit one 48-byte record per socket whose flow record is live and whose
+connected peer is the record's backend: the same sockets socket termination
+would match. Direct connections to a backend address, unconnected UDP
+sockets, listeners, time-wait and request sockets are not counted. Building,
+loading and the per-namespace runner are shared with termination
+(bpfobj.py): each collection enters every network namespace (the host's,
+every /proc/*/ns/net, every /run/netns/*, deduplicated by the nsfs inode)
+with setns() in a dedicated thread.
+
+Values (per socket, from the kernel at the time of the walk):
+  TCP  bytes_sent = payload acknowledged by the peer, bytes_received =
+       payload received in order: tcp_sock.bytes_acked / bytes_received
+       (what `ss -ti` shows) without the SYN and FIN they count as one byte
+       each; srtt_us = tcp_sock.srtt_us >> 3 (0 before the first RTT
+       sample); retransmits = tcp_sock.total_retrans
+  UDP  drops = receive drops of the socket (sk_drops and, since 6.18, udp's
+       per-NUMA drop counters); no byte counters (the kernel keeps none)
+They are cumulative over each socket's life: a closed socket's counts leave
+the sums with it (these are gauges of the open sockets, not counters).
+
+Limits: namespaces as terminate.py finds them (one held only by a bind mount
+elsewhere or an open fd, or entered by a single thread, is missed; one whose
+/proc entry is not readable is listed in Collection.unreachable). A socket
+that opens or closes during the walk may be missed or seen once more by the
+kernel's bucket-resuming iterator; records are deduplicated by socket cookie.
+Each collection walks every namespace's TCP and UDP hash tables.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from socklb.v1 import node_pb2, types_pb2
+
+from . import bpfobj
+
+log = logging.getLogger(__name__)
+
+SOURCE = "sock_stats.bpf.c"
+PROGRAMS = {"tcp": "socklb_stats_tcp", "udp": "socklb_stats_udp"}
+
+# struct socklb_stat_rec: cookie, bytes_sent, bytes_received, frontend_id,
+# backend_id, srtt_us, retransmits, drops, family, proto, state.
+_REC = struct.Struct("=QQQIIIIIHBB")
+assert _REC.size == 48  # _Static_assert in the C source
+
+# Nothing is destroyed here, so a record rolled back by the kernel is simply
+# shown again: read in larger chunks than termination does.
+_READ_SIZE = 64 * 1024
+
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+    11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
+}
+_PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+_PB_PROTO = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
+
+
+class SocketStatsError(bpfobj.BpfObjError):
+    """Building or loading the statistics programs failed."""
+
+
+def state_name(protocol: str, state: int) -> str:
+    """TCP: the kernel's state name (ESTABLISHED, CLOSE_WAIT, ...); UDP:
+    CONNECTED for a connected socket (skc_state 1); else the number."""
+    if protocol == "tcp":
+        return TCP_STATES.get(state, str(state))
+    return "CONNECTED" if state == 1 else str(state)
+
+
+@dataclass(frozen=True)
+class SocketSample:
+    """One load-balanced socket as the iterator saw it."""
+
+    netns: str           # "net:[<inode>]"
+    cookie: int          # socket cookie (SO_COOKIE)
+    frontend_id: int
+    backend_id: int
+    protocol: str        # "tcp" / "udp"
+    family: int          # socket.AF_INET / AF_INET6
+    state: int           # kernel skc_state
+    bytes_sent: int      # TCP: bytes acked by the peer
+    bytes_received: int  # TCP: bytes received in order
+    srtt_us: int         # TCP: smoothed RTT, microseconds (0: no sample yet)
+    retransmits: int     # TCP: total retransmitted segments
+    drops: int           # UDP: receive drops
+
+    @property
+    def state_name(self) -> str:
+        return state_name(self.protocol, self.state)
+
+
+@dataclass
+class Collection:
+    """One collection over the node's namespaces."""
+
+    samples: list[SocketSample] = field(default_factory=list)
+    duration: float = 0.0                                  # seconds, all namespaces
+    netns_scanned: int = 0
+    per_netns: dict[str, int] = field(default_factory=dict)  # ident -> sockets counted
+    errors: list[str] = field(default_factory=list)        # namespaces that could not be read
+    unreachable: list[str] = field(default_factory=list)   # namespaces seen but not openable
+
+    def summary(self) -> str:
+        return (f"{len(self.samples)} sockets in {self.netns_scanned} netns, "
+                f"{self.duration * 1000:.1f} ms" + (f", {len(self.errors)} errors" if self.errors else ""))
+
+
+def parse(data: bytes, netns: str) -> list[SocketSample]:
+    """The records of one iterator read."""
+    out = []
+    usable = len(data) - len(data) % _REC.size
+    for (cookie, sent, received, fe, be, srtt, retrans, drops, family, proto,
+         state) in _REC.iter_unpack(memoryview(data)[:usable]):
+        out.append(SocketSample(netns, cookie, fe, be, _PROTOS.get(proto, str(proto)), family, state,
+                                sent, received, srtt, retrans, drops))
+    return out
+
+
+class SocketStatsCollector:
+    """Collects per-socket statistics of load-balanced flows on this node.
+
+    pin_dir: the agent's pin directory (its `flows` map is used).
+    netns:   None = every namespace on the node at each collection; else
+             only these namespace paths.
+    cache:   build cache directory (default bpfobj.cache_dir()).
+
+    Loads once (build is cached across processes); collect() may be called
+    from any thread, calls are serialized. close() releases the programs.
+    """
+
+    def __init__(self, pin_dir: str | Path, netns: Iterable[str | Path] | None = None,
+                 cache: Path | None = None):
+        self.pin_dir = Path(pin_dir)
+        self.netns_paths = None if netns is None else [str(p) for p in netns]
+        self._lock = threading.Lock()
+        self._obj: bpfobj.IterObject | None = None
+        self.last: Collection | None = None
+        if not (self.pin_dir / "flows").exists():
+            raise SocketStatsError(f"{self.pin_dir}/flows does not exist: is the dataplane agent loaded there?")
+        t0 = time.monotonic()
+        try:
+            path = bpfobj.build(SOURCE, cache=cache)
+            self._obj = _StatsObject(path, self.pin_dir, PROGRAMS)
+        except SocketStatsError:
+            raise
+        except bpfobj.BpfObjError as e:
+            raise SocketStatsError(str(e)) from e
+        self.load_seconds = time.monotonic() - t0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._obj is not None:
+                self._obj.close()
+                self._obj = None
+
+    def __enter__(self) -> "SocketStatsCollector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def collect(self) -> list[SocketSample]:
+        """Every counted socket in every namespace (see collect_report() for
+        timing and per-namespace errors, also kept in self.last)."""
+        return self.collect_report().samples
+
+    def collect_report(self) -> Collection:
+        with self._lock:
+            obj = self._obj
+            if obj is None:
+                raise SocketStatsError("collector is closed")
+            rep = Collection()
+            t0 = time.monotonic()
+            if self.netns_paths is None:
+                nss = bpfobj.list_netns(unreachable=rep.unreachable)
+            else:
+                nss = bpfobj.open_netns(self.netns_paths)
+            try:
+                def scan(ns: bpfobj.Netns) -> list[SocketSample]:
+                    return (parse(obj.read_iter("tcp", _READ_SIZE), ns.ident)
+                            + parse(obj.read_iter("udp", _READ_SIZE), ns.ident))
+
+                out = bpfobj.in_each_netns(nss, scan, thread_name="socklb-sockstats")
+            finally:
+                bpfobj.close_netns(nss)
+            seen: set[int] = set()
+            for ns, samples, err in out:
+                if err is not None:
+                    rep.errors.append(f"{ns.ident} ({ns.path}): {err}")
+                    continue
+                rep.netns_scanned += 1
+                n = 0
+                for s in samples:
+                    if s.cookie in seen:
+                        continue
+                    seen.add(s.cookie)
+                    rep.samples.append(s)
+                    n += 1
+                rep.per_netns[ns.ident] = n
+            rep.duration = time.monotonic() - t0
+            for e in rep.errors:
+                log.warning("socket statistics: %s", e)
+            log.debug("socket statistics: %s", rep.summary())
+            self.last = rep
+            return rep
+
+
+class _StatsObject(bpfobj.IterObject):
+    error = SocketStatsError
+
+
+def aggregate(samples: Iterable[SocketSample],
+              names: Mapping[tuple[int, int], tuple[str, str, int]],
+              skipped: list[SocketSample] | None = None) -> list[node_pb2.SocketStats]:
+    """Sum samples per (service, backend address, backend port, protocol).
+
+    names maps (frontend_id, backend_id) -> (service, backend_address,
+    backend_port). Samples of flows it does not name (a backend or frontend
+    no longer programmed) are left out, appended to `skipped` if given.
+
+    sockets, states (state name -> sockets), bytes_sent, bytes_received,
+    retransmits and drops are sums; srtt_us is the mean over the TCP sockets
+    that have an RTT sample (srtt > 0), rounded to the microsecond. Sorted by
+    service, address, port, protocol."""
+    groups: dict[tuple[str, str, int, str], node_pb2.SocketStats] = {}
+    rtt: dict[tuple[str, str, int, str], list[int]] = {}
+    for s in samples:
+        name = names.get((s.frontend_id, s.backend_id))
+        if name is None:
+            if skipped is not None:
+                skipped.append(s)
+            continue
+        service, address, port = name
+        key = (service, address, int(port), s.protocol)
+        st = groups.get(key)
+        if st is None:
+            st = groups[key] = node_pb2.SocketStats(
+                service=service, backend_address=address, backend_port=int(port),
+                protocol=_PB_PROTO.get(s.protocol, types_pb2.PROTOCOL_UNSPECIFIED))
+            rtt[key] = [0, 0]
+        st.sockets += 1
+        st.states[s.state_name] += 1
+        st.bytes_sent += s.bytes_sent
+        st.bytes_received += s.bytes_received
+        st.retransmits += s.retransmits
+        st.drops += s.drops
+        if s.protocol == "tcp" and s.srtt_us > 0:
+            rtt[key][0] += s.srtt_us
+            rtt[key][1] += 1
+    out = []
+    for key in sorted(groups):
+        st = groups[key]
+        total, n = rtt[key]
+        if n:
+            st.srtt_us = (total + n // 2) // n
+        out.append(st)
+    return out
