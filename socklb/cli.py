@@ -317,11 +317,19 @@ def text_nodes(resp) -> str:
 def text_stats(resp) -> str:
     svc_rows = []
     for s in resp.services:
-        svc_rows.append([s.service, "*", str(s.active_flows)])
-        svc_rows += [["", format_endpoint(b.address, b.port), str(b.active_flows)] for b in s.backends]
+        svc_rows.append([s.service, "*", str(s.active_flows), "", "", "", "", ""])
+        for b in s.backends:
+            socks = {_enum_word(types_pb2.Protocol, x.protocol, "PROTOCOL_"): x for x in b.sockets}
+            tcp, udp = socks.get("tcp"), socks.get("udp")
+            svc_rows.append(["", format_endpoint(b.address, b.port), str(b.active_flows),
+                             str(sum(x.sockets for x in b.sockets)),
+                             f"{tcp.bytes_sent}/{tcp.bytes_received}" if tcp else "-",
+                             f"{tcp.srtt_us}" if tcp else "-", str(tcp.retransmits) if tcp else "-",
+                             str(udp.drops) if udp else "-"])
     node_rows = [[n.node, str(n.active_flows), str(n.counters.translations), str(n.counters.no_backend),
                   str(n.counters.affinity_hits), _time(n.reported_at)] for n in resp.nodes]
-    return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS"], svc_rows) + "\n\n" +
+    return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS", "SOCKETS", "TCP-BYTES-OUT/IN", "SRTT-US",
+                    "RETRANS", "UDP-DROPS"], svc_rows) + "\n\n" +
             _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows))
 
 

@@ -99,6 +99,9 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return self.agent.terminate(request.service, request.backends, request.dry_run,
                                     f"local-{uuid.uuid4().hex[:8]}")
 
+    def GetSocketStats(self, request, context):
+        return node_pb2.SocketStatsResponse(stats=self.agent.socket_stats())
+
     def DumpTerminations(self, request, context):
         t = self.agent.terminations
         return node_pb2.TerminationReports(reports=list(t.recent) if t is not None else [])

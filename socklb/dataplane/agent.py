@@ -44,6 +44,7 @@ class Agent:
         self.node = node
         self.terminate_method = terminate_method
         self.terminations = None  # TerminationService, once the datapath is loaded
+        self._stats_collector = None
         self.limits = (Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
                        if datapath is not None else Limits())
         self._lock = threading.Lock()
@@ -156,6 +157,26 @@ class Agent:
             return self.terminations.run_now(job)
         self.terminations.run_later(job)
         return None
+
+    def socket_stats(self) -> list:
+        """Socket statistics of load-balanced flows, per service and backend."""
+        if self.datapath is None:
+            return []
+        from .sockstats import SocketStatsCollector, aggregate
+
+        if self._stats_collector is None:
+            self._stats_collector = SocketStatsCollector(self.datapath.pin_dir)
+        with self._lock:
+            names = {}
+            if self.terminations is not None:
+                for (fid, bid), (svc, name) in self.terminations.graveyard.items():
+                    names[(fid, bid)] = (svc, *name)
+            by_id = {fe.id: fe for fe in self.programmed.frontends.values()}
+            for b in self.programmed.backends.values():
+                fe = by_id.get(b.frontend_id)
+                if fe is not None:
+                    names[(fe.id, b.id)] = (fe.service, layout.unpack_addr(layout.pack_addr(b.addr)), b.port)
+        return aggregate(self._stats_collector.collect(), names)
 
     def _restore(self, previous: Programmed) -> None:
         current = self.store.read_programmed()

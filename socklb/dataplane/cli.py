@@ -178,6 +178,7 @@ def cmd_dump(args) -> int:
         "state": lambda: stub.GetState(node_pb2.GetStateRequest(), timeout=args.timeout),
         "info": lambda: stub.GetInfo(node_pb2.GetInfoRequest(), timeout=args.timeout),
         "terminations": lambda: stub.DumpTerminations(req, timeout=args.timeout),
+        "sockets": lambda: stub.GetSocketStats(req, timeout=args.timeout),
     }[args.what]
     _print(call(), args)
     return 0
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
 
     d = sub.add_parser("dump", help="show what the node has programmed")
-    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations"])
+    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations", "sockets"])
     admin_opts(d)
     d.set_defaults(func=cmd_dump)
 

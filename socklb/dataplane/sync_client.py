@@ -239,6 +239,11 @@ class SyncClient:
                 counts[(name, layout.unpack_addr(f.backend_addr), layout.port_host(f.backend_port))] += 1
         for (name, addr, port), n in sorted(counts.items()):
             report.flows.append(sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n))
+        try:
+            report.sockets.extend(agent.socket_stats())
+        except Exception as e:  # statistics are best effort; flows and counters still go out
+            log.warning("socket statistics unavailable: %s", e)
+            report.health = f"socket statistics unavailable: {e}"
         return report
 
 

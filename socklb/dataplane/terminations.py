@@ -122,6 +122,10 @@ class Graveyard:
         while len(self._d) > self.size:
             self._d.popitem(last=False)
 
+    def items(self):
+        """((frontend_id, backend_id), (service, (address, port))) of every remembered backend."""
+        return list(self._d.items())
+
     def of_service(self, service: str) -> dict:
         return {k: name for k, (svc, name) in self._d.items() if svc == service}
 
