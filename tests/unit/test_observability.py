@@ -25,7 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(pred, what, timeout=20.0):
+def wait_for(pred, what, timeout=60.0):
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:
