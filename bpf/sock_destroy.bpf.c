@@ -20,6 +20,15 @@
  * touched, nor is an unconnected UDP socket (each of its datagrams is
  * balanced anew, so it has nothing to reset).
  *
+ * Destination prefilter (hash map `dsts`, written by user space per run,
+ * used when term_cfg.flags has SOCKLB_TERM_F_DSTS): key struct
+ * socklb_term_dst {peer address (16 bytes, IPv4 v4-mapped), peer port}. A
+ * socket whose connected peer is not a key is skipped before its flow record
+ * is looked up, so the per-socket cost of the walk over sockets that cannot
+ * match (server-side peers, other services' and other tenants' connections)
+ * is a few loads and one hash lookup. Without the flag every socket's
+ * storage is looked up, as the targets alone decide.
+ *
  * Mode (array map `term_cfg`, one entry):
  *   DESTROY  bpf_sock_destroy() each match, emit a record with the result
  *   DRY_RUN  emit a record per match, destroy nothing (also what the netlink
@@ -74,9 +83,18 @@ struct socklb_term_val {
 	__u64 failed;
 };
 
+#define SOCKLB_TERM_F_DSTS 1 /* term_cfg.flags: prefilter on the `dsts` map */
+
 struct socklb_term_cfg {
-	__u32 mode; /* enum socklb_term_mode */
-	__u32 pad;
+	__u32 mode;  /* enum socklb_term_mode */
+	__u32 flags; /* SOCKLB_TERM_F_* */
+};
+
+/* Key of `dsts`: a backend a target points at (20 bytes). */
+struct socklb_term_dst {
+	__u32 addr[4]; /* network order, IPv4 v4-mapped */
+	__u16 port;    /* network order */
+	__u16 pad;     /* 0 */
 };
 
 /* One record per matched socket, written with bpf_seq_write (64 bytes). */
@@ -96,6 +114,7 @@ struct socklb_term_rec {
 };
 
 _Static_assert(sizeof(struct socklb_term_rec) == 64, "socklb_term_rec is 64 bytes (terminate.py)");
+_Static_assert(sizeof(struct socklb_term_dst) == 20, "socklb_term_dst is 20 bytes (terminate.py)");
 _Static_assert(sizeof(struct socklb_term_val) == 24, "socklb_term_val is 24 bytes (terminate.py)");
 
 /* The agent's socket storage; same key and value as bpf/sock_lb.c. */
@@ -112,6 +131,13 @@ struct {
 	__type(key, struct socklb_term_key);
 	__type(value, struct socklb_term_val);
 } targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct socklb_term_dst);
+	__type(value, __u8);
+} dsts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -149,74 +175,102 @@ match_target(const struct socklb_flow *f, __u32 *kind)
 	return v;
 }
 
-/* Fill the 5-tuple; 0 if the socket is not of a family we handle. */
-static __always_inline int read_tuple(struct sock_common *skc, struct socklb_term_rec *r)
+/* The peer (family, address, port) from the socket's common part: direct
+ * loads (the iterators' socket pointers are trusted BTF pointers), valid for
+ * full, time-wait and request sockets alike. 0 if not IPv4 / IPv6. */
+static __always_inline int read_peer(const struct sock_common *skc, struct socklb_term_rec *r)
 {
-	__u16 family = BPF_CORE_READ(skc, skc_family);
+	__u16 family = skc->skc_family;
 
 	r->family = family;
 	if (family == AF_INET) {
-		r->src[2] = bpf_htonl(0xffff);
-		r->src[3] = BPF_CORE_READ(skc, skc_rcv_saddr);
 		r->dst[2] = bpf_htonl(0xffff);
-		r->dst[3] = BPF_CORE_READ(skc, skc_daddr);
+		r->dst[3] = skc->skc_daddr;
 	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&r->src, skc, skc_v6_rcv_saddr.in6_u.u6_addr32);
-		BPF_CORE_READ_INTO(&r->dst, skc, skc_v6_daddr.in6_u.u6_addr32);
+		r->dst[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+		r->dst[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+		r->dst[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+		r->dst[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
 	} else {
 		return 0;
 	}
-	r->sport = bpf_htons(BPF_CORE_READ(skc, skc_num));
-	r->dport = BPF_CORE_READ(skc, skc_dport);
-	r->state = BPF_CORE_READ(skc, skc_state);
+	r->dport = skc->skc_dport;
 	return 1;
 }
 
-static __always_inline int handle(struct seq_file *seq, struct sock_common *skc, struct sock *sk,
-				  __u8 proto)
+/* The local half of the tuple (only for sockets that matched). */
+static __always_inline void read_local(const struct sock_common *skc, struct socklb_term_rec *r)
 {
-	struct socklb_term_rec r = {};
+	if (r->family == AF_INET) {
+		r->src[2] = bpf_htonl(0xffff);
+		r->src[3] = skc->skc_rcv_saddr;
+	} else {
+		r->src[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		r->src[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		r->src[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		r->src[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+	}
+	r->sport = bpf_htons(skc->skc_num);
+}
+
+/* Whether the peer in r passes the `dsts` prefilter (when enabled). */
+static __always_inline int dst_wanted(const struct socklb_term_cfg *cfg, const struct socklb_term_rec *r)
+{
+	struct socklb_term_dst k;
+
+	if (!(cfg->flags & SOCKLB_TERM_F_DSTS))
+		return 1;
+	k.addr[0] = r->dst[0];
+	k.addr[1] = r->dst[1];
+	k.addr[2] = r->dst[2];
+	k.addr[3] = r->dst[3];
+	k.port = r->dport;
+	k.pad = 0;
+	return bpf_map_lookup_elem(&dsts, &k) != NULL;
+}
+
+/* r holds the peer (read_peer) and the state; the peer passed the prefilter. */
+static __always_inline int handle(struct seq_file *seq, const struct socklb_term_cfg *cfg,
+				  struct socklb_term_rec *r, struct sock_common *skc,
+				  struct sock *sk, __u8 proto)
+{
 	struct socklb_term_val *tv;
-	struct socklb_term_cfg *cfg;
 	struct socklb_flow *f;
-	__u32 zero = 0, kind = 0;
+	__u32 kind = 0;
 
 	f = bpf_sk_storage_get(&flows, sk, 0, 0);
 	if (!f || !f->frontend_id)
 		return 0;
-	if (!read_tuple(skc, &r))
-		return 0;
 	/* Only a socket connected to the record's backend (see the header). */
-	if (r.dport != f->backend_port || r.dst[0] != f->backend_addr[0] ||
-	    r.dst[1] != f->backend_addr[1] || r.dst[2] != f->backend_addr[2] ||
-	    r.dst[3] != f->backend_addr[3])
+	if (r->dport != f->backend_port || r->dst[0] != f->backend_addr[0] ||
+	    r->dst[1] != f->backend_addr[1] || r->dst[2] != f->backend_addr[2] ||
+	    r->dst[3] != f->backend_addr[3])
 		return 0;
 	tv = match_target(f, &kind);
 	if (!tv)
 		return 0;
-	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
-	if (!cfg)
-		return 0;
 
 	__sync_fetch_and_add(&tv->matched, 1);
-	r.cookie = bpf_get_socket_cookie(skc);
-	r.proto = proto;
-	r.frontend_id = f->frontend_id;
-	r.backend_id = f->backend_id;
-	r.target_kind = kind;
-	r.result = SOCKLB_TERM_NOT_TRIED;
+	if (cfg->mode == SOCKLB_TERM_STATS)
+		return 0;
+	read_local(skc, r);
+	r->cookie = bpf_get_socket_cookie(skc);
+	r->proto = proto;
+	r->frontend_id = f->frontend_id;
+	r->backend_id = f->backend_id;
+	r->target_kind = kind;
+	r->result = SOCKLB_TERM_NOT_TRIED;
 
 #ifndef SOCKLB_NO_KFUNC
 	if (cfg->mode == SOCKLB_TERM_DESTROY) {
-		r.result = bpf_sock_destroy(skc);
-		if (r.result == 0)
+		r->result = bpf_sock_destroy(skc);
+		if (r->result == 0)
 			__sync_fetch_and_add(&tv->destroyed, 1);
 		else
 			__sync_fetch_and_add(&tv->failed, 1);
 	}
 #endif
-	if (cfg->mode != SOCKLB_TERM_STATS)
-		bpf_seq_write(seq, &r, sizeof(r));
+	bpf_seq_write(seq, r, sizeof(*r));
 	return 0;
 }
 
@@ -224,15 +278,27 @@ SEC("iter/tcp")
 int socklb_term_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct socklb_term_rec r = {};
+	struct socklb_term_cfg *cfg;
 	struct tcp_sock *tp;
+	__u32 zero = 0;
 
 	if (!skc)
 		return 0;
-	/* Time-wait and request sockets have no storage; listeners no flow. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp || BPF_CORE_READ(skc, skc_state) == SOCKLB_TCP_LISTEN)
+	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
+	if (!cfg)
 		return 0;
-	return handle(ctx->meta->seq, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP);
+	/* Listeners have no flow: skip them before anything else. */
+	r.state = skc->skc_state;
+	if (r.state == SOCKLB_TCP_LISTEN)
+		return 0;
+	if (!read_peer(skc, &r) || !dst_wanted(cfg, &r))
+		return 0;
+	/* Time-wait and request sockets have no storage. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	return handle(ctx->meta->seq, cfg, &r, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP);
 }
 
 SEC("iter/udp")
@@ -240,11 +306,20 @@ int socklb_term_udp(struct bpf_iter__udp *ctx)
 {
 	struct udp_sock *udp_sk = ctx->udp_sk;
 	struct sock *sk = (struct sock *)udp_sk;
+	struct socklb_term_rec r = {};
+	struct socklb_term_cfg *cfg;
+	__u32 zero = 0;
 
 	if (!sk)
 		return 0;
-	/* Unconnected sockets are balanced per datagram: nothing to reset. */
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) != SOCKLB_TCP_ESTABLISHED)
+	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
+	if (!cfg)
 		return 0;
-	return handle(ctx->meta->seq, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP);
+	/* Unconnected sockets are balanced per datagram: nothing to reset. */
+	r.state = sk->__sk_common.skc_state;
+	if (r.state != SOCKLB_TCP_ESTABLISHED)
+		return 0;
+	if (!read_peer(&sk->__sk_common, &r) || !dst_wanted(cfg, &r))
+		return 0;
+	return handle(ctx->meta->seq, cfg, &r, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP);
 }

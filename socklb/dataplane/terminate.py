@@ -5,6 +5,8 @@ the load balancer.
 
     with Terminator(pin_dir) as t:                       # method="auto"
         rep = t.run([Target.backend(7)])                 # destroy
+        rep = t.run([Target.backend(7)],                 # destroy, prefiltered
+                    dsts=[("10.0.0.7", 8080)])           #   on the backends' address
         rep = t.run([Target.frontend(3)], dry_run=True)  # list only
         rep = t.count([Target.backend(7)])               # counters only
 
@@ -37,11 +39,29 @@ the record's backend. Connections made directly to a backend address have no
 live record and are never touched; unconnected UDP sockets are skipped (each
 datagram is balanced anew, there is nothing to reset).
 
-When destroying, each namespace is scanned again while a pass destroyed
-something (at most MAX_PASSES): removing sockets under a running iterator
-can make it skip a neighbour. Sockets that keep arriving (the backend still
-in the service) are what further passes find: remove or drain the backend
-first, then terminate.
+Prefilter (`dsts`): run(targets, dsts=[(address, port), ...]) writes the
+backends the targets point at into the `dsts` map; a socket whose connected
+peer is not one of them is skipped before its flow record (socket storage)
+is looked up, which is most of the per-socket cost of the walk. Addresses
+are strings, ipaddress objects or 16 raw bytes (IPv4 as such or v4-mapped:
+both match IPv4 sockets and v4-mapped IPv6 ones); ports in host order. The
+hint must cover every backend of the targets: a matching socket whose peer is
+not listed is not touched. Without dsts (None) every socket is looked up.
+
+Further passes: on kernels whose TCP (UDP) iterator resumes a bucket by socket
+cookie (bpf_iter_tcp_resume / bpf_iter_udp_resume, Linux 6.17 / 6.16; probed
+in the kernel's BTF and /proc/kallsyms), destroying sockets under the
+iterator skips nothing and each namespace is walked once. On older kernels
+the iterator resumes a bucket by offset, so removing sockets under it can
+skip a neighbour: a namespace is then scanned again while a pass destroyed
+something (at most MAX_PASSES). Sockets that keep arriving (the backend
+still in the service) are not chased: remove or drain the backend first,
+then terminate.
+
+Records: Report.sockets is built lazily: the raw 64-byte records are kept
+and a SocketRecord (addresses formatted) is made only for the items read, so
+rep.sockets[:100] costs 100 of them whatever the count; run(max_records=N)
+keeps at most N records at all (the counters still count everything).
 
 The object is compiled at run time with clang against a vmlinux.h that
 bpftool generates from /sys/kernel/btf/vmlinux; both are cached (keyed by a
@@ -54,14 +74,16 @@ Limits: namespaces are found through processes and /run/netns only (one held
 only by a bind mount elsewhere or an open fd, or entered by a single thread,
 is missed; one whose /proc entry is not readable is listed in
 Report.unreachable). Each TCP iterator pass walks the kernel's established
-hash for its namespace, so a run costs about one hash walk per namespace even
-where nothing matches.
+hash (shared by every namespace unless net.ipv4.tcp_child_ehash_entries is
+set), so a run costs about one walk of the node's whole TCP table per
+namespace even where nothing matches.
 """
 from __future__ import annotations
 
 import ctypes as ct
 import enum
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -71,6 +93,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Iterable
 
 from . import bpfobj, kernel, layout
@@ -108,7 +131,11 @@ NOT_TRIED = 1  # SOCKLB_TERM_NOT_TRIED
 # Read size of an iterator fd: at most half the kernel's seq buffer, so a
 # socket destroyed while shown is never rolled back and lost (bpfobj.ITER_READ).
 _ITER_READ = bpfobj.ITER_READ
-MAX_PASSES = 4  # iterator passes per namespace when destroying (see Terminator._run)
+MAX_PASSES = 4  # iterator passes per namespace when destroying, on kernels without the resume fix
+DSTS_MAX = 16384  # max_entries of the `dsts` map
+F_DSTS = 1  # SOCKLB_TERM_F_DSTS
+# Functions the kernels with bpf_iter_{tcp,udp} resume-by-cookie introduced.
+RESUME_FUNCS = {"tcp": "bpf_iter_tcp_resume", "udp": "bpf_iter_udp_resume"}
 
 
 # --- layouts shared with bpf/sock_destroy.bpf.c ------------------------------
@@ -122,7 +149,11 @@ class TermVal(ct.Structure):
 
 
 class TermCfg(ct.Structure):
-    _fields_ = [("mode", ct.c_uint32), ("pad", ct.c_uint32)]
+    _fields_ = [("mode", ct.c_uint32), ("flags", ct.c_uint32)]
+
+
+class TermDst(ct.Structure):
+    _fields_ = [("addr", ct.c_ubyte * 16), ("port", ct.c_uint16), ("pad", ct.c_uint16)]
 
 
 class TermRec(ct.Structure):
@@ -142,7 +173,7 @@ class TermRec(ct.Structure):
     ]
 
 
-assert ct.sizeof(TermRec) == 64 and ct.sizeof(TermVal) == 24  # _Static_assert in the C source
+assert ct.sizeof(TermRec) == 64 and ct.sizeof(TermVal) == 24 and ct.sizeof(TermDst) == 20  # C _Static_assert
 
 
 # --- the typed API ------------------------------------------------------------
@@ -208,6 +239,57 @@ class SocketRecord:
         return self.result == 0
 
 
+class SocketRecords(Sequence):
+    """Report.sockets: a read-only list of SocketRecord built lazily from
+    the raw records (netns ident, TermRec, result), each item on first access
+    and cached. Compares equal to a list with the same records."""
+
+    __slots__ = ("_raw", "_made")
+
+    def __init__(self, raw: Iterable = ()):
+        self._raw = list(raw)
+        self._made: list[SocketRecord | None] = [None] * len(self._raw)
+
+    def _append_raw(self, ident: str, rec: "TermRec", result: int | None) -> None:
+        self._raw.append((ident, rec, result))
+        self._made.append(None)
+
+    def _item(self, i: int) -> SocketRecord:
+        s = self._made[i]
+        if s is None:
+            s = self._made[i] = Terminator._record(*self._raw[i])
+        return s
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self._raw)))]
+        if i < 0:
+            i += len(self._raw)
+        if not 0 <= i < len(self._raw):
+            raise IndexError("socket record index out of range")
+        return self._item(i)
+
+    def __iter__(self):
+        for i in range(len(self._raw)):
+            yield self._item(i)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (SocketRecords, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # mutable, like a list
+
+    def __repr__(self) -> str:
+        n = len(self._raw)
+        shown = self[:5]
+        more = f", ... {n - 5} more" if n > 5 else ""
+        return f"[{', '.join(map(repr, shown))}{more}]"
+
+
 @dataclass
 class Report:
     method: str                 # "kfunc" | "netlink" | "none" (dry run, counting)
@@ -219,9 +301,11 @@ class Report:
     duration: float = 0.0       # seconds: scan + destroy over every namespace
     netns_scanned: int = 0
     per_netns: dict[str, "NetnsCount"] = field(default_factory=dict)
-    sockets: list[SocketRecord] = field(default_factory=list)
+    # the sockets found (at most run(max_records=...)); a lazily built sequence
+    sockets: Sequence[SocketRecord] = field(default_factory=SocketRecords, repr=False)
     errors: list[str] = field(default_factory=list)  # namespaces that could not be scanned
     unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
+    passes: int = 0             # iterator passes (tcp + udp) over all namespaces
 
     def summary(self) -> str:
         what = "found" if self.dry_run else f"destroyed {self.destroyed}/"
@@ -273,16 +357,24 @@ class _Object(bpfobj.IterObject):
         try:
             self.targets = kernel.BpfMap(self.map_fd("targets"), TermKey, TermVal, "targets")
             self.cfg = kernel.BpfMap(self.map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
+            self.dsts = kernel.BpfMap(self.map_fd("dsts"), TermDst, ct.c_uint8, "dsts")
         except Exception:
             self.close()
             raise
 
-    def set_targets(self, targets: Iterable[Target], mode: _Mode) -> None:
+    def set_targets(self, targets: Iterable[Target], mode: _Mode,
+                    dsts: Iterable[TermDst] | None = None) -> None:
+        """Targets, mode and the prefilter (None: off) of the next passes."""
         for k in list(self.targets.keys()):
             self.targets.delete(k)
         for t in targets:
             self.targets.update(TermKey(t.frontend_id, t.backend_id), TermVal())
-        self.cfg.update(ct.c_uint32(0), TermCfg(int(mode)))
+        for k in list(self.dsts.keys()):
+            self.dsts.delete(k)
+        if dsts is not None:
+            for d in dsts:
+                self.dsts.update(d, ct.c_uint8(1))
+        self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), 0 if dsts is None else F_DSTS))
 
     def target_counts(self) -> dict[Target, TermVal]:
         return {Target(k.frontend_id, k.backend_id): v for k, v in self.targets.items()}
@@ -393,12 +485,66 @@ def _addr(words) -> str:
     return layout.unpack_addr(words)
 
 
+def _target_of(kind: int, frontend_id: int, backend_id: int) -> Target:
+    if kind == 2:
+        return Target(0, backend_id)
+    if kind == 3:
+        return Target(frontend_id, 0)
+    return Target(frontend_id, backend_id)
+
+
 def _rec_target(r: TermRec) -> Target:
-    if r.target_kind == 2:
-        return Target(0, r.backend_id)
-    if r.target_kind == 3:
-        return Target(r.frontend_id, 0)
-    return Target(r.frontend_id, r.backend_id)
+    return _target_of(r.target_kind, r.frontend_id, r.backend_id)
+
+
+def dst_key(addr, port: int) -> TermDst:
+    """The `dsts` key of a backend: addr a string, an ipaddress object or
+    16 raw bytes (network order, IPv4 v4-mapped); port in host order."""
+    if isinstance(addr, (bytes, bytearray)):
+        if len(addr) == 4:
+            raw = bytes(10) + b"\xff\xff" + bytes(addr)
+        elif len(addr) == 16:
+            raw = bytes(addr)
+        else:
+            raise ValueError(f"address of {len(addr)} bytes")
+    else:
+        ip = addr if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)) \
+            else ipaddress.ip_address(str(addr).strip("[]"))
+        raw = bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed
+    port = int(port)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    k = TermDst()
+    ct.memmove(k.addr, raw, 16)
+    k.port = socket.htons(port)
+    return k
+
+
+def resume_fixed(proto: str) -> bool:
+    """Whether this kernel's bpf_iter_<proto> resumes a bucket by socket
+    cookie (so destroying sockets under it skips none): the function the fix
+    introduced is in the kernel's BTF or /proc/kallsyms. Not found (e.g. an
+    inlined bpf_iter_udp_resume) only costs further passes of that iterator
+    after a pass that destroyed something."""
+    if proto in _resume_cache:
+        return _resume_cache[proto]
+    name = RESUME_FUNCS[proto]
+    found = False
+    try:
+        found = btf_has_func(name)
+    except TerminationError:
+        pass
+    if not found:
+        try:
+            with open("/proc/kallsyms") as f:
+                found = any(line.rstrip().split(" ")[-1] == name for line in f if name in line)
+        except OSError:
+            pass
+    _resume_cache[proto] = found
+    return found
+
+
+_resume_cache: dict[str, bool] = {}
 
 
 def _parse(data: bytes) -> list[TermRec]:
@@ -494,18 +640,43 @@ class Terminator:
             out.append(Netns(f"net:[{st.st_ino}]", p, fd))
         return out
 
-    def run(self, targets: Iterable[Target], dry_run: bool = False) -> Report:
+    def run(self, targets: Iterable[Target], dry_run: bool = False,
+            dsts: Iterable[tuple] | None = None, max_records: int | None = None) -> Report:
         """Destroy (or with dry_run only list) the sockets of flows matching
-        any target, in every network namespace."""
-        return self._run(list(targets), _Mode.DRY_RUN if dry_run else _Mode.DESTROY)
+        any target, in every network namespace.
 
-    def count(self, targets: Iterable[Target]) -> Report:
+        dsts:        None, or the backends the targets point at, as (address,
+                     port) pairs (see dst_key): sockets connected elsewhere
+                     are skipped before their flow record is read. Must cover
+                     every backend of the targets.
+        max_records: keep at most this many socket records in the report
+                     (None: all); found/destroyed/failed/per_target count all.
+        """
+        return self._run(list(targets), _Mode.DRY_RUN if dry_run else _Mode.DESTROY, dsts, max_records)
+
+    def count(self, targets: Iterable[Target], dsts: Iterable[tuple] | None = None) -> Report:
         """Stats mode: per-target counts of matching sockets, no records, nothing destroyed."""
-        return self._run(list(targets), _Mode.STATS)
+        return self._run(list(targets), _Mode.STATS, dsts, None)
 
-    def _run(self, targets: list[Target], mode: _Mode) -> Report:
+    def _passes(self, mode: _Mode) -> dict[str, int]:
+        """Iterator passes per namespace and protocol: 1, or MAX_PASSES when
+        destroying on a kernel whose iterator can skip a socket after one
+        was destroyed under it (further passes stop once one destroys nothing)."""
+        if mode is not _Mode.DESTROY:
+            return {"tcp": 1, "udp": 1}
+        return {p: 1 if resume_fixed(p) else MAX_PASSES for p in ("tcp", "udp")}
+
+    def _run(self, targets: list[Target], mode: _Mode, dsts: Iterable[tuple] | None,
+             max_records: int | None) -> Report:
         if not targets:
             raise ValueError("no targets")
+        dst_keys = None
+        if dsts is not None:
+            dst_keys = list({bytes(k): k for k in (dst_key(a, p) for a, p in dsts)}.values())
+            if len(dst_keys) > DSTS_MAX:
+                raise ValueError(f"{len(dst_keys)} destinations, at most {DSTS_MAX}")
+        if max_records is not None and max_records < 0:
+            raise ValueError("max_records < 0")
         with self._lock:
             obj = self._obj
             if obj is None:
@@ -516,44 +687,73 @@ class Terminator:
             rep = Report(method="none" if mode is not _Mode.DESTROY else self.method.value,
                          dry_run=mode is not _Mode.DESTROY)
             t0 = time.monotonic()
-            obj.set_targets(targets, bpf_mode)
+            obj.set_targets(targets, bpf_mode, dst_keys)
+            passes = self._passes(mode)
             nss = self._namespaces(rep.unreachable)
             try:
                 def scan(ns: Netns):
                     t = time.monotonic()
-                    seen: dict[int, tuple[TermRec, int]] = {}  # cookie -> (record, result)
-                    for _ in range(MAX_PASSES if mode is _Mode.DESTROY else 1):
-                        found = _parse(obj.read_iter("tcp") + obj.read_iter("udp"))
-                        if via_netlink and found:
-                            results = _netlink_destroy(found)
-                        else:
-                            results = [r.result for r in found]
-                        for r, res in zip(found, results):
-                            if seen.get(r.cookie, (None, -1))[1] != 0:
-                                seen[r.cookie] = (r, res)
-                        # Destroying unhashes sockets under the iterator, which
-                        # resumes a bucket by offset after its output buffer
-                        # filled, and so can skip one: go again while a pass
-                        # destroys something.
-                        if 0 not in results:
-                            break
-                    return list(seen.values()), time.monotonic() - t
+                    out: list[tuple[TermRec, int]] = []
+                    n = 0
+                    for proto in ("tcp", "udp"):
+                        seen: dict[int, int] | None = None  # cookie -> index in out (multi-pass)
+                        for i in range(passes[proto]):
+                            found = _parse(obj.read_iter(proto))
+                            n += 1
+                            if via_netlink and found:
+                                results = _netlink_destroy(found)
+                            else:
+                                results = [r.result for r in found]
+                            if passes[proto] == 1:
+                                out += zip(found, results)
+                                break
+                            if seen is None:
+                                seen = {}
+                            for r, res in zip(found, results):
+                                j = seen.get(r.cookie)
+                                if j is None:
+                                    seen[r.cookie] = len(out)
+                                    out.append((r, res))
+                                elif out[j][1] != 0:
+                                    out[j] = (r, res)
+                            # Without the resume fix, destroying unhashes
+                            # sockets under the iterator, which resumes a
+                            # bucket by offset and so can skip one: go again
+                            # while a pass destroys something.
+                            if 0 not in results:
+                                break
+                    return out, time.monotonic() - t, n
 
                 out = in_each_netns(nss, scan)
             finally:
                 close_netns(nss)
             rep.duration = time.monotonic() - t0
+            socks = rep.sockets
+            room = len(socks) if max_records is None else max_records
+            counts: dict[tuple[int, int, int], list[int]] = {}  # (kind, fe, be) -> found, destroyed, failed
             for ns, res, err in out:
                 if err is not None:
                     rep.errors.append(f"{ns.ident} ({ns.path}): {err}")
                     continue
                 rep.netns_scanned += 1
-                recs, seconds = res
+                recs, seconds, npasses = res
+                rep.passes += npasses
                 nc = rep.per_netns[ns.ident] = NetnsCount(ns.path, seconds=seconds)
                 for r, result in recs:
-                    rep.sockets.append(self._record(ns, r, None if result == NOT_TRIED else result))
+                    result = None if result == NOT_TRIED else result
+                    if max_records is None or room > 0:
+                        socks._append_raw(ns.ident, r, result)
+                        room -= 1
                     nc.found += 1
                     nc.destroyed += result == 0
+                    c = counts.get((r.target_kind, r.frontend_id, r.backend_id))
+                    if c is None:
+                        c = counts[(r.target_kind, r.frontend_id, r.backend_id)] = [0, 0, 0]
+                    c[0] += 1
+                    if result == 0:
+                        c[1] += 1
+                    elif result is not None:
+                        c[2] += 1
             if mode is _Mode.STATS:
                 for t, v in obj.target_counts().items():
                     rep.per_target[t] = TargetCount(found=v.matched)
@@ -561,23 +761,22 @@ class Terminator:
             else:
                 for t in targets:
                     rep.per_target[t] = TargetCount()
-                for s in rep.sockets:
-                    c = rep.per_target.setdefault(s.target, TargetCount())
-                    c.found += 1
-                    if s.result == 0:
-                        c.destroyed += 1
-                    elif s.result is not None:
-                        c.failed += 1
-                rep.found = len(rep.sockets)
+                for (kind, fe, be), (f, d, fl) in counts.items():
+                    tc = rep.per_target.setdefault(_target_of(kind, fe, be), TargetCount())
+                    tc.found += f
+                    tc.destroyed += d
+                    tc.failed += fl
+                rep.found = sum(c.found for c in rep.per_target.values())
                 rep.destroyed = sum(c.destroyed for c in rep.per_target.values())
                 rep.failed = sum(c.failed for c in rep.per_target.values())
             log.info("socket termination: %s", rep.summary())
             return rep
 
     @staticmethod
-    def _record(ns: Netns, r: TermRec, result: int | None) -> SocketRecord:
+    def _record(netns: str, r: TermRec, result: int | None) -> SocketRecord:
+        """netns: the namespace's ident ("net:[<inode>]")."""
         return SocketRecord(
-            netns=ns.ident, cookie=r.cookie, family=r.family,
+            netns=netns, cookie=r.cookie, family=r.family,
             proto={socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}.get(r.proto, str(r.proto)),
             state=r.state, src=_addr(r.src), sport=socket.ntohs(r.sport), dst=_addr(r.dst),
             dport=socket.ntohs(r.dport), frontend_id=r.frontend_id, backend_id=r.backend_id,

@@ -199,7 +199,7 @@ class Scenario:
             backends(b.label, b.addr, b.port, b.proto, netns)
         self.tport = free_port(VIP)
         self.uport = free_port(VIP, socket.SOCK_DGRAM)
-        self.tA, self.uA = tA, uA
+        self.tA, self.uA, self.tB = tA, uA, tB
         self.agent = agent(node_state(1,
                                       service("web", [frontend(VIP, self.tport)], [backend(tA), backend(tB)]),
                                       service("dns", [frontend(VIP, self.uport, "udp")], [backend(uA), backend(uB)])))
@@ -404,6 +404,66 @@ def test_dry_run_frontend_and_count(scenario, monkeypatch, tmp_path):
             rep = t.run(s.targets_a(), dry_run=True)
             assert rep.found == len(want) and rep.destroyed == 0
     s.check_all_alive()
+
+
+def test_dsts_prefilter_and_lazy_records(scenario):
+    """run(dsts=...) only looks at sockets connected to the listed backends
+    (a target's socket whose backend is not listed is not touched);
+    max_records caps the records, not the counts; Report.sockets is a lazy
+    list-like sequence."""
+    s = scenario
+    term = _terminate()
+    want = s.lb_to_a()
+    cookies = s.cookies(want)
+    both = [(ADDR_A, s.tA.port), (ADDR_A, s.uA.port)]
+    with term.Terminator(s.agent.pin_dir) as t:
+        full = t.run(s.targets_a(), dry_run=True, dsts=both)
+        assert {r.cookie for r in full.sockets} == cookies and full.found == len(want), full
+        # v4-mapped spelling, raw bytes, a backend not involved: same result
+        alt = t.run(s.targets_a(), dry_run=True,
+                    dsts=[("::ffff:" + ADDR_A, s.tA.port), (socket.inet_aton(ADDR_A), s.uA.port),
+                          (ADDR_B, s.tB.port)])
+        assert {r.cookie for r in alt.sockets} == cookies, alt
+        if s.tA.port != s.uA.port:
+            # only the TCP backend listed: the UDP flows to A are skipped
+            tcp = t.run(s.targets_a(), dry_run=True, dsts=both[:1])
+            assert tcp.found > 0 and {r.proto for r in tcp.sockets} == {"tcp"}, tcp
+            assert tcp.found == sum(1 for r in full.sockets if r.proto == "tcp")
+        assert t.run(s.targets_a(), dry_run=True, dsts=[]).found == 0
+        assert t.count(s.targets_a(), dsts=both).found == len(want)
+        assert t.count(s.targets_a(), dsts=[(ADDR_B, s.tB.port)]).found == 0
+        # no hint again: every socket looked up
+        assert t.run(s.targets_a(), dry_run=True).found == len(want)
+        # records capped, counts not; the sequence behaves like a list
+        one = t.run(s.targets_a(), dry_run=True, max_records=1)
+        assert one.found == len(want) and len(one.sockets) == 1, one
+        assert one.sockets[0].cookie in cookies and one.sockets[-1] == one.sockets[0]
+        assert one.sockets[:100] == list(one.sockets) == [one.sockets[0]]
+        assert full.sockets[:1] == [full.sockets[0]] and len(full.sockets[:1000]) == len(want)
+        with pytest.raises(ValueError):
+            t.run(s.targets_a(), dsts=[(ADDR_A, 0)])
+        s.check_all_alive()
+        rep = t.run(s.targets_a(), dsts=both)
+        assert {r.cookie for r in rep.sockets} == cookies and rep.destroyed == len(want), rep
+        assert rep.passes >= 2 * rep.netns_scanned
+        if term.resume_fixed("tcp") and term.resume_fixed("udp"):
+            assert rep.passes == 2 * rep.netns_scanned, rep.passes
+        s.check_a_dead_rest_alive()
+
+
+def test_rescan_without_resume_fix(scenario, monkeypatch):
+    """On a kernel without the iterator's resume-by-cookie fix, a namespace
+    is walked again after a pass that destroyed something; the report lists
+    each socket once."""
+    s = scenario
+    term = _terminate()
+    monkeypatch.setattr(term, "resume_fixed", lambda proto: False)
+    want = s.lb_to_a()
+    with term.Terminator(s.agent.pin_dir) as t:
+        rep = t.run(s.targets_a())
+    assert rep.destroyed == rep.found == len(want) == len({r.cookie for r in rep.sockets}), rep
+    assert rep.passes > 2 * rep.netns_scanned, rep.passes
+    s.check_a_dead_rest_alive()
 
 
 VIP6 = "fd00:96::20"  # not loopback: only used from inside the test namespace
