@@ -5,7 +5,7 @@ equivalent filter, measured in the same run.
 
     .venv/bin/python -m bench.termination [--sizes 1000,10000,100000]
         [--rounds 7] [--large-rounds 5] [--netns 100] [--netns-sockets 1000,10000]
-        [--methods kfunc,netlink,ss,kfunc-all,kfunc-pass] [--no-doc]
+        [--methods kfunc,kfunc-dsts,netlink,ss,kfunc-all,kfunc-all-dsts,kfunc-pass] [--no-doc]
 
 Host phase, loopback in the root namespace: a VIP 127.96.61.10:80 with 10
 backends 127.61.0.1..10:PORT (accept-and-hold server processes, one per
@@ -22,10 +22,19 @@ destroys those victims with every method in turn (order rotated per round):
   kfunc-all  Terminator(method="kfunc") with no netns list: the agent's
              default, every namespace on the node, found through /proc and
              /run/netns (so it includes finding them)
+  kfunc-dsts     kfunc with the destination hint the agent passes:
+                 .run([Target.backend(id)], dsts=[("127.61.0.1", PORT)])
+  kfunc-all-dsts kfunc-all with that hint: what the agent runs
   kfunc-pass the floor under "kfunc": its loaded iter/tcp and iter/udp
              programs read once in DESTROY mode, records parsed, nothing else
              (no further pass, no report; uses Terminator internals, left out
              with a message if they changed)
+
+Every Terminator measurement also reads rep.sockets[:100] (what the agent's
+report keeps; the records are built lazily). After each host size, the walk
+floor: Terminator.count() with a hint no socket matches (one iter/tcp+udp
+walk, a few loads and a hash lookup per socket) and count() without a hint
+(a storage lookup per socket), medians of 5.
 
 Terminator objects are created once (program load timed apart); each
 measurement times .run() alone. After each method the benchmark checks that
@@ -100,10 +109,14 @@ CLIENT_MAX = 14000              # connections per client process (hard NOFILE li
 SERVER_MAX = 14000              # held connections per server process
 TARGET_RATIO = 3.0              # issue: kfunc at least 3x faster than ss -K at 100k
 
-HOST_METHODS = ("kfunc", "netlink", "ss", "kfunc-all", "kfunc-pass")
-NETNS_METHODS = ("kfunc", "netlink", "kfunc-all", "ss-exec", "ss-N")
+HOST_METHODS = ("kfunc", "kfunc-dsts", "netlink", "ss", "kfunc-all", "kfunc-all-dsts", "kfunc-pass")
+NETNS_METHODS = ("kfunc", "kfunc-dsts", "netlink", "kfunc-all", "kfunc-all-dsts", "ss-exec", "ss-N")
+TERM_METHODS = ("kfunc", "kfunc-dsts", "netlink", "kfunc-all", "kfunc-all-dsts")
+REPORTED = 100                  # records the agent's report keeps (terminations.MAX_REPORTED_SOCKETS)
 LABEL = {
     "kfunc": "Terminator kfunc",
+    "kfunc-dsts": "Terminator kfunc + dsts hint",
+    "kfunc-all-dsts": "Terminator kfunc + dsts hint, every netns (discovered)",
     "netlink": "Terminator netlink",
     "kfunc-all": "Terminator kfunc, every netns (discovered)",
     "kfunc-pass": "one iter/tcp+udp destroy pass alone (floor)",
@@ -657,18 +670,25 @@ class Bench:
             log(f"Terminator {key}: method {t.method.value}, loaded in {t.load_seconds * 1000:.0f} ms")
         return self.terminators[key]
 
+    def term_for(self, key: str, method: str, netns: list[str] | None):
+        """The Terminator of a method, and the dsts hint it runs with."""
+        every = method.startswith("kfunc-all")
+        t = self.terminator(key, "netlink" if method == "netlink" else "kfunc", None if every else netns)
+        dsts = [(BACKENDS[VICTIM], self.lab.port)] if method.endswith("-dsts") else None
+        return t, dsts
+
     def run_method(self, phase: Phase, method: str, netns: list[str] | None, key: str) -> tuple[float, int, str]:
         """Destroy the victims once; (seconds, destroyed, note)."""
         port = self.lab.port
         filt = ["dst", f"{BACKENDS[VICTIM]}:{port}"]
         if method == "kfunc-pass":
             return self.one_pass(phase, key)
-        if method in ("kfunc", "netlink", "kfunc-all"):
-            t = self.terminator(key, "kfunc" if method == "kfunc-all" else method,
-                                None if method == "kfunc-all" else netns)
+        if method in TERM_METHODS:
+            t, dsts = self.term_for(key, method, netns)
             target = [self.Target.backend(self.lab.agent.victim_id)]
             t0 = time.perf_counter()
-            rep = t.run(target)
+            rep = t.run(target, dsts=dsts)
+            rep.sockets[:REPORTED]  # what the agent's report keeps
             dt_ = time.perf_counter() - t0
             if rep.errors or rep.failed:
                 raise RuntimeError(f"{method}: {rep.failed} failed, errors {rep.errors}")
@@ -736,10 +756,9 @@ class Bench:
         for m in methods:
             if m == "kfunc-pass":
                 continue
-            if m in ("kfunc", "netlink", "kfunc-all"):
-                t = self.terminator(f"{key}:{m}", "kfunc" if m == "kfunc-all" else m,
-                                    None if m == "kfunc-all" else netns)
-                rep = t.count([self.Target.backend(self.lab.agent.victim_id)])
+            if m in TERM_METHODS:
+                t, dsts = self.term_for(f"{key}:{m}", m, netns)
+                rep = t.count([self.Target.backend(self.lab.agent.victim_id)], dsts=dsts)
                 if rep.found != phase.victims:
                     raise RuntimeError(f"{m}: counted {rep.found} victims, expected {phase.victims}")
             else:
@@ -754,7 +773,7 @@ class Bench:
         if self.missing:
             return out
         for m in methods:
-            if m not in ("kfunc", "netlink", "kfunc-all"):
+            if m not in TERM_METHODS:
                 continue
             with instrumented() as p:
                 secs, destroyed, _ = self.run_method(phase, m, netns, f"{key}:{m}")
@@ -781,6 +800,26 @@ class Bench:
                 netns=nns, later_found=later_found))
         return out
 
+    def walk_floor(self, netns: list[str], key: str, n: int = 5) -> dict[str, float]:
+        """Medians of count() (STATS mode, one iter/tcp+udp pass, nothing
+        destroyed): with a hint no socket matches (the kernel walk plus a few
+        loads and a hash lookup per socket), with the victims' backend as
+        hint (plus a storage lookup per victim: a destroying run minus this
+        is the cost of the destroys) and without a hint (a storage lookup
+        per socket)."""
+        t = self.terminator(f"{key}:kfunc", "kfunc", netns)
+        target = [self.Target.backend(self.lab.agent.victim_id)]
+        out = {}
+        for name, dsts in (("nomatch", [("127.61.0.254", 1)]), ("hint", [(BACKENDS[VICTIM], self.lab.port)]),
+                           ("nohint", None)):
+            xs = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                t.count(target, dsts=dsts)
+                xs.append(time.perf_counter() - t0)
+            out[name] = median(xs)
+        return out
+
 
 # --- the run --------------------------------------------------------------------------------------------------
 
@@ -790,7 +829,7 @@ def host_phase(lab: Lab, bench: Bench, args) -> tuple[dict, dict, dict]:
     servers = [lab.servers([[None, a, lab.port, i]], f"server{i}") for i, a in enumerate(BACKENDS)]
     clients = lab.clients(nclients, [], "client")
     phase = Phase(lab, "host", clients, servers, [[-1]] * nclients, {})
-    results, breakdowns, tables = {}, {}, {}
+    results, breakdowns, tables, floors = {}, {}, {}, {}
     host_ns = [f"/proc/{os.getpid()}/ns/net"]
     for size in sizes:
         victims = size // 10
@@ -804,9 +843,11 @@ def host_phase(lab: Lab, bench: Bench, args) -> tuple[dict, dict, dict]:
         phase.name = f"host {size}"
         results[size] = bench.measure(phase, args.methods, rounds, host_ns, "host", host_ss=True)
         breakdowns[size] = bench.breakdown(phase, args.methods, host_ns, "host", host_ss=True)
+        floors[size] = bench.walk_floor(host_ns, "host")
+        log(f"walk floor at {size}: " + ", ".join(f"{k} {ms(v)} ms" for k, v in floors[size].items()))
         print_results(f"host, {size} client sockets ({victims} victims)", results[size], "ss")
     phase.stop()
-    return results, breakdowns, tables
+    return results, breakdowns, tables, floors
 
 
 def count_tables() -> dict:
@@ -914,12 +955,12 @@ def headline(res: dict[str, Result], where: str, target: float | None) -> list[s
     if not base_m:
         return []
     out = []
-    for m in ("kfunc", "netlink", "kfunc-all", "kfunc-pass"):
+    for m in ("kfunc", "kfunc-dsts", "netlink", "kfunc-all", "kfunc-all-dsts", "kfunc-pass"):
         if m not in res:
             continue
         t = median(res[m].seconds)
         line = f"- {where}: {LABEL[m]} {ms(t)} ms vs {LABEL[base_m]} {ms(base)} ms: **{base / t:.2f}x**"
-        if m == "kfunc" and target:
+        if m in ("kfunc", "kfunc-dsts", "kfunc-all-dsts") and target:
             line += f" — target ≥ {target:.0f}x: **{'met' if base / t >= target else 'not met'}**"
         out.append(line)
     return out
@@ -963,21 +1004,30 @@ def render_doc(args, host, netns_res, loads, started, load_before, elapsed) -> s
              f"- Program load (excluded from the times; built object cached): "
              + ", ".join(f"{m} {s * 1000:.0f} ms" for m, s in loads.items()), ""]
     if host:
-        res, bds, tables = host
+        res, bds, tables, floors = host
         lines += ["### Host network namespace (loopback)", ""]
         lines += results_table([(f"{s:,}", res[s], s, s // 10) for s in sorted(res)])
         lines += [""]
         big = max(res)
         lines += headline(res[big], f"{big:,} sockets", TARGET_RATIO)
         bd = {b.method: b for b in bds.get(big, [])}
-        if "kfunc" in bd:
-            b = bd["kfunc"]
-            lines += [f"- Where the kfunc Terminator's time goes at {big:,} sockets (instrumented run, "
-                      f"{ms(b.total)} ms): the destroying iter/tcp pass {ms(b.first_tcp)} ms, a further pass "
-                      f"that finds nothing but walks the whole table again {ms(b.later_tcp)} ms "
-                      f"({b.later_tcp / b.total:.0%}), building a SocketRecord per destroyed socket "
-                      f"{ms(b.record)} ms ({b.record / b.total:.0%}), parsing {ms(b.parse)} ms, the rest "
-                      f"{ms(b.other)} ms"]
+        for m in ("kfunc", "kfunc-dsts"):
+            if m not in bd:
+                continue
+            b = bd[m]
+            lines += [f"- Where the {LABEL[m]}'s time goes at {big:,} sockets (instrumented run, "
+                      f"{ms(b.total)} ms): iter/tcp passes {b.passes} ({ms(b.first_tcp)} ms destroying"
+                      + (f", {ms(b.later_tcp)} ms further" if b.passes > b.netns else "")
+                      + f"), iter/udp {ms(b.udp)} ms, SocketRecords for the {REPORTED} reported "
+                      f"{ms(b.record)} ms, parsing {ms(b.parse)} ms, the rest {ms(b.other)} ms"]
+        if floors:
+            tcp = {z: t["tcp"] for z, t in tables.items()}
+            lines += ["- Walk floor (one `count()`: iter/tcp + iter/udp, nothing destroyed, no records; "
+                      "median of 5): " + "; ".join(
+                          f"{z:,} sockets ({tcp.get(z, 0):,} TCP in the table): hint matching nothing "
+                          f"{ms(f['nomatch'])} ms ({f['nomatch'] / max(tcp.get(z, 1), 1) * 1e9:.0f} ns per "
+                          f"socket), hint matching the victims {ms(f['hint'])} ms, no hint {ms(f['nohint'])} ms"
+                          for z, f in sorted(floors.items()))]
         floor = [n for z in res if "kfunc-pass" in res[z] for n in res[z]["kfunc-pass"].extra if "left" in n]
         runs = sum(len(res[z]["kfunc-pass"].extra) for z in res if "kfunc-pass" in res[z])
         if runs:
@@ -1022,11 +1072,17 @@ def render_doc(args, host, netns_res, loads, started, load_before, elapsed) -> s
               "- The floor row reads the kfunc Terminator's loaded iter/tcp and iter/udp programs once in "
               "DESTROY mode and parses the records (Terminator internals), nothing else: what a run with a "
               "single pass and no per-socket report would cost.",
-              f"- Further passes: the Terminator scans a namespace again while a pass destroyed something "
-              f"(a destroyed socket could make the iterator skip a neighbour). In this run's instrumented runs "
-              f"the further passes found {sum(b.later_found for b in all_bds)} sockets in all; this kernel "
-              f"{'has' if kernel_has('bpf_iter_tcp_resume') else 'does not have'} bpf_iter_tcp_resume "
-              f"(/proc/kallsyms), the iterator's resume by socket cookie.",
+              f"- Further passes: on a kernel whose iterator resumes a bucket by socket cookie "
+              f"(bpf_iter_tcp_resume / bpf_iter_udp_resume in BTF or /proc/kallsyms) the Terminator walks "
+              f"each namespace once; otherwise it scans again while a pass destroyed something. This kernel "
+              f"{'has' if kernel_has('bpf_iter_tcp_resume') else 'does not have'} bpf_iter_tcp_resume and "
+              f"{'has' if kernel_has('bpf_iter_udp_resume') else 'shows no'} bpf_iter_udp_resume (so iter/udp, "
+              f"cheap here, still gets a further pass after one that destroyed a UDP socket); in this run's "
+              f"instrumented runs further tcp passes found {sum(b.later_found for b in all_bds)} sockets.",
+              "- dsts hint: `run(targets, dsts=[(address, port)])` puts the targets' backends in a hash map "
+              "that the iterator checks against each socket's peer (direct loads from the socket) before "
+              "its flow-record lookup (`bpf_sk_storage_get`); the agent knows those addresses. Without the "
+              "hint every non-listening socket is looked up.",
               f"- net.ipv4.tcp_child_ehash_entries = {sysctl('net/ipv4/tcp_child_ehash_entries')} "
               f"(0: new namespaces share the host's TCP established hash, here "
               f"{sysctl('net/ipv4/tcp_ehash_entries')} buckets), so every per-namespace iterator pass or "

@@ -481,7 +481,13 @@ def netlink_probe() -> str | None:
 
 # --- the terminator --------------------------------------------------------------------------
 
+_V4MAPPED = bytes(10) + b"\xff\xff"
+
+
 def _addr(words) -> str:
+    raw = bytes(words)
+    if raw[:12] == _V4MAPPED:  # inet_ntop: several times cheaper than ipaddress
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
     return layout.unpack_addr(words)
 
 
