@@ -49,6 +49,10 @@ class Job:
     # W3C context of what caused the job (the node's apply span, the control
     # plane's command): the job's "terminate" span is its child.
     trace_context: dict | None = None
+    # Every backend (address, port) the targets can point at, or None when
+    # unknown: lets the iterators skip other sockets before reading their
+    # flow record (see Terminator.run).
+    dsts: tuple | None = None
 
 
 def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
@@ -72,8 +76,16 @@ def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, v
             continue
         per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
     names = {s.name for s in state.services}
-    return [Job(id=f"v{version}-{svc}", service=svc, trigger="backend-removed" if svc in names else "service-removed",
-                dry_run=False, targets=tuple(sorted(t)), names=t)
+
+    def dsts(t: dict) -> tuple | None:
+        # A whole frontend may still have flows to backends removed long ago
+        # (kept with keep_sockets): no prefilter then.
+        if any(bid == 0 for _, bid in t):
+            return None
+        return tuple(sorted(t.values()))
+    return [Job(id=f"v{version}-{svc}", service=svc,
+                trigger="backend-removed" if svc in names else "service-removed",
+                dry_run=False, targets=tuple(sorted(t)), names=t, dsts=dsts(t))
             for svc, t in sorted(per_service.items())]
 
 
@@ -106,7 +118,9 @@ def request_job(job_id: str, service: str, backends, dry_run: bool, programmed: 
         for (fid, bid), name in graveyard.of_service(service).items():
             if name in norm:
                 targets.setdefault((fid, bid), name)
-    return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets)
+    whole = any(bid == 0 for _, bid in targets)
+    dsts = None if whole else tuple(sorted(set(targets.values())))
+    return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets, dsts=dsts)
 
 
 class Graveyard:
@@ -232,7 +246,8 @@ class TerminationService:
                 report = to_report(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
             else:
                 try:
-                    rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run)
+                    rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run,
+                                dsts=job.dsts, max_records=None if job.dry_run else MAX_REPORTED_SOCKETS)
                     report = to_report(job, self.node, rep)
                     if not job.dry_run:
                         metrics.terminations.labels(job.trigger, rep.method).inc()
