@@ -202,7 +202,7 @@ class FakeTerminator:
 
     method = SimpleNamespace(value="kfunc")
 
-    def run(self, targets, dry_run=False):
+    def run(self, targets, dry_run=False, dsts=None, max_records=None):
         return SimpleNamespace(method="kfunc", found=len(targets), destroyed=len(targets), failed=0, duration=0.001,
                                netns_scanned=1, per_target={}, sockets=[], summary=lambda: "fake")
 
