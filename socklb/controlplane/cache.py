@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from socklb.v1 import api_pb2, node_pb2
+from socklb.v1 import api_pb2, node_pb2, types_pb2
 
 from . import compute
 
@@ -40,17 +40,27 @@ class SnapshotCache:
         self.services: dict[str, api_pb2.Service] = {}
         self._shared: dict[str, node_pb2.ServiceState] = {}
         self._local: dict[str, dict[str, node_pb2.ServiceState]] = {}
+        # Earliest drain deadline (seconds) of each service that has one: the
+        # leader's drain duty looks only at these, not at every service.
+        self.drain_deadlines: dict[str, float] = {}
 
     def load(self, services: Iterable[api_pb2.Service], revision: int) -> None:
         self.services.clear()
         self._shared.clear()
         self._local.clear()
+        self.drain_deadlines.clear()
         for svc in services:
             self._set(svc)
         self.revision = revision
 
     def _set(self, svc: api_pb2.Service) -> None:
         self.services[svc.name] = svc
+        deadlines = [b.drain_deadline.ToNanoseconds() / 1e9 for b in svc.backends
+                     if b.state == types_pb2.BACKEND_STATE_DRAINING and b.HasField("drain_deadline")]
+        if deadlines:
+            self.drain_deadlines[svc.name] = min(deadlines)
+        else:
+            self.drain_deadlines.pop(svc.name, None)
         shared = compute.shared_entry(svc)
         if shared is not None:
             self._shared[svc.name] = shared
@@ -84,6 +94,7 @@ class SnapshotCache:
             old_shared = self._shared.pop(name, None)
             self._local.pop(name, None)
             if svc is None:
+                self.drain_deadlines.pop(name, None)
                 if self.services.pop(name, None) is not None:
                     removed.append(name)
                 continue

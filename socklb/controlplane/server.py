@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 
 import grpc
@@ -228,7 +229,8 @@ class ControlPlane:
                     fence = leadership.fence()
                     gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
                                                    self.registry.stale_after)
-                    drained = await asyncio.to_thread(expire_drains, services, fence)
+                    due = [n for n, t in self.cache.drain_deadlines.items() if t <= time.time()]
+                    drained = await asyncio.to_thread(expire_drains, services, fence, due) if due else []
                     if gone or drained:
                         log.info("leader: nodes gone %s, drains expired in %s", gone, drained)
                 except StoreError as e:

@@ -6,7 +6,7 @@ Synchronous (store calls block); the gRPC layer runs these in threads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -253,11 +253,22 @@ def drain_backends(refs, deadline_seconds: int, now: float | None = None
     return mutate
 
 
-def expire_drains(services: ServiceStore, fence: Compare, now: float | None = None) -> list[str]:
-    """Leader duty: remove DRAINING backends whose deadline has passed."""
+def expire_drains(services: ServiceStore, fence: Compare, names: Iterable[str] | None = None,
+                  now: float | None = None) -> list[str]:
+    """Leader duty: remove DRAINING backends whose deadline has passed, in
+    the services named (those with a due deadline), or in every service."""
     now = now if now is not None else time.time()
     done = []
-    for svc in services.list()[0]:
+    if names is None:
+        candidates = services.list()[0]
+    else:
+        candidates = []
+        for name in names:
+            try:
+                candidates.append(services.get(name))
+            except NotFound:
+                continue
+    for svc in candidates:
         expired = [types_pb2.Backend(address=b.address, port=b.port) for b in svc.backends
                    if b.state == types_pb2.BACKEND_STATE_DRAINING and b.HasField("drain_deadline")
                    and b.drain_deadline.ToNanoseconds() <= now * 1e9]
