@@ -12,7 +12,8 @@ from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
 from . import layout
-from .desired import FrontendTarget, InvalidState, Limits, frontend_targets, merge_delta
+from .desired import (FrontendTarget, InvalidState, Limits, check_capacity_delta, check_name, frontend_targets,
+                      service_targets, totals)
 from .loader import Datapath
 from .maps import MapStore
 from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
@@ -50,9 +51,16 @@ class Agent:
         self._lock = threading.Lock()
         self.store: MapStore | None = None
         self.programmed = Programmed()
-        # Services of the last applied state; None after a restart until a
-        # full state arrives (the maps hold addresses, not names and weights).
-        self.applied: node_pb2.NodeState | None = None
+        # Services of the last applied state by name; None after a restart
+        # until a full state arrives (the maps hold addresses, not names and
+        # weights). With them the targets, and which service owns which
+        # frontend, so that a delta is checked and planned for what it
+        # touches only.
+        self.services: dict[str, node_pb2.ServiceState] | None = None
+        self.targets: dict = {}
+        self.keys_of: dict[str, tuple] = {}
+        self._totals = (0, 0)
+        self._pending_totals = (0, 0)
         self.applied_version = 0
 
     def start(self) -> None:
@@ -71,11 +79,17 @@ class Agent:
         log.info("programmed state read back: %d frontends, %d backends, version %d",
                  len(self.programmed.frontends), len(self.programmed.backends), self.applied_version)
 
+    @property
+    def applied(self) -> node_pb2.NodeState | None:
+        """The last applied state, or None when the node holds no full state."""
+        return self.state() if self.services is not None else None
+
     def state(self) -> node_pb2.NodeState:
         with self._lock:
-            if self.applied is not None:
-                return node_pb2.NodeState.FromString(self.applied.SerializeToString())
-            return node_pb2.NodeState(version=self.applied_version)
+            out = node_pb2.NodeState(version=self.applied_version)
+            for name in sorted(self.services or {}):
+                out.services.append(self.services[name])
+            return out
 
     def apply(self, state: node_pb2.NodeState) -> ApplyResult:
         """Validate, plan and write; on any error the maps are as before."""
@@ -83,7 +97,16 @@ class Agent:
             start = time.monotonic()
             targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
             with self._lock:
-                return self._apply_locked(state, targets, start)
+                plan = make_plan(self.programmed, targets)
+                result = self._execute(plan, state.version, state, start)
+                self.services = {s.name: s for s in state.services}
+                self.targets = targets
+                keys: dict[str, list] = {}
+                for k, t in targets.items():
+                    keys.setdefault(t.service, []).append(k)
+                self.keys_of = {n: tuple(v) for n, v in keys.items()}
+                self._totals = totals(targets.values())
+                return result
 
     def apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
         with _measured():
@@ -92,15 +115,62 @@ class Agent:
     def _apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
         start = time.monotonic()
         with self._lock:
-            if self.applied is None:
+            if self.services is None:
                 raise StateUnknown("this node has not received a full state since it started; "
                                    "send a full state")
-            merged = merge_delta(self.applied, delta)
-            targets = frontend_targets(merged, self.limits)
-            return self._apply_locked(merged, targets, start)
+            changed, new_targets = self._check_delta(delta)
+            old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
+            plan = make_plan(self.programmed, new_targets, only=old_keys | set(new_targets))
+            upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
+            result = self._execute(plan, delta.version, upserts, start)
+            for name in delta.removals:
+                self.services.pop(name, None)
+                self.keys_of.pop(name, None)
+            for k in old_keys:
+                self.targets.pop(k, None)
+            for svc in delta.upserts:
+                self.services[svc.name] = svc
+            keys: dict[str, list] = {}
+            for k, t in new_targets.items():
+                self.targets[k] = t
+                keys.setdefault(t.service, []).append(k)
+            for svc in delta.upserts:
+                self.keys_of[svc.name] = tuple(keys.get(svc.name, ()))
+            self._totals = self._pending_totals
+            return result
 
-    def _apply_locked(self, state, targets: dict, start: float) -> ApplyResult:
-        plan = make_plan(self.programmed, targets)
+    def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
+        """Validate a delta against the current state, touching nothing: the
+        changed service names and the targets of the upserted services."""
+        if delta.from_version != self.applied_version:
+            raise InvalidState("from_version", f"delta applies to version {delta.from_version}, "
+                               f"the node is at {self.applied_version}")
+        upserted: dict[str, int] = {}
+        for i, svc in enumerate(delta.upserts):
+            check_name(svc.name, f"upserts[{i}].name")
+            if svc.name in upserted:
+                raise InvalidState(f"upserts[{i}].name", f"{svc.name!r} appears twice")
+            upserted[svc.name] = i
+        both = set(delta.removals) & upserted.keys()
+        if both:
+            raise InvalidState("removals", f"{sorted(both)[0]!r} is both upserted and removed")
+        changed = set(delta.removals) | upserted.keys()
+        new_targets: dict = {}
+        for i, svc in enumerate(delta.upserts):
+            for t in service_targets(svc, f"upserts[{i}]", self.limits):
+                owner = new_targets[t.key].service if t.key in new_targets else None
+                if owner is None and t.key in self.targets and self.targets[t.key].service not in changed:
+                    owner = self.targets[t.key].service
+                if owner is not None:
+                    raise InvalidState(f"upserts[{i}].frontends", f"frontend {t.key} is already used by "
+                                                                  f"service {owner!r}")
+                new_targets[t.key] = t
+        old_keys = [k for name in changed for k in self.keys_of.get(name, ())]
+        self._pending_totals = check_capacity_delta(
+            self._totals, [self.targets[k] for k in old_keys if k in self.targets], new_targets.values(), self.limits)
+        return changed, new_targets
+
+    def _execute(self, plan, version: int, state, start: float) -> ApplyResult:
         if self.store is not None:
             try:
                 self.store.execute(plan)
@@ -108,22 +178,21 @@ class Agent:
                 log.exception("map update failed; restoring the previous state")
                 self._restore(self.programmed)
                 raise
-            self.store.meta_set(layout.Meta.VERSION, state.version)
+            self.store.meta_set(layout.Meta.VERSION, version)
         before, self.programmed = self.programmed, plan.result
         self._terminate_removed(before, plan, state)
-        self.applied = node_pb2.NodeState.FromString(state.SerializeToString())
-        self.applied_version = state.version
+        self.applied_version = version
         metrics.programmed.labels("frontends").set(len(self.programmed.frontends))
         metrics.programmed.labels("backends").set(len(self.programmed.backends))
         result = ApplyResult(
-            version=state.version,
+            version=version,
             frontends_written=plan.count(PutMaster),
             frontends_removed=plan.count(DeleteMaster),
             backends_written=plan.count(PutBackend),
             backends_removed=plan.count(DeleteBackend),
             duration=time.monotonic() - start,
         )
-        log.info("applied version %d: %s", state.version, result)
+        log.info("applied version %d: %s", version, result)
         return result
 
     def _terminate_removed(self, before: Programmed, plan, state) -> None:

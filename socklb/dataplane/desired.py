@@ -127,10 +127,7 @@ def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> di
     names: dict[str, int] = {}
     for si, svc in enumerate(state.services):
         sf = f"services[{si}]"
-        if not svc.name:
-            raise InvalidState(f"{sf}.name", "must not be empty")
-        if len(svc.name) > MAX_NAME:
-            raise InvalidState(f"{sf}.name", f"longer than {MAX_NAME} characters")
+        check_name(svc.name, f"{sf}.name")
         if svc.name in names:
             raise InvalidState(f"{sf}.name", f"{svc.name!r} is already services[{names[svc.name]}]")
         names[svc.name] = si
@@ -202,6 +199,34 @@ def service_targets(svc: node_pb2.ServiceState, sf: str, limits: Limits = Limits
 def _backend_name(b: BackendTarget) -> str:
     # Maglev keys: stable across nodes and processes.
     return f"{layout.unpack_addr(layout.pack_addr(b.addr))}:{b.port}"
+
+
+def check_name(name: str, field: str) -> None:
+    if not name:
+        raise InvalidState(field, "must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidState(field, f"longer than {MAX_NAME} characters")
+
+
+def totals(targets) -> tuple[int, int]:
+    """(backend entries, service entries) the targets take in the maps."""
+    targets = list(targets)
+    return sum(len(t.backends) for t in targets), sum(1 + len(t.table) for t in targets)
+
+
+def check_capacity_delta(current_totals: tuple[int, int], removed, added, limits: Limits) -> tuple[int, int]:
+    """check_capacity for current - removed + added, from the current totals
+    (so a delta costs what it touches); returns the new totals."""
+    rb, rs = totals(removed)
+    ab, as_ = totals(added)
+    backends, slots = current_totals[0] - rb + ab, current_totals[1] - rs + as_
+    if backends > limits.backends:
+        raise InvalidState("services", f"needs {backends} backend entries; the backends map holds "
+                           f"{limits.backends}")
+    if slots > limits.services:
+        raise InvalidState("services", f"needs {slots} service entries (frontends and selection slots); "
+                           f"the services map holds {limits.services}")
+    return backends, slots
 
 
 def check_capacity(targets, limits: Limits) -> None:

@@ -59,6 +59,7 @@ class MapStore:
             prog.backends[k.value] = ProgrammedBackend(
                 k.value, b.frontend_id, bytes(b.addr), layout.port_host(b.port), b.proto,
                 layout.BackendState(b.state))
+        prog.reindex()
         ids_fe = [f.id for f in prog.frontends.values()]
         ids_be = list(prog.backends)
         prog.next_frontend_id = max([self.meta_get(layout.Meta.NEXT_FRONTEND_ID), 1, *(i + 1 for i in ids_fe)])

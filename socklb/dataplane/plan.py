@@ -43,6 +43,18 @@ class Programmed:
     backends: dict[int, ProgrammedBackend] = field(default_factory=dict)
     next_frontend_id: int = 1
     next_backend_id: int = 1
+    # frontend id -> its backend ids (never mutated in place: plans share sets).
+    by_frontend: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.backends and not self.by_frontend:
+            self.reindex()
+
+    def reindex(self) -> None:
+        index: dict[int, set[int]] = {}
+        for b in self.backends.values():
+            index.setdefault(b.frontend_id, set()).add(b.id)
+        self.by_frontend = {k: frozenset(v) for k, v in index.items()}
 
 
 # --- operations, in execution order ---------------------------------------
@@ -92,37 +104,68 @@ class Plan:
         return sum(isinstance(o, kind) for o in self.ops)
 
 
-def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget]) -> Plan:
-    next_fe, next_be = current.next_frontend_id, current.next_backend_id
-    # Existing backend ids by identity, so unchanged backends keep their ids
-    # (and with them their flows' and affinity entries' meaning).
-    by_ident = {(b.frontend_id, b.addr, b.port): b for b in current.backends.values()}
+def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
+              only: set[FrontendKey] | None = None) -> Plan:
+    """Ops from `current` to `targets`.
+
+    only=None: `targets` is the whole desired state (frontends absent from it
+    are removed, stray backends too). Otherwise only the frontends in `only`
+    are looked at: those in `targets` are written, the others removed, and the
+    rest of `current` is carried over untouched, so a one-service delta costs
+    the same whatever the number of services.
+    """
+    full = only is None
+    if full:
+        keys = sorted(set(targets) | set(current.frontends))
+        result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
+    else:
+        keys = sorted(only)
+        result = Programmed(dict(current.frontends), dict(current.backends), current.next_frontend_id,
+                            current.next_backend_id, dict(current.by_frontend))
 
     put_backends: list[Op] = []
     put_slots: list[Op] = []
     put_masters: list[Op] = []
     del_slots: list[Op] = []
-    result = Programmed(next_frontend_id=next_fe, next_backend_id=next_be)
+    removed: list[Op] = []
+    gone_backends: set[int] = set()
 
-    for key in sorted(targets):
-        t = targets[key]
+    for key in keys:
+        t = targets.get(key)
         old = current.frontends.get(key)
+        old_ids = current.by_frontend.get(old.id, frozenset()) if old is not None else frozenset()
+        if t is None:
+            if old is None:
+                continue
+            removed.append(DeleteMaster(key))
+            removed.extend(DeleteSlot(key, i + 1) for i in range(len(old.slots)))
+            result.frontends.pop(key, None)
+            result.by_frontend.pop(old.id, None)
+            gone_backends |= old_ids
+            continue
         if old is not None:
             fe_id = old.id
         else:
-            fe_id, next_fe = next_fe, next_fe + 1
+            fe_id = result.next_frontend_id
+            result.next_frontend_id += 1
+        # Existing backend ids by identity, so unchanged backends keep their
+        # ids (and with them their flows' and affinity entries' meaning).
+        by_ident = {(current.backends[i].addr, current.backends[i].port): current.backends[i] for i in old_ids}
         ids = []
         for b in t.backends:
-            prev = by_ident.get((fe_id, b.addr, b.port))
+            prev = by_ident.get((b.addr, b.port))
             if prev is not None:
                 be_id = prev.id
             else:
-                be_id, next_be = next_be, next_be + 1
+                be_id = result.next_backend_id
+                result.next_backend_id += 1
             pb = ProgrammedBackend(be_id, fe_id, b.addr, b.port, key.proto, b.state)
             if prev != pb:
                 put_backends.append(PutBackend(pb))
             result.backends[be_id] = pb
             ids.append(be_id)
+        gone_backends |= old_ids - set(ids)
+        result.by_frontend[fe_id] = frozenset(ids)
         slots = tuple(ids[i] for i in t.table)
         old_slots = old.slots if old else ()
         for i, be_id in enumerate(slots):
@@ -135,14 +178,11 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget]) -
             del_slots.append(DeleteSlot(key, i + 1))
         result.frontends[key] = fe
 
-    removed: list[Op] = []
-    for key, old in sorted(current.frontends.items()):
-        if key in targets:
-            continue
-        removed.append(DeleteMaster(key))
-        removed.extend(DeleteSlot(key, i + 1) for i in range(len(old.slots)))
-    del_backends = [DeleteBackend(i) for i in sorted(current.backends) if i not in result.backends]
-
-    result.next_frontend_id, result.next_backend_id = next_fe, next_be
+    if full:
+        # Also backends no frontend owns (left by an interrupted update).
+        gone_backends = {i for i in current.backends if i not in result.backends}
+    for i in gone_backends:
+        result.backends.pop(i, None)
+    del_backends = [DeleteBackend(i) for i in sorted(gone_backends)]
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
     return Plan(ops, result)

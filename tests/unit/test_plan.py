@@ -109,3 +109,25 @@ def test_growing_and_shrinking_tables_stay_consistent():
         (fe,) = new.frontends.values()
         assert len(fe.slots) == n
         prog = new
+
+
+def test_partial_plans_equal_full_plans():
+    """A plan limited to the changed frontends writes the same ops and ends
+    in the same state as a full plan."""
+    many = "\n".join(f"""  - name: s{i}
+    frontends: [{{address: 127.96.1.{i}, port: 80}}]
+    backends: [{{address: 127.0.2.{i}, port: 1}}, {{address: 127.0.3.{i}, port: 1}}]""" for i in range(1, 30))
+    t1 = targets("{address: 127.0.0.2, port: 1}, {address: 127.0.0.3, port: 1}", extra=many)
+    _, p1 = apply(Programmed(), t1)
+    t2 = dict(targets("{address: 127.0.0.2, port: 1}, {address: 127.0.0.4, port: 1}", extra=many))
+    gone = next(k for k, v in t2.items() if v.service == "s7")
+    del t2[gone]
+    web = next(k for k, v in t2.items() if v.service == "web")
+    full = make_plan(p1, t2)
+    part = make_plan(p1, {web: t2[web]}, only={web, gone})
+    assert part.ops == full.ops
+    assert part.result.frontends == full.result.frontends and part.result.backends == full.result.backends
+    assert part.result.by_frontend == full.result.by_frontend
+    assert (part.result.next_frontend_id, part.result.next_backend_id) == \
+        (full.result.next_frontend_id, full.result.next_backend_id)
+    check_order(part, p1)
