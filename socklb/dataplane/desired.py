@@ -239,26 +239,3 @@ def check_capacity(targets, limits: Limits) -> None:
     if slots > limits.services:
         raise InvalidState("services", f"needs {slots} service entries (frontends and selection slots); "
                            f"the services map holds {limits.services}")
-
-
-def merge_delta(current: node_pb2.NodeState, delta: node_pb2.NodeStateDelta) -> node_pb2.NodeState:
-    """The full state a delta leads to. Services are replaced whole by name."""
-    if delta.from_version != current.version:
-        raise InvalidState("from_version", f"delta applies to version {delta.from_version}, "
-                           f"the node is at {current.version}")
-    upserts = {}
-    for i, svc in enumerate(delta.upserts):
-        if svc.name in upserts:
-            raise InvalidState(f"upserts[{i}].name", f"{svc.name!r} appears twice")
-        upserts[svc.name] = svc
-    removals = set(delta.removals)
-    both = removals & upserts.keys()
-    if both:
-        raise InvalidState("removals", f"{sorted(both)[0]!r} is both upserted and removed")
-    out = node_pb2.NodeState(version=delta.version)
-    for svc in current.services:
-        if svc.name in removals:
-            continue
-        out.services.append(upserts.pop(svc.name, svc))
-    out.services.extend(upserts.values())
-    return out

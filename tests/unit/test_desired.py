@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from socklb.dataplane import layout
-from socklb.dataplane.desired import InvalidState, Limits, frontend_targets, merge_delta
+from socklb.dataplane.desired import InvalidState, Limits, frontend_targets
 from socklb.dataplane.statefile import parse_state
 from socklb.v1 import node_pb2
 
@@ -102,14 +102,3 @@ def test_capacity_is_checked_before_anything_is_written():
     assert e.value.field == "services"
     with pytest.raises(InvalidState, match="services map holds 5"):
         frontend_targets(state(text), Limits(services=5))
-
-
-def test_merge_delta_replaces_by_name():
-    cur = state(GOOD)
-    delta = node_pb2.NodeStateDelta(from_version=7, version=8, removals=["dns"])
-    delta.upserts.add(name="new")
-    out = merge_delta(cur, delta)
-    assert out.version == 8 and [s.name for s in out.services] == ["web", "new"]
-    with pytest.raises(InvalidState) as e:
-        merge_delta(cur, node_pb2.NodeStateDelta(from_version=6, version=8))
-    assert e.value.field == "from_version"
