@@ -17,7 +17,7 @@
 #define SOCKLB_SERVICES_MAX 262144 /* master + selection slots */
 #endif
 #ifndef SOCKLB_BACKENDS_MAX
-#define SOCKLB_BACKENDS_MAX 65536
+#define SOCKLB_BACKENDS_MAX 262144
 #endif
 #ifndef SOCKLB_AFFINITY_MAX
 #define SOCKLB_AFFINITY_MAX 65536

@@ -90,21 +90,15 @@ class SyncService:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
         session = self._open(hello, context.peer())
         reader = asyncio.create_task(self._read(session, requests))
-        get = None
+        # When the node's side ends, wake the writer loop below with None.
+        reader.add_done_callback(lambda _: session.queue.put_nowait(None))
         try:
             while True:
-                get = asyncio.ensure_future(session.queue.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    break
-                msg = get.result()
-                if msg is None:  # replaced by a newer stream of the same node
+                msg = await session.queue.get()
+                if msg is None:  # the node hung up, or a newer stream replaced this one
                     break
                 yield msg
         finally:
-            if get is not None and not get.done():
-                get.cancel()
             reader.cancel()
             self._close(session)
 

@@ -18,7 +18,7 @@ LAYOUT_VERSION = 1
 
 # Default capacities (SOCKLB_*_MAX in the header); the loader may override them.
 SERVICES_MAX = 262144
-BACKENDS_MAX = 65536
+BACKENDS_MAX = 262144
 AFFINITY_MAX = 65536
 REV_NAT_MAX = 65536
 
