@@ -75,6 +75,10 @@ class SnapshotCache:
             per_node[node] = compute.node_service(self.services[name], node)
         return per_node[node]
 
+    def has_node_specific(self) -> bool:
+        """Whether some service's entry depends on the node (traffic policy LOCAL)."""
+        return bool(self._local)
+
     def entries_for(self, node: str) -> dict[str, node_pb2.ServiceState]:
         return {name: self._entry(name, node) for name in self.services}
 

@@ -62,7 +62,8 @@ class SyncService:
         self.replica = replica
         self.sessions: dict[str, NodeSession] = {}
         self._nonce = itertools.count(1)
-        self._ack_waiters: list[tuple[int, asyncio.Future]] = []
+        self._ack_waiters: list = []
+        self._snap_memo: tuple[int, bytes, list[bytes]] | None = None
 
     # --- gRPC plumbing ------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -112,14 +113,14 @@ class SyncService:
         session = NodeSession(hello.node, peer, hello.applied_version)
         self.sessions[hello.node] = session
         self.registry.connected(hello, peer, desired=self.cache.revision)
-        entries = self.cache.entries_for(hello.node)
-        if hello.state_digest and hello.state_digest == entries_digest(entries):
+        digest, _ = self._snapshot(hello.node)
+        if hello.state_digest and hello.state_digest == digest:
             if hello.applied_version != self.cache.revision:
                 # Same content, older label: an empty delta moves the version.
                 self._send_delta(session, self.cache.revision, b"", [], [])
             log.info("node %s resumed at version %d without a snapshot", hello.node, hello.applied_version)
         else:
-            self._send_snapshot(session, entries)
+            self._send_snapshot(session)
         return session
 
     def _close(self, session: NodeSession) -> None:
@@ -150,7 +151,7 @@ class SyncService:
                 self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
                 if not session.diverged:
                     session.diverged = True
-                    self._send_snapshot(session, self.cache.entries_for(session.node))
+                    self._send_snapshot(session)
                 self._notify_acks()
             elif kind == "stats":
                 self.registry.stats(session.node, msg.stats)
@@ -189,9 +190,16 @@ class SyncService:
             span.end()
 
     # --- sending ------------------------------------------------------------
-    def _send_snapshot(self, session: NodeSession, entries: dict[str, node_pb2.ServiceState],
-                       trace: bytes = b"") -> None:
-        version = self.cache.revision
+    def _snapshot(self, node: str) -> tuple[bytes, list[bytes]]:
+        """Digest and serialized chunks (without nonce) of a node's state at the
+        cache's revision. While no service is node-specific (traffic policy
+        LOCAL) every node has the same state: built once per revision, not
+        once per node, so a thousand nodes reconnecting cost one build."""
+        rev = self.cache.revision
+        shared = not self.cache.has_node_specific()
+        if shared and self._snap_memo is not None and self._snap_memo[0] == rev:
+            return self._snap_memo[1], self._snap_memo[2]
+        entries = self.cache.entries_for(node)
         chunks: list[list[node_pb2.ServiceState]] = [[]]
         size = 0
         for name in sorted(entries):
@@ -202,11 +210,21 @@ class SyncService:
                 size = 0
             chunks[-1].append(e)
             size += n
-        for i, chunk in enumerate(chunks):
-            msg = sync_pb2.ControlMessage(
-                nonce=self._next_nonce(),
-                snapshot=sync_pb2.SnapshotChunk(version=version, services=chunk, last=i == len(chunks) - 1))
-            session.queue.put_nowait(trace + msg.SerializeToString())
+        data = [sync_pb2.ControlMessage(snapshot=sync_pb2.SnapshotChunk(
+                    version=rev, services=chunk, last=i == len(chunks) - 1)).SerializeToString()
+                for i, chunk in enumerate(chunks)]
+        digest = entries_digest(entries)
+        if shared:
+            self._snap_memo = (rev, digest, data)
+        return digest, data
+
+    def _send_snapshot(self, session: NodeSession, trace: bytes = b"") -> None:
+        version = self.cache.revision
+        _, chunks = self._snapshot(session.node)
+        for chunk in chunks:
+            # The nonce is merged into the shared bytes (a later field wins).
+            own = sync_pb2.ControlMessage(nonce=self._next_nonce()).SerializeToString()
+            session.queue.put_nowait(trace + chunk + own)
         session.version = version
         session.diverged = False
         session.in_flight[version] = time.monotonic()
@@ -247,7 +265,7 @@ class SyncService:
             if per_node_spans:
                 trace_bytes = self._push_span(session, update.revision, "snapshot" if session.diverged else "delta")
             if session.diverged:
-                self._send_snapshot(session, self.cache.entries_for(node), trace_bytes)
+                self._send_snapshot(session, trace_bytes)
             else:
                 self._send_delta(session, update.revision, trace_bytes + body, own, [])
             sent += 1
@@ -268,7 +286,7 @@ class SyncService:
     def resync_all(self) -> None:
         """After the cache was reloaded (e.g. the store watch was compacted)."""
         for node, session in list(self.sessions.items()):
-            self._send_snapshot(session, self.cache.entries_for(node))
+            self._send_snapshot(session)
 
     # --- waiting for acks (benchmarks, tests) --------------------------------
     async def wait_acked(self, version: int, nodes: list[str] | None = None) -> None:
