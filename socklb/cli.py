@@ -404,11 +404,14 @@ class Client:
 
     def connected(self) -> bool:
         """Whether the channel reached the server (tells a refused connection from a server's answer)."""
+        ready = grpc.channel_ready_future(self.channel)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=0.5)
+            ready.result(timeout=0.5)
             return True
         except grpc.FutureTimeoutError:
             return False
+        finally:
+            ready.cancel()  # else it keeps polling the channel close() shuts
 
     def close(self) -> None:
         self.channel.close()

@@ -144,11 +144,14 @@ class SyncClient:
                          if self.credentials is not None else grpc.insecure_channel(target, options=CLIENT_OPTIONS))
         stats_thread = threading.Thread(target=report_stats, name="stats", daemon=True)
         try:
+            ready = grpc.channel_ready_future(self._channel)
             try:
-                grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout)
+                ready.result(timeout=self.connect_timeout)
             except grpc.FutureTimeoutError:
                 log.warning("control plane %s: not reachable within %.0fs", target, self.connect_timeout)
                 return
+            finally:
+                ready.cancel()  # else it keeps polling the channel we close below
             stub = sync_pb2_grpc.NodeSyncStub(self._channel)
             responses = stub.Sync(requests(), metadata=self.metadata)
             with self._out_lock:

@@ -47,13 +47,22 @@ def cp(tmp_path):
                              "--log-format", "json"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        wait_for(lambda: grpc.channel_ready_future(channel).result(timeout=1) is None, "control plane")
+        wait_for(lambda: ready(channel), "control plane")
         yield {"port": port, "metrics": mport, "channel": channel, "log": tmp_path / "cp.log"}
     finally:
         channel.close()
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def ready(channel) -> bool:
+    fut = grpc.channel_ready_future(channel)
+    try:
+        fut.result(timeout=1)
+        return True
+    finally:
+        fut.cancel()  # a future left polling a closed channel raises in its thread
 
 
 def scrape(port) -> str:
