@@ -49,8 +49,6 @@ class NodeSession:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     pushes: dict = field(default_factory=dict)  # version -> push span awaiting the node's ACK/NACK
     diverged: bool = False  # last update refused: the next one is a snapshot
-    snapshot_nack_version: int = -1
-    closed: bool = False
     # Versions sent and not yet acknowledged -> when they were sent (sync latency).
     in_flight: dict = field(default_factory=dict)
 
@@ -108,7 +106,6 @@ class SyncService:
         old = self.sessions.get(hello.node)
         if old is not None:
             log.info("node %s reconnected from %s; closing its older stream", hello.node, peer)
-            old.closed = True
             old.queue.put_nowait(None)
         session = NodeSession(hello.node, peer, hello.applied_version)
         self.sessions[hello.node] = session

@@ -27,7 +27,7 @@ _PROTO_TO_PB = {6: types_pb2.PROTOCOL_TCP, 17: types_pb2.PROTOCOL_UDP}
 
 
 def frontend_pb(addr: bytes, port: int, proto: int) -> types_pb2.Frontend:
-    return types_pb2.Frontend(address=layout.unpack_addr(layout.pack_addr(addr)), port=port,
+    return types_pb2.Frontend(address=layout.addr_text(addr), port=port,
                               protocol=_PROTO_TO_PB.get(proto, types_pb2.PROTOCOL_UNSPECIFIED))
 
 
@@ -70,7 +70,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         out = node_pb2.DumpBackendsResponse()
         for b in sorted(self.agent.programmed.backends.values(), key=lambda b: b.id):
             out.backends.append(node_pb2.ProgrammedBackend(
-                id=b.id, frontend_id=b.frontend_id, address=layout.unpack_addr(layout.pack_addr(b.addr)),
+                id=b.id, frontend_id=b.frontend_id, address=layout.addr_text(b.addr),
                 port=b.port, protocol=_PROTO_TO_PB.get(b.proto, 0), state=_STATE_TO_PB[b.state]))
         return out
 
@@ -84,12 +84,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return out
 
     def GetCounters(self, request, context):
-        c = self.agent.store.counters_sum()
-        C = layout.Counter
-        return node_pb2.Counters(
-            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
-            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
-            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
+        return self.agent.counters()
 
     def Terminate(self, request, context):
         import uuid

@@ -200,13 +200,16 @@ class Agent:
             return
         from .terminations import removed_targets
 
+        by_id = None
         for op in plan.ops:
             if isinstance(op, DeleteBackend) and op.id in before.backends:
+                if by_id is None:
+                    by_id = {f.id: f for f in before.frontends.values()}
                 b = before.backends[op.id]
-                fe = next((f for f in before.frontends.values() if f.id == b.frontend_id), None)
+                fe = by_id.get(b.frontend_id)
                 if fe is not None:
                     self.terminations.graveyard.bury(fe.service, fe.id, b.id,
-                                                     (layout.unpack_addr(layout.pack_addr(b.addr)), b.port))
+                                                     (layout.addr_text(b.addr), b.port))
         for job in removed_targets(before, plan, state, state.version):
             self.terminations.submit(job)
 
@@ -227,6 +230,17 @@ class Agent:
         self.terminations.run_later(job)
         return None
 
+    def counters(self) -> node_pb2.Counters:
+        """The datapath's counters, summed over CPUs (zero without a datapath)."""
+        if self.store is None:
+            return node_pb2.Counters()
+        c = self.store.counters_sum()
+        C = layout.Counter
+        return node_pb2.Counters(
+            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
+            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
+            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
+
     def socket_stats(self) -> list:
         """Socket statistics of load-balanced flows, per service and backend."""
         if self.datapath is None:
@@ -244,7 +258,7 @@ class Agent:
             for b in self.programmed.backends.values():
                 fe = by_id.get(b.frontend_id)
                 if fe is not None:
-                    names[(fe.id, b.id)] = (fe.service, layout.unpack_addr(layout.pack_addr(b.addr)), b.port)
+                    names[(fe.id, b.id)] = (fe.service, layout.addr_text(b.addr), b.port)
         return aggregate(self._stats_collector.collect(), names)
 
     def _restore(self, previous: Programmed) -> None:

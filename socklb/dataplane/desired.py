@@ -198,7 +198,7 @@ def service_targets(svc: node_pb2.ServiceState, sf: str, limits: Limits = Limits
 
 def _backend_name(b: BackendTarget) -> str:
     # Maglev keys: stable across nodes and processes.
-    return f"{layout.unpack_addr(layout.pack_addr(b.addr))}:{b.port}"
+    return f"{layout.addr_text(b.addr)}:{b.port}"
 
 
 def check_name(name: str, field: str) -> None:

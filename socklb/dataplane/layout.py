@@ -170,7 +170,11 @@ def addr16(addr: str) -> bytes:
 
 
 def unpack_addr(words: U32x4) -> str:
-    raw = struct.pack("=4I", *words)
+    return addr_text(struct.pack("=4I", *words))
+
+
+def addr_text(raw: bytes) -> str:
+    """The literal of a 16-byte address (IPv4 for v4-mapped ones)."""
     ip6 = ipaddress.IPv6Address(raw)
     return str(ip6.ipv4_mapped) if ip6.ipv4_mapped else str(ip6)
 

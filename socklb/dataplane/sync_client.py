@@ -228,12 +228,7 @@ class SyncClient:
         report = sync_pb2.StatsReport(at=at, health="ok")
         if agent.store is None:
             return report
-        c = agent.store.counters_sum()
-        C = layout.Counter
-        report.counters.CopyFrom(node_pb2.Counters(
-            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
-            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
-            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED]))
+        report.counters.CopyFrom(agent.counters())
         names = {fe.id: fe.service for fe in agent.programmed.frontends.values()}
         counts: Counter = Counter()
         for f in read_flows(agent.datapath):

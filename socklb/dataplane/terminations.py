@@ -24,7 +24,6 @@ from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2, types_pb2
 
 from . import layout
-from .desired import FrontendKey
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, v
         fe = by_id.get(b.frontend_id) if b else None
         if b is None or fe is None or fe.key in gone_frontends:
             continue  # covered by the whole-frontend target
-        addr = layout.unpack_addr(layout.pack_addr(b.addr))
+        addr = layout.addr_text(b.addr)
         if (addr, b.port) in keep.get(fe.service, set()):
             continue
         per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
@@ -91,7 +90,7 @@ def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, v
 
 def _norm(address: str, port: int) -> tuple[str, int]:
     try:
-        return layout.unpack_addr(layout.pack_addr(layout.addr16(address))), port
+        return layout.addr_text(layout.addr16(address)), port
     except ValueError:
         return address, port
 
@@ -112,7 +111,7 @@ def request_job(job_id: str, service: str, backends, dry_run: bool, programmed: 
         norm = {_norm(a, p) for a, p in wanted}
         ids = {fe.id for fe in frontends}
         for b in programmed.backends.values():
-            name = (layout.unpack_addr(layout.pack_addr(b.addr)), b.port)
+            name = (layout.addr_text(b.addr), b.port)
             if b.frontend_id in ids and name in norm:
                 targets[(b.frontend_id, b.id)] = name
         for (fid, bid), name in graveyard.of_service(service).items():
