@@ -311,7 +311,27 @@ def text_nodes(resp) -> str:
     rows = [[n.name, _enum_word(api_pb2.NodeHealth, n.health, "NODE_HEALTH_"),
              f"{n.applied_version}/{n.desired_version}", n.replica or "-", n.kernel or "-",
              _age(n.last_seen), n.last_error or "-"] for n in resp.nodes]
-    return _table(["NAME", "HEALTH", "APPLIED/DESIRED", "REPLICA", "KERNEL", "LAST-SEEN", "LAST-ERROR"], rows)
+    out = _table(["NAME", "HEALTH", "APPLIED/DESIRED", "REPLICA", "KERNEL", "LAST-SEEN", "LAST-ERROR"], rows)
+    details = [line for n in resp.nodes for line in _node_details(n)]
+    return out + ("\n\n" + "\n".join(details) if details else "")
+
+
+def _node_details(n) -> list[str]:
+    """The ways the node's duties take, the kernel features it was refused,
+    and the statistics it cannot read (capabilities: "yes", "no: <why>", or
+    the way a duty takes)."""
+    caps = dict(sorted(n.capabilities.items()))
+    ways = [f"{k}={v}" for k, v in caps.items() if v != "yes" and not v.startswith("no:")]
+    refused = [f"{k} ({v.removeprefix('no:').strip()})" for k, v in caps.items() if v.startswith("no:")]
+    lines = []
+    if ways:
+        lines.append(f"{n.name}: " + "  ".join(ways))
+    if refused:
+        lines.append(f"{n.name}: kernel refused: " + "; ".join(refused))
+    if n.stats_unavailable:
+        lines.append(f"{n.name}: statistics unavailable: "
+                     + "; ".join(f"{k} ({v})" for k, v in sorted(n.stats_unavailable.items())))
+    return lines
 
 
 def text_stats(resp) -> str:
@@ -326,11 +346,18 @@ def text_stats(resp) -> str:
                              f"{tcp.bytes_sent}/{tcp.bytes_received}" if tcp else "-",
                              f"{tcp.srtt_us}" if tcp else "-", str(tcp.retransmits) if tcp else "-",
                              str(udp.drops) if udp else "-"])
-    node_rows = [[n.node, str(n.active_flows), str(n.counters.translations), str(n.counters.no_backend),
-                  str(n.counters.affinity_hits), _time(n.reported_at)] for n in resp.nodes]
+    def unread(n, part, text):
+        return "?" if part in n.unavailable else text
+
+    node_rows = [[n.node, unread(n, "flows", str(n.active_flows)),
+                  unread(n, "counters", str(n.counters.translations)), unread(n, "counters", str(n.counters.no_backend)),
+                  unread(n, "counters", str(n.counters.affinity_hits)), _time(n.reported_at)] for n in resp.nodes]
+    notes = [f"{n.node}: {part} unavailable: {why}" for n in resp.nodes for part, why in sorted(n.unavailable.items())]
     return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS", "SOCKETS", "TCP-BYTES-OUT/IN", "SRTT-US",
                     "RETRANS", "UDP-DROPS"], svc_rows) + "\n\n" +
-            _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows))
+            _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows)
+            + ("\n\n" + "\n".join(notes) + "\n(? = not read: the numbers above leave those nodes' parts out)"
+               if notes else ""))
 
 
 def text_termination(t) -> str:

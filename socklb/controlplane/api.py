@@ -221,7 +221,7 @@ def aggregate_stats(reports, service: str = "", node: str = "") -> api_pb2.Stats
             flows.setdefault(st.service, {}).setdefault((st.backend_address, st.backend_port), 0)
             acc = sockets.setdefault((st.service, st.backend_address, st.backend_port), {})
             _add_socket_stats(acc, st)
-        ns = api_pb2.NodeStats(node=name, active_flows=total, reported_at=r.at)
+        ns = api_pb2.NodeStats(node=name, active_flows=total, reported_at=r.at, unavailable=r.unavailable)
         ns.counters.CopyFrom(r.counters if r.HasField("counters") else node_pb2.Counters())
         out.nodes.append(ns)
     for svc in sorted(flows):

@@ -90,8 +90,14 @@ class NodeRegistry:
     def stats(self, node: str, report: sync_pb2.StatsReport) -> None:
         self.reports[node] = report
         self._dirty_stats.add(node)
-        if node in self.records:
-            self.records[node].last_seen.CopyFrom(_now())
+        n = self.records.get(node)
+        if n is not None:
+            n.last_seen.CopyFrom(_now())
+            if dict(n.stats_unavailable) != dict(report.unavailable):
+                # Shown by `node list`: the record is rewritten only when the parts change.
+                n.stats_unavailable.clear()
+                n.stats_unavailable.update(report.unavailable)
+                self._touch(node)
         self._wake.set()
 
     def termination(self, report: node_pb2.TerminationReport) -> None:

@@ -14,7 +14,7 @@ from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 from . import layout
 from .agent import Agent, StateUnknown
 from .desired import InvalidState
-from .flows import read_flows
+from .features import Unavailable
 
 _STATE_TO_PB = {
     layout.BackendState.ACTIVE: types_pb2.BACKEND_STATE_ACTIVE,
@@ -75,12 +75,17 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return out
 
     def DumpFlows(self, request, context):
-        out = node_pb2.DumpFlowsResponse()
-        for f in read_flows(self.agent.datapath):
+        try:
+            dump = self.agent.flow_dump()
+        except Unavailable as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"flows cannot be read on this node: {e}")
+        out = node_pb2.DumpFlowsResponse(method=dump.method, duration_seconds=dump.duration,
+                                         namespaces=dump.netns_scanned, errors=dump.errors)
+        for f in dump.flows:
             out.flows.append(node_pb2.Flow(
                 frontend_id=f.frontend_id, backend_id=f.backend_id,
-                frontend=frontend_pb(bytes(f.vip), layout.port_host(f.vip_port), f.proto),
-                backend_address=layout.unpack_addr(f.backend_addr), backend_port=layout.port_host(f.backend_port)))
+                frontend=frontend_pb(f.vip, layout.port_host(f.vip_port), f.proto),
+                backend_address=layout.addr_text(f.backend_addr), backend_port=layout.port_host(f.backend_port)))
         return out
 
     def GetCounters(self, request, context):
@@ -95,7 +100,10 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
                                     f"local-{uuid.uuid4().hex[:8]}")
 
     def GetSocketStats(self, request, context):
-        return node_pb2.SocketStatsResponse(stats=self.agent.socket_stats())
+        try:
+            return node_pb2.SocketStatsResponse(stats=self.agent.socket_stats())
+        except Unavailable as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"socket statistics cannot be read on this node: {e}")
 
     def DumpTerminations(self, request, context):
         t = self.agent.terminations
@@ -105,7 +113,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         dp = self.agent.datapath
         return node_pb2.NodeInfo(node=self.agent.node, cgroup=str(dp.cgroup), pin_dir=str(dp.pin_dir),
                                  applied_version=self.agent.applied_version, adopted=dp.adopted,
-                                 kernel=platform.release())
+                                 kernel=platform.release(), capabilities=self.agent.capabilities())
 
 
 def serve(agent: Agent, socket_path: Path) -> grpc.Server:

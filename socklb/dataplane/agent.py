@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
-from . import layout
+from . import features, layout, stats
 from .desired import (FrontendTarget, InvalidState, Limits, check_capacity_delta, check_name, frontend_targets,
                       service_targets, totals)
 from .loader import Datapath
 from .maps import MapStore
 from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
+from .sockstats import aggregate
+from .terminations import Job, TerminationService, removed_targets, request_job, to_report
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,14 @@ class Agent:
     programs nothing: a node that "applies to nothing", for tests and the
     convergence benchmark."""
 
-    def __init__(self, datapath: Datapath | None, node: str, terminate_method: str = "auto"):
+    def __init__(self, datapath: Datapath | None, node: str, terminate_method: str = "auto",
+                 flow_method: str = "auto"):
         self.datapath = datapath
         self.node = node
         self.terminate_method = terminate_method
-        self.terminations = None  # TerminationService, once the datapath is loaded
-        self._stats_collector = None
+        self.flow_method = flow_method
+        self.terminations: TerminationService | None = None  # once the datapath is loaded
+        self.parts: features.Parts | None = None              # the iterator parts, probed at start
         self.limits = (Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
                        if datapath is not None else Limits())
         self._lock = threading.Lock()
@@ -67,17 +71,22 @@ class Agent:
         if self.datapath is None:
             return
         self.datapath.load()
-        from .terminations import TerminationService
-
-        self.terminations = TerminationService(self.datapath.pin_dir, self.node, self.terminate_method)
-        # Build and load the termination programs now (the first build runs
-        # clang for seconds), not when the first backend goes away.
-        threading.Thread(target=self.terminations.capability, name="terminate-warmup", daemon=True).start()
         self.store = MapStore(self.datapath.maps)
         self.programmed = self.store.read_programmed()
         self.applied_version = self.store.meta_get(layout.Meta.VERSION)
         log.info("programmed state read back: %d frontends, %d backends, version %d",
                  len(self.programmed.frontends), len(self.programmed.backends), self.applied_version)
+        # Each optional kernel feature is probed once, here: the duties
+        # (flows, termination, socket statistics) take their way from the
+        # answers, and one refused feature leaves the others running.
+        self.parts = features.load(self.datapath.pin_dir, self.flow_method, self.terminate_method)
+        self.terminations = TerminationService(
+            self.node, self.parts.terminator, self.parts.errors.get("sock_destroy", "").removeprefix("none: "))
+        log.info("kernel features: %s", self.parts.features.summary())
+
+    def capabilities(self) -> dict[str, str]:
+        """The probed kernel features and each duty's way (empty without a datapath)."""
+        return self.parts.features.capabilities() if self.parts is not None else {}
 
     @property
     def applied(self) -> node_pb2.NodeState | None:
@@ -198,8 +207,6 @@ class Agent:
     def _terminate_removed(self, before: Programmed, plan, state) -> None:
         if self.terminations is None:
             return
-        from .terminations import removed_targets
-
         by_id = None
         for op in plan.ops:
             if isinstance(op, DeleteBackend) and op.id in before.backends:
@@ -215,14 +222,10 @@ class Agent:
 
     def terminate(self, service: str, backends, dry_run: bool, job_id: str, wait: bool = True):
         """Terminate (or list) the flows of a service's backends on this node."""
-        from .terminations import request_job, to_report
-
         with self._lock:
             job = request_job(job_id, service, backends, dry_run, self.programmed,
                               self.terminations.graveyard) if self.terminations else None
         if job is None:
-            from .terminations import Job
-
             return to_report(Job(job_id, service, "request", dry_run, (), {}), self.node, None,
                              error="this node programs no datapath")
         if wait:
@@ -241,14 +244,27 @@ class Agent:
             no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
             rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
 
+    def _part(self, duty: str):
+        part = getattr(self.parts, duty, None) if self.parts is not None else None
+        if part is None:
+            why = self.parts.errors.get(duty, "not loaded") if self.parts is not None else "no datapath"
+            raise features.Unavailable(f"{duty}: {why.removeprefix('none: ')}")
+        return part
+
+    def flow_dump(self):
+        """Every live flow record on the node (flows.FlowDump)."""
+        return self._part("flows").read()
+
+    def flow_counts(self) -> list:
+        """Open flows per service and backend (sync_pb2.FlowCount)."""
+        dump = self.flow_dump()
+        with self._lock:
+            names = {fe.id: fe.service for fe in self.programmed.frontends.values()}
+        return stats.flow_counts(dump.flows, names)
+
     def socket_stats(self) -> list:
         """Socket statistics of load-balanced flows, per service and backend."""
-        if self.datapath is None:
-            return []
-        from .sockstats import SocketStatsCollector, aggregate
-
-        if self._stats_collector is None:
-            self._stats_collector = SocketStatsCollector(self.datapath.pin_dir)
+        collector = self._part("socket_stats")
         with self._lock:
             names = {}
             if self.terminations is not None:
@@ -259,7 +275,20 @@ class Agent:
                 fe = by_id.get(b.frontend_id)
                 if fe is not None:
                     names[(fe.id, b.id)] = (fe.service, layout.addr_text(b.addr), b.port)
-        return aggregate(self._stats_collector.collect(), names)
+        return aggregate(collector.collect(), names)
+
+    def stats_parts(self) -> dict:
+        """The parts of the node's statistics report (stats.StatsReporter);
+        none without a datapath."""
+        if self.datapath is None:
+            return {}
+        return {"counters": self.counters, "flows": self.flow_counts, "socket_stats": self.socket_stats}
+
+    def close(self) -> None:
+        if self.terminations is not None:
+            self.terminations.close()
+        if self.parts is not None:
+            self.parts.close()
 
     def _restore(self, previous: Programmed) -> None:
         current = self.store.read_programmed()

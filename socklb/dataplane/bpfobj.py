@@ -154,7 +154,8 @@ def build(source: str, defines: Iterable[str] = (), cache: Path | None = None, s
     flags = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{target_arch()}"]
     flags += [f"-D{d}" for d in defines]
     h = hashlib.sha256()
-    for part in (src.read_bytes(), (src_dir / HEADER).read_bytes(), clang_version(clang).encode(),
+    headers = [p.read_bytes() for p in sorted(src_dir.glob("*.h"))]
+    for part in (src.read_bytes(), *headers, clang_version(clang).encode(),
                  kernel_id().encode(), " ".join(flags).encode()):
         h.update(part)
         h.update(b"\0")
@@ -219,6 +220,14 @@ def btf_has_func(name: str, path: Path = BTF_VMLINUX) -> bool:
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
 
 
+class _IterMapInfo(ct.Structure):  # union bpf_iter_link_info, its .map member
+    _fields_ = [("map_fd", ct.c_uint32)]
+
+
+class _IterAttachOpts(ct.Structure):  # struct bpf_iter_attach_opts
+    _fields_ = [("sz", ct.c_size_t), ("link_info", ct.POINTER(_IterMapInfo)), ("link_info_len", ct.c_uint32)]
+
+
 class Libbpf:
     """libbpf.so's object API (open/load/attach), with its messages captured."""
 
@@ -232,6 +241,9 @@ class Libbpf:
             "bpf_object__close": ([vp], None),
             "bpf_object__find_map_by_name": ([vp, s], vp),
             "bpf_object__find_program_by_name": ([vp, s], vp),
+            "bpf_object__next_program": ([vp, vp], vp),
+            "bpf_program__name": ([vp], s),
+            "bpf_program__set_autoload": ([vp, ct.c_bool], i),
             "bpf_map__reuse_fd": ([vp, i], i),
             "bpf_map__fd": ([vp], i),
             "bpf_program__attach_iter": ([vp, vp], vp),
@@ -312,7 +324,11 @@ class IterObject:
               this build expects), so the programs read the records the
               connect/sendmsg hooks wrote.
     programs: key -> program name; each is attached as an iterator and read
-              with read_iter(key).
+              with read_iter(key). The object's other programs are not
+              loaded (a kernel may refuse one kind of iterator and allow
+              another).
+    map_keys: keys of `programs` that iterate the elements of the `flows`
+              map (iter/bpf_sk_storage_map) and are attached to it.
 
     Raises `error` (a BpfObjError subclass may be set by a subclass) when
     anything fails; nothing is left open then.
@@ -320,7 +336,7 @@ class IterObject:
 
     error: type[BpfObjError] = BpfObjError
 
-    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str]):
+    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: Iterable[str] = ()):
         lb = libbpf()
         self.lib = lb.lib
         self.path = Path(path)
@@ -329,12 +345,13 @@ class IterObject:
         self._link_ptrs: list[int] = []
         with lb.capture() as logbuf:
             try:
-                self._open_load(self.path, Path(pin_dir), programs, logbuf)
+                self._open_load(self.path, Path(pin_dir), programs, set(map_keys), logbuf)
             except Exception:
                 self.close()
                 raise
 
-    def _open_load(self, path: Path, pin_dir: Path, programs: Mapping[str, str], logbuf: list[str]) -> None:
+    def _open_load(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: set[str],
+                   logbuf: list[str]) -> None:
         lib, err = self.lib, self.error
         obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
         if not obj:
@@ -360,14 +377,25 @@ class IterObject:
                 raise err(f"bpf_map__reuse_fd({pinned}): {strerror(-ret)}")
         finally:
             os.close(fd)
+        wanted = {name.encode() for name in programs.values()}
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            if lib.bpf_program__name(prog) not in wanted:
+                lib.bpf_program__set_autoload(prog, False)
+            prog = lib.bpf_object__next_program(obj, prog)
         ret = lib.bpf_object__load(obj)
         if ret < 0:
-            raise err(f"loading {path.name} failed: {strerror(-ret)}\n{log_tail(logbuf)}")
+            raise err(f"loading {path.name} ({', '.join(programs.values())}) failed: "
+                      f"{strerror(-ret)}\n{log_tail(logbuf)}")
         for key, name in programs.items():
             prog = lib.bpf_object__find_program_by_name(obj, name.encode())
             if not prog:
                 raise err(f"{path} has no program {name}")
-            link = lib.bpf_program__attach_iter(prog, None)
+            opts = None
+            if key in map_keys:
+                info = _IterMapInfo(map_fd=lib.bpf_map__fd(flows))
+                opts = ct.byref(_IterAttachOpts(ct.sizeof(_IterAttachOpts), ct.pointer(info), ct.sizeof(info)))
+            link = lib.bpf_program__attach_iter(prog, opts)
             if not link:
                 e = ct.get_errno() or errno.EINVAL
                 raise err(f"attaching {name}: {strerror(e)}\n{log_tail(logbuf)}")
@@ -531,3 +559,34 @@ def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
     t.start()
     t.join()
     return results
+
+
+@dataclass
+class NetnsScan:
+    """fn's results in every namespace that could be read."""
+
+    results: list[tuple[Netns, object]]
+    errors: list[str]       # "<ident> (<path>): <error>" of namespaces whose fn failed
+    unreachable: list[str]  # namespaces seen but not openable
+    duration: float         # seconds, all namespaces
+
+
+def scan_netns(fn, paths: Iterable[str | Path] | None = None, thread_name: str = "socklb-netns") -> NetnsScan:
+    """fn(ns) in every namespace of the node (paths None) or in the
+    namespaces at these paths; the namespaces are closed afterwards."""
+    unreachable: list[str] = []
+    t0 = time.monotonic()
+    nss = list_netns(unreachable=unreachable) if paths is None else open_netns(paths)
+    try:
+        out = in_each_netns(nss, fn, thread_name=thread_name)
+    finally:
+        close_netns(nss)
+    scan = NetnsScan([], [], unreachable, 0.0)
+    for ns, res, err in out:
+        if err is None:
+            scan.results.append((ns, res))
+        else:
+            scan.errors.append(f"{ns.ident} ({ns.path}): {err}")
+    scan.duration = time.monotonic() - t0
+    return scan
+

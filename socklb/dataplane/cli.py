@@ -53,6 +53,8 @@ def resolve_cgroup(value: str, create: bool) -> Path:
 
 # --- run -------------------------------------------------------------------
 
+FLOW_READERS = ("auto", "map-iter", "socket-iter")
+
 def cmd_run(args) -> int:
     from . import admin
     from .agent import Agent
@@ -61,11 +63,13 @@ def cmd_run(args) -> int:
     from .statefile import load_state
     from socklb.observability.tracing import setup_tracing, shutdown_tracing
 
+    if args.flow_reader not in FLOW_READERS:  # argparse does not check a default from the environment
+        raise CliError(f"SOCKLB_FLOW_READER={args.flow_reader!r}: expected one of {', '.join(FLOW_READERS)}")
     setup_tracing("socklb-dataplane", {"service.instance.id": args.node})  # if OTEL_* ask for export
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
-    agent = Agent(dp, args.node, terminate_method=args.terminate_method)
+    agent = Agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
     try:
         agent.start()
     except (LoadError, OSError) as e:
@@ -267,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--terminate-method", choices=["auto", "kfunc", "netlink"], default="auto",
                    help="how sockets are destroyed: bpf_sock_destroy() from an iterator (kfunc), "
                         "netlink SOCK_DESTROY, or the first that works (auto)")
+    r.add_argument("--flow-reader", choices=FLOW_READERS, default=os.environ.get("SOCKLB_FLOW_READER", "auto"),
+                   help="how flow records are read: a map-element iterator over the flows map (map-iter), "
+                        "socket iterators in every network namespace (socket-iter), or map-iter where the "
+                        "kernel allows it (auto; env SOCKLB_FLOW_READER)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("terminate", help="terminate (or --dry-run: list) a service's flows on this node")

@@ -141,6 +141,22 @@ class Flow(ct.Structure):
     ]
 
 
+class FlowRecord(ct.Structure):
+    """struct socklb_flow_rec of bpf/flows.h: what the flow reader emits."""
+    _fields_ = [
+        ("cookie", ct.c_uint64),
+        ("frontend_id", ct.c_uint32),
+        ("backend_id", ct.c_uint32),
+        ("vip", U32x4),
+        ("backend_addr", U32x4),
+        ("vip_port", ct.c_uint16),
+        ("backend_port", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("state", ct.c_uint8),
+        ("family", ct.c_uint16),
+    ]
+
+
 # Every mirrored struct with its C name, for the layout test.
 STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_svc_key": SvcKey,
@@ -151,7 +167,11 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_rnat_key": RnatKey,
     "socklb_rnat_val": RnatVal,
     "socklb_flow": Flow,
+    "socklb_flow_rec": FlowRecord,
 }
+
+# The headers those structs come from (bpf/), for the layout test.
+HEADERS = ("socklb.h", "flows.h")
 
 
 # --- address and port encoding -------------------------------------------

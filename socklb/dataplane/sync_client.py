@@ -10,10 +10,9 @@ import queue
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 
 import grpc
-from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -21,9 +20,9 @@ from socklb.lb.digest import state_digest
 from socklb.observability import tracing
 from socklb.v1 import node_pb2, sync_pb2, sync_pb2_grpc
 
-from . import layout
 from .agent import Agent, StateUnknown
 from .desired import InvalidState
+from .stats import StatsReporter
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,7 @@ class SyncClient:
         self._pending = deque(maxlen=256)
         self._out: queue.Queue | None = None
         self._out_lock = threading.Lock()
+        self.reporter = StatsReporter(agent.stats_parts())
         if agent.terminations is not None:
             agent.terminations.listeners.append(self._report)
 
@@ -114,8 +114,7 @@ class SyncClient:
             state_digest=state_digest(state) if state is not None else b"",
             kernel=platform.release())
         hello.capabilities.update(self.capabilities)
-        if self.agent.terminations is not None:
-            hello.capabilities["sock_destroy"] = self.agent.terminations.capability()
+        hello.capabilities.update(self.agent.capabilities())
         return sync_pb2.NodeMessage(hello=hello)
 
     def _session(self, target: str) -> None:
@@ -137,8 +136,8 @@ class SyncClient:
             while not done.wait(self.stats_interval):
                 try:
                     out.put(sync_pb2.NodeMessage(stats=self.stats_report()))
-                except Exception:
-                    log.exception("collecting statistics failed")
+                except Exception:  # the reporter catches each part's failure: this is a bug
+                    log.exception("building the statistics report failed")
 
         self._channel = (grpc.secure_channel(target, self.credentials, options=CLIENT_OPTIONS)
                          if self.credentials is not None else grpc.insecure_channel(target, options=CLIENT_OPTIONS))
@@ -220,29 +219,7 @@ class SyncClient:
         return sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=version, nonce=msg.nonce))
 
     def stats_report(self) -> sync_pb2.StatsReport:
-        from .flows import read_flows
-
-        agent = self.agent
-        at = timestamp_pb2.Timestamp()
-        at.GetCurrentTime()
-        report = sync_pb2.StatsReport(at=at, health="ok")
-        if agent.store is None:
-            return report
-        report.counters.CopyFrom(agent.counters())
-        names = {fe.id: fe.service for fe in agent.programmed.frontends.values()}
-        counts: Counter = Counter()
-        for f in read_flows(agent.datapath):
-            name = names.get(f.frontend_id)
-            if name:
-                counts[(name, layout.unpack_addr(f.backend_addr), layout.port_host(f.backend_port))] += 1
-        for (name, addr, port), n in sorted(counts.items()):
-            report.flows.append(sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n))
-        try:
-            report.sockets.extend(agent.socket_stats())
-        except Exception as e:  # statistics are best effort; flows and counters still go out
-            log.warning("socket statistics unavailable: %s", e)
-            report.health = f"socket statistics unavailable: {e}"
-        return report
+        return self.reporter.report()
 
 
 def _annotate(result) -> None:

@@ -114,6 +114,8 @@ class TerminationError(bpfobj.BpfObjError):
 class TerminationUnavailable(TerminationError):
     """Neither bpf_sock_destroy() nor netlink SOCK_DESTROY can be used here."""
 
+    probes: dict = {}  # method -> why it cannot be used
+
 
 class Method(str, enum.Enum):
     AUTO = "auto"
@@ -479,6 +481,17 @@ def netlink_probe() -> str | None:
     return f"netlink SOCK_DESTROY probe answered {errno.errorcode.get(-err, err)}"
 
 
+def kfunc_probe(pin_dir: Path, cache: Path | None = None) -> str | None:
+    """None when the bpf_sock_destroy() programs load here, else why not."""
+    if not btf_has_func(KFUNC):
+        return f"the kernel's BTF has no FUNC {KFUNC} (needs Linux >= 6.5)"
+    try:
+        _Object(build_object(kfunc=True, cache=cache), pin_dir).close()
+    except TerminationError as e:
+        return f"the {KFUNC} program does not load: {str(e).splitlines()[0]}"
+    return None
+
+
 # --- the terminator --------------------------------------------------------------------------
 
 _V4MAPPED = bytes(10) + b"\xff\xff"
@@ -578,6 +591,7 @@ class Terminator:
         self.method: Method | None = None
         self.load_seconds = 0.0
         self.unavailable: dict[str, str] = {}
+        self.probes: dict[str, str | None] = {}  # method -> None (works) or why not, for every method
         t0 = time.monotonic()
         self._load()
         self.load_seconds = time.monotonic() - t0
@@ -609,14 +623,24 @@ class Terminator:
                  Method.NETLINK: (Method.NETLINK,)}[self.requested]
         for m in order:
             why = self._load_kfunc() if m is Method.KFUNC else self._load_netlink()
+            self.probes[m.value] = why
             if why is None:
                 log.info("socket termination: method %s", m.value)
-                return
+                break
             self.unavailable[m.value] = why
             log.info("socket termination: %s unavailable: %s", m.value, why)
-        raise TerminationUnavailable(
-            "cannot destroy sockets on this node: "
-            + "; ".join(f"{k}: {v}" for k, v in self.unavailable.items()))
+        # The methods not tried are probed too, so that the node reports
+        # every feature it has, whichever it uses.
+        if Method.NETLINK.value not in self.probes:
+            self.probes[Method.NETLINK.value] = netlink_probe()
+        if Method.KFUNC.value not in self.probes:
+            self.probes[Method.KFUNC.value] = kfunc_probe(self.pin_dir, self.cache)
+        if self.method is None:
+            e = TerminationUnavailable(
+                "cannot destroy sockets on this node: "
+                + "; ".join(f"{k}: {v}" for k, v in self.unavailable.items()))
+            e.probes = dict(self.probes)
+            raise e
 
     def close(self) -> None:
         with self._lock:
@@ -635,16 +659,7 @@ class Terminator:
     def _namespaces(self, unreachable: list[str]) -> list[Netns]:
         if self.netns_paths is None:
             return list_netns(unreachable=unreachable)
-        out, seen = [], set()
-        for p in self.netns_paths:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) in seen:
-                os.close(fd)
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            out.append(Netns(f"net:[{st.st_ino}]", p, fd))
-        return out
+        return bpfobj.open_netns(self.netns_paths)
 
     def run(self, targets: Iterable[Target], dry_run: bool = False,
             dsts: Iterable[tuple] | None = None, max_records: int | None = None) -> Report:

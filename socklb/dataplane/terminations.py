@@ -182,38 +182,25 @@ def _hostport(addr: str, port: int) -> str:
 
 
 class TerminationService:
-    """Owns the Terminator (loaded once) and the worker that runs jobs."""
+    """Runs termination jobs on one worker with the node's Terminator (loaded
+    at start, see features.py), or reports each job as not possible with
+    `unavailable` when the node has no way to destroy sockets."""
 
-    def __init__(self, pin_dir, node: str, method: str = "auto"):
-        self.pin_dir = pin_dir
+    def __init__(self, node: str, terminator=None, unavailable: str = ""):
         self.node = node
-        self.method = method
         self.graveyard = Graveyard()
         self.listeners: list[Callable[[node_pb2.TerminationReport], None]] = []
         self.recent: list[node_pb2.TerminationReport] = []
-        self._terminator = None
-        self._unavailable: str | None = None
+        self._terminator = terminator
+        self._unavailable = unavailable or ("" if terminator is not None else "no terminator")
         self._jobs: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="terminations", daemon=True)
         self._thread.start()
 
     def capability(self) -> str:
-        """"kfunc", "netlink", or "none: <why>" (loads the programs)."""
-        t = self._get()
+        """"kfunc", "netlink", or "none: <why>"."""
+        t = self._terminator
         return t.method.value if t is not None else f"none: {self._unavailable}"
-
-    def _get(self):
-        from .terminate import TerminationError, Terminator
-
-        with self._lock:
-            if self._terminator is None and self._unavailable is None:
-                try:
-                    self._terminator = Terminator(self.pin_dir, method=self.method)
-                except TerminationError as e:
-                    self._unavailable = str(e)
-                    log.error("socket termination unavailable: %s", e)
-            return self._terminator
 
     def submit(self, job: Job) -> None:
         """Run in the background if there is anything to do."""
@@ -238,7 +225,7 @@ class TerminationService:
             if job is None:
                 return
             span = _start_span(job)
-            t = self._get()
+            t = self._terminator
             if not job.targets:
                 report = to_report(job, self.node, None)
             elif t is None:
@@ -268,11 +255,7 @@ class TerminationService:
 
     def close(self) -> None:
         self._jobs.put((None, None))
-        self._thread.join(timeout=5)
-        with self._lock:
-            if self._terminator is not None:
-                self._terminator.close()
-                self._terminator = None
+        self._thread.join(timeout=5)  # the terminator belongs to the agent's parts (features.Parts)
 
 
 def _traced(job: Job) -> Job:

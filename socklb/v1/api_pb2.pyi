@@ -168,8 +168,15 @@ class DrainBackendsRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., deadline_seconds: _Optional[int] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "applied_version", "desired_version", "health", "capabilities", "kernel", "last_seen", "last_error", "replica")
+    __slots__ = ("name", "applied_version", "desired_version", "health", "capabilities", "kernel", "last_seen", "last_error", "replica", "stats_unavailable")
     class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StatsUnavailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +192,7 @@ class Node(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    STATS_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     applied_version: int
     desired_version: int
@@ -194,7 +202,8 @@ class Node(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     last_error: str
     replica: str
-    def __init__(self, name: _Optional[str] = ..., applied_version: _Optional[int] = ..., desired_version: _Optional[int] = ..., health: _Optional[_Union[NodeHealth, str]] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., replica: _Optional[str] = ...) -> None: ...
+    stats_unavailable: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., applied_version: _Optional[int] = ..., desired_version: _Optional[int] = ..., health: _Optional[_Union[NodeHealth, str]] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., replica: _Optional[str] = ..., stats_unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TerminateFlowsRequest(_message.Message):
     __slots__ = ("service", "backends", "dry_run")
@@ -291,16 +300,25 @@ class ServiceStats(_message.Message):
     def __init__(self, service: _Optional[str] = ..., active_flows: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendStats, _Mapping]]] = ...) -> None: ...
 
 class NodeStats(_message.Message):
-    __slots__ = ("node", "counters", "active_flows", "reported_at")
+    __slots__ = ("node", "counters", "active_flows", "reported_at", "unavailable")
+    class UnavailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FLOWS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     node: str
     counters: _node_pb2.Counters
     active_flows: int
     reported_at: _timestamp_pb2.Timestamp
-    def __init__(self, node: _Optional[str] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., active_flows: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unavailable: _containers.ScalarMap[str, str]
+    def __init__(self, node: _Optional[str] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., active_flows: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("services", "nodes")

@@ -137,10 +137,18 @@ class Flow(_message.Message):
     def __init__(self, frontend_id: _Optional[int] = ..., backend_id: _Optional[int] = ..., frontend: _Optional[_Union[_types_pb2.Frontend, _Mapping]] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ...) -> None: ...
 
 class DumpFlowsResponse(_message.Message):
-    __slots__ = ("flows",)
+    __slots__ = ("flows", "method", "duration_seconds", "namespaces", "errors")
     FLOWS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     flows: _containers.RepeatedCompositeFieldContainer[Flow]
-    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
+    method: str
+    duration_seconds: float
+    namespaces: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., method: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., namespaces: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("translations", "affinity_hits", "no_backend", "policy_denies", "rev_nat_hits", "rev_nat_misses", "rev_nat_cleaned", "affinity_misses")
@@ -167,20 +175,29 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node", "cgroup", "pin_dir", "applied_version", "adopted", "kernel")
+    __slots__ = ("node", "cgroup", "pin_dir", "applied_version", "adopted", "kernel", "capabilities")
+    class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     PIN_DIR_FIELD_NUMBER: _ClassVar[int]
     APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ADOPTED_FIELD_NUMBER: _ClassVar[int]
     KERNEL_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     node: str
     cgroup: str
     pin_dir: str
     applied_version: int
     adopted: bool
     kernel: str
-    def __init__(self, node: _Optional[str] = ..., cgroup: _Optional[str] = ..., pin_dir: _Optional[str] = ..., applied_version: _Optional[int] = ..., adopted: _Optional[bool] = ..., kernel: _Optional[str] = ...) -> None: ...
+    capabilities: _containers.ScalarMap[str, str]
+    def __init__(self, node: _Optional[str] = ..., cgroup: _Optional[str] = ..., pin_dir: _Optional[str] = ..., applied_version: _Optional[int] = ..., adopted: _Optional[bool] = ..., kernel: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TerminateRequest(_message.Message):
     __slots__ = ("service", "backends", "dry_run")

@@ -77,18 +77,27 @@ class FlowCount(_message.Message):
     def __init__(self, service: _Optional[str] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
 
 class StatsReport(_message.Message):
-    __slots__ = ("at", "counters", "flows", "health", "sockets")
+    __slots__ = ("at", "counters", "flows", "health", "sockets", "unavailable")
+    class UnavailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AT_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     FLOWS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     counters: _node_pb2.Counters
     flows: _containers.RepeatedCompositeFieldContainer[FlowCount]
     health: str
     sockets: _containers.RepeatedCompositeFieldContainer[_node_pb2.SocketStats]
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ...) -> None: ...
+    unavailable: _containers.ScalarMap[str, str]
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("nonce", "trace_context", "snapshot", "delta", "terminate")

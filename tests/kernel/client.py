@@ -191,6 +191,20 @@ class Server:
         except Exception as e:
             return {"error": errname(e)}
 
+    def op_udp_open(self, id, addr, port):
+        """A connected UDP socket that stays open (one exchange to prove it works)."""
+        s = socket.socket(family(addr), socket.SOCK_DGRAM)
+        s.settimeout(IO_TIMEOUT)
+        try:
+            s.connect((addr, port))
+            s.send(b"ping")
+            data = s.recv(65535)
+        except Exception as e:
+            s.close()
+            return {"error": errname(e)}
+        self.socks[id] = s
+        return {"peer": peer_str(s.getpeername()), "backend": data.decode()}
+
     def op_close(self, id):
         s = self.socks.pop(id, None)
         if s:

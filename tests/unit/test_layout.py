@@ -10,11 +10,12 @@ import pytest
 
 from socklb.dataplane import layout
 
-HEADER = Path(__file__).resolve().parents[2] / "bpf" / "socklb.h"
+BPF = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = BPF / "socklb.h"
 
 
 def _c_program() -> str:
-    lines = ['#include <stdio.h>', '#include <stddef.h>', f'#include "{HEADER}"',
+    lines = ['#include <stdio.h>', '#include <stddef.h>', *(f'#include "{BPF / h}"' for h in layout.HEADERS),
              "int main(void) {", 'printf("{");']
     first = True
     for cname, pystruct in layout.STRUCTS.items():
@@ -97,3 +98,25 @@ def test_addresses_round_trip():
     for a in ("127.96.0.10", "10.0.0.1", "fd00:96::10", "::1"):
         assert layout.unpack_addr(layout.pack_addr(a)) == a
     assert bytes(layout.pack_addr("1.2.3.4"))[-6:] == b"\xff\xff\x01\x02\x03\x04"
+
+
+def test_every_header_struct_is_mirrored():
+    declared = set()
+    for h in layout.HEADERS:
+        declared |= set(re.findall(r"^struct (\w+) \{", (BPF / h).read_text(), re.M))
+    assert declared == set(layout.STRUCTS)
+
+
+def test_flow_record_parser_agrees_with_the_mirror():
+    from socklb.dataplane import flows
+
+    values = {"cookie": 0x1122334455667788, "frontend_id": 7, "backend_id": 9,
+              "vip_port": 0x5000, "backend_port": 0x901F, "proto": 17, "state": 1, "family": 10}
+    rec = layout.FlowRecord(**values)
+    rec.vip = layout.pack_addr("127.96.0.10")
+    rec.backend_addr = layout.pack_addr("fd00::2")
+    parsed = flows.parse(bytes(rec) * 2 + b"\0" * 5)  # a torn tail is ignored
+    assert len(parsed) == 2
+    got = parsed[0]._asdict()
+    assert got == {**values, "vip": layout.addr16("127.96.0.10"), "backend_addr": layout.addr16("fd00::2")}
+    assert list(got) == [name for name, _ in layout.FlowRecord._fields_]

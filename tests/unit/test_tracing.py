@@ -220,8 +220,7 @@ def state_of(version, backends):
 
 def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans):
     agent = Agent(None, "n1")
-    agent.terminations = TerminationService(tmp_path, "n1")
-    agent.terminations._get = lambda: FakeTerminator()
+    agent.terminations = TerminationService("n1", FakeTerminator())
     reports = []
     client = SyncClient(agent, ["127.0.0.1:1"])
     agent.terminations.listeners.append(reports.append)
