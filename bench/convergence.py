@@ -58,19 +58,12 @@ from pathlib import Path
 import grpc
 
 from bench.convergence_nodes import NodeReport, worker_main
+from bench.report import write_doc_section
 from socklb.v1 import api_pb2, api_pb2_grpc, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
-DOC_HEADER = """\
-# Benchmarks
-
-Each benchmark under `bench/` prints its results with ratios against peers
-measured in the same run, and records its latest run in its own section
-below (between its `<!-- name:begin -->`/`<!-- name:end -->` markers, so
-re-running one benchmark replaces only its own section).
-"""
 BACKENDS_PER_SERVICE = 10
 TARGET_P99_MS = 100.0
 # Capacities given to Agent nodes when the default BPF map sizes cannot hold
@@ -918,18 +911,6 @@ def doc_section(b: Bench, body: list[str], heads: list[str], command: str) -> st
              f"{a.workers} lean-node worker processes, writes {a.gap[0] * 1000:.0f}–{a.gap[1] * 1000:.0f} ms apart", "",
              *body, "", *heads, "", *NOTES, END]
     return "\n".join(lines) + "\n"
-
-
-def write_doc_section(path: Path, section: str) -> None:
-    """Replace our section (or append it); leave the rest of the file as it was."""
-    text = path.read_text() if path.exists() else DOC_HEADER
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -193,10 +193,15 @@ def doc_section(command: str, machine: str, date: str, setup: str, body: list[st
 
 
 def write_doc_section(path: Path, section: str) -> None:
-    """Replace our section between the markers, or append it; leave the rest
-    of the file (other benchmarks' sections) exactly as it was."""
+    """Replace the section between its markers (its first line,
+    `<!-- NAME:begin -->`, and `<!-- NAME:end -->`), or append it; leave the
+    rest of the file (other benchmarks' sections) exactly as it was."""
+    begin = section.splitlines()[0]
+    if not re.fullmatch(r"<!-- [\w-]+:begin -->", begin):
+        raise ValueError(f"a doc section starts with its begin marker, not {begin!r}")
+    end = begin.replace(":begin", ":end")
     text = path.read_text() if path.exists() else DOC_HEADER
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _m: section, text, count=1)
     else:

@@ -87,20 +87,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.lab import Teardown, cgroup2_mount, install_exit_handlers, join_cgroup, log, run
+from bench.report import write_doc_section
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "socklb-term-"
 BPFFS = Path("/sys/fs/bpf")
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- termination:begin -->", "<!-- termination:end -->"
-DOC_HEADER = """\
-# Benchmarks
-
-Each benchmark under `bench/` prints its results with ratios against peers
-measured in the same run, and records its latest run in its own section
-below (between its `<!-- name:begin -->`/`<!-- name:end -->` markers, so
-re-running one benchmark replaces only its own section).
-"""
 
 VIP, VIP_PORT = "127.96.61.10", 80
 BACKENDS = [f"127.61.0.{i}" for i in range(1, 11)]
@@ -929,13 +922,7 @@ def breakdown_table(rows: list[tuple[str, list[Breakdown]]]) -> list[str]:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else DOC_HEADER
-    pat = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pat.search(text):
-        text = pat.sub(lambda _m: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
+    write_doc_section(DOC, section)
 
 
 def machine() -> str:

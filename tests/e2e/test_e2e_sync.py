@@ -133,3 +133,48 @@ def test_controlplane_restart_resyncs_without_disruption(cluster, stop):
     cluster.wait_applied(moved.resource_version)
     for node, c in zip(cluster.nodes, clients):
         assert_reach_only(c, vip, port, b, where=node.name)
+
+
+@pytest.mark.parametrize("cluster", ["embedded"], indirect=True)
+def test_stats_show_open_flows_per_backend(cluster):
+    """What `socklb stats` shows after traffic through a VIP: the open flows
+    of every node per backend, read in the kernel by the way each node took
+    (node list names it); closed connections leave the counts."""
+    from socklb.v1 import api_pb2
+
+    a = cluster.backend("backend-a", "127.0.0.25")
+    b = cluster.backend("backend-b", "127.0.0.26")
+    vip_a, port_a = cluster.vip()
+    vip_b, port_b = cluster.vip()
+    cluster.put_service("e2e-stats-a", vip_a, port_a, [a])
+    svc = cluster.put_service("e2e-stats-b", vip_b, port_b, [b])
+    cluster.wait_applied(svc.resource_version)
+    clients = [cluster.client(n) for n in cluster.nodes]
+    opened = {0: [("a", vip_a, port_a)] * 3 + [("b", vip_b, port_b)], 1: [("a", vip_a, port_a)] * 2}
+    for i, conns in opened.items():
+        for j, (_, vip, port) in enumerate(conns):
+            r = clients[i].call("tcp_open", id=f"c{j}", addr=vip, port=port)
+            assert "error" not in r, r
+
+    def flows():
+        stats = cluster.cp.api.GetStats(api_pb2.GetStatsRequest())
+        per = {(s.service, x.address, x.port): x.active_flows for s in stats.services for x in s.backends
+               if s.service.startswith("e2e-stats")}
+        nodes = {n.node: (n.active_flows, dict(n.unavailable)) for n in stats.nodes}
+        return per, nodes
+
+    want = {("e2e-stats-a", a.addr, a.port): 5, ("e2e-stats-b", b.addr, b.port): 1}
+    assert poll(lambda: flows()[0] == want, 30), flows()
+    _, nodes = flows()
+    assert nodes == {cluster.nodes[0].name: (4, {}), cluster.nodes[1].name: (2, {})}, nodes
+    listed = {n.name: n for n in cluster.cp.api.ListNodes(api_pb2.ListNodesRequest()).nodes}
+    for node in cluster.nodes:
+        caps = listed[node.name].capabilities
+        assert caps["flows"] in ("map-iter", "socket-iter"), dict(caps)
+        assert caps["flows"] == ("map-iter" if caps["map_elem_iter"] == "yes" else "socket-iter"), dict(caps)
+        assert not listed[node.name].stats_unavailable, listed[node.name]
+
+    for i, conns in opened.items():
+        for j in range(len(conns)):
+            clients[i].call("close", id=f"c{j}")
+    assert poll(lambda: not any(flows()[0].values()), 30), flows()
