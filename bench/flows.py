@@ -20,7 +20,8 @@ exactly the N flows:
                     /run/netns (what the agent does)
   socket-iter-host  the same in the host namespace only (the walk floor)
   flow-counts       the agent's `flows` statistics part: the way the agent
-                    took (auto) + the per-backend grouping it reports
+                    took (auto), counting in the kernel (FlowReader.count),
+                    + the per-service grouping it reports
   socket-stats      SocketStatsCollector.collect(): the socket-statistics part
   ss                ss -Htn state established dport = :PORT (counting lines)
 Ratios: ss time / variant time (above 1: the variant is faster).
@@ -95,7 +96,7 @@ class Readers:
             seconds = time.monotonic() - t0
             got = len(samples)
         elif variant == "flow-counts":
-            counts = flow_counts(self.readers[variant].read().flows, self.names)
+            counts = flow_counts(self.readers[variant].count().counts, self.names)
             seconds = time.monotonic() - t0
             got = sum(c.active for c in counts)
         else:
@@ -161,8 +162,9 @@ def render(args, results: dict[int, dict[str, list[float]]], readers: Readers, s
               "- socket-iter walks the whole TCP table (client and server sockets alike) in each network "
               "namespace: its cost grows with every socket on the node, not only balanced ones; "
               "socket-iter-host is that walk in one namespace.",
-              "- flow-counts adds the per-backend grouping the statistics report sends; socket-stats also "
-              "reads TCP_INFO-like fields of each balanced socket.", END]
+              "- flow-counts is what every statistics report costs: the same walk, counting per backend "
+              "in the kernel (a hash map read once) instead of a record per socket; socket-stats emits a "
+              "record per balanced socket with its TCP_INFO-like fields.", END]
     return "\n".join(lines) + "\n"
 
 

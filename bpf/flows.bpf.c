@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 /* socklb flow reader: every live flow record (socket storage `flows`, written
- * by bpf/sock_lb.c at connect/sendmsg) as a stream of struct socklb_flow_rec.
+ * by bpf/sock_lb.c at connect/sendmsg), either emitted as a stream of struct
+ * socklb_flow_rec (a dump) or counted per (frontend, backend) into the
+ * flow_counts map (what a statistics report needs).
  *
- * Two ways to find them, chosen by socklb/dataplane/flows.py from a probe:
- *   socklb_flows_map  iter/bpf_sk_storage_map over the flows map itself: one
- *                     pass over the sockets that have a record, in every
- *                     network namespace at once. A map-element iterator:
- *                     some kernels refuse those (EPERM at load, e.g. under a
- *                     BPF LSM policy).
- *   socklb_flows_tcp  iter/tcp and iter/udp, run in each network namespace:
- *   socklb_flows_udp  look up each socket's record with bpf_sk_storage_get.
- *                     Walks every socket (not only balanced ones), but loads
- *                     where map-element iterators are refused.
+ * Two ways to find the records, chosen by socklb/dataplane/flows.py from a
+ * probe:
+ *   *_map      iter/bpf_sk_storage_map over the flows map itself: one pass
+ *              over the sockets that have a record, in every network
+ *              namespace at once. A map-element iterator: some kernels
+ *              refuse those (EPERM at load, e.g. under a BPF LSM policy).
+ *   *_tcp/udp  iter/tcp and iter/udp, run in each network namespace: look
+ *              up each socket's record with bpf_sk_storage_get. Walks every
+ *              socket (not only balanced ones), but loads where map-element
+ *              iterators are refused.
  * The object is loaded with only the programs of the chosen way (the others
  * are not loaded), so one refused program does not take the other down.
+ * Each way's programs are generated from one body per iterator type, with
+ * `counting` a constant the compiler folds.
  *
  * Built like bpf/sock_destroy.bpf.c (clang -target bpf against a
  * bpftool-generated vmlinux.h, CO-RE, libbpf); `flows` is the agent's pinned
@@ -38,13 +42,18 @@ struct {
 	__type(value, struct socklb_flow);
 } flows SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_FLOW_COUNTS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct socklb_flow_count_key);
+	__type(value, __u64);
+} flow_counts SEC(".maps");
+
 static __always_inline void emit(struct seq_file *seq, struct sock *sk, const struct socklb_flow *f)
 {
 	struct socklb_flow_rec r = {};
 
-	/* Sockets re-connected away from a VIP keep a cleared record. */
-	if (!f->frontend_id)
-		return;
 	r.cookie = bpf_get_socket_cookie(sk);
 	r.frontend_id = f->frontend_id;
 	r.backend_id = f->backend_id;
@@ -58,8 +67,34 @@ static __always_inline void emit(struct seq_file *seq, struct sock *sk, const st
 	bpf_seq_write(seq, &r, sizeof(r));
 }
 
-SEC("iter/bpf_sk_storage_map")
-int socklb_flows_map(struct bpf_iter__bpf_sk_storage_map *ctx)
+static __always_inline void count(const struct socklb_flow *f)
+{
+	struct socklb_flow_count_key k = {};
+	__u64 one = 1, *n;
+
+	k.frontend_id = f->frontend_id;
+	__builtin_memcpy(k.backend_addr, f->backend_addr, sizeof(k.backend_addr));
+	k.backend_port = f->backend_port;
+	n = bpf_map_lookup_elem(&flow_counts, &k);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		bpf_map_update_elem(&flow_counts, &k, &one, BPF_NOEXIST);
+}
+
+static __always_inline void visit(struct seq_file *seq, struct sock *sk, const struct socklb_flow *f,
+				  const int counting)
+{
+	/* Sockets re-connected away from a VIP keep a cleared record. */
+	if (!f->frontend_id)
+		return;
+	if (counting)
+		count(f);
+	else
+		emit(seq, sk, f);
+}
+
+static __always_inline int on_map(struct bpf_iter__bpf_sk_storage_map *ctx, const int counting)
 {
 	struct sock *sk = ctx->sk;
 	struct socklb_flow f;
@@ -68,12 +103,11 @@ int socklb_flows_map(struct bpf_iter__bpf_sk_storage_map *ctx)
 		return 0;
 	/* The value is a read-only buffer: copy it before use. */
 	__builtin_memcpy(&f, ctx->value, sizeof(f));
-	emit(ctx->meta->seq, sk, &f);
+	visit(ctx->meta->seq, sk, &f, counting);
 	return 0;
 }
 
-SEC("iter/tcp")
-int socklb_flows_tcp(struct bpf_iter__tcp *ctx)
+static __always_inline int on_tcp(struct bpf_iter__tcp *ctx, const int counting)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct socklb_flow *f;
@@ -87,12 +121,11 @@ int socklb_flows_tcp(struct bpf_iter__tcp *ctx)
 		return 0;
 	f = bpf_sk_storage_get(&flows, tp, 0, 0);
 	if (f)
-		emit(ctx->meta->seq, (struct sock *)tp, f);
+		visit(ctx->meta->seq, (struct sock *)tp, f, counting);
 	return 0;
 }
 
-SEC("iter/udp")
-int socklb_flows_udp(struct bpf_iter__udp *ctx)
+static __always_inline int on_udp(struct bpf_iter__udp *ctx, const int counting)
 {
 	struct sock *sk = (struct sock *)ctx->udp_sk;
 	struct socklb_flow *f;
@@ -101,6 +134,19 @@ int socklb_flows_udp(struct bpf_iter__udp *ctx)
 		return 0;
 	f = bpf_sk_storage_get(&flows, sk, 0, 0);
 	if (f)
-		emit(ctx->meta->seq, sk, f);
+		visit(ctx->meta->seq, sk, f, counting);
 	return 0;
 }
+
+SEC("iter/bpf_sk_storage_map")
+int socklb_flows_map(struct bpf_iter__bpf_sk_storage_map *ctx) { return on_map(ctx, 0); }
+SEC("iter/bpf_sk_storage_map")
+int socklb_counts_map(struct bpf_iter__bpf_sk_storage_map *ctx) { return on_map(ctx, 1); }
+SEC("iter/tcp")
+int socklb_flows_tcp(struct bpf_iter__tcp *ctx) { return on_tcp(ctx, 0); }
+SEC("iter/tcp")
+int socklb_counts_tcp(struct bpf_iter__tcp *ctx) { return on_tcp(ctx, 1); }
+SEC("iter/udp")
+int socklb_flows_udp(struct bpf_iter__udp *ctx) { return on_udp(ctx, 0); }
+SEC("iter/udp")
+int socklb_counts_udp(struct bpf_iter__udp *ctx) { return on_udp(ctx, 1); }

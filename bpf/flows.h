@@ -18,4 +18,16 @@ struct socklb_flow_rec {
 	__u16 family;         /* AF_INET / AF_INET6 of the socket */
 };
 
+/* flow_counts (hash): open flows per (frontend, backend), counted in the
+ * kernel by the counting iterators so that a statistics report costs one
+ * walk and a map read, not a record per socket. */
+struct socklb_flow_count_key {
+	__u32 frontend_id;
+	__u32 backend_addr[4];
+	__u16 backend_port;   /* network order */
+	__u16 pad;
+};
+
+#define SOCKLB_FLOW_COUNTS_MAX 65536
+
 #endif /* SOCKLB_FLOWS_H */

@@ -257,10 +257,10 @@ class Agent:
 
     def flow_counts(self) -> list:
         """Open flows per service and backend (sync_pb2.FlowCount)."""
-        dump = self.flow_dump()
+        counted = self._part("flows").count()
         with self._lock:
             names = {fe.id: fe.service for fe in self.programmed.frontends.values()}
-        return stats.flow_counts(dump.flows, names)
+        return stats.flow_counts(counted.counts, names)
 
     def socket_stats(self) -> list:
         """Socket statistics of load-balanced flows, per service and backend."""

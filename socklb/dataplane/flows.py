@@ -4,6 +4,7 @@ get_next_key, so a BPF iterator (bpf/flows.bpf.c) emits them.
 
     with FlowReader(pin_dir) as r:           # probes, builds + loads once
         dump = r.read()                      # FlowDump: records, method, timing
+        counts = r.count()                   # FlowCounts: open flows per (frontend, backend)
         r.method                             # Method.MAP_ITER or Method.SOCKET_ITER
         r.map_iter_refused                   # the probe: None, or why it was refused
 
@@ -27,7 +28,10 @@ iterator and fails where it is refused.
 
 Records with a cleared frontend id (a socket re-connected away from its VIP)
 are not emitted; a socket the socket iterators show twice is kept once (by
-cookie).
+cookie). count() runs the counting programs instead: the kernel adds each
+record to the flow_counts map, so a statistics report costs one walk and a
+map read rather than a record per socket; a socket the iterator shows twice
+while the table changes under it is counted twice (a statistic, not a dump).
 """
 from __future__ import annotations
 
@@ -42,13 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from . import bpfobj, layout
+from . import bpfobj, kernel, layout
 
 log = logging.getLogger(__name__)
 
 SOURCE = "flows.bpf.c"
-MAP_PROGRAMS = {"map": "socklb_flows_map"}
-SOCKET_PROGRAMS = {"tcp": "socklb_flows_tcp", "udp": "socklb_flows_udp"}
+# key -> program: "<x>" emits records, "count-<x>" counts into flow_counts.
+MAP_PROGRAMS = {"map": "socklb_flows_map", "count-map": "socklb_counts_map"}
+SOCKET_PROGRAMS = {"tcp": "socklb_flows_tcp", "udp": "socklb_flows_udp",
+                   "count-tcp": "socklb_counts_tcp", "count-udp": "socklb_counts_udp"}
 # Nothing is destroyed while reading, so a record rolled back by the kernel is
 # simply shown again: read in large chunks.
 _READ_SIZE = 64 * 1024
@@ -76,6 +82,17 @@ assert _REC.size == ct.sizeof(layout.FlowRecord), "flows.h changed: update _REC"
 def parse(data: bytes) -> list[Flow]:
     usable = len(data) - len(data) % _REC.size
     return [Flow._make(t) for t in _REC.iter_unpack(memoryview(data)[:usable])]
+
+
+@dataclass
+class FlowCounts:
+    # (frontend_id, backend address as 16 raw bytes, backend port in network order) -> open flows
+    counts: dict[tuple[int, bytes, int], int] = field(default_factory=dict)
+    method: str = ""
+    duration: float = 0.0
+    netns_scanned: int = 0
+    errors: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,6 +144,7 @@ class FlowReader:
             raise e
         if self._obj is None:
             self._obj = _Object(path, self.pin_dir, SOCKET_PROGRAMS)
+            self._check_counts(self._obj)
             self.method = Method.SOCKET_ITER
         else:
             self.method = Method.MAP_ITER
@@ -142,6 +160,7 @@ class FlowReader:
         map-iter was asked for. None, or why it was refused."""
         try:
             obj = _Object(path, self.pin_dir, MAP_PROGRAMS, map_keys=MAP_PROGRAMS)
+            self._check_counts(obj)
         except FlowReaderError as e:
             log.debug("map-element iterator refused: %s", e)
             return short_reason(e)
@@ -170,9 +189,7 @@ class FlowReader:
 
     def read(self) -> FlowDump:
         with self._lock:
-            obj = self._obj
-            if obj is None:
-                raise FlowReaderError("flow reader is closed")
+            obj = self._live()
             if self.method is Method.MAP_ITER:
                 t0 = time.monotonic()
                 flows = parse(obj.read_iter("map", _READ_SIZE))
@@ -193,3 +210,52 @@ class FlowReader:
         for e in dump.errors:
             log.warning("flows: %s", e)
         return dump
+
+    def count(self) -> FlowCounts:
+        """Open flows per (frontend, backend address, backend port), counted
+        in the kernel."""
+        with self._lock:
+            obj = self._live()
+            counts = self._counts_map(obj)
+            _clear(counts)
+            if self.method is Method.MAP_ITER:
+                t0 = time.monotonic()
+                obj.read_iter("count-map", _READ_SIZE)
+                out = FlowCounts(method=self.method.value)
+            else:
+                def scan(ns: bpfobj.Netns) -> None:
+                    obj.read_iter("count-tcp", _READ_SIZE)
+                    obj.read_iter("count-udp", _READ_SIZE)
+
+                t0 = time.monotonic()
+                res = bpfobj.scan_netns(scan, self.netns_paths, thread_name="socklb-flows")
+                out = FlowCounts(method=self.method.value, netns_scanned=len(res.results), errors=res.errors,
+                                 unreachable=res.unreachable)
+            for k, v in counts.items():
+                out.counts[(k.frontend_id, bytes(k.backend_addr), k.backend_port)] = v.value
+            _clear(counts)
+            out.duration = time.monotonic() - t0
+        for e in out.errors:
+            log.warning("flows: %s", e)
+        return out
+
+    def _live(self) -> "_Object":
+        if self._obj is None:
+            raise FlowReaderError("flow reader is closed")
+        return self._obj
+
+    @staticmethod
+    def _counts_map(obj: "_Object") -> kernel.BpfMap:
+        # The fd belongs to the object: this BpfMap is never closed.
+        return kernel.BpfMap(obj.map_fd("flow_counts"), layout.FlowCountKey, ct.c_uint64, "flow_counts")
+
+    def _check_counts(self, obj: "_Object") -> None:
+        info = kernel.map_info(obj.map_fd("flow_counts"))
+        if info.key_size != ct.sizeof(layout.FlowCountKey) or info.max_entries != layout.FLOW_COUNTS_MAX:
+            raise FlowReaderError(f"flow_counts has key size {info.key_size}, {info.max_entries} entries: "
+                                  f"flows.h and layout.py disagree")
+
+
+def _clear(m: kernel.BpfMap) -> None:
+    for k in list(m.keys()):
+        m.delete(k)

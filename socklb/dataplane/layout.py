@@ -157,6 +157,19 @@ class FlowRecord(ct.Structure):
     ]
 
 
+class FlowCountKey(ct.Structure):
+    """struct socklb_flow_count_key of bpf/flows.h: key of the flow_counts map."""
+    _fields_ = [
+        ("frontend_id", ct.c_uint32),
+        ("backend_addr", U32x4),
+        ("backend_port", ct.c_uint16),
+        ("pad", ct.c_uint16),
+    ]
+
+
+FLOW_COUNTS_MAX = 65536
+
+
 # Every mirrored struct with its C name, for the layout test.
 STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_svc_key": SvcKey,
@@ -168,6 +181,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_rnat_val": RnatVal,
     "socklb_flow": Flow,
     "socklb_flow_rec": FlowRecord,
+    "socklb_flow_count_key": FlowCountKey,
 }
 
 # The headers those structs come from (bpf/), for the layout test.

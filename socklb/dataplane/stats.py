@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from google.protobuf import timestamp_pb2
 
@@ -72,17 +72,15 @@ class StatsReporter:
         return out
 
 
-def flow_counts(flows: Iterable, names: Mapping[int, str]) -> list[sync_pb2.FlowCount]:
-    """Open flows per (service, backend address, port), sorted. flows:
-    records with frontend_id, backend_addr (16 bytes) and backend_port
-    (network order); names: frontend id -> service. Flows of a frontend no
-    longer programmed are left out."""
-    counts: Counter = Counter()
-    for f in flows:
-        name = names.get(f.frontend_id)
+def flow_counts(counts: Mapping[tuple[int, bytes, int], int], names: Mapping[int, str]) -> list[sync_pb2.FlowCount]:
+    """Open flows per (service, backend address, port), sorted. counts:
+    (frontend id, backend address as 16 raw bytes, backend port in network
+    order) -> flows (flows.FlowReader.count); names: frontend id -> service.
+    Flows of a frontend no longer programmed are left out."""
+    per: Counter = Counter()
+    for (frontend_id, addr, port), n in counts.items():
+        name = names.get(frontend_id)
         if name:
-            counts[(name, f.backend_addr, f.backend_port)] += 1
-    rows = sorted((name, layout.addr_text(addr), layout.port_host(port), n)
-                  for (name, addr, port), n in counts.items())
+            per[(name, layout.addr_text(addr), layout.port_host(port))] += n
     return [sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n)
-            for name, addr, port, n in rows]
+            for (name, addr, port), n in sorted(per.items())]

@@ -70,6 +70,20 @@ def flow_counts(a) -> Counter:
     return out
 
 
+def kernel_counts(a, method) -> Counter:
+    """The counts a statistics report sends (counted in the kernel), read
+    with the node's own reader code from this process, by VIP as above."""
+    from socklb.dataplane import layout
+    from socklb.dataplane.flows import FlowReader
+
+    vips = {int(f["id"]): f["frontend"]["address"] for f in a.dump("services").get("frontends", [])}
+    with FlowReader(a.pin_dir, method) as r:
+        counted = r.count()
+    assert counted.method == method
+    return Counter({(vips[fe], layout.addr_text(addr), layout.port_host(port)): n
+                    for (fe, addr, port), n in counted.counts.items()})
+
+
 @pytest.mark.parametrize("method", ["socket-iter", "map-iter"])
 def test_flows_are_read_in_every_namespace(agent, backends, clients, netns, workdir, method):
     tport = free_port(VIP_HOST)
@@ -109,6 +123,7 @@ def test_flows_are_read_in_every_namespace(agent, backends, clients, netns, work
     want = Counter({(VIP_HOST, "127.0.0.2", tport): 3, (VIP_NS, "127.0.0.3", tport): 2,
                     (VIP_UDP, "127.0.0.4", b_udp.port): 1})
     assert flow_counts(a) == want
+    assert kernel_counts(a, method) == want
     info = a.cli("dump", "flows", "--admin-socket", str(a.socket), "-o", "json")
     assert f'"method": "{method}"' in info.stdout, info.stdout
 
@@ -118,6 +133,7 @@ def test_flows_are_read_in_every_namespace(agent, backends, clients, netns, work
     host.call("close", id="u")
     want = Counter({(VIP_HOST, "127.0.0.2", tport): 2, (VIP_NS, "127.0.0.3", tport): 1})
     assert poll(lambda: flow_counts(a) == want, timeout=WAIT), flow_counts(a)
+    assert kernel_counts(a, method) == want
 
 
 def test_probes_report_every_feature_once(agent):

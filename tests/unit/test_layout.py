@@ -28,7 +28,7 @@ def _c_program() -> str:
         for name in values:
             lines.append(f'printf(",\\"{name}\\": %d", (int){name});')
     for macro in ("SOCKLB_FLOW_RNAT_RING", "SOCKLB_LAYOUT_VERSION", "SOCKLB_SERVICES_MAX",
-                  "SOCKLB_BACKENDS_MAX", "SOCKLB_AFFINITY_MAX", "SOCKLB_REV_NAT_MAX"):
+                  "SOCKLB_BACKENDS_MAX", "SOCKLB_AFFINITY_MAX", "SOCKLB_REV_NAT_MAX", "SOCKLB_FLOW_COUNTS_MAX"):
         lines.append(f'printf(",\\"{macro}\\": %d", (int){macro});')
     lines += ['printf("}");', "return 0; }"]
     return "\n".join(lines)
@@ -92,6 +92,7 @@ def test_constants_match_header(c_layout):
     assert layout.BACKENDS_MAX == c_layout["SOCKLB_BACKENDS_MAX"]
     assert layout.AFFINITY_MAX == c_layout["SOCKLB_AFFINITY_MAX"]
     assert layout.REV_NAT_MAX == c_layout["SOCKLB_REV_NAT_MAX"]
+    assert layout.FLOW_COUNTS_MAX == c_layout["SOCKLB_FLOW_COUNTS_MAX"]
 
 
 def test_addresses_round_trip():

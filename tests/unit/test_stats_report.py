@@ -9,7 +9,6 @@ import pytest
 from socklb import cli
 from socklb.dataplane.features import Unavailable
 from socklb.dataplane.stats import PARTS, StatsReporter, flow_counts
-from socklb.dataplane.flows import Flow
 from socklb.dataplane import layout
 from socklb.dataplane.sync_client import SyncClient
 from socklb.dataplane.agent import Agent
@@ -95,16 +94,15 @@ def test_unknown_part_is_refused():
 
 
 def test_flow_counts_group_by_service_and_backend():
-    def rec(fe, addr, port):
-        return Flow(cookie=0, frontend_id=fe, backend_id=1, vip=layout.addr16("127.96.0.1"),
-                    backend_addr=layout.addr16(addr), vip_port=layout.port_be(80),
-                    backend_port=layout.port_be(port), proto=6, state=1, family=2)
+    def key(fe, addr, port):
+        return fe, layout.addr16(addr), layout.port_be(port)
 
-    recs = [rec(1, "10.0.0.1", 80)] * 3 + [rec(1, "10.0.0.2", 80), rec(2, "fd00::1", 53), rec(9, "10.0.0.9", 1)]
+    counts = {key(1, "10.0.0.1", 80): 3, key(1, "10.0.0.2", 80): 1, key(2, "fd00::1", 53): 1,
+              key(3, "10.0.0.1", 80): 2, key(9, "10.0.0.9", 1): 4}
     got = [(c.service, c.backend_address, c.backend_port, c.active)
-           for c in flow_counts(recs, {1: "web", 2: "dns"})]
-    # frontend 9 is no longer programmed: left out
-    assert got == [("dns", "fd00::1", 53, 1), ("web", "10.0.0.1", 80, 3), ("web", "10.0.0.2", 80, 1)]
+           for c in flow_counts(counts, {1: "web", 2: "dns", 3: "web"})]
+    # frontend 3 is web's second frontend: summed per backend; frontend 9 is no longer programmed: left out
+    assert got == [("dns", "fd00::1", 53, 1), ("web", "10.0.0.1", 80, 5), ("web", "10.0.0.2", 80, 1)]
 
 
 @pytest.fixture
