@@ -317,8 +317,8 @@ def text_nodes(resp) -> str:
 
 
 def _node_details(n) -> list[str]:
-    """The ways the node's duties take, the kernel features it was refused,
-    and the statistics it cannot read (capabilities: "yes", "no: <why>", or
+    """The ways the node's duties take, the kernel features it does not
+    have (refused or missing), and the statistics it cannot read (capabilities: "yes", "no: <why>", or
     the way a duty takes)."""
     caps = dict(sorted(n.capabilities.items()))
     ways = [f"{k}={v}" for k, v in caps.items() if v != "yes" and not v.startswith("no:")]
@@ -327,7 +327,7 @@ def _node_details(n) -> list[str]:
     if ways:
         lines.append(f"{n.name}: " + "  ".join(ways))
     if refused:
-        lines.append(f"{n.name}: kernel refused: " + "; ".join(refused))
+        lines.append(f"{n.name}: not available: " + "; ".join(refused))
     if n.stats_unavailable:
         lines.append(f"{n.name}: statistics unavailable: "
                      + "; ".join(f"{k} ({v})" for k, v in sorted(n.stats_unavailable.items())))

@@ -248,7 +248,7 @@ class Agent:
         part = getattr(self.parts, duty, None) if self.parts is not None else None
         if part is None:
             why = self.parts.errors.get(duty, "not loaded") if self.parts is not None else "no datapath"
-            raise features.Unavailable(f"{duty}: {why.removeprefix('none: ')}")
+            raise features.Unavailable(why.removeprefix("none: "))
         return part
 
     def flow_dump(self):

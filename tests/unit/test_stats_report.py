@@ -159,6 +159,6 @@ def test_node_list_shows_ways_and_refused_features():
         "sock_destroy_kfunc": "yes"})
     text = cli.text_nodes(api_pb2.ListNodesResponse(nodes=[n]))
     assert "n1: flows=socket-iter  sock_destroy=kfunc  socket_stats=socket-iter" in text
-    assert "n1: kernel refused: map_elem_iter (loading flows.o (socklb_flows_map) failed: " \
+    assert "n1: not available: map_elem_iter (loading flows.o (socklb_flows_map) failed: " \
            "Operation not permitted)" in text
     assert "sock_destroy_kfunc" not in text
