@@ -123,7 +123,13 @@ def serve(agent: Agent, socket_path: Path) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminServicer(agent), server)
     add_health_and_reflection(server, ["socklb.v1.NodeAdmin"])
-    server.add_insecure_port(f"unix://{socket_path}")
-    server.start()
-    os.chmod(socket_path, 0o600)  # admin rights on the node: root only
+    # Admin rights on the node: the socket is created 0600, never reachable
+    # by others (a chmod after bind would leave a window).
+    old = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix://{socket_path}")
+        server.start()
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, 0o600)  # whatever the umask did, say it once more
     return server

@@ -10,6 +10,7 @@ never doubled, and sockets keep their flow records.
 from __future__ import annotations
 
 import ctypes as ct
+import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class Datapath:
     maps: dict[str, BpfMap] = field(default_factory=dict)
     adopted: bool = False
     _bpf: object = None
+    _lock_fd: int | None = None
 
     @property
     def links_dir(self) -> Path:
@@ -107,6 +109,7 @@ class Datapath:
         if not (self.cgroup / "cgroup.procs").exists():
             raise LoadError(f"{self.cgroup} is not a cgroup v2 directory")
         self.pin_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_pin_dir()
         self.links_dir.mkdir(exist_ok=True)
         self._check_pinned_maps()
         existing = {h.name for h in HOOKS if (self.links_dir / h.name).exists()}
@@ -123,6 +126,23 @@ class Datapath:
         self.adopted = bool(existing)
         log.info("%s %d hooks on %s, maps in %s", "adopted" if self.adopted else "attached",
                  len(HOOKS), self.cgroup, self.pin_dir)
+
+    def _lock_pin_dir(self) -> None:
+        """One agent per pin directory: two would apply different plans to
+        the same maps with their own id allocators. The lock is an flock on
+        the directory, held (fd kept open) until the process exits, so a
+        killed agent never leaves it behind."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LoadError(f"another socklb-dataplane agent is running on pin directory {self.pin_dir} "
+                            "(it holds the directory's lock); stop it first, or give this one its own "
+                            "--pin-dir") from None
+        self._lock_fd = fd
 
     def _compile(self):
         from bcc import BPF  # bcc is only needed where programs are loaded
