@@ -51,6 +51,7 @@ class Readers:
     """The loaded readers (load time kept apart) and what each variant runs."""
 
     def __init__(self, lab: Lab):
+        from socklb.dataplane.bpfobj import first_line
         from socklb.dataplane.flows import FlowReader, FlowReaderError
         from socklb.dataplane.sockstats import SocketStatsCollector
 
@@ -66,7 +67,7 @@ class Readers:
             try:
                 self.readers[name] = FlowReader(lab.pin_dir, **kw)
             except FlowReaderError as e:
-                self.refused[name] = str(e).splitlines()[0]
+                self.refused[name] = first_line(e)
                 log(f"{name}: not measured: {self.refused[name]}")
                 continue
             self.loads[name] = time.monotonic() - t0

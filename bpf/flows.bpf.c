@@ -27,20 +27,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
-#define SOCKLB_USERSPACE
-#include "socklb.h"
+#include "iter.h"
 #include "flows.h"
 
-#define SOCKLB_TCP_LISTEN 10
-
 char LICENSE[] SEC("license") = "GPL";
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_flow);
-} flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -115,9 +105,8 @@ static __always_inline int on_tcp(struct bpf_iter__tcp *ctx, const int counting)
 
 	if (!skc)
 		return 0;
-	/* Time-wait and request sockets have no storage; listeners no flow. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp || BPF_CORE_READ(skc, skc_state) == SOCKLB_TCP_LISTEN)
+	tp = flow_tcp_sock(skc);
+	if (!tp)
 		return 0;
 	f = bpf_sk_storage_get(&flows, tp, 0, 0);
 	if (f)

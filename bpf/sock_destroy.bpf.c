@@ -44,21 +44,9 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 
-/* vmlinux.h already defines the __u* types: take the layouts of socklb.h
- * without <linux/types.h>. */
-#define SOCKLB_USERSPACE
-#include "socklb.h"
+#include "iter.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#define SOCKLB_IPPROTO_TCP 6
-#define SOCKLB_IPPROTO_UDP 17
 #define SOCKLB_TCP_ESTABLISHED 1 /* also a connected UDP socket's state */
-#define SOCKLB_TCP_LISTEN 10
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -116,14 +104,6 @@ struct socklb_term_rec {
 _Static_assert(sizeof(struct socklb_term_rec) == 64, "socklb_term_rec is 64 bytes (terminate.py)");
 _Static_assert(sizeof(struct socklb_term_dst) == 20, "socklb_term_dst is 20 bytes (terminate.py)");
 _Static_assert(sizeof(struct socklb_term_val) == 24, "socklb_term_val is 24 bytes (terminate.py)");
-
-/* The agent's socket storage; same key and value as bpf/sock_lb.c. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_flow);
-} flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

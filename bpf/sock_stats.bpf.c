@@ -34,23 +34,11 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 
-/* vmlinux.h already defines the __u* types: take the layouts of socklb.h
- * without <linux/types.h>. */
-#define SOCKLB_USERSPACE
-#include "socklb.h"
+#include "iter.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#define SOCKLB_IPPROTO_TCP 6
-#define SOCKLB_IPPROTO_UDP 17
 #define SOCKLB_TCP_FIN_WAIT2 5
 #define SOCKLB_TCP_CLOSE_WAIT 8
 #define SOCKLB_TCP_LAST_ACK 9
-#define SOCKLB_TCP_LISTEN 10
 #define SOCKLB_TCP_CLOSING 11
 
 char LICENSE[] SEC("license") = "GPL";
@@ -71,14 +59,6 @@ struct socklb_stat_rec {
 };
 
 _Static_assert(sizeof(struct socklb_stat_rec) == 48, "socklb_stat_rec is 48 bytes (sockstats.py)");
-
-/* The agent's socket storage; same key and value as bpf/sock_lb.c. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct socklb_flow);
-} flows SEC(".maps");
 
 /* CO-RE flavours (matched by name, so they build against any vmlinux.h):
  * since 6.18 udp counts receive drops in per-NUMA counters that
@@ -151,9 +131,8 @@ int socklb_stats_tcp(struct bpf_iter__tcp *ctx)
 
 	if (!skc)
 		return 0;
-	/* Time-wait and request sockets have no storage; listeners no flow. */
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp || BPF_CORE_READ(skc, skc_state) == SOCKLB_TCP_LISTEN)
+	tp = flow_tcp_sock(skc);
+	if (!tp)
 		return 0;
 	if (!counted_flow(skc, (struct sock *)tp, &r))
 		return 0;

@@ -309,6 +309,14 @@ def strerror(e: int) -> str:
     return os.strerror(e) if e < 4000 else f"libbpf error {e} (bad or unsupported object)"
 
 
+def first_line(e: BaseException | str) -> str:
+    """The first line of an error: libbpf's errors carry its whole log after it."""
+    lines = str(e).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(e).__name__ if isinstance(e, BaseException) else "(no reason given)"
+
+
 def log_tail(lines: list[str], n: int = 40) -> str:
     text = "".join(lines).rstrip()
     tail = text.splitlines()[-n:]

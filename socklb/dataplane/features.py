@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bpfobj import first_line
 from .flows import FlowReader
 from .sockstats import SocketStatsCollector
 from .terminate import Terminator, resume_fixed
@@ -42,16 +43,8 @@ DUTIES = ("flows", "sock_destroy", "socket_stats")
 
 
 def answer(why_not: str | None) -> str:
-    """ "yes", or "no: <first line of why not>" (libbpf appends whole logs)."""
-    if why_not is None:
-        return "yes"
-    lines = str(why_not).strip().splitlines()
-    return f"no: {lines[0] if lines else 'refused'}"
-
-
-def none(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"none: {lines[0] if lines else type(e).__name__}"
+    """ "yes", or "no: <first line of why not>"."""
+    return "yes" if why_not is None else f"no: {first_line(why_not)}"
 
 
 @dataclass
@@ -107,7 +100,7 @@ def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str =
         try:
             loaded[duty] = fut.result()
         except Exception as e:  # a duty without a way must not stop the node
-            errors[duty] = none(e)
+            errors[duty] = f"none: {first_line(e)}"
             probes[duty] = getattr(e, "probes", {})
             refused = getattr(e, "map_iter_refused", None)
             if refused is not None:

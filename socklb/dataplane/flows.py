@@ -105,12 +105,6 @@ class FlowDump:
     unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
 
 
-def short_reason(e: BaseException) -> str:
-    """The first line of an error (libbpf appends its whole log)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 class _Object(bpfobj.IterObject):
     error = FlowReaderError
 
@@ -163,12 +157,12 @@ class FlowReader:
             self._check_counts(obj)
         except FlowReaderError as e:
             log.debug("map-element iterator refused: %s", e)
-            return short_reason(e)
+            return bpfobj.first_line(e)
         try:
             obj.read_iter("map", _READ_SIZE)
         except FlowReaderError as e:
             obj.close()
-            return short_reason(e)
+            return bpfobj.first_line(e)
         if self.requested is Method.SOCKET_ITER:
             obj.close()
         else:

@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from socklb.v1 import sync_pb2
 
 from . import layout
+from .bpfobj import first_line
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ _PLACE: dict[str, Callable[[sync_pb2.StatsReport, object], None]] = {
     "socket_stats": lambda r, v: r.sockets.extend(v),
 }
 PARTS = tuple(_PLACE)
-
-
-def reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 class StatsReporter:
@@ -57,7 +53,7 @@ class StatsReporter:
             try:
                 value = read()
             except Exception as e:  # noqa: BLE001 - any failure of one part leaves the others
-                why = reason(e)
+                why = first_line(e)
                 out.unavailable[name] = why
                 if self._failing.get(name) != why:
                     log.warning("statistics: %s unavailable: %s", name, why)

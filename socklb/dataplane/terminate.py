@@ -488,7 +488,7 @@ def kfunc_probe(pin_dir: Path, cache: Path | None = None) -> str | None:
     try:
         _Object(build_object(kfunc=True, cache=cache), pin_dir).close()
     except TerminationError as e:
-        return f"the {KFUNC} program does not load: {str(e).splitlines()[0]}"
+        return f"the {KFUNC} program does not load: {bpfobj.first_line(e)}"
     return None
 
 
