@@ -566,7 +566,16 @@ def cmd_termination_get(args, client: Client) -> int:
 
 
 def cmd_termination_list(args, client: Client) -> int:
-    emit(client.call("ListTerminations", api_pb2.ListTerminationsRequest(service=args.service)), args.output)
+    out = api_pb2.ListTerminationsResponse()
+    token = ""
+    while True:  # every page: the control plane keeps at most 1000 terminations
+        page = client.call("ListTerminations", api_pb2.ListTerminationsRequest(
+            service=args.service, page_size=1000, page_token=token))
+        out.terminations.extend(page.terminations)
+        token = page.next_page_token
+        if not token:
+            break
+    emit(out, args.output)
     return EXIT_OK
 
 

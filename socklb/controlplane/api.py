@@ -19,7 +19,7 @@ from .nodes import NodeRegistry
 from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
                        remove_backends, set_backends)
 from .store.base import Compacted, Store, StoreError, Unavailable
-from .validate import validate_backend_refs
+from .validate import check_members, validate_backend_refs, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,54 @@ def _status(fn):
         finally:
             metrics.api_requests.labels(fn.__name__, code.name).inc()
     return tracing.server_span("socklb.v1.LoadBalancer")(wrapper)
+
+
+class _Malformed:
+    """A request body that does not parse (kept for the handler to refuse)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):
+    """A request body that is not a valid message of the method's type gets
+    INVALID_ARGUMENT naming the request, not gRPC's UNKNOWN for an exception
+    in the deserializer. Unary requests only (the node stream parses its own
+    messages in the sync service)."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return parse(data)
+            except Exception as e:  # noqa: BLE001 - any decode failure is the caller's
+                return _Malformed(e)
+
+        def guard(behavior):
+            if handler.response_streaming:
+                async def streaming(request, context):
+                    if isinstance(request, _Malformed):
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: "
+                                                                              f"{request.error}")
+                    async for item in behavior(request, context):
+                        yield item
+                return streaming
+
+            async def unary(request, context):
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: "
+                                                                          f"{request.error}")
+                return await behavior(request, context)
+            return unary
+
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), lenient,
+                                                        handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), lenient, handler.response_serializer)
 
 
 class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
@@ -126,8 +174,10 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def TerminateFlows(self, request, context):
-        await self._run(self.services.get, request.service)  # NOT_FOUND before anything is written
+        validate_name(request.service, "service")
+        svc = await self._run(self.services.get, request.service)  # NOT_FOUND before anything is written
         validate_backend_refs(request.backends, "backends")
+        check_members(request.backends, svc)
         nodes = await self._run(self.registry.list)
         connected = [n.name for n in nodes if n.health in (api_pb2.NODE_HEALTH_READY, api_pb2.NODE_HEALTH_DEGRADED)]
         term = terminations.new_request(request, connected)
@@ -137,6 +187,8 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def GetTermination(self, request, context):
+        if not request.id:
+            raise InvalidState("id", "must not be empty")
         found = await self._run(terminations.assemble, self.store, "", request.id)
         if not found:
             raise NotFound(f"termination {request.id!r} does not exist")
@@ -144,8 +196,14 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def ListTerminations(self, request, context):
+        if request.page_size > terminations.MAX_PAGE_SIZE:
+            raise InvalidState("page_size", f"{request.page_size} exceeds {terminations.MAX_PAGE_SIZE}")
         found = await self._run(terminations.assemble, self.store, request.service)
-        return api_pb2.ListTerminationsResponse(terminations=found)
+        try:
+            items, token = terminations.page(found, request.page_size, request.page_token)
+        except ValueError as e:
+            raise InvalidState("page_token", str(e)) from None
+        return api_pb2.ListTerminationsResponse(terminations=items, next_page_token=token)
 
     @_status
     async def ListNodes(self, request, context):

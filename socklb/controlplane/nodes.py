@@ -209,14 +209,18 @@ def is_stale(n: api_pb2.Node, stale_after: float, now: float | None = None) -> b
 
 
 def mark_gone(store: Store, fence: Compare, timeout: float, stale_after: float,
-              now: float | None = None) -> list[str]:
+              now: float | None = None, connected_here: frozenset[str] = frozenset()) -> list[str]:
     """Leader duty: stale records become DISCONNECTED; nodes disconnected for
-    longer than `timeout` become GONE."""
+    longer than `timeout` become GONE. Nodes with a live stream to this
+    replica are left alone: their record is stale only because this replica
+    was paused (SIGSTOP, a long GC), and its registry rewrites it next."""
     now = now if now is not None else time.time()
     out = []
     kvs, _ = store.range(keys.NODES)
     for kv in kvs:
         n = api_pb2.Node.FromString(kv.value)
+        if n.name in connected_here:
+            continue
         if is_stale(n, stale_after, now):
             n.health = api_pb2.NODE_HEALTH_DISCONNECTED
         elif n.health == api_pb2.NODE_HEALTH_DISCONNECTED and now - n.last_seen.ToSeconds() > timeout:

@@ -25,7 +25,7 @@ from socklb.observability.grpcutil import add_health_and_reflection_aio
 from socklb.observability.logs import setup_logging
 
 from . import auth, keys, terminations
-from .api import LoadBalancerServicer
+from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
 from .services import ServiceStore, expire_drains
@@ -43,12 +43,31 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 16 << 20),
+    # gRPC sets SO_REUSEPORT by default: a second replica started by mistake
+    # on a taken port would then share it and answer from another store.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+def check_listen(listen: str) -> None:
+    """ "host:port" or "[v6]:port" with a port in 0..65535 (0: any free
+    port), or "unix:PATH"; ValueError naming what is wrong."""
+    if listen.startswith("unix:"):
+        return
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT ([ADDR]:PORT for IPv6) or unix:PATH")
+    if int(port) > 65535:
+        raise ValueError(f"--listen {listen!r}: port {port} is out of range (0..65535)")
 
 
 class ControlPlane:
     def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0,
-                 heartbeat: float = 10.0):
+                 heartbeat: float = 10.0, terminations_kept: int = terminations.MAX_KEPT,
+                 terminations_retention: float = terminations.RETENTION, prune_interval: float = 30.0):
+        self.terminations_kept = terminations_kept
+        self.terminations_retention = terminations_retention
+        self.prune_interval = prune_interval
         self.store = store
         self.replica = replica
         self.node_timeout = node_timeout
@@ -75,15 +94,20 @@ class ControlPlane:
                 log.warning("store unavailable (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS,
+                                      interceptors=[*(interceptors or []), MalformedRequests()])
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
         self.health = await add_health_and_reflection_aio(self.server,
                                                           ["socklb.v1.LoadBalancer", "socklb.v1.NodeSync"])
-        port = (self.server.add_secure_port(listen, credentials) if credentials is not None
-                else self.server.add_insecure_port(listen))
+        check_listen(listen)
+        try:
+            port = (self.server.add_secure_port(listen, credentials) if credentials is not None
+                    else self.server.add_insecure_port(listen))
+        except RuntimeError as e:  # grpcio raises when it cannot bind
+            raise OSError(f"cannot listen on {listen}: the address is in use or not available here ({e})") from None
         if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+            raise OSError(f"cannot listen on {listen}: the address is in use or not available here")
         await self.server.start()
         self._tasks = [asyncio.create_task(self.registry.run()), asyncio.create_task(self._duties())]
         log.info("replica %s serving on %s (port %d), store revision %d", self.replica, listen, port,
@@ -220,6 +244,7 @@ class ControlPlane:
         leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
                                              max(self.duty_interval * 3, 5.0))
         services = ServiceStore(self.store)
+        pruned_at = time.monotonic()
         try:
             while True:
                 await asyncio.sleep(self.duty_interval)
@@ -228,11 +253,18 @@ class ControlPlane:
                 try:
                     fence = leadership.fence()
                     gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
-                                                   self.registry.stale_after)
+                                                   self.registry.stale_after, None,
+                                                   frozenset(self.registry.connected_nodes))
                     due = [n for n, t in self.cache.drain_deadlines.items() if t <= time.time()]
                     drained = await asyncio.to_thread(expire_drains, services, fence, due) if due else []
                     if gone or drained:
-                        log.info("leader: nodes gone %s, drains expired in %s", gone, drained)
+                        log.info("leader: nodes marked disconnected or gone %s, drains expired in %s", gone, drained)
+                    if time.monotonic() - pruned_at >= self.prune_interval:
+                        pruned_at = time.monotonic()
+                        n = await asyncio.to_thread(terminations.prune, self.store, time.time_ns(),
+                                                    self.terminations_kept, self.terminations_retention)
+                        if n:
+                            log.info("leader: pruned %d termination records", n)
                 except StoreError as e:
                     log.warning("leader duties failed (will retry): %s", e)
         finally:
@@ -285,6 +317,11 @@ def security(args) -> tuple[grpc.ServerCredentials | None, list]:
 async def _amain(args) -> int:
     from .store.base import open_store
 
+    try:
+        check_listen(args.listen)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tracing.setup_tracing("socklb-controlplane", {"service.instance.id": replica})
     try:
@@ -308,7 +345,7 @@ async def _amain(args) -> int:
         return 1
     try:
         await cp.start(args.listen, creds, interceptors)
-    except (OSError, StoreError) as e:
+    except (OSError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         store.close()
         return 1

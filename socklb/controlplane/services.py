@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
-from socklb.dataplane.desired import PROTOCOLS, FrontendKey, InvalidState, parse_ip
+from socklb.dataplane.desired import PROTOCOLS, FrontendKey, InvalidState, canonical_address, parse_ip
 from socklb.dataplane.layout import addr16
 from socklb.v1 import api_pb2, types_pb2
 
@@ -152,9 +152,13 @@ class ServiceStore:
 
 
 def _normalized(svc: api_pb2.Service) -> api_pb2.Service:
+    """The stored form: addresses canonical (so `[::1]`, `::0:1` and `::1`
+    are one backend everywhere, e.g. for keep_sockets), no version."""
     out = api_pb2.Service()
     out.CopyFrom(svc)
     out.resource_version = 0
+    for x in (*out.frontends, *out.backends, *out.released):
+        x.address = canonical_address(x.address)
     return out
 
 

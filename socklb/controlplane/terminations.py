@@ -13,6 +13,13 @@ from . import keys
 from .store.base import Store
 
 
+# The store keeps the newest MAX_KEPT terminations, none older than
+# RETENTION seconds (the leader prunes the rest).
+MAX_KEPT = 1000
+RETENTION = 24 * 3600.0
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+
+
 def new_request(req: api_pb2.TerminateFlowsRequest, nodes: list[str]) -> api_pb2.Termination:
     created = timestamp_pb2.Timestamp()
     created.GetCurrentTime()
@@ -64,3 +71,46 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
         t.reports.extend(reports)
         result.append(t)
     return sorted(result, key=lambda t: (t.created.ToNanoseconds(), t.id), reverse=True)
+
+
+def page(items: list[api_pb2.Termination], size: int, token: str) -> tuple[list[api_pb2.Termination], str]:
+    """One page of `items` (newest first, as assemble() returns them) after
+    `token`, and the token of the next page ("" on the last one). A token is
+    the position of the last item shown, so a page stays right while newer
+    terminations arrive. ValueError for a token that is not one of ours."""
+    size = size or PAGE_SIZE
+    start = 0
+    if token:
+        try:
+            created, _, tid = token.partition(":")
+            after = (int(created), tid)
+        except ValueError:
+            raise ValueError(f"page_token {token!r} is not a token this API gave") from None
+        start = next((i for i, t in enumerate(items) if _order(t) < after), len(items))
+    chunk = items[start:start + size]
+    more = start + size < len(items)
+    return chunk, (f"{_order(chunk[-1])[0]}:{chunk[-1].id}" if more and chunk else "")
+
+
+def _order(t: api_pb2.Termination) -> tuple[int, str]:
+    return t.created.ToNanoseconds(), t.id
+
+
+def expired(items: list[api_pb2.Termination], now_ns: int, keep: int = MAX_KEPT,
+            retention: float = RETENTION) -> list[str]:
+    """Ids to prune: beyond the newest `keep`, or created before now - retention."""
+    oldest = now_ns - int(retention * 1e9)
+    return [t.id for i, t in enumerate(items) if i >= keep or t.created.ToNanoseconds() < oldest]
+
+
+def prune(store: Store, now_ns: int, keep: int = MAX_KEPT, retention: float = RETENTION) -> int:
+    """Delete the records (request and reports) of expired terminations;
+    how many terminations went."""
+    gone = set(expired(assemble(store), now_ns, keep, retention))
+    if not gone:
+        return 0
+    kvs, _ = store.range(keys.TERMINATIONS)
+    doomed = [kv.key for kv in kvs if keys.parse_termination_key(kv.key)[0] in gone]
+    for i in range(0, len(doomed), 100):  # etcd takes at most 128 operations in a txn
+        store.txn([], deletes=doomed[i:i + 100])
+    return len(gone)

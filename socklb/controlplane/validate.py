@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import re
 
-from socklb.dataplane.desired import MAX_WEIGHT, InvalidState, check_port, parse_ip, service_targets
+from socklb.dataplane.desired import (MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT, InvalidState, check_port, parse_ip,
+                                     service_targets)
 from socklb.v1 import api_pb2, types_pb2
 
 from . import compute
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
 MAX_NAME = 253
-MAX_BACKENDS = 4096
-MAX_FRONTENDS = 64
 MAX_AFFINITY_SECONDS = 604800
 MAX_NODE_NAME = 253
 
@@ -28,7 +27,7 @@ def validate_name(name: str, field: str) -> None:
         raise InvalidState(field, "must not be empty")
     if len(name) > MAX_NAME:
         raise InvalidState(field, f"longer than {MAX_NAME} characters")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # not match(): `$` also matches before a final newline
         raise InvalidState(field, f"{name!r} must be 'name' or 'namespace/name' of lowercase letters, "
                                   "digits, '-' and '.'")
 
@@ -41,9 +40,9 @@ def _enum(value: int, enum_type, field: str) -> None:
 def validate_service(svc: api_pb2.Service, field: str = "service") -> None:
     validate_name(svc.name, f"{field}.name")
     if len(svc.frontends) > MAX_FRONTENDS:
-        raise InvalidState(f"{field}.frontends", f"more than {MAX_FRONTENDS} frontends")
+        raise InvalidState(f"{field}.frontends", f"{len(svc.frontends)} frontends: more than {MAX_FRONTENDS}")
     if len(svc.backends) > MAX_BACKENDS:
-        raise InvalidState(f"{field}.backends", f"more than {MAX_BACKENDS} backends")
+        raise InvalidState(f"{field}.backends", f"{len(svc.backends)} backends: more than {MAX_BACKENDS}")
     _enum(svc.selection, types_pb2.Selection, f"{field}.selection")
     _enum(svc.traffic_policy, api_pb2.TrafficPolicy, f"{field}.traffic_policy")
     _enum(svc.affinity.mode, api_pb2.AffinityMode, f"{field}.affinity.mode")
@@ -79,3 +78,19 @@ def validate_backend_refs(refs, field: str) -> None:
     for i, r in enumerate(refs):
         parse_ip(r.address, f"{field}[{i}].address")
         check_port(r.port, f"{field}[{i}].port", allow_zero=True)
+
+
+def check_members(refs, svc: api_pb2.Service, field: str = "backends") -> None:
+    """Each ref names a backend of the service, or one removed from it with
+    keep_sockets, once: what a termination may target (so a request is
+    bounded by the service's size)."""
+    known = {(str(parse_ip(b.address, "address")), b.port) for b in (*svc.backends, *svc.released)}
+    seen: dict[tuple[str, int], int] = {}
+    for i, r in enumerate(refs):
+        ident = (str(parse_ip(r.address, f"{field}[{i}].address")), r.port)
+        if ident in seen:
+            raise InvalidState(f"{field}[{i}]", f"duplicate of {field}[{seen[ident]}]")
+        seen[ident] = i
+        if ident not in known:
+            raise InvalidState(f"{field}[{i}]", f"{r.address} port {r.port} is not a backend of service "
+                                                f"{svc.name!r} (nor one removed from it with keep_sockets)")

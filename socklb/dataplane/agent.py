@@ -6,12 +6,12 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
-from . import features, layout, stats
+from . import desired, features, layout, stats
 from .desired import (FrontendTarget, InvalidState, Limits, check_capacity_delta, check_name, frontend_targets,
                       service_targets, totals)
 from .loader import Datapath
@@ -35,6 +35,9 @@ class ApplyResult:
     backends_written: int
     backends_removed: int
     duration: float
+    # Services left at their previous version (or out) because they could not
+    # be applied -> why (apply(isolate=True) only).
+    rejected: dict = field(default_factory=dict)
 
 
 class Agent:
@@ -100,11 +103,24 @@ class Agent:
                 out.services.append(self.services[name])
             return out
 
-    def apply(self, state: node_pb2.NodeState) -> ApplyResult:
-        """Validate, plan and write; on any error the maps are as before."""
+    def apply(self, state: node_pb2.NodeState, isolate: bool = False) -> ApplyResult:
+        """Validate, plan and write; on any error the maps are as before.
+
+        isolate: a state that is invalid as a whole is applied without the
+        services that cannot be (they stay at their previous version, see
+        desired.isolate; ApplyResult.rejected names them), so one bad service
+        does not hold back every other change. Only where the node holds its
+        previous state: after a restart it cannot tell what to keep."""
         with _measured():
             start = time.monotonic()
-            targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
+            rejected: dict[str, str] = {}
+            try:
+                targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
+            except InvalidState:
+                if not isolate or self.services is None:
+                    raise
+                state, rejected = desired.isolate(state, self.services, self.limits)
+                targets = frontend_targets(state, self.limits)
             with self._lock:
                 plan = make_plan(self.programmed, targets)
                 result = self._execute(plan, state.version, state, start)
@@ -115,7 +131,10 @@ class Agent:
                     keys.setdefault(t.service, []).append(k)
                 self.keys_of = {n: tuple(v) for n, v in keys.items()}
                 self._totals = totals(targets.values())
-                return result
+                if rejected:
+                    log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
+                              len(rejected), "; ".join(rejected.values()))
+                return replace(result, rejected=rejected)
 
     def apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
         with _measured():

@@ -88,6 +88,8 @@ def cmd_run(args) -> int:
             log.error("state file rejected, nothing changed: %s", e)
         except OSError as e:
             log.error("applying %s failed, previous state restored: %s", args.state, e)
+        except Exception:  # a bug must not take the node down: it keeps its state and the next edit
+            log.exception("applying %s failed unexpectedly, nothing changed", args.state)
 
     if args.state and args.controlplane:
         raise CliError("give either --state (standalone) or --controlplane, not both")

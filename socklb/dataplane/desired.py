@@ -7,7 +7,9 @@ half-checked: a state is either entirely valid or rejected.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from socklb.lb import selection
@@ -32,6 +34,9 @@ SELECTIONS = {
     types_pb2.SELECTION_MAGLEV: layout.Selection.MAGLEV,
 }
 MAX_WEIGHT = 65535
+# Per service, on both planes (the control plane validates with this module).
+MAX_BACKENDS = 4096
+MAX_FRONTENDS = 64
 MAX_AFFINITY_SECONDS = 86400 * 7
 MAX_NAME = 253
 
@@ -39,10 +44,11 @@ MAX_NAME = 253
 class InvalidState(ValueError):
     """The desired state is wrong; `field` is the path of the culprit."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, other: int | None = None):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.other = other  # a frontend conflict: index of the service that holds it
 
 
 @dataclass(frozen=True, order=True)
@@ -92,16 +98,42 @@ class Limits:
     maglev_size: int = MAGLEV_TABLE_SIZE
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + f"... ({len(text)} characters)"
+
+
 def parse_ip(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address literal: IPv4, IPv6, or IPv6 in one pair of brackets.
+    Zone ids are refused: the datapath keys on the 16-byte address alone, so
+    fe80::1%a and fe80::1%b would be one backend."""
+    raw = text
+    if text.startswith("[") or text.endswith("]"):
+        if not (text.startswith("[") and text.endswith("]")) or text.count("[") + text.count("]") != 2:
+            raise InvalidState(field, f"{_shown(text)} has unbalanced brackets")
+        raw = text[1:-1]
+        if ":" not in raw:
+            raise InvalidState(field, f"{_shown(text)}: brackets are for IPv6 addresses only")
+    if "%" in raw:
+        raise InvalidState(field, f"{_shown(text)}: zone ids (%...) are not supported")
     try:
-        ip = ipaddress.ip_address(text.strip("[]") if text.startswith("[") else text)
+        ip = ipaddress.ip_address(raw)
     except ValueError:
-        raise InvalidState(field, f"{text!r} is not an IPv4 or IPv6 address") from None
+        raise InvalidState(field, f"{_shown(text)} is not an IPv4 or IPv6 address") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     if ip.is_unspecified or ip.is_multicast:
         raise InvalidState(field, f"{ip} cannot be used (unspecified or multicast)")
     return ip
+
+
+def canonical_address(text: str) -> str:
+    """The one stored form of an address (IPv6 compressed, no brackets,
+    v4-mapped as IPv4); text that is no address comes back unchanged, for
+    validation to name."""
+    try:
+        return str(parse_ip(text, "address"))
+    except InvalidState:
+        return text
 
 
 def _addr16(ip) -> bytes:
@@ -133,12 +165,45 @@ def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> di
         names[svc.name] = si
         for t in service_targets(svc, sf, limits):
             if t.key in targets:
-                raise InvalidState(_frontend_field(svc, sf, t.key),
-                                   f"frontend {t.key} is already used by {owner[t.key]}")
+                other, text = owner[t.key]
+                raise InvalidState(_frontend_field(svc, sf, t.key), f"frontend {t.key} is already used by {text}",
+                                   other=other)
             targets[t.key] = t
-            owner[t.key] = f"{sf} ({svc.name!r})"
+            owner[t.key] = (si, f"{sf} ({svc.name!r})")
     check_capacity(targets.values(), limits)
     return targets
+
+
+def isolate(state: node_pb2.NodeState, previous: Mapping[str, node_pb2.ServiceState],
+            limits: Limits = Limits()) -> tuple[node_pb2.NodeState, dict[str, str]]:
+    """What to apply of a state that is invalid as a whole: every service
+    that fails its own checks (or claims a frontend another service holds) is
+    replaced by its previous version, or left out when it had none, and named
+    in the second value with its error. Errors of no single service (the maps'
+    capacity) still raise: then nothing is applied."""
+    services = list(state.services)
+    rejected: dict[str, str] = {}
+    for _ in range(len(services) + 1):
+        candidate = node_pb2.NodeState(version=state.version, services=services)
+        try:
+            frontend_targets(candidate, limits)
+            return candidate, rejected
+        except InvalidState as e:
+            m = re.match(r"services\[(\d+)\]", e.field)
+            if m is None:
+                raise
+            i = int(m.group(1))
+            if e.other is not None and previous.get(services[i].name) == services[i]:
+                i = e.other  # an unchanged service keeps its frontend; the newcomer is refused
+            name = services[i].name
+            if name in rejected:
+                raise  # its previous version does not fit either
+            rejected[name] = str(e)
+            if name in previous:
+                services[i] = previous[name]
+            else:
+                del services[i]
+    raise AssertionError("isolate: no progress")  # each round removes or replaces one service
 
 
 def _frontend_field(svc, sf: str, key: FrontendKey) -> str:
@@ -154,6 +219,10 @@ def service_targets(svc: node_pb2.ServiceState, sf: str, limits: Limits = Limits
     if svc.affinity_timeout_seconds > MAX_AFFINITY_SECONDS:
         raise InvalidState(f"{sf}.affinity_timeout_seconds",
                            f"{svc.affinity_timeout_seconds} s exceeds {MAX_AFFINITY_SECONDS} s")
+    if len(svc.frontends) > MAX_FRONTENDS:
+        raise InvalidState(f"{sf}.frontends", f"{len(svc.frontends)} frontends: more than {MAX_FRONTENDS}")
+    if len(svc.backends) > MAX_BACKENDS:
+        raise InvalidState(f"{sf}.backends", f"{len(svc.backends)} backends: more than {MAX_BACKENDS}")
     backends = []
     seen: dict[tuple, int] = {}
     for bi, be in enumerate(svc.backends):
@@ -189,8 +258,11 @@ def service_targets(svc: node_pb2.ServiceState, sf: str, limits: Limits = Limits
         if sel == layout.Selection.MAGLEV and len(active) > limits.maglev_size:
             raise InvalidState(f"{sf}.backends", f"{len(active)} active backends for {key} exceed the Maglev "
                                                  f"table size {limits.maglev_size}")
-        table = selection.build_table(int(sel), [_backend_name(mine[i]) for i in active],
-                                      [mine[i].weight for i in active], limits.maglev_size)
+        try:
+            table = selection.build_table(int(sel), [_backend_name(mine[i]) for i in active],
+                                          [mine[i].weight for i in active], limits.maglev_size)
+        except ValueError as e:  # a limit of the tables: a wrong state, named, never a crash
+            raise InvalidState(f"{sf}.backends", f"selection table for {key}: {e}") from None
         out.append(FrontendTarget(svc.name, key, sel, svc.affinity_timeout_seconds, mine,
                                   tuple(active[j] for j in table)))
     return out

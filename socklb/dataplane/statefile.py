@@ -17,9 +17,15 @@ def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:
     except yaml.YAMLError as e:
         raise InvalidState(source, f"not valid YAML/JSON: {e}") from None
     if data is None:
-        data = {}
+        # An editor or `> file` truncates before it writes: an empty document
+        # is a file caught half-written, never "remove everything".
+        raise InvalidState(source, "is empty (or only comments): nothing applied; to remove every "
+                                   "service, write `services: []`")
     if not isinstance(data, dict):
         raise InvalidState(source, "must be a mapping with `version` and `services`")
+    if "services" not in data:
+        raise InvalidState(source, "has no `services`: nothing applied; to remove every service, "
+                                   "write `services: []`")
     try:
         return json_format.ParseDict(data, node_pb2.NodeState())
     except json_format.ParseError as e:
@@ -29,7 +35,9 @@ def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:
 def load_state(path: str | Path) -> node_pb2.NodeState:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InvalidState(str(path), e.strerror or str(e)) from None
+    except UnicodeDecodeError as e:
+        raise InvalidState(str(path), f"not UTF-8 text (byte {e.start}): nothing applied") from None
     return parse_state(text, str(path))

@@ -201,7 +201,13 @@ class SyncClient:
                 state = node_pb2.NodeState(version=msg.snapshot.version, services=chunks)
                 chunks.clear()
                 version = msg.snapshot.version
-                _annotate(self.agent.apply(state))
+                result = self.agent.apply(state, isolate=True)
+                _annotate(result)
+                if result.rejected:  # applied without them: the control plane must still see the node behind
+                    why = "; ".join(result.rejected.values())
+                    return sync_pb2.NodeMessage(nack=sync_pb2.Nack(
+                        version=version, nonce=msg.nonce,
+                        error=f"applied without {len(result.rejected)} service(s) it cannot take: {why}"))
             elif kind == "delta":
                 version = msg.delta.version
                 _annotate(self.agent.apply_delta(msg.delta))
@@ -216,6 +222,10 @@ class SyncClient:
         except (InvalidState, StateUnknown, OSError) as e:
             log.error("refusing version %d: %s", version, e)
             return sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=version, nonce=msg.nonce, error=str(e)))
+        except Exception as e:  # a bug must cost one NACK, not the session: the node keeps taking changes
+            log.exception("refusing version %d: unexpected error", version)
+            return sync_pb2.NodeMessage(nack=sync_pb2.Nack(version=version, nonce=msg.nonce,
+                                                           error=f"internal error: {e!r}"))
         return sync_pb2.NodeMessage(ack=sync_pb2.Ack(version=version, nonce=msg.nonce))
 
     def stats_report(self) -> sync_pb2.StatsReport:

@@ -29,6 +29,7 @@ from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_SOCKETS = 100
+MAX_DRY_RUN_SOCKETS = 1000  # a dry run lists sockets, bounded: the counts stay exact
 GRAVEYARD = 4096  # removed (frontend, backend) ids remembered for later explicit requests
 
 _STATES_TCP = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -164,7 +165,7 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
         acc[1] += c.destroyed
     for (addr, port), (found, destroyed) in sorted(per_backend.items()):
         out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
-    limit = len(rep.sockets) if job.dry_run else MAX_REPORTED_SOCKETS
+    limit = MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS
     for s in rep.sockets[:limit]:
         proto = types_pb2.PROTOCOL_TCP if s.proto == "tcp" else types_pb2.PROTOCOL_UDP
         state = _STATES_TCP.get(s.state, str(s.state)) if s.proto == "tcp" else (
@@ -233,7 +234,7 @@ class TerminationService:
             else:
                 try:
                     rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run,
-                                dsts=job.dsts, max_records=None if job.dry_run else MAX_REPORTED_SOCKETS)
+                                dsts=job.dsts, max_records=MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS)
                     report = to_report(job, self.node, rep)
                     if not job.dry_run:
                         metrics.terminations.labels(job.trigger, rep.method).inc()

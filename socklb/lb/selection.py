@@ -58,8 +58,9 @@ SELECTION_MAGLEV = 2
 MAGLEV_SIZES: tuple[int, ...] = (251, 509, 1021, 2039, 4093, 8191, 16381)
 _MAGLEV_OVERPROVISION = 100
 
-# Upper bound for weighted_slots' max_slots (its default is 1024).
+# Upper bound for weighted_slots' max_slots (its default is RANDOM_SLOTS).
 MAX_SLOTS_RANDOM = MAGLEV_SIZES[-1]
+RANDOM_SLOTS = 1024
 
 # The largest table any function here returns (size the datapath for this).
 MAX_TABLE = max(MAGLEV_SIZES[-1], MAX_SLOTS_RANDOM)
@@ -69,7 +70,7 @@ MAX_TABLE = max(MAGLEV_SIZES[-1], MAX_SLOTS_RANDOM)
 _MAGLEV_PERSON = b"socklb-maglev-v1"
 
 
-def weighted_slots(weights: Sequence[int], max_slots: int = 1024) -> list[int]:
+def weighted_slots(weights: Sequence[int], max_slots: int = RANDOM_SLOTS) -> list[int]:
     """Slots for weighted random selection: indices into ``weights``.
 
     Backend ``i`` appears in proportion to ``weights[i]``: the weights are
@@ -186,7 +187,12 @@ def build_table(selection: int, keys: Sequence[str], weights: Sequence[int],
     _check_keys(keys, len(ws))
     sel = _as_int(selection, "selection")
     if sel in (0, SELECTION_RANDOM):
-        return weighted_slots(ws)
+        # 1024 slots as a rule; more only when more backends are active,
+        # each keeps at least one slot.
+        active = sum(1 for w in ws if w > 0)
+        if active > MAX_SLOTS_RANDOM:
+            raise ValueError(f"{active} backends exceed the largest random table ({MAX_SLOTS_RANDOM})")
+        return weighted_slots(ws, max(RANDOM_SLOTS, active))
     if sel == SELECTION_MAGLEV:
         active = sum(1 for w in ws if w > 0)
         if active > MAX_TABLE:

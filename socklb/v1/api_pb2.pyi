@@ -222,16 +222,22 @@ class GetTerminationRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListTerminationsRequest(_message.Message):
-    __slots__ = ("service",)
+    __slots__ = ("service", "page_size", "page_token")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     service: str
-    def __init__(self, service: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, service: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTerminationsResponse(_message.Message):
-    __slots__ = ("terminations",)
+    __slots__ = ("terminations", "next_page_token")
     TERMINATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     terminations: _containers.RepeatedCompositeFieldContainer[Termination]
-    def __init__(self, terminations: _Optional[_Iterable[_Union[Termination, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, terminations: _Optional[_Iterable[_Union[Termination, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Termination(_message.Message):
     __slots__ = ("id", "service", "backends", "dry_run", "trigger", "created", "reports", "found", "destroyed", "failed", "pending_nodes")

@@ -123,3 +123,30 @@ def test_bad_state_file_is_logged_and_ignored(running):
     a.write_state(fixed)
     assert a.wait_version(3, timeout=60), a.log_text(mark)
     traffic_ok(c, vport, {"backend-0"})
+
+
+@pytest.mark.parametrize("content", [b"", b"# editing\n", b"version: 5\n", b"version: 1\nservices: []\n\xff\xfe"],
+                         ids=["empty", "comment-only", "no-services", "not-utf8"])
+def test_truncated_or_garbled_state_file_leaves_the_node_and_its_connections(running, clients, content):
+    """What an editor or `> file` leaves for a moment (and a file that is not
+    text) is refused: the maps and an open connection are untouched, the
+    agent keeps running, and the next good file is applied."""
+    a, c, vport, good = running
+    before = snapshot(a)
+    r = c.call("tcp_open", id="live", addr=VIP, port=vport)
+    assert r["peer"] == [VIP, vport], r
+    mark = a.log_len()
+    a.state_file.write_bytes(content)  # in place, as `> file` does
+    a.signal(signal.SIGHUP)
+    line = a.wait_log(r"state file rejected, nothing changed", since=mark, timeout=60)
+    assert line is not None, a.log_text(mark)
+    assert "Traceback" not in a.log_text(mark), a.log_text(mark)
+    assert a.running()
+    assert snapshot(a) == before
+    assert c.call("tcp_ping", id="live").get("error") is None
+    traffic_ok(c, vport, {"backend-0", "backend-1"})
+
+    # Wiping is explicit: `services: []` removes the service.
+    a.write_state(node_state(4))
+    assert a.wait_version(4, timeout=60), a.log_text(mark)
+    assert a.dump("services").get("frontends", []) == []

@@ -102,3 +102,57 @@ def test_capacity_is_checked_before_anything_is_written():
     assert e.value.field == "services"
     with pytest.raises(InvalidState, match="services map holds 5"):
         frontend_targets(state(text), Limits(services=5))
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# being edited\n", "---\n", "version: 9\n", "{}"])
+def test_an_empty_or_half_written_file_is_not_remove_everything(text):
+    with pytest.raises(InvalidState, match="nothing applied; to remove every service, write `services: \\[\\]`"):
+        parse_state(text, "state.yaml")
+
+
+def test_removing_every_service_is_explicit():
+    st = parse_state("version: 9\nservices: []\n")
+    assert st.version == 9 and list(st.services) == []
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    from socklb.dataplane.statefile import load_state
+
+    p = tmp_path / "state.yaml"
+    p.write_bytes(b"version: 1\nservices: []\n# \xff\xfe\n")
+    with pytest.raises(InvalidState, match="not UTF-8 text"):
+        load_state(p)
+
+
+def _svc(name, vip, backends):
+    return node_pb2.ServiceState(name=name, frontends=[{"address": vip, "port": 80}],
+                                 backends=[{"address": b, "port": 80} for b in backends])
+
+
+def test_isolate_keeps_the_previous_version_of_a_service_it_cannot_take():
+    from socklb.dataplane.desired import MAX_BACKENDS, isolate
+
+    good_a, good_b = _svc("a", "127.96.0.1", ["10.0.0.1"]), _svc("b", "127.96.0.2", ["10.0.0.2"])
+    bad_b = _svc("b", "127.96.0.2", [f"10.1.{i >> 8}.{i & 255}" for i in range(MAX_BACKENDS + 1)])
+    new_a = _svc("a", "127.96.0.1", ["10.0.0.1", "10.0.0.3"])
+    bad_c = _svc("c", "not-an-address", ["10.0.0.4"])
+    state = node_pb2.NodeState(version=5, services=[new_a, bad_b, bad_c])
+    with pytest.raises(InvalidState):
+        frontend_targets(state)
+    out, rejected = isolate(state, {"a": good_a, "b": good_b})
+    assert list(out.services) == [new_a, good_b]  # a's change taken, b held at its previous version, c left out
+    assert set(rejected) == {"b", "c"}
+    assert rejected["b"].startswith("services[1].backends:") and rejected["c"].startswith("services[2].frontends[0]")
+    assert out.version == 5 and len(frontend_targets(out)) == 2
+
+
+def test_isolate_refuses_the_newcomer_on_a_held_frontend_and_raises_on_capacity():
+    from socklb.dataplane.desired import isolate
+
+    holder = _svc("z-holder", "127.96.0.1", ["10.0.0.1"])
+    thief = _svc("a-thief", "127.96.0.1", ["10.0.0.9"])  # sorts first, claims z-holder's frontend
+    out, rejected = isolate(node_pb2.NodeState(version=2, services=[thief, holder]), {"z-holder": holder})
+    assert list(out.services) == [holder] and list(rejected) == ["a-thief"]
+    other = _svc("other", "127.96.0.2", ["10.0.0.2"])
+    with pytest.raises(InvalidState, match="backends map holds 1"):
+        isolate(node_pb2.NodeState(version=2, services=[holder, other]), {}, Limits(backends=1))

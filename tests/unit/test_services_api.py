@@ -156,3 +156,53 @@ def test_watch_from_a_revision(api):
     first = next(stream)
     stream.cancel()
     assert first.name == "b" and first.service.name == "b"
+
+
+@pytest.mark.parametrize("address, why", [
+    ("[::1", "unbalanced brackets"),
+    ("[[::1]]", "unbalanced brackets"),
+    ("::1]", "unbalanced brackets"),
+    ("[10.1.2.3]", "brackets are for IPv6 addresses only"),
+    ("::1%25", "zone ids (%...) are not supported"),
+    ("fe80::1%a", "zone ids (%...) are not supported"),
+    ("fe80::1%" + "z" * 10000, "zone ids (%...) are not supported"),
+])
+def test_malformed_addresses_are_refused_and_not_stored(api, address, why):
+    api, _ = api
+    before = api.ListServices(api_pb2.ListServicesRequest()).revision
+    s = svc(backends=(address,))
+    code, details = error(lambda: api.PutService(api_pb2.PutServiceRequest(service=s)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("service.backends[0].address:") and why in details, details
+    assert len(details) < 300, len(details)  # a 10 KB input is not echoed back
+    assert api.ListServices(api_pb2.ListServicesRequest()).revision == before
+
+
+def test_addresses_are_stored_in_one_canonical_form(api):
+    api, _ = api
+    s = svc(vip="[FD00:96:0::10]", backends=("[::1]", "0:0:0:0:0:ffff:127.0.0.2", "FD00::0:2"))
+    stored = api.PutService(api_pb2.PutServiceRequest(service=s))
+    assert [f.address for f in stored.frontends] == ["fd00:96::10"]
+    assert [b.address for b in stored.backends] == ["::1", "127.0.0.2", "fd00::2"]
+    # The same backends in other spellings are the same backends: nothing to write.
+    again = svc(vip="fd00:96::10", backends=("::1", "127.0.0.2", "[fd00::2]"))
+    r = api.PutService(api_pb2.PutServiceRequest(service=again))
+    assert r.resource_version == stored.resource_version
+    # Removed with keep_sockets under a bracketed spelling: recorded canonical, as nodes match it.
+    r = api.RemoveBackends(api_pb2.RemoveBackendsRequest(
+        service="a", backends=[api_pb2.BackendRef(address="[fd00::2]", port=80)], keep_sockets=True))
+    assert [(x.address, x.port) for x in r.released] == [("fd00::2", 80)]
+
+
+def test_a_name_with_a_trailing_newline_is_refused(api):
+    api, _ = api
+    code, details = error(lambda: api.PutService(api_pb2.PutServiceRequest(service=svc(name="a\n"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("service.name:"), details
+
+
+def test_termination_requests_name_the_empty_field(api):
+    api, _ = api
+    code, details = error(lambda: api.GetTermination(api_pb2.GetTerminationRequest(id="")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("id:"), details
+    code, details = error(lambda: api.TerminateFlows(api_pb2.TerminateFlowsRequest(service="")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("service:"), details

@@ -18,12 +18,12 @@ from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
 class Server:
     """A control plane on its own event loop thread."""
 
-    def __init__(self, store_url):
+    def __init__(self, store_url, **cp_options):
         self.store = open_store(store_url)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.cp = ControlPlane(self.store, "r1", duty_interval=0.2)
+        self.cp = ControlPlane(self.store, "r1", **{"duty_interval": 0.2, **cp_options})
         self.port = self.call(self.cp.start("127.0.0.1:0"))
         self.addr = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.addr)
@@ -180,6 +180,10 @@ def test_records_of_a_dead_replica_read_as_disconnected_then_gone(tmp_path):
         assert [x.health for x in reg.list(now=1000 + reg.stale_after + 1)] == [api_pb2.NODE_HEALTH_DISCONNECTED]
         lead = store.campaign("duties", "me", 5)
         wait_for(lead.is_leader, "leadership")
+        # The leader itself was paused while n1 kept its stream to it: not marked.
+        assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1010,
+                         connected_here=frozenset({"n1"})) == []
+        assert api_pb2.Node.FromString(store.get(keys.node("n1")).value).health == api_pb2.NODE_HEALTH_READY
         assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1010) == ["n1"]
         assert reg.list(now=1010)[0].health == api_pb2.NODE_HEALTH_DISCONNECTED
         assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1100) == ["n1"]
@@ -284,3 +288,47 @@ def test_node_deltas_are_checked_and_applied_incrementally():
     assert view(agent) == view(full)
     assert agent._totals == full._totals
     assert [s.name for s in agent.state().services] == ["s1", "s3", "s4", "x"]
+
+
+def test_a_state_the_node_cannot_apply_is_nacked_without_losing_the_stream(server):
+    """A service written to the store past validation (e.g. straight into
+    etcd) with more backends than a node takes: the node NACKs it with the
+    reason, keeps its stream, takes later changes to the other services
+    (without the bad one, still DEGRADED), and the change that fixes it."""
+    from socklb.controlplane import keys
+
+    r = server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
+    agent, client = node(server, "n1")
+    try:
+        wait_for(lambda: agent.applied_version == r.resource_version, "first sync")
+        stream = client.connected_to
+        bad = service("big", "127.96.0.11", [f"10.1.{i >> 8}.{i & 255}" for i in range(5000)])
+        assert server.store.txn([], puts=[(keys.service("big"), bad.SerializeToString())]) is not None
+
+        def nacked():
+            (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+            return n.health == api_pb2.NODE_HEALTH_DEGRADED and "more than 4096" in n.last_error
+        wait_for(nacked, "NACK naming the limit")
+        (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+        assert "services[" in n.last_error and ".backends: 5000 backends" in n.last_error, n.last_error
+        assert backends_of(agent, "a") == ["10.0.0.1"] and "big" not in {s.name for s in agent.state().services}
+        assert n.applied_version == r.resource_version  # the control plane sees the node behind
+        assert client.connected_to == stream  # no reconnect loop
+
+        # A later change reaches the node while the bad service is still there;
+        # the node stays DEGRADED, naming it.
+        r2 = server.api.AddBackends(api_pb2.AddBackendsRequest(
+            service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
+        wait_for(lambda: backends_of(agent, "a") == ["10.0.0.1", "10.0.0.2"], "the later change applied")
+        assert "big" not in {s.name for s in agent.state().services}
+        (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+        assert n.health == api_pb2.NODE_HEALTH_DEGRADED and "more than 4096" in n.last_error, n
+        assert n.applied_version < r2.resource_version
+        assert client.connected_to == stream
+
+        fixed = server.api.DeleteService(api_pb2.DeleteServiceRequest(name="big"))
+        wait_for(lambda: agent.applied_version == fixed.revision, "the fixing change applied")
+        wait_for(lambda: server.api.ListNodes(api_pb2.ListNodesRequest()).nodes[0].health
+                 == api_pb2.NODE_HEALTH_READY, "node ready again")
+    finally:
+        client.stop()

@@ -1,0 +1,67 @@
+"""The control plane refuses to start where it would answer next to another
+one (a port already taken: gRPC's SO_REUSEPORT would share it) or on a port
+that does not exist, with a clear error and a non-zero exit; the running one
+keeps serving alone."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from socklb.v1 import api_pb2, api_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+CP = [sys.executable, "-m", "socklb.controlplane.server"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cp(tmp_path: Path, name: str, listen: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*CP, "--listen", listen, "--store", f"embedded://{tmp_path / name}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_second_control_plane_on_a_taken_port_refuses(tmp_path):
+    port = free_port()
+    first = subprocess.Popen([*CP, "--listen", f"127.0.0.1:{port}", "--store", f"embedded://{tmp_path / 'a'}"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        api = api_pb2_grpc.LoadBalancerStub(channel)
+        api.PutService(api_pb2.PutServiceRequest(service=api_pb2.Service(
+            name="only-in-a", frontends=[{"address": "127.96.0.10", "port": 80}])), timeout=30)
+
+        second = run_cp(tmp_path, "b", f"127.0.0.1:{port}")
+        assert second.returncode != 0, second.stderr
+        assert f"cannot listen on 127.0.0.1:{port}: the address is in use" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        # Every call reaches the first one's store.
+        for _ in range(12):
+            names = [s.name for s in api.ListServices(api_pb2.ListServicesRequest(), timeout=30).services]
+            assert names == ["only-in-a"]
+        channel.close()
+    finally:
+        first.terminate()
+        first.wait(30)
+
+
+@pytest.mark.parametrize("listen,why", [
+    ("127.0.0.1:99999", "port 99999 is out of range (0..65535)"),
+    ("127.0.0.1:65536", "port 65536 is out of range (0..65535)"),
+    ("127.0.0.1", "expected HOST:PORT"),
+    ("127.0.0.1:http", "expected HOST:PORT"),
+])
+def test_a_listen_address_that_does_not_exist_is_refused(tmp_path, listen, why):
+    r = run_cp(tmp_path, "s", listen)
+    assert r.returncode == 2, r.stderr
+    assert why in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists()  # refused before the store was opened
