@@ -26,6 +26,9 @@ def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:
     if "services" not in data:
         raise InvalidState(source, "has no `services`: nothing applied; to remove every service, "
                                    "write `services: []`")
+    if not isinstance(data["services"], list):  # `services:` alone (null) would read as "no service"
+        raise InvalidState(f"{source}: services", "must be a list: nothing applied; to remove every service, "
+                                                  "write `services: []`")
     try:
         return json_format.ParseDict(data, node_pb2.NodeState())
     except json_format.ParseError as e:

@@ -104,7 +104,8 @@ def test_capacity_is_checked_before_anything_is_written():
         frontend_targets(state(text), Limits(services=5))
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# being edited\n", "---\n", "version: 9\n", "{}"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# being edited\n", "---\n", "version: 9\n", "{}", "services:\n",
+                                  "services: ~\n", '{"services": null}', "services: web\n"])
 def test_an_empty_or_half_written_file_is_not_remove_everything(text):
     with pytest.raises(InvalidState, match="nothing applied; to remove every service, write `services: \\[\\]`"):
         parse_state(text, "state.yaml")
