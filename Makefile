@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STATE ?= examples/standalone.yaml
 
-.PHONY: setup run standalone test unit kernel fuzz proto proto-check bench clean
+.PHONY: setup run standalone test unit kernel fuzz reliability proto proto-check bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -23,6 +23,10 @@ unit: setup
 # The API fuzzing of `make test`, with many more cases (about 60k).
 fuzz: setup
 	SOCKLB_FUZZ_EXAMPLES=$${SOCKLB_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_api_fuzz.py
+
+# The reliability probes with figures -> docs/reliability.md.
+reliability: setup
+	$(PY) scripts/reliability.py
 
 kernel: setup
 	$(PY) -m pytest -v -p no:cacheprovider tests/kernel

@@ -1,0 +1,7 @@
+"""Every test area can import the helpers at tests/ (figures.py)."""
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
