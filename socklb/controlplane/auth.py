@@ -8,9 +8,12 @@ The clients file (--clients-file, YAML) names every caller:
       - {name: grafana, role: read-only, token: "..."}
       - {name: node-1, role: node, cn: node-1}            # mTLS certificate CN
       - {name: ci, role: read-write, cn: ci-deployer}
+      - {name: socklb-node, role: node, cn: socklb-node, any_node: true}
 
 Roles: read-only (Get*/List*/Watch), read-write (every API call), node (the
-NodeSync stream, and only as the node of its own name). Without a clients
+NodeSync stream, and only as the node of its own name; with `any_node: true`
+as any node: one identity shared by a DaemonSet, whose nodes are not known
+when certificates are issued). Without a clients
 file the control plane authenticates nobody and allows everything: meant for
 a single machine on loopback, and logged loudly.
 """
@@ -40,6 +43,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 class Identity:
     name: str
     role: str
+    any_node: bool = False
 
 
 # The caller of the RPC being served (set by the interceptor's wrapper).
@@ -69,7 +73,10 @@ class Clients:
             where = f"{path}: clients[{i}]"
             if not isinstance(e, dict) or not e.get("name") or e.get("role") not in ROLES:
                 raise ClientsFileError(f"{where}: needs `name` and `role` (one of {', '.join(ROLES)})")
-            ident = Identity(str(e["name"]), e["role"])
+            any_node = e.get("any_node", False)
+            if not isinstance(any_node, bool) or (any_node and e["role"] != "node"):
+                raise ClientsFileError(f"{where}.any_node: true or false, and only for role node")
+            ident = Identity(str(e["name"]), e["role"], any_node)
             if not e.get("token") and not e.get("cn"):
                 raise ClientsFileError(f"{where}: needs a `token` or a certificate `cn`")
             if e.get("token"):
@@ -170,7 +177,7 @@ def _wrap(handler: grpc.RpcMethodHandler, check) -> grpc.RpcMethodHandler:
 def check_node_name(requested: str) -> str | None:
     """A node identity may only sync as itself: the error, or None if fine."""
     ident = current_identity.get()
-    if ident is None or ident.role != "node" or ident.name == requested:
+    if ident is None or ident.role != "node" or ident.any_node or ident.name == requested:
         return None
     return f"hello.node: {ident.name} may only sync as node {ident.name!r}, not {requested!r}"
 

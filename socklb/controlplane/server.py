@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CA (PEM) that signs client certificates: require mTLS")
     p.add_argument("--clients-file", default=os.environ.get("SOCKLB_CLIENTS_FILE", ""),
                    help="YAML of callers (token or certificate CN) and roles: enables authentication")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a non-loopback --listen without --clients-file: every caller that reaches it may "
+                        "do everything (refused without this flag)")
     p.add_argument("--metrics-listen", default=os.environ.get("SOCKLB_METRICS_LISTEN", ""),
                    help="host:port to serve Prometheus /metrics on (default: off)")
     p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SOCKLB_LOG_FORMAT", "text"))
@@ -295,8 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to
+
+
 def security(args) -> tuple[grpc.ServerCredentials | None, list]:
-    """TLS credentials and the auth interceptor from the flags."""
+    """TLS credentials and the auth interceptor from the flags. Serving
+    beyond loopback with no one authenticated is refused unless asked for."""
+    if not args.clients_file and not is_loopback(args.listen) and not args.allow_unauthenticated:
+        raise ValueError(f"--listen {args.listen}: refusing to serve beyond loopback without --clients-file "
+                         "(every caller could change every service); give a clients file (README, Security) "
+                         "or --allow-unauthenticated")
     creds = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -322,6 +343,11 @@ async def _amain(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        creds, interceptors = security(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tracing.setup_tracing("socklb-controlplane", {"service.instance.id": replica})
     try:
@@ -337,12 +363,6 @@ async def _amain(args) -> int:
         store.close()
         return 1
     metrics.register(cp.metric_families)
-    try:
-        creds, interceptors = security(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        store.close()
-        return 1
     try:
         await cp.start(args.listen, creds, interceptors)
     except (OSError, StoreError, ValueError) as e:

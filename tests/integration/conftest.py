@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -44,10 +45,14 @@ def free_ports(n: int) -> list[int]:
 
 class EtcdServer:
     """One single-member etcd. start()/stop() may be repeated: the data dir and
-    the ports stay the same, so a restart is the same member with its data."""
+    the ports stay the same, so a restart is the same member with its data.
+    With `tls` (a directory written by `socklb-certs init`): clients and peers
+    speak TLS with socklb-etcd-tls, and clients must present a certificate of
+    the same CA (--client-cert-auth), as deploy/k8s/etcd.yaml runs it."""
 
-    def __init__(self, binary: str):
+    def __init__(self, binary: str, tls: Path | None = None):
         self.binary = binary
+        self.tls = Path(tls) / "socklb-etcd-tls" if tls else None
         self.dir = Path(tempfile.mkdtemp(prefix="socklb-etcd-"))
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / "etcd.log"
@@ -63,9 +68,15 @@ class EtcdServer:
         return f"etcd://{self.endpoint}"
 
     def _cmd(self) -> list[str]:
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        return [self.binary, "--name", "test", "--data-dir", str(self.data_dir),
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
+        peer = f"{scheme}://127.0.0.1:{self.peer_port}"
+        tls = [] if not self.tls else [
+            f"--cert-file={self.tls}/tls.crt", f"--key-file={self.tls}/tls.key",
+            f"--trusted-ca-file={self.tls}/ca.crt", "--client-cert-auth",
+            f"--peer-cert-file={self.tls}/tls.crt", f"--peer-key-file={self.tls}/tls.key",
+            f"--peer-trusted-ca-file={self.tls}/ca.crt", "--peer-client-cert-auth"]
+        return [self.binary, *tls, "--name", "test", "--data-dir", str(self.data_dir),
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"test={peer}", "--initial-cluster-state", "new",
@@ -74,8 +85,13 @@ class EtcdServer:
                 "--heartbeat-interval", "50", "--election-timeout", "500"]
 
     def _healthy(self) -> bool:
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.tls / "ca.crt"))
+            ctx.load_cert_chain(self.tls / "tls.crt", self.tls / "tls.key")
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+            with urllib.request.urlopen(f"{'https' if self.tls else 'http'}://{self.endpoint}/health", timeout=0.5,
+                                        context=ctx) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -126,9 +142,9 @@ def etcd_binary() -> str:
     return ETCD
 
 
-def _started(binary: str) -> EtcdServer:
+def _started(binary: str, tls: Path | None = None) -> EtcdServer:
     for attempt in range(3):  # the free ports may be taken between picking and binding
-        srv = EtcdServer(binary)
+        srv = EtcdServer(binary, tls)
         try:
             srv.start()
             return srv
@@ -153,8 +169,8 @@ def etcd_factory(etcd_binary):
     """Dedicated etcd servers for tests that stop/restart them."""
     made: list[EtcdServer] = []
 
-    def make() -> EtcdServer:
-        srv = _started(etcd_binary)
+    def make(tls: Path | None = None) -> EtcdServer:
+        srv = _started(etcd_binary, tls)
         made.append(srv)
         return srv
 

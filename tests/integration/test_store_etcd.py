@@ -281,3 +281,40 @@ def test_several_endpoints_fail_over(etcd_server, tcp_proxy, ns):
     finally:
         s.close()
         direct.close()
+
+
+def test_client_tls_with_certificates_from_socklb_certs(etcd_factory, tmp_path, ns):
+    """etcd as deploy/k8s runs it (TLS, --client-cert-auth): the control
+    plane's certificate reads and writes; no certificate, a certificate of
+    another CA, or none at all cannot even read (nothing past the control
+    plane's validation can reach the store)."""
+    from socklb import certs
+    from socklb.controlplane.store import StoreError
+
+    pki, other = tmp_path / "pki", tmp_path / "other"
+    certs.ensure(certs.DirSecrets(pki))
+    certs.ensure(certs.DirSecrets(other))
+    srv = etcd_factory(tls=pki)
+    cp = pki / "socklb-controlplane-tls"
+    url = f"{srv.url}?timeout=3&ca={cp / 'ca.crt'}"
+    good = open_store(f"{url}&cert={cp / 'tls.crt'}&key={cp / 'tls.key'}")
+    assert "tls" in repr(good)
+    try:
+        rev = good.txn([Compare(f"{ns}/k", 0)], [(f"{ns}/k", b"v")])
+        assert rev and good.get(f"{ns}/k").value == b"v"
+    finally:
+        good.close()
+    stranger = other / "socklb-controlplane-tls"
+    for bad_url in (url, f"{url}&cert={stranger / 'tls.crt'}&key={stranger / 'tls.key'}", srv.url + "?timeout=3"):
+        s = open_store(bad_url)
+        try:
+            with pytest.raises(StoreError):
+                s.get(f"{ns}/k")
+        finally:
+            s.close()
+    for bad, msg in ((f"{url}&cert={cp / 'tls.crt'}", "go together"),
+                     (f"{srv.url}?cert={cp / 'tls.crt'}&key={cp / 'tls.key'}", "needs `ca`"),
+                     (f"{srv.url}?ca={tmp_path / 'missing.crt'}", "missing.crt"),
+                     (f"{srv.url}?tls=1", "unknown option")):
+        with pytest.raises(ValueError, match=msg):
+            open_store(bad)

@@ -65,3 +65,30 @@ def test_a_listen_address_that_does_not_exist_is_refused(tmp_path, listen, why):
     assert r.returncode == 2, r.stderr
     assert why in r.stderr, r.stderr
     assert not (tmp_path / "s").exists()  # refused before the store was opened
+
+
+def test_serving_beyond_loopback_unauthenticated_is_refused_unless_asked(tmp_path):
+    """Secure by default: a --listen other nodes can reach, with no clients
+    file, would let any of them change every service. Refused before the
+    store is opened; allowed with --allow-unauthenticated or a clients file."""
+    refused = run_cp(tmp_path, "open", "0.0.0.0:0")
+    assert refused.returncode == 2, refused.stderr
+    assert "--listen 0.0.0.0:0: refusing to serve beyond loopback without --clients-file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "open").exists(), "nothing was created"
+    from socklb.controlplane import server
+    for listen, args, ok in (("[::]:7400", [], False), ("10.1.2.3:7400", [], False), ("node-1:7400", [], False),
+                             ("127.0.0.2:7400", [], True), ("[::1]:7400", [], True), ("localhost:7400", [], True),
+                             ("unix:/run/socklb.sock", [], True),
+                             ("0.0.0.0:7400", ["--allow-unauthenticated"], True)):
+        ns = server.build_parser().parse_args(["--listen", listen, *args])
+        if ok:
+            server.security(ns)
+        else:
+            with pytest.raises(ValueError, match="refusing to serve beyond loopback"):
+                server.security(ns)
+    clients = tmp_path / "clients.yaml"
+    clients.write_text("clients: [{name: ops, role: read-write, token: 0123456789abcdef0123}]")
+    ns = server.build_parser().parse_args(["--listen", "0.0.0.0:7400", "--clients-file", str(clients)])
+    creds, interceptors = server.security(ns)
+    assert creds is None and len(interceptors) == 1

@@ -47,13 +47,15 @@ import tomllib
 import urllib.request
 from pathlib import Path
 from unittest import mock
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_MTLS = REPO / "docker-compose.mtls.yml"  # merged over COMPOSE: the "mtls" variant
+COMPOSE_VARIANTS = pytest.mark.parametrize("variant", ["base", "mtls"])
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 ENTRYPOINT_SCRIPT = DEPLOY / "dataplane-entrypoint.sh"
@@ -125,12 +127,12 @@ def console_scripts() -> dict[str, str]:
 
 
 def _parsers() -> dict[str, object]:
-    from socklb import cli
+    from socklb import certs, cli
     from socklb.controlplane import server
     from socklb.dataplane import cli as dataplane_cli
 
     return {"socklb": cli.build_parser, "socklb-controlplane": server.build_parser,
-            "socklb-dataplane": dataplane_cli.build_parser}
+            "socklb-dataplane": dataplane_cli.build_parser, "socklb-certs": certs.build_parser}
 
 
 _ENV_READ = [
@@ -284,9 +286,31 @@ def dockerfile(path: Path) -> dict:
 
 # --- docker-compose.yml ---------------------------------------------------------------
 
+def _merge(base, over, key: str = ""):
+    """Compose's merge of an override file: mappings merge, `command`,
+    `entrypoint` and healthcheck `test` are replaced, `volumes` merge by
+    target, other sequences are appended."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v, k) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(over, list):
+        if key in ("command", "entrypoint", "test"):
+            return over
+        if key == "volumes":
+            def target(v):
+                return v["target"] if isinstance(v, dict) else str(v).split(":")[1]
+            targets = {target(v) for v in over}
+            return [v for v in base if target(v) not in targets] + over
+        return base + over
+    return over
+
+
 @functools.cache
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+def compose(variant: str = "base") -> dict:
+    c = yaml.safe_load(COMPOSE.read_text())
+    return _merge(c, yaml.safe_load(COMPOSE_MTLS.read_text())) if variant == "mtls" else c
 
 
 def compose_env(svc: dict) -> dict[str, str]:
@@ -345,21 +369,21 @@ def published(svc: dict) -> list[tuple[str, int, int]]:
     return out
 
 
-def our_compose_services():
+def our_compose_services(variant: str = "base"):
     """(name, service, Dockerfile instructions, container env) of the services
     running an image built from deploy/."""
     images = built_images()
-    for name, svc in compose()["services"].items():
+    for name, svc in compose(variant)["services"].items():
         if svc.get("image") in images:
             df = dockerfile(images[svc["image"]])
             yield name, svc, df, {**df["env"], **compose_env(svc)}
 
 
-def compose_programs() -> dict[str, list[tuple[str, argparse.Namespace, dict]]]:
+def compose_programs(variant: str = "base") -> dict[str, list[tuple[str, argparse.Namespace, dict]]]:
     """Program -> [(service, parsed args, service)] for the main command of
     every service built here."""
     out: dict[str, list] = {}
-    for name, svc, df, env in our_compose_services():
+    for name, svc, df, env in our_compose_services(variant):
         prog, ns = parse_argv(compose_argv(svc, df), env)
         out.setdefault(prog, []).append((name, ns, svc))
     return out
@@ -383,7 +407,7 @@ def k8s_find(kind: str, name: str | None = None) -> list[dict]:
     return [d for d in k8s_docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
-WORKLOADS = ("Deployment", "DaemonSet", "StatefulSet")
+WORKLOADS = ("Deployment", "DaemonSet", "StatefulSet", "Job")
 
 
 def k8s_containers():
@@ -491,23 +515,33 @@ def test_checker_rejects_unknown_flags_abbreviations_and_variables():
 
 # === schemas ======================================================================================
 
-def test_compose_file_matches_the_compose_spec():
+def need_module(name: str):
+    """importorskip that fails under CI=true like every other guard."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        need(False, f"{name} is not installed ({e}): make setup installs it")
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_MTLS], ids=lambda p: p.name)
+def test_compose_file_matches_the_compose_spec(path):
     # check-jsonschema ships the compose-spec JSON schema (vendor.compose-spec).
-    pytest.importorskip("check_jsonschema")
+    need_module("check_jsonschema")
     r = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                        str(COMPOSE)], capture_output=True, text=True, timeout=120)
+                        str(path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_k8s_manifests_match_the_kubernetes_schemas():
-    kv = pytest.importorskip("kubernetes_validate")
+    kv = need_module("kubernetes_validate")
     bundled = sorted(kv.utils.all_versions(), key=lambda v: tuple(int(x) for x in v.split(".")))
     newest = kv.utils.latest_version()
     oldest = K8S_MIN_VERSION if kv.utils.major_minor(K8S_MIN_VERSION) in map(kv.utils.major_minor, bundled) \
         else bundled[0]
     docs = k8s_docs()
     assert {d["kind"] for d in docs} >= {"Namespace", "ConfigMap", "ServiceAccount", "Role", "RoleBinding",
-                                         "Deployment", "Service", "DaemonSet", "StatefulSet"}
+                                         "Deployment", "Service", "DaemonSet", "StatefulSet", "Job",
+                                         "NetworkPolicy"}
     errors = []
     for d in docs:
         for version in (oldest, newest):
@@ -525,10 +559,13 @@ def test_kustomization_lists_every_manifest():
 
 # === commands and flags ===============================================================================
 
-def test_compose_commands_and_healthchecks_parse():
-    progs = compose_programs()
-    assert set(progs) == {"socklb-controlplane", "socklb-dataplane"}
-    for name, svc, df, env in our_compose_services():
+@COMPOSE_VARIANTS
+def test_compose_commands_and_healthchecks_parse(variant):
+    progs = compose_programs(variant)
+    assert set(progs) == {"socklb-controlplane", "socklb-dataplane"} | ({"socklb-certs"} if variant == "mtls" else set())
+    for name, svc, df, env in our_compose_services(variant):
+        if svc.get("restart") == "no":
+            continue  # a one-shot job (certs): nothing to check the health of
         hc = healthcheck_argv(svc)
         assert hc, f"{name}: no healthcheck"
         parse_argv(hc, env)  # the healthcheck runs a socklb command too
@@ -536,7 +573,7 @@ def test_compose_commands_and_healthchecks_parse():
 
 def test_k8s_commands_and_probes_parse():
     progs = k8s_programs()
-    assert set(progs) == {"socklb-controlplane", "socklb-dataplane"}
+    assert set(progs) == {"socklb-controlplane", "socklb-dataplane", "socklb-certs"}
     for d, pod, c, df, env in our_k8s_containers():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = c.get(probe) or {}
@@ -553,7 +590,7 @@ def test_etcd_flags_exist_in_etcd():
          f"etcd not found at {ETCD} (Debian package etcd-server; scripts/setup.sh installs it)")
     r = subprocess.run([ETCD, "--help"], capture_output=True, text=True, timeout=60)
     helptext = r.stdout + r.stderr
-    argvs = [as_list(compose()["services"]["etcd"]["command"])]
+    argvs = [as_list(compose(v)["services"]["etcd"]["command"]) for v in ("base", "mtls")]
     argvs += [as_list(c.get("command")) + as_list(c.get("args")) for _, _, c in k8s_containers()
               if "etcd" in c["image"]]
     for argv in argvs:
@@ -567,8 +604,9 @@ def test_etcd_flags_exist_in_etcd():
 
 def test_environment_variables_are_read_by_the_code_or_otel():
     bad = []
-    for name, svc, df, env in our_compose_services():
-        bad += [f"docker-compose.yml {name}: {v}" for v in unknown_env(compose_env(svc))]
+    for variant in ("base", "mtls"):
+        for name, svc, df, env in our_compose_services(variant):
+            bad += [f"docker-compose ({variant}) {name}: {v}" for v in unknown_env(compose_env(svc))]
     for d, pod, c, df, env in our_k8s_containers():
         names = [e["name"] for e in c.get("env", [])]
         bad += [f"{d['kind']}/{d['metadata']['name']} {c['name']}: {v}"
@@ -586,10 +624,11 @@ def _etcd_client_ports(argv: list[str]) -> set[int]:
     return {urlsplit(u).port for v in flag_values(argv, "--listen-client-urls") for u in v.split(",")}
 
 
-def test_compose_ports_and_addresses_agree():
-    c = compose()
+@COMPOSE_VARIANTS
+def test_compose_ports_and_addresses_agree(variant):
+    c = compose(variant)
     services = c["services"]
-    progs = compose_programs()
+    progs = compose_programs(variant)
     cps = progs["socklb-controlplane"]
     assert len(cps) == 2, "two control-plane replicas"
     assert len({ns.replica_id for _, ns, _ in cps}) == 2 and all(ns.replica_id for _, ns, _ in cps)
@@ -620,8 +659,8 @@ def test_compose_ports_and_addresses_agree():
     reach = {}
     for name, svc in services.items():
         for ip, hport, cport in published(svc):
-            # Nothing authenticates callers here (no TLS, no clients file):
-            # every published port stays on the machine.
+            # Every published port stays on the machine (base: nothing
+            # authenticates callers; mtls: the same exposure, plus mTLS).
             assert ip == "127.0.0.1", f"{name}: port {hport} is published on {ip}"
             reach[hport] = (name, cport, ip)
     listed = set()
@@ -661,8 +700,9 @@ def test_compose_otlp_endpoints_reach_jaeger():
             assert u.hostname == jaeger[0] and u.port == want, (name, endpoint)
 
 
-def test_compose_dependencies_and_volumes_are_declared():
-    c = compose()
+@COMPOSE_VARIANTS
+def test_compose_dependencies_and_volumes_are_declared(variant):
+    c = compose(variant)
     for name, svc in c["services"].items():
         deps = svc.get("depends_on") or {}
         for dep in deps:
@@ -747,7 +787,8 @@ def test_k8s_references_resolve():
             assert d["metadata"].get("namespace") == "socklb", f"{d['kind']}/{d['metadata']['name']}"
         if d["kind"] in WORKLOADS:
             tmpl = d["spec"]["template"]
-            assert d["spec"]["selector"]["matchLabels"].items() <= tmpl["metadata"]["labels"].items()
+            if d["kind"] != "Job":
+                assert d["spec"]["selector"]["matchLabels"].items() <= tmpl["metadata"]["labels"].items()
             sa = tmpl["spec"].get("serviceAccountName")
             if sa:
                 assert k8s_find("ServiceAccount", sa), f"{d['metadata']['name']}: no ServiceAccount {sa}"
@@ -759,6 +800,13 @@ def test_k8s_references_resolve():
                 assert k8s_find(s["kind"], s["name"]), s
         if d["kind"] == "Role":
             for rule in d["rules"]:
+                if rule["resources"] == ["secrets"]:
+                    # Only the certs Job's: it reads socklb's Secrets and creates them.
+                    assert d["metadata"]["name"] == "socklb-certs", d["metadata"]["name"]
+                    assert set(rule["verbs"]) in ({"get"}, {"create"}), rule
+                    if rule["verbs"] == ["get"]:
+                        assert set(rule["resourceNames"]) == set(certs_made()), rule
+                    continue
                 assert set(rule["verbs"]) <= {"get", "list", "watch"}, "read-only"
                 for n in rule.get("resourceNames", []):
                     assert k8s_find("ConfigMap", n), n
@@ -937,7 +985,7 @@ def _program(argv: list[str]) -> list[str]:
     if script.exists():
         return [str(script), *argv[1:]]
     module = {"socklb": "socklb.cli", "socklb-controlplane": "socklb.controlplane.server",
-              "socklb-dataplane": "socklb.dataplane.cli"}[argv[0]]
+              "socklb-dataplane": "socklb.dataplane.cli", "socklb-certs": "socklb.certs"}[argv[0]]
     return [sys.executable, "-m", module, *argv[1:]]
 
 
@@ -964,14 +1012,32 @@ def _until(fn, timeout: float):
         time.sleep(0.3)
 
 
-def test_compose_control_planes_run_on_etcd(tmp_path):
+def _certs_mount(variant: str) -> str | None:
+    """Where the mtls variant mounts the certificates volume (None: base)."""
+    if variant != "mtls":
+        return None
+    [target] = {str(v).split(":")[1] for v in compose(variant)["services"]["certs"]["volumes"]}
+    return target
+
+
+@COMPOSE_VARIANTS
+def test_compose_control_planes_run_on_etcd(tmp_path, variant):
     """The nearest thing to `docker compose up` here: etcd started with the
     compose file's flags, both control-plane replicas with their compose
     commands (addresses moved to free loopback ports), their healthchecks
-    passing, and one replica seeing what was written through the other."""
+    passing, and one replica seeing what was written through the other.
+    mtls: the certs service's command makes the certificates first (the
+    volume is a directory here), and callers without the right certificate
+    are refused by the control planes and by etcd."""
     need(os.path.isfile(ETCD) and os.access(ETCD, os.X_OK),
          f"etcd not found at {ETCD} (Debian package etcd-server; scripts/setup.sh installs it)")
-    services = compose()["services"]
+    services = compose(variant)["services"]
+    mount = _certs_mount(variant)
+    certs_dir = tmp_path / "certs"
+
+    def local(argv: list[str]) -> list[str]:
+        return [t.replace(mount, str(certs_dir)) for t in argv] if mount else argv
+
     etcd_argv = as_list(services["etcd"]["command"])
     [client_url] = flag_values(etcd_argv, "--listen-client-urls")
     [peer_url] = flag_values(etcd_argv, "--listen-peer-urls")
@@ -983,7 +1049,7 @@ def test_compose_control_planes_run_on_etcd(tmp_path):
         if tok.startswith("--data-dir"):
             tok = f"--data-dir={tmp_path / 'etcd'}"
         argv.append(tok)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SOCKLB_"))}
     env.update(OTEL_SDK_DISABLED="true", OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none",
                PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen] = []
@@ -998,38 +1064,206 @@ def test_compose_control_planes_run_on_etcd(tmp_path):
     def logs_text():
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in tmp_path.glob("*.log"))
 
+    def run(cmd):
+        return subprocess.run(_program(cmd), capture_output=True, text=True, env=env, timeout=30)
+
     try:
-        start([ETCD, *argv], "etcd")
+        if mount:
+            [(_, _, certs_svc)] = compose_programs(variant)["socklb-certs"]
+            made = run(local(compose_argv(certs_svc, dockerfile(built_images()[certs_svc["image"]]))))
+            assert made.returncode == 0, made.stderr
+        start(local([ETCD, *argv]), "etcd")
         health, metrics_urls = [], []
-        for (name, ns, svc), port, mport in zip(compose_programs()["socklb-controlplane"], cp_ports[:2], cp_ports[2:]):
+        for (name, ns, svc), port, mport in zip(compose_programs(variant)["socklb-controlplane"], cp_ports[:2],
+                                                cp_ports[2:]):
             cmd = compose_argv(svc, dockerfile(built_images()[svc["image"]]))
-            cmd = _replace(_replace(cmd, ns.listen, f"127.0.0.1:{port}"), ns.store, f"etcd://127.0.0.1:{client}")
+            cmd = _replace(cmd, ns.listen, f"127.0.0.1:{port}")
+            cmd = [re.sub(r"^(--store=etcd://)[^?]*", rf"\g<1>127.0.0.1:{client}", t) for t in cmd]
             if getattr(ns, "metrics_listen", ""):
                 cmd = _replace(cmd, ns.metrics_listen, f"127.0.0.1:{mport}")
             assert not [t for t in cmd if "0.0.0.0" in t], f"{name}: still binds every address: {cmd}"
-            start(_program(cmd), name)
+            start(_program(local(cmd)), name)
             hc = _replace(healthcheck_argv(svc), f"127.0.0.1:{hostport(ns.listen)[1]}", f"127.0.0.1:{port}")
             assert hc != healthcheck_argv(svc)
-            health.append((name, hc, port))
+            health.append((name, local(hc), port))
             if getattr(ns, "metrics_listen", ""):
                 metrics_urls.append((name, f"http://127.0.0.1:{mport}/metrics"))
         for name, hc, _ in health:
-            r = _until(lambda: subprocess.run(_program(hc), capture_output=True, text=True, env=env, timeout=30), 60)
+            r = _until(lambda: run(hc), 60)
             assert r.returncode == 0, f"{name}: healthcheck {hc} failed: {r.stderr}\n{logs_text()}"
         for name, url in metrics_urls:
             with urllib.request.urlopen(url, timeout=10) as r:
                 assert b"socklb_" in r.read(), f"{name}: {url} serves no socklb metric"
         (a, _, pa), (b, _, pb) = health
-        put = subprocess.run(_program(["socklb", f"--server=127.0.0.1:{pa}", "service", "put", "-f",
-                                       str(REPO / "examples" / "web.yaml")]),
-                             capture_output=True, text=True, env=env, timeout=30)
+
+        def creds(who: str) -> list[str]:
+            if not mount:
+                return []
+            d = certs_dir / f"socklb-{who}-tls"
+            return [f"--tls-ca={d / 'ca.crt'}", f"--tls-cert={d / 'tls.crt'}", f"--tls-key={d / 'tls.key'}"]
+
+        web = ["service", "put", "-f", str(REPO / "examples" / "web.yaml")]
+        if mount:
+            # Refused: no client certificate; a read-only one; a node's.
+            for who, want in ((None, "UNAVAILABLE"), ("viewer", "PERMISSION_DENIED"), ("node", "PERMISSION_DENIED")):
+                extra = creds(who) if who else [f"--tls-ca={certs_dir / 'socklb-ca' / 'ca.crt'}"]
+                r = run(["socklb", f"--server=127.0.0.1:{pa}", "--timeout=5", *extra, *web])
+                assert r.returncode != 0 and want in r.stderr, (who, r.stderr)
+            # etcd takes no client without a certificate of the CA.
+            from socklb.controlplane.store.base import StoreError, open_store
+            bare = open_store(f"etcd://127.0.0.1:{client}?timeout=3&ca={certs_dir / 'socklb-ca' / 'ca.crt'}")
+            try:
+                with pytest.raises(StoreError):
+                    bare.get("/socklb/")
+            finally:
+                bare.close()
+        put = run(["socklb", f"--server=127.0.0.1:{pa}", *creds("admin"), *web])
         assert put.returncode == 0, put.stderr
         name = yaml.safe_load((REPO / "examples" / "web.yaml").read_text())["name"]
-        got = _until(lambda: subprocess.run(_program(["socklb", f"--server=127.0.0.1:{pb}", "-o", "json", "service",
-                                                      "get", name]),
-                                            capture_output=True, text=True, env=env, timeout=30), 30)
+        got = _until(lambda: run(["socklb", f"--server=127.0.0.1:{pb}", *creds("viewer"), "-o", "json", "service",
+                                  "get", name]), 30)
         assert got.returncode == 0, f"{b} does not see what {a} stored: {got.stderr}\n{logs_text()}"
     finally:
         _stop(procs)
         for log in logs:
             log.close()
+
+
+# === secure by default ====================================================================================
+
+@functools.cache
+def certs_made() -> dict[str, set[str]]:
+    """What `socklb-certs` creates (run for real into a directory): secret -> keys."""
+    import tempfile
+    from socklb import certs
+    with tempfile.TemporaryDirectory() as d:
+        certs.ensure(certs.DirSecrets(d))
+        store = certs.DirSecrets(d)
+        return {p.name: set(store.get(p.name)) for p in Path(d).iterdir() if not p.name.startswith(".")}
+
+
+def _cn(pem: bytes) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    return x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def _mounted_secret(pod: dict, container: dict, path: str) -> tuple[str, str]:
+    """(Secret, key) behind a file path of a container."""
+    for m in container.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/") + "/"
+        if path.startswith(mp):
+            [vol] = [v for v in pod["volumes"] if v["name"] == m["name"]]
+            assert "secret" in vol, f"{path}: volume {m['name']} is not a Secret"
+            return vol["secret"]["secretName"], path[len(mp):]
+    raise AssertionError(f"{path}: not under any volume of {container['name']}")
+
+
+def _pod_matches(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def test_k8s_is_secure_by_default():
+    made = certs_made()
+
+    def from_secret(pod, c, path, secret):
+        name, key = _mounted_secret(pod, c, path)
+        assert name == secret and key in made[secret], f"{c['name']}: {path} is {name}/{key}, not from {secret}"
+
+    progs = k8s_programs()
+    # The control plane: TLS, client certificates required, a clients file; nothing unauthenticated.
+    [(cp_deploy, cp_pod, cp_c, cp)] = progs["socklb-controlplane"]
+    assert not cp.allow_unauthenticated
+    for path in (cp.tls_cert, cp.tls_key, cp.tls_client_ca):
+        from_secret(cp_pod, cp_c, path, "socklb-controlplane-tls")
+    from_secret(cp_pod, cp_c, cp.clients_file, "socklb-clients")
+    # ... and its store over TLS with a client certificate.
+    q = {k: v[-1] for k, v in parse_qs(urlsplit(cp.store).query).items()}
+    for k in ("ca", "cert", "key"):
+        from_secret(cp_pod, cp_c, q[k], "socklb-controlplane-tls")
+    # Nodes authenticate with the node certificate, whose CN the clients file makes a node (and only that).
+    [(ds, dp_pod, dp_c, dp)] = progs["socklb-dataplane"]
+    for path in (dp.tls_ca, dp.tls_cert, dp.tls_key):
+        from_secret(dp_pod, dp_c, path, "socklb-node-tls")
+    import tempfile
+    from socklb import certs
+    from socklb.controlplane import auth
+    with tempfile.TemporaryDirectory() as d:
+        certs.ensure(certs.DirSecrets(d))
+        clients = auth.Clients.load(Path(d) / "socklb-clients" / "clients.yaml")
+        node = clients.by_cn[_cn((Path(d) / "socklb-node-tls" / "tls.crt").read_bytes())]
+        assert node.role == "node"
+        assert not clients.by_token, "no token is generated: certificates only"
+        roles = {_cn((Path(d) / s / "tls.crt").read_bytes()): clients.by_cn.get(_cn((Path(d) / s / "tls.crt")
+                                                                                   .read_bytes()))
+                 for s in made if s.endswith("-tls")}
+        # etcd's and the control plane's own certificates are no callers of the API.
+        assert roles["socklb-etcd"] is None and roles["socklb-controlplane"] is None
+    # etcd: TLS on both ports, client certificates required, its files from its Secret.
+    [(sts, etcd_pod, etcd_c)] = [(d, p, c) for d, p, c in k8s_containers() if "etcd" in c["image"]]
+    argv = as_list(etcd_c.get("command")) + as_list(etcd_c.get("args"))
+    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+                 "--initial-advertise-peer-urls"):
+        urls = [u for v in flag_values(argv, flag) for u in v.split(",")]
+        assert urls and all(u.startswith("https://") for u in urls), f"etcd {flag}: {urls}"
+    assert "--client-cert-auth" in argv and "--peer-client-cert-auth" in argv
+    for flag in ("--cert-file", "--key-file", "--trusted-ca-file", "--peer-cert-file", "--peer-key-file",
+                 "--peer-trusted-ca-file"):
+        [path] = flag_values(argv, flag)
+        from_secret(etcd_pod, etcd_c, path, "socklb-etcd-tls")
+    # The CA key stays in its Secret: no pod mounts it.
+    for d, pod, c in k8s_containers():
+        assert "socklb-ca" not in {v.get("secret", {}).get("secretName") for v in pod.get("volumes", [])}, d
+    # The Job that makes them runs socklb-certs kubernetes in this namespace.
+    [(job, job_pod, job_c, job_ns)] = progs["socklb-certs"]
+    assert job["kind"] == "Job" and job_ns.cmd == "kubernetes" and job_ns.namespace == "<metadata.namespace>"
+    assert job_pod.get("automountServiceAccountToken") is True and job_pod["serviceAccountName"] == "socklb-certs"
+    # NetworkPolicy: ingress denied by default; etcd's client port only from the control plane.
+    policies = k8s_find("NetworkPolicy")
+    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"]
+               and not p["spec"].get("ingress") for p in policies), "no default-deny ingress policy"
+    etcd_labels = sts["spec"]["template"]["metadata"]["labels"]
+    cp_labels = cp_deploy["spec"]["template"]["metadata"]["labels"]
+    client_port = container_port(etcd_c, "client")
+    admitted = []
+    for p in policies:
+        if not _pod_matches(p["spec"]["podSelector"], etcd_labels):
+            continue
+        for rule in p["spec"].get("ingress", []):
+            ports = [container_port(etcd_c, x["port"]) for x in rule.get("ports", [])]
+            if not ports or client_port in ports:
+                admitted.append(rule.get("from"))
+    assert admitted, "etcd's client port is admitted from nowhere"
+    for sources in admitted:
+        assert sources, "etcd's client port is admitted from everywhere"
+        for src in sources:
+            assert set(src) == {"podSelector"} and _pod_matches(src["podSelector"], cp_labels) \
+                and not _pod_matches(src["podSelector"], dp_pod and ds["spec"]["template"]["metadata"]["labels"]), \
+                f"etcd's client port admits {src}"
+
+
+def test_compose_mtls_variant_authenticates_everything():
+    made = certs_made()
+    mount = _certs_mount("mtls")
+
+    def from_secret(path: str, secret: str) -> None:
+        rel = Path(path).relative_to(mount)
+        assert rel.parts[0] == secret and rel.parts[1] in made[secret], f"{path}: not a file of {secret}"
+
+    progs = compose_programs("mtls")
+    for name, cp, svc in progs["socklb-controlplane"]:
+        assert not cp.allow_unauthenticated, name
+        for path in (cp.tls_cert, cp.tls_key, cp.tls_client_ca):
+            from_secret(path, "socklb-controlplane-tls")
+        from_secret(cp.clients_file, "socklb-clients")
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(cp.store).query).items()}
+        for k in ("ca", "cert", "key"):
+            from_secret(q[k], "socklb-controlplane-tls")
+    [(name, dp, svc)] = progs["socklb-dataplane"]
+    for path in (dp.tls_ca, dp.tls_cert, dp.tls_key):
+        from_secret(path, "socklb-node-tls")
+    argv = as_list(compose("mtls")["services"]["etcd"]["command"])
+    assert "--client-cert-auth" in argv and all(
+        u.startswith("https://") for u in flag_values(argv, "--listen-client-urls"))
+    # The base file stays what it says: unauthenticated, so on loopback only (checked by the ports test).
+    assert all(cp.allow_unauthenticated for _, cp, _ in compose_programs("base")["socklb-controlplane"])

@@ -332,8 +332,10 @@ def open_store(url: str) -> Store:
       embedded store in that directory (created if missing). Option:
       ``?history=N`` revisions of watch history kept (default 100000).
     - ``etcd://host:port[,host:port...]`` (port defaults to 2379, IPv6 as
-      ``[addr]:port``): etcd over plain gRPC. Option: ``?timeout=SECONDS`` per
-      request (default 5). Does not connect eagerly: an unreachable etcd shows
+      ``[addr]:port``): etcd over gRPC. Options: ``?timeout=SECONDS`` per
+      request (default 5); ``ca=PATH`` (TLS, verifying etcd's certificate
+      against this CA), with ``cert=PATH&key=PATH`` (a client certificate for
+      etcd's --client-cert-auth). Does not connect eagerly: an unreachable etcd shows
       as Unavailable from the operations.
     """
     if not isinstance(url, str) or not url.strip():
@@ -355,5 +357,5 @@ def open_store(url: str) -> Store:
         if not rest or "/" in rest:
             raise ValueError(f"store URL {url!r}: expected etcd://host:port[,host:port...]")
         from .etcd import EtcdStore
-        return EtcdStore(parse_etcd_endpoints(rest, url), **_query(q, {"timeout": float}, url))
+        return EtcdStore(parse_etcd_endpoints(rest, url), **_query(q, {"timeout": float, "ca": str, "cert": str, "key": str}, url))
     raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r} (embedded or etcd)")

@@ -35,6 +35,7 @@ import math
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import grpc
@@ -78,10 +79,29 @@ def _key_range(prefix: str) -> tuple[bytes, bytes]:
     return p, prefix_end(p) or b"\0"
 
 
+def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | None:
+    """Client TLS to etcd (--client-cert-auth: with cert and key) from PEM
+    files, read once: a new client certificate takes a control-plane restart."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("etcd store: `cert` and `key` go together")
+    if not ca:
+        raise ValueError("etcd store: TLS needs `ca` (the CA that signed etcd's certificate)")
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(ca).read_bytes(),
+            private_key=Path(key).read_bytes() if key else None,
+            certificate_chain=Path(cert).read_bytes() if cert else None)
+    except OSError as e:
+        raise ValueError(f"etcd store: cannot read {e.filename}: {e.strerror}") from None
+
+
 class _Endpoint:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials | None = None):
         self.netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.channel = grpc.insecure_channel(self.netloc, options=_GRPC_OPTIONS)
+        self.channel = (grpc.secure_channel(self.netloc, credentials, options=_GRPC_OPTIONS) if credentials
+                        else grpc.insecure_channel(self.netloc, options=_GRPC_OPTIONS))
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
@@ -92,14 +112,17 @@ class _Endpoint:
 
 
 class EtcdStore(Store):
-    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = 5.0, page_size: int = 1000):
+    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = 5.0, page_size: int = 1000,
+                 ca: str = "", cert: str = "", key: str = ""):
         if not endpoints:
             raise ValueError("etcd store: no endpoints")
         if timeout <= 0:
             raise ValueError(f"etcd store: timeout must be > 0, got {timeout}")
         self.timeout = timeout
         self.page_size = page_size
-        self._eps = [_Endpoint(h, p) for h, p in endpoints]
+        creds = tls_credentials(ca, cert, key)
+        self.tls = creds is not None
+        self._eps = [_Endpoint(h, p, creds) for h, p in endpoints]
         self._cur = 0
         self._mu = threading.Lock()
         self._closed = False
@@ -107,7 +130,7 @@ class EtcdStore(Store):
         self._leaders: set[_EtcdLeadership] = set()
 
     def __repr__(self) -> str:
-        return f"EtcdStore({','.join(e.netloc for e in self._eps)})"
+        return f"EtcdStore({','.join(e.netloc for e in self._eps)}{', tls' if self.tls else ''})"
 
     # --- endpoints and calls ------------------------------------------------
 
