@@ -5,7 +5,7 @@ Everything here creates uniquely named objects (``socklb-test-<pid>-<n>``) and
 knows how to remove them again; the fixtures in conftest.py make sure that
 happens even when a test fails.
 
-Safety rules (see DESIGN.md "Testing rules"):
+Safety rules:
 - BPF is only attached to a cgroup created here, never to the root cgroup.
 - Clients run inside that cgroup (``client.py`` joins it before it creates a
   single socket) and, for non-loopback VIPs, inside a namespace created here
@@ -354,6 +354,7 @@ class Backend(threading.Thread):
         self.addr = addr
         self.port = self.sock.getsockname()[1]
         self.requests = 0
+        self.replied = 0  # UDP replies sent
         self.accepted = 0
         self._stop_r, self._stop_w = os.pipe()
         self._conns: dict[socket.socket, bytes] = {}
@@ -392,6 +393,9 @@ class Backend(threading.Thread):
                             self.sock.sendto(self.label.encode(), peer)
                         except OSError:
                             pass
+                        # On loopback a datagram is queued at the receiver (or
+                        # dropped) by the time sendto returns: counted after it.
+                        self.replied += 1
                     else:
                         c = key.fileobj
                         try:

@@ -1,6 +1,7 @@
 """A bad desired state is rejected with the field named, and changes nothing."""
 
 import copy
+import re
 import signal
 
 import pytest
@@ -90,7 +91,11 @@ def test_apply_rejects_over_capacity(agent, backends, clients, what):
     r = a.apply(bad)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    assert "services" in out and what in out, out
+    # The error names the map that is full, what the state needs and what it holds.
+    m = re.search(rf"services: needs (\d+) {what[:-1]} entries.*; the {what} map holds (\d+)", out)
+    assert m, out
+    need_, holds = int(m[1]), int(m[2])
+    assert holds == (4 if what == "backends" else 64) and need_ > holds, out
     assert snapshot(a) == before
     traffic_ok(c, vport, {"backend-0", "backend-1"})
 

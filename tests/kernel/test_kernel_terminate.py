@@ -516,23 +516,8 @@ def test_terminate_ipv6_and_v4_mapped(agent, backends, xclients, netns, method):
             assert r.get("backend") == "B", (i, r)
 
 
-def test_neither_method_is_a_clear_error(tmp_path, monkeypatch):
-    term = _terminate()
-    (tmp_path / "flows").touch()
-    monkeypatch.setattr(term, "btf_has_func", lambda name, path=None: False)
-    monkeypatch.setattr(term, "netlink_probe", lambda: "netlink SOCK_DESTROY is not supported (test)")
-    with pytest.raises(term.TerminationUnavailable) as e:
-        term.Terminator(tmp_path)
-    msg = str(e.value)
-    assert "kfunc: " in msg and "bpf_sock_destroy" in msg and "netlink: " in msg, msg
-    with pytest.raises(term.TerminationUnavailable, match="kfunc"):
-        term.Terminator(tmp_path, method="kfunc")
-    with pytest.raises(term.TerminationError, match="does not exist"):
-        term.Terminator(tmp_path / "nowhere")
-
-
 def test_timings(agent, backends, xclients):
-    """Not an assertion on time (see DESIGN.md): prints how long destroying
+    """Not an assertion on time (tests record timings, never assert them): prints how long destroying
     N connections took with each method, for the record."""
     _require_termination_tools()
     term = _terminate()

@@ -8,7 +8,7 @@ Joins the cgroup (and network namespace) before it creates any socket, like
 client.py. Standard library only. Runs until stdin is closed.
 
     udp_dns_client.py --addr VIP --port 53 [--cgroup DIR] [--netns PATH]
-                      [--interval 0.1] [--timeout 0.5]
+                      [--interval 0.1] [--timeout 5]
 
 Every event is one JSON line on stdout, with ``t`` = time.monotonic() of
 this process (CLOCK_MONOTONIC, comparable with the test's own clock):
@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--cgroup")
     ap.add_argument("--netns")
     ap.add_argument("--interval", type=float, default=0.1)
-    ap.add_argument("--timeout", type=float, default=0.5)
+    ap.add_argument("--timeout", type=float, default=5.0)
     args = ap.parse_args()
     client.join(args.cgroup, args.netns)
 
