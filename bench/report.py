@@ -1,5 +1,13 @@
 """Medians, ratios and the docs/benchmarks.md section. Numbers are reported,
-never judged: a benchmark prints ratios, it does not assert on time."""
+not asserted: a benchmark prints ratios and, where a comparison has a target,
+a verdict on this run (met / borderline / not met), never a test failure.
+
+The statistic that decides a target is the median of the per-round ratios
+(the variants of a round ran back to back, so a slow drift of the shared
+machine cancels out) with its quartiles: met when both quartiles meet the
+target, not met when neither does, borderline when they straddle it. The
+ratio of the per-variant medians (the tables' "vs" columns) is printed next
+to it for reference; it does not decide."""
 
 from __future__ import annotations
 
@@ -136,21 +144,55 @@ class Comparison:
     a: str
     b: str
     what: str
-    target: tuple[str, float] | None = None   # (">=" | ">", bound) on the ratio of medians
+    target: tuple[str, float] | None = None   # (">=" | ">", bound) on the per-round ratios
     attr: str = "rate"
 
 
-def target_text(target: tuple[str, float] | None, value: float) -> str:
-    """State the issue's target and whether this run's ratio meets it; a
-    statement, not an assertion (one noisy run proves little)."""
+def verdict(target: tuple[str, float], q1: float, med: float, q3: float) -> str:
+    """met / borderline / not met, from the per-round ratios: both quartiles
+    meet the target, they straddle it, or neither does. With fewer than two
+    rounds (no quartiles) the median alone decides; without it, "" (none)."""
+    op, bound = target
+
+    def meets(x: float) -> bool:
+        return x >= bound if op == ">=" else x > bound
+
+    if math.isnan(q1) or math.isnan(q3):
+        if math.isnan(med):
+            return ""
+        return "met" if meets(med) else "not met"
+    if meets(q1) and meets(q3):
+        return "met"
+    if not meets(q1) and not meets(q3):
+        return "not met"
+    return "borderline"
+
+
+_WHY = {"met": "both quartiles meet it", "not met": "neither quartile meets it",
+        "borderline": "the quartiles straddle it"}
+
+
+def target_text(target: tuple[str, float] | None, q1: float, med: float, q3: float) -> str:
+    """The target and this run's verdict on it; a statement, not an assertion
+    (one noisy run proves little)."""
     if target is None:
         return ""
     op, bound = target
     sign = "≥" if op == ">=" else ">"
-    if math.isnan(value):
+    v = verdict(target, q1, med, q3)
+    if not v:
         return f" — target {sign} {bound:g}x"
-    met = value >= bound if op == ">=" else value > bound
-    return f" — target {sign} {bound:g}x: {'met' if met else 'not met'} in this run"
+    why = _WHY[v] if not (math.isnan(q1) or math.isnan(q3)) else "one round: the median alone"
+    return f" — target {sign} {bound:g}x: {v} in this run ({why})"
+
+
+def headline_line(what: str, med: float, q1: float, q3: float, overall: float,
+                  target: tuple[str, float] | None = None) -> str:
+    """One comparison: the deciding statistic first (median of the per-round
+    ratios, with quartiles), the ratio of the medians for reference, then the
+    target's verdict."""
+    return (f"- {what}: per-round median **{fmt(med, 3)}x** (quartiles {fmt(q1, 3)}–{fmt(q3, 3)}; "
+            f"ratio of the medians {fmt(overall, 3)}x){target_text(target, q1, med, q3)}")
 
 
 def headline(tables: dict[str, Table], comparisons: list[Comparison]) -> list[str]:
@@ -163,10 +205,7 @@ def headline(tables: dict[str, Table], comparisons: list[Comparison]) -> list[st
         per_round = paired_ratios(getattr(x, f"rounds_{c.attr}"), getattr(y, f"rounds_{c.attr}"))
         q1, q3 = quartiles(per_round)
         overall = ratio(getattr(x, c.attr), getattr(y, c.attr))
-        target = target_text(c.target, overall)
-        lines.append(f"- {c.what}: **{fmt(overall, 3)}x** (per-round ratios: "
-                     f"median {fmt(median(per_round), 3)}x, quartiles {fmt(q1, 3)}–"
-                     f"{fmt(q3, 3)}){target}")
+        lines.append(headline_line(c.what, median(per_round), q1, q3, overall, c.target))
     return lines
 
 
@@ -185,7 +224,11 @@ def doc_section(command: str, machine: str, date: str, setup: str, body: list[st
              "against nginx-light, and one connection at a time with `bench/tcp_crr.c`), "
              "and sequential UDP request/response (`bench/udp_rr.c`), from a client "
              "network namespace to backends in another one over a veth. Variants are "
-             "interleaved over the rounds; tables show medians over rounds.", "",
+             "interleaved over the rounds; tables show medians over rounds. Each comparison "
+             "below the tables gives the median of the per-round ratios with its quartiles, "
+             "which decides a target (met: both quartiles meet it; borderline: they straddle "
+             "it; not met: neither does), and the ratio of the medians (the tables' \"vs\" "
+             "columns) for reference.", "",
              "```", command, "```", "",
              f"- Machine: {machine}", f"- Date: {date}", f"- Setup: {setup}", "",
              *body, "", *notes, END]

@@ -5,10 +5,12 @@
   socklb node list
   socklb stats [--service S] [--node N]
   socklb watch [--from-revision R] [--count N]
+  socklb terminate SERVICE [ADDR:PORT ...] | termination list | termination get ID
 
-The CLI parses only its own syntax (ADDR:PORT[@WEIGHT], files, flags); every
-rule about what a service may contain is the server's, which answers
-INVALID_ARGUMENT naming the field. Exit codes: see EXIT_* below and docs/cli.md.
+The CLI parses only its own syntax (ADDR:PORT[@WEIGHT], files, flags) and
+refuses a weight of 0 (the API would read it as 1); every rule about what a
+service may contain is the server's, which answers INVALID_ARGUMENT naming the
+field. Exit codes: see EXIT_* below and docs/cli.md.
 """
 from __future__ import annotations
 
@@ -110,6 +112,10 @@ def parse_endpoint(text: str, allow_weight: bool = True) -> Endpoint:
             raise UsageError(f"{text!r}: a weight (@N) is not accepted here, give ADDR:PORT")
         spec, _, w = text.rpartition("@")
         weight = _parse_uint(w, "weight", text, UINT32_MAX)
+        if weight == 0:
+            # Backend.weight 0 is "unset" on the wire: the server would store weight 1.
+            raise UsageError(f"{text!r}: weight 0 is refused: the API reads 0 as 1 "
+                             "(to send a backend no new flows, drain it)")
     addr, port = _split_host_port(spec, text)
     if not addr:
         raise UsageError(f"{text!r}: missing address")
@@ -670,7 +676,7 @@ def _service_commands(sub) -> None:
 def _backend_specs(p: argparse.ArgumentParser) -> None:
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("backends", nargs="*", metavar="ADDR:PORT[@WEIGHT]",
-                   help="backend; IPv6 as [ADDR]:PORT; PORT 0 = the frontend's port; WEIGHT default 1")
+                   help="backend; IPv6 as [ADDR]:PORT; PORT 0 = the frontend's port; WEIGHT 1..65535, default 1")
     p.add_argument("-f", "--file", metavar="FILE",
                    help="YAML/JSON list of socklb.v1.Backend (or a mapping with 'backends'), '-' for stdin")
     p.add_argument("--node", metavar="NODE", help="node running the listed backends (traffic policy LOCAL)")

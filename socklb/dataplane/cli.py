@@ -1,11 +1,12 @@
 """socklb-dataplane: the node agent and its operator commands.
 
-  run      load + attach (or adopt) the programs, serve the admin API, and in
-           standalone mode apply a desired-state file (re-read on change/SIGHUP)
-  apply    send a state file to a running agent
-  dump     services | backends | flows | counters | state | info
-  detach   remove the programs and pins
-  exec     run a command inside the load-balanced cgroup
+  run        load + attach (or adopt) the programs, serve the admin API, and in
+             standalone mode apply a desired-state file (re-read on change/SIGHUP)
+  apply      send a state file to a running agent
+  terminate  terminate (or --dry-run: list) a service's flows on this node
+  dump       services | backends | flows | counters | state | info | terminations | sockets
+  detach     remove the programs and pins
+  exec       run a command inside the load-balanced cgroup
 """
 from __future__ import annotations
 

@@ -54,7 +54,10 @@ def run_offline(capsys, *argv):
     ("10.0.0.1:8080@5", cli.Endpoint("10.0.0.1", 8080, 5)),
     ("10.0.0.1:0", cli.Endpoint("10.0.0.1", 0)),
     ("[::1]:80", cli.Endpoint("::1", 80)),
-    ("[fd00::1]:65535@0", cli.Endpoint("fd00::1", 65535, 0)),
+    ("[fd00::1]:65535@1", cli.Endpoint("fd00::1", 65535, 1)),
+    ("10.0.0.1:80@65535", cli.Endpoint("10.0.0.1", 80, 65535)),
+    # Above 65535: the server's to refuse (test_server_errors_exit_codes).
+    ("10.0.0.1:80@70000", cli.Endpoint("10.0.0.1", 80, 70000)),
     ("[::ffff:10.0.0.1]:80@2", cli.Endpoint("::ffff:10.0.0.1", 80, 2)),
     # Not an IP: syntactically fine, the server judges addresses.
     ("backend-1:80", cli.Endpoint("backend-1", 80)),
@@ -78,6 +81,8 @@ def test_endpoint_syntax(text, expected):
     ("10.0.0.1:80@", "weight '' is not"),
     ("10.0.0.1:80@heavy", "weight 'heavy'"),
     ("10.0.0.1:80@4294967296", "weight 4294967296 is out of range"),
+    ("10.0.0.1:80@0", "weight 0 is refused: the API reads 0 as 1 (to send a backend no new flows, drain it)"),
+    ("[::1]:80@00", "weight 0 is refused"),
     ("10.0.0.1:８0", "port '８0'"),
 ])
 def test_malformed_endpoints_name_the_problem(text, problem):
@@ -176,6 +181,8 @@ def test_usage_errors_exit_2_without_a_call(capsys, no_rpc, argv, problem):
     (["backend", "set", "web", "10.0.0.1:80", "--none"], "--none sets no backends"),
     (["backend", "set", "web", "10.0.0.1:99999"], "port 99999 is out of range"),
     (["backend", "remove", "web", "10.0.0.1:80@2"], "a weight (@N) is not accepted here"),
+    (["backend", "add", "web", "10.0.0.1:80@0"], "'10.0.0.1:80@0': weight 0 is refused: the API reads 0 as 1"),
+    (["backend", "set", "web", "10.0.0.1:80@3", "[::1]:80@0"], "'[::1]:80@0': weight 0 is refused"),
     (["backend", "drain", "web", "[::1]"], "expected [ADDR]:PORT"),
     (["service", "put", "-f", "/nonexistent/web.yaml"], "cannot read /nonexistent/web.yaml"),
     (["backend", "set", "web", "-f", "/nonexistent/b.yaml"], "cannot read /nonexistent/b.yaml"),
@@ -456,23 +463,28 @@ def test_server_errors_exit_codes(sl, tmp_path):
     version = ok_json(sl("-o", "json", "service", "put", "-f", str(f)))["resource_version"]
 
     # Bad input the CLI cannot know about: INVALID_ARGUMENT naming the field, exit 2, nothing written.
+    # The exact text a user sees: the field of the request, then what is wrong with it.
     code, out, err = sl("backend", "set", "errs", "127.0.3.1:80", "10.0.0.300:80")
-    assert (code, out) == (2, "")
-    assert err.startswith("error: INVALID_ARGUMENT: ") and "backends[1].address" in err and "10.0.0.300" in err
-    code, _, err = sl("backend", "add", "errs", "not-an-ip:80")
-    assert code == 2 and err.startswith("error: INVALID_ARGUMENT: ") and "address" in err and "not-an-ip" in err
-    code, _, err = sl("backend", "remove", "errs", "bad:80")
-    assert code == 2 and "backends[0].address" in err
-    code, _, err = sl("backend", "drain", "errs", "127.0.3.9:80")
-    assert code == 2 and "backends[0]" in err and "not a backend" in err
-    code, _, err = sl("backend", "set", "errs", "127.0.3.1:80@70000")
-    assert code == 2 and "backends[0].weight" in err
+    assert (code, out, err) == (
+        2, "", "error: INVALID_ARGUMENT: backends[1].address: '10.0.0.300' is not an IPv4 or IPv6 address\n")
+    assert sl("backend", "add", "errs", "not-an-ip:80") == (
+        2, "", "error: INVALID_ARGUMENT: backends[0].address: 'not-an-ip' is not an IPv4 or IPv6 address\n")
+    assert sl("backend", "remove", "errs", "bad:80") == (
+        2, "", "error: INVALID_ARGUMENT: backends[0].address: 'bad' is not an IPv4 or IPv6 address\n")
+    assert sl("backend", "drain", "errs", "127.0.3.9:80") == (
+        2, "", "error: INVALID_ARGUMENT: backends[0]: 127.0.3.9 port 80 is not a backend of service 'errs'\n")
+    assert sl("backend", "set", "errs", "127.0.3.1:80@70000") == (
+        2, "", "error: INVALID_ARGUMENT: backends[0].weight: 70000 exceeds 65535\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: errs\nfrontends: [{address: 127.96.1.3, port: 0}]\n")
     code, _, err = sl("service", "put", "-f", str(bad))
-    assert code == 2 and "frontends[0].port" in err
+    assert code == 2 and err.startswith("error: INVALID_ARGUMENT: service.frontends[0].port: "), err
     code, _, err = sl("service", "get", "Not_A_Name")
     assert code == 2 and err.startswith("error: INVALID_ARGUMENT: name:")
+    # @0 never reaches the server (it would store weight 1): refused locally, nothing written.
+    assert sl("backend", "add", "errs", "127.0.3.7:80@0") == (
+        2, "", "error: '127.0.3.7:80@0': weight 0 is refused: the API reads 0 as 1 "
+               "(to send a backend no new flows, drain it)\n")
     assert ok_json(sl("-o", "json", "service", "get", "errs"))["resource_version"] == version
 
     # Missing service: NOT_FOUND, exit 3.
