@@ -49,6 +49,7 @@ class NodeSession:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     pushes: dict = field(default_factory=dict)  # version -> push span awaiting the node's ACK/NACK
     diverged: bool = False  # last update refused: the next one is a snapshot
+    snapshot_nonce: str = ""  # nonce of the last snapshot's last chunk: what the node answers it with
     # Versions sent and not yet acknowledged -> when they were sent (sync latency).
     in_flight: dict = field(default_factory=dict)
 
@@ -146,7 +147,12 @@ class SyncService:
                 session.in_flight.pop(msg.nack.version, None)
                 log.warning("node %s refused version %d: %s", session.node, msg.nack.version, msg.nack.error)
                 self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
-                if not session.diverged:
+                if msg.nack.nonce and msg.nack.nonce == session.snapshot_nonce:
+                    # A refused snapshot: the node applied what it could take of it (or kept its
+                    # last good state). The same snapshot again would be refused again, for ever:
+                    # the next change goes as a snapshot instead.
+                    session.diverged = True
+                elif not session.diverged:
                     session.diverged = True
                     self._send_snapshot(session)
                 self._notify_acks()
@@ -220,7 +226,8 @@ class SyncService:
         _, chunks = self._snapshot(session.node)
         for chunk in chunks:
             # The nonce is merged into the shared bytes (a later field wins).
-            own = sync_pb2.ControlMessage(nonce=self._next_nonce()).SerializeToString()
+            session.snapshot_nonce = self._next_nonce()
+            own = sync_pb2.ControlMessage(nonce=session.snapshot_nonce).SerializeToString()
             session.queue.put_nowait(trace + chunk + own)
         session.version = version
         session.diverged = False

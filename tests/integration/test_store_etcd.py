@@ -99,16 +99,24 @@ def test_two_replicas_see_each_other(etcd_server, ns):
 
 
 def test_leadership_moves_between_replicas(etcd_server, ns):
+    """Who leads is read from the leader key, then confirmed by is_leader()
+    and a fenced write: never from is_leader() at one instant, which turns
+    False by itself when a lease refresh is late on a busy machine. The TTL
+    is long enough that the lease cannot run out while the test looks."""
     name = "lead-" + ns.split("/")[2]
+    key = "/socklb/leader/" + name
     a, b = open_store(etcd_server.url), open_store(etcd_server.url)
     try:
-        la, lb = a.campaign(name, "replica-a", ttl=1), b.campaign(name, "replica-b", ttl=1)
-        assert wait_for(lambda: la.is_leader() or lb.is_leader())
-        for _ in range(50):  # over ~1 s: never two leaders
+        la, lb = a.campaign(name, "replica-a", ttl=5), b.campaign(name, "replica-b", ttl=5)
+        assert wait_for(lambda: a.get(key) is not None)
+        holder = a.get(key).value
+        (leader, lstore), (follower, fstore) = ((la, a), (lb, b)) if holder == b"replica-a" else ((lb, b), (la, a))
+        assert holder == leader.identity.encode()
+        assert wait_for(leader.is_leader)
+        for _ in range(50):  # over ~1 s, the follower trying at least twice: never two leaders
             assert not (la.is_leader() and lb.is_leader())
+            assert not follower.is_leader()
             threading.Event().wait(0.02)
-        (leader, lstore), (follower, fstore) = ((la, a), (lb, b)) if la.is_leader() else ((lb, b), (la, a))
-        assert lstore.get("/socklb/leader/" + name).value == leader.identity.encode()
         old = leader.fence()
         assert lstore.txn([old], [(ns + "duty", b"old leader")]) is not None
         assert fstore.txn([follower.fence()], [(ns + "duty", b"follower")]) is None
@@ -129,7 +137,7 @@ _CAMPAIGNER = r"""
 import sys, time
 from socklb.controlplane.store import open_store
 s = open_store(sys.argv[1])
-ld = s.campaign(sys.argv[2], "child", ttl=1)
+ld = s.campaign(sys.argv[2], "child", ttl=int(sys.argv[3]))
 while not ld.is_leader():
     time.sleep(0.01)
 print("leader", ld.fence().mod_revision, flush=True)
@@ -141,20 +149,23 @@ def test_crashed_leader_is_replaced_and_fenced(etcd_server, ns):
     """kill -9 of the leader: no resign; its lease expires, the other replica
     takes over, and a write fenced with the dead leader's fence fails."""
     name = "crash-" + ns.split("/")[2]
-    p = subprocess.Popen([sys.executable, "-c", _CAMPAIGNER, etcd_server.url, name], stdin=subprocess.PIPE,
+    # A lease of 3 s: a child slowed down by a busy machine still refreshes it in time (the test is
+    # about the lease running out after the kill, not before); the survivor takes over <= 3 s after it.
+    p = subprocess.Popen([sys.executable, "-c", _CAMPAIGNER, etcd_server.url, name, "3"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     s = open_store(etcd_server.url)
     try:
         line = p.stdout.readline().split()
         assert line[0] == b"leader"
         dead_fence = Compare("/socklb/leader/" + name, int(line[1]))
-        ld = s.campaign(name, "survivor", ttl=1)
-        threading.Event().wait(0.5)
-        assert not ld.is_leader()
+        ld = s.campaign(name, "survivor", ttl=3)
+        for _ in range(25):  # the survivor campaigns (every 0.5 s) while the child holds the key
+            assert not ld.is_leader()
+            threading.Event().wait(0.04)
         assert s.txn([dead_fence]) is not None, "the child leads for now"
         p.send_signal(signal.SIGKILL)
         p.wait()
-        assert wait_for(ld.is_leader)
+        assert wait_for(ld.is_leader, timeout=30)
         assert s.txn([dead_fence], [(ns + "duty", b"zombie")]) is None
         assert s.txn([ld.fence()], [(ns + "duty", b"survivor")]) is not None
     finally:
@@ -209,10 +220,13 @@ def test_watch_resumes_after_connection_loss(etcd_server, tcp_proxy, ns):
         r3 = direct.txn([], deletes=[ns + "a"])
         proxy.plug()
 
-        assert wait_for(lambda: got.has(3))
-        threading.Event().wait(0.2)
+        # A later write, once delivered, proves that whatever the resumed watch was going to
+        # deliver before it (a change twice, say) has been delivered.
+        r4 = direct.txn([], [(ns + "c", b"later")])
+        assert wait_for(lambda: got.saw(r4))
         assert got.events == [Event("put", ns + "a", b"1", r1), Event("put", ns + "b", b"2", r2),
-                              Event("delete", ns + "a", None, r3)], "every change once, in order"
+                              Event("delete", ns + "a", None, r3), Event("put", ns + "c", b"later", r4)], \
+            "every change once, in order"
         assert w.error is None
         w.cancel()
     finally:

@@ -147,14 +147,16 @@ def test_a_control_plane_with_the_set_admits_each_identity_in_its_role(tmp_path)
         with channel(srv.addr, pki, "socklb-etcd-tls") as ch:
             assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).ListServices(
                 api_pb2.ListServicesRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        # Refused in the TLS handshake: the call fails when the handshake does (wait_for_ready is off),
+        # so the long deadline only bounds a hang, and a slow handshake is no DEADLINE_EXCEEDED.
         with channel(srv.addr, pki, None) as ch:
             assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).ListServices(
-                api_pb2.ListServicesRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+                api_pb2.ListServicesRequest(), timeout=60, wait_for_ready=False)) == grpc.StatusCode.UNAVAILABLE
         creds = auth.channel_credentials(str(pki / certs.CA / "ca.crt"), str(other / "socklb-admin-tls" / "tls.crt"),
                                          str(other / "socklb-admin-tls" / "tls.key"))
         with grpc.secure_channel(srv.addr, creds) as ch:
-            assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).PutService(put, timeout=5)) == \
-                grpc.StatusCode.UNAVAILABLE
+            assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).PutService(
+                put, timeout=60, wait_for_ready=False)) == grpc.StatusCode.UNAVAILABLE
     finally:
         srv.close()
 

@@ -286,19 +286,68 @@ print(json.dumps([
 """
 
 
+_KEYS = ["10.0.0.%d:80" % i for i in range(1, 13)]
+_WEIGHTS = [1, 2, 3, 0, 5, 1, 1, 8, 2, 2, 1, 4]
+
+
 def _local_tables() -> list[list[int]]:
-    keys = ["10.0.0.%d:80" % i for i in range(1, 13)]
-    weights = [1, 2, 3, 0, 5, 1, 1, 8, 2, 2, 1, 4]
     return [
-        maglev_table(keys, weights, 1021),
-        build_table(2, keys, weights),
-        build_table(1, keys, weights),
+        maglev_table(_KEYS, _WEIGHTS, 1021),
+        build_table(2, _KEYS, _WEIGHTS),
+        build_table(1, _KEYS, _WEIGHTS),
         weighted_slots([5, 3, 1000, 7], max_slots=64),
     ]
 
 
-def test_deterministic_in_process() -> None:
-    assert _local_tables() == _local_tables()
+def _reference_maglev(keys: list[str], weights: list[int], size: int) -> list[int]:
+    """Maglev population written out from its specification (the paper's
+    loop, round by round, with maglev_table's documented hash and weighting),
+    without the heap of the real one: in round r the backends of weight > 0,
+    in key order, each take their k-th turn when ceil(k * top / w) == r; a
+    turn claims the next free slot of the backend's preference list."""
+    import hashlib
+
+    live = sorted((k, w) for k, w in zip(keys, weights) if w > 0)
+    if not live:
+        return []
+    top = max(w for _, w in live)
+    prefs = []
+    for key, _ in live:
+        d = hashlib.blake2b(key.encode(), digest_size=16, person=b"socklb-maglev-v1").digest()
+        offset, skip = int.from_bytes(d[:8], "big") % size, int.from_bytes(d[8:], "big") % (size - 1) + 1
+        prefs.append(iter([(offset + j * skip) % size for j in range(size)]))
+    owner: list[str | None] = [None] * size
+    turns = [0] * len(live)
+    filled, rnd = 0, 0
+    while filled < size:
+        rnd += 1
+        for b, (key, w) in enumerate(live):
+            if filled == size or -(-(turns[b] + 1) * top // w) != rnd:
+                continue
+            turns[b] += 1
+            slot = next(s for s in prefs[b] if owner[s] is None)
+            owner[slot] = key
+            filled += 1
+    return [keys.index(k) for k in owner]
+
+
+def test_tables_match_an_independent_computation() -> None:
+    maglev, maglev_built, random_built, capped = _local_tables()
+    assert maglev == _reference_maglev(_KEYS, _WEIGHTS, 1021)
+    assert maglev_built == _reference_maglev(_KEYS, _WEIGHTS, maglev_size(11))  # 11 of weight > 0
+    # RANDOM: weights with gcd 1 summing to 30 fit in 1024 slots as they are.
+    assert counts_of(random_built) == {i: w for i, w in enumerate(_WEIGHTS) if w}
+    _assert_prefix_spread(random_built)
+    # 1015 into 64 slots: 5, 3 and 7 are below one slot's worth (1015/64): one each, 1000 the other 61.
+    assert counts_of(capped) == {0: 1, 1: 1, 2: 61, 3: 1}
+    _assert_prefix_spread(capped)
+
+
+@PROP
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=12), st.sampled_from([251, 509]), st.integers(0, 10_000))
+def test_maglev_matches_the_reference_population(weights: list[int], size: int, seed: int) -> None:
+    keys = addr_keys(len(weights), seed)
+    assert maglev_table(keys, weights, size) == _reference_maglev(keys, weights, size)
 
 
 @pytest.mark.parametrize("hashseed", ["0", "12345"])

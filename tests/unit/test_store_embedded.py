@@ -54,6 +54,24 @@ class Collector:
     def has(self, n: int) -> bool:
         return len(self.events) >= n
 
+    def saw(self, revision: int) -> bool:
+        return any(e.revision == revision for e in self.events)
+
+
+def witnessed_write(store: Store, prefix: str, key: str) -> int:
+    """Write `key` (under `prefix`) and return its revision once a watch of the
+    prefix, opened for the purpose, has delivered it: by then any other watch
+    of the prefix had its chance to deliver it too. What a negative check
+    waits for, instead of a pause."""
+    witness = Collector()
+    w = store.watch(prefix, store.revision() + 1, witness)
+    try:
+        rev = store.txn([], [(key, b"witnessed")])
+        assert wait_for(lambda: witness.saw(rev)), f"the witness never saw revision {rev}"
+    finally:
+        w.cancel()
+    return rev
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -176,8 +194,7 @@ def test_contract_watch_from_past_and_live(store: Store, ns: str):
     finally:
         w.cancel()
     n = len(got.events)
-    store.txn([], [(w_ns + "after-cancel", b"")])
-    time.sleep(0.2)
+    witnessed_write(store, w_ns, w_ns + "after-cancel")
     assert len(got.events) == n, "nothing after cancel()"
     w.cancel()  # idempotent
 
@@ -242,8 +259,7 @@ def test_contract_callback_error_stops_watch(store: Store, ns: str):
         assert wait_for(lambda: len(calls) >= 2)
         assert isinstance(w.error, RuntimeError)
         assert calls[1] == [], "the callback is told once, with an empty batch"
-        store.txn([], [(ns + "a", b"2")])
-        time.sleep(0.2)
+        witnessed_write(store, ns, ns + "a")
         assert len(calls) == 2, "the watch stopped"
     finally:
         w.cancel()
@@ -281,14 +297,21 @@ def test_contract_concurrent_writers(store: Store, ns: str):
 
 
 def test_contract_leadership(store: Store, ns: str):
+    """Who leads is read from the store (the leader key, a fenced write), not
+    from is_leader() at some instant: on etcd that turns False by itself when
+    a lease refresh is late (a busy machine), which is its purpose. The TTL is
+    long enough that the lease itself cannot run out here."""
     name = "lead-" + ns.strip("/").replace("/", "-")
-    a = store.campaign(name, "a", ttl=1)
+    a = store.campaign(name, "a", ttl=5)
     assert wait_for(a.is_leader)
-    b = store.campaign(name, "b", ttl=1)
-    time.sleep(0.3)
-    assert a.is_leader() and not b.is_leader(), "only one leader"
     fa = a.fence()
-    assert store.txn([fa], [(ns + "leader-write", b"a")]) is not None
+    b = store.campaign(name, "b", ttl=5)
+    # b campaigns while a holds the key: never two leaders, whenever b tries.
+    for _ in range(40):
+        assert not b.is_leader(), "only one leader"
+        time.sleep(0.025)
+    assert store.get("/socklb/leader/" + name).value == b"a"
+    assert store.txn([fa], [(ns + "leader-write", b"a")]) is not None, "a still leads"
     assert store.txn([b.fence()], [(ns + "leader-write", b"b")]) is None, "a follower's fence never holds"
 
     a.resign()

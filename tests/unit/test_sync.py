@@ -53,7 +53,8 @@ def service(name, vip, backends, **kw):
                                  api_pb2.Service())
 
 
-def wait_for(pred, what, timeout=10.0):
+def wait_for(pred, what, timeout=60.0):
+    """Poll pred() until true; the bound only catches a hang (a busy machine is slow, not broken)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
@@ -294,7 +295,8 @@ def test_a_state_the_node_cannot_apply_is_nacked_without_losing_the_stream(serve
     """A service written to the store past validation (e.g. straight into
     etcd) with more backends than a node takes: the node NACKs it with the
     reason, keeps its stream, takes later changes to the other services
-    (without the bad one, still DEGRADED), and the change that fixes it."""
+    (without the bad one, still DEGRADED), and the change that fixes it. The
+    refused snapshot is not sent again until the next change."""
     from socklb.controlplane import keys
 
     r = server.api.PutService(api_pb2.PutServiceRequest(service=service("a", "127.96.0.10", ["10.0.0.1"])))
@@ -302,33 +304,46 @@ def test_a_state_the_node_cannot_apply_is_nacked_without_losing_the_stream(serve
     try:
         wait_for(lambda: agent.applied_version == r.resource_version, "first sync")
         stream = client.connected_to
+        snapshots = []  # versions of the full states the node applied
+        real_apply = agent.apply
+        agent.apply = lambda st, **kw: snapshots.append(st.version) or real_apply(st, **kw)
         bad = service("big", "127.96.0.11", [f"10.1.{i >> 8}.{i & 255}" for i in range(5000)])
-        assert server.store.txn([], puts=[(keys.service("big"), bad.SerializeToString())]) is not None
+        bad_version = server.store.txn([], puts=[(keys.service("big"), bad.SerializeToString())])
+        assert bad_version is not None
 
-        def nacked():
+        def record():
             (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
-            return n.health == api_pb2.NODE_HEALTH_DEGRADED and "more than 4096" in n.last_error
-        wait_for(nacked, "NACK naming the limit")
-        (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
-        assert "services[" in n.last_error and ".backends: 5000 backends" in n.last_error, n.last_error
+            return n
+
+        # The delta is refused first (its error names `upserts[0]`); the snapshot that follows is
+        # applied without the service and refused with the reason: wait for that answer.
+        snapshot_refused = f"version {bad_version}: applied without 1 service(s) it cannot take: services["
+        wait_for(lambda: record().last_error.startswith(snapshot_refused), "the snapshot's NACK")
+        n = record()
+        assert n.health == api_pb2.NODE_HEALTH_DEGRADED and "].backends: 5000 backends: more than 4096" in \
+            n.last_error, n
         assert backends_of(agent, "a") == ["10.0.0.1"] and "big" not in {s.name for s in agent.state().services}
         assert n.applied_version == r.resource_version  # the control plane sees the node behind
         assert client.connected_to == stream  # no reconnect loop
 
-        # A later change reaches the node while the bad service is still there;
-        # the node stays DEGRADED, naming it.
+        # A later change reaches the node (as a snapshot: it diverged) while the bad service is still
+        # there; the node takes it without the bad one and stays DEGRADED, naming it.
         r2 = server.api.AddBackends(api_pb2.AddBackendsRequest(
             service="a", backends=[types_pb2.Backend(address="10.0.0.2", port=80)]))
-        wait_for(lambda: backends_of(agent, "a") == ["10.0.0.1", "10.0.0.2"], "the later change applied")
+        wait_for(lambda: record().last_error.startswith(f"version {r2.resource_version}: applied without 1 "),
+                 "the later change's NACK")
+        assert backends_of(agent, "a") == ["10.0.0.1", "10.0.0.2"]
         assert "big" not in {s.name for s in agent.state().services}
-        (n,) = server.api.ListNodes(api_pb2.ListNodesRequest()).nodes
+        n = record()
         assert n.health == api_pb2.NODE_HEALTH_DEGRADED and "more than 4096" in n.last_error, n
-        assert n.applied_version < r2.resource_version
+        assert n.applied_version == r.resource_version
         assert client.connected_to == stream
+        # The refused snapshot was sent once, not again and again until the next change.
+        assert snapshots == [bad_version, r2.resource_version]
 
         fixed = server.api.DeleteService(api_pb2.DeleteServiceRequest(name="big"))
         wait_for(lambda: agent.applied_version == fixed.revision, "the fixing change applied")
-        wait_for(lambda: server.api.ListNodes(api_pb2.ListNodesRequest()).nodes[0].health
-                 == api_pb2.NODE_HEALTH_READY, "node ready again")
+        wait_for(lambda: record().health == api_pb2.NODE_HEALTH_READY, "node ready again")
+        assert record().applied_version == fixed.revision
     finally:
         client.stop()

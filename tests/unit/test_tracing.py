@@ -198,13 +198,21 @@ def spans(monkeypatch):
 
 
 class FakeTerminator:
-    """Stands in for the BPF terminator: reports every target's flows destroyed."""
+    """Stands in for the BPF terminator: records what it was asked to do and
+    answers with counts of its own (distinct, unrelated to the number of
+    targets), so that what reaches reports and spans can be traced back."""
 
     method = SimpleNamespace(value="kfunc")
+    FOUND, DESTROYED, FAILED, NAMESPACES = 7, 5, 2, 3
+
+    def __init__(self):
+        self.calls = []
 
     def run(self, targets, dry_run=False, dsts=None, max_records=None):
-        return SimpleNamespace(method="kfunc", found=len(targets), destroyed=len(targets), failed=0, duration=0.001,
-                               netns_scanned=1, per_target={}, sockets=[], summary=lambda: "fake")
+        self.calls.append((list(targets), dsts))
+        return SimpleNamespace(method="kfunc", found=self.FOUND, destroyed=self.DESTROYED, failed=self.FAILED,
+                               duration=0.001, netns_scanned=self.NAMESPACES, per_target={}, sockets=[],
+                               summary=lambda: "fake")
 
 
 def push_context(name="push") -> tuple[object, dict[str, str]]:
@@ -220,7 +228,8 @@ def state_of(version, backends):
 
 def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans):
     agent = Agent(None, "n1")
-    agent.terminations = TerminationService("n1", FakeTerminator())
+    terminator = FakeTerminator()
+    agent.terminations = TerminationService("n1", terminator)
     reports = []
     client = SyncClient(agent, ["127.0.0.1:1"])
     agent.terminations.listeners.append(reports.append)
@@ -233,14 +242,25 @@ def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans)
         reply = client._handle(sync_pb2.ControlMessage(trace_context=second, delta=node_pb2.NodeStateDelta(
             from_version=1, version=2, upserts=[state_of(2, ["10.0.0.1"])])), [])
         assert reply.HasField("ack")
-        wait_for(lambda: len(reports) == 1, "the termination report", timeout=10)
-        assert reports[0].trigger == "backend-removed" and reports[0].destroyed == 1
+        wait_for(lambda: len(reports) == 1, "the termination report", timeout=60)
+        # The terminator was asked for the removed backend's flows, and only those ...
+        ((targets, dsts),) = terminator.calls
+        assert dsts == (("10.0.0.2", 8080),) and len(targets) == 1 and targets[0].backend_id != 0
+        # ... and its counts are what the report carries.
+        assert reports[0].trigger == "backend-removed" and reports[0].service == "web"
+        assert (reports[0].found, reports[0].destroyed, reports[0].failed, reports[0].namespaces) == (
+            FakeTerminator.FOUND, FakeTerminator.DESTROYED, FakeTerminator.FAILED, FakeTerminator.NAMESPACES)
 
         # An explicit command: its termination is the control plane span's child directly.
         command, third = push_context("push terminate")
         client._handle(sync_pb2.ControlMessage(trace_context=third, terminate=sync_pb2.TerminateCommand(
             id="t1", service="web")), [])
-        wait_for(lambda: len(reports) == 2, "the command's report", timeout=10)
+        wait_for(lambda: len(reports) == 2, "the command's report", timeout=60)
+        # A command for the whole service: every flow of its frontend, to any destination, and of
+        # the backend removed from it.
+        targets, dsts = terminator.calls[1]
+        assert dsts is None and sorted(t.backend_id for t in targets) == [0, terminator.calls[0][0][0].backend_id]
+        assert reports[1].id == "t1" and reports[1].trigger == "request"
     finally:
         agent.terminations.close()
 
@@ -257,7 +277,11 @@ def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans)
     assert caused.parent.span_id == apply2.context.span_id
     assert caused.context.trace_id == apply2.context.trace_id
     assert caused.attributes["socklb.trigger"] == "backend-removed"
-    assert caused.attributes["socklb.destroyed"] == 1
+    assert caused.attributes["socklb.targets"] == 1
+    assert (caused.attributes["socklb.found"], caused.attributes["socklb.destroyed"],
+            caused.attributes["socklb.failed"]) == (FakeTerminator.FOUND, FakeTerminator.DESTROYED,
+                                                    FakeTerminator.FAILED)
+    assert caused.status.status_code == trace.StatusCode.UNSET  # a run that reported, not an error
     assert requested.parent.span_id == command.get_span_context().span_id
     assert requested.attributes["socklb.termination"] == "t1"
 
@@ -273,12 +297,30 @@ def test_nacked_update_marks_the_apply_span_failed(spans):
     assert apply.status.status_code == trace.StatusCode.ERROR
 
 
-def test_untraced_messages_start_roots_and_carry_nothing_when_tracing_is_off():
+def test_untraced_messages_carry_nothing_when_tracing_is_off():
     # The process-wide provider is the API's no-op one here: nothing to inject.
     assert tracing.inject() == {}
-    assert tracing.extract({}) is not None
     with tracing.TRACER.start_as_current_span("x"):
         assert tracing.inject() == {}
+
+
+def test_untraced_messages_start_roots_and_traced_ones_continue_their_trace(spans):
+    with tracing.TRACER.start_as_current_span("current"):  # what an untraced message must not join
+        for carrier in ({}, {"traceparent": "not a trace context"}):
+            ctx = tracing.extract(carrier)
+            assert not trace.get_current_span(ctx).get_span_context().is_valid, carrier
+            with tracing.TRACER.start_as_current_span(f"untraced {carrier}", context=ctx):
+                pass
+        caller, carrier = push_context("caller")
+        with tracing.TRACER.start_as_current_span("traced", context=tracing.extract(carrier)):
+            pass
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    assert by_name["untraced {}"].parent is None
+    assert by_name["untraced {'traceparent': 'not a trace context'}"].parent is None
+    assert by_name["untraced {}"].context.trace_id != by_name["current"].context.trace_id
+    traced = by_name["traced"]
+    assert traced.parent.span_id == caller.get_span_context().span_id and traced.parent.is_remote
+    assert traced.context.trace_id == caller.get_span_context().trace_id
 
 
 def test_write_traces_find_a_write_by_revision_or_while_in_flight():
