@@ -43,8 +43,8 @@ def render(rows: list[dict], command: str, seconds: float) -> str:
               "cannot take NACKed without losing the stream or later changes "
               "(`tests/unit/test_sync.py`); TerminateFlows bounds, pruning and paging "
               "(`tests/unit/test_terminations_api.py`).", "",
-              "Not yet probed here: a 3-member etcd losing a member and its leader, a node cut off from the "
-              "control plane and healed, disk full.", ""]
+              "Not yet probed here: etcd on a disk that is really full (its row raises etcd's NOSPACE alarm, "
+              "the state etcd enters when it runs out of space, through etcd's Maintenance API).", ""]
     return "\n".join(lines)
 
 

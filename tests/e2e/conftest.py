@@ -11,7 +11,9 @@ One cluster per store kind ("embedded", "etcd") lives for the whole session
 ``cluster`` fixture, which first brings back anything an earlier test left
 stopped, and afterwards removes what the test made (services, backends,
 clients, extra replicas and nodes). Tests pick the store with
-``@pytest.mark.parametrize("cluster", [...], indirect=True)`` (default etcd).
+``@pytest.mark.parametrize("cluster", [...], indirect=True)``: "embedded",
+"etcd" (the default; one member) or "etcd3" (three members, started only if a
+test asks for it).
 
 SOCKLB_E2E_LOGS=DIR keeps a copy of every process's log in DIR (the work dir
 itself is removed); a failing test shows the logs' tails in its report.
@@ -60,7 +62,7 @@ def check_prerequisites(kind: str) -> None:
     require(netenv.have_agent(), "socklb/dataplane/cli.py (the dataplane agent)")
     require((netenv.REPO / "socklb" / "controlplane" / "server.py").is_file(),
             "socklb/controlplane/server.py (the control plane)")
-    if kind == "etcd":
+    if kind in ("etcd", "etcd3"):
         require(e2e.etcd_binary() is not None, "etcd (Debian package etcd-server)")
 
 

@@ -7,12 +7,17 @@
   cgroup of its own, with its own pin dir and admin socket: two nodes on one
   machine. It is the kernel tests' ``netenv.Agent`` (dump, stop, detach and pin
   checks) started in control-plane mode instead of standalone mode.
+- ``EtcdCluster``: three ``EtcdMember`` processes on loopback ports (the
+  "etcd3" cluster kind), with the leader found through etcd's Maintenance API.
 - ``Cluster``: an optional etcd, a main control-plane replica, two nodes, and
   the API calls the tests make (gRPC stubs of socklb.v1.LoadBalancer).
+- Faults: ``Link`` (a TCP relay between a node and its control plane that can
+  be cut and healed), ``Tmpfs`` (a small disk to fill; ``Cluster.move_store``
+  puts the embedded store on it), ``etcd_nospace`` (etcd's out-of-space alarm).
 
 etcd and the control planes run in sessions (process groups) of their own and
 are stopped by group; the agents are stopped (SIGTERM, then SIGKILL) and
-detached. Every name that lands on the machine (cgroups, pin dirs, the work dir) is
+detached. Every name that lands on the machine (cgroups, pin dirs, the work dir, a tmpfs in it) is
 ``socklb-test-endtoend-<pid>-<n>`` so that a later run can recognise and sweep the
 leftovers of a killed one (``sweep_leftovers``).
 
@@ -20,19 +25,24 @@ All waits are bounded polls; nothing asserts on how long something took.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
+from pyetcd import etcdrpc
 
 import netenv
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2, node_pb2_grpc, types_pb2
@@ -110,6 +120,12 @@ class Proc:
         return bool(self.ready_pattern and self.ready_pattern.search(self.output()))
 
     def start(self, timeout: float = START_TIMEOUT) -> "Proc":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start without waiting for ready (members of an etcd cluster are all
+        launched before any of them can be ready)."""
         assert not self.running(), f"{self.name} is already running"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -121,6 +137,8 @@ class Proc:
                 self.command(), cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> "Proc":
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -251,6 +269,120 @@ class Etcd:
     def remove(self) -> None:
         self.stop()
         self.server.remove()
+
+
+class EtcdMember(Proc):
+    """One member of an ``EtcdCluster``: client and peer URLs on 127.0.0.1, its
+    own data dir under the cluster's work dir. Ready when its /health is true
+    (it has a leader). A restart reuses the data dir (the initial-cluster flags
+    are then ignored by etcd)."""
+
+    ready_pattern = None
+
+    def __init__(self, workdir: Path, name: str, initial_cluster: str, client_port: int, peer_port: int):
+        super().__init__(f"etcd {name}", workdir / f"etcd-{name}.log")
+        self.member = name
+        self.data_dir = workdir / f"etcd-{name}"
+        self.initial_cluster = initial_cluster
+        self.client_port, self.peer_port = client_port, peer_port
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def command(self) -> list[str]:
+        client = f"http://{self.endpoint}"
+        return [etcd_binary(), "--name", self.member, "--data-dir", str(self.data_dir),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
+                "--initial-cluster-token", self.data_dir.parent.name,
+                "--heartbeat-interval", "100", "--election-timeout", "1000"]
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=0.5) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def status(self):
+        return etcd_status(self.endpoint)
+
+
+def etcd_status(endpoint: str):
+    """etcd's Maintenance.Status of the member at endpoint (its id, the leader's id)."""
+    with grpc.insecure_channel(endpoint) as ch:
+        return etcdrpc.MaintenanceStub(ch).Status(etcdrpc.StatusRequest(), timeout=2)
+
+
+def etcd_nospace(endpoint: str, on: bool) -> None:
+    """Raise (on) or disarm etcd's NOSPACE alarm for the member at endpoint
+    through its Maintenance API: the state etcd enters when its database
+    outgrows its space quota (writes and lease grants refused with
+    RESOURCE_EXHAUSTED "database space exceeded")."""
+    action = etcdrpc.AlarmRequest.ACTIVATE if on else etcdrpc.AlarmRequest.DEACTIVATE
+    member = etcd_status(endpoint).header.member_id
+    with grpc.insecure_channel(endpoint) as ch:
+        etcdrpc.MaintenanceStub(ch).Alarm(etcdrpc.AlarmRequest(action=action, memberID=member, alarm=etcdrpc.NOSPACE),
+                                          timeout=RPC_DEADLINE)
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback ports, started together; the
+    interface of ``Etcd`` that ``Cluster`` uses (start, running, remove,
+    endpoint: every member's client address, comma-separated)."""
+
+    def __init__(self, workdir: Path, size: int = 3):
+        ports = [netenv.free_port("127.0.0.1") for _ in range(2 * size)]
+        names = [f"m{i + 1}" for i in range(size)]
+        initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
+        self.members = [EtcdMember(workdir, n, initial, ports[2 * i], ports[2 * i + 1])
+                        for i, n in enumerate(names)]
+
+    @property
+    def endpoint(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> "EtcdCluster":
+        """Start the members that are not running (all at once), wait until every one is ready."""
+        down = [m for m in self.members if not m.running()]
+        for m in down:
+            m.launch()
+        for m in down:
+            m.wait_ready()
+        return self
+
+    def running(self) -> bool:
+        return all(m.running() for m in self.members)
+
+    def leader(self, timeout: float = SYNC_TIMEOUT) -> EtcdMember:
+        """The member that every running member names as leader (bounded wait)."""
+        def agreed():
+            ids, leaders = {}, set()
+            for m in self.members:
+                if not m.running():
+                    continue
+                try:
+                    st = m.status()
+                except grpc.RpcError:
+                    return None
+                ids[st.header.member_id] = m
+                leaders.add(st.leader)
+            return ids.get(leaders.pop()) if len(leaders) == 1 else None
+
+        found = poll(agreed, timeout)
+        assert found is not None, f"the etcd members did not agree on a leader within {timeout}s"
+        return found
+
+    def remove(self) -> None:
+        for m in self.members:
+            m.stop()
+            shutil.rmtree(m.data_dir, ignore_errors=True)
 
 
 class ControlPlane(Proc):
@@ -408,17 +540,20 @@ def code_of(e: grpc.RpcError) -> grpc.StatusCode | None:
 
 
 class Cluster:
-    """An optional etcd, the main control-plane replica, two nodes."""
+    """An optional etcd, the main control-plane replica, two nodes. Kinds:
+    "embedded" (the embedded store), "etcd" (one etcd member), "etcd3" (a
+    3-member etcd cluster; the store URL lists every member)."""
 
     NODE_NAMES = ("node-1", "node-2")
 
     def __init__(self, kind: str, root: Path, index: int):
-        assert kind in ("embedded", "etcd")
+        assert kind in ("embedded", "etcd", "etcd3")
         self.kind = kind
         self.index = index  # the VIPs are 127.96.<index>.<n>
         self.workdir = root / kind
         self.workdir.mkdir(parents=True)
-        self.etcd = Etcd() if kind == "etcd" else None
+        self.etcd = (Etcd() if kind == "etcd" else EtcdCluster(self.workdir, 3) if kind == "etcd3"
+                     else None)
         self.store_url = (f"etcd://{self.etcd.endpoint}" if self.etcd
                           else f"embedded://{self.workdir / 'store'}")
         self.generation = 0
@@ -520,9 +655,14 @@ class Cluster:
             self.etcd.remove()
         return problems
 
+    def _etcd_procs(self) -> list:
+        if isinstance(self.etcd, EtcdCluster):
+            return list(self.etcd.members)
+        return [self.etcd] if self.etcd else []
+
     def logs(self) -> str:
         parts = []
-        for p in ([self.etcd] if self.etcd else []) + [self.cp] + self.extra_cps:
+        for p in self._etcd_procs() + [self.cp] + self.extra_cps:
             parts.append(f"---- {p.log_path.name} ----\n{tail(p.log_text())}")
         for n in self.nodes + self.extra_nodes:
             parts.append(f"---- node {n.name} ({n.pin_dir.name}) ----\n{tail(n.log_text())}")
@@ -532,11 +672,38 @@ class Cluster:
         """Copy every log (process logs, node agents' output) to dest/<kind>/."""
         out = dest / self.kind
         out.mkdir(parents=True, exist_ok=True)
-        for p in list(self.workdir.glob("*.log")) + ([self.etcd.log_path] if self.etcd else []):
+        for p in set(self.workdir.glob("*.log")) | {e.log_path for e in self._etcd_procs()}:
             if p.exists():
                 shutil.copy(p, out / p.name)
         for n in self.nodes + self.extra_nodes + self._old_nodes:
             (out / f"node-{n.name}.log").write_text(n.log_text() + "\n")
+
+    def repoint(self, node: Node, controlplanes: list[str]) -> None:
+        """Restart a node's agent with other control-plane addresses (its
+        pinned programs and maps stay and go on forwarding meanwhile)."""
+        node.stop()
+        node.controlplanes = list(controlplanes)
+        node.start()
+
+    def move_store(self, directory: Path) -> None:
+        """Embedded store: stop the control plane, copy its store into
+        ``directory`` (a fresh or an earlier place) and start it there (same
+        address, next name). The store's revisions go on where they were, so
+        the nodes' applied versions stay meaningful."""
+        assert self.kind == "embedded", self.kind
+        src = Path(self.store_url.removeprefix("embedded://"))
+        self.cp.stop()
+        if directory.resolve() == src.resolve():  # already there (a move that failed half-way)
+            self.restart_cp()
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in directory.glob("store.db*"):
+            f.unlink()
+        for f in src.glob("store.db*"):  # the database and its WAL; the -shm index is rebuilt
+            if not f.name.endswith("-shm"):
+                shutil.copy2(f, directory / f.name)
+        self.store_url = self.cp.store_url = f"embedded://{directory}"
+        self.restart_cp()
 
     # -- things a test makes -----------------------------------------------------
 
@@ -702,6 +869,157 @@ def tail(text: str, lines: int = 80) -> str:
 
 
 # --------------------------------------------------------------------------
+# faults: a link that can be cut, a disk that can be filled
+
+
+class Link:
+    """A TCP relay on 127.0.0.1 (in this process) between a node and its
+    control plane: ``addr`` is what the node is given as its control plane.
+
+    ``cut()`` blackholes the link: no byte goes through in either direction,
+    neither on the open connections nor on new ones (they are accepted and
+    then get nothing), so a node cannot tell it from a dead network until its
+    keepalive gives up. ``heal()`` lets the held bytes through (a short
+    partition: the connections live on); ``heal(reset=True)`` first drops every
+    connection (a partition that outlived the keepalives: both ends see the
+    stream die and the node connects again)."""
+
+    def __init__(self, target: str):
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open = threading.Event()
+        self._open.set()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self.connections = 0  # connections accepted so far
+        threading.Thread(target=self._accept, name=f"link {self.addr}", daemon=True).start()
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self, reset: bool = False) -> None:
+        if reset:
+            self._drop_all()
+        self._open.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.set()
+        self._listener.close()
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            _drop(s)
+
+    def _track(self, s: socket.socket) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._socks.add(s)
+            return True
+
+    def _wait_open(self) -> None:
+        self._open.wait()
+        if self._closed:
+            raise OSError("link closed")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        if not self._track(c):
+            _drop(c)
+            return
+        try:
+            self._wait_open()  # a cut link answers nothing, not even with the upstream's refusal
+            u = socket.create_connection(self.target, timeout=5)
+            u.settimeout(None)
+        except OSError:
+            _drop(c)
+            return
+        if not self._track(u):
+            _drop(u)
+            _drop(c)
+            return
+        threading.Thread(target=self._pipe, args=(u, c), daemon=True).start()
+        self._pipe(c, u)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                self._wait_open()  # held while the link is cut
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        _drop(src)
+        _drop(dst)
+
+
+def _drop(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+class Tmpfs:
+    """A tmpfs of ``size`` bytes at ``path`` (a disk that can be filled):
+    ``fill()`` takes every free byte with a filler file, ``free()`` removes it,
+    ``unmount()`` (lazily if busy) is safe to call more than once."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        netenv.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)])
+        self.mounted = True
+        self.filler = path / "filler"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self) -> int:
+        """Write the filler until ENOSPC; returns the bytes it took."""
+        written = 0
+        with open(self.filler, "ab", buffering=0) as f:
+            for chunk in (1 << 20, 4096):
+                block = b"\0" * chunk
+                try:
+                    while True:
+                        written += f.write(block)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        return written
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        if netenv.run(["umount", str(self.path)], check=False).returncode != 0:
+            netenv.run(["umount", "-l", str(self.path)])
+        self.mounted = False
+
+
+# --------------------------------------------------------------------------
 # leftovers of killed runs
 
 _NAME_RE = re.compile(rf"{netenv.PREFIX}-{KIND}-\d+-\d+")
@@ -713,7 +1031,7 @@ def _stale(name: str) -> bool:
 
 def sweep_leftovers() -> None:
     """Remove what an earlier, killed run left: its processes (any whose command
-    line names one of its paths), pins, cgroups and work dir. Only names
+    line names one of its paths), pins, cgroups, mounts and work dir. Only names
     ``socklb-test-endtoend-<pid>-<n>`` whose pid no longer runs."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
@@ -750,6 +1068,11 @@ def sweep_leftovers() -> None:
                 except Exception:
                     pass
     tmp = Path(tempfile.gettempdir())
+    with open("/proc/self/mounts") as f:  # a disk-full probe's tmpfs
+        mounts = [line.split()[1] for line in f]
+    for m in mounts:
+        if m.startswith(f"{tmp}/") and any(_stale(n) for n in _NAME_RE.findall(m)):
+            netenv.run(["umount", "-l", m], check=False)
     for p in tmp.glob(f"{netenv.PREFIX}-{KIND}-*"):
         if _stale(p.name):
             shutil.rmtree(p, ignore_errors=True)
