@@ -18,7 +18,7 @@ from . import keys, terminations
 from .nodes import NodeRegistry
 from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
                        remove_backends, set_backends)
-from .store.base import Compacted, Store, StoreError, Unavailable
+from .store.base import Compacted, Full, Store, StoreError, Unavailable
 from .validate import check_members, validate_backend_refs, validate_name
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ _ERRORS = (
     (Conflict, grpc.StatusCode.ABORTED, ""),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, ""),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
+    (Full, grpc.StatusCode.RESOURCE_EXHAUSTED, "store full: "),
     (StoreError, grpc.StatusCode.INTERNAL, "store error: "),
 )
 

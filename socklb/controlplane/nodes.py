@@ -211,14 +211,20 @@ def is_stale(n: api_pb2.Node, stale_after: float, now: float | None = None) -> b
 def mark_gone(store: Store, fence: Compare, timeout: float, stale_after: float,
               now: float | None = None, connected_here: frozenset[str] = frozenset()) -> list[str]:
     """Leader duty: stale records become DISCONNECTED; nodes disconnected for
-    longer than `timeout` become GONE. Nodes with a live stream to this
-    replica are left alone: their record is stale only because this replica
-    was paused (SIGSTOP, a long GC), and its registry rewrites it next."""
+    longer than `timeout` become GONE, and their last statistics report goes
+    with it (a node that left must not count in GetStats' totals; a
+    DISCONNECTED one still forwards with its last state, so its report stays).
+    Nodes with a live stream to this replica are left alone: their record is
+    stale only because this replica was paused (SIGSTOP, a long GC), and its
+    registry rewrites it next."""
     now = now if now is not None else time.time()
     out = []
     kvs, _ = store.range(keys.NODES)
+    gone = set()
     for kv in kvs:
         n = api_pb2.Node.FromString(kv.value)
+        if n.health == api_pb2.NODE_HEALTH_GONE:
+            gone.add(n.name)
         if n.name in connected_here:
             continue
         if is_stale(n, stale_after, now):
@@ -227,6 +233,15 @@ def mark_gone(store: Store, fence: Compare, timeout: float, stale_after: float,
             n.health = api_pb2.NODE_HEALTH_GONE
         else:
             continue
-        if store.txn([fence, Compare(kv.key, kv.mod_revision)], [(kv.key, n.SerializeToString())]) is not None:
+        deletes = [keys.stats(n.name)] if n.health == api_pb2.NODE_HEALTH_GONE else []
+        if store.txn([fence, Compare(kv.key, kv.mod_revision)], [(kv.key, n.SerializeToString())],
+                     deletes) is not None:
             out.append(n.name)
+    # Reports of nodes already GONE (or whose record was removed): written
+    # by a replica that outlived its node's GONE mark, or before this duty existed.
+    known = {api_pb2.Node.FromString(kv.value).name for kv in kvs}
+    orphans = [kv.key for kv in store.range(keys.STATS)[0]
+               if (name := kv.key[len(keys.STATS):]) in gone or name not in known]
+    if orphans:
+        store.txn([fence], [], orphans)
     return out

@@ -129,6 +129,7 @@ class ControlPlane:
             self._term_watch.cancel()
         for t in self._tasks:
             t.cancel()
+        self.sync.end_streams()
         if self.server is not None:
             await self.server.stop(grace=1)
 

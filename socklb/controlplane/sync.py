@@ -75,6 +75,13 @@ class SyncService:
     def nodes(self) -> list[str]:
         return list(self.sessions)
 
+    def end_streams(self) -> None:
+        """End every node stream normally (shutdown): the nodes reconnect,
+        to another replica if there is one, instead of seeing the stream
+        cancelled mid-write."""
+        for session in list(self.sessions.values()):
+            session.queue.put_nowait(None)
+
     def _next_nonce(self) -> str:
         return f"{self.replica}-{next(self._nonce)}"
 

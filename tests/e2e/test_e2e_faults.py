@@ -265,7 +265,7 @@ DISK_SIZE = 32 << 20  # the embedded store's small disk, on top of the store's o
 # control plane answers INTERNAL ("store error: ...") today: reported as a
 # product bug, accepted here only with the store's own words for it.
 NO_SPACE = {"embedded": "database or disk is full", "etcd": "database space exceeded"}
-NO_SPACE_CODES = ("RESOURCE_EXHAUSTED", "INTERNAL")
+NO_SPACE_CODES = ("RESOURCE_EXHAUSTED: store full: ",)
 
 
 class EtcdNoSpace:

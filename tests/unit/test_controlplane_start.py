@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,3 +93,39 @@ def test_serving_beyond_loopback_unauthenticated_is_refused_unless_asked(tmp_pat
     ns = server.build_parser().parse_args(["--listen", "0.0.0.0:7400", "--clients-file", str(clients)])
     creds, interceptors = server.security(ns)
     assert creds is None and len(interceptors) == 1
+
+
+def test_sigterm_with_node_streams_open_ends_them_cleanly(tmp_path):
+    """Stopping a control plane ends its node streams normally (OK, the node
+    reconnects elsewhere), without a cancelled-handler traceback per node."""
+    from socklb.v1 import sync_pb2, sync_pb2_grpc
+
+    port = free_port()
+    cp = subprocess.Popen([*CP, "--listen", f"127.0.0.1:{port}", "--store", f"embedded://{tmp_path / 's'}"],
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        streams, hang_up = [], threading.Event()
+
+        def requests(node):  # a node that keeps its side open until the test ends
+            yield sync_pb2.NodeMessage(hello=sync_pb2.Hello(node=node))
+            hang_up.wait(60)
+
+        for node in ("n1", "n2"):
+            s = sync_pb2_grpc.NodeSyncStub(channel).Sync(requests(node), timeout=60)
+            assert next(s).WhichOneof("msg") == "snapshot"
+            streams.append(s)
+        cp.terminate()
+        for s in streams:
+            rest = list(s)  # ends: normally, not with an error
+            assert rest == [] and s.code() == grpc.StatusCode.OK, (rest, s.code(), s.details())
+        out, _ = cp.communicate(timeout=30)
+        assert cp.returncode == 0, out
+        assert "Traceback" not in out and "Exception not handled" not in out, out
+        channel.close()
+    finally:
+        hang_up.set()
+        if cp.poll() is None:
+            cp.kill()
+            cp.wait(10)

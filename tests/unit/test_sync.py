@@ -187,8 +187,14 @@ def test_records_of_a_dead_replica_read_as_disconnected_then_gone(tmp_path):
         assert api_pb2.Node.FromString(store.get(keys.node("n1")).value).health == api_pb2.NODE_HEALTH_READY
         assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1010) == ["n1"]
         assert reg.list(now=1010)[0].health == api_pb2.NODE_HEALTH_DISCONNECTED
+        # Its last statistics report counts while it is DISCONNECTED (it still forwards), not once GONE.
+        report = sync_pb2.StatsReport()
+        store.txn([], [(keys.stats("n1"), report.SerializeToString()),
+                       (keys.stats("never-registered"), report.SerializeToString())])
+        assert set(reg.list_stats()) == {"n1", "never-registered"}
         assert mark_gone(store, lead.fence(), timeout=60, stale_after=reg.stale_after, now=1100) == ["n1"]
         assert reg.list(now=1100)[0].health == api_pb2.NODE_HEALTH_GONE
+        assert reg.list_stats() == {}, "a GONE node's report and an orphaned one are removed"
         # A fence that no longer holds writes nothing.
         assert mark_gone(store, Compare("/socklb/leader/none", -1), 60, reg.stale_after, now=2000) == []
         lead.close()

@@ -3,8 +3,8 @@
 See base.py for the contract and open_store() for the URLs.
 """
 
-from .base import (Compacted, Compare, Event, KeyValue, Leadership, Store, StoreError, Unavailable, Watch,
+from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, Watch,
                    open_store)
 
-__all__ = ["Compacted", "Compare", "Event", "KeyValue", "Leadership", "Store", "StoreError", "Unavailable",
+__all__ = ["Compacted", "Compare", "Event", "Full", "KeyValue", "Leadership", "Store", "StoreError", "Unavailable",
            "Watch", "open_store"]

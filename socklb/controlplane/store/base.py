@@ -78,6 +78,12 @@ class Compacted(StoreError):
         super().__init__(message or f"revision compacted: the oldest revision kept is {compact_revision}")
 
 
+class Full(StoreError):
+    """The store has no room for the write (a full disk, etcd's space quota);
+    nothing was written. Free space (etcd: compact, defragment, disarm the
+    NOSPACE alarm), then retry."""
+
+
 class Unavailable(StoreError):
     """The backend cannot be reached right now; retry later.
 

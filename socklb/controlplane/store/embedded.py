@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .base import (Compacted, Compare, Event, KeyValue, Leadership, Store, StoreError, WatchBase,
+from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, WatchBase,
                    check_key, check_txn, leader_key, never_holds, prefix_end)
 
 DEFAULT_HISTORY = 100_000
@@ -190,6 +190,8 @@ class EmbeddedStore(Store):
                         db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise Full(f"embedded store {self.path}: {e}") from e
                 raise StoreError(f"embedded store: txn failed: {e}") from e
             self._rev, self._compact = rev, compact
         self._notify()

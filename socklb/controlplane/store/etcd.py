@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import grpc
 from pyetcd import etcdrpc as rpc
 
-from .base import (Compacted, Compare, Event, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
+from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
                    check_key, check_txn, leader_key, never_holds, prefix_end)
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def _map_error(e: grpc.RpcError, what: str) -> StoreError:
         return Unavailable(f"etcd {what}: {code.name}: {details}")
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (details or ""):
         return Compacted(0, f"etcd {what}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "space" in (details or ""):
+        return Full(f"etcd {what}: {details}")  # mvcc: database space exceeded (NOSPACE alarm)
     return StoreError(f"etcd {what}: {code.name}: {details}")
 
 
