@@ -25,6 +25,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 
+from socklb.grpcauth import channel_credentials, token_metadata
 from socklb.v1 import api_pb2, api_pb2_grpc, types_pb2
 
 DEFAULT_SERVER = "127.0.0.1:7400"
@@ -424,13 +425,11 @@ class Client:
         self.server = server
         self.timeout = timeout
         if tls_ca or tls_cert:
-            from socklb.controlplane.auth import channel_credentials
-
             creds = channel_credentials(tls_ca or None, tls_cert or None, tls_key or None)
             self.channel = grpc.secure_channel(server, creds)
         else:
             self.channel = grpc.insecure_channel(server)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.metadata = token_metadata(token)
         self.stub = api_pb2_grpc.LoadBalancerStub(self.channel)
 
     def call(self, method: str, request):

@@ -8,18 +8,17 @@ import logging
 
 import grpc
 
-from socklb.dataplane.desired import InvalidState
-from socklb.observability import tracing
+from socklb.lb.errors import InvalidState
+from socklb.lb.names import validate_name
+from socklb.observability import metrics, tracing
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
-
-from socklb.observability import metrics
 
 from . import keys, terminations
 from .nodes import NodeRegistry
 from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
                        remove_backends, set_backends)
-from .store.base import Compacted, Full, Store, StoreError, Unavailable
-from .validate import check_members, validate_backend_refs, validate_name
+from .store import Compacted, Full, Store, StoreError, Unavailable
+from .validate import check_members, validate_backend_refs
 
 log = logging.getLogger(__name__)
 

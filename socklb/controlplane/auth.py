@@ -28,6 +28,8 @@ from pathlib import Path
 import grpc
 import yaml
 
+from socklb.grpcauth import bearer_token
+
 log = logging.getLogger(__name__)
 
 ROLES = ("read-only", "read-write", "node")
@@ -88,13 +90,12 @@ class Clients:
         return cls(by_token, by_cn)
 
     def authenticate(self, metadata, auth_context) -> Identity | None:
-        for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                token = value[len("Bearer "):]
-                for known, ident in self.by_token.items():
-                    if hmac.compare_digest(known, token):
-                        return ident
-                return None
+        token = bearer_token(metadata)
+        if token is not None:
+            for known, ident in self.by_token.items():
+                if hmac.compare_digest(known, token):
+                    return ident
+            return None
         # mTLS: the certificate was verified against the client CA by the TLS layer.
         for cn in (auth_context or {}).get("x509_common_name", []):
             ident = self.by_cn.get(cn.decode() if isinstance(cn, bytes) else cn)
@@ -211,18 +212,3 @@ def server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.Serve
         return None
 
     return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=bool(client_ca))
-
-
-def channel_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(ca).read_bytes() if ca else None,
-        private_key=Path(key).read_bytes() if key else None,
-        certificate_chain=Path(cert).read_bytes() if cert else None)
-
-
-class TokenAuth(grpc.AuthMetadataPlugin):
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, context, callback):
-        callback((("authorization", f"Bearer {self.token}"),), None)

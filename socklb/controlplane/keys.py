@@ -1,9 +1,15 @@
-"""Store key layout. One place, so replicas and tools agree."""
+"""Store key layout. One place, so replicas and tools agree.
+
+A leaf: both stores import it (for the leader keys of their campaigns), so it
+imports nothing of the control plane.
+"""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-from socklb.dataplane.desired import FrontendKey
+if TYPE_CHECKING:  # annotations only: the stores import this module, keep it light
+    from socklb.lb.frontends import FrontendKey
 
 ROOT = "/socklb/"
 SERVICES = ROOT + "services/"
@@ -11,6 +17,7 @@ FRONTENDS = ROOT + "frontends/"  # index: frontend -> owning service, for unique
 NODES = ROOT + "nodes/"
 STATS = ROOT + "stats/"
 TERMINATIONS = ROOT + "terminations/"  # <id>/request, <id>/reports/<node>
+LEADER = ROOT + "leader/"  # <name>: the campaign holding a leader-only duty (Store.campaign)
 
 
 def service(name: str) -> str:
@@ -23,6 +30,12 @@ def service_name(key: str) -> str:
 
 def frontend(key: FrontendKey) -> str:
     return f"{FRONTENDS}{key.addr.hex()}-{key.port}-{key.proto}"
+
+
+def leader(name: str) -> str:
+    if not name or "/" in name:
+        raise ValueError(f"leadership name must be non-empty without '/', got {name!r}")
+    return LEADER + name
 
 
 def node(name: str) -> str:

@@ -12,7 +12,7 @@ from google.protobuf import timestamp_pb2
 from socklb.v1 import api_pb2, node_pb2, sync_pb2
 
 from . import keys
-from .store.base import Compare, Store, StoreError
+from .store import Compare, Store, StoreError
 
 log = logging.getLogger(__name__)
 

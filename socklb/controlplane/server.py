@@ -30,7 +30,7 @@ from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
 from .services import ServiceStore, expire_drains
-from .store.base import Compacted, Store, StoreError, Unavailable
+from .store import Compacted, Store, StoreError, Unavailable, open_store
 from .sync import SyncService
 
 log = logging.getLogger("socklb.controlplane")
@@ -337,8 +337,6 @@ def security(args) -> tuple[grpc.ServerCredentials | None, list]:
 
 
 async def _amain(args) -> int:
-    from .store.base import open_store
-
     try:
         check_listen(args.listen)
     except ValueError as e:

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
-from socklb.dataplane.desired import PROTOCOLS, FrontendKey, InvalidState, canonical_address, parse_ip
-from socklb.dataplane.layout import addr16
+from socklb.lb.addresses import canonical_address, parse_ip
+from socklb.lb.errors import InvalidState
+from socklb.lb.frontends import frontend_key
+from socklb.lb.names import validate_name
 from socklb.v1 import api_pb2, types_pb2
 
 from . import keys
-from .store.base import Compare, Store
-from .validate import validate_backend_refs, validate_backends, validate_name, validate_service
+from .store import Compare, Store
+from .validate import validate_backend_refs, validate_backends, validate_service
 
 
 class NotFound(LookupError):
@@ -52,8 +54,7 @@ def _frontend_keys(svc: api_pb2.Service) -> dict[str, int]:
     """Index keys of the service's frontends -> position in svc.frontends."""
     out: dict[str, int] = {}
     for i, fe in enumerate(svc.frontends):
-        ip = parse_ip(fe.address, f"service.frontends[{i}].address")
-        out.setdefault(keys.frontend(FrontendKey(addr16(str(ip)), fe.port, PROTOCOLS[fe.protocol])), i)
+        out.setdefault(keys.frontend(frontend_key(fe, f"service.frontends[{i}]")), i)
     return out
 
 

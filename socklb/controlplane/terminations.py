@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from socklb.v1 import api_pb2, node_pb2, sync_pb2, types_pb2
 
 from . import keys
-from .store.base import Store
+from .store import Store
 
 
 # The store keeps the newest MAX_KEPT terminations, none older than

@@ -1,35 +1,21 @@
 """Validation of public API input. Pure; errors name the field.
 
-Frontends and backends are checked by the same code the dataplane uses
-(socklb.dataplane.desired), on the cluster-wide node entry of the service, so
-the control plane never accepts what a node would refuse.
+Frontends and backends are checked by the model the dataplane uses too
+(socklb.lb: socklb.lb.frontends.service_targets on the cluster-wide node entry
+of the service), so the control plane never accepts what a node would refuse.
 """
 from __future__ import annotations
 
-import re
-
-from socklb.dataplane.desired import (MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT, InvalidState, check_port, parse_ip,
-                                     service_targets)
+from socklb.lb.addresses import check_port, parse_ip
+from socklb.lb.errors import InvalidState
+from socklb.lb.frontends import service_targets
+from socklb.lb.limits import MAX_AFFINITY_SECONDS, MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT
+from socklb.lb.names import MAX_NAME, validate_name
 from socklb.v1 import api_pb2, types_pb2
 
 from . import compute
 
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
-MAX_NAME = 253
-MAX_AFFINITY_SECONDS = 604800
-MAX_NODE_NAME = 253
-
-__all__ = ["InvalidState", "validate_service", "validate_name", "validate_backends", "validate_backend_refs"]
-
-
-def validate_name(name: str, field: str) -> None:
-    if not name:
-        raise InvalidState(field, "must not be empty")
-    if len(name) > MAX_NAME:
-        raise InvalidState(field, f"longer than {MAX_NAME} characters")
-    if not NAME_RE.fullmatch(name):  # not match(): `$` also matches before a final newline
-        raise InvalidState(field, f"{name!r} must be 'name' or 'namespace/name' of lowercase letters, "
-                                  "digits, '-' and '.'")
+__all__ = ["validate_service", "validate_backends", "validate_backend_refs", "check_members"]
 
 
 def _enum(value: int, enum_type, field: str) -> None:
@@ -65,8 +51,8 @@ def validate_backends(backends, field: str) -> None:
         if b.weight > MAX_WEIGHT:
             raise InvalidState(f"{f}.weight", f"{b.weight} exceeds {MAX_WEIGHT}")
         _enum(b.state, types_pb2.BackendState, f"{f}.state")
-        if len(b.node) > MAX_NODE_NAME or len(b.zone) > MAX_NODE_NAME:
-            raise InvalidState(f, "node and zone are at most 253 characters")
+        if len(b.node) > MAX_NAME or len(b.zone) > MAX_NAME:
+            raise InvalidState(f, f"node and zone are at most {MAX_NAME} characters")
         if b.HasField("drain_deadline") and b.state != types_pb2.BACKEND_STATE_DRAINING:
             raise InvalidState(f"{f}.drain_deadline", "only DRAINING backends have a deadline")
         if (ip, b.port) in seen:

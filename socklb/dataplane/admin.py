@@ -3,32 +3,26 @@ from __future__ import annotations
 
 import os
 import platform
+import uuid
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 
+from socklb.lb import protocols
+from socklb.lb.errors import InvalidState
+from socklb.lb.frontends import SELECTIONS_PB, STATES_PB
 from socklb.observability.grpcutil import add_health_and_reflection
 from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
 from .agent import Agent, StateUnknown
-from .desired import InvalidState
 from .features import Unavailable
-
-_STATE_TO_PB = {
-    layout.BackendState.ACTIVE: types_pb2.BACKEND_STATE_ACTIVE,
-    layout.BackendState.DRAINING: types_pb2.BACKEND_STATE_DRAINING,
-    layout.BackendState.QUARANTINED: types_pb2.BACKEND_STATE_QUARANTINED,
-}
-_SEL_TO_PB = {layout.Selection.RANDOM: types_pb2.SELECTION_RANDOM,
-              layout.Selection.MAGLEV: types_pb2.SELECTION_MAGLEV}
-_PROTO_TO_PB = {6: types_pb2.PROTOCOL_TCP, 17: types_pb2.PROTOCOL_UDP}
 
 
 def frontend_pb(addr: bytes, port: int, proto: int) -> types_pb2.Frontend:
     return types_pb2.Frontend(address=layout.addr_text(addr), port=port,
-                              protocol=_PROTO_TO_PB.get(proto, types_pb2.PROTOCOL_UNSPECIFIED))
+                              protocol=protocols.TO_PB.get(proto, types_pb2.PROTOCOL_UNSPECIFIED))
 
 
 class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
@@ -62,7 +56,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         for fe in sorted(self.agent.programmed.frontends.values(), key=lambda f: f.id):
             out.frontends.append(node_pb2.ProgrammedFrontend(
                 id=fe.id, service=fe.service, frontend=frontend_pb(fe.key.addr, fe.key.port, fe.key.proto),
-                selection=_SEL_TO_PB[fe.selection], affinity_timeout_seconds=fe.affinity_timeout,
+                selection=SELECTIONS_PB[fe.selection], affinity_timeout_seconds=fe.affinity_timeout,
                 slots=list(fe.slots)))
         return out
 
@@ -71,7 +65,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         for b in sorted(self.agent.programmed.backends.values(), key=lambda b: b.id):
             out.backends.append(node_pb2.ProgrammedBackend(
                 id=b.id, frontend_id=b.frontend_id, address=layout.addr_text(b.addr),
-                port=b.port, protocol=_PROTO_TO_PB.get(b.proto, 0), state=_STATE_TO_PB[b.state]))
+                port=b.port, protocol=protocols.TO_PB.get(b.proto, 0), state=STATES_PB[b.state]))
         return out
 
     def DumpFlows(self, request, context):
@@ -92,8 +86,6 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return self.agent.counters()
 
     def Terminate(self, request, context):
-        import uuid
-
         if not request.service:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "service: must not be empty")
         return self.agent.terminate(request.service, request.backends, request.dry_run,

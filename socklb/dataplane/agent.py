@@ -8,12 +8,14 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
+from socklb.lb.errors import InvalidState
+from socklb.lb.frontends import BackendTarget, FrontendTarget, service_targets
+from socklb.lb.names import check_name
 from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
 from . import desired, features, layout, stats
-from .desired import (FrontendTarget, InvalidState, Limits, check_capacity_delta, check_name, frontend_targets,
-                      service_targets, totals)
+from .desired import Limits, check_capacity_delta, frontend_targets, totals
 from .loader import Datapath
 from .maps import MapStore
 from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
@@ -185,7 +187,7 @@ class Agent:
         changed = set(delta.removals) | upserted.keys()
         new_targets: dict = {}
         for i, svc in enumerate(delta.upserts):
-            for t in service_targets(svc, f"upserts[{i}]", self.limits):
+            for t in service_targets(svc, f"upserts[{i}]", self.limits.maglev_size):
                 owner = new_targets[t.key].service if t.key in new_targets else None
                 if owner is None and t.key in self.targets and self.targets[t.key].service not in changed:
                     owner = self.targets[t.key].service
@@ -334,8 +336,6 @@ def _measured():
 
 def targets_of(prog: Programmed) -> dict:
     """Targets that reproduce a programmed state exactly (same ids, same slots)."""
-    from .desired import BackendTarget
-
     out = {}
     for key, fe in prog.frontends.items():
         mine = sorted((b for b in prog.backends.values() if b.frontend_id == fe.id), key=lambda b: b.id)
@@ -346,4 +346,4 @@ def targets_of(prog: Programmed) -> dict:
     return out
 
 
-__all__ = ["Agent", "ApplyResult", "InvalidState", "StateUnknown"]
+__all__ = ["Agent", "ApplyResult", "StateUnknown"]

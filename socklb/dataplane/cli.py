@@ -22,9 +22,17 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from socklb.grpcauth import channel_credentials
+from socklb.lb.errors import InvalidState
 from socklb.observability import metrics
 from socklb.observability.logs import setup_logging
-from socklb.v1 import node_pb2, node_pb2_grpc
+from socklb.observability.tracing import setup_tracing, shutdown_tracing
+from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
+
+from . import layout
+from .kernel import cgroup2_mount
+from .loader import Capacity, Datapath, LoadError, detach
+from .statefile import load_state
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
 DEFAULT_ADMIN_SOCKET = Path("/run/socklb/admin.sock")
@@ -38,8 +46,6 @@ class CliError(Exception):
 
 
 def resolve_cgroup(value: str, create: bool) -> Path:
-    from .kernel import cgroup2_mount
-
     path = Path(value)
     if not path.is_absolute():
         path = cgroup2_mount() / value
@@ -57,12 +63,10 @@ def resolve_cgroup(value: str, create: bool) -> Path:
 FLOW_READERS = ("auto", "map-iter", "socket-iter")
 
 def cmd_run(args) -> int:
+    # The agent's modules take ~0.15 s to import: only `run` pays for them, not the admin commands.
     from . import admin
     from .agent import Agent
-    from .desired import InvalidState
-    from .loader import Capacity, Datapath, LoadError
-    from .statefile import load_state
-    from socklb.observability.tracing import setup_tracing, shutdown_tracing
+    from .sync_client import SyncClient
 
     if args.flow_reader not in FLOW_READERS:  # argparse does not check a default from the environment
         raise CliError(f"SOCKLB_FLOW_READER={args.flow_reader!r}: expected one of {', '.join(FLOW_READERS)}")
@@ -100,12 +104,8 @@ def cmd_run(args) -> int:
         apply_file()
     client = None
     if args.controlplane:
-        from .sync_client import SyncClient
-
         creds = None
         if args.tls_ca or args.tls_cert:
-            from socklb.controlplane.auth import channel_credentials
-
             try:
                 creds = channel_credentials(args.tls_ca or None, args.tls_cert or None, args.tls_key or None)
             except OSError as e:
@@ -166,8 +166,6 @@ def _print(msg, args) -> None:
 
 
 def cmd_apply(args) -> int:
-    from .statefile import load_state
-
     state = load_state(args.file)
     resp = _stub(args).ApplyState(node_pb2.ApplyStateRequest(full=state), timeout=args.timeout)
     _print(resp, args)
@@ -192,8 +190,6 @@ def cmd_dump(args) -> int:
 
 
 def _backend_arg(text: str):
-    from socklb.v1 import types_pb2
-
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise CliError(f"{text!r}: expected ADDRESS:PORT (IPv6 as [addr]:port)")
@@ -209,8 +205,6 @@ def cmd_terminate(args) -> int:
 
 
 def cmd_detach(args) -> int:
-    from .loader import detach
-
     pin_dir = Path(args.pin_dir)
     if not pin_dir.exists():
         print(f"{pin_dir} does not exist: nothing to detach")
@@ -236,8 +230,6 @@ def cmd_exec(args) -> int:
 # --- main ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import layout
-
     p = argparse.ArgumentParser(prog="socklb-dataplane", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -314,8 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     setup_logging(args.verbose, args.log_format)
-    from .desired import InvalidState
-
     try:
         return args.func(args)
     except InvalidState as e:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
-import ipaddress
 import socket
 import struct
+
+from socklb.lb.addresses import addr16, addr_text  # noqa: F401 (the model's encoding, used by the mirror)
+from socklb.lb.frontends import BackendState, Selection  # noqa: F401 (the values of socklb.h's enums)
 
 U32x4 = ct.c_uint32 * 4
 
@@ -21,17 +23,6 @@ SERVICES_MAX = 262144
 BACKENDS_MAX = 262144
 AFFINITY_MAX = 65536
 REV_NAT_MAX = 65536
-
-
-class Selection(enum.IntEnum):
-    RANDOM = 1
-    MAGLEV = 2
-
-
-class BackendState(enum.IntEnum):
-    ACTIVE = 1
-    DRAINING = 2
-    QUARANTINED = 3
 
 
 class Counter(enum.IntEnum):
@@ -196,21 +187,8 @@ def pack_addr(addr: str | bytes) -> U32x4:
     return U32x4(*struct.unpack("=4I", raw))
 
 
-def addr16(addr: str) -> bytes:
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
-
-
 def unpack_addr(words: U32x4) -> str:
     return addr_text(struct.pack("=4I", *words))
-
-
-def addr_text(raw: bytes) -> str:
-    """The literal of a 16-byte address (IPv4 for v4-mapped ones)."""
-    ip6 = ipaddress.IPv6Address(raw)
-    return str(ip6.ipv4_mapped) if ip6.ipv4_mapped else str(ip6)
 
 
 def port_be(port: int) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ctypes as ct
 
+from socklb.lb.frontends import FrontendKey
+
 from . import layout
-from .desired import FrontendKey
 from .kernel import BpfMap
 from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
                    ProgrammedFrontend, PutBackend, PutMaster, PutSlot)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import layout
-from .desired import FrontendKey, FrontendTarget
+from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
 
 
 @dataclass(frozen=True)
@@ -22,14 +21,14 @@ class ProgrammedBackend:
     addr: bytes
     port: int
     proto: int
-    state: layout.BackendState
+    state: BackendState
 
 
 @dataclass(frozen=True)
 class ProgrammedFrontend:
     id: int
     key: FrontendKey
-    selection: layout.Selection
+    selection: Selection
     affinity_timeout: int
     slots: tuple[int, ...]  # backend ids
     service: str = ""

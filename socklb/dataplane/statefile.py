@@ -6,9 +6,8 @@ from pathlib import Path
 import yaml
 from google.protobuf import json_format
 
+from socklb.lb.errors import InvalidState
 from socklb.v1 import node_pb2
-
-from .desired import InvalidState
 
 
 def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:

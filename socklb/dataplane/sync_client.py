@@ -16,12 +16,13 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from socklb.grpcauth import token_metadata
 from socklb.lb.digest import state_digest
+from socklb.lb.errors import InvalidState
 from socklb.observability import tracing
 from socklb.v1 import node_pb2, sync_pb2, sync_pb2_grpc
 
 from .agent import Agent, StateUnknown
-from .desired import InvalidState
 from .stats import StatsReporter
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class SyncClient:
         self.max_backoff = max_backoff
         self.connect_timeout = connect_timeout
         self.credentials = credentials
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.metadata = token_metadata(token)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None

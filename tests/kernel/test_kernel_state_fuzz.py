@@ -53,7 +53,7 @@ documents = st.one_of(
 
 
 def test_generated_states_never_break_the_node_or_its_connection(agent, backends, clients):
-    from socklb.dataplane.desired import InvalidState
+    from socklb.lb.errors import InvalidState
     from socklb.dataplane.statefile import parse_state
     from socklb.v1 import node_pb2, node_pb2_grpc
 

@@ -19,9 +19,10 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from socklb import certs
+from socklb import grpcauth
 from socklb.controlplane import auth
 from socklb.controlplane.server import ControlPlane
-from socklb.controlplane.store.base import open_store
+from socklb.controlplane.store import open_store
 from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 
@@ -106,7 +107,7 @@ class Server:
 
 def channel(addr: str, pki: Path, who: str | None):
     d = pki / (who or certs.CA)
-    creds = auth.channel_credentials(str(d / "ca.crt"), str(d / "tls.crt") if who else None,
+    creds = grpcauth.channel_credentials(str(d / "ca.crt"), str(d / "tls.crt") if who else None,
                                      str(d / "tls.key") if who else None)
     return grpc.secure_channel(addr, creds)
 
@@ -152,7 +153,7 @@ def test_a_control_plane_with_the_set_admits_each_identity_in_its_role(tmp_path)
         with channel(srv.addr, pki, None) as ch:
             assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).ListServices(
                 api_pb2.ListServicesRequest(), timeout=60, wait_for_ready=False)) == grpc.StatusCode.UNAVAILABLE
-        creds = auth.channel_credentials(str(pki / certs.CA / "ca.crt"), str(other / "socklb-admin-tls" / "tls.crt"),
+        creds = grpcauth.channel_credentials(str(pki / certs.CA / "ca.crt"), str(other / "socklb-admin-tls" / "tls.crt"),
                                          str(other / "socklb-admin-tls" / "tls.key"))
         with grpc.secure_channel(srv.addr, creds) as ch:
             assert code_of(lambda: api_pb2_grpc.LoadBalancerStub(ch).PutService(

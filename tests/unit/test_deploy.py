@@ -1110,7 +1110,7 @@ def test_compose_control_planes_run_on_etcd(tmp_path, variant):
                 r = run(["socklb", f"--server=127.0.0.1:{pa}", "--timeout=5", *extra, *web])
                 assert r.returncode != 0 and want in r.stderr, (who, r.stderr)
             # etcd takes no client without a certificate of the CA.
-            from socklb.controlplane.store.base import StoreError, open_store
+            from socklb.controlplane.store import StoreError, open_store
             bare = open_store(f"etcd://127.0.0.1:{client}?timeout=3&ca={certs_dir / 'socklb-ca' / 'ca.crt'}")
             try:
                 with pytest.raises(StoreError):

@@ -5,8 +5,10 @@ import socket
 import pytest
 
 from socklb.dataplane import layout
-from socklb.dataplane.desired import InvalidState, Limits, frontend_targets
+from socklb.dataplane.desired import Limits, frontend_targets, isolate
 from socklb.dataplane.statefile import parse_state
+from socklb.lb.errors import InvalidState
+from socklb.lb.limits import MAX_BACKENDS
 from socklb.v1 import node_pb2
 
 
@@ -131,8 +133,6 @@ def _svc(name, vip, backends):
 
 
 def test_isolate_keeps_the_previous_version_of_a_service_it_cannot_take():
-    from socklb.dataplane.desired import MAX_BACKENDS, isolate
-
     good_a, good_b = _svc("a", "127.96.0.1", ["10.0.0.1"]), _svc("b", "127.96.0.2", ["10.0.0.2"])
     bad_b = _svc("b", "127.96.0.2", [f"10.1.{i >> 8}.{i & 255}" for i in range(MAX_BACKENDS + 1)])
     new_a = _svc("a", "127.96.0.1", ["10.0.0.1", "10.0.0.3"])
@@ -148,8 +148,6 @@ def test_isolate_keeps_the_previous_version_of_a_service_it_cannot_take():
 
 
 def test_isolate_refuses_the_newcomer_on_a_held_frontend_and_raises_on_capacity():
-    from socklb.dataplane.desired import isolate
-
     holder = _svc("z-holder", "127.96.0.1", ["10.0.0.1"])
     thief = _svc("a-thief", "127.96.0.1", ["10.0.0.9"])  # sorts first, claims z-holder's frontend
     out, rejected = isolate(node_pb2.NodeState(version=2, services=[thief, holder]), {"z-holder": holder})

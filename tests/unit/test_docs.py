@@ -171,8 +171,8 @@ def _terminations():
 
 
 def _limits():
-    from socklb.dataplane import desired
-    return desired
+    from socklb.lb import limits
+    return limits
 
 
 DEFAULTS = [
@@ -221,7 +221,8 @@ def test_quoted_defaults_are_the_code_defaults(name, text, actual, said, monkeyp
 
 
 def test_dataplane_validation_names_the_field_the_readme_quotes():
-    from socklb.dataplane.desired import InvalidState, frontend_targets
+    from socklb.dataplane.desired import frontend_targets
+    from socklb.lb.errors import InvalidState
     from socklb.dataplane.statefile import parse_state
 
     assert_quoted("README.md", "validation first (errors name the field, e.g. `services[0].frontends[1].address`)")

@@ -9,8 +9,9 @@ import pytest
 
 from socklb.controlplane.validate import validate_service
 from socklb.dataplane.agent import Agent
-from socklb.dataplane.desired import (MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FRONTENDS, InvalidState,
-                                      frontend_targets)
+from socklb.dataplane.desired import frontend_targets
+from socklb.lb.errors import InvalidState
+from socklb.lb.limits import MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FRONTENDS
 from socklb.v1 import api_pb2, node_pb2, types_pb2
 
 from test_sync import Server

@@ -11,9 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from socklb import grpcauth
 from socklb.controlplane import auth
 from socklb.controlplane.server import ControlPlane
-from socklb.controlplane.store.base import open_store
+from socklb.controlplane.store import open_store
 from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc
 
 RW_TOKEN = "rw-token-0123456789abcdef"
@@ -91,7 +92,7 @@ def server(tmp_path, pki):
 
 
 def channel(server, pki, cert=None, ca="ca"):
-    creds = auth.channel_credentials(str(pki / f"{ca}.pem"), str(pki / f"{cert}.pem") if cert else None,
+    creds = grpcauth.channel_credentials(str(pki / f"{ca}.pem"), str(pki / f"{cert}.pem") if cert else None,
                                      str(pki / f"{cert}.key") if cert else None)
     return grpc.secure_channel(server.addr, creds)
 

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from socklb.controlplane.server import ControlPlane
-from socklb.controlplane.store.base import open_store
+from socklb.controlplane.store import open_store
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
 from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
@@ -169,7 +169,7 @@ def test_records_of_a_dead_replica_read_as_disconnected_then_gone(tmp_path):
     and the leader turns them DISCONNECTED, then GONE."""
     from socklb.controlplane import keys
     from socklb.controlplane.nodes import NodeRegistry, is_stale, mark_gone
-    from socklb.controlplane.store.base import Compare
+    from socklb.controlplane.store import Compare
 
     store = open_store(f"embedded://{tmp_path}/s")
     try:
@@ -256,7 +256,8 @@ def test_node_deltas_are_checked_and_applied_incrementally():
     """A delta is validated against the rest of the state without re-reading
     it: duplicates with untouched services, capacity, and the same result as
     the full state would give."""
-    from socklb.dataplane.desired import InvalidState, Limits
+    from socklb.dataplane.desired import Limits
+    from socklb.lb.errors import InvalidState
     from socklb.v1 import node_pb2
 
     def st(name, vip, backends):

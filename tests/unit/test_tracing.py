@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from socklb.controlplane.store.base import Event
+from socklb.controlplane.store import Event
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
 from socklb.dataplane.terminations import TerminationService
@@ -349,7 +349,7 @@ def test_api_spans_carry_status_codes_and_continue_a_callers_trace(tmp_path, spa
     import asyncio
 
     from socklb.controlplane.server import ControlPlane
-    from socklb.controlplane.store.base import open_store
+    from socklb.controlplane.store import open_store
 
     store = open_store(f"embedded://{tmp_path}/store")
     loop = asyncio.new_event_loop()

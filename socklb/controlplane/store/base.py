@@ -1,4 +1,6 @@
-"""The control plane's storage contract, shared by the embedded and etcd stores.
+"""The control plane's storage contract, shared by the embedded and etcd stores
+(opened by ``socklb.controlplane.store.open_store``; this module imports
+neither).
 
 A store is a flat, revisioned key-value space (the etcd v3 model):
 
@@ -30,9 +32,6 @@ import abc
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
-from urllib.parse import parse_qs
-
-LEADER_PREFIX = "/socklb/leader/"
 
 
 @dataclass(frozen=True)
@@ -231,12 +230,6 @@ def check_txn(compares: Sequence[Compare], puts: Sequence[tuple[str, bytes]],
     return cs, ps, ds
 
 
-def leader_key(name: str) -> str:
-    if not name or "/" in name:
-        raise ValueError(f"leadership name must be non-empty without '/', got {name!r}")
-    return LEADER_PREFIX + name
-
-
 def never_holds(key: str) -> Compare:
     return Compare(key, -1)
 
@@ -288,80 +281,3 @@ class WatchBase(Watch):
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join()
-
-
-# --- URLs ------------------------------------------------------------------
-
-def _query(q: str, allowed: dict[str, type], url: str) -> dict:
-    out = {}
-    for k, vs in parse_qs(q, keep_blank_values=True, strict_parsing=bool(q)).items():
-        if k not in allowed:
-            raise ValueError(f"store URL {url!r}: unknown option {k!r} (known: {', '.join(allowed)})")
-        try:
-            out[k] = allowed[k](vs[-1])
-        except ValueError:
-            raise ValueError(f"store URL {url!r}: bad value for {k!r}: {vs[-1]!r}") from None
-    return out
-
-
-def parse_etcd_endpoints(hosts: str, url: str) -> list[tuple[str, int]]:
-    eps = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if not part:
-            raise ValueError(f"store URL {url!r}: empty endpoint")
-        if part.startswith("["):  # [v6]:port
-            host, sep, rest = part[1:].partition("]")
-            if not sep:
-                raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
-            port_s = rest[1:] if rest.startswith(":") else (None if not rest else "x")
-        elif part.count(":") == 1:
-            host, port_s = part.split(":")
-        elif ":" in part:
-            raise ValueError(f"store URL {url!r}: write IPv6 endpoints as [addr]:port, got {part!r}")
-        else:
-            host, port_s = part, None
-        try:
-            port = 2379 if port_s is None else int(port_s)
-        except ValueError:
-            raise ValueError(f"store URL {url!r}: bad port in {part!r}") from None
-        if not host or not 0 < port < 65536:
-            raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
-        eps.append((host, port))
-    return eps
-
-
-def open_store(url: str) -> Store:
-    """Open a store from a URL.
-
-    - ``embedded:///abs/dir`` (``embedded://rel/dir``, or a plain path): the
-      embedded store in that directory (created if missing). Option:
-      ``?history=N`` revisions of watch history kept (default 100000).
-    - ``etcd://host:port[,host:port...]`` (port defaults to 2379, IPv6 as
-      ``[addr]:port``): etcd over gRPC. Options: ``?timeout=SECONDS`` per
-      request (default 5); ``ca=PATH`` (TLS, verifying etcd's certificate
-      against this CA), with ``cert=PATH&key=PATH`` (a client certificate for
-      etcd's --client-cert-auth). Does not connect eagerly: an unreachable etcd shows
-      as Unavailable from the operations.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"store URL must be a non-empty string, got {url!r}")
-    url = url.strip()
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        if ":" in url.split("/")[0] and not url.startswith(("/", ".")):
-            raise ValueError(f"store URL {url!r}: expected embedded:///dir, etcd://host:port,... or a path")
-        scheme, rest = "embedded", url
-    rest, _, q = rest.partition("?")
-    if scheme == "embedded":
-        if not rest:
-            raise ValueError(f"store URL {url!r}: no directory")
-        from .embedded import EmbeddedStore
-        return EmbeddedStore(rest, **_query(q, {"history": int}, url))
-    if scheme == "etcd":
-        rest = rest.rstrip("/")
-        if not rest or "/" in rest:
-            raise ValueError(f"store URL {url!r}: expected etcd://host:port[,host:port...]")
-        from .etcd import EtcdStore
-        return EtcdStore(parse_etcd_endpoints(rest, url), **_query(q, {"timeout": float, "ca": str, "cert": str, "key": str}, url))
-    raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r} (embedded or etcd)")

@@ -28,8 +28,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, WatchBase,
-                   check_key, check_txn, leader_key, never_holds, prefix_end)
+                   check_key, check_txn, never_holds, prefix_end)
 
 DEFAULT_HISTORY = 100_000
 _SCHEMA = 1
@@ -253,7 +254,7 @@ class EmbeddedStore(Store):
     # --- leadership ---------------------------------------------------------
 
     def campaign(self, name: str, identity: str, ttl: float) -> "_EmbeddedLeadership":
-        key = leader_key(name)
+        key = keys.leader(name)
         ld = _EmbeddedLeadership(self, name, identity, key)
         with self._mu:
             self._check_open()

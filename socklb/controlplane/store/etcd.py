@@ -35,14 +35,16 @@ import math
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import grpc
 from pyetcd import etcdrpc as rpc
 
+from socklb.grpcauth import channel_credentials
+
+from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
-                   check_key, check_txn, leader_key, never_holds, prefix_end)
+                   check_key, check_txn, never_holds, prefix_end)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,35 @@ def _key_range(prefix: str) -> tuple[bytes, bytes]:
     return p, prefix_end(p) or b"\0"
 
 
+def parse_etcd_endpoints(hosts: str, url: str) -> list[tuple[str, int]]:
+    """The endpoints of an etcd store URL (`host:port,...`; port 2379 by
+    default, IPv6 as `[addr]:port`); ValueError naming `url`."""
+    eps = []
+    for part in hosts.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"store URL {url!r}: empty endpoint")
+        if part.startswith("["):  # [v6]:port
+            host, sep, rest = part[1:].partition("]")
+            if not sep:
+                raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
+            port_s = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+        elif part.count(":") == 1:
+            host, port_s = part.split(":")
+        elif ":" in part:
+            raise ValueError(f"store URL {url!r}: write IPv6 endpoints as [addr]:port, got {part!r}")
+        else:
+            host, port_s = part, None
+        try:
+            port = 2379 if port_s is None else int(port_s)
+        except ValueError:
+            raise ValueError(f"store URL {url!r}: bad port in {part!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
+        eps.append((host, port))
+    return eps
+
+
 def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | None:
     """Client TLS to etcd (--client-cert-auth: with cert and key) from PEM
     files, read once: a new client certificate takes a control-plane restart."""
@@ -91,10 +122,7 @@ def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | N
     if not ca:
         raise ValueError("etcd store: TLS needs `ca` (the CA that signed etcd's certificate)")
     try:
-        return grpc.ssl_channel_credentials(
-            root_certificates=Path(ca).read_bytes(),
-            private_key=Path(key).read_bytes() if key else None,
-            certificate_chain=Path(cert).read_bytes() if cert else None)
+        return channel_credentials(ca, cert or None, key or None)
     except OSError as e:
         raise ValueError(f"etcd store: cannot read {e.filename}: {e.strerror}") from None
 
@@ -467,7 +495,7 @@ class _EtcdLeadership(Leadership):
         self._store = store
         self.name = name
         self.identity = identity
-        self.key = leader_key(name)
+        self.key = keys.leader(name)
         self._ttl = max(1, math.ceil(ttl))
         self._granted = self._ttl
         self._mu = threading.Lock()

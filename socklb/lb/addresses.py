@@ -1,0 +1,68 @@
+"""Addresses and ports as both planes read them: one parser, one stored form,
+one 16-byte encoding (the datapath's, IPv4 v4-mapped)."""
+from __future__ import annotations
+
+import ipaddress
+
+from .errors import InvalidState
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+V4MAPPED = b"\0" * 10 + b"\xff\xff"  # the first 12 bytes of a v4-mapped address
+MAX_PORT = 65535
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 64 else repr(text[:64]) + f"... ({len(text)} characters)"
+
+
+def parse_ip(text: str, field: str) -> IPAddress:
+    """An address literal: IPv4, IPv6, or IPv6 in one pair of brackets.
+    Zone ids are refused: the datapath keys on the 16-byte address alone, so
+    fe80::1%a and fe80::1%b would be one backend."""
+    raw = text
+    if text.startswith("[") or text.endswith("]"):
+        if not (text.startswith("[") and text.endswith("]")) or text.count("[") + text.count("]") != 2:
+            raise InvalidState(field, f"{_shown(text)} has unbalanced brackets")
+        raw = text[1:-1]
+        if ":" not in raw:
+            raise InvalidState(field, f"{_shown(text)}: brackets are for IPv6 addresses only")
+    if "%" in raw:
+        raise InvalidState(field, f"{_shown(text)}: zone ids (%...) are not supported")
+    try:
+        ip = ipaddress.ip_address(raw)
+    except ValueError:
+        raise InvalidState(field, f"{_shown(text)} is not an IPv4 or IPv6 address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast:
+        raise InvalidState(field, f"{ip} cannot be used (unspecified or multicast)")
+    return ip
+
+
+def canonical_address(text: str) -> str:
+    """The one stored form of an address (IPv6 compressed, no brackets,
+    v4-mapped as IPv4); text that is no address comes back unchanged, for
+    validation to name."""
+    try:
+        return str(parse_ip(text, "address"))
+    except InvalidState:
+        return text
+
+
+def check_port(value: int, field: str, allow_zero: bool) -> int:
+    low = 0 if allow_zero else 1
+    if not low <= value <= MAX_PORT:
+        raise InvalidState(field, f"port {value} is out of range {low}..{MAX_PORT}")
+    return value
+
+
+def addr16(addr: str | IPAddress) -> bytes:
+    """16 bytes in network order, IPv4 v4-mapped: how the datapath keys an address."""
+    ip = ipaddress.ip_address(addr)
+    return V4MAPPED + ip.packed if ip.version == 4 else ip.packed
+
+
+def addr_text(raw: bytes) -> str:
+    """The literal of a 16-byte address (IPv4 for v4-mapped ones)."""
+    ip6 = ipaddress.IPv6Address(raw)
+    return str(ip6.ipv4_mapped) if ip6.ipv4_mapped else str(ip6)
