@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STATE ?= examples/standalone.yaml
 
-.PHONY: setup run standalone test unit kernel fuzz reliability proto proto-check bench clean
+.PHONY: setup run standalone test unit layers kernel fuzz reliability proto proto-check bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -19,6 +19,10 @@ test: setup proto-check
 
 unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+# The layering contracts of pyproject.toml (also checked by tests/unit/test_layering.py).
+layers: setup
+	.venv/bin/lint-imports --no-cache
 
 # The API fuzzing of `make test`, with many more cases (about 60k).
 fuzz: setup

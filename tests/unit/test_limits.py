@@ -1,9 +1,9 @@
-"""Per-service limits hold the same on both planes (the control plane
-validates with the dataplane's model): each limit is accepted at the limit
-and refused one past it, with the field named, before anything is written;
-a RANDOM service may use every one of its 4096 backends. Checked on the
-validation functions of both planes, through the real API (PutService, and
-AddBackends growing a service past a limit), and on a node's deltas."""
+"""Per-service limits hold the same on both planes (both validate with the
+model, socklb.lb): each limit is accepted at the limit and refused one past
+it, with the field named, before anything is written; a RANDOM service may
+use every one of its 4096 backends. Checked on the validation functions of
+both planes, through the real API (PutService, and AddBackends growing a
+service past a limit), and on a node's deltas."""
 import grpc
 import pytest
 
