@@ -26,6 +26,7 @@ import yaml
 from google.protobuf import json_format
 
 from socklb.grpcauth import channel_credentials, token_metadata
+from socklb.lb.addresses import split_host_port
 from socklb.v1 import api_pb2, api_pb2_grpc, types_pb2
 
 DEFAULT_SERVER = "127.0.0.1:7400"
@@ -90,19 +91,13 @@ def _parse_uint(text: str, what: str, spec: str, maximum: int) -> int:
 
 
 def _split_host_port(spec: str, text: str) -> tuple[str, str]:
-    if spec.startswith("["):
-        addr, bracket, rest = spec[1:].partition("]")
-        if not bracket:
-            raise UsageError(f"{text!r}: missing ']' after the IPv6 address")
-        if not rest.startswith(":"):
-            raise UsageError(f"{text!r}: expected [ADDR]:PORT")
-        return addr, rest[1:]
-    colons = spec.count(":")
-    if colons == 0:
-        raise UsageError(f"{text!r}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
-    if colons > 1:
-        raise UsageError(f"{text!r}: an IPv6 address must be in brackets, as [ADDR]:PORT")
-    addr, _, port = spec.partition(":")
+    try:
+        addr, port = split_host_port(spec)
+    except ValueError as e:
+        raise UsageError(f"{text!r}: {e}") from None
+    if port is None:
+        raise UsageError(f"{text!r}: expected [ADDR]:PORT" if spec.startswith("[")
+                         else f"{text!r}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
     return addr, port
 
 

@@ -56,6 +56,24 @@ def check_port(value: int, field: str, allow_zero: bool) -> int:
     return value
 
 
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """`host:port`, `[v6]:port`, `host` or `[v6]` -> (host, port text or None);
+    the host and port are the caller's to judge. ValueError: a '[' without
+    ']', anything but ':port' after ']', or IPv6 (two ':' or more) without
+    brackets."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError("missing ']' after the IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [ADDR]:PORT")
+        return host, rest[1:] if rest else None
+    if text.count(":") > 1:
+        raise ValueError("an IPv6 address must be in brackets, as [ADDR]:PORT")
+    host, colon, port = text.partition(":")
+    return host, port if colon else None
+
+
 def addr16(addr: str | IPAddress) -> bytes:
     """16 bytes in network order, IPv4 v4-mapped: how the datapath keys an address."""
     ip = ipaddress.ip_address(addr)

@@ -41,6 +41,7 @@ import grpc
 from pyetcd import etcdrpc as rpc
 
 from socklb.grpcauth import channel_credentials
+from socklb.lb.addresses import split_host_port
 
 from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
@@ -91,17 +92,10 @@ def parse_etcd_endpoints(hosts: str, url: str) -> list[tuple[str, int]]:
         part = part.strip()
         if not part:
             raise ValueError(f"store URL {url!r}: empty endpoint")
-        if part.startswith("["):  # [v6]:port
-            host, sep, rest = part[1:].partition("]")
-            if not sep:
-                raise ValueError(f"store URL {url!r}: bad endpoint {part!r}")
-            port_s = rest[1:] if rest.startswith(":") else (None if not rest else "x")
-        elif part.count(":") == 1:
-            host, port_s = part.split(":")
-        elif ":" in part:
-            raise ValueError(f"store URL {url!r}: write IPv6 endpoints as [addr]:port, got {part!r}")
-        else:
-            host, port_s = part, None
+        try:
+            host, port_s = split_host_port(part)
+        except ValueError as e:
+            raise ValueError(f"store URL {url!r}: bad endpoint {part!r}: {e}") from None
         try:
             port = 2379 if port_s is None else int(port_s)
         except ValueError:
