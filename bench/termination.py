@@ -1057,7 +1057,7 @@ def render_doc(args, host, netns_res, loads, started, load_before, elapsed) -> s
               "namespace of the node, found through /proc/*/ns/net and /run/netns (other tenants' too), "
               "discovery included.",
               "- The floor row reads the kfunc Terminator's loaded iter/tcp and iter/udp programs once in "
-              "DESTROY mode and parses the records (Terminator internals), nothing else: what a run with a "
+              "DESTROY mode and parses the records (`Terminator.one_pass()`), nothing else: what a run with a "
               "single pass and no per-socket report would cost.",
               f"- Further passes: on a kernel whose iterator resumes a bucket by socket cookie "
               f"(bpf_iter_tcp_resume / bpf_iter_udp_resume in BTF or /proc/kallsyms) the Terminator walks "

@@ -409,8 +409,9 @@ class Terminator(IterRunner):
         out: list[tuple[TermRec, int]] = []
         seen: dict[int, int] = {}  # cookie -> index in out
         for i in range(1, passes + 1):
+            data = self.run_iter(obj, proto, hooks)
             t = time.perf_counter()
-            found = parse(self.run_iter(obj, proto, hooks))
+            found = parse(data)
             hooks.parsed(time.perf_counter() - t, len(found))
             results = self._destroy_netlink(found, hooks) if via_netlink and found else [r.result for r in found]
             if passes == 1:
