@@ -27,8 +27,7 @@ destroys those victims with every method in turn (order rotated per round):
   kfunc-all-dsts kfunc-all with that hint: what the agent runs
   kfunc-pass the floor under "kfunc": its loaded iter/tcp and iter/udp
              programs read once in DESTROY mode, records parsed, nothing else
-             (no further pass, no report; uses Terminator internals, left out
-             with a message if they changed)
+             (no further pass, no report: Terminator.one_pass)
 
 Every Terminator measurement also reads rep.sockets[:100] (what the agent's
 report keeps; the records are built lazily). After each host size, the walk
@@ -58,8 +57,10 @@ and with ss's own namespace switch (`ss -N NS -K ...`).
 
 Figures are medians over rounds; ratios are ss -K time / Terminator time.
 An extra, instrumented run per Terminator method and size (not in the
-medians) splits its time: iterator passes (kernel walk, plus the kfunc
-destroying), parsing records, SOCK_DESTROY requests, building the report.
+medians) splits its time through the run's hooks (Terminator.run(hooks=...),
+socklb.dataplane.iterrun.Hooks): iterator passes (kernel walk, plus the
+kfunc destroying), parsing records, SOCK_DESTROY requests, finding the
+namespaces; and building the report's records, timed here.
 
 Everything made here carries socklb-term-<pid> and is removed on exit or
 failure; leftovers of a SIGKILLed run are removed at the next start.
@@ -67,6 +68,7 @@ failure; leftovers of a SIGKILLed run are removed at the next start.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import json
 import math
@@ -82,12 +84,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.lab import Teardown, cgroup2_mount, install_exit_handlers, join_cgroup, log, run
 from bench.report import paired_ratios, quartiles, target_text, write_doc_section
+from socklb.dataplane.iterrun import Hooks
+from socklb.dataplane.layout import TermRec
+from socklb.dataplane.terminate import Target, Terminator
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "socklb-term-"
@@ -105,6 +109,7 @@ TARGET_RATIO = 3.0              # issue: kfunc at least 3x faster than ss -K at 
 HOST_METHODS = ("kfunc", "kfunc-dsts", "netlink", "ss", "kfunc-all", "kfunc-all-dsts", "kfunc-pass")
 NETNS_METHODS = ("kfunc", "kfunc-dsts", "netlink", "kfunc-all", "kfunc-all-dsts", "ss-exec", "ss-N")
 TERM_METHODS = ("kfunc", "kfunc-dsts", "netlink", "kfunc-all", "kfunc-all-dsts")
+REC_SIZE = ctypes.sizeof(TermRec)  # bytes of one termination record
 REPORTED = 100                  # records the agent's report keeps (terminations.MAX_REPORTED_SOCKETS)
 LABEL = {
     "kfunc": "Terminator kfunc",
@@ -416,77 +421,32 @@ def ensure_bpffs() -> None:
 
 # --- Terminator instrumentation (only for the extra breakdown runs) -------------------------------
 
-def instrumentable() -> str | None:
-    """None when the Terminator internals the breakdown and the one-pass
-    floor use are there (terminate.py may have moved on), else what is missing."""
-    from socklb.dataplane import terminate as T
+class Probe(Hooks):
+    """Splits the time of a Terminator run through its hooks (iterrun.Hooks):
+    `iter` lists each iterator read (proto, seconds, records) and a ("ns",
+    0, 0) mark where a namespace starts; parse, netlink and list_netns sum
+    seconds; `record` (building the report's records) is timed by the caller."""
 
-    need = [(T, "_Object"), (T, "_parse"), (T, "_netlink_destroy"), (T, "list_netns"), (T, "in_each_netns"),
-            (T, "_Mode"), (T.Terminator, "_record")]
-    missing = [n for o, n in need if not hasattr(o, n) and n not in getattr(o, "__dict__", {})]
-    missing += [] if hasattr(getattr(T, "_Object", object), "read_iter") else ["_Object.read_iter"]
-    return ", ".join(missing) or None
+    def __init__(self):
+        self.iter: list[tuple[str, float, int]] = []
+        self.parse = self.netlink = self.record = self.list_netns = 0.0
+        self.netlink_n = 0
 
+    def namespaces(self, seconds: float, count: int) -> None:
+        self.list_netns += seconds
 
-@contextmanager
-def instrumented():
-    """Time the parts of Terminator.run by wrapping module functions (the
-    timed rounds never run with these wrappers)."""
-    from socklb.dataplane import terminate as T
+    def netns(self, ns) -> None:
+        self.iter.append(("ns", 0.0, 0))
 
-    probe = {"iter": [], "parse": 0.0, "netlink": 0.0, "netlink_n": 0, "record": 0.0, "list_netns": 0.0}
-    orig_read, orig_parse = T._Object.read_iter, T._parse
-    orig_nl, orig_rec, orig_list = T._netlink_destroy, T.Terminator.__dict__["_record"], T.list_netns
-    orig_each = T.in_each_netns
+    def read(self, key: str, seconds: float, size: int) -> None:
+        self.iter.append((key, seconds, size // REC_SIZE))
 
-    def read_iter(self, proto):
-        t = time.perf_counter()
-        data = orig_read(self, proto)
-        probe["iter"].append((proto, time.perf_counter() - t, len(data) // 64))
-        return data
+    def parsed(self, seconds: float, records: int) -> None:
+        self.parse += seconds
 
-    def parse(data):
-        t = time.perf_counter()
-        try:
-            return orig_parse(data)
-        finally:
-            probe["parse"] += time.perf_counter() - t
-
-    def nl(recs):
-        t = time.perf_counter()
-        try:
-            return orig_nl(recs)
-        finally:
-            probe["netlink"] += time.perf_counter() - t
-            probe["netlink_n"] += len(recs)
-
-    def rec(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig_rec.__func__(*a, **kw)
-        finally:
-            probe["record"] += time.perf_counter() - t
-
-    def list_netns(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return orig_list(*a, **kw)
-        finally:
-            probe["list_netns"] += time.perf_counter() - t
-
-    def in_each_netns(nss, fn):
-        def marked(ns):  # a namespace starts: its passes follow
-            probe["iter"].append(("ns", 0.0, 0))
-            return fn(ns)
-        return orig_each(nss, marked)
-
-    T._Object.read_iter, T._parse, T._netlink_destroy = read_iter, parse, nl
-    T.Terminator._record, T.list_netns, T.in_each_netns = staticmethod(rec), list_netns, in_each_netns
-    try:
-        yield probe
-    finally:
-        T._Object.read_iter, T._parse, T._netlink_destroy = orig_read, orig_parse, orig_nl
-        T.Terminator._record, T.list_netns, T.in_each_netns = orig_rec, orig_list, orig_each
+    def destroyed(self, seconds: float, sockets: int) -> None:
+        self.netlink += seconds
+        self.netlink_n += sockets
 
 
 # --- one phase: a socket table, the victims, the methods --------------------------------------------
@@ -643,20 +603,13 @@ def ss_kill(filt: list[str], ns: str | None = None, via: str = "exec") -> list[s
 
 class Bench:
     def __init__(self, lab: Lab, args):
-        from socklb.dataplane.terminate import Target, Terminator
-
         self.lab, self.args = lab, args
-        self.Target, self.Terminator = Target, Terminator
         self.loads: dict[str, float] = {}
-        self.terminators: dict[str, object] = {}
-        self.missing = instrumentable()
-        if self.missing:
-            log(f"Terminator internals missing ({self.missing}): no breakdown, no kfunc-pass floor")
-            args.methods = [m for m in args.methods if m != "kfunc-pass"]
+        self.terminators: dict[str, Terminator] = {}
 
-    def terminator(self, key: str, method: str, netns: list[str] | None):
+    def terminator(self, key: str, method: str, netns: list[str] | None) -> Terminator:
         if key not in self.terminators:
-            t = self.Terminator(self.lab.pin_dir, method=method, netns=netns)
+            t = Terminator(self.lab.pin_dir, method=method, netns=netns)
             self.lab.teardown.add(f"terminator {key}", t.close)
             self.terminators[key] = t
             self.loads.setdefault(method, t.load_seconds)
@@ -670,19 +623,25 @@ class Bench:
         dsts = [(BACKENDS[VICTIM], self.lab.port)] if method.endswith("-dsts") else None
         return t, dsts
 
-    def run_method(self, phase: Phase, method: str, netns: list[str] | None, key: str) -> tuple[float, int, str]:
-        """Destroy the victims once; (seconds, destroyed, note)."""
+    def run_method(self, phase: Phase, method: str, netns: list[str] | None, key: str,
+                   probe: Probe | None = None) -> tuple[float, int, str]:
+        """Destroy the victims once; (seconds, destroyed, note). probe: the
+        Terminator run's hooks, and the time its records took."""
         port = self.lab.port
         filt = ["dst", f"{BACKENDS[VICTIM]}:{port}"]
         if method == "kfunc-pass":
             return self.one_pass(phase, key)
         if method in TERM_METHODS:
             t, dsts = self.term_for(key, method, netns)
-            target = [self.Target.backend(self.lab.agent.victim_id)]
+            target = [Target.backend(self.lab.agent.victim_id)]
             t0 = time.perf_counter()
-            rep = t.run(target, dsts=dsts)
+            rep = t.run(target, dsts=dsts, hooks=probe)
+            t1 = time.perf_counter()
             rep.sockets[:REPORTED]  # what the agent's report keeps
-            dt_ = time.perf_counter() - t0
+            t2 = time.perf_counter()
+            dt_ = t2 - t0
+            if probe is not None:
+                probe.record += t2 - t1
             if rep.errors or rep.failed:
                 raise RuntimeError(f"{method}: {rep.failed} failed, errors {rep.errors}")
             return dt_, rep.destroyed, f"{rep.netns_scanned} netns"
@@ -703,23 +662,19 @@ class Bench:
         """The floor under the kfunc Terminator: its loaded program's
         iter/tcp and iter/udp read once in DESTROY mode in this thread's
         namespace (the host), records parsed, nothing else: no further
-        pass, no report. Uses Terminator internals (_obj, _Mode, _parse)."""
-        from socklb.dataplane import terminate as T
-
+        pass, no report (Terminator.one_pass)."""
         t = self.terminator(key.replace("kfunc-pass", "kfunc"), "kfunc", [f"/proc/{os.getpid()}/ns/net"])
-        target = [self.Target.backend(self.lab.agent.victim_id)]
-        with t._lock:
-            t0 = time.perf_counter()
-            t._obj.set_targets(target, T._Mode.DESTROY)
-            recs = T._parse(t._obj.read_iter("tcp") + t._obj.read_iter("udp"))
-            secs = time.perf_counter() - t0
-            destroyed = sum(r.result == 0 for r in recs)
-            missed = 0
-            while destroyed + missed < phase.victims:  # untimed: finish what one pass skipped
-                more = T._parse(t._obj.read_iter("tcp"))
-                if not more:
-                    break
-                missed += sum(r.result == 0 for r in more)
+        target = [Target.backend(self.lab.agent.victim_id)]
+        t0 = time.perf_counter()
+        recs = t.one_pass(target)
+        secs = time.perf_counter() - t0
+        destroyed = sum(r.result == 0 for r in recs)
+        missed = 0
+        while destroyed + missed < phase.victims:  # untimed: finish what one pass skipped
+            more = t.one_pass(target, ("tcp",))
+            if not more:
+                break
+            missed += sum(r.result == 0 for r in more)
         return secs, destroyed + missed, f"{missed} left for a further pass" if missed else "one pass"
 
     def measure(self, phase: Phase, methods: list[str], rounds: int, netns: list[str] | None,
@@ -751,7 +706,7 @@ class Bench:
                 continue
             if m in TERM_METHODS:
                 t, dsts = self.term_for(f"{key}:{m}", m, netns)
-                rep = t.count([self.Target.backend(self.lab.agent.victim_id)], dsts=dsts)
+                rep = t.count([Target.backend(self.lab.agent.victim_id)], dsts=dsts)
                 if rep.found != phase.victims:
                     raise RuntimeError(f"{m}: counted {rep.found} victims, expected {phase.victims}")
             else:
@@ -763,18 +718,16 @@ class Bench:
     def breakdown(self, phase: Phase, methods: list[str], netns: list[str] | None, key: str,
                   host_ss: bool) -> list[Breakdown]:
         out = []
-        if self.missing:
-            return out
         for m in methods:
             if m not in TERM_METHODS:
                 continue
-            with instrumented() as p:
-                secs, destroyed, _ = self.run_method(phase, m, netns, f"{key}:{m}")
+            p = Probe()
+            secs, destroyed, _ = self.run_method(phase, m, netns, f"{key}:{m}", probe=p)
             phase.verify_and_refill(m, host_ss)
             first = later = 0.0
             passes = nns = later_found = 0
             seen_tcp = False
-            for proto, secs_, n in p["iter"]:
+            for proto, secs_, n in p.iter:
                 if proto == "ns":
                     nns += 1
                     seen_tcp = False
@@ -788,8 +741,8 @@ class Bench:
                         seen_tcp = True
             out.append(Breakdown(
                 method=m, total=secs, passes=passes, first_tcp=first, later_tcp=later,
-                udp=sum(s for proto, s, _n in p["iter"] if proto == "udp"),
-                parse=p["parse"], netlink=p["netlink"], record=p["record"], list_netns=p["list_netns"],
+                udp=sum(s for proto, s, _n in p.iter if proto == "udp"),
+                parse=p.parse, netlink=p.netlink, record=p.record, list_netns=p.list_netns,
                 netns=nns, later_found=later_found))
         return out
 
@@ -801,7 +754,7 @@ class Bench:
         is the cost of the destroys) and without a hint (a storage lookup
         per socket)."""
         t = self.terminator(f"{key}:kfunc", "kfunc", netns)
-        target = [self.Target.backend(self.lab.agent.victim_id)]
+        target = [Target.backend(self.lab.agent.victim_id)]
         out = {}
         for name, dsts in (("nomatch", [("127.61.0.254", 1)]), ("hint", [(BACKENDS[VICTIM], self.lab.port)]),
                            ("nohint", None)):
@@ -1104,7 +1057,7 @@ def render_doc(args, host, netns_res, loads, started, load_before, elapsed) -> s
               "namespace of the node, found through /proc/*/ns/net and /run/netns (other tenants' too), "
               "discovery included.",
               "- The floor row reads the kfunc Terminator's loaded iter/tcp and iter/udp programs once in "
-              "DESTROY mode and parses the records (Terminator internals), nothing else: what a run with a "
+              "DESTROY mode and parses the records (`Terminator.one_pass()`), nothing else: what a run with a "
               "single pass and no per-socket report would cost.",
               f"- Further passes: on a kernel whose iterator resumes a bucket by socket cookie "
               f"(bpf_iter_tcp_resume / bpf_iter_udp_resume in BTF or /proc/kallsyms) the Terminator walks "

@@ -1,6 +1,7 @@
 """Helper processes of bench/termination.py: accept-and-hold servers and
-connection-holding clients. Standard library only; each talks JSON lines on
-stdin/stdout (one answer per command) and says {"ready": ...} first.
+connection-holding clients. Standard library only (and setns from
+socklb.dataplane.native); each talks JSON lines on stdin/stdout (one answer
+per command) and says {"ready": ...} first.
 
     python -m bench.termination_workers server SPEC.json
         SPEC: {"listeners": [[netns path or null, addr, port, tag], ...]}
@@ -27,7 +28,6 @@ Both raise RLIMIT_NOFILE to the hard limit first.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -36,14 +36,7 @@ import select
 import socket
 import sys
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
+from socklb.dataplane.native import setns
 
 
 def raise_nofile() -> int:

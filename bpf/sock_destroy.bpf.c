@@ -3,11 +3,13 @@
  * the load-balanced sockets whose flow record points at a target and destroy
  * them with the bpf_sock_destroy() kfunc (kernel >= 6.5).
  *
- * Built by socklb/dataplane/terminate.py with clang -target bpf against a
- * vmlinux.h that bpftool generates from the running kernel's BTF (CO-RE),
- * loaded with libbpf. The `flows` map is not created here: the loader reuses
- * the agent's pinned socket storage (bpf_map__reuse_fd), so the programs read
- * the records that the connect/sendmsg hooks wrote.
+ * The records, map keys and values, limits and enums shared with user space
+ * are in sock_destroy.h. Built by socklb/dataplane/terminate.py with clang
+ * -target bpf against a vmlinux.h that bpftool generates from the running
+ * kernel's BTF (CO-RE), loaded with libbpf. The `flows` map is not created
+ * here: the loader reuses the agent's pinned socket storage
+ * (bpf_map__reuse_fd), so the programs read the records that the
+ * connect/sendmsg hooks wrote.
  *
  * Targets (hash map, written by user space before each run), key
  * struct socklb_term_key {frontend_id, backend_id}:
@@ -45,76 +47,22 @@
 #include <bpf/bpf_endian.h>
 
 #include "iter.h"
+#include "sock_destroy.h"
 
 #define SOCKLB_TCP_ESTABLISHED 1 /* also a connected UDP socket's state */
 
 char LICENSE[] SEC("license") = "GPL";
 
-enum socklb_term_mode {
-	SOCKLB_TERM_DESTROY = 0,
-	SOCKLB_TERM_DRY_RUN = 1,
-	SOCKLB_TERM_STATS = 2,
-};
-
-/* result of a record that was not destroyed here (dry run) */
-#define SOCKLB_TERM_NOT_TRIED 1
-
-struct socklb_term_key {
-	__u32 frontend_id; /* 0: any frontend */
-	__u32 backend_id;  /* 0: any backend of the frontend */
-};
-
-/* Per-target counters of the current run; user space zeroes them. */
-struct socklb_term_val {
-	__u64 matched;
-	__u64 destroyed;
-	__u64 failed;
-};
-
-#define SOCKLB_TERM_F_DSTS 1 /* term_cfg.flags: prefilter on the `dsts` map */
-
-struct socklb_term_cfg {
-	__u32 mode;  /* enum socklb_term_mode */
-	__u32 flags; /* SOCKLB_TERM_F_* */
-};
-
-/* Key of `dsts`: a backend a target points at (20 bytes). */
-struct socklb_term_dst {
-	__u32 addr[4]; /* network order, IPv4 v4-mapped */
-	__u16 port;    /* network order */
-	__u16 pad;     /* 0 */
-};
-
-/* One record per matched socket, written with bpf_seq_write (64 bytes). */
-struct socklb_term_rec {
-	__u64 cookie;    /* bpf_get_socket_cookie(), the socket diag cookie */
-	__u32 src[4];    /* local address, network order, IPv4 v4-mapped */
-	__u32 dst[4];    /* peer address, network order, IPv4 v4-mapped */
-	__u16 sport;     /* network order */
-	__u16 dport;     /* network order */
-	__u16 family;    /* AF_INET / AF_INET6 */
-	__u8 proto;      /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 state;      /* skc_state */
-	__u32 frontend_id;
-	__u32 backend_id;
-	__s32 result;    /* bpf_sock_destroy(): 0 or -errno; NOT_TRIED in a dry run */
-	__u32 target_kind; /* which key matched: 1 {F,B}, 2 {0,B}, 3 {F,0} */
-};
-
-_Static_assert(sizeof(struct socklb_term_rec) == 64, "socklb_term_rec is 64 bytes (terminate.py)");
-_Static_assert(sizeof(struct socklb_term_dst) == 20, "socklb_term_dst is 20 bytes (terminate.py)");
-_Static_assert(sizeof(struct socklb_term_val) == 24, "socklb_term_val is 24 bytes (terminate.py)");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, SOCKLB_TERM_TARGETS_MAX);
 	__type(key, struct socklb_term_key);
 	__type(value, struct socklb_term_val);
 } targets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, SOCKLB_TERM_DSTS_MAX);
 	__type(key, struct socklb_term_dst);
 	__type(value, __u8);
 } dsts SEC(".maps");
@@ -138,20 +86,20 @@ match_target(const struct socklb_flow *f, __u32 *kind)
 
 	v = bpf_map_lookup_elem(&targets, &k);
 	if (v) {
-		*kind = 1;
+		*kind = SOCKLB_TERM_KIND_EXACT;
 		return v;
 	}
 	k.frontend_id = 0;
 	v = bpf_map_lookup_elem(&targets, &k);
 	if (v) {
-		*kind = 2;
+		*kind = SOCKLB_TERM_KIND_BACKEND;
 		return v;
 	}
 	k.frontend_id = f->frontend_id;
 	k.backend_id = 0;
 	v = bpf_map_lookup_elem(&targets, &k);
 	if (v)
-		*kind = 3;
+		*kind = SOCKLB_TERM_KIND_FRONTEND;
 	return v;
 }
 

@@ -2,7 +2,8 @@
 /* socklb socket statistics: socket iterators (iter/tcp, iter/udp) that emit
  * one fixed-size record per load-balanced socket, read by
  * socklb/dataplane/sockstats.py in every network namespace and summed there
- * per service and backend.
+ * per service and backend. The record is struct socklb_stat_rec of
+ * sock_stats.h.
  *
  * Built and loaded like bpf/sock_destroy.bpf.c (clang -target bpf against a
  * bpftool-generated vmlinux.h, CO-RE, libbpf): the `flows` map is the agent's
@@ -35,6 +36,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "iter.h"
+#include "sock_stats.h"
 
 #define SOCKLB_TCP_FIN_WAIT2 5
 #define SOCKLB_TCP_CLOSE_WAIT 8
@@ -42,23 +44,6 @@
 #define SOCKLB_TCP_CLOSING 11
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* One record per counted socket, written with bpf_seq_write (48 bytes). */
-struct socklb_stat_rec {
-	__u64 cookie;         /* bpf_get_socket_cookie() */
-	__u64 bytes_sent;     /* TCP: payload acked (bytes_acked without SYN, FIN) */
-	__u64 bytes_received; /* TCP: payload received (bytes_received without FIN) */
-	__u32 frontend_id;
-	__u32 backend_id;
-	__u32 srtt_us;        /* TCP: tcp_sock.srtt_us >> 3; 0 = no sample yet */
-	__u32 retransmits;    /* TCP: tcp_sock.total_retrans */
-	__u32 drops;          /* UDP: receive drops */
-	__u16 family;         /* AF_INET / AF_INET6 */
-	__u8 proto;           /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 state;           /* skc_state (1 = established / connected) */
-};
-
-_Static_assert(sizeof(struct socklb_stat_rec) == 48, "socklb_stat_rec is 48 bytes (sockstats.py)");
 
 /* CO-RE flavours (matched by name, so they build against any vmlinux.h):
  * since 6.18 udp counts receive drops in per-NUMA counters that

@@ -1,20 +1,15 @@
-"""Build, load and run the node's libbpf objects: BPF socket iterators
-compiled at run time with clang against the running kernel's BTF (CO-RE),
-loaded through libbpf via ctypes, reusing the agent's pinned `flows` socket
-storage; and a runner that calls a function inside every network namespace
-of the node (iterators only see the sockets of the namespace their fd is
-created in).
+"""Build and load the node's libbpf objects: BPF socket iterators compiled
+at run time with clang against the running kernel's BTF (CO-RE), loaded
+through libbpf (native.py), reusing the agent's pinned `flows` socket
+storage, and read; and the BTF probe for kernel functions.
 
-Shared by socket termination (terminate.py, bpf/sock_destroy.bpf.c) and
-socket statistics (sockstats.py, bpf/sock_stats.bpf.c).
+Used by the iterator tools through iterrun.IterRunner (termination,
+socket statistics, the flow reader), which also runs them in every network
+namespace (netns.py):
 
     obj = IterObject(build("sock_stats.bpf.c"), pin_dir,
                      {"tcp": "socklb_stats_tcp", "udp": "socklb_stats_udp"})
-    nss = list_netns()
-    try:
-        out = in_each_netns(nss, lambda ns: obj.read_iter("tcp"))
-    finally:
-        close_netns(nss)
+    data = obj.read_iter("tcp")     # in the calling thread's namespace
     obj.close()
 
 Objects and the vmlinux.h they are compiled against are cached (keyed by a
@@ -25,7 +20,6 @@ or ~/.cache/socklb.
 from __future__ import annotations
 
 import ctypes as ct
-import ctypes.util
 import errno
 import hashlib
 import logging
@@ -35,18 +29,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import kernel, layout
+from . import kernel, layout, native
 from .loader import bpf_source_dir
 
 log = logging.getLogger(__name__)
 
-HEADER = "socklb.h"
 BTF_VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
 BPF_MAP_TYPE_SK_STORAGE = 24
@@ -217,91 +208,12 @@ def btf_has_func(name: str, path: Path = BTF_VMLINUX) -> bool:
 
 # --- libbpf through ctypes ----------------------------------------------------------
 
-_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, ct.c_void_p)
-
-
 class _IterMapInfo(ct.Structure):  # union bpf_iter_link_info, its .map member
     _fields_ = [("map_fd", ct.c_uint32)]
 
 
 class _IterAttachOpts(ct.Structure):  # struct bpf_iter_attach_opts
     _fields_ = [("sz", ct.c_size_t), ("link_info", ct.POINTER(_IterMapInfo)), ("link_info_len", ct.c_uint32)]
-
-
-class Libbpf:
-    """libbpf.so's object API (open/load/attach), with its messages captured."""
-
-    def __init__(self):
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        lib = ct.CDLL(name, use_errno=True)
-        vp, i, s = ct.c_void_p, ct.c_int, ct.c_char_p
-        sigs = {
-            "bpf_object__open_file": ([s, vp], vp),
-            "bpf_object__load": ([vp], i),
-            "bpf_object__close": ([vp], None),
-            "bpf_object__find_map_by_name": ([vp, s], vp),
-            "bpf_object__find_program_by_name": ([vp, s], vp),
-            "bpf_object__next_program": ([vp, vp], vp),
-            "bpf_program__name": ([vp], s),
-            "bpf_program__set_autoload": ([vp, ct.c_bool], i),
-            "bpf_map__reuse_fd": ([vp, i], i),
-            "bpf_map__fd": ([vp], i),
-            "bpf_program__attach_iter": ([vp, vp], vp),
-            "bpf_link__fd": ([vp], i),
-            "bpf_link__destroy": ([vp], i),
-            "bpf_iter_create": ([i], i),
-            "libbpf_set_print": ([vp], vp),
-        }
-        for fn, (args, res) in sigs.items():
-            f = getattr(lib, fn)
-            f.argtypes, f.restype = args, res
-        self.lib = lib
-        self.log: list[str] = []
-        self.log_lock = threading.Lock()
-        self._print = None
-        if platform.machine() in ("x86_64", "AMD64"):
-            # va_list is a pointer-sized array on x86-64: vsnprintf formats it.
-            libc = ct.CDLL(None)
-            vsnprintf = libc.vsnprintf
-            vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, ct.c_void_p]
-
-            def cb(level, fmt, ap):
-                buf = ct.create_string_buffer(4096)
-                vsnprintf(buf, len(buf), fmt, ap)
-                self.log.append(buf.value.decode(errors="replace"))
-                return 0
-
-            self._print = _PRINT_FN(cb)
-
-    def capture(self):
-        """Context: libbpf's messages go to self.log (instead of stderr)."""
-        lb = self
-
-        class _Cap:
-            def __enter__(self):
-                lb.log_lock.acquire()
-                lb.log.clear()
-                self.old = lb.lib.libbpf_set_print(ct.cast(lb._print, ct.c_void_p)) if lb._print else None
-                return lb.log
-
-            def __exit__(self, *exc):
-                if lb._print:
-                    lb.lib.libbpf_set_print(self.old)
-                lb.log_lock.release()
-
-        return _Cap()
-
-
-_libbpf: Libbpf | None = None
-_libbpf_lock = threading.Lock()
-
-
-def libbpf() -> Libbpf:
-    global _libbpf
-    with _libbpf_lock:
-        if _libbpf is None:
-            _libbpf = Libbpf()
-        return _libbpf
 
 
 def strerror(e: int) -> str:
@@ -337,21 +249,19 @@ class IterObject:
               another).
     map_keys: keys of `programs` that iterate the elements of the `flows`
               map (iter/bpf_sk_storage_map) and are attached to it.
-
-    Raises `error` (a BpfObjError subclass may be set by a subclass) when
-    anything fails; nothing is left open then.
+    error:    the exception (BpfObjError or a subclass) raised when anything
+              fails; nothing is left open then.
     """
 
-    error: type[BpfObjError] = BpfObjError
-
-    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: Iterable[str] = ()):
-        lb = libbpf()
-        self.lib = lb.lib
+    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
+                 error: type[BpfObjError] = BpfObjError):
+        self.error = error
+        self.lib = native.libbpf()
         self.path = Path(path)
         self.obj = None
         self.links: dict[str, int] = {}
         self._link_ptrs: list[int] = []
-        with lb.capture() as logbuf:
+        with native.libbpf_messages() as logbuf:
             try:
                 self._open_load(self.path, Path(pin_dir), programs, set(map_keys), logbuf)
             except Exception:
@@ -446,155 +356,3 @@ class IterObject:
         if self.obj:
             self.lib.bpf_object__close(self.obj)
             self.obj = None
-
-
-# --- network namespaces ----------------------------------------------------------------
-
-CLONE_NEWNET = 0x40000000
-_libc = ct.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ct.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
-
-
-@dataclass
-class Netns:
-    ident: str    # "net:[<inode>]"
-    path: str     # where it was found
-    fd: int
-
-
-def list_netns(extra: Iterable[str | Path] = (), unreachable: list[str] | None = None) -> list[Netns]:
-    """Every network namespace reachable on the node, once each: the host's
-    (pid 1), those of all processes, the named ones in /run/netns, and extra
-    paths. Open fds pin them until closed (close_netns). Namespaces seen (by
-    readlink) but not openable are appended to `unreachable`."""
-    cands = ["/proc/1/ns/net", "/proc/thread-self/ns/net"]
-    try:
-        cands += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        pass
-    try:
-        cands += [str(p) for p in sorted(Path("/run/netns").iterdir())]
-    except OSError:
-        pass
-    cands += [str(p) for p in extra]
-    seen: set[tuple[int, int]] = set()
-    denied: dict[str, str] = {}  # "net:[ino]" -> path
-    out: list[Netns] = []
-    for path in cands:
-        try:
-            st = os.stat(path)
-        except PermissionError:
-            try:
-                denied.setdefault(os.readlink(path), path)
-            except OSError:
-                pass
-            continue
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        st = os.fstat(fd)  # the namespace actually opened (pids get reused)
-        if (st.st_dev, st.st_ino) in seen:
-            os.close(fd)
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        out.append(Netns(f"net:[{st.st_ino}]", path, fd))
-    if unreachable is not None:
-        have = {ns.ident for ns in out}
-        unreachable += [f"{ident} ({path}: permission denied)" for ident, path in denied.items()
-                        if ident not in have]
-    return out
-
-
-def open_netns(paths: Iterable[str | Path]) -> list[Netns]:
-    """The namespaces at these paths, once each (OSError if one cannot be opened)."""
-    out, seen = [], set()
-    try:
-        for p in paths:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) in seen:
-                os.close(fd)
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            out.append(Netns(f"net:[{st.st_ino}]", str(p), fd))
-    except BaseException:
-        close_netns(out)
-        raise
-    return out
-
-
-def close_netns(nss: list[Netns]) -> None:
-    for ns in nss:
-        try:
-            os.close(ns.fd)
-        except OSError:
-            pass
-
-
-def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
-                  ) -> list[tuple[Netns, object, BaseException | None]]:
-    """fn(ns) in every namespace, in one dedicated thread that setns()es into
-    each in turn (the caller's threads never move) and restores its own
-    namespace at the end."""
-    results: list[tuple[Netns, object, BaseException | None]] = []
-
-    def worker():
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for ns in nss:
-                try:
-                    setns(ns.fd)
-                    results.append((ns, fn(ns), None))
-                except BaseException as e:  # report, go on with the next namespace
-                    results.append((ns, None, e))
-        finally:
-            try:
-                setns(own)
-            finally:
-                os.close(own)
-
-    t = threading.Thread(target=worker, name=thread_name, daemon=True)
-    t.start()
-    t.join()
-    return results
-
-
-@dataclass
-class NetnsScan:
-    """fn's results in every namespace that could be read."""
-
-    results: list[tuple[Netns, object]]
-    errors: list[str]       # "<ident> (<path>): <error>" of namespaces whose fn failed
-    unreachable: list[str]  # namespaces seen but not openable
-    duration: float         # seconds, all namespaces
-
-
-def scan_netns(fn, paths: Iterable[str | Path] | None = None, thread_name: str = "socklb-netns") -> NetnsScan:
-    """fn(ns) in every namespace of the node (paths None) or in the
-    namespaces at these paths; the namespaces are closed afterwards."""
-    unreachable: list[str] = []
-    t0 = time.monotonic()
-    nss = list_netns(unreachable=unreachable) if paths is None else open_netns(paths)
-    try:
-        out = in_each_netns(nss, fn, thread_name=thread_name)
-    finally:
-        close_netns(nss)
-    scan = NetnsScan([], [], unreachable, 0.0)
-    for ns, res, err in out:
-        if err is None:
-            scan.results.append((ns, res))
-        else:
-            scan.errors.append(f"{ns.ident} ({ns.path}): {err}")
-    scan.duration = time.monotonic() - t0
-    return scan
-

@@ -38,8 +38,6 @@ from __future__ import annotations
 import ctypes as ct
 import enum
 import logging
-import struct
-import threading
 import time
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -47,6 +45,8 @@ from pathlib import Path
 from typing import Iterable
 
 from . import bpfobj, kernel, layout
+from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen
+from .netns import Netns
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,6 @@ SOURCE = "flows.bpf.c"
 MAP_PROGRAMS = {"map": "socklb_flows_map", "count-map": "socklb_counts_map"}
 SOCKET_PROGRAMS = {"tcp": "socklb_flows_tcp", "udp": "socklb_flows_udp",
                    "count-tcp": "socklb_counts_tcp", "count-udp": "socklb_counts_udp"}
-# Nothing is destroyed while reading, so a record rolled back by the kernel is
-# simply shown again: read in large chunks.
-_READ_SIZE = 64 * 1024
 
 
 class Method(str, enum.Enum):
@@ -75,8 +72,7 @@ class FlowReaderError(bpfobj.BpfObjError):
 # One emitted record, field for field struct socklb_flow_rec (layout.FlowRecord):
 # addresses as 16 raw bytes, ports in network order.
 Flow = namedtuple("Flow", [name for name, _ in layout.FlowRecord._fields_])
-_REC = struct.Struct("=QII16s16sHHBBH")
-assert _REC.size == ct.sizeof(layout.FlowRecord), "flows.h changed: update _REC"
+_REC = layout.record_struct(layout.FlowRecord)
 
 
 def parse(data: bytes) -> list[Flow]:
@@ -105,11 +101,7 @@ class FlowDump:
     unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
 
 
-class _Object(bpfobj.IterObject):
-    error = FlowReaderError
-
-
-class FlowReader:
+class FlowReader(IterRunner):
     """Reads every live flow record of the agent whose pins are in pin_dir.
 
     method: "auto" | "map-iter" | "socket-iter" (see the module doc).
@@ -117,27 +109,26 @@ class FlowReader:
             these namespace paths.
     """
 
+    error = FlowReaderError
+    what = "flow reader"
+    thread_name = "socklb-flows"
+    # Nothing is destroyed while reading, so a record rolled back by the
+    # kernel is simply shown again: read in large chunks.
+    read_size = 64 * 1024
+
     def __init__(self, pin_dir: str | Path, method: str | Method = Method.AUTO,
                  netns: Iterable[str | Path] | None = None, cache: Path | None = None):
-        self.pin_dir = Path(pin_dir)
+        super().__init__(pin_dir, netns, cache)
         self.requested = Method(method)
-        self.netns_paths = None if netns is None else [str(p) for p in netns]
-        self._lock = threading.Lock()
-        self._obj: _Object | None = None
-        if not (self.pin_dir / "flows").exists():
-            raise FlowReaderError(f"{self.pin_dir}/flows does not exist: is the dataplane agent loaded there?")
         t0 = time.monotonic()
-        try:
-            path = bpfobj.build(SOURCE, cache=cache)
-        except bpfobj.BpfObjError as e:
-            raise FlowReaderError(str(e)) from e
+        path = self.build(SOURCE)
         self.map_iter_refused = self._probe_map_iter(path)
         if self.requested is Method.MAP_ITER and self._obj is None:
             e = FlowReaderError(f"map-element iterators are refused by this kernel: {self.map_iter_refused}")
             e.map_iter_refused = self.map_iter_refused
             raise e
         if self._obj is None:
-            self._obj = _Object(path, self.pin_dir, SOCKET_PROGRAMS)
+            self._obj = self.load(path, SOCKET_PROGRAMS)
             self._check_counts(self._obj)
             self.method = Method.SOCKET_ITER
         else:
@@ -153,13 +144,13 @@ class FlowReader:
         """Load, attach and read the map iterator once; keep it when auto or
         map-iter was asked for. None, or why it was refused."""
         try:
-            obj = _Object(path, self.pin_dir, MAP_PROGRAMS, map_keys=MAP_PROGRAMS)
-            self._check_counts(obj)
+            obj = self.load(path, MAP_PROGRAMS, map_keys=MAP_PROGRAMS)
         except FlowReaderError as e:
             log.debug("map-element iterator refused: %s", e)
             return bpfobj.first_line(e)
         try:
-            obj.read_iter("map", _READ_SIZE)
+            self._check_counts(obj)
+            self.run_iter(obj, "map")
         except FlowReaderError as e:
             obj.close()
             return bpfobj.first_line(e)
@@ -169,60 +160,46 @@ class FlowReader:
             self._obj = obj
         return None
 
-    def close(self) -> None:
-        with self._lock:
-            if self._obj is not None:
-                self._obj.close()
-                self._obj = None
-
-    def __enter__(self) -> "FlowReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def read(self) -> FlowDump:
-        with self._lock:
-            obj = self._live()
+    def read(self, hooks: Hooks | None = None) -> FlowDump:
+        """Every live flow record (see the module doc)."""
+        hooks = hooks or NO_HOOKS
+        with self.loaded() as obj:
             if self.method is Method.MAP_ITER:
                 t0 = time.monotonic()
-                flows = parse(obj.read_iter("map", _READ_SIZE))
+                flows = parse(self.run_iter(obj, "map", hooks))
                 return FlowDump(flows, self.method.value, time.monotonic() - t0)
 
-            def scan(ns: bpfobj.Netns) -> list[Flow]:
-                return parse(obj.read_iter("tcp", _READ_SIZE)) + parse(obj.read_iter("udp", _READ_SIZE))
+            def scan(ns: Netns) -> list[Flow]:
+                return parse(self.run_iter(obj, "tcp", hooks)) + parse(self.run_iter(obj, "udp", hooks))
 
-            res = bpfobj.scan_netns(scan, self.netns_paths, thread_name="socklb-flows")
+            res = self.scan(scan, hooks)
         dump = FlowDump(method=self.method.value, duration=res.duration, netns_scanned=len(res.results),
                         errors=res.errors, unreachable=res.unreachable)
         seen: set[int] = set()
         for _ns, flows in res.results:
-            for f in flows:
-                if f.cookie not in seen:
-                    seen.add(f.cookie)
-                    dump.flows.append(f)
+            dump.flows += first_seen(flows, seen)
         for e in dump.errors:
             log.warning("flows: %s", e)
         return dump
 
-    def count(self) -> FlowCounts:
+    def count(self, hooks: Hooks | None = None) -> FlowCounts:
         """Open flows per (frontend, backend address, backend port), counted
         in the kernel."""
-        with self._lock:
-            obj = self._live()
+        hooks = hooks or NO_HOOKS
+        with self.loaded() as obj:
             counts = self._counts_map(obj)
             _clear(counts)
             if self.method is Method.MAP_ITER:
                 t0 = time.monotonic()
-                obj.read_iter("count-map", _READ_SIZE)
+                self.run_iter(obj, "count-map", hooks)
                 out = FlowCounts(method=self.method.value)
             else:
-                def scan(ns: bpfobj.Netns) -> None:
-                    obj.read_iter("count-tcp", _READ_SIZE)
-                    obj.read_iter("count-udp", _READ_SIZE)
+                def scan(ns: Netns) -> None:
+                    self.run_iter(obj, "count-tcp", hooks)
+                    self.run_iter(obj, "count-udp", hooks)
 
                 t0 = time.monotonic()
-                res = bpfobj.scan_netns(scan, self.netns_paths, thread_name="socklb-flows")
+                res = self.scan(scan, hooks)
                 out = FlowCounts(method=self.method.value, netns_scanned=len(res.results), errors=res.errors,
                                  unreachable=res.unreachable)
             for k, v in counts.items():
@@ -233,17 +210,12 @@ class FlowReader:
             log.warning("flows: %s", e)
         return out
 
-    def _live(self) -> "_Object":
-        if self._obj is None:
-            raise FlowReaderError("flow reader is closed")
-        return self._obj
-
     @staticmethod
-    def _counts_map(obj: "_Object") -> kernel.BpfMap:
+    def _counts_map(obj: bpfobj.IterObject) -> kernel.BpfMap:
         # The fd belongs to the object: this BpfMap is never closed.
         return kernel.BpfMap(obj.map_fd("flow_counts"), layout.FlowCountKey, ct.c_uint64, "flow_counts")
 
-    def _check_counts(self, obj: "_Object") -> None:
+    def _check_counts(self, obj: bpfobj.IterObject) -> None:
         info = kernel.map_info(obj.map_fd("flow_counts"))
         if info.key_size != ct.sizeof(layout.FlowCountKey) or info.max_entries != layout.FLOW_COUNTS_MAX:
             raise FlowReaderError(f"flow_counts has key size {info.key_size}, {info.max_entries} entries: "

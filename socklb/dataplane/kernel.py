@@ -1,15 +1,17 @@
 """Thin bindings to the kernel facilities the dataplane uses: libbpf's
-low-level bpf() wrappers (maps, pins, cgroup links), and where cgroup v2 and
-bpffs are mounted. No policy here, only typed calls and clear errors."""
+low-level bpf() wrappers (maps, pins, cgroup links; libbpf itself is loaded
+by native.py), and where cgroup v2 and bpffs are mounted. No policy here,
+only typed calls and clear errors."""
 from __future__ import annotations
 
 import ctypes as ct
-import ctypes.util
 import enum
 import errno
 import os
 import subprocess
 from pathlib import Path
+
+from .native import libbpf
 
 
 class KernelError(OSError):
@@ -32,40 +34,6 @@ class AttachType(enum.IntEnum):
     CGROUP_INET4_GETPEERNAME = 29
     CGROUP_INET6_GETPEERNAME = 30
     CGROUP_INET_SOCK_RELEASE = 34
-
-
-def _load_libbpf() -> ct.CDLL:
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    lib = ct.CDLL(name, use_errno=True)
-    sigs = {
-        "bpf_obj_pin": ([ct.c_int, ct.c_char_p], ct.c_int),
-        "bpf_obj_get": ([ct.c_char_p], ct.c_int),
-        "bpf_link_create": ([ct.c_int, ct.c_int, ct.c_int, ct.c_void_p], ct.c_int),
-        "bpf_link_update": ([ct.c_int, ct.c_int, ct.c_void_p], ct.c_int),
-        "bpf_link_detach": ([ct.c_int], ct.c_int),
-        "bpf_map_update_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64], ct.c_int),
-        "bpf_map_lookup_elem": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
-        "bpf_map_delete_elem": ([ct.c_int, ct.c_void_p], ct.c_int),
-        "bpf_map_get_next_key": ([ct.c_int, ct.c_void_p, ct.c_void_p], ct.c_int),
-        "bpf_obj_get_info_by_fd": ([ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)], ct.c_int),
-        "bpf_prog_query": ([ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
-                            ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)], ct.c_int),
-        "libbpf_num_possible_cpus": ([], ct.c_int),
-    }
-    for fn, (args, res) in sigs.items():
-        f = getattr(lib, fn)
-        f.argtypes, f.restype = args, res
-    return lib
-
-
-_lib: ct.CDLL | None = None
-
-
-def libbpf() -> ct.CDLL:
-    global _lib
-    if _lib is None:
-        _lib = _load_libbpf()
-    return _lib
 
 
 def _check(ret: int, what: str) -> int:

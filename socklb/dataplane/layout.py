@@ -1,7 +1,12 @@
-"""Python mirror of bpf/socklb.h: the map keys and values, byte for byte.
+"""Python mirror of the headers in bpf/ that user space shares with the BPF
+programs, byte for byte: socklb.h (the datapath's map keys and values),
+flows.h (the flow reader's records), sock_destroy.h (termination: maps,
+records, limits, modes) and sock_stats.h (socket statistics records).
 
-tests/unit/test_layout.py compiles the header and compares every size and
-offset with these structures, so the two cannot drift apart silently.
+tests/unit/test_layout.py compiles the headers and compares every size,
+field offset, enum value and numeric constant with these (STRUCTS, ENUMS,
+CONSTANTS), and fails on a header struct, enum or constant with no mirror,
+so the two cannot drift apart silently.
 """
 from __future__ import annotations
 
@@ -161,7 +166,87 @@ class FlowCountKey(ct.Structure):
 FLOW_COUNTS_MAX = 65536
 
 
-# Every mirrored struct with its C name, for the layout test.
+# --- bpf/sock_destroy.h: socket termination ----------------------------------
+
+TERM_TARGETS_MAX = 16384  # max_entries of `targets`
+TERM_DSTS_MAX = 16384     # max_entries of `dsts`
+TERM_NOT_TRIED = 1        # TermRec.result of a socket not destroyed here (dry run)
+TERM_F_DSTS = 1           # TermCfg.flags: prefilter on the `dsts` map
+
+
+class TermMode(enum.IntEnum):
+    """TermCfg.mode."""
+    DESTROY = 0
+    DRY_RUN = 1
+    STATS = 2
+
+
+class TermKind(enum.IntEnum):
+    """TermRec.target_kind: which key of `targets` matched."""
+    EXACT = 1      # {frontend, backend}
+    BACKEND = 2    # {0, backend}
+    FRONTEND = 3   # {frontend, 0}
+
+
+class TermKey(ct.Structure):
+    _fields_ = [("frontend_id", ct.c_uint32), ("backend_id", ct.c_uint32)]
+
+
+class TermVal(ct.Structure):
+    _fields_ = [("matched", ct.c_uint64), ("destroyed", ct.c_uint64), ("failed", ct.c_uint64)]
+
+
+class TermCfg(ct.Structure):
+    _fields_ = [("mode", ct.c_uint32), ("flags", ct.c_uint32)]
+
+
+class TermDst(ct.Structure):
+    _fields_ = [("addr", ct.c_ubyte * 16), ("port", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class TermRec(ct.Structure):
+    """struct socklb_term_rec: one matched socket."""
+    _fields_ = [
+        ("cookie", ct.c_uint64),
+        ("src", U32x4),
+        ("dst", U32x4),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("family", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("state", ct.c_uint8),
+        ("frontend_id", ct.c_uint32),
+        ("backend_id", ct.c_uint32),
+        ("result", ct.c_int32),
+        ("target_kind", ct.c_uint32),
+    ]
+
+
+# --- bpf/sock_stats.h: socket statistics --------------------------------------
+
+class StatRec(ct.Structure):
+    """struct socklb_stat_rec: one counted socket."""
+    _fields_ = [
+        ("cookie", ct.c_uint64),
+        ("bytes_sent", ct.c_uint64),
+        ("bytes_received", ct.c_uint64),
+        ("frontend_id", ct.c_uint32),
+        ("backend_id", ct.c_uint32),
+        ("srtt_us", ct.c_uint32),
+        ("retransmits", ct.c_uint32),
+        ("drops", ct.c_uint32),
+        ("family", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("state", ct.c_uint8),
+    ]
+
+
+# --- what the layout test compares --------------------------------------------
+
+# The headers (in bpf/) of everything below.
+HEADERS = ("socklb.h", "flows.h", "sock_destroy.h", "sock_stats.h")
+
+# Every struct of those headers, by its C name.
 STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_svc_key": SvcKey,
     "socklb_svc_val": SvcVal,
@@ -173,10 +258,60 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_flow": Flow,
     "socklb_flow_rec": FlowRecord,
     "socklb_flow_count_key": FlowCountKey,
+    "socklb_term_key": TermKey,
+    "socklb_term_val": TermVal,
+    "socklb_term_cfg": TermCfg,
+    "socklb_term_dst": TermDst,
+    "socklb_term_rec": TermRec,
+    "socklb_stat_rec": StatRec,
 }
 
-# The headers those structs come from (bpf/), for the layout test.
-HEADERS = ("socklb.h", "flows.h")
+# Every enum of those headers: C name -> (mirror, prefix of its C constants).
+ENUMS: dict[str, tuple[type[enum.IntEnum], str]] = {
+    "socklb_selection": (Selection, "SOCKLB_SEL_"),
+    "socklb_backend_state": (BackendState, "SOCKLB_BE_"),
+    "socklb_counter": (Counter, "SOCKLB_CNT_"),
+    "socklb_meta": (Meta, "SOCKLB_META_"),
+    "socklb_term_mode": (TermMode, "SOCKLB_TERM_"),
+    "socklb_term_kind": (TermKind, "SOCKLB_TERM_KIND_"),
+}
+
+# Every numeric #define of those headers.
+CONSTANTS: dict[str, int] = {
+    "SOCKLB_SERVICES_MAX": SERVICES_MAX,
+    "SOCKLB_BACKENDS_MAX": BACKENDS_MAX,
+    "SOCKLB_AFFINITY_MAX": AFFINITY_MAX,
+    "SOCKLB_REV_NAT_MAX": REV_NAT_MAX,
+    "SOCKLB_FLOW_RNAT_RING": FLOW_RNAT_RING,
+    "SOCKLB_LAYOUT_VERSION": LAYOUT_VERSION,
+    "SOCKLB_FLOW_COUNTS_MAX": FLOW_COUNTS_MAX,
+    "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
+    "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,
+    "SOCKLB_TERM_NOT_TRIED": TERM_NOT_TRIED,
+    "SOCKLB_TERM_F_DSTS": TERM_F_DSTS,
+}
+
+
+def record_struct(rec: type[ct.Structure]) -> struct.Struct:
+    """A struct.Struct with the layout of a mirrored record, for parsing many
+    of them at once (iter_unpack is several times faster than a ctypes
+    object per record): one value per field in _fields_ order, integers as
+    such, arrays as raw bytes (an address: 16 bytes in network order),
+    padding skipped as the offsets say."""
+    codes = {ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q",
+             ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q"}
+    fmt, pos = "=", 0
+    for name, ctype in rec._fields_:
+        off = getattr(rec, name).offset
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += f"{ct.sizeof(ctype)}s" if issubclass(ctype, ct.Array) else codes[ctype]
+        pos = off + ct.sizeof(ctype)
+    if ct.sizeof(rec) > pos:
+        fmt += f"{ct.sizeof(rec) - pos}x"
+    out = struct.Struct(fmt)
+    assert out.size == ct.sizeof(rec), (rec, fmt)
+    return out
 
 
 # --- address and port encoding -------------------------------------------

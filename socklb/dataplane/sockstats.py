@@ -11,14 +11,15 @@ backend_port), e.g. from the agent's programmed frontends and backends.
 
 Finding: the iter/tcp and iter/udp programs of bpf/sock_stats.bpf.c read the
 agent's `flows` socket storage (the pinned map is reused, not copied) and
-emit one 48-byte record per socket whose flow record is live and whose
-connected peer is the record's backend: the same sockets socket termination
-would match. Direct connections to a backend address, unconnected UDP
-sockets, listeners, time-wait and request sockets are not counted. Building,
-loading and the per-namespace runner are shared with termination
-(bpfobj.py): each collection enters every network namespace (the host's,
-every /proc/*/ns/net, every /run/netns/*, deduplicated by the nsfs inode)
-with setns() in a dedicated thread.
+emit one 48-byte record (struct socklb_stat_rec of bpf/sock_stats.h,
+layout.StatRec) per socket whose flow record is live and whose connected
+peer is the record's backend: the same sockets socket termination would
+match. Direct connections to a backend address, unconnected UDP sockets,
+listeners, time-wait and request sockets are not counted. Building, loading
+and the per-namespace runner are shared with termination (iterrun.py): each
+collection enters every network namespace (the host's, every
+/proc/*/ns/net, every /run/netns/*, deduplicated by the nsfs inode) with
+setns() in a dedicated thread.
 
 Values (per socket, from the kernel at the time of the walk):
   TCP  bytes_sent = payload acknowledged by the peer, bytes_received =
@@ -31,7 +32,7 @@ Values (per socket, from the kernel at the time of the walk):
 They are cumulative over each socket's life: a closed socket's counts leave
 the sums with it (these are gauges of the open sockets, not counters).
 
-Limits: namespaces as terminate.py finds them (one held only by a bind mount
+Limits: namespaces as netns.py finds them (one held only by a bind mount
 elsewhere or an open fd, or entered by a single thread, is missed; one whose
 /proc entry is not readable is listed in Collection.unreachable). A socket
 that opens or closes during the walk may be missed or seen once more by the
@@ -42,8 +43,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,21 +50,17 @@ from typing import Iterable, Mapping
 
 from socklb.v1 import node_pb2, types_pb2
 
-from . import bpfobj
+from . import bpfobj, layout
+from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen
+from .netns import Netns
 
 log = logging.getLogger(__name__)
 
 SOURCE = "sock_stats.bpf.c"
 PROGRAMS = {"tcp": "socklb_stats_tcp", "udp": "socklb_stats_udp"}
 
-# struct socklb_stat_rec: cookie, bytes_sent, bytes_received, frontend_id,
-# backend_id, srtt_us, retransmits, drops, family, proto, state.
-_REC = struct.Struct("=QQQIIIIIHBB")
-assert _REC.size == 48  # _Static_assert in the C source
-
-# Nothing is destroyed here, so a record rolled back by the kernel is simply
-# shown again: read in larger chunks than termination does.
-_READ_SIZE = 64 * 1024
+# layout.StatRec, field for field, for iter_unpack.
+_REC = layout.record_struct(layout.StatRec)
 
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -137,7 +132,7 @@ def parse(data: bytes, netns: str) -> list[SocketSample]:
     return out
 
 
-class SocketStatsCollector:
+class SocketStatsCollector(IterRunner):
     """Collects per-socket statistics of load-balanced flows on this node.
 
     pin_dir: the agent's pin directory (its `flows` map is used).
@@ -149,75 +144,43 @@ class SocketStatsCollector:
     from any thread, calls are serialized. close() releases the programs.
     """
 
+    error = SocketStatsError
+    what = "collector"
+    thread_name = "socklb-sockstats"
+    # Nothing is destroyed here, so a record rolled back by the kernel is
+    # simply shown again: read in larger chunks than termination does.
+    read_size = 64 * 1024
+
     def __init__(self, pin_dir: str | Path, netns: Iterable[str | Path] | None = None,
                  cache: Path | None = None):
-        self.pin_dir = Path(pin_dir)
-        self.netns_paths = None if netns is None else [str(p) for p in netns]
-        self._lock = threading.Lock()
-        self._obj: bpfobj.IterObject | None = None
+        super().__init__(pin_dir, netns, cache)
         self.last: Collection | None = None
-        if not (self.pin_dir / "flows").exists():
-            raise SocketStatsError(f"{self.pin_dir}/flows does not exist: is the dataplane agent loaded there?")
         t0 = time.monotonic()
-        try:
-            path = bpfobj.build(SOURCE, cache=cache)
-            self._obj = _StatsObject(path, self.pin_dir, PROGRAMS)
-        except SocketStatsError:
-            raise
-        except bpfobj.BpfObjError as e:
-            raise SocketStatsError(str(e)) from e
+        self._obj = self.load(self.build(SOURCE), PROGRAMS)
         self.load_seconds = time.monotonic() - t0
-
-    def close(self) -> None:
-        with self._lock:
-            if self._obj is not None:
-                self._obj.close()
-                self._obj = None
-
-    def __enter__(self) -> "SocketStatsCollector":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def collect(self) -> list[SocketSample]:
         """Every counted socket in every namespace (see collect_report() for
         timing and per-namespace errors, also kept in self.last)."""
         return self.collect_report().samples
 
-    def collect_report(self) -> Collection:
-        with self._lock:
-            obj = self._obj
-            if obj is None:
-                raise SocketStatsError("collector is closed")
-            rep = Collection()
+    def collect_report(self, hooks: Hooks | None = None) -> Collection:
+        """One collection; hooks (iterrun.Hooks) observe it."""
+        hooks = hooks or NO_HOOKS
+        with self.loaded() as obj:
             t0 = time.monotonic()
-            if self.netns_paths is None:
-                nss = bpfobj.list_netns(unreachable=rep.unreachable)
-            else:
-                nss = bpfobj.open_netns(self.netns_paths)
-            try:
-                def scan(ns: bpfobj.Netns) -> list[SocketSample]:
-                    return (parse(obj.read_iter("tcp", _READ_SIZE), ns.ident)
-                            + parse(obj.read_iter("udp", _READ_SIZE), ns.ident))
 
-                out = bpfobj.in_each_netns(nss, scan, thread_name="socklb-sockstats")
-            finally:
-                bpfobj.close_netns(nss)
+            def scan(ns: Netns) -> list[SocketSample]:
+                return (self._parse(self.run_iter(obj, "tcp", hooks), ns, hooks)
+                        + self._parse(self.run_iter(obj, "udp", hooks), ns, hooks))
+
+            res = self.scan(scan, hooks)
+            rep = Collection(errors=res.errors, unreachable=res.unreachable, netns_scanned=len(res.results))
             seen: set[int] = set()
-            for ns, samples, err in out:
-                if err is not None:
-                    rep.errors.append(f"{ns.ident} ({ns.path}): {err}")
-                    continue
-                rep.netns_scanned += 1
-                n = 0
-                for s in samples:
-                    if s.cookie in seen:
-                        continue
-                    seen.add(s.cookie)
-                    rep.samples.append(s)
-                    n += 1
-                rep.per_netns[ns.ident] = n
+            for ns, samples in res.results:
+                kept = first_seen(samples, seen)
+                rep.samples += kept
+                rep.per_netns[ns.ident] = len(kept)
             rep.duration = time.monotonic() - t0
             for e in rep.errors:
                 log.warning("socket statistics: %s", e)
@@ -225,9 +188,12 @@ class SocketStatsCollector:
             self.last = rep
             return rep
 
-
-class _StatsObject(bpfobj.IterObject):
-    error = SocketStatsError
+    @staticmethod
+    def _parse(data: bytes, ns: Netns, hooks: Hooks) -> list[SocketSample]:
+        t = time.perf_counter()
+        out = parse(data, ns.ident)
+        hooks.parsed(time.perf_counter() - t, len(out))
+        return out
 
 
 def aggregate(samples: Iterable[SocketSample],

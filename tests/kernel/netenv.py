@@ -14,7 +14,6 @@ Safety rules:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import json
@@ -32,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from socklb.dataplane.native import setns
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CLIENT = HERE / "client.py"
@@ -39,7 +40,6 @@ CLIENT = HERE / "client.py"
 PREFIX = "socklb-test"
 BPFFS = Path("/sys/fs/bpf")
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 
 # Bounds that only keep a broken run from hanging forever; nothing asserts on them.
 AGENT_READY_TIMEOUT = 120.0
@@ -233,15 +233,6 @@ def _reap(pid: int) -> None:
 
 # --------------------------------------------------------------------------
 # network namespaces
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    if _libc.setns(fd, nstype) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
 
 class NetNS:
     """A named network namespace (``ip netns add``) with lo up and no routes

@@ -390,9 +390,11 @@ def test_dry_run_frontend_and_count(scenario, monkeypatch, tmp_path):
 
     # auto falls back to netlink when the kfunc is not in the BTF, or when
     # the kfunc program does not load; the reason is kept.
+    from socklb.dataplane import bpfobj
+
     build = term.build_object
     with monkeypatch.context() as m:
-        m.setattr(term, "btf_has_func", lambda name, path=None: False)
+        m.setattr(bpfobj, "btf_has_func", lambda name, path=None: False)
         with term.Terminator(s.agent.pin_dir) as t:
             assert t.method.value == "netlink" and "no FUNC bpf_sock_destroy" in t.unavailable["kfunc"]
     bad = tmp_path / "bad.o"

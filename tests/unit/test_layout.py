@@ -1,5 +1,9 @@
-"""The Python mirror of bpf/socklb.h agrees with the C header: same sizes,
-same field offsets, same enum values (compiled by the C compiler)."""
+"""The Python mirror (socklb/dataplane/layout.py) of the headers user space
+shares with the BPF programs (layout.HEADERS: socklb.h, flows.h,
+sock_destroy.h, sock_stats.h) agrees with them: same sizes, same field
+offsets, same enum values, same numeric constants (compiled by the C
+compiler); and every struct, enum and numeric #define of those headers has
+a mirror."""
 import json
 import re
 import shutil
@@ -11,7 +15,7 @@ import pytest
 from socklb.dataplane import layout
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
-HEADER = BPF / "socklb.h"
+DEFINE = re.compile(r"^#define (SOCKLB_\w+)\s+(\d+)\b", re.M)
 
 
 def _c_program() -> str:
@@ -27,17 +31,19 @@ def _c_program() -> str:
     for enum_name, values in _header_enums().items():
         for name in values:
             lines.append(f'printf(",\\"{name}\\": %d", (int){name});')
-    for macro in ("SOCKLB_FLOW_RNAT_RING", "SOCKLB_LAYOUT_VERSION", "SOCKLB_SERVICES_MAX",
-                  "SOCKLB_BACKENDS_MAX", "SOCKLB_AFFINITY_MAX", "SOCKLB_REV_NAT_MAX", "SOCKLB_FLOW_COUNTS_MAX"):
+    for macro in layout.CONSTANTS:
         lines.append(f'printf(",\\"{macro}\\": %d", (int){macro});')
     lines += ['printf("}");', "return 0; }"]
     return "\n".join(lines)
 
 
+def _headers() -> str:
+    return "\n".join((BPF / h).read_text() for h in layout.HEADERS)
+
+
 def _header_enums() -> dict[str, list[str]]:
-    text = HEADER.read_text()
     enums = {}
-    for name, body in re.findall(r"enum (\w+) \{(.*?)\};", text, re.S):
+    for name, body in re.findall(r"enum (\w+) \{(.*?)\};", _headers(), re.S):
         enums[name] = re.findall(r"^\s*(SOCKLB_\w+)", body, re.M)
     return enums
 
@@ -69,14 +75,8 @@ def ct_sizeof(s):
 
 def test_enums_match_header(c_layout):
     enums = _header_enums()
-    py = {
-        "socklb_selection": (layout.Selection, "SOCKLB_SEL_"),
-        "socklb_backend_state": (layout.BackendState, "SOCKLB_BE_"),
-        "socklb_counter": (layout.Counter, "SOCKLB_CNT_"),
-        "socklb_meta": (layout.Meta, "SOCKLB_META_"),
-    }
-    assert set(enums) == set(py)
-    for cenum, (pyenum, prefix) in py.items():
+    assert set(enums) == set(layout.ENUMS), "an enum of the headers has no mirror in layout.ENUMS (or the reverse)"
+    for cenum, (pyenum, prefix) in layout.ENUMS.items():
         names = [n for n in enums[cenum] if not n.endswith("_MAX")]
         assert [n.removeprefix(prefix) for n in names] == [m.name for m in pyenum]
         for n in names:
@@ -86,13 +86,13 @@ def test_enums_match_header(c_layout):
 
 
 def test_constants_match_header(c_layout):
-    assert layout.FLOW_RNAT_RING == c_layout["SOCKLB_FLOW_RNAT_RING"]
-    assert layout.LAYOUT_VERSION == c_layout["SOCKLB_LAYOUT_VERSION"]
-    assert layout.SERVICES_MAX == c_layout["SOCKLB_SERVICES_MAX"]
-    assert layout.BACKENDS_MAX == c_layout["SOCKLB_BACKENDS_MAX"]
-    assert layout.AFFINITY_MAX == c_layout["SOCKLB_AFFINITY_MAX"]
-    assert layout.REV_NAT_MAX == c_layout["SOCKLB_REV_NAT_MAX"]
-    assert layout.FLOW_COUNTS_MAX == c_layout["SOCKLB_FLOW_COUNTS_MAX"]
+    for name, value in layout.CONSTANTS.items():
+        assert value == c_layout[name], name
+    # every numeric #define of the headers is mirrored, with the value the
+    # header spells (the compiled value is checked above)
+    defined = dict(DEFINE.findall(_headers()))
+    assert set(defined) == set(layout.CONSTANTS), "a #define of the headers has no mirror in layout.CONSTANTS"
+    assert {k: int(v) for k, v in defined.items()} == layout.CONSTANTS
 
 
 def test_addresses_round_trip():
@@ -102,10 +102,37 @@ def test_addresses_round_trip():
 
 
 def test_every_header_struct_is_mirrored():
-    declared = set()
-    for h in layout.HEADERS:
-        declared |= set(re.findall(r"^struct (\w+) \{", (BPF / h).read_text(), re.M))
+    declared = set(re.findall(r"^struct (\w+) \{", _headers(), re.M))
     assert declared == set(layout.STRUCTS)
+
+
+@pytest.mark.parametrize("cname", sorted(layout.STRUCTS))
+def test_record_struct_reads_what_ctypes_writes(cname):
+    """layout.record_struct (the fast parsers' format) gives back, field by
+    field, what the ctypes mirror holds."""
+    import ctypes
+
+    pystruct = layout.STRUCTS[cname]
+    obj = pystruct()
+    raw = bytes(i % 251 + 1 for i in range(ctypes.sizeof(pystruct)))
+    ctypes.memmove(ctypes.byref(obj), raw, len(raw))
+    got = layout.record_struct(pystruct).unpack(bytes(obj))
+    want = []
+    for field, ctype in pystruct._fields_:
+        v = getattr(obj, field)
+        want.append(bytes(v) if issubclass(ctype, ctypes.Array) else v)
+    assert list(got) == want
+
+
+def test_sockstats_parser_agrees_with_the_mirror():
+    from socklb.dataplane import sockstats
+
+    values = {"cookie": 77, "bytes_sent": 1000, "bytes_received": 20, "frontend_id": 3, "backend_id": 4,
+              "srtt_us": 55, "retransmits": 1, "drops": 2, "family": 2, "proto": 6, "state": 1}
+    rec = layout.StatRec(**values)
+    got = sockstats.parse(bytes(rec) * 2 + b"\0" * 5, "net:[9]")  # a torn tail is ignored
+    assert len(got) == 2
+    assert got[0] == sockstats.SocketSample("net:[9]", 77, 3, 4, "tcp", 2, 1, 1000, 20, 55, 1, 2)
 
 
 def test_flow_record_parser_agrees_with_the_mirror():

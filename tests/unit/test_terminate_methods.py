@@ -4,13 +4,14 @@ are replaced, so this needs no root and no BPF (it used to sit among the
 kernel tests, marked as needing the agent and bcc for nothing)."""
 import pytest
 
+from socklb.dataplane import bpfobj, sockdiag
 from socklb.dataplane import terminate as term
 
 
 def test_neither_method_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "flows").touch()
-    monkeypatch.setattr(term, "btf_has_func", lambda name, path=None: False)
-    monkeypatch.setattr(term, "netlink_probe", lambda: "netlink SOCK_DESTROY is not supported (test)")
+    monkeypatch.setattr(bpfobj, "btf_has_func", lambda name, path=None: False)
+    monkeypatch.setattr(sockdiag, "probe", lambda: "netlink SOCK_DESTROY is not supported (test)")
     with pytest.raises(term.TerminationUnavailable) as e:
         term.Terminator(tmp_path)
     msg = str(e.value)

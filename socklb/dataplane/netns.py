@@ -1,0 +1,170 @@
+"""The node's network namespaces: find them, open them once each, and call a
+function inside each one. Socket iterators only see the sockets of the
+namespace their fd is created in, so the iterator tools (iterrun.py) run
+their reads through scan().
+
+    res = scan(lambda ns: read_something())       # every namespace of the node
+    res = scan(fn, ["/run/netns/a", "/proc/42/ns/net"])
+    res.results, res.errors, res.unreachable, res.duration
+
+Namespaces are found through /proc/*/ns/net (the host's is /proc/1/ns/net)
+and the named ones in /run/netns, deduplicated by the nsfs inode: one held
+only by a bind mount elsewhere or an open fd, or entered by a single thread,
+is missed; one whose /proc entry is not readable is listed as unreachable.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .native import setns
+
+
+@dataclass
+class Netns:
+    ident: str    # "net:[<inode>]"
+    path: str     # where it was found
+    fd: int
+
+
+def list_netns(extra: Iterable[str | Path] = (), unreachable: list[str] | None = None) -> list[Netns]:
+    """Every network namespace reachable on the node, once each: the host's
+    (pid 1), those of all processes, the named ones in /run/netns, and extra
+    paths. Open fds pin them until closed (close_netns). Namespaces seen (by
+    readlink) but not openable are appended to `unreachable`."""
+    cands = ["/proc/1/ns/net", "/proc/thread-self/ns/net"]
+    try:
+        cands += [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        pass
+    try:
+        cands += [str(p) for p in sorted(Path("/run/netns").iterdir())]
+    except OSError:
+        pass
+    cands += [str(p) for p in extra]
+    seen: set[tuple[int, int]] = set()
+    denied: dict[str, str] = {}  # "net:[ino]" -> path
+    out: list[Netns] = []
+    for path in cands:
+        try:
+            st = os.stat(path)
+        except PermissionError:
+            try:
+                denied.setdefault(os.readlink(path), path)
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        st = os.fstat(fd)  # the namespace actually opened (pids get reused)
+        if (st.st_dev, st.st_ino) in seen:
+            os.close(fd)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append(Netns(f"net:[{st.st_ino}]", path, fd))
+    if unreachable is not None:
+        have = {ns.ident for ns in out}
+        unreachable += [f"{ident} ({path}: permission denied)" for ident, path in denied.items()
+                        if ident not in have]
+    return out
+
+
+def open_netns(paths: Iterable[str | Path]) -> list[Netns]:
+    """The namespaces at these paths, once each (OSError if one cannot be
+    opened; nothing is left open then)."""
+    out, seen = [], set()
+    try:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen:
+                os.close(fd)
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            out.append(Netns(f"net:[{st.st_ino}]", str(p), fd))
+    except BaseException:
+        close_netns(out)
+        raise
+    return out
+
+
+def close_netns(nss: list[Netns]) -> None:
+    for ns in nss:
+        try:
+            os.close(ns.fd)
+        except OSError:
+            pass
+
+
+def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
+                  ) -> list[tuple[Netns, object, BaseException | None]]:
+    """fn(ns) in every namespace, in one dedicated thread that setns()es into
+    each in turn (the caller's threads never move) and restores its own
+    namespace at the end."""
+    results: list[tuple[Netns, object, BaseException | None]] = []
+
+    def worker():
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for ns in nss:
+                try:
+                    setns(ns.fd)
+                    results.append((ns, fn(ns), None))
+                except BaseException as e:  # report, go on with the next namespace
+                    results.append((ns, None, e))
+        finally:
+            try:
+                setns(own)
+            finally:
+                os.close(own)
+
+    t = threading.Thread(target=worker, name=thread_name, daemon=True)
+    t.start()
+    t.join()
+    return results
+
+
+@dataclass
+class NetnsScan:
+    """fn's results in every namespace that could be read."""
+
+    results: list[tuple[Netns, object]]
+    errors: list[str]       # "<ident> (<path>): <error>" of namespaces whose fn failed
+    unreachable: list[str]  # namespaces seen but not openable
+    duration: float         # seconds, all namespaces (finding them included)
+
+
+def scan(fn: Callable[[Netns], object], paths: Iterable[str | Path] | None = None,
+         thread_name: str = "socklb-netns",
+         found: Callable[[float, int], None] | None = None) -> NetnsScan:
+    """fn(ns) in every namespace of the node (paths None) or in the
+    namespaces at these paths; the namespaces are closed afterwards.
+    found(seconds, count), if given, is told how long finding and opening
+    the namespaces took."""
+    unreachable: list[str] = []
+    t0 = time.monotonic()
+    nss = list_netns(unreachable=unreachable) if paths is None else open_netns(paths)
+    if found is not None:
+        found(time.monotonic() - t0, len(nss))
+    try:
+        out = in_each_netns(nss, fn, thread_name=thread_name)
+    finally:
+        close_netns(nss)
+    res = NetnsScan([], [], unreachable, 0.0)
+    for ns, value, err in out:
+        if err is None:
+            res.results.append((ns, value))
+        else:
+            res.errors.append(f"{ns.ident} ({ns.path}): {err}")
+    res.duration = time.monotonic() - t0
+    return res

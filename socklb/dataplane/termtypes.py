@@ -1,0 +1,180 @@
+"""The typed API of socket termination (terminate.py): what to terminate
+(Target) and what a run found and did (Report, with its per-target and
+per-namespace counts and the SocketRecord of each socket, built lazily from
+the kernel's records).
+"""
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from . import layout
+from .layout import TermKind, TermRec
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """What to terminate. backend_id alone: every flow to that backend (a
+    backend id belongs to one frontend); frontend_id alone: every flow of the
+    frontend; both: flows of that frontend to that backend."""
+
+    frontend_id: int = 0
+    backend_id: int = 0
+
+    def __post_init__(self):
+        if not (self.frontend_id or self.backend_id):
+            raise ValueError("a target needs a frontend id, a backend id or both")
+        for v in (self.frontend_id, self.backend_id):
+            if not 0 <= v < 2**32:
+                raise ValueError(f"id out of range: {v}")
+
+    @classmethod
+    def backend(cls, backend_id: int) -> "Target":
+        return cls(0, backend_id)
+
+    @classmethod
+    def frontend(cls, frontend_id: int) -> "Target":
+        return cls(frontend_id, 0)
+
+    @classmethod
+    def matched(cls, kind: int, frontend_id: int, backend_id: int) -> "Target":
+        """The target a record matched, from its target_kind (layout.TermKind)
+        and the ids of its flow."""
+        if kind == TermKind.BACKEND:
+            return cls(0, backend_id)
+        if kind == TermKind.FRONTEND:
+            return cls(frontend_id, 0)
+        return cls(frontend_id, backend_id)
+
+
+@dataclass
+class TargetCount:
+    found: int = 0
+    destroyed: int = 0
+    failed: int = 0
+
+
+@dataclass
+class NetnsCount:
+    path: str           # where the namespace was found
+    found: int = 0
+    destroyed: int = 0
+    seconds: float = 0.0  # time spent in it (iterators, and netlink when used)
+
+
+@dataclass(frozen=True)
+class SocketRecord:
+    netns: str          # "net:[<inode>]"
+    cookie: int
+    family: int         # socket.AF_INET / AF_INET6
+    proto: str          # "tcp" / "udp"
+    state: int          # kernel skc_state (1 = established / connected)
+    src: str
+    sport: int
+    dst: str            # the backend the socket is connected to
+    dport: int
+    frontend_id: int
+    backend_id: int
+    target: Target
+    result: int | None  # 0 destroyed, -errno failed, None not tried (dry run)
+
+    @property
+    def destroyed(self) -> bool:
+        return self.result == 0
+
+
+_V4MAPPED = bytes(10) + b"\xff\xff"
+_PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+
+def _addr(words) -> str:
+    raw = bytes(words)
+    if raw[:12] == _V4MAPPED:  # inet_ntop: several times cheaper than ipaddress
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return layout.unpack_addr(words)
+
+
+def socket_record(netns: str, r: TermRec, result: int | None) -> SocketRecord:
+    """The SocketRecord of a kernel record; netns: the namespace's ident
+    ("net:[<inode>]"); result None: not tried."""
+    return SocketRecord(
+        netns=netns, cookie=r.cookie, family=r.family, proto=_PROTOS.get(r.proto, str(r.proto)),
+        state=r.state, src=_addr(r.src), sport=socket.ntohs(r.sport), dst=_addr(r.dst),
+        dport=socket.ntohs(r.dport), frontend_id=r.frontend_id, backend_id=r.backend_id,
+        target=Target.matched(r.target_kind, r.frontend_id, r.backend_id), result=result)
+
+
+class SocketRecords(Sequence):
+    """Report.sockets: a read-only list of SocketRecord built lazily from
+    the raw records (netns ident, TermRec, result), each item on first access
+    and cached. Compares equal to a list with the same records."""
+
+    __slots__ = ("_raw", "_made")
+
+    def __init__(self, raw: Iterable = ()):
+        self._raw = list(raw)
+        self._made: list[SocketRecord | None] = [None] * len(self._raw)
+
+    def append_raw(self, ident: str, rec: TermRec, result: int | None) -> None:
+        self._raw.append((ident, rec, result))
+        self._made.append(None)
+
+    def _item(self, i: int) -> SocketRecord:
+        s = self._made[i]
+        if s is None:
+            s = self._made[i] = socket_record(*self._raw[i])
+        return s
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._item(j) for j in range(*i.indices(len(self._raw)))]
+        if i < 0:
+            i += len(self._raw)
+        if not 0 <= i < len(self._raw):
+            raise IndexError("socket record index out of range")
+        return self._item(i)
+
+    def __iter__(self):
+        for i in range(len(self._raw)):
+            yield self._item(i)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (SocketRecords, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # mutable, like a list
+
+    def __repr__(self) -> str:
+        n = len(self._raw)
+        shown = self[:5]
+        more = f", ... {n - 5} more" if n > 5 else ""
+        return f"[{', '.join(map(repr, shown))}{more}]"
+
+
+@dataclass
+class Report:
+    method: str                 # "kfunc" | "netlink" | "none" (dry run, counting)
+    dry_run: bool
+    found: int = 0
+    destroyed: int = 0
+    failed: int = 0
+    per_target: dict[Target, TargetCount] = field(default_factory=dict)
+    duration: float = 0.0       # seconds: scan + destroy over every namespace
+    netns_scanned: int = 0
+    per_netns: dict[str, NetnsCount] = field(default_factory=dict)
+    # the sockets found (at most run(max_records=...)); a lazily built sequence
+    sockets: Sequence[SocketRecord] = field(default_factory=SocketRecords, repr=False)
+    errors: list[str] = field(default_factory=list)  # namespaces that could not be scanned
+    unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
+    passes: int = 0             # iterator passes (tcp + udp) over all namespaces
+
+    def summary(self) -> str:
+        what = "found" if self.dry_run else f"destroyed {self.destroyed}/"
+        return (f"{what}{self.found} sockets in {self.netns_scanned} netns, "
+                f"{self.duration * 1000:.1f} ms, method={self.method}")
