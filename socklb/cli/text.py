@@ -1,0 +1,189 @@
+"""The text output (-o text, the default): a table or a few lines per
+socklb.v1 message type, for people; json and yaml keep the proto field names
+for programs (socklb.cli.render)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from socklb.v1 import api_pb2, types_pb2
+
+
+def format_endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _enum_word(enum_type, value: int, prefix: str) -> str:
+    try:
+        name = enum_type.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "") -> str:
+    rows = [header] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(indent + line for line in lines)
+
+
+def _time(ts) -> str:
+    if not (ts.seconds or ts.nanos):
+        return "-"
+    return ts.ToDatetime(tzinfo=dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _age(ts) -> str:
+    if not (ts.seconds or ts.nanos):
+        return "-"
+    seconds = int(dt.datetime.now(dt.timezone.utc).timestamp() - ts.seconds)
+    return f"{max(seconds, 0)}s ago"
+
+
+def _frontend(f) -> str:
+    protocol = f.protocol or types_pb2.PROTOCOL_TCP  # unspecified is read as TCP (as Kubernetes)
+    return f"{format_endpoint(f.address, f.port)}/{_enum_word(types_pb2.Protocol, protocol, 'PROTOCOL_')}"
+
+
+def _backend_row(b) -> list[str]:
+    return [format_endpoint(b.address, b.port), str(b.weight or 1),
+            _enum_word(types_pb2.BackendState, b.state or types_pb2.BACKEND_STATE_ACTIVE, "BACKEND_STATE_"),
+            b.node or "-", b.zone or "-", _time(b.drain_deadline)]
+
+
+def _policy(svc) -> str:
+    selection = _enum_word(types_pb2.Selection, svc.selection or types_pb2.SELECTION_RANDOM, "SELECTION_")
+    mode = svc.affinity.mode or api_pb2.AFFINITY_MODE_NONE
+    affinity = _enum_word(api_pb2.AffinityMode, mode, "AFFINITY_MODE_")
+    if mode == api_pb2.AFFINITY_MODE_CLIENT:
+        affinity += f" {svc.affinity.timeout_seconds or 10800}s"
+    traffic = _enum_word(api_pb2.TrafficPolicy, svc.traffic_policy or api_pb2.TRAFFIC_POLICY_CLUSTER,
+                         "TRAFFIC_POLICY_")
+    return f"selection {selection}, affinity {affinity}, traffic {traffic}"
+
+
+def text_service(svc) -> str:
+    lines = [f"{svc.name}  (version {svc.resource_version})",
+             f"  frontends: {', '.join(_frontend(f) for f in svc.frontends) or '-'}",
+             f"  {_policy(svc)}",
+             f"  backends: {len(svc.backends)}"]
+    if svc.backends:
+        lines.append(_table(["ADDRESS", "WEIGHT", "STATE", "NODE", "ZONE", "DRAIN-DEADLINE"],
+                            [_backend_row(b) for b in svc.backends], indent="    "))
+    return "\n".join(lines)
+
+
+def _backend_summary(svc) -> str:
+    active = sum(1 for b in svc.backends if b.state in (types_pb2.BACKEND_STATE_UNSPECIFIED,
+                                                         types_pb2.BACKEND_STATE_ACTIVE))
+    return f"{active}/{len(svc.backends)}"
+
+
+def text_service_list(resp) -> str:
+    rows = [[s.name, ", ".join(_frontend(f) for f in s.frontends) or "-", _backend_summary(s),
+             str(s.resource_version)] for s in resp.services]
+    return _table(["NAME", "FRONTENDS", "ACTIVE/BACKENDS", "VERSION"], rows) + \
+        f"\n(services: {len(resp.services)}, revision {resp.revision})"
+
+
+def text_delete(resp, name: str = "") -> str:
+    what = "deleted" if resp.existed else "nothing to delete:"
+    return f"{what} {name or 'service'} (revision {resp.revision})"
+
+
+def text_nodes(resp) -> str:
+    rows = [[n.name, _enum_word(api_pb2.NodeHealth, n.health, "NODE_HEALTH_"),
+             f"{n.applied_version}/{n.desired_version}", n.replica or "-", n.kernel or "-",
+             _age(n.last_seen), n.last_error or "-"] for n in resp.nodes]
+    out = _table(["NAME", "HEALTH", "APPLIED/DESIRED", "REPLICA", "KERNEL", "LAST-SEEN", "LAST-ERROR"], rows)
+    details = [line for n in resp.nodes for line in _node_details(n)]
+    return out + ("\n\n" + "\n".join(details) if details else "")
+
+
+def _node_details(n) -> list[str]:
+    """The ways the node's duties take, the kernel features it does not
+    have (refused or missing), and the statistics it cannot read (capabilities: "yes", "no: <why>", or
+    the way a duty takes)."""
+    caps = dict(sorted(n.capabilities.items()))
+    ways = [f"{k}={v}" for k, v in caps.items() if v != "yes" and not v.startswith("no:")]
+    refused = [f"{k} ({v.removeprefix('no:').strip()})" for k, v in caps.items() if v.startswith("no:")]
+    lines = []
+    if ways:
+        lines.append(f"{n.name}: " + "  ".join(ways))
+    if refused:
+        lines.append(f"{n.name}: not available: " + "; ".join(refused))
+    if n.stats_unavailable:
+        lines.append(f"{n.name}: statistics unavailable: "
+                     + "; ".join(f"{k} ({v})" for k, v in sorted(n.stats_unavailable.items())))
+    return lines
+
+
+def text_stats(resp) -> str:
+    svc_rows = []
+    for s in resp.services:
+        svc_rows.append([s.service, "*", str(s.active_flows), "", "", "", "", ""])
+        for b in s.backends:
+            socks = {_enum_word(types_pb2.Protocol, x.protocol, "PROTOCOL_"): x for x in b.sockets}
+            tcp, udp = socks.get("tcp"), socks.get("udp")
+            svc_rows.append(["", format_endpoint(b.address, b.port), str(b.active_flows),
+                             str(sum(x.sockets for x in b.sockets)),
+                             f"{tcp.bytes_sent}/{tcp.bytes_received}" if tcp else "-",
+                             f"{tcp.srtt_us}" if tcp else "-", str(tcp.retransmits) if tcp else "-",
+                             str(udp.drops) if udp else "-"])
+    def unread(n, part, text):
+        return "?" if part in n.unavailable else text
+
+    node_rows = [[n.node, unread(n, "flows", str(n.active_flows)),
+                  unread(n, "counters", str(n.counters.translations)), unread(n, "counters", str(n.counters.no_backend)),
+                  unread(n, "counters", str(n.counters.affinity_hits)), _time(n.reported_at)] for n in resp.nodes]
+    notes = [f"{n.node}: {part} unavailable: {why}" for n in resp.nodes for part, why in sorted(n.unavailable.items())]
+    return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS", "SOCKETS", "TCP-BYTES-OUT/IN", "SRTT-US",
+                    "RETRANS", "UDP-DROPS"], svc_rows) + "\n\n" +
+            _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows)
+            + ("\n\n" + "\n".join(notes) + "\n(? = not read: the numbers above leave those nodes' parts out)"
+               if notes else ""))
+
+
+def text_termination(t) -> str:
+    head = (f"termination {t.id}  service {t.service}  trigger {t.trigger or '-'}"
+            f"{'  (dry run)' if t.dry_run else ''}  created {_time(t.created)}\n"
+            f"found {t.found}  destroyed {t.destroyed}  failed {t.failed}"
+            f"  pending {', '.join(t.pending_nodes) or '-'}")
+    rows = [[r.node, r.method or "-", str(r.found), str(r.destroyed), str(r.failed),
+             f"{r.duration_seconds * 1000:.1f} ms", str(r.namespaces), r.error or "-"] for r in t.reports]
+    out = head + "\n" + _table(["NODE", "METHOD", "FOUND", "DESTROYED", "FAILED", "TOOK", "NETNS", "ERROR"], rows)
+    socks = [[r.node, s.netns, s.state, s.source, s.destination,
+              "listed" if t.dry_run else ("destroyed" if s.result == 0 else str(s.result))]
+             for r in t.reports for s in r.sockets]
+    if socks:
+        out += "\n\n" + _table(["NODE", "NETNS", "STATE", "SOURCE", "DESTINATION", "RESULT"], socks)
+    return out
+
+
+def text_terminations(resp) -> str:
+    rows = [[t.id, t.service, t.trigger or "-", "yes" if t.dry_run else "no", str(len(t.reports)),
+             str(t.found), str(t.destroyed), ", ".join(t.pending_nodes) or "-", _time(t.created)]
+            for t in resp.terminations]
+    return _table(["ID", "SERVICE", "TRIGGER", "DRY-RUN", "NODES", "FOUND", "DESTROYED", "PENDING", "CREATED"], rows)
+
+
+def text_event(ev) -> str:
+    kind = _enum_word(api_pb2.WatchEvent.Type, ev.type, "TYPE_").upper()
+    line = f"{ev.revision} {kind} {ev.name}"
+    if ev.type == api_pb2.WatchEvent.TYPE_PUT:
+        s = ev.service
+        line += f"  frontends {', '.join(_frontend(f) for f in s.frontends) or '-'}  backends {_backend_summary(s)}"
+    return line
+
+
+# The message types with a text form; render_text shows any other as JSON.
+TEXT = {
+    api_pb2.Service: text_service,
+    api_pb2.ListServicesResponse: text_service_list,
+    api_pb2.DeleteServiceResponse: text_delete,
+    api_pb2.ListNodesResponse: text_nodes,
+    api_pb2.StatsResponse: text_stats,
+    api_pb2.WatchEvent: text_event,
+    api_pb2.Termination: text_termination,
+    api_pb2.ListTerminationsResponse: text_terminations,
+}
