@@ -11,7 +11,7 @@ What it does (everything on this machine, nothing needs root):
    connects 10 nodes and times writes: the "few services" side of the
    "cost of one update does not depend on the number of services" ratio.
    The same 10 nodes run once as lean asyncio nodes and once as the real
-   node code path (Agent(None) + SyncClient), to show the lean node is
+   node code path (Agent on in-memory maps + SyncClient), to show the lean node is
    faithful.
 3. Loads the rest up to ``--services`` through the API with a few concurrent
    clients (the load rate is reported), then has fresh nodes fetch the full
@@ -766,8 +766,8 @@ def report(b: Bench) -> tuple[list[str], list[str]]:
     x, y = find(runs, "socklb agent", a.compare_nodes, small), find(runs, "socklb lean", a.compare_nodes, small)
     if x and y:
         xr, yr = pct(x.first_recv_ms, 0.5), pct(y.first_recv_ms, 0.5)
-        heads.append(f"- Real node code path (Agent(None) + SyncClient) vs lean node, {a.compare_nodes} nodes, "
-                     f"{small} services: first node received p50 **{ratio(xr, yr):.2f}x** ({fmt(xr)} vs {fmt(yr)} ms), "
+        heads.append(f"- Real node code path (Agent on in-memory maps + SyncClient) vs lean node, "
+                     f"{a.compare_nodes} nodes, {small} services: first node received p50 **{ratio(xr, yr):.2f}x** ({fmt(xr)} vs {fmt(yr)} ms), "
                      f"server CPU per write **{ratio(x.server_cpu_ms, y.server_cpu_ms):.2f}x**; all ACKed p50 "
                      f"**{ratio(x.p50, y.p50):.2f}x** ({fmt(x.p50)} vs {fmt(y.p50)} ms: the Agent's apply, "
                      f"{fmt(x.nodes_cpu_ms / x.nodes)} ms CPU per node per write, with the {x.nodes} Agents "
@@ -893,7 +893,7 @@ def doc_section(b: Bench, body: list[str], heads: list[str], command: str) -> st
              "\"Lean\" nodes are asyncio nodes in worker processes (Hello → parse each snapshot chunk "
              "/ delta → check from_version → Ack, a StatsReport every "
              f"{a.stats_interval:g} s as real nodes send); \"agent\" nodes run the real node code path "
-             "(`Agent(None)` + `SyncClient`: validation, merge, planning, no BPF). Times run from the "
+             "(`Agent` on a `MemoryMapWriter` + `SyncClient`: validation, merge, planning, no BPF). Times run from the "
              "moment the driver sends the write to the moment the last node handed its Ack to gRPC "
              "(node-side CLOCK_MONOTONIC). \"floor\" is the peer: a bare grpc.aio server pushing the "
              "same delta to as many nodes of its own in the same worker processes (bench/convergence_floor.py: no "

@@ -8,9 +8,10 @@ streams (one channel, so one HTTP/2 connection, per node, like real nodes):
   It applies to nothing and keeps only its version, so hundreds fit in one
   process. Optionally sends a minimal StatsReport every few seconds, as real
   nodes do.
-- ``agent``: the real node code path: ``socklb.dataplane.agent.Agent(None,
-  name)`` (validation, merge, planning; no BPF) driven by the real
-  ``SyncClient`` (one thread per node, plus its stats thread).
+- ``agent``: the real node code path: ``socklb.dataplane.agent.Agent`` on a
+  ``MemoryMapWriter`` (validation, merge, planning, the plan written to
+  dictionaries; no BPF) driven by the real ``SyncClient`` (one thread per
+  node, plus its stats thread), timed through its ``SyncHooks``.
 
 The driver talks to a worker over a multiprocessing pipe with small tuples:
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from socklb.v1 import sync_pb2
+from socklb.v1 import node_pb2, sync_pb2
 
 SYNC_METHOD = "/socklb.v1.NodeSync/Sync"
 
@@ -294,17 +295,17 @@ class LeanNode(_AckLog):
                 self.snapshot_done.set_exception(RuntimeError(f"{self.name}: no snapshot"))
 
     async def _stats(self, call) -> None:
-        """What SyncClient sends with no datapath: a timestamp and "ok"."""
+        """What SyncClient sends from in-memory maps: a timestamp, zero counters and "ok"."""
         await asyncio.sleep(random.uniform(0, self.worker.stats_interval))
         while True:
-            rep = sync_pb2.StatsReport(health="ok")
+            rep = sync_pb2.StatsReport(health="ok", counters=node_pb2.Counters())
             rep.at.GetCurrentTime()
             await self.write(call, sync_pb2.NodeMessage(stats=rep).SerializeToString())
             await asyncio.sleep(self.worker.stats_interval)
 
 
 class AgentNode(_AckLog):
-    """The real dataplane code path (Agent with no datapath + SyncClient)."""
+    """The real dataplane code path (Agent on in-memory maps + SyncClient)."""
 
     def __init__(self, worker: Worker, name: str, target: str):
         super().__init__()
@@ -320,28 +321,21 @@ class AgentNode(_AckLog):
     def start(self, opts: dict) -> None:
         from socklb.dataplane.agent import Agent
         from socklb.dataplane.desired import Limits
-        from socklb.dataplane.sync_client import SyncClient
+        from socklb.dataplane.sync_client import SyncClient, SyncHooks
+        from socklb.dataplane.writer import MemoryMapWriter
 
-        node = self
-        agent = Agent(None, self.name)
-        if opts.get("limits"):  # (services, backends) map capacities
-            agent.limits = Limits(services=opts["limits"][0], backends=opts["limits"][1])
+        limits = opts.get("limits")  # (services, backends) map capacities
+        writer = MemoryMapWriter(Limits(services=limits[0], backends=limits[1]) if limits else Limits())
+        agent = Agent(writer, self.name)
 
-        class BenchSyncClient(SyncClient):
-            def _hello(self):
-                node.t_hello = time.monotonic()
-                return super()._hello()
+        def hello() -> None:
+            self.t_hello = time.monotonic()
 
-            def _handle(self, msg, chunks):
-                t_recv = time.monotonic()
-                reply = super()._handle(msg, chunks)
-                if reply is not None:
-                    t = time.monotonic()
-                    node.loop.call_soon_threadsafe(node._on_reply, reply, t, t_recv)
-                return reply
+        def replied(reply: sync_pb2.NodeMessage, t_recv: float) -> None:
+            self.loop.call_soon_threadsafe(self._on_reply, reply, time.monotonic(), t_recv)
 
         stats = self.worker.stats_interval if self.worker.stats_interval > 0 else 1e9
-        self.client = BenchSyncClient(agent, [self.target], stats_interval=stats)
+        self.client = SyncClient(agent, [self.target], stats_interval=stats, hooks=SyncHooks(hello, replied))
         self.client.start()
 
     def _on_reply(self, reply: sync_pb2.NodeMessage, t: float, t_recv: float) -> None:

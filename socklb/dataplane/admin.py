@@ -53,7 +53,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
 
     def DumpServices(self, request, context):
         out = node_pb2.DumpServicesResponse()
-        for fe in sorted(self.agent.programmed.frontends.values(), key=lambda f: f.id):
+        for fe in self.agent.catalog.current().frontends():
             out.frontends.append(node_pb2.ProgrammedFrontend(
                 id=fe.id, service=fe.service, frontend=frontend_pb(fe.key.addr, fe.key.port, fe.key.proto),
                 selection=SELECTIONS_PB[fe.selection], affinity_timeout_seconds=fe.affinity_timeout,
@@ -62,7 +62,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
 
     def DumpBackends(self, request, context):
         out = node_pb2.DumpBackendsResponse()
-        for b in sorted(self.agent.programmed.backends.values(), key=lambda b: b.id):
+        for b in self.agent.catalog.current().backends():
             out.backends.append(node_pb2.ProgrammedBackend(
                 id=b.id, frontend_id=b.frontend_id, address=layout.addr_text(b.addr),
                 port=b.port, protocol=protocols.TO_PB.get(b.proto, 0), state=STATES_PB[b.state]))
@@ -70,7 +70,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
 
     def DumpFlows(self, request, context):
         try:
-            dump = self.agent.flow_dump()
+            dump = self.agent.statistics.flow_dump()
         except Unavailable as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"flows cannot be read on this node: {e}")
         out = node_pb2.DumpFlowsResponse(method=dump.method, duration_seconds=dump.duration,
@@ -83,7 +83,7 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
         return out
 
     def GetCounters(self, request, context):
-        return self.agent.counters()
+        return self.agent.statistics.counters()
 
     def Terminate(self, request, context):
         if not request.service:
@@ -93,18 +93,17 @@ class NodeAdminServicer(node_pb2_grpc.NodeAdminServicer):
 
     def GetSocketStats(self, request, context):
         try:
-            return node_pb2.SocketStatsResponse(stats=self.agent.socket_stats())
+            return node_pb2.SocketStatsResponse(stats=self.agent.statistics.socket_stats(self.agent.catalog))
         except Unavailable as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"socket statistics cannot be read on this node: {e}")
 
     def DumpTerminations(self, request, context):
-        t = self.agent.terminations
-        return node_pb2.TerminationReports(reports=list(t.recent) if t is not None else [])
+        return node_pb2.TerminationReports(reports=self.agent.terminations.recent())
 
     def GetInfo(self, request, context):
-        dp = self.agent.datapath
-        return node_pb2.NodeInfo(node=self.agent.node, cgroup=str(dp.cgroup), pin_dir=str(dp.pin_dir),
-                                 applied_version=self.agent.applied_version, adopted=dp.adopted,
+        where = self.agent.writer.placement()
+        return node_pb2.NodeInfo(node=self.agent.node, cgroup=where.cgroup, pin_dir=where.pin_dir,
+                                 applied_version=self.agent.applied_version, adopted=where.adopted,
                                  kernel=platform.release(), capabilities=self.agent.capabilities())
 
 

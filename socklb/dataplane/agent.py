@@ -1,11 +1,13 @@
-"""The node agent's core: owns the datapath and applies desired states to it,
-all or nothing."""
+"""The node agent's core: applies desired states to the node's maps, all or
+nothing, through the parts it is given (map writer, terminations,
+statistics)."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from socklb.lb.errors import InvalidState
@@ -14,13 +16,13 @@ from socklb.lb.names import check_name
 from socklb.observability import metrics
 from socklb.v1 import node_pb2
 
-from . import desired, features, layout, stats
-from .desired import Limits, check_capacity_delta, frontend_targets, totals
-from .loader import Datapath
-from .maps import MapStore
+from . import desired
+from .catalog import Catalog
+from .desired import check_capacity_delta, frontend_targets, totals
 from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
-from .sockstats import aggregate
-from .terminations import Job, TerminationService, removed_targets, request_job, to_report
+from .stats import MemoryStatistics, Statistics
+from .terminations import MemoryTerminations, Terminations
+from .writer import MapWriter
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +45,35 @@ class ApplyResult:
 
 
 class Agent:
-    """With datapath None the agent validates, plans and keeps state but
-    programs nothing: a node that "applies to nothing", for tests and the
-    convergence benchmark."""
+    """Applies desired states to its map writer, all or nothing, and keeps
+    what it applied: the desired services (by name) and, in its catalog,
+    what is programmed. Its parts are given to it:
 
-    def __init__(self, datapath: Datapath | None, node: str, terminate_method: str = "auto",
-                 flow_method: str = "auto"):
-        self.datapath = datapath
+    writer        where plans are written (writer.MapWriter: maps.BpfMapWriter,
+                  or writer.MemoryMapWriter for a node that programs no kernel)
+    terminations  told what each apply removed, asked for explicit requests
+                  (terminations.Terminations; MemoryTerminations by default)
+    statistics    counters, flows and socket statistics (stats.Statistics;
+                  MemoryStatistics by default)
+    capabilities  the probed kernel features and each duty's way, as reported
+
+    kernel_agent.load_agent() builds the agent of a real node."""
+
+    def __init__(self, writer: MapWriter, node: str, terminations: Terminations | None = None,
+                 statistics: Statistics | None = None, capabilities: Mapping[str, str] | None = None):
+        self.writer = writer
         self.node = node
-        self.terminate_method = terminate_method
-        self.flow_method = flow_method
-        self.terminations: TerminationService | None = None  # once the datapath is loaded
-        self.parts: features.Parts | None = None              # the iterator parts, probed at start
-        self.limits = (Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
-                       if datapath is not None else Limits())
+        self.terminations = terminations if terminations is not None else MemoryTerminations(node)
+        self.statistics = statistics if statistics is not None else MemoryStatistics()
+        self._capabilities = dict(capabilities or {})
+        self.limits = writer.limits
         self._lock = threading.Lock()
-        self.store: MapStore | None = None
-        self.programmed = Programmed()
+        # What the maps hold, read back (after a restart: what the previous
+        # agent programmed, with no service names), and published to readers.
+        self._programmed = writer.read_programmed()
+        self.applied_version = writer.read_version()
+        self.catalog = Catalog()
+        self.catalog.publish(self._programmed)
         # Services of the last applied state by name; None after a restart
         # until a full state arrives (the maps hold addresses, not names and
         # weights). With them the targets, and which service owns which
@@ -70,28 +84,10 @@ class Agent:
         self.keys_of: dict[str, tuple] = {}
         self._totals = (0, 0)
         self._pending_totals = (0, 0)
-        self.applied_version = 0
-
-    def start(self) -> None:
-        if self.datapath is None:
-            return
-        self.datapath.load()
-        self.store = MapStore(self.datapath.maps)
-        self.programmed = self.store.read_programmed()
-        self.applied_version = self.store.meta_get(layout.Meta.VERSION)
-        log.info("programmed state read back: %d frontends, %d backends, version %d",
-                 len(self.programmed.frontends), len(self.programmed.backends), self.applied_version)
-        # Each optional kernel feature is probed once, here: the duties
-        # (flows, termination, socket statistics) take their way from the
-        # answers, and one refused feature leaves the others running.
-        self.parts = features.load(self.datapath.pin_dir, self.flow_method, self.terminate_method)
-        self.terminations = TerminationService(
-            self.node, self.parts.terminator, self.parts.errors.get("sock_destroy", "").removeprefix("none: "))
-        log.info("kernel features: %s", self.parts.features.summary())
 
     def capabilities(self) -> dict[str, str]:
-        """The probed kernel features and each duty's way (empty without a datapath)."""
-        return self.parts.features.capabilities() if self.parts is not None else {}
+        """The probed kernel features and each duty's way (none given: empty)."""
+        return dict(self._capabilities)
 
     @property
     def applied(self) -> node_pb2.NodeState | None:
@@ -124,8 +120,8 @@ class Agent:
                 state, rejected = desired.isolate(state, self.services, self.limits)
                 targets = frontend_targets(state, self.limits)
             with self._lock:
-                plan = make_plan(self.programmed, targets)
-                result = self._execute(plan, state.version, state, start)
+                plan = make_plan(self._programmed, targets)
+                result = self._execute(plan, state.version, state, start, touched=None)
                 self.services = {s.name: s for s in state.services}
                 self.targets = targets
                 keys: dict[str, list] = {}
@@ -150,9 +146,10 @@ class Agent:
                                    "send a full state")
             changed, new_targets = self._check_delta(delta)
             old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
-            plan = make_plan(self.programmed, new_targets, only=old_keys | set(new_targets))
+            touched = old_keys | set(new_targets)
+            plan = make_plan(self._programmed, new_targets, only=touched)
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
-            result = self._execute(plan, delta.version, upserts, start)
+            result = self._execute(plan, delta.version, upserts, start, touched)
             for name in delta.removals:
                 self.services.pop(name, None)
                 self.keys_of.pop(name, None)
@@ -200,20 +197,23 @@ class Agent:
             self._totals, [self.targets[k] for k in old_keys if k in self.targets], new_targets.values(), self.limits)
         return changed, new_targets
 
-    def _execute(self, plan, version: int, state, start: float) -> ApplyResult:
-        if self.store is not None:
-            try:
-                self.store.execute(plan)
-            except Exception:
-                log.exception("map update failed; restoring the previous state")
-                self._restore(self.programmed)
-                raise
-            self.store.meta_set(layout.Meta.VERSION, version)
-        before, self.programmed = self.programmed, plan.result
-        self._terminate_removed(before, plan, state)
+    def _execute(self, plan, version: int, state, start: float, touched) -> ApplyResult:
+        """Write a plan, publish its result and tell the terminations what it
+        removed (touched: the frontend keys a delta plan looked at, None for
+        a whole state)."""
+        try:
+            self.writer.execute(plan)
+        except Exception:
+            log.exception("map update failed; restoring the previous state")
+            self._restore(self._programmed)
+            raise
+        self.writer.write_version(version)
+        self._programmed = plan.result
+        before = self.catalog.publish(plan.result, plan, touched)
+        self.terminations.after_apply(before, plan, state)
         self.applied_version = version
-        metrics.programmed.labels("frontends").set(len(self.programmed.frontends))
-        metrics.programmed.labels("backends").set(len(self.programmed.backends))
+        metrics.programmed.labels("frontends").set(len(self._programmed.frontends))
+        metrics.programmed.labels("backends").set(len(self._programmed.backends))
         result = ApplyResult(
             version=version,
             frontends_written=plan.count(PutMaster),
@@ -225,96 +225,23 @@ class Agent:
         log.info("applied version %d: %s", version, result)
         return result
 
-    def _terminate_removed(self, before: Programmed, plan, state) -> None:
-        if self.terminations is None:
-            return
-        by_id = None
-        for op in plan.ops:
-            if isinstance(op, DeleteBackend) and op.id in before.backends:
-                if by_id is None:
-                    by_id = {f.id: f for f in before.frontends.values()}
-                b = before.backends[op.id]
-                fe = by_id.get(b.frontend_id)
-                if fe is not None:
-                    self.terminations.graveyard.bury(fe.service, fe.id, b.id,
-                                                     (layout.addr_text(b.addr), b.port))
-        for job in removed_targets(before, plan, state, state.version):
-            self.terminations.submit(job)
-
     def terminate(self, service: str, backends, dry_run: bool, job_id: str, wait: bool = True):
-        """Terminate (or list) the flows of a service's backends on this node."""
-        with self._lock:
-            job = request_job(job_id, service, backends, dry_run, self.programmed,
-                              self.terminations.graveyard) if self.terminations else None
-        if job is None:
-            return to_report(Job(job_id, service, "request", dry_run, (), {}), self.node, None,
-                             error="this node programs no datapath")
-        if wait:
-            return self.terminations.run_now(job)
-        self.terminations.run_later(job)
-        return None
-
-    def counters(self) -> node_pb2.Counters:
-        """The datapath's counters, summed over CPUs (zero without a datapath)."""
-        if self.store is None:
-            return node_pb2.Counters()
-        c = self.store.counters_sum()
-        C = layout.Counter
-        return node_pb2.Counters(
-            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
-            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
-            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
-
-    def _part(self, duty: str):
-        part = getattr(self.parts, duty, None) if self.parts is not None else None
-        if part is None:
-            why = self.parts.errors.get(duty, "not loaded") if self.parts is not None else "no datapath"
-            raise features.Unavailable(why.removeprefix("none: "))
-        return part
-
-    def flow_dump(self):
-        """Every live flow record on the node (flows.FlowDump)."""
-        return self._part("flows").read()
-
-    def flow_counts(self) -> list:
-        """Open flows per service and backend (sync_pb2.FlowCount)."""
-        counted = self._part("flows").count()
-        with self._lock:
-            names = {fe.id: fe.service for fe in self.programmed.frontends.values()}
-        return stats.flow_counts(counted.counts, names)
-
-    def socket_stats(self) -> list:
-        """Socket statistics of load-balanced flows, per service and backend."""
-        collector = self._part("socket_stats")
-        with self._lock:
-            names = {}
-            if self.terminations is not None:
-                for (fid, bid), (svc, name) in self.terminations.graveyard.items():
-                    names[(fid, bid)] = (svc, *name)
-            by_id = {fe.id: fe for fe in self.programmed.frontends.values()}
-            for b in self.programmed.backends.values():
-                fe = by_id.get(b.frontend_id)
-                if fe is not None:
-                    names[(fe.id, b.id)] = (fe.service, layout.addr_text(b.addr), b.port)
-        return aggregate(collector.collect(), names)
+        """Terminate (or list) the flows of a service's backends on this node:
+        the report, or None when not waiting (it goes to the terminations'
+        listeners)."""
+        return self.terminations.request(job_id, service, backends, dry_run, self.catalog, wait)
 
     def stats_parts(self) -> dict:
-        """The parts of the node's statistics report (stats.StatsReporter);
-        none without a datapath."""
-        if self.datapath is None:
-            return {}
-        return {"counters": self.counters, "flows": self.flow_counts, "socket_stats": self.socket_stats}
+        """The parts of the node's statistics report (stats.StatsReporter)."""
+        return self.statistics.report_parts(self.catalog)
 
     def close(self) -> None:
-        if self.terminations is not None:
-            self.terminations.close()
-        if self.parts is not None:
-            self.parts.close()
+        self.terminations.close()
+        self.statistics.close()
 
     def _restore(self, previous: Programmed) -> None:
-        current = self.store.read_programmed()
-        plan = make_plan(current, targets_of(previous))
-        self.store.execute(plan)
+        current = self.writer.read_programmed()
+        self.writer.execute(make_plan(current, targets_of(previous)))
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ FLOW_READERS = ("auto", "map-iter", "socket-iter")
 def cmd_run(args) -> int:
     # The agent's modules take ~0.15 s to import: only `run` pays for them, not the admin commands.
     from . import admin
-    from .agent import Agent
+    from .kernel_agent import load_agent
     from .sync_client import SyncClient
 
     if args.flow_reader not in FLOW_READERS:  # argparse does not check a default from the environment
@@ -74,9 +74,8 @@ def cmd_run(args) -> int:
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
-    agent = Agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
     try:
-        agent.start()
+        agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
     except (LoadError, OSError) as e:
         raise CliError(f"cannot load the datapath: {e}") from e
 
@@ -120,8 +119,7 @@ def cmd_run(args) -> int:
         metrics.serve(args.metrics_listen)
     except (OSError, ValueError) as e:
         raise CliError(f"--metrics-listen {args.metrics_listen}: {e}") from e
-    if agent.store is not None:
-        metrics.register(lambda: metrics.bpf_counter_families(agent.store.counters_sum()))
+    metrics.register(lambda: metrics.bpf_counter_families(agent.statistics.counter_values()))
     log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
     try:
         while not stop.wait(1.0):

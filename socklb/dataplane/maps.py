@@ -1,6 +1,7 @@
-"""Reads the programmed state out of the pinned maps and executes plans
-against them. The maps are the truth: after a restart the agent rebuilds
-everything it needs from them."""
+"""The map writer of a loaded datapath: reads the programmed state out of
+the pinned BPF maps and writes plans to them (writer.MapWriter). The maps
+are the truth: after a restart the agent rebuilds everything it needs from
+them."""
 from __future__ import annotations
 
 import ctypes as ct
@@ -8,9 +9,10 @@ import ctypes as ct
 from socklb.lb.frontends import FrontendKey
 
 from . import layout
-from .kernel import BpfMap
-from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
-                   ProgrammedFrontend, PutBackend, PutMaster, PutSlot)
+from .desired import Limits
+from .loader import Datapath
+from .plan import Programmed, ProgrammedBackend
+from .writer import MapWriter, Master, Placement, read_back
 
 
 def _svc_key(key: FrontendKey, slot: int) -> layout.SvcKey:
@@ -22,77 +24,64 @@ def _frontend_key(k: layout.SvcKey) -> FrontendKey:
     return FrontendKey(bytes(k.addr), layout.port_host(k.port), k.proto)
 
 
-class MapStore:
-    def __init__(self, maps: dict[str, BpfMap]):
+class BpfMapWriter(MapWriter):
+    """The services, backends, meta and counters maps of a loaded Datapath."""
+
+    def __init__(self, datapath: Datapath):
+        self.datapath = datapath
+        maps = datapath.maps
         self.services = maps["services"]
         self.backends = maps["backends"]
-        self.affinity = maps["affinity"]
-        self.rev_nat = maps["rev_nat"]
         self.counters = maps["counters"]
         self.meta = maps["meta"]
+        self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
 
-    # --- meta -------------------------------------------------------------
-    def meta_get(self, idx: layout.Meta) -> int:
-        v = self.meta.lookup(ct.c_uint32(idx))
-        return v.value if v is not None else 0
+    def placement(self) -> Placement:
+        dp = self.datapath
+        return Placement(str(dp.cgroup), str(dp.pin_dir), dp.adopted)
 
-    def meta_set(self, idx: layout.Meta, value: int) -> None:
-        self.meta.update(ct.c_uint32(idx), ct.c_uint64(value))
-
-    # --- read back --------------------------------------------------------
-    def read_programmed(self, names: dict[FrontendKey, str] | None = None) -> Programmed:
-        masters: dict[FrontendKey, layout.SvcVal] = {}
+    def read_programmed(self) -> Programmed:
+        masters: dict[FrontendKey, Master] = {}
         slots: dict[FrontendKey, dict[int, int]] = {}
         for k, v in self.services.items():
             fk = _frontend_key(k)
             if k.slot == 0:
-                masters[fk] = v
+                masters[fk] = Master(v.id, v.count, v.affinity_timeout, layout.Selection(v.selection))
             else:
                 slots.setdefault(fk, {})[k.slot] = v.id
-        prog = Programmed()
-        for fk, m in masters.items():
-            s = slots.get(fk, {})
-            table = tuple(s.get(i, 0) for i in range(1, m.count + 1))
-            prog.frontends[fk] = ProgrammedFrontend(
-                m.id, fk, layout.Selection(m.selection), m.affinity_timeout, table,
-                (names or {}).get(fk, ""))
-        for k, b in self.backends.items():
-            prog.backends[k.value] = ProgrammedBackend(
-                k.value, b.frontend_id, bytes(b.addr), layout.port_host(b.port), b.proto,
-                layout.BackendState(b.state))
-        prog.reindex()
-        ids_fe = [f.id for f in prog.frontends.values()]
-        ids_be = list(prog.backends)
-        prog.next_frontend_id = max([self.meta_get(layout.Meta.NEXT_FRONTEND_ID), 1, *(i + 1 for i in ids_fe)])
-        prog.next_backend_id = max([self.meta_get(layout.Meta.NEXT_BACKEND_ID), 1, *(i + 1 for i in ids_be)])
-        return prog
+        backends = [ProgrammedBackend(k.value, b.frontend_id, bytes(b.addr), layout.port_host(b.port), b.proto,
+                                      layout.BackendState(b.state)) for k, b in self.backends.items()]
+        return read_back(masters, slots, backends, self.get_meta(layout.Meta.NEXT_FRONTEND_ID),
+                         self.get_meta(layout.Meta.NEXT_BACKEND_ID))
 
-    # --- write ------------------------------------------------------------
-    def execute(self, plan: Plan) -> None:
-        # Ids first, so that a crash mid-plan never lets an id be handed out twice.
-        self.meta_set(layout.Meta.NEXT_FRONTEND_ID, plan.result.next_frontend_id)
-        self.meta_set(layout.Meta.NEXT_BACKEND_ID, plan.result.next_backend_id)
-        for op in plan.ops:
-            match op:
-                case PutBackend(b):
-                    self.backends.update(ct.c_uint32(b.id), layout.Backend(
-                        addr=layout.pack_addr(b.addr), port=layout.port_be(b.port), proto=b.proto,
-                        state=int(b.state), frontend_id=b.frontend_id))
-                case PutSlot(key, slot, backend_id):
-                    self.services.update(_svc_key(key, slot), layout.SvcVal(id=backend_id))
-                case PutMaster(fe):
-                    self.services.update(_svc_key(fe.key, 0), layout.SvcVal(
-                        id=fe.id, count=len(fe.slots), affinity_timeout=fe.affinity_timeout,
-                        selection=int(fe.selection)))
-                case DeleteSlot(key, slot):
-                    self.services.delete(_svc_key(key, slot))
-                case DeleteMaster(key):
-                    self.services.delete(_svc_key(key, 0))
-                case DeleteBackend(i):
-                    self.backends.delete(ct.c_uint32(i))
-                case _:
-                    raise TypeError(f"unknown op {op!r}")
+    # --- entries ------------------------------------------------------------
+    def get_meta(self, idx: layout.Meta) -> int:
+        v = self.meta.lookup(ct.c_uint32(idx))
+        return v.value if v is not None else 0
 
-    # --- counters -----------------------------------------------------------
-    def counters_sum(self) -> dict[layout.Counter, int]:
+    def set_meta(self, idx: layout.Meta, value: int) -> None:
+        self.meta.update(ct.c_uint32(idx), ct.c_uint64(value))
+
+    def put_backend(self, b: ProgrammedBackend) -> None:
+        self.backends.update(ct.c_uint32(b.id), layout.Backend(
+            addr=layout.pack_addr(b.addr), port=layout.port_be(b.port), proto=b.proto, state=int(b.state),
+            frontend_id=b.frontend_id))
+
+    def put_slot(self, key: FrontendKey, slot: int, backend_id: int) -> None:
+        self.services.update(_svc_key(key, slot), layout.SvcVal(id=backend_id))
+
+    def put_master(self, key: FrontendKey, master: Master) -> None:
+        self.services.update(_svc_key(key, 0), layout.SvcVal(
+            id=master.id, count=master.count, affinity_timeout=master.affinity_timeout,
+            selection=int(master.selection)))
+
+    def delete_slot(self, key: FrontendKey, slot: int) -> None:
+        self.services.delete(_svc_key(key, slot))
+
+    def delete_backend(self, backend_id: int) -> None:
+        self.backends.delete(ct.c_uint32(backend_id))
+
+    # --- counters (written by the programs) ----------------------------------
+    def counter_values(self) -> dict[layout.Counter, int]:
+        """The datapath's counters, summed over CPUs."""
         return {c: sum(v.value for v in self.counters.lookup_percpu(ct.c_uint32(c))) for c in layout.Counter}

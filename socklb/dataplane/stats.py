@@ -1,9 +1,11 @@
-"""The node's statistics report, built part by part: a part that cannot be
-read (flows, socket statistics, counters) is left out and named with its
-reason in the report; the other parts still go out.
+"""The node's statistics: the part of the agent that reads counters, flows
+and socket statistics (Statistics: KernelStatistics on a loaded datapath,
+MemoryStatistics for a node whose maps are in memory), names them through
+the agent's catalog, and the report built from them part by part: a part
+that cannot be read is left out and named with its reason in the report;
+the other parts still go out.
 
-    reporter = StatsReporter({"counters": agent.counters, "flows": agent.flow_counts,
-                              "socket_stats": agent.socket_stats})
+    reporter = StatsReporter(agent.statistics.report_parts(agent.catalog))
     report = reporter.report()     # sync_pb2.StatsReport
     report.unavailable             # part -> why it is missing this time
 
@@ -14,15 +16,20 @@ log), and its recovery once.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 from google.protobuf import timestamp_pb2
 
-from socklb.v1 import sync_pb2
+from socklb.v1 import node_pb2, sync_pb2
 
 from . import layout
 from .bpfobj import first_line
+from .catalog import Catalog
+from .features import Parts, Unavailable
+from .flows import Flow, FlowDump
+from .sockstats import SocketSample, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +87,113 @@ def flow_counts(counts: Mapping[tuple[int, bytes, int], int], names: Mapping[int
             per[(name, layout.addr_text(addr), layout.port_host(port))] += n
     return [sync_pb2.FlowCount(service=name, backend_address=addr, backend_port=port, active=n)
             for (name, addr, port), n in sorted(per.items())]
+
+
+FlowCountMap = Mapping[tuple[int, bytes, int], int]  # as flows.FlowCounts.counts
+
+
+class Statistics(ABC):
+    """A node's statistics part. A reading that cannot be made raises
+    (features.Unavailable where the node has no way to make it)."""
+
+    @abstractmethod
+    def counter_values(self) -> dict[layout.Counter, int]:
+        """The datapath's counters (summed over CPUs)."""
+
+    @abstractmethod
+    def flow_dump(self) -> FlowDump:
+        """Every live flow record on the node."""
+
+    @abstractmethod
+    def count_flows(self) -> FlowCountMap:
+        """Open flows per (frontend id, backend address, backend port), as flows.FlowCounts.counts."""
+
+    @abstractmethod
+    def socket_samples(self) -> list[SocketSample]:
+        """Every load-balanced socket (sockstats.SocketStatsCollector.collect)."""
+
+    def counters(self) -> node_pb2.Counters:
+        c = self.counter_values()
+        C = layout.Counter
+        return node_pb2.Counters(
+            translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
+            no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
+            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
+
+    def flow_counts(self, catalog: Catalog) -> list[sync_pb2.FlowCount]:
+        """Open flows per service and backend."""
+        counted = self.count_flows()
+        return flow_counts(counted, catalog.current().frontend_services())
+
+    def socket_stats(self, catalog: Catalog) -> list[node_pb2.SocketStats]:
+        """Socket statistics of load-balanced flows, per service and backend."""
+        samples = self.socket_samples()
+        return aggregate(samples, catalog.backend_names())
+
+    def report_parts(self, catalog: Catalog) -> dict[str, Callable[[], object]]:
+        """The parts of the node's statistics report (StatsReporter)."""
+        return {"counters": self.counters, "flows": lambda: self.flow_counts(catalog),
+                "socket_stats": lambda: self.socket_stats(catalog)}
+
+    def close(self) -> None:
+        pass
+
+
+class KernelStatistics(Statistics):
+    """Reads a loaded datapath: its counters map (`counters`, e.g.
+    maps.BpfMapWriter.counter_values) and the iterator parts probed at start
+    (features.Parts: the flow reader and the socket statistics collector,
+    closed with this part)."""
+
+    def __init__(self, counters: Callable[[], dict[layout.Counter, int]], parts: Parts):
+        self._counters = counters
+        self._parts = parts
+
+    def _way(self, duty: str):
+        part = getattr(self._parts, duty)
+        if part is None:
+            raise Unavailable(self._parts.errors.get(duty, "not loaded").removeprefix("none: "))
+        return part
+
+    def counter_values(self) -> dict[layout.Counter, int]:
+        return self._counters()
+
+    def flow_dump(self) -> FlowDump:
+        return self._way("flows").read()
+
+    def count_flows(self) -> FlowCountMap:
+        return self._way("flows").count().counts
+
+    def socket_samples(self) -> list[SocketSample]:
+        return self._way("socket_stats").collect()
+
+    def close(self) -> None:
+        for part in (self._parts.flows, self._parts.socket_stats):
+            if part is not None:
+                part.close()
+
+
+class MemoryStatistics(Statistics):
+    """The statistics of a node whose maps are in memory: no program runs,
+    so they are what was put here (tests set them): `values` (counters, all
+    zero at first), `counts` (open flows, as flows.FlowCounts.counts),
+    `samples` (sockstats.SocketSample) and `flows` (flows.Flow records);
+    none at first."""
+
+    def __init__(self):
+        self.values: dict[layout.Counter, int] = dict.fromkeys(layout.Counter, 0)
+        self.counts: dict[tuple[int, bytes, int], int] = {}
+        self.samples: list[SocketSample] = []
+        self.flows: list[Flow] = []
+
+    def counter_values(self) -> dict[layout.Counter, int]:
+        return dict(self.values)
+
+    def flow_dump(self) -> FlowDump:
+        return FlowDump(list(self.flows), "memory")
+
+    def count_flows(self) -> FlowCountMap:
+        return dict(self.counts)
+
+    def socket_samples(self) -> list[SocketSample]:
+        return list(self.samples)

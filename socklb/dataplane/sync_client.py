@@ -11,6 +11,8 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
@@ -38,11 +40,26 @@ CLIENT_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class SyncHooks:
+    """Where a measurement (bench/convergence_nodes.py) observes the stream,
+    called on the session's thread: `hello()` as the Hello is built, right
+    before it goes to gRPC; `replied(reply, received)` after a control
+    message was handled, right before its reply (Ack / Nack) goes to gRPC,
+    with the time.monotonic() at which the message had arrived."""
+
+    hello: Callable[[], None] = lambda: None
+    replied: Callable[[sync_pb2.NodeMessage, float], None] = lambda reply, received: None
+
+
+NO_HOOKS = SyncHooks()
+
+
 class SyncClient:
     def __init__(self, agent: Agent, servers: list[str], stats_interval: float = 5.0,
                  capabilities: dict[str, str] | None = None, max_backoff: float = 5.0,
                  connect_timeout: float = 3.0, credentials: grpc.ChannelCredentials | None = None,
-                 token: str = ""):
+                 token: str = "", hooks: SyncHooks = NO_HOOKS):
         if not servers:
             raise ValueError("at least one control-plane address is needed")
         self.agent = agent
@@ -53,6 +70,7 @@ class SyncClient:
         self.connect_timeout = connect_timeout
         self.credentials = credentials
         self.metadata = token_metadata(token)
+        self.hooks = hooks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None
@@ -62,8 +80,7 @@ class SyncClient:
         self._out: queue.Queue | None = None
         self._out_lock = threading.Lock()
         self.reporter = StatsReporter(agent.stats_parts())
-        if agent.terminations is not None:
-            agent.terminations.listeners.append(self._report)
+        agent.terminations.listen(self._report)
 
     def _report(self, report: node_pb2.TerminationReport) -> None:
         msg = sync_pb2.NodeMessage(termination=report)
@@ -109,6 +126,7 @@ class SyncClient:
             backoff = min(backoff * 2, self.max_backoff)
 
     def _hello(self) -> sync_pb2.NodeMessage:
+        self.hooks.hello()
         state = self.agent.state() if self.agent.applied is not None else None
         hello = sync_pb2.Hello(
             node=self.agent.node, applied_version=self.agent.applied_version,
@@ -163,8 +181,10 @@ class SyncClient:
             log.info("connected to control plane %s", target)
             chunks: list[node_pb2.ServiceState] = []
             for msg in responses:
+                received = time.monotonic()
                 reply = self._handle(msg, chunks)
                 if reply is not None:
+                    self.hooks.replied(reply, received)
                     out.put(reply)
         finally:
             with self._out_lock:
@@ -213,10 +233,8 @@ class SyncClient:
                 version = msg.delta.version
                 _annotate(self.agent.apply_delta(msg.delta))
             elif kind == "terminate":
-                cmd = msg.terminate
-                report = self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
-                if report is not None:  # answered at once (e.g. nothing to terminate with)
-                    self._report(report)
+                cmd = msg.terminate  # its report goes out through the terminations' listener
+                self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
                 return None
             else:
                 return None

@@ -4,33 +4,36 @@ Triggers:
   - a state change removes backends (or whole frontends): their flows die,
     except backends the service lists in keep_flows (removed with keep_sockets);
   - an explicit request (admin API, or the control plane's TerminateCommand).
-The work runs on one worker thread, after the maps were updated, so applying
-and acknowledging a state never waits for it, and a client that reconnects
-is balanced to a live backend.
+TerminationService runs the work on one worker thread, after the maps were
+updated, so applying and acknowledging a state never waits for it, and a
+client that reconnects is balanced to a live backend. MemoryTerminations is
+the part of a node whose maps are in memory (writer.MemoryMapWriter): it
+keeps the jobs and destroys nothing.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from google.protobuf import timestamp_pb2
 from opentelemetry.trace import Status, StatusCode
 
+from socklb.lb.addresses import addr16, addr_text
 from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2, types_pb2
 
-from . import layout
-from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
+from .catalog import Catalog, Index
+from .plan import DeleteBackend, DeleteMaster, Plan
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_SOCKETS = 100
 MAX_DRY_RUN_SOCKETS = 1000  # a dry run lists sockets, bounded: the counts stay exact
-GRAVEYARD = 4096  # removed (frontend, backend) ids remembered for later explicit requests
 
 _STATES_TCP = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
                7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
@@ -55,24 +58,25 @@ class Job:
     dsts: tuple | None = None
 
 
-def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
-    """Jobs for the flows a plan orphans: one per service, trigger by cause."""
-    keep = {s.name: {_norm(k.address, k.port) for k in s.keep_flows} for s in state.services}
-    by_id = {fe.id: fe for fe in before.frontends.values()}
+def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
+    """Jobs for the flows a plan orphans: one per service, trigger by cause.
+    before: the state the plan started from."""
     gone_frontends = {op.key for op in plan.ops if isinstance(op, DeleteMaster)}
+    gone_backends = [op.id for op in plan.ops if isinstance(op, DeleteBackend)]
+    if not gone_frontends and not gone_backends:
+        return []
     per_service: dict[str, dict] = {}
     for key in gone_frontends:
-        fe = before.frontends[key]
+        fe = before.programmed.frontends[key]
         per_service.setdefault(fe.service, {})[(fe.id, 0)] = (str(key), 0)
-    for op in plan.ops:
-        if not isinstance(op, DeleteBackend):
-            continue
-        b = before.backends.get(op.id)
-        fe = by_id.get(b.frontend_id) if b else None
+    keep = {s.name: {_norm(k.address, k.port) for k in s.keep_flows} for s in state.services if s.keep_flows}
+    for backend_id in gone_backends:
+        b = before.programmed.backends.get(backend_id)
+        fe = before.frontend(b.frontend_id) if b else None
         if b is None or fe is None or fe.key in gone_frontends:
             continue  # covered by the whole-frontend target
-        addr = layout.addr_text(b.addr)
-        if (addr, b.port) in keep.get(fe.service, set()):
+        addr = addr_text(b.addr)
+        if (addr, b.port) in keep.get(fe.service, ()):
             continue
         per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
     names = {s.name for s in state.services}
@@ -91,57 +95,37 @@ def removed_targets(before: Programmed, plan: Plan, state: node_pb2.NodeState, v
 
 def _norm(address: str, port: int) -> tuple[str, int]:
     try:
-        return layout.addr_text(layout.addr16(address)), port
+        return addr_text(addr16(address)), port
     except ValueError:
         return address, port
 
 
-def request_job(job_id: str, service: str, backends, dry_run: bool, programmed: Programmed,
-                graveyard: "Graveyard") -> Job:
+def request_job(job_id: str, service: str, backends, dry_run: bool, catalog: Catalog) -> Job:
     """A job for an explicit request: the service's frontends, and the
     backends by address (also recently removed ones)."""
-    frontends = [fe for fe in programmed.frontends.values() if fe.service == service]
+    index = catalog.current()
+    frontends = index.of_service(service)
     wanted = [(b.address, b.port) for b in backends]
+    removed = catalog.removed(service)
     targets: dict = {}
     if not wanted:
         for fe in frontends:
             targets[(fe.id, 0)] = (str(fe.key), 0)
-        for (fid, bid), name in graveyard.of_service(service).items():
-            targets.setdefault((fid, bid), name)
+        for (fid, bid), name in removed.items():
+            targets.setdefault((fid, bid), (name.address, name.port))
     else:
         norm = {_norm(a, p) for a, p in wanted}
         ids = {fe.id for fe in frontends}
-        for b in programmed.backends.values():
-            name = (layout.addr_text(b.addr), b.port)
+        for b in index.programmed.backends.values():
+            name = (addr_text(b.addr), b.port)
             if b.frontend_id in ids and name in norm:
                 targets[(b.frontend_id, b.id)] = name
-        for (fid, bid), name in graveyard.of_service(service).items():
-            if name in norm:
-                targets.setdefault((fid, bid), name)
+        for (fid, bid), name in removed.items():
+            if (name.address, name.port) in norm:
+                targets.setdefault((fid, bid), (name.address, name.port))
     whole = any(bid == 0 for _, bid in targets)
     dsts = None if whole else tuple(sorted(set(targets.values())))
     return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets, dsts=dsts)
-
-
-class Graveyard:
-    """Ids of recently removed backends, so flows kept with keep_sockets can
-    still be terminated by address later."""
-
-    def __init__(self, size: int = GRAVEYARD):
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-
-    def bury(self, service: str, frontend_id: int, backend_id: int, name: tuple[str, int]) -> None:
-        self._d[(frontend_id, backend_id)] = (service, name)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
-
-    def items(self):
-        """((frontend_id, backend_id), (service, (address, port))) of every remembered backend."""
-        return list(self._d.items())
-
-    def of_service(self, service: str) -> dict:
-        return {k: name for k, (svc, name) in self._d.items() if svc == service}
 
 
 def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.TerminationReport:
@@ -182,16 +166,76 @@ def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-class TerminationService:
+class Terminations(ABC):
+    """A node's termination part: runs the jobs an apply causes (after_apply)
+    and explicit requests (request), keeps the recent reports and hands each
+    to the listeners (the sync client sends them to the control plane)."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self._listeners: list[Callable[[node_pb2.TerminationReport], None]] = []
+        self._recent: list[node_pb2.TerminationReport] = []
+
+    def listen(self, listener: Callable[[node_pb2.TerminationReport], None]) -> None:
+        self._listeners.append(listener)
+
+    def recent(self) -> list[node_pb2.TerminationReport]:
+        """The last 100 reports, oldest first."""
+        return list(self._recent)
+
+    def after_apply(self, before: Index, plan: Plan, state: node_pb2.NodeState) -> None:
+        """Terminate the flows a plan orphaned (before: the state it started from)."""
+        for job in removed_targets(before, plan, state, state.version):
+            self.submit(job)
+
+    def request(self, job_id: str, service: str, backends, dry_run: bool, catalog: Catalog,
+                wait: bool = True) -> node_pb2.TerminationReport | None:
+        """Terminate (or list) the flows of a service's backends on this
+        node: the report, or None when not waiting (it goes to the listeners)."""
+        job = request_job(job_id, service, backends, dry_run, catalog)
+        if wait:
+            return self.run_now(job)
+        self.run_later(job)
+        return None
+
+    def _remember(self, report: node_pb2.TerminationReport) -> None:
+        self._recent = (self._recent + [report])[-100:]
+
+    def _tell(self, report: node_pb2.TerminationReport) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(report)
+            except Exception:
+                log.exception("termination report listener failed")
+
+    @abstractmethod
+    def submit(self, job: Job) -> None:
+        """Run in the background if there is anything to do."""
+
+    @abstractmethod
+    def run_later(self, job: Job) -> None:
+        """Run in the background and report even when nothing matched."""
+
+    @abstractmethod
+    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+        """Run a job and wait for its report."""
+
+    @abstractmethod
+    def capability(self) -> str:
+        """"kfunc", "netlink", or "none: <why>"."""
+
+    def close(self) -> None:
+        pass
+
+
+class TerminationService(Terminations):
     """Runs termination jobs on one worker with the node's Terminator (loaded
-    at start, see features.py), or reports each job as not possible with
-    `unavailable` when the node has no way to destroy sockets."""
+    at start, see features.py; closed with the service), or reports each job
+    as not possible with `unavailable` when the node has no way to destroy
+    sockets."""
 
     def __init__(self, node: str, terminator=None, unavailable: str = ""):
-        self.node = node
-        self.graveyard = Graveyard()
-        self.listeners: list[Callable[[node_pb2.TerminationReport], None]] = []
-        self.recent: list[node_pb2.TerminationReport] = []
+        super().__init__(node)
         self._terminator = terminator
         self._unavailable = unavailable or ("" if terminator is not None else "no terminator")
         self._jobs: queue.Queue = queue.Queue()
@@ -199,17 +243,14 @@ class TerminationService:
         self._thread.start()
 
     def capability(self) -> str:
-        """"kfunc", "netlink", or "none: <why>"."""
         t = self._terminator
         return t.method.value if t is not None else f"none: {self._unavailable}"
 
     def submit(self, job: Job) -> None:
-        """Run in the background if there is anything to do."""
         if job.targets:
             self._jobs.put((_traced(job), None))
 
     def run_later(self, job: Job) -> None:
-        """Run in the background and report even when nothing matched."""
         self._jobs.put((_traced(job), None))
 
     def run_now(self, job: Job) -> node_pb2.TerminationReport:
@@ -244,19 +285,49 @@ class TerminationService:
                 except Exception as e:  # a failed run must not kill the worker
                     log.exception("termination %s failed", job.id)
                     report = to_report(job, self.node, None, error=str(e))
-            self.recent = (self.recent + [report])[-100:]
+            self._remember(report)
             _end_span(span, report)
             if done is not None:
                 done.put(report)
-            for listener in list(self.listeners):
-                try:
-                    listener(report)
-                except Exception:
-                    log.exception("termination report listener failed")
+            self._tell(report)
 
     def close(self) -> None:
         self._jobs.put((None, None))
-        self._thread.join(timeout=5)  # the terminator belongs to the agent's parts (features.Parts)
+        self._thread.join(timeout=5)
+        if self._terminator is not None:
+            self._terminator.close()
+
+
+class MemoryTerminations(Terminations):
+    """The termination part of a node whose maps are in memory: it has no
+    sockets, destroys nothing and keeps the jobs it is given (`jobs`, the
+    last MEMORY_JOBS) for tests to read. Jobs an apply causes are kept
+    silently; an explicit request is answered with a report that says the
+    node cannot terminate."""
+
+    MEMORY_JOBS = 100
+    WHY = "this node programs no datapath (its maps are in memory)"
+
+    def __init__(self, node: str):
+        super().__init__(node)
+        self.jobs: deque[Job] = deque(maxlen=self.MEMORY_JOBS)
+
+    def capability(self) -> str:
+        return f"none: {self.WHY}"
+
+    def submit(self, job: Job) -> None:
+        if job.targets:
+            self.jobs.append(job)
+
+    def run_later(self, job: Job) -> None:
+        self.run_now(job)
+
+    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+        self.jobs.append(job)
+        report = to_report(job, self.node, None, error=self.WHY)
+        self._remember(report)
+        self._tell(report)
+        return report
 
 
 def _traced(job: Job) -> Job:
@@ -283,4 +354,5 @@ def _end_span(span, report: node_pb2.TerminationReport) -> None:
     span.end()
 
 
-__all__ = ["Graveyard", "Job", "TerminationService", "removed_targets", "request_job", "to_report"]
+__all__ = ["Job", "MemoryTerminations", "TerminationService", "Terminations", "removed_targets", "request_job",
+           "to_report"]

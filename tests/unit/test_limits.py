@@ -9,6 +9,7 @@ import pytest
 
 from socklb.controlplane.validate import validate_service
 from socklb.dataplane.agent import Agent
+from socklb.dataplane.writer import MemoryMapWriter
 from socklb.dataplane.desired import frontend_targets
 from socklb.lb.errors import InvalidState
 from socklb.lb.limits import MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FRONTENDS
@@ -142,7 +143,7 @@ def test_the_api_takes_each_limit_and_refuses_one_past_it_writing_nothing(api, a
 
 
 def test_a_node_takes_a_delta_at_each_limit_and_refuses_one_past_it():
-    agent = Agent(None, "n1")
+    agent = Agent(MemoryMapWriter(), "n1")
     agent.apply(node_pb2.NodeState(version=1))
     cases = [(node_state(MAX_BACKENDS), node_state(MAX_BACKENDS + 1), "upserts[0].backends"),
              (node_state(nf=MAX_FRONTENDS), node_state(nf=MAX_FRONTENDS + 1), "upserts[0].frontends"),

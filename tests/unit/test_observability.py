@@ -109,7 +109,8 @@ def test_metrics_count_api_calls_services_and_nodes(cp):
 import time
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
-a = Agent(None, "obs-node"); c = SyncClient(a, ["127.0.0.1:{cp['port']}"], stats_interval=0.5); c.start()
+from socklb.dataplane.writer import MemoryMapWriter
+a = Agent(MemoryMapWriter(), "obs-node"); c = SyncClient(a, ["127.0.0.1:{cp['port']}"], stats_interval=0.5); c.start()
 time.sleep(60)
 """], cwd=ROOT, env=env)
     try:

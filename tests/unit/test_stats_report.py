@@ -12,6 +12,7 @@ from socklb.dataplane.stats import PARTS, StatsReporter, flow_counts
 from socklb.dataplane import layout
 from socklb.dataplane.sync_client import SyncClient
 from socklb.dataplane.agent import Agent
+from socklb.dataplane.writer import MemoryMapWriter
 from socklb.v1 import api_pb2, node_pb2, sync_pb2, types_pb2
 
 from test_sync import Server, wait_for
@@ -113,7 +114,7 @@ def server(tmp_path):
 
 
 def test_unavailable_parts_reach_stats_and_node_list(server):
-    agent = Agent(None, "n1")
+    agent = Agent(MemoryMapWriter(), "n1")
     client = SyncClient(agent, [server.addr], stats_interval=0.1)
     part = Switch(flows)
     part.why = REFUSED

@@ -12,6 +12,7 @@ from socklb.controlplane.server import ControlPlane
 from socklb.controlplane.store import open_store
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
+from socklb.dataplane.writer import MemoryMapWriter
 from socklb.v1 import api_pb2, api_pb2_grpc, sync_pb2, sync_pb2_grpc, types_pb2
 
 
@@ -64,7 +65,7 @@ def wait_for(pred, what, timeout=60.0):
 
 
 def node(server, name, **kw):
-    agent = Agent(None, name)
+    agent = Agent(MemoryMapWriter(), name)
     client = SyncClient(agent, [server.addr], stats_interval=kw.pop("stats_interval", 0.2), **kw)
     client.start()
     return agent, client
@@ -265,8 +266,7 @@ def test_node_deltas_are_checked_and_applied_incrementally():
                                       "backends": [{"address": b, "port": 80} for b in backends]},
                                      node_pb2.ServiceState())
 
-    agent = Agent(None, "n")
-    agent.limits = Limits(backends=6)
+    agent = Agent(MemoryMapWriter(Limits(backends=6)), "n")
     agent.apply(node_pb2.NodeState(version=1, services=[st(f"s{i}", f"127.96.0.{i}", ["10.0.0.1"])
                                                         for i in range(1, 5)]))
     before = agent.state()
@@ -288,11 +288,11 @@ def test_node_deltas_are_checked_and_applied_incrementally():
     agent.apply_delta(node_pb2.NodeStateDelta(from_version=1, version=2, removals=["s2"],
                                               upserts=[st("x", "127.96.0.2", ["10.0.0.9"]),
                                                        st("s1", "127.96.0.1", ["10.0.0.1", "10.0.0.2"])]))
-    full = Agent(None, "m")
+    full = Agent(MemoryMapWriter(), "m")
     full.apply(agent.state())
     def view(a):  # ids differ (allocation history); addresses must not
-        return {k: (f.service, [a.programmed.backends[i].addr for i in f.slots])
-                for k, f in a.programmed.frontends.items()}
+        p = a.catalog.current().programmed
+        return {k: (f.service, [p.backends[i].addr for i in f.slots]) for k, f in p.frontends.items()}
     assert view(agent) == view(full)
     assert agent._totals == full._totals
     assert [s.name for s in agent.state().services] == ["s1", "s3", "s4", "x"]

@@ -33,6 +33,7 @@ from socklb.controlplane.store import Event
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
 from socklb.dataplane.terminations import TerminationService
+from socklb.dataplane.writer import MemoryMapWriter
 from socklb.observability import tracing
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2, sync_pb2, types_pb2
 
@@ -91,11 +92,12 @@ NODE_SCRIPT = textwrap.dedent("""
     from socklb.observability.tracing import setup_tracing, shutdown_tracing
     from socklb.dataplane.agent import Agent
     from socklb.dataplane.sync_client import SyncClient
+    from socklb.dataplane.writer import MemoryMapWriter
 
     assert setup_tracing("socklb-dataplane", {"service.instance.id": sys.argv[2]})
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    client = SyncClient(Agent(None, sys.argv[2]), [sys.argv[1]], stats_interval=0.5)
+    client = SyncClient(Agent(MemoryMapWriter(), sys.argv[2]), [sys.argv[1]], stats_interval=0.5)
     client.start()
     stop.wait()
     client.stop()
@@ -208,6 +210,9 @@ class FakeTerminator:
     def __init__(self):
         self.calls = []
 
+    def close(self):
+        pass
+
     def run(self, targets, dry_run=False, dsts=None, max_records=None):
         self.calls.append((list(targets), dsts))
         return SimpleNamespace(method="kfunc", found=self.FOUND, destroyed=self.DESTROYED, failed=self.FAILED,
@@ -227,12 +232,11 @@ def state_of(version, backends):
 
 
 def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans):
-    agent = Agent(None, "n1")
     terminator = FakeTerminator()
-    agent.terminations = TerminationService("n1", terminator)
+    agent = Agent(MemoryMapWriter(), "n1", terminations=TerminationService("n1", terminator))
     reports = []
     client = SyncClient(agent, ["127.0.0.1:1"])
-    agent.terminations.listeners.append(reports.append)
+    agent.terminations.listen(reports.append)
     try:
         _, first = push_context()
         reply = client._handle(sync_pb2.ControlMessage(trace_context=first, snapshot=sync_pb2.SnapshotChunk(
@@ -287,7 +291,7 @@ def test_terminations_a_change_causes_are_children_of_its_apply(tmp_path, spans)
 
 
 def test_nacked_update_marks_the_apply_span_failed(spans):
-    agent = Agent(None, "n1")
+    agent = Agent(MemoryMapWriter(), "n1")
     client = SyncClient(agent, ["127.0.0.1:1"])
     _, ctx = push_context()
     reply = client._handle(sync_pb2.ControlMessage(trace_context=ctx, delta=node_pb2.NodeStateDelta(

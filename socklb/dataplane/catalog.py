@@ -1,0 +1,150 @@
+"""What the node's ids stand for: the read model that statistics,
+terminations and the admin API name things with.
+
+The maps and the flow records speak in numeric ids (a flow holds a frontend
+id and a backend id); reports speak in services and addresses. The agent
+publishes each state it programs here; readers ask:
+
+    index = agent.catalog.current()      # one programmed state, by id
+    index.frontend_name(7)               # FrontendName(service, address, port, protocol) or None
+    index.frontend_services()            # frontend id -> service
+    agent.catalog.backend_names()        # (frontend id, backend id) -> BackendName, removed ones too
+
+Backends removed by an apply stay named for a while (the last REMEMBERED
+of them): flows kept with keep_sockets still point at them, so they can
+still be counted and terminated by address.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from socklb.lb.addresses import addr_text
+from socklb.lb.frontends import FrontendKey
+
+from .plan import DeleteBackend, Plan, Programmed, ProgrammedBackend, ProgrammedFrontend
+
+REMEMBERED = 4096  # removed (frontend, backend) ids kept named
+
+
+class FrontendName(NamedTuple):
+    service: str
+    address: str  # text, IPv4 for v4-mapped addresses
+    port: int
+    protocol: int  # socket.IPPROTO_TCP / IPPROTO_UDP
+
+
+class BackendName(NamedTuple):
+    service: str
+    address: str
+    port: int
+
+
+class Index:
+    """One programmed state, looked up by id (the by-id table is built on
+    first use)."""
+
+    def __init__(self, programmed: Programmed):
+        self.programmed = programmed
+        self._by_id: dict[int, ProgrammedFrontend] | None = None
+
+    def frontend(self, frontend_id: int) -> ProgrammedFrontend | None:
+        if self._by_id is None:
+            self._by_id = {fe.id: fe for fe in self.programmed.frontends.values()}
+        return self._by_id.get(frontend_id)
+
+    def frontend_name(self, frontend_id: int) -> FrontendName | None:
+        """What a frontend id stands for: the one mapping of frontend ids to
+        names on the node."""
+        fe = self.frontend(frontend_id)
+        return None if fe is None else FrontendName(fe.service, addr_text(fe.key.addr), fe.key.port, fe.key.proto)
+
+    def frontend_services(self) -> dict[int, str]:
+        """Frontend id -> service, of every programmed frontend."""
+        return {fe.id: fe.service for fe in self.programmed.frontends.values()}
+
+    def backend_name(self, b: ProgrammedBackend) -> BackendName | None:
+        """A backend's service and address; None for a backend whose frontend
+        is not programmed (left by an interrupted update)."""
+        fe = self.frontend(b.frontend_id)
+        return None if fe is None else BackendName(fe.service, addr_text(b.addr), b.port)
+
+    def backend_names(self) -> dict[tuple[int, int], BackendName]:
+        """(frontend id, backend id) -> name, of every programmed backend."""
+        out = {}
+        for b in self.programmed.backends.values():
+            name = self.backend_name(b)
+            if name is not None:
+                out[(b.frontend_id, b.id)] = name
+        return out
+
+    def frontends(self) -> list[ProgrammedFrontend]:
+        return sorted(self.programmed.frontends.values(), key=lambda f: f.id)
+
+    def backends(self) -> list[ProgrammedBackend]:
+        return sorted(self.programmed.backends.values(), key=lambda b: b.id)
+
+    def of_service(self, service: str) -> list[ProgrammedFrontend]:
+        return [fe for fe in self.programmed.frontends.values() if fe.service == service]
+
+    @classmethod
+    def of_keys(cls, programmed: Programmed, keys: Iterable[FrontendKey]) -> Index:
+        """An index that knows only the frontends at `keys` by id: enough to
+        name what a delta plan over those keys removed, without a walk over
+        every frontend."""
+        index = cls(programmed)
+        index._by_id = {fe.id: fe for fe in map(programmed.frontends.get, keys) if fe is not None}
+        return index
+
+
+class Catalog:
+    """The agent's published state and the names of recently removed
+    backends. Readers on other threads (statistics, admin) see one whole
+    state: publish() swaps it in at once."""
+
+    def __init__(self, remembered: int = REMEMBERED):
+        self.remembered = remembered
+        self._index = Index(Programmed())
+        self._removed: OrderedDict[tuple[int, int], BackendName] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def current(self) -> Index:
+        return self._index
+
+    def publish(self, programmed: Programmed, plan: Plan | None = None,
+                touched: Iterable[FrontendKey] | None = None) -> Index:
+        """Make `programmed` current. plan: the ops that led to it, whose
+        removed backends are remembered; touched: the frontend keys a delta
+        plan looked at (its removed backends belong to them), None for a
+        whole state. Returns the previous state, indexed to name what the
+        plan removed."""
+        before = self._index if touched is None else Index.of_keys(self._index.programmed, touched)
+        if plan is not None:
+            gone = [before.programmed.backends.get(op.id) for op in plan.ops if isinstance(op, DeleteBackend)]
+            with self._lock:
+                for b in gone:
+                    name = before.backend_name(b) if b is not None else None
+                    if name is not None:
+                        self._removed[(b.frontend_id, b.id)] = name
+                while len(self._removed) > self.remembered:
+                    self._removed.popitem(last=False)
+        self._index = Index(programmed)
+        return before
+
+    def removed(self, service: str | None = None) -> dict[tuple[int, int], BackendName]:
+        """(frontend id, backend id) -> name of the remembered removed
+        backends (of one service, or all)."""
+        with self._lock:
+            return {k: n for k, n in self._removed.items() if service is None or n.service == service}
+
+    def backend_names(self) -> dict[tuple[int, int], BackendName]:
+        """Every backend a flow may still point at: the removed ones
+        remembered, then the programmed ones."""
+        names = self.removed()
+        names.update(self._index.backend_names())
+        return names
+
+
+__all__ = ["BackendName", "Catalog", "FrontendName", "Index", "REMEMBERED"]

@@ -1,0 +1,44 @@
+"""The agent of a real node: the datapath loaded, the kernel features probed
+once, and the Agent given the parts that work on them.
+
+    agent = load_agent(Datapath(pin_dir, cgroup, capacity), node)
+
+Parts: maps.BpfMapWriter (the pinned maps), terminations.TerminationService
+(with the Terminator the kernel allows, see features.py) and
+stats.KernelStatistics (the counters map, the flow reader, the socket
+statistics collector). One refused feature leaves the other duties running.
+"""
+from __future__ import annotations
+
+import logging
+
+from . import features
+from .agent import Agent
+from .loader import Datapath
+from .maps import BpfMapWriter
+from .stats import KernelStatistics
+from .terminations import TerminationService
+
+log = logging.getLogger(__name__)
+
+
+def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", flow_method: str = "auto") -> Agent:
+    """Load (or adopt) the datapath and build its agent; raises
+    loader.LoadError or OSError when the datapath cannot be loaded."""
+    datapath.load()
+    writer = BpfMapWriter(datapath)
+    # Each optional kernel feature is probed once, here: the duties (flows,
+    # termination, socket statistics) take their way from the answers.
+    parts = features.load(datapath.pin_dir, flow_method, terminate_method)
+    log.info("kernel features: %s", parts.features.summary())
+    terminations = TerminationService(node, parts.terminator,
+                                      parts.errors.get("sock_destroy", "").removeprefix("none: "))
+    statistics = KernelStatistics(writer.counter_values, parts)
+    agent = Agent(writer, node, terminations, statistics, parts.features.capabilities())
+    programmed = agent.catalog.current().programmed
+    log.info("programmed state read back: %d frontends, %d backends, version %d",
+             len(programmed.frontends), len(programmed.backends), agent.applied_version)
+    return agent
+
+
+__all__ = ["load_agent"]

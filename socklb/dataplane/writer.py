@@ -1,0 +1,184 @@
+"""Where the agent's plans go: the map writer interface, and the writer that
+keeps the maps in memory.
+
+    writer.read_programmed()     # what the maps hold, as plan.Programmed
+    writer.read_version()        # the version last written with write_version
+    writer.execute(plan)         # the plan's ops, in order
+    writer.write_version(v)
+    writer.limits                # what the maps can hold (desired.Limits)
+    writer.placement()           # where the maps live (node info)
+
+Two implementations: maps.BpfMapWriter writes the pinned BPF maps of a
+loaded datapath; MemoryMapWriter below keeps the same entries in
+dictionaries, for tests and the convergence benchmark (a node that programs
+no kernel). Both read back through read_back(), so what one writes the other
+reads the same way.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from socklb.lb.frontends import FrontendKey, Selection
+
+from .desired import Limits
+from .layout import Meta
+from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
+                   ProgrammedFrontend, PutBackend, PutMaster, PutSlot)
+
+
+class Placement(NamedTuple):
+    """Where a writer's maps live (node info): the cgroup the programs are
+    attached to, the pin directory, and whether an earlier agent's pins
+    were adopted. Empty for maps in memory."""
+
+    cgroup: str = ""
+    pin_dir: str = ""
+    adopted: bool = False
+
+
+class Master(NamedTuple):
+    """The value of a frontend's master entry (slot 0 of the services map)."""
+
+    id: int
+    count: int  # slots 1..count hold the selection table
+    affinity_timeout: int
+    selection: Selection
+
+
+class MapWriter(ABC):
+    """The maps the agent programs, entry by entry; limits: what they can
+    hold. execute() and the version are common to every writer: a writer
+    implements the entry operations below."""
+
+    limits: Limits
+
+    @abstractmethod
+    def read_programmed(self) -> Programmed:
+        """What the maps hold (service names are unknown to the maps: empty)."""
+
+    def placement(self) -> Placement:
+        return Placement()
+
+    def read_version(self) -> int:
+        """The version last written with write_version (0: none)."""
+        return self.get_meta(Meta.VERSION)
+
+    def write_version(self, version: int) -> None:
+        self.set_meta(Meta.VERSION, version)
+
+    def execute(self, plan: Plan) -> None:
+        """Write the plan's ops in order (plan.py says why that order)."""
+        # Ids first, so that a crash mid-plan never lets an id be handed out twice.
+        self.set_meta(Meta.NEXT_FRONTEND_ID, plan.result.next_frontend_id)
+        self.set_meta(Meta.NEXT_BACKEND_ID, plan.result.next_backend_id)
+        for op in plan.ops:  # by type, not `match`: a full state is 100k+ ops, a class pattern costs 4x
+            kind = type(op)
+            if kind is PutSlot:
+                self.put_slot(op.key, op.slot, op.backend_id)
+            elif kind is PutBackend:
+                self.put_backend(op.backend)
+            elif kind is PutMaster:
+                fe = op.frontend
+                self.put_master(fe.key, Master(fe.id, len(fe.slots), fe.affinity_timeout, fe.selection))
+            elif kind is DeleteSlot:
+                self.delete_slot(op.key, op.slot)
+            elif kind is DeleteMaster:
+                self.delete_slot(op.key, 0)
+            elif kind is DeleteBackend:
+                self.delete_backend(op.id)
+            else:
+                raise TypeError(f"unknown op {op!r}")
+
+    # --- entries ----------------------------------------------------------
+    @abstractmethod
+    def get_meta(self, idx: Meta) -> int: ...
+
+    @abstractmethod
+    def set_meta(self, idx: Meta, value: int) -> None: ...
+
+    @abstractmethod
+    def put_backend(self, b: ProgrammedBackend) -> None: ...
+
+    @abstractmethod
+    def put_slot(self, key: FrontendKey, slot: int, backend_id: int) -> None: ...
+
+    @abstractmethod
+    def put_master(self, key: FrontendKey, master: Master) -> None: ...
+
+    @abstractmethod
+    def delete_slot(self, key: FrontendKey, slot: int) -> None:
+        """Delete a slot entry (slot 0: the master entry)."""
+
+    @abstractmethod
+    def delete_backend(self, backend_id: int) -> None: ...
+
+
+def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey, Mapping[int, int]],
+              backends: Iterable[ProgrammedBackend], next_frontend_id: int, next_backend_id: int) -> Programmed:
+    """The Programmed that map entries stand for: masters and slots by
+    frontend, the backends, and the id allocators as last written (never
+    below an id in use)."""
+    prog = Programmed()
+    for fk, m in masters.items():
+        s = slots.get(fk, {})
+        table = tuple(s.get(i, 0) for i in range(1, m.count + 1))
+        prog.frontends[fk] = ProgrammedFrontend(m.id, fk, Selection(m.selection), m.affinity_timeout, table)
+    for b in backends:
+        prog.backends[b.id] = b
+    prog.reindex()
+    prog.next_frontend_id = max([next_frontend_id, 1, *(f.id + 1 for f in prog.frontends.values())])
+    prog.next_backend_id = max([next_backend_id, 1, *(i + 1 for i in prog.backends)])
+    return prog
+
+
+class MemoryMapWriter(MapWriter):
+    """The services, backends and meta maps as dictionaries, written op by
+    op as the BPF maps are: a node that programs no kernel. Tests read what
+    would be programmed from `services` (frontend key -> slot -> Master for
+    slot 0, else backend id: the services map's (key, slot) entries, by
+    key), `backends` (id -> ProgrammedBackend) and `meta` (layout.Meta ->
+    value), or as a whole with read_programmed()."""
+
+    def __init__(self, limits: Limits = Limits()):
+        self.limits = limits
+        self.services: dict[FrontendKey, dict[int, Master | int]] = {}
+        self.backends: dict[int, ProgrammedBackend] = {}
+        self.meta: dict[Meta, int] = {}
+
+    def read_programmed(self) -> Programmed:
+        masters = {key: entries[0] for key, entries in self.services.items() if 0 in entries}
+        return read_back(masters, self.services, self.backends.values(), self.get_meta(Meta.NEXT_FRONTEND_ID),
+                         self.get_meta(Meta.NEXT_BACKEND_ID))
+
+    def get_meta(self, idx: Meta) -> int:
+        return self.meta.get(idx, 0)
+
+    def set_meta(self, idx: Meta, value: int) -> None:
+        self.meta[idx] = value
+
+    def put_backend(self, b: ProgrammedBackend) -> None:
+        self.backends[b.id] = b
+
+    def put_slot(self, key: FrontendKey, slot: int, backend_id: int) -> None:
+        entries = self.services.get(key)
+        if entries is None:
+            entries = self.services[key] = {}
+        entries[slot] = backend_id
+
+    def put_master(self, key: FrontendKey, master: Master) -> None:
+        self.put_slot(key, 0, master)
+
+    def delete_slot(self, key: FrontendKey, slot: int) -> None:
+        entries = self.services.get(key)
+        if entries is not None:
+            entries.pop(slot, None)
+            if not entries:
+                del self.services[key]
+
+    def delete_backend(self, backend_id: int) -> None:
+        self.backends.pop(backend_id, None)
+
+
+__all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "read_back"]
