@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port
+
 from socklb import cli
 
-from test_cli import controlplane, free_port  # noqa: F401  (controlplane: a fixture, used by name)
+from test_cli import controlplane  # noqa: F401  (a fixture, used by name)
 
 REPO = Path(__file__).resolve().parents[2]
 
