@@ -30,7 +30,7 @@ from . import auth, keys, terminations
 from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
-from .services import ServiceStore, expire_drains
+from .services import ServiceRepository, expire_drains
 from .store import Compacted, Store, StoreError, Unavailable, open_store
 from .sync import SyncService
 
@@ -251,7 +251,7 @@ class ControlPlane:
     async def _duties(self) -> None:
         leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
                                              max(self.duty_interval * 3, 5.0))
-        services = ServiceStore(self.store)
+        services = ServiceRepository(self.store)
         pruned_at = time.monotonic()
         try:
             while True:
