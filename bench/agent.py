@@ -27,11 +27,12 @@ import yaml
 from bench.backends import stop_process
 from bench.lab import Teardown, log, run
 from bench.nat import Service
+from socklb.lb import protocols
+from socklb.v1 import types_pb2
 
 CLI_MODULE = "socklb.dataplane.cli"
 # The word, not a substring: "already attached" must not count as ready.
 READY = re.compile(r"\bready\b")
-PROTOCOLS = {"tcp": "PROTOCOL_TCP", "udp": "PROTOCOL_UDP"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def state_document(services: dict[str, Service]) -> dict:
         "services": [
             {
                 "name": name,
-                "frontends": [{"address": s.vip, "port": s.port, "protocol": PROTOCOLS[s.proto]}],
+                "frontends": [{"address": s.vip, "port": s.port, "protocol": types_pb2.Protocol.Name(protocols.pb_of_name(s.proto))}],
                 "backends": [{"address": a, "port": p, "weight": 1} for a, p in s.backends],
             }
             for name, s in services.items()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from bench import agent, backends, lab, loadgen, nat, report
+from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 
 VIP = "198.18.0.10"
 TCP_PORT, UDP_PORT = 80, 53
@@ -150,18 +151,8 @@ def check_prerequisites() -> None:
 
 # --- setting up ---------------------------------------------------------------
 
-def ensure_bpffs(root: Path) -> None:
-    """The agent pins under bpffs; mount it at its standard place if absent
-    (left mounted: it is the system's usual mount, not ours to remove)."""
-    with open("/proc/mounts") as mounts:
-        if any(line.split()[1:3] == [str(root), "bpf"] for line in mounts):
-            return
-    root.mkdir(parents=True, exist_ok=True)
-    lab.run(["mount", "-t", "bpf", "bpf", str(root)])
-
-
 def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
-    cg_root, bpf_root = lab.cgroup2_mount(), Path("/sys/fs/bpf")
+    cg_root, bpf_root = cgroup2_mount(), Path("/sys/fs/bpf")
     lab.remove_stale(cg_root, bpf_root, agent.detach)
     workdir = lab.make_tempdir(teardown)
     net = lab.build_net(teardown, VIP, [a for a in TCP_ADDRS.values() if a != lab.BACKEND_ADDR])
@@ -185,6 +176,8 @@ def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
                                   cpu_set(args.pin_cpu), teardown)
     paths = None
     if lb is not None:
+        # The agent pins under bpffs: mounted at its standard place if absent
+        # (left mounted: it is the system's usual mount, not ours to remove).
         ensure_bpffs(bpf_root)
         paths = agent_paths(workdir, lb, bpf_root)
         agent.start_agent(paths, {"bench": tcp_service("socklb"), "bench-udp": UDP_SERVICE},

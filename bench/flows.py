@@ -38,8 +38,8 @@ from pathlib import Path
 
 from bench.lab import Teardown, install_exit_handlers, log
 from bench.report import ratio, write_doc_section
-from bench.termination import (BACKENDS, CLIENT_MAX, Lab, Phase, ensure_bpffs, machine, median,
-                               remove_stale, split)
+from bench.termination import BACKENDS, BPFFS, CLIENT_MAX, Lab, Phase, machine, median, remove_stale, split
+from socklb.dataplane.kernel import ensure_bpffs
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     teardown = Teardown()
     install_exit_handlers(teardown)
     try:
-        ensure_bpffs()
+        ensure_bpffs(BPFFS)
         remove_stale()
         lab = Lab(teardown)
         nclients = max(1, -(-max(args.sizes) // CLIENT_MAX))

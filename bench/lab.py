@@ -165,18 +165,7 @@ def wait_until_listening(ns: str, proto: str, ports: list[int], timeout: float =
         time.sleep(0.05)
 
 
-# --- cgroup v2 --------------------------------------------------------------
-
-def cgroup2_mount() -> Path:
-    """The cgroup2 mount point from /proc/mounts (hybrid hosts put it at
-    /sys/fs/cgroup/unified, pure v2 hosts at /sys/fs/cgroup)."""
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) >= 3 and fields[2] == "cgroup2":
-                return Path(fields[1])
-    raise RuntimeError("no cgroup2 mount in /proc/mounts")
-
+# --- cgroup v2 (its mount point: socklb.dataplane.kernel.cgroup2_mount) --------
 
 def make_cgroup(path: Path, teardown: Teardown) -> Path:
     path.mkdir()

@@ -87,9 +87,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.lab import Teardown, cgroup2_mount, install_exit_handlers, join_cgroup, log, run
+from bench.lab import Teardown, install_exit_handlers, join_cgroup, log, run
 from bench.report import paired_ratios, quartiles, target_text, write_doc_section
 from socklb.dataplane.iterrun import Hooks
+from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 from socklb.dataplane.layout import TermRec
 from socklb.dataplane.terminate import Target, Terminator
 
@@ -151,9 +152,10 @@ def owner_pid(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def free_port() -> int:
+def port_below_ephemeral() -> int:
     """A port below the ephemeral range (never handed out by connect()) that
-    is free on every backend address."""
+    is free on every backend address: unlike tests/support.free_port (any
+    free port the kernel hands out, of one address), a search."""
     lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     start = max(2000, lo - 2000 - (os.getpid() % 1000))
     for port in range(start, lo):
@@ -322,7 +324,7 @@ class Lab:
         self.cgroup.mkdir()
         teardown.add("cgroup", lambda: remove_cgroup(self.cgroup))
         self.pin_dir = BPFFS / self.tag
-        self.port = free_port()
+        self.port = port_below_ephemeral()
         self.netns: list[str] = []
         self.agent = Agent(self)
 
@@ -409,14 +411,6 @@ def remove_stale() -> None:
         pid = owner_pid(d.name)
         if pid is not None and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def ensure_bpffs() -> None:
-    with open("/proc/mounts") as f:
-        if any(len(p := line.split()) >= 3 and p[1] == str(BPFFS) and p[2] == "bpf" for line in f):
-            return
-    BPFFS.mkdir(parents=True, exist_ok=True)
-    run(["mount", "-t", "bpf", "bpf", str(BPFFS)])
 
 
 # --- Terminator instrumentation (only for the extra breakdown runs) -------------------------------
@@ -1127,7 +1121,7 @@ def main(argv=None) -> int:
     teardown = Teardown()
     install_exit_handlers(teardown)
     try:
-        ensure_bpffs()
+        ensure_bpffs(BPFFS)
         remove_stale()
         lab = Lab(teardown)
         bench = Bench(lab, args)

@@ -1,6 +1,6 @@
 """Helper processes of bench/termination.py: accept-and-hold servers and
-connection-holding clients. Standard library only (and setns from
-socklb.dataplane.native); each talks JSON lines on stdin/stdout (one answer
+connection-holding clients. Standard library only (and the namespace
+switch of socklb.dataplane.netns); each talks JSON lines on stdin/stdout (one answer
 per command) and says {"ready": ...} first.
 
     python -m bench.termination_workers server SPEC.json
@@ -36,7 +36,7 @@ import select
 import socket
 import sys
 
-from socklb.dataplane.native import setns
+from socklb.dataplane.netns import Switch, open_netns
 
 
 def raise_nofile() -> int:
@@ -65,16 +65,17 @@ def own_cgroup() -> str:
 
 
 class NetnsSwitch:
-    """Enter namespace i (or stay in our own for -1) for the calling thread."""
+    """Enter namespace i of paths (or go back to our own for -1) for the
+    calling thread, through socklb.dataplane.netns."""
 
     def __init__(self, paths: list[str]):
-        self.own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self.fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+        self.switch = Switch()
+        self.nss = [open_netns([p])[0] for p in paths]  # one each, in order (a list would be deduplicated)
         self.cur = -1
 
     def enter(self, i: int) -> None:
         if i != self.cur:
-            setns(self.own if i < 0 else self.fds[i])
+            self.switch.enter(None if i < 0 else self.nss[i])
             self.cur = i
 
 

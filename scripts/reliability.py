@@ -42,7 +42,12 @@ def render(rows: list[dict], command: str, seconds: float) -> str:
               "per-service limits at and one past on both planes (`tests/unit/test_limits.py`); a service a node "
               "cannot take NACKed without losing the stream or later changes "
               "(`tests/unit/test_sync.py`); TerminateFlows bounds, pruning and paging "
-              "(`tests/unit/test_terminations_api.py`).", "",
+              "(`tests/unit/test_terminations_api.py`); secure deploy defaults: the Kubernetes manifests and "
+              "the compose mTLS file checked for mTLS, a clients file, etcd client-certificate auth and "
+              "NetworkPolicy, and run for real on a TLS etcd where callers without the right certificate "
+              "are refused (`tests/unit/test_deploy.py`, `tests/unit/test_certs.py`, "
+              "`tests/integration/test_store_etcd.py`); a control plane refuses to serve beyond loopback "
+              "without a clients file (`tests/unit/test_controlplane_start.py`).", "",
               "Not yet probed here: etcd on a disk that is really full (its row raises etcd's NOSPACE alarm, "
               "the state etcd enters when it runs out of space, through etcd's Maintenance API).", ""]
     return "\n".join(lines)

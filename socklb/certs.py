@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from socklb.lb.addresses import join_host_port
+
 CA = "socklb-ca"
 CLIENTS = "socklb-clients"
 DEFAULT_DAYS = 365
@@ -181,7 +183,7 @@ class KubeSecrets:
             host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             if not host:
                 raise CertsError("not in a Kubernetes pod (KUBERNETES_SERVICE_HOST unset): use `socklb-certs init DIR`")
-            server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+            server = f"https://{join_host_port(host, port)}"
             token = (self.SA / "token").read_text().strip()
             context = ssl.create_default_context(cafile=str(self.SA / "ca.crt"))
         self.base = f"{server}/api/v1/namespaces/{namespace}/secrets"

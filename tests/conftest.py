@@ -1,4 +1,4 @@
-"""Every test area can import the helpers at tests/ (figures.py)."""
+"""Every test area can import the helpers at tests/ (support.py, figures.py)."""
 import sys
 from pathlib import Path
 

@@ -37,7 +37,8 @@ from socklb.cli.exits import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, UsageError, 
 from socklb.cli.files import load_backends, load_service
 from socklb.cli.parser import build_parser, parse_args
 from socklb.cli.render import render_text, to_json, to_yaml
-from socklb.cli.text import format_endpoint, text_nodes, text_stats
+from socklb.cli.text import text_nodes, text_stats
+from socklb.lb.addresses import join_host_port as format_endpoint
 
 __all__ = ["Client", "Endpoint", "UsageError", "backend_refs", "backends_from_args", "build_parser",
            "exit_code_for", "format_endpoint", "load_backends", "load_service", "main", "parse_args",

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from socklb.lb.addresses import join_host_port
 from socklb.v1 import api_pb2, types_pb2
-
-
-def format_endpoint(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _enum_word(enum_type, value: int, prefix: str) -> str:
@@ -42,11 +39,11 @@ def _age(ts) -> str:
 
 def _frontend(f) -> str:
     protocol = f.protocol or types_pb2.PROTOCOL_TCP  # unspecified is read as TCP (as Kubernetes)
-    return f"{format_endpoint(f.address, f.port)}/{_enum_word(types_pb2.Protocol, protocol, 'PROTOCOL_')}"
+    return f"{join_host_port(f.address, f.port)}/{_enum_word(types_pb2.Protocol, protocol, 'PROTOCOL_')}"
 
 
 def _backend_row(b) -> list[str]:
-    return [format_endpoint(b.address, b.port), str(b.weight or 1),
+    return [join_host_port(b.address, b.port), str(b.weight or 1),
             _enum_word(types_pb2.BackendState, b.state or types_pb2.BACKEND_STATE_ACTIVE, "BACKEND_STATE_"),
             b.node or "-", b.zone or "-", _time(b.drain_deadline)]
 
@@ -125,7 +122,7 @@ def text_stats(resp) -> str:
         for b in s.backends:
             socks = {_enum_word(types_pb2.Protocol, x.protocol, "PROTOCOL_"): x for x in b.sockets}
             tcp, udp = socks.get("tcp"), socks.get("udp")
-            svc_rows.append(["", format_endpoint(b.address, b.port), str(b.active_flows),
+            svc_rows.append(["", join_host_port(b.address, b.port), str(b.active_flows),
                              str(sum(x.sockets for x in b.sockets)),
                              f"{tcp.bytes_sent}/{tcp.bytes_received}" if tcp else "-",
                              f"{tcp.srtt_us}" if tcp else "-", str(tcp.retransmits) if tcp else "-",

@@ -15,7 +15,7 @@ from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
 from . import keys, terminations
 from .nodes import NodeRegistry
-from .services import (AlreadyExists, Conflict, NotFound, ServiceStore, add_backends, drain_backends,
+from .services import (AlreadyExists, Conflict, NotFound, ServiceRepository, add_backends, drain_backends,
                        remove_backends, set_backends)
 from .store import Compacted, Full, Store, StoreError, Unavailable
 from .validate import check_members, validate_backend_refs
@@ -104,7 +104,7 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
 class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
     def __init__(self, store: Store, registry: NodeRegistry):
         self.store = store
-        self.services = ServiceStore(store)
+        self.services = ServiceRepository(store)
         self.registry = registry
         self.traces = tracing.WriteTraces()
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from socklb.v1 import api_pb2, api_pb2_grpc
 
+from socklb.lb.addresses import split_host_port
 from socklb.observability import metrics, tracing
 from socklb.observability.grpcutil import add_health_and_reflection_aio
 from socklb.observability.logs import setup_logging
@@ -29,7 +30,7 @@ from . import auth, keys, terminations
 from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
-from .services import ServiceStore, expire_drains
+from .services import ServiceRepository, expire_drains
 from .store import Compacted, Store, StoreError, Unavailable, open_store
 from .sync import SyncService
 
@@ -52,11 +53,16 @@ SERVER_OPTIONS = [
 
 def check_listen(listen: str) -> None:
     """ "host:port" or "[v6]:port" with a port in 0..65535 (0: any free
-    port), or "unix:PATH"; ValueError naming what is wrong."""
+    port), or "unix:PATH"; ValueError naming what is wrong. The host:port
+    grammar is the model's (split_host_port): IPv6 without brackets is
+    refused, which gRPC could not bind either."""
     if listen.startswith("unix:"):
         return
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    try:
+        host, port = split_host_port(listen)
+    except ValueError as e:
+        raise ValueError(f"--listen {listen!r}: {e}") from None
+    if not host or port is None or not (port.isascii() and port.isdigit()):
         raise ValueError(f"--listen {listen!r}: expected HOST:PORT ([ADDR]:PORT for IPv6) or unix:PATH")
     if int(port) > 65535:
         raise ValueError(f"--listen {listen!r}: port {port} is out of range (0..65535)")
@@ -245,7 +251,7 @@ class ControlPlane:
     async def _duties(self) -> None:
         leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
                                              max(self.duty_interval * 3, 5.0))
-        services = ServiceStore(self.store)
+        services = ServiceRepository(self.store)
         pruned_at = time.monotonic()
         try:
             while True:
@@ -303,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 def is_loopback(listen: str) -> bool:
     if listen.startswith("unix:"):
         return True
-    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        host, _ = split_host_port(listen)
+    except ValueError:
+        return False  # no address check_listen accepts
     if host == "localhost":
         return True
     try:

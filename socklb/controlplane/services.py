@@ -58,7 +58,11 @@ def _frontend_keys(svc: api_pb2.Service) -> dict[str, int]:
     return out
 
 
-class ServiceStore:
+class ServiceRepository:
+    """The services in a Store (the key-value contract, store/): reads, and
+    writes each as one transaction. Not itself a store: the name was
+    ServiceStore, one of three "stores" (docs/glossary.md)."""
+
     def __init__(self, store: Store):
         self.store = store
 
@@ -258,7 +262,7 @@ def drain_backends(refs, deadline_seconds: int, now: float | None = None
     return mutate
 
 
-def expire_drains(services: ServiceStore, fence: Compare, names: Iterable[str] | None = None,
+def expire_drains(services: ServiceRepository, fence: Compare, names: Iterable[str] | None = None,
                   now: float | None = None) -> list[str]:
     """Leader duty: remove DRAINING backends whose deadline has passed, in
     the services named (those with a due deadline), or in every service."""

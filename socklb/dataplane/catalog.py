@@ -10,9 +10,9 @@ publishes each state it programs here; readers ask:
     index.frontend_services()            # frontend id -> service
     agent.catalog.backend_names()        # (frontend id, backend id) -> BackendName, removed ones too
 
-Backends removed by an apply stay named for a while (the last REMEMBERED
-of them): flows kept with keep_sockets still point at them, so they can
-still be counted and terminated by address.
+Backends removed by an apply stay named for a while (the graveyard: the
+last REMEMBERED of them): flows kept with keep_sockets still point at them,
+so they can still be counted and terminated by address.
 """
 from __future__ import annotations
 

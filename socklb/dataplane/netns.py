@@ -6,6 +6,11 @@ their reads through scan().
     res = scan(lambda ns: read_something())       # every namespace of the node
     res = scan(fn, ["/run/netns/a", "/proc/42/ns/net"])
     res.results, res.errors, res.unreachable, res.duration
+    with entered("/run/netns/a"):                 # this thread in one namespace
+        sock = socket.socket()                     #   (the socket stays there)
+
+Opening a namespace and moving a thread into it and back is done here only
+(open_netns, Switch); the tests and benchmarks use it too.
 
 Namespaces are found through /proc/*/ns/net (the host's is /proc/1/ns/net)
 and the named ones in /run/netns, deduplicated by the nsfs inode: one held
@@ -17,9 +22,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .native import setns
 
@@ -106,6 +112,47 @@ def close_netns(nss: list[Netns]) -> None:
             pass
 
 
+class Switch:
+    """Moves the calling thread between network namespaces (setns); close(),
+    or the end of a with block, puts it back into the namespace it was in
+    when the Switch was made. Use it in the thread it was made in."""
+
+    def __init__(self):
+        self._own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def enter(self, ns: Netns | None) -> None:
+        """Into ns; None: back into the thread's own namespace."""
+        setns(self._own if ns is None else ns.fd)
+
+    def close(self) -> None:
+        if self._own < 0:
+            return
+        try:
+            setns(self._own)
+        finally:
+            os.close(self._own)
+            self._own = -1
+
+    def __enter__(self) -> "Switch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def entered(path: str | Path) -> Iterator[Netns]:
+    """The calling thread inside the namespace at path for the block, back in
+    its own afterwards; sockets made inside stay in the namespace."""
+    nss = open_netns([path])
+    try:
+        with Switch() as switch:
+            switch.enter(nss[0])
+            yield nss[0]
+    finally:
+        close_netns(nss)
+
+
 def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
                   ) -> list[tuple[Netns, object, BaseException | None]]:
     """fn(ns) in every namespace, in one dedicated thread that setns()es into
@@ -114,19 +161,13 @@ def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns"
     results: list[tuple[Netns, object, BaseException | None]] = []
 
     def worker():
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
+        with Switch() as switch:
             for ns in nss:
                 try:
-                    setns(ns.fd)
+                    switch.enter(ns)
                     results.append((ns, fn(ns), None))
                 except BaseException as e:  # report, go on with the next namespace
                     results.append((ns, None, e))
-        finally:
-            try:
-                setns(own)
-            finally:
-                os.close(own)
 
     t = threading.Thread(target=worker, name=thread_name, daemon=True)
     t.start()

@@ -42,13 +42,13 @@ Each collection walks every namespace's TCP and UDP hash tables.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from socklb.v1 import node_pb2, types_pb2
+from socklb.lb import protocols
+from socklb.v1 import node_pb2
 
 from . import bpfobj, layout
 from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen
@@ -62,25 +62,9 @@ PROGRAMS = {"tcp": "socklb_stats_tcp", "udp": "socklb_stats_udp"}
 # layout.StatRec, field for field, for iter_unpack.
 _REC = layout.record_struct(layout.StatRec)
 
-TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-    11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
-}
-_PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
-_PB_PROTO = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
-
 
 class SocketStatsError(bpfobj.BpfObjError):
     """Building or loading the statistics programs failed."""
-
-
-def state_name(protocol: str, state: int) -> str:
-    """TCP: the kernel's state name (ESTABLISHED, CLOSE_WAIT, ...); UDP:
-    CONNECTED for a connected socket (skc_state 1); else the number."""
-    if protocol == "tcp":
-        return TCP_STATES.get(state, str(state))
-    return "CONNECTED" if state == 1 else str(state)
 
 
 @dataclass(frozen=True)
@@ -102,7 +86,7 @@ class SocketSample:
 
     @property
     def state_name(self) -> str:
-        return state_name(self.protocol, self.state)
+        return protocols.state_name(self.protocol, self.state)
 
 
 @dataclass
@@ -127,7 +111,7 @@ def parse(data: bytes, netns: str) -> list[SocketSample]:
     usable = len(data) - len(data) % _REC.size
     for (cookie, sent, received, fe, be, srtt, retrans, drops, family, proto,
          state) in _REC.iter_unpack(memoryview(data)[:usable]):
-        out.append(SocketSample(netns, cookie, fe, be, _PROTOS.get(proto, str(proto)), family, state,
+        out.append(SocketSample(netns, cookie, fe, be, protocols.name_of(proto), family, state,
                                 sent, received, srtt, retrans, drops))
     return out
 
@@ -223,7 +207,7 @@ def aggregate(samples: Iterable[SocketSample],
         if st is None:
             st = groups[key] = node_pb2.SocketStats(
                 service=service, backend_address=address, backend_port=int(port),
-                protocol=_PB_PROTO.get(s.protocol, types_pb2.PROTOCOL_UNSPECIFIED))
+                protocol=protocols.pb_of_name(s.protocol))
             rtt[key] = [0, 0]
         st.sockets += 1
         st.states[s.state_name] += 1

@@ -40,8 +40,9 @@ Prefilter (`dsts`): run(targets, dsts=[(address, port), ...]) writes the
 backends the targets point at into the `dsts` map; a socket whose connected
 peer is not one of them is skipped before its flow record (socket storage)
 is looked up, which is most of the per-socket cost of the walk. Addresses
-are strings, ipaddress objects or 16 raw bytes (IPv4 as such or v4-mapped:
-both match IPv4 sockets and v4-mapped IPv6 ones); ports in host order. The
+are strings, ipaddress objects or 4 or 16 raw bytes, encoded by the model's
+socklb.lb.addresses.addr16 (IPv4 v4-mapped: an IPv4 backend matches IPv4
+sockets and v4-mapped IPv6 ones); ports in host order. The
 hint must cover every backend of the targets: a matching socket whose peer is
 not listed is not touched. Without dsts (None) every socket is looked up.
 
@@ -86,13 +87,14 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
-import ipaddress
 import logging
 import socket
 import time
 from functools import partial
 from pathlib import Path
 from typing import Iterable
+
+from socklb.lb.addresses import addr16, check_port, parse_ip
 
 from . import bpfobj, kernel, layout, sockdiag
 from .iterrun import NO_HOOKS, Hooks, IterRunner, raising
@@ -173,25 +175,16 @@ class _Object(bpfobj.IterObject):
 # --- helpers -------------------------------------------------------------------------------------
 
 def dst_key(addr, port: int) -> TermDst:
-    """The `dsts` key of a backend: addr a string, an ipaddress object or
-    16 raw bytes (network order, IPv4 v4-mapped); port in host order."""
-    if isinstance(addr, (bytes, bytearray)):
-        if len(addr) == 4:
-            raw = bytes(10) + b"\xff\xff" + bytes(addr)
-        elif len(addr) == 16:
-            raw = bytes(addr)
-        else:
-            raise ValueError(f"address of {len(addr)} bytes")
-    else:
-        ip = addr if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)) \
-            else ipaddress.ip_address(str(addr).strip("[]"))
-        raw = bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed
-    port = int(port)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {port}")
+    """The `dsts` key of a backend: addr an address literal (IPv6 with or
+    without brackets), an ipaddress object, or 4 or 16 packed bytes (network
+    order, IPv4 as such or v4-mapped); port in host order. ValueError for
+    anything else."""
+    if isinstance(addr, str):
+        addr = parse_ip(addr, "dsts address")
+    raw = addr16(bytes(addr) if isinstance(addr, bytearray) else addr)
     k = TermDst()
     ct.memmove(k.addr, raw, 16)
-    k.port = socket.htons(port)
+    k.port = socket.htons(check_port(int(port), "dsts port", allow_zero=False))
     return k
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 from google.protobuf import timestamp_pb2
 from opentelemetry.trace import Status, StatusCode
 
+from socklb.lb import protocols
 from socklb.lb.addresses import addr16, addr_text
 from socklb.observability import metrics, tracing
-from socklb.v1 import node_pb2, types_pb2
+from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
 from .plan import DeleteBackend, DeleteMaster, Plan
@@ -34,9 +35,6 @@ log = logging.getLogger(__name__)
 
 MAX_REPORTED_SOCKETS = 100
 MAX_DRY_RUN_SOCKETS = 1000  # a dry run lists sockets, bounded: the counts stay exact
-
-_STATES_TCP = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
-               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 
 
 @dataclass(frozen=True)
@@ -151,10 +149,8 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
         out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
     limit = MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS
     for s in rep.sockets[:limit]:
-        proto = types_pb2.PROTOCOL_TCP if s.proto == "tcp" else types_pb2.PROTOCOL_UDP
-        state = _STATES_TCP.get(s.state, str(s.state)) if s.proto == "tcp" else (
-            "CONNECTED" if s.state == 1 else str(s.state))
-        ts = node_pb2.TerminatedSocket(netns=s.netns, cookie=s.cookie, protocol=proto, state=state,
+        ts = node_pb2.TerminatedSocket(netns=s.netns, cookie=s.cookie, protocol=protocols.pb_of_name(s.proto),
+                                       state=protocols.state_name(s.proto, s.state),
                                        source=_hostport(s.src, s.sport), destination=_hostport(s.dst, s.dport))
         if s.result is not None:
             ts.result = s.result

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from . import layout
+from socklb.lb import protocols
+from socklb.lb.addresses import addr_text
+
 from .layout import TermKind, TermRec
 
 
@@ -85,23 +87,12 @@ class SocketRecord:
         return self.result == 0
 
 
-_V4MAPPED = bytes(10) + b"\xff\xff"
-_PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
-
-
-def _addr(words) -> str:
-    raw = bytes(words)
-    if raw[:12] == _V4MAPPED:  # inet_ntop: several times cheaper than ipaddress
-        return socket.inet_ntop(socket.AF_INET, raw[12:])
-    return layout.unpack_addr(words)
-
-
 def socket_record(netns: str, r: TermRec, result: int | None) -> SocketRecord:
     """The SocketRecord of a kernel record; netns: the namespace's ident
     ("net:[<inode>]"); result None: not tried."""
     return SocketRecord(
-        netns=netns, cookie=r.cookie, family=r.family, proto=_PROTOS.get(r.proto, str(r.proto)),
-        state=r.state, src=_addr(r.src), sport=socket.ntohs(r.sport), dst=_addr(r.dst),
+        netns=netns, cookie=r.cookie, family=r.family, proto=protocols.name_of(r.proto),
+        state=r.state, src=addr_text(bytes(r.src)), sport=socket.ntohs(r.sport), dst=addr_text(bytes(r.dst)),
         dport=socket.ntohs(r.dport), frontend_id=r.frontend_id, backend_id=r.backend_id,
         target=Target.matched(r.target_kind, r.frontend_id, r.backend_id), result=result)
 

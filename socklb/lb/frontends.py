@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from socklb.v1 import node_pb2, types_pb2
 
 from . import selection
-from .addresses import V4MAPPED, addr16, addr_text, check_port, parse_ip
+from .addresses import V4MAPPED, addr16, addr_text, check_port, join_host_port, parse_ip
 from .errors import InvalidState
 from .limits import MAGLEV_TABLE_SIZE, MAX_AFFINITY_SECONDS, MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT
-from .protocols import PROTOCOLS, TCP
+from .protocols import PROTOCOLS, name_of
 
 
 class Selection(enum.IntEnum):
@@ -59,9 +59,7 @@ class FrontendKey:
         return self.addr[:12] == V4MAPPED
 
     def __str__(self) -> str:
-        text = addr_text(self.addr)
-        host = text if self.is_v4 else f"[{text}]"
-        return f"{host}:{self.port}/{'tcp' if self.proto == TCP else 'udp'}"
+        return f"{join_host_port(addr_text(self.addr), self.port)}/{name_of(self.proto)}"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import logging
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
 
+from socklb.lb.addresses import split_host_port
+
 log = logging.getLogger(__name__)
 
 # Latency buckets from 1 ms to 10 s: sync and apply times live in there.
@@ -82,9 +84,13 @@ def register(fn) -> None:
 
 
 def serve(address: str) -> None:
-    """Expose /metrics on host:port (empty: do not serve)."""
+    """Expose /metrics on HOST:PORT, [IPv6]:PORT or :PORT (every IPv4
+    address); empty: do not serve. ValueError for another form (the
+    host:port grammar is the model's, split_host_port)."""
     if not address:
         return
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
+    host, port = split_host_port(address)
+    if port is None or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError("expected HOST:PORT ([ADDR]:PORT for IPv6) with a port in 0..65535")
+    start_http_server(int(port), addr=host or "0.0.0.0")
     log.info("metrics on http://%s/metrics", address)

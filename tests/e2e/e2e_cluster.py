@@ -45,6 +45,9 @@ import grpc
 from pyetcd import etcdrpc
 
 import netenv
+from support import free_port, free_ports
+
+from socklb.lb.addresses import split_host_port
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2, node_pb2_grpc, types_pb2
 
 REPO = netenv.REPO
@@ -338,7 +341,7 @@ class EtcdCluster:
     endpoint: every member's client address, comma-separated)."""
 
     def __init__(self, workdir: Path, size: int = 3):
-        ports = [netenv.free_port("127.0.0.1") for _ in range(2 * size)]
+        ports = free_ports(2 * size)
         names = [f"m{i + 1}" for i in range(size)]
         initial = ",".join(f"{n}=http://127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(names))
         self.members = [EtcdMember(workdir, n, initial, ports[2 * i], ports[2 * i + 1])
@@ -390,7 +393,7 @@ class ControlPlane(Proc):
         super().__init__(f"controlplane {replica}", workdir / f"cp-{replica}.log")
         self.store_url = store_url
         self.replica = replica
-        self.port = port or netenv.free_port("127.0.0.1")
+        self.port = port or free_port()
         self._channel: grpc.Channel | None = None
         self._stub = None
 
@@ -731,7 +734,7 @@ class Cluster:
         """A fresh loopback VIP (127.96.<cluster>.<n>) and a free port on it."""
         self._vips += 1
         vip = f"127.96.{self.index}.{self._vips}"
-        return vip, netenv.free_port(vip)
+        return vip, free_port(vip)
 
     # -- API -------------------------------------------------------------------
 
@@ -885,7 +888,7 @@ class Link:
     stream die and the node connects again)."""
 
     def __init__(self, target: str):
-        host, _, port = target.rpartition(":")
+        host, port = split_host_port(target)
         self.target = (host, int(port))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.addr = f"127.0.0.1:{self._listener.getsockname()[1]}"

@@ -23,24 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from support import free_ports, in_ci
+
 ETCD = os.environ.get("SOCKLB_TEST_ETCD", "/usr/bin/etcd")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class EtcdServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from support import free_port
 
 from socklb.controlplane.store import Compacted, Compare, Event, Unavailable, open_store
 from socklb.controlplane.store.etcd import EtcdStore
@@ -41,12 +42,6 @@ def store(etcd_server):
 def ns():
     """A prefix of the test's own on the shared etcd."""
     return f"/t/{uuid.uuid4().hex[:12]}/"
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raises_unavailable(fn) -> bool:
@@ -266,7 +261,7 @@ def test_watch_compacted_while_disconnected(etcd_server, tcp_proxy, ns):
 
 
 def test_several_endpoints_fail_over(etcd_server, tcp_proxy, ns):
-    dead = unused_port()
+    dead = free_port()
     s = open_store(f"etcd://127.0.0.1:{dead},{etcd_server.endpoint}")
     try:
         for _ in range(3):  # a read tries the next endpoint within the call

@@ -39,6 +39,11 @@ IO_TIMEOUT = 20.0  # a hang guard only
 
 
 def join(cgroup, netns):
+    # A copy of what socklb.dataplane.netns does (open, setns), on purpose:
+    # this script is run by file path as a process of its own (also through
+    # `ip netns exec`) and is kept standard library only, so that it runs
+    # without the socklb package; udp_dns_client.py and the tests' EXTRA
+    # scripts join through it too.
     if cgroup:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))

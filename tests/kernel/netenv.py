@@ -31,7 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-from socklb.dataplane.native import setns
+from support import in_ci
+
+from socklb.dataplane import kernel
+from socklb.dataplane import netns as dp_netns
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -60,10 +63,6 @@ def unique_name(kind: str = "") -> str:
 # Environment probes
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
 def require(condition: bool, what: str) -> None:
     """Skip (developer machine) or fail (CI=true) when a prerequisite of a
     kernel test is missing. Every kernel test goes through this (the autouse
@@ -78,36 +77,20 @@ def require(condition: bool, what: str) -> None:
 
 
 def cgroup2_mount() -> Path | None:
-    """The cgroup2 mount point from /proc/mounts (never hard-coded)."""
+    """The cgroup2 mount point (the agent's kernel.cgroup2_mount), or None."""
     try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] == "cgroup2":
-                    return Path(parts[1])
+        return kernel.cgroup2_mount()
     except OSError:
-        pass
-    return None
-
-
-def bpffs_mounted() -> bool:
-    try:
-        with open("/proc/mounts") as f:
-            return any(
-                line.split()[1] == str(BPFFS) and line.split()[2] == "bpf"
-                for line in f
-                if len(line.split()) >= 3
-            )
-    except OSError:
-        return False
+        return None
 
 
 def ensure_bpffs() -> bool:
-    if bpffs_mounted():
-        return True
-    BPFFS.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], capture_output=True)
-    return r.returncode == 0 and bpffs_mounted()
+    """bpffs at BPFFS, mounted by the agent's kernel.ensure_bpffs if missing."""
+    try:
+        kernel.ensure_bpffs(BPFFS)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return True
 
 
 def have_bcc() -> bool:
@@ -259,10 +242,11 @@ class NetNS:
             self.ip("-6", "route", "show", "default").strip()
         )
 
-    def entered(self) -> "_Entered":
-        """Context manager: the calling thread is in this namespace inside it.
-        Sockets created there stay in the namespace afterwards."""
-        return _Entered(self.path)
+    def entered(self):
+        """Context manager: the calling thread is in this namespace inside it
+        (the agent's netns.entered). Sockets created there stay in the
+        namespace afterwards."""
+        return dp_netns.entered(self.path)
 
     def pids(self) -> list[int]:
         r = run(["ip", "netns", "pids", self.name], check=False)
@@ -282,36 +266,8 @@ class NetNS:
         run(["ip", "netns", "del", self.name], check=False)
 
 
-class _Entered:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            setns(fd)
-        finally:
-            os.close(fd)
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            setns(self.orig)
-        finally:
-            os.close(self.orig)
-
-
 # --------------------------------------------------------------------------
 # backends
-
-
-def free_port(addr: str = "127.0.0.1", kind=socket.SOCK_STREAM) -> int:
-    """A port on which nothing (not even a wildcard listener) is bound for addr."""
-    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(fam, kind) as s:
-        s.bind((addr, 0))
-        return s.getsockname()[1]
 
 
 class Backend(threading.Thread):

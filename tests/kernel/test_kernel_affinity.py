@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from netenv import backend, free_port, frontend, node_state, service, tries_for
+from netenv import backend, frontend, node_state, service, tries_for
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -4,7 +4,8 @@ import socket
 
 import pytest
 
-from netenv import backend, free_port, frontend, node_state, service
+from netenv import backend, frontend, node_state, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from netenv import backend, free_port, frontend, node_state, service
+from netenv import backend, frontend, node_state, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import netenv
-from netenv import backend, free_port, frontend, node_state, poll, service
+from netenv import backend, frontend, node_state, poll, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import netenv
+from support import free_port
 
 
 # -- the CI rule ------------------------------------------------------------
@@ -48,7 +49,8 @@ def test_missing_prerequisite_fails_whole_test_under_ci(tmp_path):
             "--confcutdir", here, "-c", os.devnull]
 
     def run(ci):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), here]))
+        # tests/ too: netenv imports tests/support.py (tests/conftest.py is cut off here)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), here, os.path.dirname(here)]))
         env.pop("CI", None)
         if ci:
             env["CI"] = "true"
@@ -127,7 +129,7 @@ def test_backends_and_clients_on_loopback(backends, clients):
     r = c.call("udp_connected", addr="127.0.0.2", port=u0.port, n=2)
     assert r["peer"] == ["127.0.0.2", u0.port] and r["counts"] == {"backend-u0": 3}
     # nothing listens on a free port of the VIP range: refused
-    port = netenv.free_port("127.96.0.10")
+    port = free_port("127.96.0.10")
     assert c.call("connect_error", addr="127.96.0.10", port=port)["error"] == "ECONNREFUSED"
     c.call("loop_start", addr="127.0.0.2", port=b0.port, max=20)
     st = c.call("loop_stop")

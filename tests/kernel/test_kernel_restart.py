@@ -6,8 +6,9 @@ import signal
 import pytest
 
 from netenv import (
-    backend, cgroup_progs, free_port, frontend, node_state, pinned_files, pinned_ids, poll, service,
+    backend, cgroup_progs, frontend, node_state, pinned_files, pinned_ids, poll, service,
 )
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

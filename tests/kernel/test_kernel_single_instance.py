@@ -14,7 +14,8 @@ import threading
 import pytest
 
 import netenv
-from netenv import backend, free_port, frontend, node_state, service
+from netenv import backend, frontend, node_state, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -25,7 +25,10 @@ import time
 import pytest
 
 import netenv
-from netenv import backend, free_port, frontend, node_state, poll, service, require
+from netenv import backend, frontend, node_state, poll, service, require
+from support import free_port
+
+from socklb.lb import protocols
 
 pytestmark = pytest.mark.agent
 
@@ -504,7 +507,7 @@ def test_aggregate():
     assert web1.srtt_us == 51  # mean of 40 and 61 (the socket without a sample left out), rounded
     assert dict(web2.states) == {"SYN_SENT": 1} and web2.srtt_us == 0
     assert ss.aggregate([], names) == []
-    assert ss.state_name("tcp", 99) == "99" and ss.state_name("udp", 1) == "CONNECTED"
+    assert protocols.state_name("tcp", 99) == "99" and protocols.state_name("udp", 1) == "CONNECTED"
 
 
 @pytest.mark.pure

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from figures import record
-from netenv import backend, free_port, frontend, node_state, service
+from netenv import backend, frontend, node_state, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

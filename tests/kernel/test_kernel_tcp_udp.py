@@ -5,8 +5,9 @@ import socket
 import pytest
 
 from netenv import (
-    assert_proportions, backend, free_port, frontend, node_state, peer, service,
+    assert_proportions, backend, frontend, node_state, peer, service,
 )
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

@@ -19,7 +19,8 @@ import sys
 import pytest
 
 import netenv
-from netenv import backend, free_port, frontend, node_state, poll, service
+from netenv import backend, frontend, node_state, poll, service
+from support import free_port
 
 pytestmark = pytest.mark.agent
 

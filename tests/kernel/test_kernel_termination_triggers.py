@@ -37,6 +37,7 @@ import time
 import pytest
 
 import netenv
+from support import free_port
 from netenv import backend, frontend, node_state, poll, service
 
 pytestmark = pytest.mark.agent
@@ -66,6 +67,7 @@ sys.path.insert(0, sys.argv.pop(1))
 import client
 
 def _addr(hexs):
+    # /proc/net/tcp[6] hex, 32-bit words in host order; standard library only like client.py
     raw = bytes.fromhex(hexs)
     raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
     ip = ipaddress.ip_address(raw)
@@ -492,8 +494,8 @@ class Fleet:
         for _, ns in self.places[1:]:
             for b in list(self.tcp.values()) + list(self.udp_be.values()):
                 backends(b.label, b.addr, b.port, b.proto, ns)
-        self.tport = netenv.free_port(vip)
-        self.uport = netenv.free_port(vip, socket.SOCK_DGRAM)
+        self.tport = free_port(vip)
+        self.uport = free_port(vip, socket.SOCK_DGRAM)
         self.agent = start_agent(agent, self.state(1, "AB"), method)
         self.clients = {name: xclients(ns) for name, ns in self.places}
         nets = {c.hello["netns"] for c in self.clients.values()}
@@ -683,7 +685,7 @@ def test_service_removed_kills_all_its_flows(agent, backends, xclients, netns):
 def test_unconnected_udp_socket_is_not_destroyed(agent, backends, xclients):
     vip = "127.96.0.73"
     uA, uB = backends("A", ADDR_A, proto="udp"), backends("B", ADDR_B, proto="udp")
-    port = netenv.free_port(vip, socket.SOCK_DGRAM)
+    port = free_port(vip, socket.SOCK_DGRAM)
 
     def state(version, bes):
         return node_state(version, service("dns", [frontend(vip, port, "udp")], [backend(b) for b in bes]))

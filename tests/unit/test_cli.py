@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,16 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import free_port
+
 from socklb import cli
 from socklb.v1 import api_pb2, types_pb2
 
 SOCKLB = Path(sys.executable).parent / "socklb"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

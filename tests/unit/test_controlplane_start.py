@@ -3,7 +3,6 @@ one (a port already taken: gRPC's SO_REUSEPORT would share it) or on a port
 that does not exist, with a clear error and a non-zero exit; the running one
 keeps serving alone."""
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,16 +12,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from support import free_port
+
 from socklb.v1 import api_pb2, api_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 CP = [sys.executable, "-m", "socklb.controlplane.server"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cp(tmp_path: Path, name: str, listen: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -39,7 +39,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+
+from support import free_ports, in_ci
+
+from socklb.lb.addresses import split_host_port
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -105,10 +108,6 @@ OTEL_SPEC = {
 # The manifests are checked against this Kubernetes version (or the oldest
 # schemas kubernetes-validate bundles, if it no longer has it) and the newest.
 K8S_MIN_VERSION = "1.30.0"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def need(cond: bool, msg: str) -> None:
@@ -219,9 +218,9 @@ def parse_argv(argv: list[str], env: dict[str, str] | None = None) -> tuple[str,
 
 
 def hostport(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    assert host and port.isdigit(), f"{addr!r}: expected HOST:PORT"
-    return host.strip("[]"), int(port)
+    host, port = split_host_port(addr)
+    assert host and port is not None and port.isdigit(), f"{addr!r}: expected HOST:PORT"
+    return host, int(port)
 
 
 def flag_values(argv: list[str], flag: str) -> list[str]:
@@ -962,19 +961,6 @@ def test_entrypoint_without_any_headers_still_runs_the_command(tmp_path):
 
 # === the compose control planes, run for real on a local etcd ===================================================
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _replace(argv: list[str], old: str, new: str) -> list[str]:
     return [new if t == old else (t[: -len(old)] + new if t.endswith("=" + old) else t) for t in argv]
 
@@ -1041,7 +1027,7 @@ def test_compose_control_planes_run_on_etcd(tmp_path, variant):
     etcd_argv = as_list(services["etcd"]["command"])
     [client_url] = flag_values(etcd_argv, "--listen-client-urls")
     [peer_url] = flag_values(etcd_argv, "--listen-peer-urls")
-    client, peer, *cp_ports = _free_ports(6)
+    client, peer, *cp_ports = free_ports(6)
     argv = []
     for tok in etcd_argv[1:]:
         tok = re.sub(rf"://[^/:,]+:{urlsplit(client_url).port}\b", f"://127.0.0.1:{client}", tok)

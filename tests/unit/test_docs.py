@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port
+
 from socklb import cli
 
-from test_cli import controlplane, free_port  # noqa: F401  (controlplane: a fixture, used by name)
+from test_cli import controlplane  # noqa: F401  (a fixture, used by name)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -289,3 +291,20 @@ def test_benchmark_doc_verdicts_follow_the_rule():
         op = ">=" if sign == "≥" else ">"
         assert verdict((op, float(bound)), float(q1), float(med), float(q3)) == said, (med, q1, q3, sign, bound, said)
     assert not re.search(r"\*\*[\d.]+x\*\* \(per-round ratios", text), "a headline in the old form (ratio of medians first)"
+
+
+def test_architecture_gives_every_module_a_line():
+    """docs/architecture.md lists every module of socklb/ with its job: a
+    module added without a line there fails here (the generated socklb/v1 and
+    the bpf/ symlink are listed as one row each)."""
+    text = (REPO / "docs/architecture.md").read_text()
+    missing = []
+    for path in sorted((REPO / "socklb").rglob("*.py")):
+        rel = path.relative_to(REPO / "socklb")
+        if rel.parts[0] in ("v1", "bpf") or path.name in ("__init__.py", "__main__.py"):
+            continue
+        if f"`{path.stem}`" not in text and f"/{path.stem}`" not in text:
+            missing.append(str(rel))
+    assert not missing, f"docs/architecture.md does not list {missing}"
+    for word in ("master slot", "Programmed", "graveyard", "keep_flows", "released"):
+        assert word in (REPO / "docs/glossary.md").read_text(), word

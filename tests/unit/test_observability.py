@@ -2,7 +2,6 @@
 plane process and a node process (no datapath)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from support import free_port
+
 from socklb.v1 import api_pb2, api_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(pred, what, timeout=60.0):

@@ -41,7 +41,7 @@ import grpc
 from pyetcd import etcdrpc as rpc
 
 from socklb.grpcauth import channel_credentials
-from socklb.lb.addresses import split_host_port
+from socklb.lb.addresses import join_host_port, split_host_port
 
 from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
@@ -123,7 +123,7 @@ def tls_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials | N
 
 class _Endpoint:
     def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials | None = None):
-        self.netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.netloc = join_host_port(host, port)
         self.channel = (grpc.secure_channel(self.netloc, credentials, options=_GRPC_OPTIONS) if credentials
                         else grpc.insecure_channel(self.netloc, options=_GRPC_OPTIONS))
         self.kv = rpc.KVStub(self.channel)
