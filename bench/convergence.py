@@ -44,7 +44,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,11 @@ import grpc
 from bench.convergence_nodes import NodeReport, worker_main
 from bench.report import write_doc_section
 from socklb.v1 import api_pb2, api_pb2_grpc, types_pb2
+
+# The test areas' helpers (tests/support.py) are shared with the benchmarks
+# rather than copied: tests/ is not a package, so by path, as tests/conftest.py does.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -93,12 +97,6 @@ def fmt(x: float, digits: int = 1) -> str:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import json_format
 
 from socklb.grpcauth import channel_credentials
+from socklb.lb.addresses import split_host_port
 from socklb.lb.errors import InvalidState
 from socklb.observability import metrics
 from socklb.observability.logs import setup_logging
@@ -188,10 +189,13 @@ def cmd_dump(args) -> int:
 
 
 def _backend_arg(text: str):
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        host, port = "", None
+    if not host or port is None or not port.isdigit():
         raise CliError(f"{text!r}: expected ADDRESS:PORT (IPv6 as [addr]:port)")
-    return types_pb2.Backend(address=host.strip("[]"), port=int(port))
+    return types_pb2.Backend(address=host, port=int(port))
 
 
 def cmd_terminate(args) -> int:

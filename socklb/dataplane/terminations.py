@@ -24,7 +24,7 @@ from google.protobuf import timestamp_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from socklb.lb import protocols
-from socklb.lb.addresses import addr16, addr_text
+from socklb.lb.addresses import addr_text, canonical_address, join_host_port
 from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2
 
@@ -92,10 +92,7 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
 
 
 def _norm(address: str, port: int) -> tuple[str, int]:
-    try:
-        return addr_text(addr16(address)), port
-    except ValueError:
-        return address, port
+    return canonical_address(address), port
 
 
 def request_job(job_id: str, service: str, backends, dry_run: bool, catalog: Catalog) -> Job:
@@ -151,15 +148,11 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
     for s in rep.sockets[:limit]:
         ts = node_pb2.TerminatedSocket(netns=s.netns, cookie=s.cookie, protocol=protocols.pb_of_name(s.proto),
                                        state=protocols.state_name(s.proto, s.state),
-                                       source=_hostport(s.src, s.sport), destination=_hostport(s.dst, s.dport))
+                                       source=join_host_port(s.src, s.sport), destination=join_host_port(s.dst, s.dport))
         if s.result is not None:
             ts.result = s.result
         out.sockets.append(ts)
     return out
-
-
-def _hostport(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class Terminations(ABC):

@@ -71,3 +71,15 @@ def test_check_listen_and_is_loopback_accept():
 def test_metrics_listen_refuses(address):
     with pytest.raises(ValueError):
         metrics.serve(address)
+
+
+def test_the_node_cli_reads_backends_with_the_one_grammar():
+    """`socklb-dataplane terminate SERVICE ADDR:PORT`: split_host_port, like
+    every other host:port in socklb (IPv6 only in brackets)."""
+    from socklb.dataplane import cli as node_cli
+
+    assert (node_cli._backend_arg("[::1]:80").address, node_cli._backend_arg("[::1]:80").port) == ("::1", 80)
+    assert node_cli._backend_arg("127.0.0.2:8080").address == "127.0.0.2"
+    for bad in ("::1:80", "[::1", "x", "1.2.3.4:", "1.2.3.4:http"):
+        with pytest.raises(node_cli.CliError, match=r"expected ADDRESS:PORT \(IPv6 as \[addr\]:port\)"):
+            node_cli._backend_arg(bad)
