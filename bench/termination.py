@@ -92,7 +92,7 @@ from bench.report import paired_ratios, quartiles, target_text, write_doc_sectio
 from socklb.dataplane.iterrun import Hooks
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 from socklb.dataplane.layout import TermRec
-from socklb.dataplane.terminate import Target, Terminator
+from socklb.dataplane.sockdestroy import Target, Terminator
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "socklb-term-"

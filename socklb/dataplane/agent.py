@@ -21,7 +21,7 @@ from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
 from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
 from .stats import MemoryStatistics, Statistics
-from .terminations import MemoryTerminations, Terminations
+from .termjobs import MemoryTerminations, Terminations
 from .writer import MapWriter
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Agent:
     writer        where plans are written (writer.MapWriter: maps.BpfMapWriter,
                   or writer.MemoryMapWriter for a node that programs no kernel)
     terminations  told what each apply removed, asked for explicit requests
-                  (terminations.Terminations; MemoryTerminations by default)
+                  (termjobs.Terminations; MemoryTerminations by default)
     statistics    counters, flows and socket statistics (stats.Statistics;
                   MemoryStatistics by default)
     capabilities  the probed kernel features and each duty's way, as reported

@@ -14,7 +14,7 @@ Features (each "yes" or "no: <why>"):
   netlink_sock_destroy   inet_diag SOCK_DESTROY answers
 Duties, with the way taken (or "none: <why>"):
   flows          map-iter | socket-iter         (flows.py)
-  sock_destroy   kfunc | netlink                (terminate.py)
+  sock_destroy   kfunc | netlink                (sockdestroy.py)
   socket_stats   socket-iter                    (sockstats.py)
 One refused feature only moves its duty to the fallback; a duty with no way
 left is reported as such, and the others run.
@@ -30,7 +30,7 @@ from pathlib import Path
 from .bpfobj import first_line
 from .flows import FlowReader
 from .sockstats import SocketStatsCollector
-from .terminate import Terminator, resume_fixed
+from .sockdestroy import Terminator, resume_fixed
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The skeleton every iterator tool of the node shares (termination,
-terminate.py; socket statistics, sockstats.py; the flow reader, flows.py):
+sockdestroy.py; socket statistics, sockstats.py; the flow reader, flows.py):
 check that the agent's `flows` storage is pinned, build and load a libbpf
 object whose programs are attached as iterators, read them in every network
 namespace (or the ones given), and close.

@@ -3,7 +3,7 @@ once, and the Agent given the parts that work on them.
 
     agent = load_agent(Datapath(pin_dir, cgroup, capacity), node)
 
-Parts: maps.BpfMapWriter (the pinned maps), terminations.TerminationService
+Parts: maps.BpfMapWriter (the pinned maps), termjobs.TerminationService
 (with the Terminator the kernel allows, see features.py) and
 stats.KernelStatistics (the counters map, the flow reader, the socket
 statistics collector). One refused feature leaves the other duties running.
@@ -17,7 +17,7 @@ from .agent import Agent
 from .loader import Datapath
 from .maps import BpfMapWriter
 from .stats import KernelStatistics
-from .terminations import TerminationService
+from .termjobs import TerminationService
 
 log = logging.getLogger(__name__)
 

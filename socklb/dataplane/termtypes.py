@@ -1,4 +1,4 @@
-"""The typed API of socket termination (terminate.py): what to terminate
+"""The typed API of socket termination (sockdestroy.py): what to terminate
 (Target) and what a run found and did (Report, with its per-target and
 per-namespace counts and the SocketRecord of each socket, built lazily from
 the kernel's records).

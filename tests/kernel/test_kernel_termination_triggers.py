@@ -1,4 +1,4 @@
-"""What the node agent terminates on its own (socklb/dataplane/terminations.py):
+"""What the node agent terminates on its own (socklb/dataplane/termjobs.py):
 after a state apply removes a backend, the load-balanced sockets whose flow
 record points at it are destroyed, and their clients reconnect to a live
 backend; backends listed in the service's keep_flows are spared until an

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from socklb.controlplane import server
-from socklb.dataplane import terminate
+from socklb.dataplane import sockdestroy
 from socklb.lb import protocols
 from socklb.lb.addresses import addr16, addr_text, join_host_port, split_host_port
 from socklb.observability import metrics
@@ -38,13 +38,13 @@ def test_protocol_and_state_names():
 
 
 def test_termination_dsts_use_the_model_encoding():
-    k = terminate.dst_key("[::ffff:127.0.0.2]", 8080)
+    k = sockdestroy.dst_key("[::ffff:127.0.0.2]", 8080)
     assert bytes(k.addr) == addr16("127.0.0.2") and k.port == socket.htons(8080)
-    assert bytes(terminate.dst_key(socket.inet_aton("127.0.0.2"), 8080)) == bytes(k)
-    assert bytes(terminate.dst_key(bytearray(addr16("127.0.0.2")), 8080)) == bytes(k)
+    assert bytes(sockdestroy.dst_key(socket.inet_aton("127.0.0.2"), 8080)) == bytes(k)
+    assert bytes(sockdestroy.dst_key(bytearray(addr16("127.0.0.2")), 8080)) == bytes(k)
     for addr, port in (("127.0.0.2", 0), ("127.0.0.2", 65536), ("not-an-address", 80), (b"\x01\x02", 80)):
         with pytest.raises(ValueError):
-            terminate.dst_key(addr, port)
+            sockdestroy.dst_key(addr, port)
 
 
 @pytest.mark.parametrize("listen,why", [

@@ -12,7 +12,8 @@ from socklb.dataplane.catalog import BackendName, FrontendName, Index
 from socklb.dataplane.sockstats import SocketSample
 from socklb.dataplane.stats import MemoryStatistics
 from socklb.dataplane.sync_client import SyncClient, SyncHooks
-from socklb.dataplane.terminations import MemoryTerminations
+from socklb.dataplane.termjobs import MemoryTerminations
+from socklb.dataplane.termtypes import Target
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.lb.addresses import addr16
 from socklb.v1 import node_pb2, types_pb2
@@ -104,7 +105,7 @@ def test_the_catalog_names_programmed_and_removed_ids():
     assert list(agent.terminations.jobs) == []  # keep_flows: nothing to terminate
     report = agent.terminate("web", [types_pb2.Backend(address="10.0.0.2", port=8080)], True, "t1")
     (job,) = agent.terminations.jobs
-    assert job.targets == ((web.id, gone.id),) and job.dsts == (("10.0.0.2", 8080),)
+    assert job.targets == (Target(web.id, gone.id),) and job.dsts == (("10.0.0.2", 8080),)
     assert report.error and report.id == "t1" and agent.terminations.recent() == [report]
 
 

@@ -163,7 +163,7 @@ def _flow_readers():
 
 
 def _dry_run_sockets():
-    from socklb.dataplane.terminations import MAX_DRY_RUN_SOCKETS
+    from socklb.dataplane.termjobs import MAX_DRY_RUN_SOCKETS
     return MAX_DRY_RUN_SOCKETS
 
 
@@ -238,7 +238,7 @@ def test_dataplane_validation_names_the_field_the_readme_quotes():
 # --- one statement of what the kernel must have -----------------------------------------------------------
 
 def test_kernel_minimum_is_stated_once_the_same_way():
-    from socklb.dataplane import terminate
+    from socklb.dataplane import sockdestroy
 
     for name in ("README.md", "docs/operations.md"):
         assert_quoted(name, "Linux ≥ 5.18")
@@ -247,7 +247,7 @@ def test_kernel_minimum_is_stated_once_the_same_way():
     # The datapath needs bpf_set_retval() (5.18), which is why 5.18 is the floor.
     assert "bpf_set_retval(" in (REPO / "bpf/sock_lb.c").read_text()
     assert_quoted("README.md", "`bpf_set_retval()` (5.18;")
-    assert "needs Linux >= 6.5" in Path(terminate.__file__).read_text()
+    assert "needs Linux >= 6.5" in Path(sockdestroy.__file__).read_text()
 
 
 # --- examples ------------------------------------------------------------------------------------------

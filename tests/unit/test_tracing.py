@@ -33,7 +33,7 @@ from support import free_port
 from socklb.controlplane.store import Event
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
-from socklb.dataplane.terminations import TerminationService
+from socklb.dataplane.termjobs import TerminationService
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.observability import tracing
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2, sync_pb2, types_pb2

@@ -1,11 +1,11 @@
-"""Choosing a termination method (socklb/dataplane/terminate.py) when the
+"""Choosing a termination method (socklb/dataplane/sockdestroy.py) when the
 kernel offers neither: a clear error naming why each was refused. The probes
 are replaced, so this needs no root and no BPF (it used to sit among the
 kernel tests, marked as needing the agent and bcc for nothing)."""
 import pytest
 
 from socklb.dataplane import bpfobj, sockdiag
-from socklb.dataplane import terminate as term
+from socklb.dataplane import sockdestroy as term
 
 
 def test_neither_method_is_a_clear_error(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
 from .plan import DeleteBackend, DeleteMaster, Plan
+from .termtypes import Target
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,10 @@ class Job:
     service: str
     trigger: str
     dry_run: bool
-    # (frontend_id, backend_id) pairs; backend 0 = every flow of the frontend.
-    targets: tuple[tuple[int, int], ...]
-    # What each target is, for the report: (frontend_id, backend_id) -> (address, port).
-    names: dict
+    # What the run looks for; backend 0 = every flow of the frontend.
+    targets: tuple[Target, ...]
+    # What each target is, for the report: Target -> (address, port).
+    names: dict[Target, tuple[str, int]]
     # W3C context of what caused the job (the node's apply span, the control
     # plane's command): the job's "terminate" span is its child.
     trace_context: dict | None = None
@@ -66,7 +67,7 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
     per_service: dict[str, dict] = {}
     for key in gone_frontends:
         fe = before.programmed.frontends[key]
-        per_service.setdefault(fe.service, {})[(fe.id, 0)] = (str(key), 0)
+        per_service.setdefault(fe.service, {})[Target.frontend(fe.id)] = (str(key), 0)
     keep = {s.name: {_norm(k.address, k.port) for k in s.keep_flows} for s in state.services if s.keep_flows}
     for backend_id in gone_backends:
         b = before.programmed.backends.get(backend_id)
@@ -76,13 +77,13 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
         addr = addr_text(b.addr)
         if (addr, b.port) in keep.get(fe.service, ()):
             continue
-        per_service.setdefault(fe.service, {})[(fe.id, b.id)] = (addr, b.port)
+        per_service.setdefault(fe.service, {})[Target(fe.id, b.id)] = (addr, b.port)
     names = {s.name for s in state.services}
 
     def dsts(t: dict) -> tuple | None:
         # A whole frontend may still have flows to backends removed long ago
         # (kept with keep_sockets): no prefilter then.
-        if any(bid == 0 for _, bid in t):
+        if any(target.backend_id == 0 for target in t):
             return None
         return tuple(sorted(t.values()))
     return [Job(id=f"v{version}-{svc}", service=svc,
@@ -105,20 +106,20 @@ def request_job(job_id: str, service: str, backends, dry_run: bool, catalog: Cat
     targets: dict = {}
     if not wanted:
         for fe in frontends:
-            targets[(fe.id, 0)] = (str(fe.key), 0)
+            targets[Target.frontend(fe.id)] = (str(fe.key), 0)
         for (fid, bid), name in removed.items():
-            targets.setdefault((fid, bid), (name.address, name.port))
+            targets.setdefault(Target(fid, bid), (name.address, name.port))
     else:
         norm = {_norm(a, p) for a, p in wanted}
         ids = {fe.id for fe in frontends}
         for b in index.programmed.backends.values():
             name = (addr_text(b.addr), b.port)
             if b.frontend_id in ids and name in norm:
-                targets[(b.frontend_id, b.id)] = name
+                targets[Target(b.frontend_id, b.id)] = name
         for (fid, bid), name in removed.items():
             if (name.address, name.port) in norm:
-                targets.setdefault((fid, bid), (name.address, name.port))
-    whole = any(bid == 0 for _, bid in targets)
+                targets.setdefault(Target(fid, bid), (name.address, name.port))
+    whole = any(target.backend_id == 0 for target in targets)
     dsts = None if whole else tuple(sorted(set(targets.values())))
     return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets, dsts=dsts)
 
@@ -136,7 +137,7 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
     out.namespaces = rep.netns_scanned
     per_backend: dict[tuple[str, int], list[int]] = {}
     for t, c in rep.per_target.items():
-        name = job.names.get((t.frontend_id, t.backend_id))
+        name = job.names.get(t)
         if name is None:
             continue
         acc = per_backend.setdefault(name, [0, 0])
@@ -249,8 +250,6 @@ class TerminationService(Terminations):
         return done.get()
 
     def _work(self) -> None:
-        from .terminate import Target
-
         while True:
             job, done = self._jobs.get()
             if job is None:
@@ -263,7 +262,7 @@ class TerminationService(Terminations):
                 report = to_report(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
             else:
                 try:
-                    rep = t.run([Target(f, b) for f, b in job.targets], dry_run=job.dry_run,
+                    rep = t.run(list(job.targets), dry_run=job.dry_run,
                                 dsts=job.dsts, max_records=MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS)
                     report = to_report(job, self.node, rep)
                     if not job.dry_run:

@@ -1,4 +1,4 @@
-"""Socket termination (socklb/dataplane/terminate.py): the sockets of flows to
+"""Socket termination (socklb/dataplane/sockdestroy.py): the sockets of flows to
 a target backend die, in the host and in a test network namespace; flows to
 other backends and direct connections to the same backend address live on.
 
@@ -21,6 +21,8 @@ import pytest
 import netenv
 from netenv import backend, frontend, node_state, poll, service
 from support import free_port
+
+from socklb.dataplane import sockdestroy as term
 
 pytestmark = pytest.mark.agent
 
@@ -168,12 +170,6 @@ def xclients(cgroup):
             c.close()
 
 
-def _terminate():
-    from socklb.dataplane import terminate
-
-    return terminate
-
-
 def _require_termination_tools():
     from conftest import require
     import shutil
@@ -258,7 +254,7 @@ class Scenario:
         return (("host", self.host), ("ns", self.inns))
 
     def targets_a(self):
-        T = _terminate().Target
+        T = term.Target
         return [T.backend(self.id_tA), T.backend(self.id_uA)]
 
     def lb_to_a(self):
@@ -327,7 +323,6 @@ def scenario(agent, backends, xclients, netns):
 @pytest.mark.parametrize("method", ["kfunc", "netlink"])
 def test_terminate_backend_flows(scenario, method):
     s = scenario
-    term = _terminate()
     want = s.lb_to_a()
     want_cookies = s.cookies(want)
     assert len(want_cookies) == len(want)
@@ -355,7 +350,6 @@ def test_terminate_backend_flows(scenario, method):
 
 def test_dry_run_frontend_and_count(scenario, monkeypatch, tmp_path):
     s = scenario
-    term = _terminate()
     T = term.Target
     want = s.lb_to_a()
     with term.Terminator(s.agent.pin_dir) as t:
@@ -415,7 +409,6 @@ def test_dsts_prefilter_and_lazy_records(scenario):
     max_records caps the records, not the counts; Report.sockets is a lazy
     list-like sequence."""
     s = scenario
-    term = _terminate()
     want = s.lb_to_a()
     cookies = s.cookies(want)
     both = [(ADDR_A, s.tA.port), (ADDR_A, s.uA.port)]
@@ -459,7 +452,6 @@ def test_rescan_without_resume_fix(scenario, monkeypatch):
     is walked again after a pass that destroyed something; the report lists
     each socket once."""
     s = scenario
-    term = _terminate()
     monkeypatch.setattr(term, "resume_fixed", lambda proto: False)
     want = s.lb_to_a()
     with term.Terminator(s.agent.pin_dir) as t:
@@ -478,7 +470,6 @@ def test_terminate_ipv6_and_v4_mapped(agent, backends, xclients, netns, method):
     (host, ::ffff:VIP -> 127.0.0.x): the records and both destroy paths
     handle their addresses."""
     _require_termination_tools()
-    term = _terminate()
     assert not netns.has_default_route()
     backends("A", "::1", 8080, netns=netns)
     backends("B", "::1", 8081, netns=netns)
@@ -523,7 +514,6 @@ def test_timings(agent, backends, xclients):
     """Not an assertion on time (tests record timings, never assert them): prints how long destroying
     N connections took with each method, for the record."""
     _require_termination_tools()
-    term = _terminate()
     n = int(os.environ.get("SOCKLB_TERMINATE_N", "400"))
     bes = [backends(f"b{i}", f"127.0.0.{i + 2}") for i in range(2)]
     vport = free_port(VIP)
