@@ -18,6 +18,10 @@ NODES = ROOT + "nodes/"
 STATS = ROOT + "stats/"
 TERMINATIONS = ROOT + "terminations/"  # <id>/request, <id>/reports/<node>
 LEADER = ROOT + "leader/"  # <name>: the campaign holding a leader-only duty (Store.campaign)
+# Policy resources: <name> -> the serialized policy_pb2 message.
+WORKLOADS = ROOT + "workloads/"
+POLICIES = ROOT + "policies/"
+REDIRECTS = ROOT + "redirects/"
 
 
 def service(name: str) -> str:
@@ -26,6 +30,23 @@ def service(name: str) -> str:
 
 def service_name(key: str) -> str:
     return key[len(SERVICES):]
+
+
+def workload(name: str) -> str:
+    return WORKLOADS + name
+
+
+def policy(name: str) -> str:
+    return POLICIES + name
+
+
+def redirect(name: str) -> str:
+    return REDIRECTS + name
+
+
+def resource_name(prefix: str, key: str) -> str:
+    """The name in a key of WORKLOADS, POLICIES or REDIRECTS (as service_name)."""
+    return key[len(prefix):]
 
 
 def frontend(key: FrontendKey) -> str:

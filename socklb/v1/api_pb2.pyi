@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from socklb.v1 import node_pb2 as _node_pb2
+from socklb.v1 import policy_pb2 as _policy_pb2
 from socklb.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -31,6 +32,14 @@ class NodeHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_HEALTH_DEGRADED: _ClassVar[NodeHealth]
     NODE_HEALTH_DISCONNECTED: _ClassVar[NodeHealth]
     NODE_HEALTH_GONE: _ClassVar[NodeHealth]
+
+class ResourceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESOURCE_KIND_UNSPECIFIED: _ClassVar[ResourceKind]
+    RESOURCE_KIND_SERVICE: _ClassVar[ResourceKind]
+    RESOURCE_KIND_WORKLOAD: _ClassVar[ResourceKind]
+    RESOURCE_KIND_POLICY: _ClassVar[ResourceKind]
+    RESOURCE_KIND_LOCAL_REDIRECT: _ClassVar[ResourceKind]
 AFFINITY_MODE_UNSPECIFIED: AffinityMode
 AFFINITY_MODE_NONE: AffinityMode
 AFFINITY_MODE_CLIENT: AffinityMode
@@ -42,6 +51,11 @@ NODE_HEALTH_READY: NodeHealth
 NODE_HEALTH_DEGRADED: NodeHealth
 NODE_HEALTH_DISCONNECTED: NodeHealth
 NODE_HEALTH_GONE: NodeHealth
+RESOURCE_KIND_UNSPECIFIED: ResourceKind
+RESOURCE_KIND_SERVICE: ResourceKind
+RESOURCE_KIND_WORKLOAD: ResourceKind
+RESOURCE_KIND_POLICY: ResourceKind
+RESOURCE_KIND_LOCAL_REDIRECT: ResourceKind
 
 class Affinity(_message.Message):
     __slots__ = ("mode", "timeout_seconds")
@@ -327,12 +341,14 @@ class NodeStats(_message.Message):
     def __init__(self, node: _Optional[str] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., active_flows: _Optional[int] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("services", "nodes")
+    __slots__ = ("services", "nodes", "workloads")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceStats]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStats, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ...) -> None: ...
+    workloads: _containers.RepeatedCompositeFieldContainer[WorkloadStatus]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceStats, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[WorkloadStatus, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("from_revision",)
@@ -341,7 +357,7 @@ class WatchRequest(_message.Message):
     def __init__(self, from_revision: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("revision", "type", "name", "service")
+    __slots__ = ("revision", "type", "name", "service", "kind", "workload", "policy", "local_redirect")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[WatchEvent.Type]
@@ -354,8 +370,108 @@ class WatchEvent(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_REDIRECT_FIELD_NUMBER: _ClassVar[int]
     revision: int
     type: WatchEvent.Type
     name: str
     service: Service
-    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[WatchEvent.Type, str]] = ..., name: _Optional[str] = ..., service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
+    kind: ResourceKind
+    workload: _policy_pb2.Workload
+    policy: _policy_pb2.Policy
+    local_redirect: _policy_pb2.LocalRedirect
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[WatchEvent.Type, str]] = ..., name: _Optional[str] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., kind: _Optional[_Union[ResourceKind, str]] = ..., workload: _Optional[_Union[_policy_pb2.Workload, _Mapping]] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., local_redirect: _Optional[_Union[_policy_pb2.LocalRedirect, _Mapping]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("name", "expected_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expected_version: int
+    def __init__(self, name: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class PutWorkloadRequest(_message.Message):
+    __slots__ = ("workload", "expected_version", "create_only")
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    workload: _policy_pb2.Workload
+    expected_version: int
+    create_only: bool
+    def __init__(self, workload: _Optional[_Union[_policy_pb2.Workload, _Mapping]] = ..., expected_version: _Optional[int] = ..., create_only: _Optional[bool] = ...) -> None: ...
+
+class ListWorkloadsRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class WorkloadStatus(_message.Message):
+    __slots__ = ("name", "reported", "cgroup_found", "denied")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FOUND_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reported: bool
+    cgroup_found: bool
+    denied: int
+    def __init__(self, name: _Optional[str] = ..., reported: _Optional[bool] = ..., cgroup_found: _Optional[bool] = ..., denied: _Optional[int] = ...) -> None: ...
+
+class ListWorkloadsResponse(_message.Message):
+    __slots__ = ("workloads", "revision", "status")
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    workloads: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Workload]
+    revision: int
+    status: _containers.RepeatedCompositeFieldContainer[WorkloadStatus]
+    def __init__(self, workloads: _Optional[_Iterable[_Union[_policy_pb2.Workload, _Mapping]]] = ..., revision: _Optional[int] = ..., status: _Optional[_Iterable[_Union[WorkloadStatus, _Mapping]]] = ...) -> None: ...
+
+class PutPolicyRequest(_message.Message):
+    __slots__ = ("policy", "expected_version", "create_only")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    policy: _policy_pb2.Policy
+    expected_version: int
+    create_only: bool
+    def __init__(self, policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., expected_version: _Optional[int] = ..., create_only: _Optional[bool] = ...) -> None: ...
+
+class ListPoliciesResponse(_message.Message):
+    __slots__ = ("policies", "revision")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    policies: _containers.RepeatedCompositeFieldContainer[_policy_pb2.Policy]
+    revision: int
+    def __init__(self, policies: _Optional[_Iterable[_Union[_policy_pb2.Policy, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class PutLocalRedirectRequest(_message.Message):
+    __slots__ = ("local_redirect", "expected_version", "create_only")
+    LOCAL_REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    local_redirect: _policy_pb2.LocalRedirect
+    expected_version: int
+    create_only: bool
+    def __init__(self, local_redirect: _Optional[_Union[_policy_pb2.LocalRedirect, _Mapping]] = ..., expected_version: _Optional[int] = ..., create_only: _Optional[bool] = ...) -> None: ...
+
+class ListLocalRedirectsResponse(_message.Message):
+    __slots__ = ("local_redirects", "revision")
+    LOCAL_REDIRECTS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    local_redirects: _containers.RepeatedCompositeFieldContainer[_policy_pb2.LocalRedirect]
+    revision: int
+    def __init__(self, local_redirects: _Optional[_Iterable[_Union[_policy_pb2.LocalRedirect, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from socklb.v1 import api_pb2 as socklb_dot_v1_dot_api__pb2
+from socklb.v1 import policy_pb2 as socklb_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -111,6 +112,76 @@ class LoadBalancerStub:
                 request_serializer=socklb_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
                 response_deserializer=socklb_dot_v1_dot_api__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.PutWorkload = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/PutWorkload',
+                request_serializer=socklb_dot_v1_dot_api__pb2.PutWorkloadRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.Workload.FromString,
+                _registered_method=True)
+        self.GetWorkload = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/GetWorkload',
+                request_serializer=socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.Workload.FromString,
+                _registered_method=True)
+        self.ListWorkloads = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/ListWorkloads',
+                request_serializer=socklb_dot_v1_dot_api__pb2.ListWorkloadsRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.ListWorkloadsResponse.FromString,
+                _registered_method=True)
+        self.DeleteWorkload = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/DeleteWorkload',
+                request_serializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+                _registered_method=True)
+        self.PutPolicy = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/PutPolicy',
+                request_serializer=socklb_dot_v1_dot_api__pb2.PutPolicyRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.Policy.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/GetPolicy',
+                request_serializer=socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.Policy.FromString,
+                _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/ListPolicies',
+                request_serializer=socklb_dot_v1_dot_api__pb2.ListRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeletePolicy = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/DeletePolicy',
+                request_serializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+                _registered_method=True)
+        self.PutLocalRedirect = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/PutLocalRedirect',
+                request_serializer=socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.LocalRedirect.FromString,
+                _registered_method=True)
+        self.GetLocalRedirect = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/GetLocalRedirect',
+                request_serializer=socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_policy__pb2.LocalRedirect.FromString,
+                _registered_method=True)
+        self.ListLocalRedirects = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/ListLocalRedirects',
+                request_serializer=socklb_dot_v1_dot_api__pb2.ListRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.ListLocalRedirectsResponse.FromString,
+                _registered_method=True)
+        self.DeleteLocalRedirect = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/DeleteLocalRedirect',
+                request_serializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+                _registered_method=True)
+        self.PreviewPolicy = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/PreviewPolicy',
+                request_serializer=socklb_dot_v1_dot_api__pb2.PutPolicyRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.Termination.FromString,
+                _registered_method=True)
+        self.PreviewLocalRedirect = channel.unary_unary(
+                '/socklb.v1.LoadBalancer/PreviewLocalRedirect',
+                request_serializer=socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.SerializeToString,
+                response_deserializer=socklb_dot_v1_dot_api__pb2.Termination.FromString,
+                _registered_method=True)
 
 
 class LoadBalancerServicer:
@@ -204,9 +275,100 @@ class LoadBalancerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Service changes from a revision: first the events after from_revision
-        (or, with from_revision 0, the current services as PUT events), then live.
+        """Changes from a revision: first the events after from_revision (or, with
+        from_revision 0, the current resources as PUT events), then live.
+        Services, workloads, policies and local redirects (WatchEvent.kind).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutWorkload(self, request, context):
+        """Policy: the same conventions as services (resource_version,
+        expected_version -> ABORTED, create_only -> ALREADY_EXISTS,
+        INVALID_ARGUMENT naming the field, idempotent writes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkloads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutLocalRedirect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLocalRedirect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLocalRedirects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLocalRedirect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewPolicy(self, request, context):
+        """What a policy (or redirect) write would terminate, node by node; writes
+        nothing. A dry-run Termination (trigger "policy" / "local-redirect")
+        whose reports arrive as the nodes answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewLocalRedirect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -283,6 +445,76 @@ def add_LoadBalancerServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=socklb_dot_v1_dot_api__pb2.WatchRequest.FromString,
                     response_serializer=socklb_dot_v1_dot_api__pb2.WatchEvent.SerializeToString,
+            ),
+            'PutWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutWorkload,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.PutWorkloadRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.Workload.SerializeToString,
+            ),
+            'GetWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkload,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.GetRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.Workload.SerializeToString,
+            ),
+            'ListWorkloads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkloads,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.ListWorkloadsRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.ListWorkloadsResponse.SerializeToString,
+            ),
+            'DeleteWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkload,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.SerializeToString,
+            ),
+            'PutPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPolicy,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.PutPolicyRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.Policy.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.GetRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.Policy.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.ListRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'DeletePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePolicy,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.SerializeToString,
+            ),
+            'PutLocalRedirect': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutLocalRedirect,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.LocalRedirect.SerializeToString,
+            ),
+            'GetLocalRedirect': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLocalRedirect,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.GetRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_policy__pb2.LocalRedirect.SerializeToString,
+            ),
+            'ListLocalRedirects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLocalRedirects,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.ListRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.ListLocalRedirectsResponse.SerializeToString,
+            ),
+            'DeleteLocalRedirect': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLocalRedirect,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.DeleteRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.SerializeToString,
+            ),
+            'PreviewPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewPolicy,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.PutPolicyRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.Termination.SerializeToString,
+            ),
+            'PreviewLocalRedirect': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewLocalRedirect,
+                    request_deserializer=socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.FromString,
+                    response_serializer=socklb_dot_v1_dot_api__pb2.Termination.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +902,384 @@ class LoadBalancer:
             '/socklb.v1.LoadBalancer/Watch',
             socklb_dot_v1_dot_api__pb2.WatchRequest.SerializeToString,
             socklb_dot_v1_dot_api__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/PutWorkload',
+            socklb_dot_v1_dot_api__pb2.PutWorkloadRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.Workload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/GetWorkload',
+            socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.Workload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkloads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/ListWorkloads',
+            socklb_dot_v1_dot_api__pb2.ListWorkloadsRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.ListWorkloadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/DeleteWorkload',
+            socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/PutPolicy',
+            socklb_dot_v1_dot_api__pb2.PutPolicyRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/GetPolicy',
+            socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/ListPolicies',
+            socklb_dot_v1_dot_api__pb2.ListRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/DeletePolicy',
+            socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutLocalRedirect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/PutLocalRedirect',
+            socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.LocalRedirect.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLocalRedirect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/GetLocalRedirect',
+            socklb_dot_v1_dot_api__pb2.GetRequest.SerializeToString,
+            socklb_dot_v1_dot_policy__pb2.LocalRedirect.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLocalRedirects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/ListLocalRedirects',
+            socklb_dot_v1_dot_api__pb2.ListRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.ListLocalRedirectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLocalRedirect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/DeleteLocalRedirect',
+            socklb_dot_v1_dot_api__pb2.DeleteRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.DeleteServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/PreviewPolicy',
+            socklb_dot_v1_dot_api__pb2.PutPolicyRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.Termination.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewLocalRedirect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/socklb.v1.LoadBalancer/PreviewLocalRedirect',
+            socklb_dot_v1_dot_api__pb2.PutLocalRedirectRequest.SerializeToString,
+            socklb_dot_v1_dot_api__pb2.Termination.FromString,
             options,
             channel_credentials,
             insecure,

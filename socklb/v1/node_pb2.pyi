@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from socklb.v1 import policy_pb2 as _policy_pb2
 from socklb.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -27,24 +28,108 @@ class ServiceState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., selection: _Optional[_Union[_types_pb2.Selection, str]] = ..., affinity_timeout_seconds: _Optional[int] = ..., keep_flows: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ...) -> None: ...
 
 class NodeState(_message.Message):
-    __slots__ = ("version", "services")
+    __slots__ = ("version", "services", "workloads", "policy_sets", "redirects")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SETS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     services: _containers.RepeatedCompositeFieldContainer[ServiceState]
-    def __init__(self, version: _Optional[int] = ..., services: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ...) -> None: ...
+    workloads: _containers.RepeatedCompositeFieldContainer[WorkloadState]
+    policy_sets: _containers.RepeatedCompositeFieldContainer[PolicySetState]
+    redirects: _containers.RepeatedCompositeFieldContainer[RedirectState]
+    def __init__(self, version: _Optional[int] = ..., services: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ..., workloads: _Optional[_Iterable[_Union[WorkloadState, _Mapping]]] = ..., policy_sets: _Optional[_Iterable[_Union[PolicySetState, _Mapping]]] = ..., redirects: _Optional[_Iterable[_Union[RedirectState, _Mapping]]] = ...) -> None: ...
 
 class NodeStateDelta(_message.Message):
-    __slots__ = ("from_version", "version", "upserts", "removals")
+    __slots__ = ("from_version", "version", "upserts", "removals", "workload_upserts", "workload_removals", "policy_set_upserts", "policy_set_removals", "redirect_upserts", "redirect_removals")
     FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPSERTS_FIELD_NUMBER: _ClassVar[int]
     REMOVALS_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_REMOVALS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SET_UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SET_REMOVALS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_REMOVALS_FIELD_NUMBER: _ClassVar[int]
     from_version: int
     version: int
     upserts: _containers.RepeatedCompositeFieldContainer[ServiceState]
     removals: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, from_version: _Optional[int] = ..., version: _Optional[int] = ..., upserts: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ..., removals: _Optional[_Iterable[str]] = ...) -> None: ...
+    workload_upserts: _containers.RepeatedCompositeFieldContainer[WorkloadState]
+    workload_removals: _containers.RepeatedScalarFieldContainer[str]
+    policy_set_upserts: _containers.RepeatedCompositeFieldContainer[PolicySetState]
+    policy_set_removals: _containers.RepeatedScalarFieldContainer[str]
+    redirect_upserts: _containers.RepeatedCompositeFieldContainer[RedirectState]
+    redirect_removals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_version: _Optional[int] = ..., version: _Optional[int] = ..., upserts: _Optional[_Iterable[_Union[ServiceState, _Mapping]]] = ..., removals: _Optional[_Iterable[str]] = ..., workload_upserts: _Optional[_Iterable[_Union[WorkloadState, _Mapping]]] = ..., workload_removals: _Optional[_Iterable[str]] = ..., policy_set_upserts: _Optional[_Iterable[_Union[PolicySetState, _Mapping]]] = ..., policy_set_removals: _Optional[_Iterable[str]] = ..., redirect_upserts: _Optional[_Iterable[_Union[RedirectState, _Mapping]]] = ..., redirect_removals: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WorkloadState(_message.Message):
+    __slots__ = ("name", "cgroup", "bypass_socket_lb", "policy_set")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_SOCKET_LB_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cgroup: str
+    bypass_socket_lb: bool
+    policy_set: str
+    def __init__(self, name: _Optional[str] = ..., cgroup: _Optional[str] = ..., bypass_socket_lb: _Optional[bool] = ..., policy_set: _Optional[str] = ...) -> None: ...
+
+class PolicySetState(_message.Message):
+    __slots__ = ("name", "policies", "frontends", "prefixes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policies: _containers.RepeatedScalarFieldContainer[str]
+    frontends: _containers.RepeatedCompositeFieldContainer[FrontendVerdict]
+    prefixes: _containers.RepeatedCompositeFieldContainer[PrefixRules]
+    def __init__(self, name: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., frontends: _Optional[_Iterable[_Union[FrontendVerdict, _Mapping]]] = ..., prefixes: _Optional[_Iterable[_Union[PrefixRules, _Mapping]]] = ...) -> None: ...
+
+class FrontendVerdict(_message.Message):
+    __slots__ = ("service", "frontend", "action")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    frontend: _types_pb2.Frontend
+    action: _policy_pb2.Action
+    def __init__(self, service: _Optional[str] = ..., frontend: _Optional[_Union[_types_pb2.Frontend, _Mapping]] = ..., action: _Optional[_Union[_policy_pb2.Action, str]] = ...) -> None: ...
+
+class PortRule(_message.Message):
+    __slots__ = ("port", "end_port", "protocol", "action")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    END_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    end_port: int
+    protocol: _types_pb2.Protocol
+    action: _policy_pb2.Action
+    def __init__(self, port: _Optional[int] = ..., end_port: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., action: _Optional[_Union[_policy_pb2.Action, str]] = ...) -> None: ...
+
+class PrefixRules(_message.Message):
+    __slots__ = ("prefix", "rules")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    rules: _containers.RepeatedCompositeFieldContainer[PortRule]
+    def __init__(self, prefix: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[PortRule, _Mapping]]] = ...) -> None: ...
+
+class RedirectState(_message.Message):
+    __slots__ = ("name", "frontends", "backends", "exempt")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    EXEMPT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    frontends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Frontend]
+    backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
+    exempt: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., frontends: _Optional[_Iterable[_Union[_types_pb2.Frontend, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., exempt: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ()

@@ -27,7 +27,7 @@ from socklb.v1 import node_pb2 as socklb_dot_v1_dot_node__pb2
 from socklb.v1 import types_pb2 as socklb_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14socklb/v1/sync.proto\x12\tsocklb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14socklb/v1/node.proto\x1a\x15socklb/v1/types.proto\"\xd5\x01\n\x0bNodeMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.socklb.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.socklb.v1.AckH\x00\x12\x1f\n\x04nack\x18\x03 \x01(\x0b\x32\x0f.socklb.v1.NackH\x00\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x16.socklb.v1.StatsReportH\x00\x12\x33\n\x0btermination\x18\x05 \x01(\x0b\x32\x1c.socklb.v1.TerminationReportH\x00\x42\x05\n\x03msg\"\xc3\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x02 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x03 \x01(\x0c\x12\x38\n\x0c\x63\x61pabilities\x18\x04 \x03(\x0b\x32\".socklb.v1.Hello.CapabilitiesEntry\x12\x0e\n\x06kernel\x18\x05 \x01(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05nonce\x18\x02 \x01(\t\"5\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"[\n\tFlowCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_port\x18\x03 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x04\"\xac\x02\n\x0bStatsReport\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08\x63ounters\x18\x02 \x01(\x0b\x32\x13.socklb.v1.Counters\x12#\n\x05\x66lows\x18\x03 \x03(\x0b\x32\x14.socklb.v1.FlowCount\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\'\n\x07sockets\x18\x05 \x03(\x0b\x32\x16.socklb.v1.SocketStats\x12<\n\x0bunavailable\x18\x06 \x03(\x0b\x32\'.socklb.v1.StatsReport.UnavailableEntry\x1a\x32\n\x10UnavailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x02\n\x0e\x43ontrolMessage\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x42\n\rtrace_context\x18\x02 \x03(\x0b\x32+.socklb.v1.ControlMessage.TraceContextEntry\x12,\n\x08snapshot\x18\x03 \x01(\x0b\x32\x18.socklb.v1.SnapshotChunkH\x00\x12*\n\x05\x64\x65lta\x18\x04 \x01(\x0b\x32\x19.socklb.v1.NodeStateDeltaH\x00\x12\x30\n\tterminate\x18\x05 \x01(\x0b\x32\x1b.socklb.v1.TerminateCommandH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x05\n\x03msg\"f\n\x10TerminateCommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.socklb.v1.Backend\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"Y\n\rSnapshotChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x08services\x18\x02 \x03(\x0b\x32\x17.socklb.v1.ServiceState\x12\x0c\n\x04last\x18\x03 \x01(\x08\x32I\n\x08NodeSync\x12=\n\x04Sync\x12\x16.socklb.v1.NodeMessage\x1a\x19.socklb.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14socklb/v1/sync.proto\x12\tsocklb.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14socklb/v1/node.proto\x1a\x15socklb/v1/types.proto\"\xd5\x01\n\x0bNodeMessage\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.socklb.v1.HelloH\x00\x12\x1d\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0e.socklb.v1.AckH\x00\x12\x1f\n\x04nack\x18\x03 \x01(\x0b\x32\x0f.socklb.v1.NackH\x00\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x16.socklb.v1.StatsReportH\x00\x12\x33\n\x0btermination\x18\x05 \x01(\x0b\x32\x1c.socklb.v1.TerminationReportH\x00\x42\x05\n\x03msg\"\xc3\x01\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x02 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x03 \x01(\x0c\x12\x38\n\x0c\x63\x61pabilities\x18\x04 \x03(\x0b\x32\".socklb.v1.Hello.CapabilitiesEntry\x12\x0e\n\x06kernel\x18\x05 \x01(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05nonce\x18\x02 \x01(\t\"5\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"[\n\tFlowCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kend_address\x18\x02 \x01(\t\x12\x14\n\x0c\x62\x61\x63kend_port\x18\x03 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x04\"\xda\x02\n\x0bStatsReport\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x08\x63ounters\x18\x02 \x01(\x0b\x32\x13.socklb.v1.Counters\x12#\n\x05\x66lows\x18\x03 \x03(\x0b\x32\x14.socklb.v1.FlowCount\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\'\n\x07sockets\x18\x05 \x03(\x0b\x32\x16.socklb.v1.SocketStats\x12<\n\x0bunavailable\x18\x06 \x03(\x0b\x32\'.socklb.v1.StatsReport.UnavailableEntry\x12,\n\tworkloads\x18\x07 \x03(\x0b\x32\x19.socklb.v1.WorkloadReport\x1a\x32\n\x10UnavailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x0eWorkloadReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63group_found\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65nied\x18\x03 \x01(\x04\"\xab\x02\n\x0e\x43ontrolMessage\x12\r\n\x05nonce\x18\x01 \x01(\t\x12\x42\n\rtrace_context\x18\x02 \x03(\x0b\x32+.socklb.v1.ControlMessage.TraceContextEntry\x12,\n\x08snapshot\x18\x03 \x01(\x0b\x32\x18.socklb.v1.SnapshotChunkH\x00\x12*\n\x05\x64\x65lta\x18\x04 \x01(\x0b\x32\x19.socklb.v1.NodeStateDeltaH\x00\x12\x30\n\tterminate\x18\x05 \x01(\x0b\x32\x1b.socklb.v1.TerminateCommandH\x00\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x05\n\x03msg\"f\n\x10TerminateCommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12$\n\x08\x62\x61\x63kends\x18\x03 \x03(\x0b\x32\x12.socklb.v1.Backend\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"\xe3\x01\n\rSnapshotChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12)\n\x08services\x18\x02 \x03(\x0b\x32\x17.socklb.v1.ServiceState\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12+\n\tworkloads\x18\x04 \x03(\x0b\x32\x18.socklb.v1.WorkloadState\x12.\n\x0bpolicy_sets\x18\x05 \x03(\x0b\x32\x19.socklb.v1.PolicySetState\x12+\n\tredirects\x18\x06 \x03(\x0b\x32\x18.socklb.v1.RedirectState2I\n\x08NodeSync\x12=\n\x04Sync\x12\x16.socklb.v1.NodeMessage\x1a\x19.socklb.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,17 +53,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOWCOUNT']._serialized_start=621
   _globals['_FLOWCOUNT']._serialized_end=712
   _globals['_STATSREPORT']._serialized_start=715
-  _globals['_STATSREPORT']._serialized_end=1015
-  _globals['_STATSREPORT_UNAVAILABLEENTRY']._serialized_start=965
-  _globals['_STATSREPORT_UNAVAILABLEENTRY']._serialized_end=1015
-  _globals['_CONTROLMESSAGE']._serialized_start=1018
-  _globals['_CONTROLMESSAGE']._serialized_end=1317
-  _globals['_CONTROLMESSAGE_TRACECONTEXTENTRY']._serialized_start=1259
-  _globals['_CONTROLMESSAGE_TRACECONTEXTENTRY']._serialized_end=1310
-  _globals['_TERMINATECOMMAND']._serialized_start=1319
-  _globals['_TERMINATECOMMAND']._serialized_end=1421
-  _globals['_SNAPSHOTCHUNK']._serialized_start=1423
-  _globals['_SNAPSHOTCHUNK']._serialized_end=1512
-  _globals['_NODESYNC']._serialized_start=1514
-  _globals['_NODESYNC']._serialized_end=1587
+  _globals['_STATSREPORT']._serialized_end=1061
+  _globals['_STATSREPORT_UNAVAILABLEENTRY']._serialized_start=1011
+  _globals['_STATSREPORT_UNAVAILABLEENTRY']._serialized_end=1061
+  _globals['_WORKLOADREPORT']._serialized_start=1063
+  _globals['_WORKLOADREPORT']._serialized_end=1131
+  _globals['_CONTROLMESSAGE']._serialized_start=1134
+  _globals['_CONTROLMESSAGE']._serialized_end=1433
+  _globals['_CONTROLMESSAGE_TRACECONTEXTENTRY']._serialized_start=1375
+  _globals['_CONTROLMESSAGE_TRACECONTEXTENTRY']._serialized_end=1426
+  _globals['_TERMINATECOMMAND']._serialized_start=1435
+  _globals['_TERMINATECOMMAND']._serialized_end=1537
+  _globals['_SNAPSHOTCHUNK']._serialized_start=1540
+  _globals['_SNAPSHOTCHUNK']._serialized_end=1767
+  _globals['_NODESYNC']._serialized_start=1769
+  _globals['_NODESYNC']._serialized_end=1842
 # @@protoc_insertion_point(module_scope)

@@ -77,7 +77,7 @@ class FlowCount(_message.Message):
     def __init__(self, service: _Optional[str] = ..., backend_address: _Optional[str] = ..., backend_port: _Optional[int] = ..., active: _Optional[int] = ...) -> None: ...
 
 class StatsReport(_message.Message):
-    __slots__ = ("at", "counters", "flows", "health", "sockets", "unavailable")
+    __slots__ = ("at", "counters", "flows", "health", "sockets", "unavailable", "workloads")
     class UnavailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,13 +91,25 @@ class StatsReport(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SOCKETS_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     counters: _node_pb2.Counters
     flows: _containers.RepeatedCompositeFieldContainer[FlowCount]
     health: str
     sockets: _containers.RepeatedCompositeFieldContainer[_node_pb2.SocketStats]
     unavailable: _containers.ScalarMap[str, str]
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    workloads: _containers.RepeatedCompositeFieldContainer[WorkloadReport]
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counters: _Optional[_Union[_node_pb2.Counters, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[FlowCount, _Mapping]]] = ..., health: _Optional[str] = ..., sockets: _Optional[_Iterable[_Union[_node_pb2.SocketStats, _Mapping]]] = ..., unavailable: _Optional[_Mapping[str, str]] = ..., workloads: _Optional[_Iterable[_Union[WorkloadReport, _Mapping]]] = ...) -> None: ...
+
+class WorkloadReport(_message.Message):
+    __slots__ = ("name", "cgroup_found", "denied")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FOUND_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cgroup_found: bool
+    denied: int
+    def __init__(self, name: _Optional[str] = ..., cgroup_found: _Optional[bool] = ..., denied: _Optional[int] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
     __slots__ = ("nonce", "trace_context", "snapshot", "delta", "terminate")
@@ -133,11 +145,17 @@ class TerminateCommand(_message.Message):
     def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("version", "services", "last")
+    __slots__ = ("version", "services", "last", "workloads", "policy_sets", "redirects")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SETS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     services: _containers.RepeatedCompositeFieldContainer[_node_pb2.ServiceState]
     last: bool
-    def __init__(self, version: _Optional[int] = ..., services: _Optional[_Iterable[_Union[_node_pb2.ServiceState, _Mapping]]] = ..., last: _Optional[bool] = ...) -> None: ...
+    workloads: _containers.RepeatedCompositeFieldContainer[_node_pb2.WorkloadState]
+    policy_sets: _containers.RepeatedCompositeFieldContainer[_node_pb2.PolicySetState]
+    redirects: _containers.RepeatedCompositeFieldContainer[_node_pb2.RedirectState]
+    def __init__(self, version: _Optional[int] = ..., services: _Optional[_Iterable[_Union[_node_pb2.ServiceState, _Mapping]]] = ..., last: _Optional[bool] = ..., workloads: _Optional[_Iterable[_Union[_node_pb2.WorkloadState, _Mapping]]] = ..., policy_sets: _Optional[_Iterable[_Union[_node_pb2.PolicySetState, _Mapping]]] = ..., redirects: _Optional[_Iterable[_Union[_node_pb2.RedirectState, _Mapping]]] = ...) -> None: ...

@@ -539,7 +539,7 @@ def test_watch_count_replays_history(sl, tmp_path):
 
 def test_nodes_and_stats(sl):
     assert ok_json(sl("-o", "json", "node", "list")) == {"nodes": []}
-    assert ok_json(sl("-o", "json", "stats", "--service", "x", "--node", "n")) == {"services": [], "nodes": []}
+    assert ok_json(sl("-o", "json", "stats", "--service", "x", "--node", "n")) == {"services": [], "nodes": [], "workloads": []}
     code, out, _ = sl("node", "list")
     assert code == 0 and out.startswith("NAME  HEALTH  APPLIED/DESIRED")
     code, out, _ = sl("stats")
