@@ -1,12 +1,16 @@
 """The public gRPC API (socklb.v1.LoadBalancer): status codes at the rim,
-the work in services.py (writes) and nodes.py (status, stats)."""
+the work in services.py and policies.py (writes), nodes.py and
+workload_status.py (status, stats), watch.py (the Watch stream)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import Message
 
 from socklb.lb.errors import InvalidState
 from socklb.lb.names import validate_name
@@ -15,10 +19,13 @@ from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
 from . import keys, terminations
 from .nodes import NodeRegistry
-from .services import (AlreadyExists, Conflict, NotFound, ServiceRepository, add_backends, drain_backends,
-                       remove_backends, set_backends)
+from .policies import LOCAL_REDIRECT, POLICY, WORKLOAD, Kind, ResourceRepository
+from .services import ServiceRepository, add_backends, drain_backends, remove_backends, set_backends
 from .store import Compacted, Full, Store, StoreError, Unavailable
 from .validate import check_members, validate_backend_refs
+from .watch import WatchEnded, changes
+from .workload_status import read_reports, workload_statuses
+from .writes import AlreadyExists, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ _ERRORS = (
     (NotFound, grpc.StatusCode.NOT_FOUND, ""),
     (Conflict, grpc.StatusCode.ABORTED, ""),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, ""),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED, ""),
     (Unavailable, grpc.StatusCode.UNAVAILABLE, "store unavailable: "),
     (Full, grpc.StatusCode.RESOURCE_EXHAUSTED, "store full: "),
     (StoreError, grpc.StatusCode.INTERNAL, "store error: "),
@@ -51,6 +59,15 @@ def _status(fn):
         finally:
             metrics.api_requests.labels(fn.__name__, code.name).inc()
     return tracing.server_span("socklb.v1.LoadBalancer")(wrapper)
+
+
+def _rpc(name: str, call: Callable[[LoadBalancerServicer, Message], Awaitable[Message]]):
+    """A unary handler named `name` (its metrics and span are) answering
+    `await call(servicer, request)`, with _status's error mapping."""
+    async def handler(self, request, context):
+        return await call(self, request)
+    handler.__name__ = handler.__qualname__ = name
+    return _status(handler)
 
 
 class _Malformed:
@@ -105,6 +122,9 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
     def __init__(self, store: Store, registry: NodeRegistry):
         self.store = store
         self.services = ServiceRepository(store)
+        self.workloads = ResourceRepository(store, WORKLOAD)
+        self.policies = ResourceRepository(store, POLICY)
+        self.redirects = ResourceRepository(store, LOCAL_REDIRECT)
         self.registry = registry
         self.traces = tracing.WriteTraces()
 
@@ -143,9 +163,7 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
 
     @_status
     async def DeleteService(self, request, context):
-        rev, existed = await self._write(keys.service(request.name), lambda r: r[0] if r[1] else 0,
-                                         self.services.delete, request.name, request.expected_version)
-        return api_pb2.DeleteServiceResponse(revision=rev, existed=existed)
+        return await self._delete(keys.service(request.name), self.services.delete, request)
 
     @_status
     async def SetBackends(self, request, context):
@@ -213,48 +231,97 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
     @_status
     async def GetStats(self, request, context):
         reports = await self._run(self.registry.list_stats)
-        return aggregate_stats(reports, request.service, request.node)
+        out = aggregate_stats(reports, request.service, request.node)
+        workloads, _ = await self._run(self.workloads.list)
+        out.workloads.extend(workload_statuses(
+            [w for w in workloads if not request.node or w.node == request.node], reports))
+        return out
 
     async def Watch(self, request, context):
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        start = request.from_revision + 1
         try:
-            if request.from_revision == 0:
-                services, rev = await self._run(self.services.list)
-                for svc in services:
-                    yield api_pb2.WatchEvent(revision=svc.resource_version, type=api_pb2.WatchEvent.TYPE_PUT,
-                                             name=svc.name, service=svc)
-                start = rev + 1
-            watch = await self._run(self.store.watch, keys.SERVICES, start,
-                                    lambda evs: loop.call_soon_threadsafe(queue.put_nowait, evs))
+            async with contextlib.aclosing(changes(self.store, request.from_revision)) as events:
+                async for ev in events:
+                    yield ev
         except Compacted as e:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                 f"from_revision: {request.from_revision} is compacted (oldest kept: "
                                 f"{e.compact_revision}); list and watch from the list's revision")
         except Unavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e}")
-        try:
-            while True:
-                events = await queue.get()
-                if not events and watch.error is not None:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"watch ended: {watch.error}")
-                for ev in events:
-                    name = keys.service_name(ev.key)
-                    if ev.type == "put":
-                        svc = api_pb2.Service.FromString(ev.value)
-                        svc.resource_version = ev.revision
-                        yield api_pb2.WatchEvent(revision=ev.revision, type=api_pb2.WatchEvent.TYPE_PUT,
-                                                 name=name, service=svc)
-                    else:
-                        yield api_pb2.WatchEvent(revision=ev.revision, type=api_pb2.WatchEvent.TYPE_DELETE,
-                                                 name=name)
-        finally:
-            watch.cancel()
+        except WatchEnded as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"watch ended: {e}")
+
+    # --- policy resources: workloads, policies, local redirects ---------------------------
+    async def _put(self, repo: ResourceRepository, request, field: str):
+        """Put* of a policy resource: request.<field> written as services are."""
+        if not request.HasField(field):
+            raise InvalidState(field, "is required")
+        resource = getattr(request, field)
+        r = await self._write(repo.kind.key(resource.name), _written_resource, repo.put, resource,
+                              request.expected_version, request.create_only)
+        return r.resource
+
+    async def _delete(self, key: str, delete, request) -> api_pb2.DeleteServiceResponse:
+        """Delete* of any resource: delete(name, expected_version) -> (revision, existed)."""
+        rev, existed = await self._write(key, lambda r: r[0] if r[1] else 0, delete, request.name,
+                                         request.expected_version)
+        return api_pb2.DeleteServiceResponse(revision=rev, existed=existed)
+
+    async def _delete_resource(self, repo: ResourceRepository, request) -> api_pb2.DeleteServiceResponse:
+        return await self._delete(repo.kind.key(request.name), repo.delete, request)
+
+    async def _preview(self, repo: ResourceRepository, request, field: str) -> api_pb2.Termination:
+        """Preview*: the request checked as its Put would check it
+        (INVALID_ARGUMENT), then handed to dry_run."""
+        if not request.HasField(field):
+            raise InvalidState(field, "is required")
+        checked = await self._run(repo.checked, getattr(request, field))
+        return await self.dry_run(repo.kind, checked)
+
+    async def dry_run(self, kind: Kind, resource) -> api_pb2.Termination:
+        """The seam of the dry run (another part of issue 12 builds it): given
+        a valid resource of `kind` in its stored form, a dry-run Termination
+        (trigger "policy" / "local-redirect") saying which open sockets every
+        node would terminate, writing nothing of the resource. Until it is
+        built: UNIMPLEMENTED."""
+        raise NotImplementedError("dry run is not built yet: nothing was written")
+
+    async def _list(self, repo: ResourceRepository, response_type, field: str):
+        resources, rev = await self._run(repo.list)
+        return response_type(**{field: resources}, revision=rev)
+
+    @_status
+    async def ListWorkloads(self, request, context):
+        workloads, rev = await self._run(self.workloads.list)
+        if request.node:
+            workloads = [w for w in workloads if w.node == request.node]
+        reports = await self._run(read_reports, self.store, self.registry, request.node)
+        return api_pb2.ListWorkloadsResponse(workloads=workloads, revision=rev,
+                                             status=workload_statuses(workloads, reports))
+
+    # The other RPCs of the policy resources, one line each: (servicer, request) -> the answer.
+    PutWorkload = _rpc("PutWorkload", lambda s, r: s._put(s.workloads, r, "workload"))
+    GetWorkload = _rpc("GetWorkload", lambda s, r: s._run(s.workloads.get, r.name))
+    DeleteWorkload = _rpc("DeleteWorkload", lambda s, r: s._delete_resource(s.workloads, r))
+    PutPolicy = _rpc("PutPolicy", lambda s, r: s._put(s.policies, r, "policy"))
+    GetPolicy = _rpc("GetPolicy", lambda s, r: s._run(s.policies.get, r.name))
+    ListPolicies = _rpc("ListPolicies", lambda s, r: s._list(s.policies, api_pb2.ListPoliciesResponse, "policies"))
+    DeletePolicy = _rpc("DeletePolicy", lambda s, r: s._delete_resource(s.policies, r))
+    PutLocalRedirect = _rpc("PutLocalRedirect", lambda s, r: s._put(s.redirects, r, "local_redirect"))
+    GetLocalRedirect = _rpc("GetLocalRedirect", lambda s, r: s._run(s.redirects.get, r.name))
+    ListLocalRedirects = _rpc("ListLocalRedirects",
+                              lambda s, r: s._list(s.redirects, api_pb2.ListLocalRedirectsResponse, "local_redirects"))
+    DeleteLocalRedirect = _rpc("DeleteLocalRedirect", lambda s, r: s._delete_resource(s.redirects, r))
+    PreviewPolicy = _rpc("PreviewPolicy", lambda s, r: s._preview(s.policies, r, "policy"))
+    PreviewLocalRedirect = _rpc("PreviewLocalRedirect", lambda s, r: s._preview(s.redirects, r, "local_redirect"))
 
 
 def _written(r) -> int:
     return r.service.resource_version if r.written else 0
+
+
+def _written_resource(r) -> int:
+    return r.resource.resource_version if r.written else 0
 
 
 def aggregate_stats(reports, service: str = "", node: str = "") -> api_pb2.StatsResponse:

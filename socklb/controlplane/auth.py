@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 ROLES = ("read-only", "read-write", "node")
 READ_METHODS = {"GetService", "ListServices", "ListNodes", "GetStats", "Watch", "GetTermination",
-                "ListTerminations"}
+                "ListTerminations", "GetWorkload", "ListWorkloads", "GetPolicy", "ListPolicies",
+                "GetLocalRedirect", "ListLocalRedirects"}
 API = "/socklb.v1.LoadBalancer/"
 SYNC = "/socklb.v1.NodeSync/"
 # Health and reflection stay open: probes and tooling carry no credentials.

@@ -20,28 +20,14 @@ from socklb.v1 import api_pb2, types_pb2
 from . import keys
 from .store import Compare, Store
 from .validate import validate_backend_refs, validate_backends, validate_service
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(Exception):
-    """expected_version did not match (ABORTED)."""
-
-
-class AlreadyExists(Exception):
-    pass
+from .writes import RETRIES, AlreadyExists, Conflict, NotFound, check_expected
+from .writes import delete as delete_key
 
 
 @dataclass
 class WriteResult:
     service: api_pb2.Service
     written: bool
-
-
-# Concurrent writers on other fields are retried this often before giving up.
-_RETRIES = 20
 
 
 def _decode(kv) -> api_pb2.Service:
@@ -99,32 +85,19 @@ class ServiceRepository:
 
     def delete(self, name: str, expected_version: int = 0) -> tuple[int, bool]:
         validate_name(name, "name")
-        for _ in range(_RETRIES):
-            kv = self.store.get(keys.service(name))
-            if kv is None:
-                if expected_version:
-                    raise Conflict(f"service {name!r} does not exist (expected version {expected_version})")
-                return self.store.revision(), False
-            if expected_version and kv.mod_revision != expected_version:
-                raise Conflict(f"service {name!r} is at version {kv.mod_revision}, not {expected_version}")
-            old = _decode(kv)
-            rev = self.store.txn([Compare(kv.key, kv.mod_revision)], deletes=[kv.key, *_frontend_keys(old)])
-            if rev is not None:
-                return rev, True
-        raise Conflict(f"service {name!r} kept changing; try again")
+        return delete_key(self.store, keys.service(name), f"service {name!r}", expected_version,
+                          also=lambda kv: list(_frontend_keys(_decode(kv))))
 
     def _write(self, name, mutate, expected_version, create_only, must_exist, fence=None) -> WriteResult:
         key = keys.service(name)
-        for _ in range(_RETRIES):
+        for _ in range(RETRIES):
             kv = self.store.get(key)
             old = _decode(kv) if kv else None
             if old is None and must_exist:
                 raise NotFound(f"service {name!r} does not exist")
             if old is not None and create_only:
                 raise AlreadyExists(f"service {name!r} already exists")
-            if expected_version and (kv is None or kv.mod_revision != expected_version):
-                have = kv.mod_revision if kv else "absent"
-                raise Conflict(f"service {name!r} is at version {have}, not {expected_version}")
+            check_expected(f"service {name!r}", kv, expected_version)
             base = api_pb2.Service()
             if old is not None:
                 base.CopyFrom(old)
