@@ -1,6 +1,7 @@
 """socklb: the operator CLI for the control plane (service socklb.v1.LoadBalancer).
 
   socklb service put -f FILE | get NAME | list | delete NAME
+  socklb workload|policy|redirect put -f FILE | get NAME | list | delete NAME
   socklb backend set|add SERVICE ADDR:PORT[@WEIGHT] ... | remove|drain SERVICE ADDR:PORT ...
   socklb node list
   socklb stats [--service S] [--node N]

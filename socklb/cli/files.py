@@ -1,16 +1,20 @@
 """The files a command reads (-f FILE): YAML or JSON documents, or stdin for
 '-', turned into socklb.v1 messages. Only the syntax is judged here; what a
-service may contain is the server's to judge."""
+resource may contain is the server's to judge."""
 from __future__ import annotations
 
 import datetime as dt
 import sys
+from typing import TypeVar
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from socklb.cli.exits import UsageError
 from socklb.v1 import api_pb2, types_pb2
+
+M = TypeVar("M", bound=Message)
 
 
 def _plain(value):
@@ -59,11 +63,19 @@ def _parse_message(data, message, where: str):
         raise UsageError(f"{where}: {e}") from e
 
 
-def load_service(path: str) -> api_pb2.Service:
+def load_resource(path: str, message_type: type[M]) -> M:
+    """One resource: a mapping of the message's fields (an empty file is refused)."""
     data = load_document(path)
+    name = message_type.DESCRIPTOR.full_name
+    if data is None:
+        raise UsageError(f"{path}: the file is empty: expected a mapping (a {name})")
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping (a socklb.v1.Service), got {type(data).__name__}")
-    return _parse_message(data, api_pb2.Service(), path)
+        raise UsageError(f"{path}: expected a mapping (a {name}), got {type(data).__name__}")
+    return _parse_message(data, message_type(), path)
+
+
+def load_service(path: str) -> api_pb2.Service:
+    return load_resource(path, api_pb2.Service)
 
 
 def load_backends(path: str) -> list[types_pb2.Backend]:

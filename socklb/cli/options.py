@@ -44,4 +44,4 @@ def add_command(sub, name: str, fn, help: str, **kw) -> argparse.ArgumentParser:
 
 def expected_version(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expected-version", type=uint_arg(UINT64_MAX), default=0, metavar="N",
-                   help="write only if the service's resource_version is N (else ABORTED, exit 4); 0: always")
+                   help="write only if the stored resource_version is N (else ABORTED, exit 4); 0: always")

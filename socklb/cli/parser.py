@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from socklb.cli.commands import backends, nodes, services, terminations, watch
+from socklb.cli.commands import backends, nodes, policies, services, terminations, watch
 from socklb.cli.exits import EXIT_INPUT
 from socklb.cli.options import global_options
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "5 control plane unavailable, 6 not authenticated or not allowed")
     global_options(p, defaults=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for commands in (services, backends, nodes, terminations, watch):
+    for commands in (services, backends, policies, nodes, terminations, watch):
         commands.register(sub)
     return p
 

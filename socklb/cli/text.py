@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from socklb.lb.addresses import join_host_port
-from socklb.v1 import api_pb2, types_pb2
+from socklb.v1 import api_pb2, policy_pb2, types_pb2
 
 
 def _enum_word(enum_type, value: int, prefix: str) -> str:
@@ -134,9 +134,11 @@ def text_stats(resp) -> str:
                   unread(n, "counters", str(n.counters.translations)), unread(n, "counters", str(n.counters.no_backend)),
                   unread(n, "counters", str(n.counters.affinity_hits)), _time(n.reported_at)] for n in resp.nodes]
     notes = [f"{n.node}: {part} unavailable: {why}" for n in resp.nodes for part, why in sorted(n.unavailable.items())]
+    workload_rows = [[w.name, _cgroup_status(w), _denied(w)] for w in resp.workloads]
     return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS", "SOCKETS", "TCP-BYTES-OUT/IN", "SRTT-US",
                     "RETRANS", "UDP-DROPS"], svc_rows) + "\n\n" +
             _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows)
+            + ("\n\n" + _table(["WORKLOAD", "STATUS", "DENIED"], workload_rows) if workload_rows else "")
             + ("\n\n" + "\n".join(notes) + "\n(? = not read: the numbers above leave those nodes' parts out)"
                if notes else ""))
 
@@ -165,12 +167,113 @@ def text_terminations(resp) -> str:
 
 
 def text_event(ev) -> str:
-    kind = _enum_word(api_pb2.WatchEvent.Type, ev.type, "TYPE_").upper()
-    line = f"{ev.revision} {kind} {ev.name}"
-    if ev.type == api_pb2.WatchEvent.TYPE_PUT:
-        s = ev.service
-        line += f"  frontends {', '.join(_frontend(f) for f in s.frontends) or '-'}  backends {_backend_summary(s)}"
-    return line
+    """REVISION PUT|DELETE NAME, then (but for services) the kind, then a summary of what was put."""
+    line = f"{ev.revision} {_enum_word(api_pb2.WatchEvent.Type, ev.type, 'TYPE_').upper()} {ev.name}"
+    if ev.kind not in (api_pb2.RESOURCE_KIND_UNSPECIFIED, api_pb2.RESOURCE_KIND_SERVICE):
+        line += "  " + _enum_word(api_pb2.ResourceKind, ev.kind, "RESOURCE_KIND_").replace("_", "-")
+    if ev.type != api_pb2.WatchEvent.TYPE_PUT:
+        return line
+    if ev.kind == api_pb2.RESOURCE_KIND_WORKLOAD:
+        return line + f"  node {ev.workload.node}  cgroup {ev.workload.cgroup}"
+    if ev.kind == api_pb2.RESOURCE_KIND_POLICY:
+        return line + f"  selector {_labels(ev.policy.selector)}  rules {len(ev.policy.egress)}"
+    if ev.kind == api_pb2.RESOURCE_KIND_LOCAL_REDIRECT:
+        return line + f"  frontend {_redirect_frontend(ev.local_redirect)}"
+    s = ev.service
+    return line + f"  frontends {', '.join(_frontend(f) for f in s.frontends) or '-'}  backends {_backend_summary(s)}"
+
+
+# --- policy resources ---------------------------------------------------------------------
+
+def _labels(labels) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _cgroup_status(st) -> str:
+    if not st.reported:
+        return "cgroup: not reported"
+    return "cgroup: found" if st.cgroup_found else "cgroup: not found"
+
+
+def _denied(st) -> str:
+    return str(st.denied) if st.reported else "-"
+
+
+def _described(resource, *lines: str) -> str:
+    """NAME  (version V), then the lines about it."""
+    return "\n".join([f"{resource.name}  (version {resource.resource_version})", *lines])
+
+
+def text_workload(w) -> str:
+    return _described(w, f"  node {w.node}  cgroup {w.cgroup}  bypass socket LB: {_yes(w.bypass_socket_lb)}",
+                      f"  labels: {_labels(w.labels)}", f"  addresses: {', '.join(w.addresses) or '-'}")
+
+
+def text_workload_list(resp) -> str:
+    statuses = {st.name: st for st in resp.status}
+    rows = []
+    for w in resp.workloads:
+        st = statuses.get(w.name, api_pb2.WorkloadStatus(name=w.name))
+        rows.append([w.name, w.node, w.cgroup, _labels(w.labels), _yes(w.bypass_socket_lb), _cgroup_status(st),
+                     _denied(st), str(w.resource_version)])
+    return _table(["NAME", "NODE", "CGROUP", "LABELS", "BYPASS", "STATUS", "DENIED", "VERSION"], rows) + \
+        f"\n(workloads: {len(resp.workloads)}, revision {resp.revision})"
+
+
+def _port_range(p) -> str:
+    if p.port == 0:
+        ports = "any"
+    elif p.end_port and p.end_port != p.port:
+        ports = f"{p.port}-{p.end_port}"
+    else:
+        ports = str(p.port)
+    if p.protocol == types_pb2.PROTOCOL_UNSPECIFIED:
+        return f"{ports}/tcp+udp"
+    return f"{ports}/{_enum_word(types_pb2.Protocol, p.protocol, 'PROTOCOL_')}"
+
+
+def _rule_row(i: int, rule) -> list[str]:
+    return [str(i), _enum_word(policy_pb2.Action, rule.action, "ACTION_"), ", ".join(rule.to_services) or "-",
+            ", ".join(rule.to_cidrs) or "-", ", ".join(_port_range(p) for p in rule.ports) or "any"]
+
+
+def text_policy(p) -> str:
+    rules = [_table(["#", "ACTION", "SERVICES", "CIDRS", "PORTS"], [_rule_row(i, r) for i, r in enumerate(p.egress)],
+                    indent="    ")] if p.egress else []
+    return _described(p, f"  selector: {_labels(p.selector) if p.selector else 'every workload'}",
+                      f"  egress rules: {len(p.egress)}", *rules)
+
+
+def text_policy_list(resp) -> str:
+    rows = [[p.name, _labels(p.selector) if p.selector else "(every workload)", str(len(p.egress)),
+             str(p.resource_version)] for p in resp.policies]
+    return _table(["NAME", "SELECTOR", "RULES", "VERSION"], rows) + \
+        f"\n(policies: {len(resp.policies)}, revision {resp.revision})"
+
+
+def _redirect_frontend(r) -> str:
+    return f"service {r.service}" if r.service else _frontend(r.frontend)
+
+
+def _backend_port(r) -> str:
+    return str(r.backend_port) if r.backend_port else "the frontend's"
+
+
+def text_redirect(r) -> str:
+    return _described(r, f"  frontend: {_redirect_frontend(r)}",
+                      f"  to the workloads on the client's node with: {_labels(r.selector)}",
+                      f"  backend port: {_backend_port(r)}")
+
+
+def text_redirect_list(resp) -> str:
+    rows = [[r.name, _redirect_frontend(r), _labels(r.selector), _backend_port(r), str(r.resource_version)]
+            for r in resp.local_redirects]
+    return _table(["NAME", "FRONTEND", "SELECTOR", "BACKEND-PORT", "VERSION"], rows) + \
+        f"\n(local redirects: {len(resp.local_redirects)}, revision {resp.revision})"
 
 
 # The message types with a text form; render_text shows any other as JSON.
@@ -183,4 +286,10 @@ TEXT = {
     api_pb2.WatchEvent: text_event,
     api_pb2.Termination: text_termination,
     api_pb2.ListTerminationsResponse: text_terminations,
+    policy_pb2.Workload: text_workload,
+    api_pb2.ListWorkloadsResponse: text_workload_list,
+    policy_pb2.Policy: text_policy,
+    api_pb2.ListPoliciesResponse: text_policy_list,
+    policy_pb2.LocalRedirect: text_redirect,
+    api_pb2.ListLocalRedirectsResponse: text_redirect_list,
 }

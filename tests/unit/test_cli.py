@@ -237,7 +237,7 @@ def test_backend_files(tmp_path):
 @pytest.mark.parametrize("content, problem", [
     ("name: web\nfrontends: [{address: 1.2.3.4, port: 80}\n", "is not valid YAML/JSON: line 3, column 1"),
     ("- name: web\n", "expected a mapping (a socklb.v1.Service), got list"),
-    ("", "expected a mapping (a socklb.v1.Service), got NoneType"),
+    ("", "the file is empty: expected a mapping (a socklb.v1.Service)"),
     ("name: web\nfrontend: []\n", 'has no field named "frontend"'),
     ("name: web\nselection: SELECTION_BEST\n", "SELECTION_BEST"),
     ("name: web\nfrontends: [{port: eighty}]\n", "frontends"),

@@ -73,6 +73,12 @@ QUOTES = [
           stream="out", subs={"NAME": "web", "R": r"\d+"}, setup=(WEB,)),
     Quote("docs/cli.md", "nothing to delete: NAME (revision R)", ("service", "delete", "web"), 0, command=False,
           stream="out", subs={"NAME": "web", "R": r"\d+"}, setup=(("service", "delete", "web"),)),
+    Quote("docs/cli.md", "error: FILE: the file is empty: expected a mapping (a socklb.v1.Workload)",
+          ("workload", "put", "-f", "{empty_yaml}"), 2, command=False, subs={"FILE": "{empty_yaml}"}),
+    Quote("docs/cli.md", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns: FQDN rules are not supported yet "
+                         "(issue 13)", ("policy", "put", "-f", "{fqdn_yaml}"), 2, command=False),
+    Quote("docs/cli.md", "error: UNIMPLEMENTED: dry run is not built yet: nothing was written",
+          ("policy", "put", "--dry-run", "-f", "examples/policy/access-policy.yaml"), 1),
 ]
 
 
@@ -95,7 +101,12 @@ def run_socklb(controlplane, capsys, tmp_path):  # noqa: F811
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: web\nfrontends: [{address: 127.96.9.1, port: 80}]\n"
                    "backends: [{address: 10.0.0.1, port: 80}, {address: 10.0.0.300, port: 80}]\n")
-    ctx = {"web_yaml": str(web), "bad_yaml": str(bad), "unreachable": f"127.0.0.1:{free_port()}"}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    fqdn = tmp_path / "fqdn.yaml"
+    fqdn.write_text("name: fqdn\negress: [{action: ACTION_ALLOW, to_fqdns: [example.com]}]\n")
+    ctx = {"web_yaml": str(web), "bad_yaml": str(bad), "empty_yaml": str(empty), "fqdn_yaml": str(fqdn),
+           "unreachable": f"127.0.0.1:{free_port()}"}
 
     def run(argv: tuple[str, ...]) -> tuple[int, str, str]:
         argv = [a.format(**ctx) for a in argv]
@@ -208,6 +219,14 @@ DEFAULTS = [
      lambda: _dataplane_choices("dump", "what"),
      ["services", "backends", "flows", "counters", "state", "info", "terminations", "sockets"]),
     ("README.md", "per service at most 64 frontends", lambda: _limits().MAX_FRONTENDS, 64),
+    ("docs/cli.md", "`..` components, at most 16 levels)", lambda: _limits().MAX_CGROUP_DEPTH, 16),
+    ("docs/cli.md", "labels and selectors as Kubernetes labels, at most 64", lambda: _limits().MAX_LABELS, 64),
+    ("docs/cli.md", "are IP addresses, each once, at most 16.", lambda: _limits().MAX_ADDRESSES_PER_WORKLOAD, 16),
+    ("docs/cli.md", "Per policy at most 256 rules and 16384 prefixes",
+     lambda: (_limits().MAX_RULES_PER_POLICY, _limits().MAX_CIDRS_PER_POLICY), (256, 16384)),
+    ("docs/cli.md", "per rule 256 services and 16 port ranges",
+     lambda: (_limits().MAX_SERVICES_PER_RULE, _limits().MAX_PORTS_PER_RULE), (256, 16)),
+    ("docs/cli.md", "no prefix may carry more than 16 port rules", lambda: _limits().MAX_PORT_RULES, 16),
     ("README.md", "and 4096 backends", lambda: _limits().MAX_BACKENDS, 4096),
     ("README.md", "up to 1021 active with MAGLEV", lambda: _limits().MAGLEV_TABLE_SIZE, 1021),
     ("README.md", "Maglev with a fixed size of 1021", lambda: _limits().MAGLEV_TABLE_SIZE, 1021),

@@ -4,6 +4,7 @@ commands' arguments and help on the subparsers `sub`:
 
 - services: socklb service put|get|list|delete
 - backends: socklb backend set|add|remove|drain
+- policies: socklb workload|policy|redirect put|get|list|delete
 - nodes: socklb node list, socklb stats
 - terminations: socklb terminate, socklb termination get|list
 - watch: socklb watch

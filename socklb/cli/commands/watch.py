@@ -1,4 +1,5 @@
-"""socklb watch [--from-revision R] [--count N]: service changes as they come."""
+"""socklb watch [--from-revision R] [--count N]: changes of services,
+workloads, policies and local redirects as they come."""
 from __future__ import annotations
 
 from socklb.cli.args import UINT64_MAX, uint_arg
@@ -29,7 +30,8 @@ def cmd_watch(args, client: Client) -> int:
 
 
 def register(sub) -> None:
-    w = add_command(sub, "watch", cmd_watch, "stream service changes until Ctrl-C")
+    w = add_command(sub, "watch", cmd_watch,
+                    "stream the changes of services, workloads, policies and local redirects until Ctrl-C")
     w.add_argument("--from-revision", type=uint_arg(UINT64_MAX), default=0, metavar="R",
-                   help="events after revision R; 0 (default): the current services first, then changes")
+                   help="events after revision R; 0 (default): the current resources first, then changes")
     w.add_argument("--count", type=uint_arg(UINT64_MAX), default=None, metavar="N", help="stop after N events")
