@@ -29,17 +29,15 @@ Ratios: ss time / variant time (above 1: the variant is faster).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.lab import Teardown, install_exit_handlers, log
+from bench.lab import log, run_stamp
 from bench.report import ratio, write_doc_section
-from bench.termination import BACKENDS, BPFFS, CLIENT_MAX, Lab, Phase, machine, median, remove_stale, split
-from socklb.dataplane.kernel import ensure_bpffs
+from bench.termination import BACKENDS, CLIENT_MAX, Lab, Phase, lab_run, machine, median, split
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -187,15 +185,8 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("run as root (BPF, cgroups, namespaces)", file=sys.stderr)
         return 2
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    t_start = time.monotonic()
-    teardown = Teardown()
-    install_exit_handlers(teardown)
-    try:
-        ensure_bpffs(BPFFS)
-        remove_stale()
-        lab = Lab(teardown)
+    started, load_before, t_start = run_stamp()
+    with lab_run() as lab:
         nclients = max(1, -(-max(args.sizes) // CLIENT_MAX))
         servers = [lab.servers([[None, a, lab.port, i]], f"server{i}") for i, a in enumerate(BACKENDS)]
         clients = lab.clients(nclients, [], "client")
@@ -203,7 +194,7 @@ def main(argv=None) -> int:
         for ci in range(nclients):
             phase.held[ci][-1] = [0, 0]
         readers = Readers(lab)
-        teardown.add("readers", readers.close)
+        lab.teardown.add("readers", readers.close)
         results = {}
         for size in sorted(args.sizes):
             phase.fill([{-1: (n, 0)} for n in split(size, nclients)])
@@ -215,8 +206,6 @@ def main(argv=None) -> int:
             write_doc_section(DOC, section)
             log(f"wrote {DOC}")
         return 0
-    finally:
-        teardown.close()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ namespaces this process made. Nothing is ever sent from the root namespace.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import os
 import shutil
 import signal
@@ -76,6 +77,13 @@ def install_exit_handlers(teardown: Teardown) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit)
+
+
+def run_stamp() -> tuple[str, str, float]:
+    """What a report says of when its run began: the UTC date to the minute,
+    the load average then, and the monotonic clock for the run's length."""
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return started, " ".join(f"{x:.2f}" for x in os.getloadavg()), time.monotonic()
 
 
 def make_tempdir(teardown: Teardown) -> Path:
@@ -174,17 +182,24 @@ def make_cgroup(path: Path, teardown: Teardown) -> Path:
 
 
 def remove_cgroup(path: Path) -> None:
-    """rmdir fails while a process is inside; our clients have all exited by
-    now, but give a just-killed one a moment to leave."""
-    for _ in range(50):
+    """Our clients have all exited by now, but a just-killed one may take a
+    moment to leave; past that, rmdir's own error says why."""
+    if not rmdir_cgroup(path, tries=50):
+        path.rmdir()
+
+
+def rmdir_cgroup(path: Path, tries: int) -> bool:
+    """rmdir fails while a process is inside: tries every 0.1 s. True once the
+    cgroup is gone."""
+    for _ in range(tries):
         try:
             path.rmdir()
-            return
+            return True
         except FileNotFoundError:
-            return
+            return True
         except OSError:
             time.sleep(0.1)
-    path.rmdir()
+    return False
 
 
 def join_cgroup(path: Path, cpus: set[int] | None = None) -> Callable[[], None]:

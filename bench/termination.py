@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as dt
 import json
 import math
 import os
@@ -84,10 +83,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.lab import Teardown, install_exit_handlers, join_cgroup, log, run
+from bench.lab import Teardown, install_exit_handlers, join_cgroup, log, rmdir_cgroup, run, run_stamp
 from bench.report import paired_ratios, quartiles, target_text, write_doc_section
 from socklb.dataplane.iterrun import Hooks
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
@@ -371,14 +372,21 @@ def remove_cgroup(path: Path) -> None:
         if kill.exists():
             kill.write_text("1")  # only our clients are in there
         time.sleep(0.1)
-    for _ in range(100):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)
+    rmdir_cgroup(path, tries=100)
+
+
+@contextmanager
+def lab_run() -> Iterator[Lab]:
+    """The lab of one benchmark run, torn down however the run ends (SIGTERM
+    and SIGHUP too); what a killed earlier run left is removed first."""
+    teardown = Teardown()
+    install_exit_handlers(teardown)
+    try:
+        ensure_bpffs(BPFFS)
+        remove_stale()
+        yield Lab(teardown)
+    finally:
+        teardown.close()
 
 
 def remove_stale() -> None:
@@ -1115,15 +1123,8 @@ def main(argv=None) -> int:
         if not shutil.which(tool):
             print(f"{tool} is needed", file=sys.stderr)
             return 2
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    t_start = time.monotonic()
-    teardown = Teardown()
-    install_exit_handlers(teardown)
-    try:
-        ensure_bpffs(BPFFS)
-        remove_stale()
-        lab = Lab(teardown)
+    started, load_before, t_start = run_stamp()
+    with lab_run() as lab:
         bench = Bench(lab, args)
         host = host_phase(lab, bench, args) if args.sizes else None
         netns_res = {}
@@ -1137,8 +1138,6 @@ def main(argv=None) -> int:
             write_doc(section)
             log(f"wrote {DOC}")
         return 0
-    finally:
-        teardown.close()
 
 
 if __name__ == "__main__":

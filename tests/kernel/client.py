@@ -3,9 +3,11 @@
 socket, then runs JSON commands, one per stdin line, answering one JSON line
 each on stdout. Standard library only.
 
-    client.py [--cgroup /sys/fs/cgroup/.../socklb-test-1-0] [--netns /run/netns/NAME]
+    client.py [--cgroup /sys/fs/cgroup/.../socklb-test-1-0] [--netns /run/netns/NAME] [--wait-go]
 
-First output line: {"pid", "cgroup", "netns"}. Commands (``op``):
+--wait-go: first output line {"pre": pid}, then nothing until a line on
+stdin (a client started by `ip netns exec` is moved into the test cgroup
+meanwhile). Then {"pid", "cgroup", "netns"}. Commands (``op``):
 
 - tcp_many {addr, port, n, detail?, interval?}: n times connect, getpeername, send a line,
   read the backend's name, close. -> {counts, peers, errors, [conns]}
@@ -22,6 +24,13 @@ First output line: {"pid", "cgroup", "netns"}. Commands (``op``):
 - loop_start {addr, port, max, interval}: a thread doing tcp requests back to back.
 - loop_status: -> {ok, failed, errors, counts}
 - loop_stop: stops it and returns the final loop_status.
+- cookies: -> {id: SO_COOKIE} of every open socket
+- tcp_open_many {prefix, addr, port, n}: n connections kept as prefix0, prefix1, ...
+  -> {opened, errors}
+- close_many {prefix}: closes those.
+
+A test's extra script (run with -c, this directory on sys.path) adds
+commands of its own: it defines op_* functions and calls main(globals()).
 """
 
 import argparse
@@ -29,6 +38,7 @@ import ctypes
 import errno
 import json
 import os
+import resource
 import socket
 import sys
 import threading
@@ -36,6 +46,7 @@ import time
 
 CLONE_NEWNET = 0x40000000
 IO_TIMEOUT = 20.0  # a hang guard only
+SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 
 
 def join(cgroup, netns):
@@ -90,6 +101,19 @@ def readline(s):
             raise ConnectionResetError(errno.ECONNRESET, "closed by peer")
         buf += chunk
     return buf.decode().strip()
+
+
+def connect(addr, port, kind=socket.SOCK_STREAM):
+    """(socket, None) connected to (addr, port), or (None, error name); a
+    socket that did not connect is closed."""
+    s = socket.socket(family(addr), kind)
+    s.settimeout(IO_TIMEOUT)
+    try:
+        s.connect((addr, port))
+    except Exception as e:
+        s.close()
+        return None, errname(e)
+    return s, None
 
 
 class Counter(dict):
@@ -154,6 +178,7 @@ class Server:
     def __init__(self):
         self.socks = {}
         self.loop = None
+        self.active = {}  # id -> state of a loop that an extra script's op runs on a socket
 
     def op_tcp_many(self, addr, port, n, detail=False, interval=0.0):
         counts, peers, errors, conns = Counter(), Counter(), Counter(), []
@@ -176,13 +201,9 @@ class Server:
         return res
 
     def op_tcp_open(self, id, addr, port):
-        s = socket.socket(family(addr), socket.SOCK_STREAM)
-        s.settimeout(IO_TIMEOUT)
-        try:
-            s.connect((addr, port))
-        except Exception as e:
-            s.close()
-            return {"error": errname(e)}
+        s, err = connect(addr, port)
+        if err:
+            return {"error": err}
         self.socks[id] = s
         peer = s.getpeername()
         s.sendall(b"ping\n")
@@ -304,6 +325,28 @@ class Server:
         finally:
             s.close()
 
+    def op_cookies(self):
+        return {k: int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
+                for k, s in self.socks.items()}
+
+    def op_tcp_open_many(self, prefix, addr, port, n):
+        # thousands of sockets: past the usual soft limit of open files
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        errors = Counter()
+        for i in range(n):
+            s, err = connect(addr, port)
+            if err:
+                errors.add(err)
+                continue
+            self.socks[f"{prefix}{i}"] = s
+        return {"opened": n - sum(errors.values()), "errors": errors}
+
+    def op_close_many(self, prefix):
+        for k in [k for k in self.socks if k.startswith(prefix)]:
+            self.socks.pop(k).close()
+        return {}
+
     def op_loop_start(self, addr, port, max=100000, interval=0.0):
         self.loop = Loop(addr, port, max, interval)
         self.loop.start()
@@ -318,13 +361,22 @@ class Server:
         return self.loop.status()
 
 
-def main():
+def main(extra=None):
+    """extra: an extra script's globals(); its op_* functions become commands too."""
+    for name, f in (extra or {}).items():
+        if name.startswith("op_"):
+            setattr(Server, name, f)
     ap = argparse.ArgumentParser()
     ap.add_argument("--cgroup")
     ap.add_argument("--netns")
+    ap.add_argument("--wait-go", action="store_true")
     args = ap.parse_args()
-    join(args.cgroup, args.netns)
     out = sys.stdout
+    if args.wait_go:
+        out.write(json.dumps({"pre": os.getpid()}) + "\n")
+        out.flush()
+        sys.stdin.readline()
+    join(args.cgroup, args.netns)
     out.write(json.dumps({
         "pid": os.getpid(),
         "cgroup": my_cgroup(),

@@ -114,18 +114,7 @@ def cgroup():
 
 @pytest.fixture
 def netns_factory():
-    made: list[netenv.NetNS] = []
-
-    def make() -> netenv.NetNS:
-        ns = netenv.NetNS()
-        made.append(ns)
-        return ns
-
-    try:
-        yield make
-    finally:
-        for ns in made:
-            ns.remove()
+    yield from netenv.factory(netenv.NetNS, netenv.NetNS.remove)
 
 
 @pytest.fixture
@@ -136,35 +125,17 @@ def netns(netns_factory):
 @pytest.fixture
 def backends():
     """backends(name, addr, port=0, proto="tcp", netns=None) -> Backend; all stopped at the end."""
-    made: list[netenv.Backend] = []
-
-    def make(name, addr, port=0, proto="tcp", netns=None) -> netenv.Backend:
-        b = netenv.Backend(name, addr, port, proto, netns)
-        made.append(b)
-        return b
-
-    try:
-        yield make
-    finally:
-        for b in made:
-            b.stop()
+    yield from netenv.factory(netenv.Backend, netenv.Backend.stop)
 
 
 @pytest.fixture
 def clients(cgroup):
-    """clients(netns=None, in_cgroup=True) -> Client (a client.py process)."""
-    made: list[netenv.Client] = []
+    """clients(netns=None, in_cgroup=True, extra=None, netns_exec=False) -> Client (a client.py
+    process; extra, netns_exec: see netenv.Client)."""
+    def make(netns=None, in_cgroup=True, **kw) -> netenv.Client:
+        return netenv.Client(cgroup if in_cgroup else None, netns, **kw)
 
-    def make(netns=None, in_cgroup=True) -> netenv.Client:
-        c = netenv.Client(cgroup if in_cgroup else None, netns)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+    yield from netenv.factory(make, netenv.Client.close)
 
 
 @pytest.fixture

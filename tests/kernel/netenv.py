@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from support import in_ci
+from support import free_port, in_ci
 
 from socklb.dataplane import kernel
 from socklb.dataplane import netns as dp_netns
@@ -59,6 +59,24 @@ def unique_name(kind: str = "") -> str:
     return f"{PREFIX}{mid}-{os.getpid()}-{next(_counter)}"
 
 
+def factory(make, stop):
+    """The body of a fixture that hands out ``make``: yields a function that
+    calls make(*args, **kw) and remembers what it made, and stops each of
+    those at the end even when the test failed. ``yield from factory(...)``."""
+    made = []
+
+    def make_one(*args, **kw):
+        obj = make(*args, **kw)
+        made.append(obj)
+        return obj
+
+    try:
+        yield make_one
+    finally:
+        for obj in made:
+            stop(obj)
+
+
 # --------------------------------------------------------------------------
 # Environment probes
 
@@ -74,6 +92,13 @@ def require(condition: bool, what: str) -> None:
     if in_ci():
         pytest.fail(f"kernel test prerequisite missing (CI=true, so not skipping): {what}", pytrace=False)
     pytest.skip(f"kernel test prerequisite missing: {what}")
+
+
+def require_bpf_build_tools() -> None:
+    """What building the socket iterator programs (termination, socket
+    statistics) at run time takes."""
+    require(shutil.which("clang") is not None or shutil.which("clang-14") is not None, "clang (scripts/setup.sh)")
+    require(shutil.which("bpftool") is not None, "bpftool")
 
 
 def cgroup2_mount() -> Path | None:
@@ -397,14 +422,23 @@ class ClientError(Exception):
 
 class Client:
     """A ``client.py`` process: joins the cgroup (and netns) before it makes
-    any socket, then runs JSON commands read line by line from stdin."""
+    any socket, then runs JSON commands read line by line from stdin.
 
-    def __init__(self, cgroup: TestCgroup | None = None, netns: NetNS | None = None):
-        cmd = [sys.executable, str(CLIENT)]
-        if cgroup is not None:
-            cmd += ["--cgroup", str(cgroup.path)]
-        if netns is not None:
-            cmd += ["--netns", str(netns.path)]
+    extra: the source of a script that adds commands of its own to
+    client.py (see client.py), run in its place. netns_exec: started with
+    ``ip netns exec NAME`` instead, and moved into the cgroup by this class
+    before it makes any socket."""
+
+    def __init__(self, cgroup: TestCgroup | None = None, netns: NetNS | None = None,
+                 extra: str | None = None, netns_exec: bool = False):
+        cmd = [sys.executable, str(CLIENT)] if extra is None else [sys.executable, "-c", extra, str(HERE)]
+        if netns_exec:
+            cmd = ["ip", "netns", "exec", netns.name, *cmd, "--wait-go"]
+        else:
+            if cgroup is not None:
+                cmd += ["--cgroup", str(cgroup.path)]
+            if netns is not None:
+                cmd += ["--netns", str(netns.path)]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -413,13 +447,21 @@ class Client:
             text=True,
             bufsize=1,
         )
-        self.hello = self._read()
+        try:
+            if netns_exec:
+                cgroup.add(self._read()["pre"])
+                self.proc.stdin.write("go\n")
+                self.proc.stdin.flush()
+            self.hello = self._read()
+        except BaseException:
+            self.close()
+            raise
         if cgroup is not None and self.hello.get("cgroup") != cgroup.rel:
             self.close()
-            raise ClientError(f"client is in cgroup {self.hello.get('cgroup')!r}, not {cgroup.rel!r}")
-        if cgroup is not None and self.proc.pid not in cgroup.pids():
+            raise ClientError(f"client is in cgroup {self.hello.get('cgroup')!r}, not {cgroup.rel!r}: {self.hello}")
+        if cgroup is not None and self.hello.get("pid") not in cgroup.pids():
             self.close()
-            raise ClientError("client pid not in the test cgroup")
+            raise ClientError(f"client pid not in the test cgroup: {self.hello}")
 
     @property
     def pid(self) -> int:
@@ -444,21 +486,27 @@ class Client:
         return res
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
+        stop_client(self.proc)
+
+
+def stop_client(proc: subprocess.Popen) -> None:
+    """Closing stdin is how a client process (client.py, udp_dns_client.py)
+    is asked to exit; killed if it has not within 5 s."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for f in (proc.stdout, proc.stderr):
+        try:
+            f.close()
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -696,6 +744,15 @@ def backend(b: Backend | tuple, weight=1, state=None, port=None) -> dict:
 
 def node_state(version, *services) -> dict:
     return {"version": version, "services": list(services)}
+
+
+def web_on_two_backends(agent, backends, vip: str) -> tuple[Agent, int]:
+    """A started agent (the ``agent`` fixture) with one TCP service "web" at
+    vip on a free port, over backends b0 and b1 (127.0.0.2, 127.0.0.3):
+    (agent, port)."""
+    bes = [backends(f"b{i}", f"127.0.0.{i + 2}") for i in range(2)]
+    port = free_port(vip)
+    return agent(node_state(1, service("web", [frontend(vip, port)], [backend(b) for b in bes]))), port
 
 
 # --------------------------------------------------------------------------

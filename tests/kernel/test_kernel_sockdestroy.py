@@ -2,19 +2,16 @@
 a target backend die, in the host and in a test network namespace; flows to
 other backends and direct connections to the same backend address live on.
 
-Clients are client.py with a few extra operations (held connected UDP
-sockets, an active TCP connection pinging in a thread, socket cookies),
-added in a wrapper so client.py itself stays as it is. The namespace client
-is started with `ip netns exec` and moved into the test cgroup before it
-creates a socket.
+Clients are client.py with a few operations of these tests (held connected
+UDP sockets, an active TCP connection pinging in a thread) added by a
+wrapper script (EXTRA). The namespace client is started with `ip netns
+exec` and moved into the test cgroup before it creates a socket.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -32,19 +29,11 @@ ADDR_B = "127.0.0.3"
 DEAD = {"ECONNABORTED", "ECONNRESET", "EPIPE"}
 MAX_TRIES = 200  # connections opened until both backends have enough (random 50/50)
 
-# Extra client operations, patched into client.Server before client.main().
+# Client operations of these tests, added to client.py's.
 EXTRA = r'''
-import errno, json, os, resource, socket, sys, threading, time
+import socket, sys, threading, time
 sys.path.insert(0, sys.argv.pop(1))
-wait_go = sys.argv[1:2] == ["--wait-go"]
-if wait_go:
-    del sys.argv[1]
-    sys.stdout.write(json.dumps({"pre": os.getpid()}) + "\n"); sys.stdout.flush()
-    sys.stdin.readline()
 import client
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 
 def op_udp_open(self, id, addr, port):
     s = socket.socket(client.family(addr), socket.SOCK_DGRAM)
@@ -81,24 +70,6 @@ def op_tcp_active(self, id, interval=0.01):
 def op_active_status(self, id):
     return dict(self.active[id])
 
-def op_cookies(self):
-    return {k: int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
-            for k, s in self.socks.items()}
-
-def op_tcp_open_many(self, prefix, addr, port, n):
-    counts, errors = {}, {}
-    for i in range(n):
-        s = socket.socket(client.family(addr), socket.SOCK_STREAM)
-        s.settimeout(client.IO_TIMEOUT)
-        try:
-            s.connect((addr, port))
-        except Exception as e:
-            s.close()
-            errors[client.errname(e)] = errors.get(client.errname(e), 0) + 1
-            continue
-        self.socks[f"{prefix}{i}"] = s
-    return {"opened": n - sum(errors.values()), "errors": errors}
-
 def op_ping_many(self, prefix):
     ok, errors = 0, {}
     for k, s in list(self.socks.items()):
@@ -112,70 +83,16 @@ def op_ping_many(self, prefix):
             errors[client.errname(e)] = errors.get(client.errname(e), 0) + 1
     return {"ok": ok, "errors": errors}
 
-def op_close_many(self, prefix):
-    for k in [k for k in self.socks if k.startswith(prefix)]:
-        self.socks.pop(k).close()
-    return {}
-
-for _n, _f in list(globals().items()):
-    if _n.startswith("op_"):
-        setattr(client.Server, _n, _f)
-_init = client.Server.__init__
-def _new_init(self):
-    _init(self)
-    self.active = {}
-client.Server.__init__ = _new_init
-client.main()
+client.main(globals())
 '''
 
 
-class XClient(netenv.Client):
-    """client.py plus EXTRA. netns_exec: started with `ip netns exec NAME`
-    and moved into the cgroup by the test before it makes any socket."""
-
-    def __init__(self, cgroup, netns=None, netns_exec=False):
-        cmd = [sys.executable, "-c", EXTRA, str(netenv.HERE)]
-        if netns_exec:
-            cmd = ["ip", "netns", "exec", netns.name, *cmd, "--wait-go"]
-        else:
-            cmd += ["--cgroup", str(cgroup.path)]
-            if netns is not None:
-                cmd += ["--netns", str(netns.path)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        if netns_exec:
-            pre = self._read()
-            cgroup.add(pre["pre"])
-            self.proc.stdin.write("go\n")
-            self.proc.stdin.flush()
-        self.hello = self._read()
-        if self.hello.get("cgroup") != cgroup.rel or self.hello["pid"] not in cgroup.pids():
-            self.close()
-            raise netenv.ClientError(f"client not in the test cgroup: {self.hello}")
-
-
 @pytest.fixture
-def xclients(cgroup):
-    made = []
-
-    def make(netns=None, netns_exec=False):
-        c = XClient(cgroup, netns, netns_exec)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
-
-
-def _require_termination_tools():
-    from conftest import require
-    import shutil
-
-    require(shutil.which("clang") is not None or shutil.which("clang-14") is not None, "clang (scripts/setup.sh)")
-    require(shutil.which("bpftool") is not None, "bpftool")
+def xclients(clients):
+    """xclients(netns=None, netns_exec=False): client.py plus EXTRA, in the
+    test cgroup. netns_exec: started with `ip netns exec NAME` and moved into
+    the cgroup by the test before it makes any socket."""
+    return lambda netns=None, netns_exec=False: clients(netns, extra=EXTRA, netns_exec=netns_exec)
 
 
 # --------------------------------------------------------------------------
@@ -188,7 +105,7 @@ class Scenario:
     connections in both."""
 
     def __init__(self, agent, backends, xclients, netns):
-        _require_termination_tools()
+        netenv.require_bpf_build_tools()
         self.ns = netns
         tA, tB = backends("A", ADDR_A), backends("B", ADDR_B)
         uA, uB = backends("A", ADDR_A, proto="udp"), backends("B", ADDR_B, proto="udp")
@@ -469,7 +386,7 @@ def test_terminate_ipv6_and_v4_mapped(agent, backends, xclients, netns, method):
     """IPv6 sockets (in a namespace, VIP6 -> [::1]) and v4-mapped IPv6 sockets
     (host, ::ffff:VIP -> 127.0.0.x): the records and both destroy paths
     handle their addresses."""
-    _require_termination_tools()
+    netenv.require_bpf_build_tools()
     assert not netns.has_default_route()
     backends("A", "::1", 8080, netns=netns)
     backends("B", "::1", 8081, netns=netns)
@@ -513,11 +430,9 @@ def test_terminate_ipv6_and_v4_mapped(agent, backends, xclients, netns, method):
 def test_timings(agent, backends, xclients):
     """Not an assertion on time (tests record timings, never assert them): prints how long destroying
     N connections took with each method, for the record."""
-    _require_termination_tools()
+    netenv.require_bpf_build_tools()
     n = int(os.environ.get("SOCKLB_TERMINATE_N", "400"))
-    bes = [backends(f"b{i}", f"127.0.0.{i + 2}") for i in range(2)]
-    vport = free_port(VIP)
-    a = agent(node_state(1, service("web", [frontend(VIP, vport)], [backend(b) for b in bes])))
+    a, vport = netenv.web_on_two_backends(agent, backends, VIP)
     ids = [b["id"] for b in a.dump("backends")["backends"]]
     c = xclients()
     lines = []

@@ -16,16 +16,13 @@ sockets in CLOSE_WAIT and FIN_WAIT2.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 import netenv
-from netenv import backend, frontend, node_state, poll, service, require
+from netenv import backend, frontend, node_state, poll, service
 from support import free_port
 
 from socklb.lb import protocols
@@ -39,20 +36,11 @@ ADDR_C = "127.0.0.4"   # the backend of the "hold" service: a listener the test 
 MAX_TRIES = 200        # connections opened until both backends have enough (random 50/50)
 SETTLE = 20.0          # bound on waiting for ACKs/replies to land (loopback: milliseconds)
 
-# Client operations that account for every byte, patched into client.Server
-# before client.main(). --wait-go: print the pid and wait for a line, so the
-# test can move a client started by `ip netns exec` into the cgroup first.
+# Client operations that account for every byte, added to client.py's.
 EXTRA = r'''
-import json, os, resource, socket, sys, time
+import socket, sys
 sys.path.insert(0, sys.argv.pop(1))
-if sys.argv[1:2] == ["--wait-go"]:
-    del sys.argv[1]
-    sys.stdout.write(json.dumps({"pre": os.getpid()}) + "\n"); sys.stdout.flush()
-    sys.stdin.readline()
 import client
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 
 def payload(nbytes, lines):
     """nbytes bytes in `lines` lines, the last one ending the payload."""
@@ -65,13 +53,9 @@ def op_tcp_conn(self, id, addr, port, nbytes=0, lines=0):
     read the `lines` replies. -> {peer, backend, sent, received}"""
     if id in self.socks:
         raise ValueError(f"socket id {id} in use")
-    s = socket.socket(client.family(addr), socket.SOCK_STREAM)
-    s.settimeout(client.IO_TIMEOUT)
-    try:
-        s.connect((addr, port))
-    except Exception as e:
-        s.close()
-        return {"error": client.errname(e)}
+    s, err = client.connect(addr, port)
+    if err:
+        return {"error": err}
     self.socks[id] = s
     out = {"peer": client.peer_str(s.getpeername()), "backend": None, "sent": 0, "received": 0}
     if nbytes:
@@ -140,88 +124,23 @@ def op_tcp_info(self):
         if s.type != socket.SOCK_STREAM:
             continue
         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
-        cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
+        cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, client.SO_COOKIE, 8), sys.byteorder)
         out[str(cookie)] = {"state": info[0], "rtt": struct.unpack_from("=I", info, 68)[0],
                             "total_retrans": struct.unpack_from("=I", info, 100)[0],
                             "bytes_acked": struct.unpack_from("=Q", info, 120)[0],
                             "bytes_received": struct.unpack_from("=Q", info, 128)[0]}
     return out
 
-def op_cookies(self):
-    return {k: int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
-            for k, s in self.socks.items()}
-
-def op_tcp_open_many(self, prefix, addr, port, n):
-    errors = {}
-    for i in range(n):
-        s = socket.socket(client.family(addr), socket.SOCK_STREAM)
-        s.settimeout(client.IO_TIMEOUT)
-        try:
-            s.connect((addr, port))
-        except Exception as e:
-            s.close()
-            errors[client.errname(e)] = errors.get(client.errname(e), 0) + 1
-            continue
-        self.socks[f"{prefix}{i}"] = s
-    return {"opened": n - sum(errors.values()), "errors": errors}
-
-def op_close_many(self, prefix):
-    for k in [k for k in self.socks if k.startswith(prefix)]:
-        self.socks.pop(k).close()
-    return {}
-
-for _n, _f in list(globals().items()):
-    if _n.startswith("op_"):
-        setattr(client.Server, _n, _f)
-client.main()
+client.main(globals())
 '''
 
 
-class SClient(netenv.Client):
-    """client.py plus EXTRA, in the test cgroup. netns_exec: started with
-    `ip netns exec NAME` and moved into the cgroup before any socket exists."""
-
-    def __init__(self, cgroup, netns=None):
-        cmd = [sys.executable, "-c", EXTRA, str(netenv.HERE)]
-        if netns is not None:
-            cmd = ["ip", "netns", "exec", netns.name, *cmd, "--wait-go"]
-        else:
-            cmd += ["--cgroup", str(cgroup.path)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        try:
-            if netns is not None:
-                cgroup.add(self._read()["pre"])
-                self.proc.stdin.write("go\n")
-                self.proc.stdin.flush()
-            self.hello = self._read()
-        except BaseException:
-            self.close()
-            raise
-        if self.hello.get("cgroup") != cgroup.rel or self.hello["pid"] not in cgroup.pids():
-            self.close()
-            raise netenv.ClientError(f"client not in the test cgroup: {self.hello}")
-
-
 @pytest.fixture
-def sclients(cgroup):
-    made = []
-
-    def make(netns=None):
-        c = SClient(cgroup, netns)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
-
-
-def _require_tools():
-    require(shutil.which("clang") is not None or shutil.which("clang-14") is not None, "clang (scripts/setup.sh)")
-    require(shutil.which("bpftool") is not None, "bpftool")
+def sclients(clients):
+    """sclients(netns=None): client.py plus EXTRA, in the test cgroup; with a
+    namespace, started with `ip netns exec` and moved into the cgroup before
+    it makes any socket."""
+    return lambda netns=None: clients(netns, extra=EXTRA, netns_exec=netns is not None)
 
 
 def _sockstats():
@@ -270,7 +189,7 @@ def as_rows(stats) -> dict[tuple, dict]:
 
 
 def test_socket_stats_host_and_netns(agent, backends, sclients, netns):
-    _require_tools()
+    netenv.require_bpf_build_tools()
     ss = _sockstats()
     from socklb.v1 import types_pb2
 
@@ -444,12 +363,10 @@ def test_socket_stats_host_and_netns(agent, backends, sclients, netns):
 def test_timings(agent, backends, sclients):
     """Not an assertion on time (tests record timings, never assert them): prints how long one
     collection took with N load-balanced connections open, for the record."""
-    _require_tools()
+    netenv.require_bpf_build_tools()
     ss = _sockstats()
     n = int(os.environ.get("SOCKLB_SOCKSTATS_N", "2000"))
-    bes = [backends(f"b{i}", f"127.0.0.{i + 2}") for i in range(2)]
-    vport = free_port(VIP)
-    a = agent(node_state(1, service("web", [frontend(VIP, vport)], [backend(b) for b in bes])))
+    a, vport = netenv.web_on_two_backends(agent, backends, VIP)
     names = names_of(a)
     c = sclients()
     r = c.call("tcp_open_many", prefix="m", addr=VIP, port=vport, n=n, timeout=300)

@@ -25,9 +25,9 @@ getpeername() answers with the VIP.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -59,7 +59,7 @@ _SUMMARY = re.compile(
 
 
 # --------------------------------------------------------------------------
-# a client with a few more operations (client.py stays as it is)
+# a client with a few operations of these tests added to client.py's
 
 EXTRA = r'''
 import ipaddress, json, os, select, socket, sys, threading, time
@@ -110,14 +110,9 @@ def _exchange(s):
 
 def op_open(self, id, addr, port, proto="tcp"):
     """Connect and send nothing. -> {peer, real, local} or {error}"""
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(client.family(addr), kind)
-    s.settimeout(client.IO_TIMEOUT)
-    try:
-        s.connect((addr, port))
-    except Exception as e:
-        s.close()
-        return {"error": errname(e)}
+    s, err = client.connect(addr, port, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    if err:
+        return {"error": err}
     self.socks[id] = s
     return {"peer": client.peer_str(s.getpeername()), "real": real_peer(s),
             "local": client.peer_str(s.getsockname())}
@@ -179,48 +174,15 @@ def op_sendto_n(self, id, addr, port, n):
     return {"counts": counts, "sources": sources, "errors": errors,
             "so_error": s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)}
 
-for _n, _f in list(globals().items()):
-    if _n.startswith("op_"):
-        setattr(client.Server, _n, _f)
-_init = client.Server.__init__
-def _new_init(self):
-    _init(self)
-    self.active = {}
-client.Server.__init__ = _new_init
-client.main()
+client.main(globals())
 '''
 
 
-class XClient(netenv.Client):
-    """client.py plus EXTRA, in the test cgroup (and a namespace) before it
-    makes a socket (client.join)."""
-
-    def __init__(self, cgroup, netns=None):
-        cmd = [sys.executable, "-c", EXTRA, str(netenv.HERE), "--cgroup", str(cgroup.path)]
-        if netns is not None:
-            cmd += ["--netns", str(netns.path)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.hello = self._read()
-        if self.hello.get("cgroup") != cgroup.rel or self.hello.get("pid") not in cgroup.pids():
-            self.close()
-            raise netenv.ClientError(f"client not in the test cgroup: {self.hello}")
-
-
 @pytest.fixture
-def xclients(cgroup):
-    made = []
-
-    def make(netns=None):
-        c = XClient(cgroup, netns)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+def xclients(clients):
+    """xclients(netns=None): client.py plus EXTRA, in the test cgroup (and a
+    namespace) before it makes a socket (client.join)."""
+    return functools.partial(clients, extra=EXTRA)
 
 
 class DnsClient:
@@ -272,54 +234,22 @@ class DnsClient:
             return ""
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            try:
-                f.close()
-            except OSError:
-                pass
+        netenv.stop_client(self.proc)
 
 
 @pytest.fixture
 def dns_clients(cgroup):
-    made = []
-
-    def make(*a, **kw):
-        c = DnsClient(cgroup, *a, **kw)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
+    yield from netenv.factory(functools.partial(DnsClient, cgroup), DnsClient.close)
 
 
 # --------------------------------------------------------------------------
 # helpers
 
 
-def _require_termination_tools():
-    from conftest import require
-
-    require(shutil.which("clang") is not None or shutil.which("clang-14") is not None, "clang (scripts/setup.sh)")
-    require(shutil.which("bpftool") is not None, "bpftool")
-
-
 def start_agent(agent, state, method="auto"):
     """The agent, with its termination programs loaded (the first build runs
     clang for seconds; a removal before that would wait for it)."""
-    _require_termination_tools()
+    netenv.require_bpf_build_tools()
     a = agent(state, ["--terminate-method", method])
     line = a.wait_log(r"socket termination: method (\w+)|socket termination unavailable", timeout=300)
     assert line is not None, f"termination programs not loaded:\n{a.log_text()}"

@@ -25,13 +25,24 @@ def run_cp(tmp_path: Path, name: str, listen: str, timeout: float = 60) -> subpr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_a_second_control_plane_on_a_taken_port_refuses(tmp_path):
+def start_cp(tmp_path: Path, name: str) -> tuple[subprocess.Popen, int, grpc.Channel]:
+    """A control plane on a free loopback port, once it answers: (process, port, channel)."""
     port = free_port()
-    first = subprocess.Popen([*CP, "--listen", f"127.0.0.1:{port}", "--store", f"embedded://{tmp_path / 'a'}"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([*CP, "--listen", f"127.0.0.1:{port}", "--store", f"embedded://{tmp_path / name}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=60)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, port, channel
+
+
+def test_a_second_control_plane_on_a_taken_port_refuses(tmp_path):
+    first, port, channel = start_cp(tmp_path, "a")
+    try:
         api = api_pb2_grpc.LoadBalancerStub(channel)
         api.PutService(api_pb2.PutServiceRequest(service=api_pb2.Service(
             name="only-in-a", frontends=[{"address": "127.96.0.10", "port": 80}])), timeout=30)
@@ -95,12 +106,8 @@ def test_sigterm_with_node_streams_open_ends_them_cleanly(tmp_path):
     reconnects elsewhere), without a cancelled-handler traceback per node."""
     from socklb.v1 import sync_pb2, sync_pb2_grpc
 
-    port = free_port()
-    cp = subprocess.Popen([*CP, "--listen", f"127.0.0.1:{port}", "--store", f"embedded://{tmp_path / 's'}"],
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cp, _, channel = start_cp(tmp_path, "s")
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=60)
         streams, hang_up = [], threading.Event()
 
         def requests(node):  # a node that keeps its side open until the test ends

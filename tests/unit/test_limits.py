@@ -15,8 +15,6 @@ from socklb.lb.errors import InvalidState
 from socklb.lb.limits import MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_FRONTENDS
 from socklb.v1 import api_pb2, node_pb2, types_pb2
 
-from test_sync import Server
-
 MAGLEV = types_pb2.SELECTION_MAGLEV
 
 
@@ -104,10 +102,8 @@ def test_the_maglev_limit_counts_active_backends_only():
 
 
 @pytest.fixture
-def api(tmp_path):
-    s = Server(f"embedded://{tmp_path}/store")
-    yield s.api
-    s.close()
+def api(server):
+    return server.api
 
 
 def refused(call):

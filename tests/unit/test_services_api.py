@@ -7,14 +7,10 @@ from google.protobuf import json_format
 
 from socklb.v1 import api_pb2, types_pb2
 
-from test_sync import Server
-
 
 @pytest.fixture
-def api(tmp_path):
-    s = Server(f"embedded://{tmp_path}/store")
-    yield s.api, s
-    s.close()
+def api(server):
+    return server.api, server
 
 
 def svc(name="a", vip="127.96.0.10", port=80, backends=("10.0.0.1",), **kw):

@@ -15,7 +15,7 @@ from socklb.dataplane.agent import Agent
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.v1 import api_pb2, node_pb2, sync_pb2, types_pb2
 
-from test_sync import Server, wait_for
+from test_sync import wait_for
 
 REFUSED = "map-element iterators are refused by this kernel: Operation not permitted"
 
@@ -104,13 +104,6 @@ def test_flow_counts_group_by_service_and_backend():
            for c in flow_counts(counts, {1: "web", 2: "dns", 3: "web"})]
     # frontend 3 is web's second frontend: summed per backend; frontend 9 is no longer programmed: left out
     assert got == [("dns", "fd00::1", 53, 1), ("web", "10.0.0.1", 80, 5), ("web", "10.0.0.2", 80, 1)]
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(f"embedded://{tmp_path}/store")
-    yield s
-    s.close()
 
 
 def test_unavailable_parts_reach_stats_and_node_list(server):

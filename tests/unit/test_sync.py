@@ -41,13 +41,6 @@ class Server:
         self.store.close()
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(f"embedded://{tmp_path}/store")
-    yield s
-    s.close()
-
-
 def service(name, vip, backends, **kw):
     return json_format.ParseDict({"name": name, "frontends": [{"address": vip, "port": 80}],
                                   "backends": [{"address": a, "port": 80} for a in backends], **kw},

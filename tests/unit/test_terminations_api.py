@@ -13,13 +13,6 @@ from socklb.v1 import api_pb2
 from test_sync import Server, service, wait_for
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = Server(f"embedded://{tmp_path}/store")
-    yield s
-    s.close()
-
-
 def error(call):
     with pytest.raises(grpc.RpcError) as e:
         call()

@@ -16,18 +16,19 @@ def cmd_backend_set(args, client: Client) -> int:
         raise UsageError("give backends (ADDR:PORT[@WEIGHT] ... or -f FILE), or --none to remove them all")
     if args.none and (args.backends or args.file):
         raise UsageError("--none sets no backends: do not list any")
-    req = api_pb2.SetBackendsRequest(service=args.service, backends=backends_from_args(args),
-                                     expected_version=args.expected_version)
-    emit(client.call("SetBackends", req), args.output)
-    return EXIT_OK
+    return _send_backends(args, client, "SetBackends", api_pb2.SetBackendsRequest)
 
 
 def cmd_backend_add(args, client: Client) -> int:
     if not (args.backends or args.file):
         raise UsageError("give backends: ADDR:PORT[@WEIGHT] ... or -f FILE")
-    req = api_pb2.AddBackendsRequest(service=args.service, backends=backends_from_args(args),
-                                     expected_version=args.expected_version)
-    emit(client.call("AddBackends", req), args.output)
+    return _send_backends(args, client, "AddBackends", api_pb2.AddBackendsRequest)
+
+
+def _send_backends(args, client: Client, method: str, request_type) -> int:
+    req = request_type(service=args.service, backends=backends_from_args(args),
+                       expected_version=args.expected_version)
+    emit(client.call(method, req), args.output)
     return EXIT_OK
 
 
