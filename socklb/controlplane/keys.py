@@ -22,6 +22,9 @@ LEADER = ROOT + "leader/"  # <name>: the campaign holding a leader-only duty (St
 WORKLOADS = ROOT + "workloads/"
 POLICIES = ROOT + "policies/"
 REDIRECTS = ROOT + "redirects/"
+# index: (node, cgroup) -> the workload claiming it; a node's `workloads` map
+# holds one workload per cgroup, so two claims are refused at the write.
+WORKLOAD_CGROUPS = ROOT + "workload-cgroups/"
 
 
 def service(name: str) -> str:
@@ -34,6 +37,10 @@ def service_name(key: str) -> str:
 
 def workload(name: str) -> str:
     return WORKLOADS + name
+
+
+def workload_cgroup(node: str, cgroup: str) -> str:
+    return f"{WORKLOAD_CGROUPS}{quote(node, safe='')}/{quote(cgroup, safe='')}"
 
 
 def policy(name: str) -> str:

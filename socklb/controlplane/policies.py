@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from socklb.lb.errors import InvalidState
 from socklb.lb.names import validate_name
 from socklb.v1 import policy_pb2
 
@@ -35,10 +36,18 @@ class Kind(Generic[M]):
     message: type[M]
     normalized: Callable[[M], M]       # the stored form (canonical addresses, no resource_version)
     validate: Callable[[M], None]      # raises InvalidState naming the field
+    # Index keys a resource claims alone -> (the field a clash is blamed on,
+    # what is claimed, in words): a workload's node + cgroup. Written and
+    # deleted with the resource.
+    claims: Callable[[M], dict[str, tuple[str, str]]] = lambda _: {}
+
+
+def _workload_claims(w: policy_pb2.Workload) -> dict[str, tuple[str, str]]:
+    return {keys.workload_cgroup(w.node, w.cgroup): ("workload.cgroup", f"cgroup {w.cgroup!r} on node {w.node!r}")}
 
 
 WORKLOAD: Kind[policy_pb2.Workload] = Kind("workload", keys.WORKLOADS, keys.workload, policy_pb2.Workload,
-                                           normalized_workload, validate_workload)
+                                           normalized_workload, validate_workload, _workload_claims)
 POLICY: Kind[policy_pb2.Policy] = Kind("policy", keys.POLICIES, keys.policy, policy_pb2.Policy,
                                        normalized_policy, validate_policy)
 LOCAL_REDIRECT: Kind[policy_pb2.LocalRedirect] = Kind("local redirect", keys.REDIRECTS, keys.redirect,
@@ -95,11 +104,20 @@ class ResourceRepository(Generic[M]):
             if kv is not None and create_only:
                 raise AlreadyExists(f"{what} already exists")
             check_expected(what, kv, expected_version)
-            if kv is not None:
-                old = self._decode(kv)
-                if self.kind.normalized(old) == new:
-                    return Written(old, written=False)  # idempotent: nothing to write
-            rev = self.store.txn([Compare(key, kv.mod_revision if kv else 0)], [(key, data)])
+            old = self._decode(kv) if kv is not None else None
+            if old is not None and self.kind.normalized(old) == new:
+                return Written(old, written=False)  # idempotent: nothing to write
+            compares = [Compare(key, kv.mod_revision if kv else 0)]
+            puts = [(key, data)]
+            claimed = self.kind.claims(new)
+            for claim, (field, words) in claimed.items():
+                owner = self.store.get(claim)
+                if owner is not None and owner.value.decode() != name:
+                    raise InvalidState(field, f"{words} is already {self.kind.word} {owner.value.decode()!r}")
+                compares.append(Compare(claim, owner.mod_revision if owner else 0))
+                puts.append((claim, name.encode()))
+            released = [c for c in (self.kind.claims(old) if old is not None else {}) if c not in claimed]
+            rev = self.store.txn(compares, puts, released)
             if rev is not None:
                 new.resource_version = rev
                 return Written(new, written=True)
@@ -110,4 +128,5 @@ class ResourceRepository(Generic[M]):
     def delete(self, name: str, expected_version: int = 0) -> tuple[int, bool]:
         """(revision, existed): deleting what does not exist changes nothing."""
         validate_name(name, "name")
-        return delete_key(self.store, self.kind.key(name), f"{self.kind.word} {name!r}", expected_version)
+        return delete_key(self.store, self.kind.key(name), f"{self.kind.word} {name!r}", expected_version,
+                          also=lambda kv: list(self.kind.claims(self._decode(kv))))

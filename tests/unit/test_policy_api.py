@@ -358,7 +358,8 @@ def store_report(store, node, *reports):
 
 def test_list_workloads_shows_what_their_nodes_reported(server):
     for name, node in (("ns/a", "node-a"), ("ns/b", "node-a"), ("ns/c", "node-b"), ("ns/d", "node-c")):
-        rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload(name, node=node)))
+        rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload(name, node=node,
+                                                                                 cgroup=f"socklb/{name[3:]}")))
     store_report(server.store, "node-a", ("ns/a", True, 7), ("ns/b", False, 0), ("ns/gone", True, 3))
     store_report(server.store, "node-b", ("ns/other", True, 1))  # node-b has not reported on ns/c yet
 
@@ -473,3 +474,26 @@ def test_every_read_method_and_only_those_are_open_to_read_only_callers():
               "PutWorkload", "DeletePolicy", "PreviewPolicy", "PreviewLocalRedirect"):
         assert m in methods  # the names above are the API's
     assert auth.READ_METHODS <= set(methods)
+
+
+def test_one_workload_per_cgroup_of_a_node(server):
+    """A node's `workloads` map keys on the cgroup: a second workload claiming
+    a node's cgroup is refused whole; moving, deleting or another node frees it."""
+    a = rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/a")))
+    before = server.store.revision()
+    code, details = error(lambda: rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/b"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("workload.cgroup: ")
+    assert "'ns/a'" in details and server.store.revision() == before  # nothing written
+    # The same cgroup on another node is another cgroup.
+    rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/b", node="node-b")))
+    # Rewriting a itself keeps its claim; moving it frees the old cgroup.
+    assert rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/a"))) == a
+    rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/a", cgroup="socklb/a")))
+    rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/c")))
+    code, _ = error(lambda: rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(
+        workload=workload("ns/d", cgroup="socklb/a"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    rpc(server, "DeleteWorkload", api_pb2.DeleteRequest(name="ns/a"))
+    rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload("ns/d", cgroup="socklb/a")))
+    assert sorted(w.name for w in rpc(server, "ListWorkloads", api_pb2.ListWorkloadsRequest()).workloads) == \
+        ["ns/b", "ns/c", "ns/d"]
