@@ -1,19 +1,22 @@
 """The snapshot cache: every node's desired entries, kept current from the
-store's service changes. No I/O and no knowledge of streams (the stream
-server in sync.py consumes its updates), as in go-control-plane's
-pkg/cache vs pkg/server.
+store's changes. No I/O and no knowledge of streams (the stream server in
+sync.py consumes its updates), as in go-control-plane's pkg/cache vs
+pkg/server.
 
 Entries of CLUSTER services are shared by all nodes and computed once per
-change; entries of LOCAL services are computed per node that asked.
+change; entries of LOCAL services are computed per node that asked. The
+workloads, policy sets and local redirects of every node are kept by the
+policy part (policy_cache.py), which reads the services held here.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from socklb.v1 import api_pb2, node_pb2, types_pb2
+from socklb.v1 import api_pb2, node_pb2, policy_pb2, types_pb2
 
 from . import compute
+from .policy_cache import NodePolicy, PolicyCache, PolicyChanges
 
 
 @dataclass
@@ -26,12 +29,14 @@ class Update:
     removals: list[str] = field(default_factory=list)
     # Entries for specific nodes (LOCAL services, and policy switches).
     per_node: dict[str, list[node_pb2.ServiceState]] = field(default_factory=dict)
+    # Workloads, policy sets and redirects: always per node (a workload runs on one).
+    policy: dict[str, PolicyChanges] = field(default_factory=dict)
 
     def for_node(self, node: str) -> tuple[list[node_pb2.ServiceState], list[str]]:
         return self.shared_upserts + self.per_node.get(node, []), self.removals
 
     def empty(self) -> bool:
-        return not (self.shared_upserts or self.removals or self.per_node)
+        return not (self.shared_upserts or self.removals or self.per_node or self.policy)
 
 
 class SnapshotCache:
@@ -43,15 +48,24 @@ class SnapshotCache:
         # Earliest drain deadline (seconds) of each service that has one: the
         # leader's drain duty looks only at these, not at every service.
         self.drain_deadlines: dict[str, float] = {}
+        self.policy = PolicyCache(self.services)
+        # Moves with every change of content. The revision cannot tell: the
+        # resources come from one store watch each, and a batch may arrive
+        # after a later revision of another resource.
+        self.generation = 0
 
-    def load(self, services: Iterable[api_pb2.Service], revision: int) -> None:
+    def load(self, services: Iterable[api_pb2.Service], revision: int,
+             workloads: Iterable[policy_pb2.Workload] = (), policies: Iterable[policy_pb2.Policy] = (),
+             redirects: Iterable[policy_pb2.LocalRedirect] = ()) -> None:
         self.services.clear()
         self._shared.clear()
         self._local.clear()
         self.drain_deadlines.clear()
         for svc in services:
             self._set(svc)
+        self.policy.load(workloads, policies, redirects)
         self.revision = revision
+        self.generation += 1
 
     def _set(self, svc: api_pb2.Service) -> None:
         self.services[svc.name] = svc
@@ -75,25 +89,50 @@ class SnapshotCache:
             per_node[node] = compute.node_service(self.services[name], node)
         return per_node[node]
 
-    def has_node_specific(self) -> bool:
-        """Whether some service's entry depends on the node (traffic policy LOCAL)."""
-        return bool(self._local)
+    def node_specific(self, node: str) -> bool:
+        """Whether `node`'s state may differ from another node's: some
+        service's entry depends on the node (traffic policy LOCAL), or the
+        node has workloads."""
+        return bool(self._local) or self.policy.has_entries(node)
 
     def entries_for(self, node: str) -> dict[str, node_pb2.ServiceState]:
         return {name: self._entry(name, node) for name in self.services}
 
-    def apply(self, changes: Iterable[tuple[str, api_pb2.Service | None]], revision: int,
-              nodes: Iterable[str]) -> Update:
-        """Apply service changes (None = deleted) seen at `revision`; `nodes`
-        are those that need per-node entries now (connected ones)."""
+    def policy_for(self, node: str) -> NodePolicy:
+        return self.policy.node(node)
+
+    def state_for(self, node: str) -> node_pb2.NodeState:
+        """`node`'s whole state at the cache's revision."""
+        entries, policy = self.entries_for(node), self.policy_for(node)
+        return node_pb2.NodeState(
+            version=self.revision, services=[entries[n] for n in sorted(entries)],
+            workloads=[policy.workloads[n] for n in sorted(policy.workloads)],
+            policy_sets=[policy.policy_sets[n] for n in sorted(policy.policy_sets)],
+            redirects=[policy.redirects[n] for n in sorted(policy.redirects)])
+
+    def apply(self, services: Iterable[tuple[str, api_pb2.Service | None]], revision: int,
+              nodes: Iterable[str], workloads: Iterable[tuple[str, policy_pb2.Workload | None]] = (),
+              policies: Iterable[tuple[str, policy_pb2.Policy | None]] = (),
+              redirects: Iterable[tuple[str, policy_pb2.LocalRedirect | None]] = ()) -> Update:
+        """Apply changes (None = deleted) seen at `revision`; `nodes` are
+        those that need per-node service entries now (connected ones).
+        Workloads, policy sets and redirects are kept for every node."""
         nodes = list(nodes)
-        upd = Update(revision)
+        # Never backwards: a batch of one resource may arrive after a later
+        # revision of another (one store watch each); its update goes out
+        # labelled with the latest revision seen, whose state it completes.
+        self.revision = max(self.revision, revision)
+        self.generation += 1
+        upd = Update(self.revision)
         shared: dict[str, node_pb2.ServiceState] = {}
         per_node: dict[str, dict[str, node_pb2.ServiceState]] = {}
         removed: list[str] = []
+        frontends_changed: list[str] = []  # what policy sets and redirects see of a service
         # Within a batch only the last write of a name matters: the nodes
         # have seen none of them yet.
-        for name, svc in dict(changes).items():
+        for name, svc in dict(services).items():
+            if _frontends(self.services.get(name)) != _frontends(svc):
+                frontends_changed.append(name)
             before = {n: self._entry(name, n) for n in nodes} if name in self.services else None
             old_shared = self._shared.pop(name, None)
             self._local.pop(name, None)
@@ -116,5 +155,9 @@ class SnapshotCache:
         upd.shared_upserts = [shared[n] for n in sorted(shared)]
         upd.removals = sorted(removed)
         upd.per_node = {n: [e[k] for k in sorted(e)] for n, e in per_node.items() if e}
-        self.revision = revision
+        upd.policy = self.policy.apply(workloads, policies, redirects, frontends_changed)
         return upd
+
+
+def _frontends(svc: api_pb2.Service | None) -> list | None:
+    return list(svc.frontends) if svc is not None else None

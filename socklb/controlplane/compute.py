@@ -5,12 +5,20 @@ traffic policy CLUSTER yields the same entry on every node, so callers compute
 it once (`shared_entry`) and only LOCAL services are computed per node. That
 keeps the cost of a change proportional to the service changed, not to the
 number of services or nodes.
+
+`node_state` is a node's whole state computed from scratch, policy included
+(policy_compute.py, redirect_compute.py): the reference the incremental
+snapshot cache is checked against.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from socklb.v1 import api_pb2, node_pb2, types_pb2
+from socklb.v1 import api_pb2, node_pb2, policy_pb2, types_pb2
+
+from .labelindex import selects
+from .policy_compute import policy_set, workload_state
+from .redirect_compute import redirect_state
 
 DEFAULT_AFFINITY_SECONDS = 10800  # Kubernetes' ClientIP default
 
@@ -59,10 +67,29 @@ def shared_entry(svc: api_pb2.Service) -> node_pb2.ServiceState | None:
     return None if is_local_policy(svc) else node_service(svc, None)
 
 
-def node_state(services: Iterable[api_pb2.Service], node: str, version: int) -> node_pb2.NodeState:
-    out = node_pb2.NodeState(version=version)
-    for svc in sorted(services, key=lambda s: s.name):
-        out.services.append(node_service(svc, node))
+def node_state(services: Iterable[api_pb2.Service], node: str, version: int,
+               workloads: Iterable[policy_pb2.Workload] = (), policies: Iterable[policy_pb2.Policy] = (),
+               redirects: Iterable[policy_pb2.LocalRedirect] = ()) -> node_pb2.NodeState:
+    """Everything `node` must program, from scratch: its services, its
+    workloads, the policy sets they use and the local redirects it serves.
+    Every pair of workload and policy is tried: plain and slow, on purpose."""
+    services = sorted(services, key=lambda s: s.name)
+    by_name = {s.name: s for s in services}
+    out = node_pb2.NodeState(version=version, services=[node_service(svc, node) for svc in services])
+    policies = sorted(policies, key=lambda p: p.name)
+    mine = sorted((w for w in workloads if w.node == node), key=lambda w: w.name)
+    sets: dict[str, node_pb2.PolicySetState] = {}
+    for w in mine:
+        chosen = [p for p in policies if selects(p.selector, w.labels)]
+        entry = policy_set(chosen, by_name) if chosen else None
+        if entry is not None:
+            sets[entry.name] = entry
+        out.workloads.append(workload_state(w, entry.name if entry is not None else ""))
+    out.policy_sets.extend(sets[name] for name in sorted(sets))
+    for r in sorted(redirects, key=lambda r: r.name):
+        entry = redirect_state(r, [w for w in mine if selects(r.selector, w.labels)], by_name)
+        if entry is not None:
+            out.redirects.append(entry)
     return out
 
 

@@ -17,9 +17,10 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry.trace import SpanKind
 
-from socklb.v1 import api_pb2, api_pb2_grpc
+from socklb.v1 import api_pb2, api_pb2_grpc, policy_pb2
 
 from socklb.lb.addresses import split_host_port
 from socklb.observability import metrics, tracing
@@ -49,6 +50,16 @@ SERVER_OPTIONS = [
     # on a taken port would then share it and answer from another store.
     ("grpc.so_reuseport", 0),
 ]
+
+
+# What the snapshot cache is fed: per kind of resource (the keyword of
+# SnapshotCache.apply), its store prefix and the message its values hold.
+FEEDS: dict[str, tuple[str, type[Message]]] = {
+    "services": (keys.SERVICES, api_pb2.Service),
+    "workloads": (keys.WORKLOADS, policy_pb2.Workload),
+    "policies": (keys.POLICIES, policy_pb2.Policy),
+    "redirects": (keys.REDIRECTS, policy_pb2.LocalRedirect),
+}
 
 
 def check_listen(listen: str) -> None:
@@ -83,7 +94,7 @@ class ControlPlane:
         self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
         self.sync = SyncService(self.cache, self.registry, replica)
         self.api = LoadBalancerServicer(store, self.registry)
-        self._watch = None
+        self._watches: list = []
         self._term_watch = None
         self._gen = 0
         self._tasks: list[asyncio.Task] = []
@@ -129,8 +140,7 @@ class ControlPlane:
         return metrics.node_health_families(nodes, len(services), sum(len(s.backends) for s in services))
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        self._cancel_watches()
         if self._term_watch is not None:
             self._term_watch.cancel()
         for t in self._tasks:
@@ -141,53 +151,65 @@ class ControlPlane:
 
     # --- store -> cache -> nodes -------------------------------------------------
     def _load(self) -> None:
-        kvs, rev = self.store.range(keys.SERVICES)
-        services = []
-        for kv in kvs:
-            svc = api_pb2.Service.FromString(kv.value)
-            svc.resource_version = kv.mod_revision
-            services.append(svc)
-        self.cache.load(services, rev)
-        self._start_watch(rev + 1)
+        """Read every resource the cache is fed and watch each from where it
+        was read: no change is missed, even one written between two reads."""
+        loaded: dict[str, list[Message]] = {}
+        starts: dict[str, int] = {}
+        for kind, (prefix, message) in FEEDS.items():
+            kvs, rev = self.store.range(prefix)
+            loaded[kind] = [_resource(message, kv.value, kv.mod_revision) for kv in kvs]
+            starts[kind] = rev + 1
+        revision = max(starts.values()) - 1
+        self.cache.load(loaded.pop("services"), revision, **loaded)
+        self._start_watches(starts)
         if self._term_watch is None:
-            self._start_term_watch(rev + 1)
+            self._start_term_watch(revision + 1)
 
-    def _start_watch(self, start: int) -> None:
-        # A generation number, not the Watch object, tells current events
+    def _start_watches(self, starts: dict[str, int]) -> None:
+        # A generation number, not the Watch objects, tells current events
         # from a replaced watch's: events can arrive before watch() returns.
         self._gen += 1
-        gen, loop, box = self._gen, self._loop, []
+        gen, loop = self._gen, self._loop
+        self._watches = []
+        try:
+            for kind, (prefix, _) in FEEDS.items():
+                box: list = []
 
-        def on_events(events):
-            err = box[0].error if (not events and box) else None
-            loop.call_soon_threadsafe(self._on_events, events, gen, err)
+                def on_events(events, kind=kind, box=box):
+                    err = box[0].error if (not events and box) else None
+                    loop.call_soon_threadsafe(self._on_events, kind, events, gen, err)
 
-        self._watch = self.store.watch(keys.SERVICES, start, on_events)
-        box.append(self._watch)
+                box.append(self.store.watch(prefix, starts[kind], on_events))
+                self._watches.append(box[0])
+        except Exception:
+            self._cancel_watches()  # all or none: the caller loads again
+            raise
 
-    def _on_events(self, events, gen: int, error) -> None:
+    def _cancel_watches(self) -> None:
+        for w in self._watches:
+            w.cancel()
+        self._watches = []
+
+    def _on_events(self, kind: str, events, gen: int, error) -> None:
         if gen != self._gen:
             return
         if not events:  # the store's rule: an empty batch means the watch died
             self._gen += 1
-            asyncio.ensure_future(self._rewatch(error or StoreError("watch stopped")))
+            asyncio.ensure_future(self._rewatch(kind, error or StoreError("watch stopped")))
             return
-        changes = []
-        for ev in events:
-            svc = None
-            if ev.type == "put":
-                svc = api_pb2.Service.FromString(ev.value)
-                svc.resource_version = ev.revision
-            changes.append((keys.service_name(ev.key), svc))
+        prefix, message = FEEDS[kind]
+        changes = [(keys.resource_name(prefix, ev.key),
+                    _resource(message, ev.value, ev.revision) if ev.type == "put" else None) for ev in events]
         # The trace of the API call that wrote this (if this replica did):
         # tracing.WriteTraces; changes written elsewhere start a trace here.
         revision = max(ev.revision for ev in events)
         parent, links = tracing.caused_by(self.api.traces.find(events))
         with tracing.TRACER.start_as_current_span("dispatch", context=parent, links=links, attributes={
                 "socklb.replica": self.replica, "socklb.revision": revision,
-                "socklb.services": sorted({name for name, _ in changes})[:100]}) as span:
+                f"socklb.{kind}": sorted({name for name, _ in changes})[:100]}) as span:
             with tracing.TRACER.start_as_current_span("compute", attributes={"socklb.changes": len(changes)}):
-                update = self.cache.apply(changes, revision, self.sync.nodes())
+                batch = {"services": (), kind: changes}
+                update = self.cache.apply(revision=revision, nodes=self.sync.nodes(), **batch)
             span.set_attribute("socklb.nodes", self.sync.publish(update))
 
     def _start_term_watch(self, start: int) -> None:
@@ -230,15 +252,14 @@ class ControlPlane:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _rewatch(self, error: Exception) -> None:
-        """The watch died (compaction, store restart): reload, resync, re-watch."""
-        log.warning("service watch ended (%s); reloading from the store", error)
+    async def _rewatch(self, kind: str, error: Exception) -> None:
+        """A watch died (compaction, store restart): reload, resync, re-watch
+        (every resource: one reload, one resync)."""
+        log.warning("%s watch ended (%s); reloading from the store", kind, error)
         delay = 0.2
         while True:
             try:
-                if self._watch is not None:
-                    self._watch.cancel()
-                self._watch = None
+                self._cancel_watches()
                 await asyncio.to_thread(self._load)
                 break
             except (StoreError, Compacted) as e:
@@ -277,6 +298,13 @@ class ControlPlane:
                     log.warning("leader duties failed (will retry): %s", e)
         finally:
             await asyncio.to_thread(leadership.close)
+
+
+def _resource(message: type[Message], value: bytes, revision: int) -> Message:
+    """A stored resource, with the revision that last wrote it."""
+    out = message.FromString(value)
+    out.resource_version = revision
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ on its last good state until the next change. Messages are serialized once
 per update and shared by every node; the per-node part (nonce, from_version,
 and when tracing the W3C context of that node's push span) is a few bytes
 joined to the shared bytes (protobuf merges repeated occurrences of a message
-field).
+field). Workloads and redirects are a node's own; a policy set is serialized
+once per update and joined to the delta of every node that uses it.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from socklb.v1 import node_pb2, sync_pb2
 from .auth import check_node_name
 from .cache import SnapshotCache, Update
 from .nodes import NodeRegistry
+from .policy_cache import PolicyChanges
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class SyncService:
         self.sessions: dict[str, NodeSession] = {}
         self._nonce = itertools.count(1)
         self._ack_waiters: list = []
-        self._snap_memo: tuple[int, bytes, list[bytes]] | None = None
+        self._snap_memo: tuple[int, bytes, list[bytes]] | None = None  # cache generation, digest, chunks
 
     # --- gRPC plumbing ------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -203,29 +205,33 @@ class SyncService:
     def _snapshot(self, node: str) -> tuple[bytes, list[bytes]]:
         """Digest and serialized chunks (without nonce) of a node's state at the
         cache's revision. While no service is node-specific (traffic policy
-        LOCAL) every node has the same state: built once per revision, not
-        once per node, so a thousand nodes reconnecting cost one build."""
-        rev = self.cache.revision
-        shared = not self.cache.has_node_specific()
-        if shared and self._snap_memo is not None and self._snap_memo[0] == rev:
+        LOCAL) every node without workloads has the same state: built once per
+        change, not once per node, so a thousand nodes reconnecting cost one
+        build."""
+        rev, generation = self.cache.revision, self.cache.generation
+        shared = not self.cache.node_specific(node)
+        if shared and self._snap_memo is not None and self._snap_memo[0] == generation:
             return self._snap_memo[1], self._snap_memo[2]
-        entries = self.cache.entries_for(node)
-        chunks: list[list[node_pb2.ServiceState]] = [[]]
+        entries, policy = self.cache.entries_for(node), self.cache.policy_for(node)
+        # Chunks of at most SNAPSHOT_CHUNK_BYTES (or one entry, if larger),
+        # services first, then workloads, policy sets and redirects.
+        chunks = [sync_pb2.SnapshotChunk(version=rev)]
         size = 0
-        for name in sorted(entries):
-            e = entries[name]
-            n = e.ByteSize()
-            if chunks[-1] and size + n > SNAPSHOT_CHUNK_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(e)
-            size += n
-        data = [sync_pb2.ControlMessage(snapshot=sync_pb2.SnapshotChunk(
-                    version=rev, services=chunk, last=i == len(chunks) - 1)).SerializeToString()
-                for i, chunk in enumerate(chunks)]
-        digest = entries_digest(entries)
+        for kind, table in (("services", entries), ("workloads", policy.workloads),
+                            ("policy_sets", policy.policy_sets), ("redirects", policy.redirects)):
+            for name in sorted(table):
+                e = table[name]
+                n = e.ByteSize()
+                if size and size + n > SNAPSHOT_CHUNK_BYTES:
+                    chunks.append(sync_pb2.SnapshotChunk(version=rev))
+                    size = 0
+                getattr(chunks[-1], kind).append(e)
+                size += n
+        chunks[-1].last = True
+        data = [sync_pb2.ControlMessage(snapshot=chunk).SerializeToString() for chunk in chunks]
+        digest = entries_digest(entries, policy.workloads, policy.policy_sets, policy.redirects)
         if shared:
-            self._snap_memo = (rev, digest, data)
+            self._snap_memo = (generation, digest, data)
         return digest, data
 
     def _send_snapshot(self, session: NodeSession, trace: bytes = b"") -> None:
@@ -243,9 +249,19 @@ class SyncService:
         self.registry.desired(session.node, version)
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
-                    upserts: list[node_pb2.ServiceState], removals: list[str]) -> None:
+                    upserts: list[node_pb2.ServiceState], removals: list[str],
+                    policy: PolicyChanges | None = None) -> None:
+        """`shared`: serialized parts of the delta shared with other nodes
+        (services, policy sets); the rest is this node's own."""
         own = sync_pb2.ControlMessage(nonce=self._next_nonce(), delta=node_pb2.NodeStateDelta(
             from_version=session.version, version=version, upserts=upserts, removals=removals))
+        if policy is not None:
+            d = own.delta
+            d.workload_upserts.extend(policy.workload_upserts)
+            d.workload_removals.extend(policy.workload_removals)
+            d.policy_set_removals.extend(policy.policy_set_removals)
+            d.redirect_upserts.extend(policy.redirect_upserts)
+            d.redirect_removals.extend(policy.redirect_removals)
         session.queue.put_nowait(shared + own.SerializeToString())
         session.version = version
         session.in_flight[version] = time.monotonic()
@@ -268,17 +284,21 @@ class SyncService:
         if update.shared_upserts or update.removals:
             body = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
                 upserts=update.shared_upserts, removals=update.removals)).SerializeToString()
+        # A policy set goes to every node using it: serialized once.
+        set_bytes: dict[str, bytes] = {}
         sent = 0
         for node, session in list(self.sessions.items()):
             own = update.per_node.get(node, [])
-            if not own and not (update.shared_upserts or update.removals):
+            policy = update.policy.get(node)
+            if not own and policy is None and not body:
                 continue
             if per_node_spans:
                 trace_bytes = self._push_span(session, update.revision, "snapshot" if session.diverged else "delta")
             if session.diverged:
                 self._send_snapshot(session, trace_bytes)
             else:
-                self._send_delta(session, update.revision, trace_bytes + body, own, [])
+                sets = b"".join(_set_bytes(set_bytes, ps) for ps in policy.policy_set_upserts) if policy else b""
+                self._send_delta(session, update.revision, trace_bytes + body + sets, own, [], policy)
             sent += 1
         return sent
 
@@ -317,6 +337,15 @@ class SyncService:
             else:
                 keep.append((version, fut, nodes))
         self._ack_waiters = keep
+
+
+def _set_bytes(memo: dict[str, bytes], entry: node_pb2.PolicySetState) -> bytes:
+    """A ControlMessage holding only one policy set upsert, to join to a delta's bytes."""
+    data = memo.get(entry.name)
+    if data is None:
+        data = memo[entry.name] = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
+            policy_set_upserts=[entry])).SerializeToString()
+    return data
 
 
 def _trace_bytes(carrier: dict[str, str]) -> bytes:

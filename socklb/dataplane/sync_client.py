@@ -179,7 +179,7 @@ class SyncClient:
             self.connected_to = target
             stats_thread.start()
             log.info("connected to control plane %s", target)
-            chunks: list[node_pb2.ServiceState] = []
+            chunks: list[sync_pb2.SnapshotChunk] = []  # a snapshot's chunks so far
             for msg in responses:
                 received = time.monotonic()
                 reply = self._handle(msg, chunks)
@@ -216,10 +216,10 @@ class SyncClient:
         kind = msg.WhichOneof("msg")
         try:
             if kind == "snapshot":
-                chunks.extend(msg.snapshot.services)
+                chunks.append(msg.snapshot)
                 if not msg.snapshot.last:
                     return None
-                state = node_pb2.NodeState(version=msg.snapshot.version, services=chunks)
+                state = snapshot_state(chunks)
                 chunks.clear()
                 version = msg.snapshot.version
                 result = self.agent.apply(state, isolate=True)
@@ -249,6 +249,17 @@ class SyncClient:
 
     def stats_report(self) -> sync_pb2.StatsReport:
         return self.reporter.report()
+
+
+def snapshot_state(chunks: list[sync_pb2.SnapshotChunk]) -> node_pb2.NodeState:
+    """The state a snapshot's chunks make, at the version of its last one."""
+    state = node_pb2.NodeState(version=chunks[-1].version)
+    for chunk in chunks:
+        state.services.extend(chunk.services)
+        state.workloads.extend(chunk.workloads)
+        state.policy_sets.extend(chunk.policy_sets)
+        state.redirects.extend(chunk.redirects)
+    return state
 
 
 def _annotate(result) -> None:
