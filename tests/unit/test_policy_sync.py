@@ -20,7 +20,7 @@ from socklb.v1 import api_pb2, node_pb2, sync_pb2, sync_pb2_grpc
 
 from test_policy_cache import cache_with
 from test_policy_compute import ALLOW, DENY, UDP, policy, redirect, rule, service, workload
-from test_sync import Server, server, wait_for  # noqa: F401  (server: a fixture, used by name)
+from test_sync import Server, wait_for
 
 
 class RawNode:
