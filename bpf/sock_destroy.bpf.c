@@ -4,7 +4,7 @@
  * them with the bpf_sock_destroy() kfunc (kernel >= 6.5).
  *
  * The records, map keys and values, limits and enums shared with user space
- * are in sock_destroy.h. Built by socklb/dataplane/terminate.py with clang
+ * are in sock_destroy.h. Built by socklb/dataplane/sockdestroy.py with clang
  * -target bpf against a vmlinux.h that bpftool generates from the running
  * kernel's BTF (CO-RE), loaded with libbpf. The `flows` map is not created
  * here: the loader reuses the agent's pinned socket storage

@@ -1,5 +1,5 @@
 /* What the termination iterators (bpf/sock_destroy.bpf.c) and user space
- * (socklb/dataplane/terminate.py) exchange: the maps' keys and values, the
+ * (socklb/dataplane/sockdestroy.py) exchange: the maps' keys and values, the
  * record of each matched socket, their limits and enums.
  * socklb/dataplane/layout.py mirrors them and tests/unit/test_layout.py
  * compares the two field by field. */
