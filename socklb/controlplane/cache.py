@@ -49,9 +49,7 @@ class SnapshotCache:
         # leader's drain duty looks only at these, not at every service.
         self.drain_deadlines: dict[str, float] = {}
         self.policy = PolicyCache(self.services)
-        # Moves with every change of content. The revision cannot tell: the
-        # resources come from one store watch each, and a batch may arrive
-        # after a later revision of another resource.
+        # Moves with every load and apply: the snapshot memo in sync.py keys on it.
         self.generation = 0
 
     def load(self, services: Iterable[api_pb2.Service], revision: int,
@@ -118,9 +116,9 @@ class SnapshotCache:
         those that need per-node service entries now (connected ones).
         Workloads, policy sets and redirects are kept for every node."""
         nodes = list(nodes)
-        # Never backwards: a batch of one resource may arrive after a later
-        # revision of another (one store watch each); its update goes out
-        # labelled with the latest revision seen, whose state it completes.
+        # The feed (server.py) is one watch in revision order, so `revision`
+        # includes every change before it. max(): a node's version must never
+        # go back, whatever a caller passes.
         self.revision = max(self.revision, revision)
         self.generation += 1
         upd = Update(self.revision)

@@ -19,12 +19,34 @@ STATS = ROOT + "stats/"
 TERMINATIONS = ROOT + "terminations/"  # <id>/request, <id>/reports/<node>
 LEADER = ROOT + "leader/"  # <name>: the campaign holding a leader-only duty (Store.campaign)
 # Policy resources: <name> -> the serialized policy_pb2 message.
-WORKLOADS = ROOT + "workloads/"
-POLICIES = ROOT + "policies/"
-REDIRECTS = ROOT + "redirects/"
+POLICY_ROOT = ROOT + "policy/"
+WORKLOADS = POLICY_ROOT + "workloads/"
+POLICIES = POLICY_ROOT + "policies/"
+REDIRECTS = POLICY_ROOT + "redirects/"
 # index: (node, cgroup) -> the workload claiming it; a node's `workloads` map
 # holds one workload per cgroup, so two claims are refused at the write.
+# Outside the configuration range (below): no replica's feed needs it.
 WORKLOAD_CGROUPS = ROOT + "workload-cgroups/"
+
+# The configuration: what the snapshot cache is fed and the API's Watch
+# streams (services, workloads, policies, local redirects) is ONE key range,
+# [CONFIG_START, CONFIG_END), holding these four kinds and nothing else. One
+# range read gives all four at one revision and one watch gives their changes
+# in revision order, so a node at version R holds every change up to R.
+# Watching ROOT would do that too, but would carry every node's statistics
+# and status, written every few seconds, to every replica.
+#
+# Byte order of the top level: frontends/ < leader/ < nodes/ < policy/ <
+# services/ < stats/ < terminations/ < workload-cgroups/. services/ is
+# released and stays; the policy kinds (new, nothing stored to migrate) sit
+# under policy/, the last name before it. Any key added at the top level
+# that sorts between "policy/" and "services/" (say "/socklb/quotas/") would
+# fall inside the range and be sent to every replica's feed: name it
+# elsewhere (tests/unit/test_keys.py fails otherwise). Indexes (frontends/,
+# workload-cgroups/) stay outside for the same reason.
+CONFIG_KINDS = (SERVICES, WORKLOADS, POLICIES, REDIRECTS)
+CONFIG_START = POLICY_ROOT
+CONFIG_END = SERVICES[:-1] + chr(ord("/") + 1)  # "/socklb/services0": just past every key of SERVICES
 
 
 def service(name: str) -> str:

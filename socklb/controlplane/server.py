@@ -2,6 +2,10 @@
 store changes into node updates.
 
     store watch ──▶ SnapshotCache.apply ──▶ SyncService.publish ──▶ node streams
+
+One watch of the configuration range (keys.CONFIG_START..CONFIG_END) feeds
+the cache: its batches come in revision order, so every update is labelled
+with a revision whose changes, of every kind, it includes.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 
 import grpc
 from google.protobuf.message import Message
@@ -53,7 +58,8 @@ SERVER_OPTIONS = [
 
 
 # What the snapshot cache is fed: per kind of resource (the keyword of
-# SnapshotCache.apply), its store prefix and the message its values hold.
+# SnapshotCache.apply), its store prefix (one of keys.CONFIG_KINDS) and the
+# message its values hold.
 FEEDS: dict[str, tuple[str, type[Message]]] = {
     "services": (keys.SERVICES, api_pb2.Service),
     "workloads": (keys.WORKLOADS, policy_pb2.Workload),
@@ -94,7 +100,7 @@ class ControlPlane:
         self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
         self.sync = SyncService(self.cache, self.registry, replica)
         self.api = LoadBalancerServicer(store, self.registry)
-        self._watches: list = []
+        self._watch = None  # of the configuration range
         self._term_watch = None
         self._gen = 0
         self._tasks: list[asyncio.Task] = []
@@ -140,7 +146,7 @@ class ControlPlane:
         return metrics.node_health_families(nodes, len(services), sum(len(s.backends) for s in services))
 
     async def stop(self) -> None:
-        self._cancel_watches()
+        self._cancel_watch()
         if self._term_watch is not None:
             self._term_watch.cancel()
         for t in self._tasks:
@@ -151,65 +157,56 @@ class ControlPlane:
 
     # --- store -> cache -> nodes -------------------------------------------------
     def _load(self) -> None:
-        """Read every resource the cache is fed and watch each from where it
-        was read: no change is missed, even one written between two reads."""
-        loaded: dict[str, list[Message]] = {}
-        starts: dict[str, int] = {}
-        for kind, (prefix, message) in FEEDS.items():
-            kvs, rev = self.store.range(prefix)
-            loaded[kind] = [_resource(message, kv.value, kv.mod_revision) for kv in kvs]
-            starts[kind] = rev + 1
-        revision = max(starts.values()) - 1
+        """Read the configuration at one revision and watch it from the next:
+        no change is missed, and every later one comes in revision order."""
+        kvs, revision = self.store.range(keys.CONFIG_START, end=keys.CONFIG_END)
+        loaded = {kind: [resource for _, resource in found]
+                  for kind, found in _by_kind((kv.key, kv.value, kv.mod_revision) for kv in kvs).items()}
         self.cache.load(loaded.pop("services"), revision, **loaded)
-        self._start_watches(starts)
+        self._start_watch(revision + 1)
         if self._term_watch is None:
             self._start_term_watch(revision + 1)
 
-    def _start_watches(self, starts: dict[str, int]) -> None:
-        # A generation number, not the Watch objects, tells current events
+    def _start_watch(self, start: int) -> None:
+        # A generation number, not the Watch object, tells current events
         # from a replaced watch's: events can arrive before watch() returns.
         self._gen += 1
         gen, loop = self._gen, self._loop
-        self._watches = []
-        try:
-            for kind, (prefix, _) in FEEDS.items():
-                box: list = []
+        box: list = []
 
-                def on_events(events, kind=kind, box=box):
-                    err = box[0].error if (not events and box) else None
-                    loop.call_soon_threadsafe(self._on_events, kind, events, gen, err)
+        def on_events(events):
+            err = box[0].error if (not events and box) else None
+            loop.call_soon_threadsafe(self._on_events, events, gen, err)
 
-                box.append(self.store.watch(prefix, starts[kind], on_events))
-                self._watches.append(box[0])
-        except Exception:
-            self._cancel_watches()  # all or none: the caller loads again
-            raise
+        box.append(self.store.watch(keys.CONFIG_START, start, on_events, end=keys.CONFIG_END))
+        self._watch = box[0]
 
-    def _cancel_watches(self) -> None:
-        for w in self._watches:
-            w.cancel()
-        self._watches = []
+    def _cancel_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
-    def _on_events(self, kind: str, events, gen: int, error) -> None:
+    def _on_events(self, events, gen: int, error) -> None:
         if gen != self._gen:
             return
         if not events:  # the store's rule: an empty batch means the watch died
             self._gen += 1
-            asyncio.ensure_future(self._rewatch(kind, error or StoreError("watch stopped")))
+            asyncio.ensure_future(self._rewatch(error or StoreError("watch stopped")))
             return
-        prefix, message = FEEDS[kind]
-        changes = [(keys.resource_name(prefix, ev.key),
-                    _resource(message, ev.value, ev.revision) if ev.type == "put" else None) for ev in events]
+        changes = _by_kind((ev.key, ev.value if ev.type == "put" else None, ev.revision) for ev in events)
+        # Whole revisions in order, from the one watch: the batch's last
+        # revision includes every change so far, of every kind.
+        revision = events[-1].revision
+        names = {f"socklb.{kind}": sorted({name for name, _ in found})[:100]
+                 for kind, found in changes.items() if found}
         # The trace of the API call that wrote this (if this replica did):
         # tracing.WriteTraces; changes written elsewhere start a trace here.
-        revision = max(ev.revision for ev in events)
         parent, links = tracing.caused_by(self.api.traces.find(events))
         with tracing.TRACER.start_as_current_span("dispatch", context=parent, links=links, attributes={
-                "socklb.replica": self.replica, "socklb.revision": revision,
-                f"socklb.{kind}": sorted({name for name, _ in changes})[:100]}) as span:
-            with tracing.TRACER.start_as_current_span("compute", attributes={"socklb.changes": len(changes)}):
-                batch = {"services": (), kind: changes}
-                update = self.cache.apply(revision=revision, nodes=self.sync.nodes(), **batch)
+                "socklb.replica": self.replica, "socklb.revision": revision, **names}) as span:
+            with tracing.TRACER.start_as_current_span(
+                    "compute", attributes={"socklb.changes": sum(len(found) for found in changes.values())}):
+                update = self.cache.apply(revision=revision, nodes=self.sync.nodes(), **changes)
             span.set_attribute("socklb.nodes", self.sync.publish(update))
 
     def _start_term_watch(self, start: int) -> None:
@@ -252,14 +249,13 @@ class ControlPlane:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _rewatch(self, kind: str, error: Exception) -> None:
-        """A watch died (compaction, store restart): reload, resync, re-watch
-        (every resource: one reload, one resync)."""
-        log.warning("%s watch ended (%s); reloading from the store", kind, error)
+    async def _rewatch(self, error: Exception) -> None:
+        """The watch died (compaction, store restart): reload, resync, re-watch."""
+        log.warning("configuration watch ended (%s); reloading from the store", error)
         delay = 0.2
         while True:
             try:
-                self._cancel_watches()
+                self._cancel_watch()
                 await asyncio.to_thread(self._load)
                 break
             except (StoreError, Compacted) as e:
@@ -304,6 +300,21 @@ def _resource(message: type[Message], value: bytes, revision: int) -> Message:
     """A stored resource, with the revision that last wrote it."""
     out = message.FromString(value)
     out.resource_version = revision
+    return out
+
+
+def _by_kind(stored: Iterable[tuple[str, bytes | None, int]]) -> dict[str, list[tuple[str, Message | None]]]:
+    """Keys of the configuration range (key, value or None if deleted, the
+    revision that wrote it), sorted into FEEDS' kinds as (name, resource or
+    None). The range holds nothing else (keys.py); whatever key is none of
+    the kinds is left out all the same, not fed to the cache."""
+    out: dict[str, list[tuple[str, Message | None]]] = {kind: [] for kind in FEEDS}
+    for key, value, revision in stored:
+        for kind, (prefix, message) in FEEDS.items():
+            if key.startswith(prefix):
+                out[kind].append((keys.resource_name(prefix, key),
+                                  None if value is None else _resource(message, value, revision)))
+                break
     return out
 
 

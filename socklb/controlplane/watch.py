@@ -2,9 +2,10 @@
 local redirects in revision order, each event naming its kind
 (WatchEvent.kind); from revision 0, first every current resource as a PUT.
 
-One store watch on the common root, filtered to the four prefixes: separate
-watches per prefix could not be merged in revision order (a watch says
-nothing about revisions with no event under its prefix)."""
+One read and one watch of the configuration range (keys.CONFIG_START ..
+CONFIG_END), which holds these four kinds: separate watches per prefix could
+not be merged in revision order (a watch says nothing about revisions with no
+event under its prefix)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ from google.protobuf.message import Message
 from socklb.v1 import api_pb2, policy_pb2
 
 from . import keys
-from .store import Event, KeyValue, Store
+from .store import Event, Store
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,6 @@ WATCHED = (
     Watched(keys.POLICIES, api_pb2.RESOURCE_KIND_POLICY, policy_pb2.Policy, "policy"),
     Watched(keys.REDIRECTS, api_pb2.RESOURCE_KIND_LOCAL_REDIRECT, policy_pb2.LocalRedirect, "local_redirect"),
 )
-# The reads of the four prefixes are retried this often for one revision,
-# then the common root is read whole (one consistent read, but of every key).
-_CONSISTENT_TRIES = 5
 
 
 class WatchEnded(Exception):
@@ -68,14 +66,7 @@ def _events(events: list[Event]) -> list[api_pb2.WatchEvent]:
 def read_current(store: Store) -> tuple[list[api_pb2.WatchEvent], int]:
     """Every resource of the four kinds as a PUT event, in revision order, and
     the one revision they were all read at (the stream goes on after it)."""
-    kvs: list[KeyValue] = []
-    for _ in range(_CONSISTENT_TRIES):
-        reads = [store.range(w.prefix) for w in WATCHED]
-        if len({rev for _, rev in reads}) == 1:  # nothing was written between the reads
-            kvs, rev = [kv for got, _ in reads for kv in got], reads[0][1]
-            break
-    else:
-        kvs, rev = store.range(keys.ROOT)
+    kvs, rev = store.range(keys.CONFIG_START, end=keys.CONFIG_END)
     current = [_event(w, kv.key, kv.value, kv.mod_revision) for kv in kvs if (w := _watched(kv.key)) is not None]
     current.sort(key=lambda ev: (ev.revision, ev.kind, ev.name))
     return current, rev
@@ -102,7 +93,7 @@ async def changes(store: Store, from_revision: int) -> AsyncIterator[api_pb2.Wat
         start = rev + 1
     # Watching before sending the current resources: a slow reader cannot
     # let the history it needs be compacted away.
-    watch = await asyncio.to_thread(store.watch, keys.ROOT, start, on_events)
+    watch = await asyncio.to_thread(store.watch, keys.CONFIG_START, start, on_events, end=keys.CONFIG_END)
     try:
         for ev in current:
             yield ev

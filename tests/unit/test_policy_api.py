@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from socklb.controlplane import auth, keys
+from socklb.controlplane import auth, keys, watch
 from socklb.lb import limits
 from socklb.v1 import api_pb2, policy_pb2, sync_pb2, types_pb2
 
@@ -419,33 +419,25 @@ def test_watch_streams_every_kind_in_revision_order(server):
                                                      (api_pb2.RESOURCE_KIND_WORKLOAD, gone.revision)]
 
 
-def test_watch_reads_the_current_resources_at_one_revision(server, monkeypatch):
-    """Writes landing between the reads of the four kinds make the reads
-    retry, and in the end read the common root once: the events handed out
-    are the state at one revision, and the stream goes on after it."""
-    from socklb.controlplane import watch
-
+def test_watch_reads_the_current_resources_in_one_range_read(server):
+    """The four kinds are read by one read of the configuration range: one
+    revision for all, and nothing of the nodes' records or statistics."""
     rpc(server, "PutService", api_pb2.PutServiceRequest(service=_svc()))
     rpc(server, "PutWorkload", api_pb2.PutWorkloadRequest(workload=workload()))
+    store_report(server.store, "node-a", ("ns/web-1", True, 1))
     store = server.store
     ranged = []
 
-    class Busy:
-        """The store, with a node writing its statistics after every range of one prefix."""
+    class Recorded:
+        """The store, recording what is read."""
 
-        def range(self, prefix):
-            ranged.append(prefix)
-            got = store.range(prefix)
-            if prefix != keys.ROOT:
-                store_report(server.store, "node-a", ("ns/web-1", True, len(ranged)))
-            return got
+        def range(self, prefix, end=None):
+            ranged.append((prefix, end))
+            return store.range(prefix, end=end)
 
-    events, rev = watch.read_current(Busy())
-    assert ranged[-1] == keys.ROOT and len(ranged) == 4 * watch._CONSISTENT_TRIES + 1
+    events, rev = watch.read_current(Recorded())
+    assert ranged == [(keys.CONFIG_START, keys.CONFIG_END)]
     assert rev == store.revision()
-    assert [(e.kind, e.name) for e in events] == [(api_pb2.RESOURCE_KIND_SERVICE, "ns/db"),
-                                                  (api_pb2.RESOURCE_KIND_WORKLOAD, "ns/web-1")]
-    events, rev = watch.read_current(store)  # quiet: the four reads agree at once
     assert [(e.kind, e.name) for e in events] == [(api_pb2.RESOURCE_KIND_SERVICE, "ns/db"),
                                                   (api_pb2.RESOURCE_KIND_WORKLOAD, "ns/web-1")]
 

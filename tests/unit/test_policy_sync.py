@@ -98,8 +98,8 @@ def delete(server, key: str) -> int:
 
 
 def caught_up(server) -> bool:
-    """Whether the control plane's cache holds what the store holds (each
-    resource comes through a watch of its own: writes arrive in any order)."""
+    """Whether the control plane's cache holds what the store holds, every
+    resource at the revision that last wrote it."""
     async def check():
         cache = server.cp.cache
         held = {"services": cache.services, "workloads": cache.policy.workloads,
@@ -114,9 +114,14 @@ def caught_up(server) -> bool:
 
 
 def connect(server, name: str, version: int = 0, digest: bytes = b"") -> RawNode:
-    """A raw node, once the control plane has seen every write so far."""
+    """A raw node, once the control plane has seen every write so far, and
+    once it has opened the node's stream: what it sends first answers the
+    Hello, not a write the test makes next."""
     wait_for(lambda: caught_up(server), "the cache to catch up with the store")
-    return RawNode(server.addr, name, version, digest)
+    before = server.cp.sync.sessions.get(name)  # a stream of the node that is closing
+    node = RawNode(server.addr, name, version, digest)
+    wait_for(lambda: server.cp.sync.sessions.get(name) not in (None, before), "the node's stream to open")
+    return node
 
 
 def names(entries):
@@ -217,8 +222,8 @@ def test_equal_digests_skip_the_snapshot(server):
 
 
 def test_a_reloaded_feed_resyncs_the_nodes_and_keeps_watching(server):
-    """A watch that dies (compaction, store restart) reloads every resource:
-    nodes get a snapshot, and later writes still arrive."""
+    """The watch that dies (compaction, store restart) reloads every
+    resource: nodes get a snapshot, and later writes still arrive."""
     server.api.PutService(api_pb2.PutServiceRequest(service=DNS))
     put(server, keys.workload("client"), workload("client", "n1", {"app": "client"}, ["10.0.0.7"]))
     n1 = connect(server, "n1")
@@ -226,7 +231,7 @@ def test_a_reloaded_feed_resyncs_the_nodes_and_keeps_watching(server):
         assert n1.update()[0] == "snapshot"
         put(server, keys.policy("p1"), P1)  # written while the feed is being replaced
         cp = server.cp
-        cp._loop.call_soon_threadsafe(cp._on_events, "policies", [], cp._gen, StoreError("test: watch died"))
+        cp._loop.call_soon_threadsafe(cp._on_events, [], cp._gen, StoreError("test: watch died"))
         while n1.update()[0] != "snapshot":  # the policy may arrive first as a delta, then the resync
             pass
         assert names(n1.state.policy_sets) == [SET]

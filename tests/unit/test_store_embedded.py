@@ -149,6 +149,82 @@ def test_contract_range(store: Store, ns: str):
     assert set(keys) <= {kv.key for kv in everything}
 
 
+def test_contract_range_between_keys(store: Store, ns: str):
+    """With `end`: the keys in [prefix, end), across the prefixes in between,
+    at one revision; the start is a key, not a prefix."""
+    keys = [ns + k for k in ["a/1", "b", "b/1", "b/2", "c", "c/1", "d", "d/1"]]
+    rev = store.txn([], [(k, k.encode()) for k in keys])
+    kvs, at = store.range(ns + "b/", end=ns + "d")
+    assert [kv.key for kv in kvs] == [ns + "b/1", ns + "b/2", ns + "c", ns + "c/1"], "start in, end out"
+    assert at == store.revision() == rev and all(kv.value == kv.key.encode() for kv in kvs)
+    assert [kv.key for kv in store.range(ns + "b", end=ns + "b/2")[0]] == [ns + "b", ns + "b/1"]
+    assert store.range(ns + "e", end=ns + "f") == ([], rev)
+    for start, end in ((ns + "b", ns + "b"), (ns + "c", ns + "b"), (ns, 7)):
+        with pytest.raises(ValueError):
+            store.range(start, end=end)
+        with pytest.raises(ValueError):
+            store.watch(start, 1, lambda evs: None, end=end)
+
+
+def test_contract_watch_key_range(store: Store, ns: str):
+    """A watch of [start, end) sees exactly the changes of the keys in it,
+    of several prefixes written concurrently, in one revision order."""
+    start = store.revision() + 1
+    got = Collector()
+    w = store.watch(ns + "b/", start, got, end=ns + "d")
+    writes: dict[str, list[int]] = {}
+
+    def write(prefix: str, n: int) -> None:
+        revs = writes.setdefault(prefix, [])
+        for i in range(n):
+            revs.append(store.txn([], [(f"{ns}{prefix}{i % 3}", str(i).encode())]))
+
+    try:
+        threads = [threading.Thread(target=write, args=(p, 12)) for p in ("a/", "b/", "c/", "c", "d/")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        r_del = store.txn([], deletes=[ns + "b/0", ns + "a/0"])
+        last = store.txn([], [(ns + "d", b"the end is out"), (ns + "c/9", b"in")])
+        assert wait_for(lambda: got.saw(last))
+        inside = sorted(writes["b/"] + writes["c/"] + writes["c"] + [r_del, last])
+        assert [e.revision for e in got.events] == inside, "every change in the range once, in revision order"
+        assert all(e.key.startswith((ns + "b/", ns + "c")) for e in got.events)
+        assert got.events[-2:] == [Event("delete", ns + "b/0", None, r_del), Event("put", ns + "c/9", b"in", last)]
+        # What the events add up to is what the range holds.
+        held: dict[str, bytes] = {}
+        for e in got.events:
+            if e.type == "delete":
+                del held[e.key]
+            else:
+                held[e.key] = e.value
+        kvs, _ = store.range(ns + "b/", end=ns + "d")
+        assert {kv.key: kv.value for kv in kvs} == held
+        assert w.error is None
+    finally:
+        w.cancel()
+
+
+def test_contract_watch_key_range_compacted(store: Store, ns: str):
+    first = store.txn([], [(ns + "b/k", b"0")])
+    for i in range(1, 4):
+        store.txn([], [(ns + ("b/k" if i % 2 else "c/k"), str(i).encode())])
+    cut = store.revision() - 1
+    store.compact(cut)
+    called = []
+    with pytest.raises(Compacted) as exc:
+        store.watch(ns + "b/", first, called.append, end=ns + "d")
+    assert exc.value.compact_revision == cut and called == []
+    got = Collector()
+    w = store.watch(ns + "b/", cut, got, end=ns + "d")
+    try:
+        assert wait_for(lambda: got.has(2))
+        assert [(e.key, e.value) for e in got.events] == [(ns + "c/k", b"2"), (ns + "b/k", b"3")]
+    finally:
+        w.cancel()
+
+
 def test_contract_txn_arguments(store: Store, ns: str):
     k = ns + "k"
     with pytest.raises(ValueError):

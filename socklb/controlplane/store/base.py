@@ -10,8 +10,11 @@ A store is a flat, revisioned key-value space (the etcd v3 model):
   and all of the txn's puts and deletes carry that revision.
 - ``txn`` is the only write: compares on ``mod_revision`` (0 = "must not exist")
   guard a set of puts and deletes, applied atomically or not at all.
-- ``watch`` delivers every change under a prefix from a start revision
-  (inclusive), in revision order, in batches made of whole revisions.
+- ``range`` and ``watch`` take a prefix, or with ``end`` a key range
+  [prefix, end): several prefixes that sort next to each other are read at
+  one revision and watched in one revision order.
+- ``watch`` delivers every change under a prefix (or in a range) from a start
+  revision (inclusive), in revision order, in batches made of whole revisions.
 - History kept for watches is finite: starting a watch before the oldest kept
   revision raises :class:`Compacted`; the caller re-lists with ``range`` and
   watches from the returned revision + 1.
@@ -142,9 +145,10 @@ class Store(abc.ABC):
     def get(self, key: str) -> KeyValue | None: ...
 
     @abc.abstractmethod
-    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+    def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
         """Every key starting with ``prefix`` (all keys for ""), sorted by key,
-        and the revision the snapshot was read at."""
+        and the revision the snapshot was read at. With ``end``: every key in
+        [prefix, end) instead (ValueError unless end sorts after prefix)."""
 
     @abc.abstractmethod
     def txn(self, compares: Sequence[Compare], puts: Sequence[tuple[str, bytes]] = (),
@@ -157,11 +161,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int,
-              callback: Callable[[list[Event]], None]) -> Watch:
-        """Deliver every event with revision >= start_revision under prefix, in
-        order, from a background thread, one batch per revision or more. Raises
-        Compacted if start_revision is older than the kept history (see the
-        module docstring for errors found later)."""
+              callback: Callable[[list[Event]], None], end: str | None = None) -> Watch:
+        """Deliver every event with revision >= start_revision under prefix
+        (with ``end``: in [prefix, end), as ``range``), in order, from a
+        background thread, one batch per revision or more. Raises Compacted if
+        start_revision is older than the kept history (see the module
+        docstring for errors found later)."""
 
     @abc.abstractmethod
     def campaign(self, name: str, identity: str, ttl: float) -> Leadership:
@@ -198,6 +203,24 @@ def prefix_end(prefix: bytes) -> bytes | None:
             return bytes(b)
         b.pop()
     return None
+
+
+def key_range(prefix: str, end: str | None) -> tuple[bytes, bytes | None]:
+    """The bytes [start, end) that ``range``/``watch`` arguments cover; end
+    None: up to the last key."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be str, got {prefix!r}")
+    start = prefix.encode()
+    if end is None:
+        return start, prefix_end(start)
+    if not isinstance(end, str) or end.encode() <= start:
+        raise ValueError(f"end must be a str that sorts after {prefix!r}, got {end!r}")
+    return start, end.encode()
+
+
+def describe_range(prefix: str, end: str | None) -> str:
+    """A prefix or a range as logs and errors name it."""
+    return repr(prefix) if end is None else f"[{prefix!r}, {end!r})"
 
 
 def check_key(key: str) -> bytes:
@@ -237,16 +260,24 @@ def never_holds(key: str) -> Compare:
 class WatchBase(Watch):
     """Delivery bookkeeping shared by both stores' watches."""
 
-    def __init__(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None]):
+    def __init__(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None],
+                 end: str | None = None):
         if not isinstance(start_revision, int) or start_revision < 1:
             raise ValueError(f"start_revision must be an int >= 1, got {start_revision!r}")
         self.prefix = prefix
+        self.end = end
+        self.span = key_range(prefix, end)  # the bytes [start, end) watched; checks the arguments
         self.error = None
         self._callback = callback
         self._next = start_revision  # next revision not yet delivered
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def what(self) -> str:
+        """What is watched, for thread names and logs."""
+        return describe_range(self.prefix, self.end)
 
     @property
     def next_revision(self) -> int:

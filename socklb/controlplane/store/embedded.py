@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, WatchBase,
-                   check_key, check_txn, never_holds, prefix_end)
+                   check_key, check_txn, key_range, never_holds)
 
 DEFAULT_HISTORY = 100_000
 _SCHEMA = 1
@@ -137,10 +137,8 @@ class EmbeddedStore(Store):
                                    (k,)).fetchone()
         return _kv(row) if row else None
 
-    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be str, got {prefix!r}")
-        where, args = _prefix_where(prefix.encode())
+    def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
+        where, args = _range_where(*key_range(prefix, end))
         with self._mu:
             self._check_open()
             rows = self._db.execute(f"SELECT key, value, create_revision, mod_revision FROM kv WHERE {where} "
@@ -223,10 +221,9 @@ class EmbeddedStore(Store):
 
     # --- watch --------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None]) -> "_EmbeddedWatch":
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be str, got {prefix!r}")
-        w = _EmbeddedWatch(self, prefix, start_revision, callback)
+    def watch(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None],
+              end: str | None = None) -> "_EmbeddedWatch":
+        w = _EmbeddedWatch(self, prefix, start_revision, callback, end)
         with self._mu:
             self._check_open()
             if start_revision < self._compact:
@@ -235,10 +232,10 @@ class EmbeddedStore(Store):
         w._start()
         return w
 
-    def _read_events(self, prefix_where: tuple[str, tuple], start: int) -> tuple[list[Event], int] | Compacted | None:
-        """Events in [start, start + batch) under the prefix, and the next start.
-        None if nothing new; Compacted if start fell out of the history."""
-        where, args = prefix_where
+    def _read_events(self, range_where: tuple[str, tuple], start: int) -> tuple[list[Event], int] | Compacted | None:
+        """Events in [start, start + batch) in the watched keys, and the next
+        start. None if nothing new; Compacted if start fell out of the history."""
+        where, args = range_where
         with self._mu:
             if self._closed:
                 return None
@@ -313,13 +310,13 @@ class EmbeddedStore(Store):
 
 
 class _EmbeddedWatch(WatchBase):
-    def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int, callback):
-        super().__init__(prefix, start_revision, callback)
+    def __init__(self, store: EmbeddedStore, prefix: str, start_revision: int, callback, end: str | None):
+        super().__init__(prefix, start_revision, callback, end)
         self._store = store
-        self._where = _prefix_where(prefix.encode())
+        self._where = _range_where(*self.span)
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"store-watch {self.prefix}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"store-watch {self.what}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -377,10 +374,9 @@ def _kv(row) -> KeyValue:
     return KeyValue(row[0].decode(), bytes(row[1]), row[2], row[3])
 
 
-def _prefix_where(prefix: bytes) -> tuple[str, tuple]:
-    if not prefix:
-        return "1", ()
-    end = prefix_end(prefix)
+def _range_where(start: bytes, end: bytes | None) -> tuple[str, tuple]:
+    """SQL for the keys in [start, end) (end None: no upper bound); BLOBs
+    compare byte-wise, as the contract orders keys."""
     if end is None:
-        return "key >= ?", (prefix,)
-    return "key >= ? AND key < ?", (prefix, end)
+        return ("key >= ?", (start,)) if start else ("1", ())
+    return "key >= ? AND key < ?", (start, end)

@@ -45,7 +45,7 @@ from socklb.lb.addresses import join_host_port, split_host_port
 
 from .. import keys
 from .base import (Compacted, Compare, Event, Full, KeyValue, Leadership, Store, StoreError, Unavailable, WatchBase,
-                   check_key, check_txn, never_holds, prefix_end)
+                   check_key, check_txn, describe_range, key_range, never_holds)
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,10 @@ def _map_error(e: grpc.RpcError, what: str) -> StoreError:
     return StoreError(f"etcd {what}: {code.name}: {details}")
 
 
-def _key_range(prefix: str) -> tuple[bytes, bytes]:
-    """etcd's (key, range_end) for a prefix; "" means every key."""
-    p = prefix.encode()
-    if not p:
-        return b"\0", b"\0"
-    return p, prefix_end(p) or b"\0"
+def _etcd_range(start: bytes, end: bytes | None) -> tuple[bytes, bytes]:
+    """etcd's (key, range_end) for the bytes [start, end) of base.key_range:
+    etcd reads key "\\0" as the first key, range_end "\\0" as "to the last"."""
+    return start or b"\0", end or b"\0"
 
 
 def parse_etcd_endpoints(hosts: str, url: str) -> list[tuple[str, int]]:
@@ -217,17 +215,15 @@ class EtcdStore(Store):
         kv = self._raw_get(key)
         return _kv(kv) if kv is not None else None
 
-    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be str, got {prefix!r}")
-        key, end = _key_range(prefix)
+    def range(self, prefix: str, end: str | None = None) -> tuple[list[KeyValue], int]:
+        key, range_end = _etcd_range(*key_range(prefix, end))
         for _ in range(5):  # restart if the pinned revision is compacted mid-way
             out: list[KeyValue] = []
             rev = 0
             start = key
             try:
                 while True:
-                    resp = self._range(rpc.RangeRequest(key=start, range_end=end, limit=self.page_size,
+                    resp = self._range(rpc.RangeRequest(key=start, range_end=range_end, limit=self.page_size,
                                                         revision=rev), "range")
                     rev = rev or resp.header.revision
                     out.extend(_kv(kv) for kv in resp.kvs)
@@ -236,7 +232,7 @@ class EtcdStore(Store):
                     start = resp.kvs[-1].key + b"\0"
             except Compacted:
                 continue
-        raise StoreError(f"etcd range {prefix!r}: compacted under every attempt")
+        raise StoreError(f"etcd range {describe_range(prefix, end)}: compacted under every attempt")
 
     # --- the write ----------------------------------------------------------
 
@@ -267,12 +263,11 @@ class EtcdStore(Store):
 
     # --- watch --------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None]) -> "_EtcdWatch":
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be str, got {prefix!r}")
+    def watch(self, prefix: str, start_revision: int, callback: Callable[[list[Event]], None],
+              end: str | None = None) -> "_EtcdWatch":
+        w = _EtcdWatch(self, prefix, start_revision, callback, end)  # checks the arguments first
         if self._closed:
             raise StoreError("etcd store is closed")
-        w = _EtcdWatch(self, prefix, start_revision, callback)
         with self._mu:
             self._watches.add(w)
         try:
@@ -363,11 +358,11 @@ def _requests(q: queue.SimpleQueue):
 
 
 class _EtcdWatch(WatchBase):
-    def __init__(self, store: EtcdStore, prefix: str, start_revision: int, callback):
-        super().__init__(prefix, start_revision, callback)
+    def __init__(self, store: EtcdStore, prefix: str, start_revision: int, callback, end: str | None):
+        super().__init__(prefix, start_revision, callback, end)
         self._store = store
         self._start_revision = start_revision
-        self._key, self._end = _key_range(prefix)
+        self._key, self._end = _etcd_range(*self.span)
         self._call = None
         self._created = threading.Event()  # first stream created, or failed before that
         self._created_rev = 0
@@ -376,10 +371,10 @@ class _EtcdWatch(WatchBase):
 
     def _start_sync(self) -> None:
         st = self._store
-        self._thread = threading.Thread(target=self._run, name=f"store-watch {self.prefix}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"store-watch {self.what}", daemon=True)
         self._thread.start()
         if not self._created.wait(st.timeout * len(st._eps) + 1):
-            raise Unavailable(f"etcd watch {self.prefix!r}: not created within {st.timeout}s")
+            raise Unavailable(f"etcd watch {self.what}: not created within {st.timeout}s")
         if self.error is None and self._start_revision <= self._created_rev:
             # Compaction is reported on the stream ~100 ms after "created"; a
             # range at the start revision tells at once whether it will come.
@@ -452,7 +447,7 @@ class _EtcdWatch(WatchBase):
                     self._finish(_map_error(e, "watch"))
                     return
                 (log.info if failures == 1 else log.debug)(
-                    "etcd watch %r: %s: %s; reconnecting from revision %d", self.prefix, e.code().name,
+                    "etcd watch %s: %s: %s; reconnecting from revision %d", self.what, e.code().name,
                     e.details(), self._next)
             except StoreError as e:
                 self._finish(e)
