@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from socklb.lb.addresses import addr_text, join_host_port
 from socklb.lb.frontends import FrontendKey, frontend_key
@@ -80,21 +80,38 @@ class PolicyJob:
         return {cg: w for w in self.workloads for cg in w.cgroup_ids}
 
 
-class Condemned(NamedTuple):
-    """A socket the new state denies."""
+class Condemned:
+    """A socket the new state denies. Why is worked out when asked: a
+    report names a thousand at most, a change may condemn many more."""
 
-    socket: ListedSocket
-    workload: str
-    address: str       # the destination as judged: the flow's VIP, else the peer
-    port: int
-    service: str       # the destination's service when it is a frontend, else ""
-    reason: str        # "policy set ps-...: ..."
+    __slots__ = ("socket", "workload", "raw_address", "port", "service", "_judge", "_set", "_frontend")
+
+    def __init__(self, socket: ListedSocket, workload: str, raw_address: bytes, port: int, service: str,
+                 judge: PolicyEvaluator, policy_set: str, frontend: FrontendKey | None):
+        self.socket = socket
+        self.workload = workload
+        self.raw_address = raw_address  # the destination as judged: the flow's VIP, else the peer
+        self.port = port
+        self.service = service          # the destination's service when it is a frontend, else ""
+        self._judge, self._set, self._frontend = judge, policy_set, frontend
+
+    @property
+    def address(self) -> str:
+        return addr_text(self.raw_address)
 
     @property
     def destination(self) -> str:
         """"127.96.0.10:53/udp (dns)", "10.0.0.7:22/tcp"."""
         shown = f"{join_host_port(self.address, self.port)}/{name_of(self.socket.proto)}"
         return f"{shown} ({self.service})" if self.service else shown
+
+    @property
+    def reason(self) -> str:
+        """"policy set ps-...: <what denies it>"."""
+        return self._judge.denial(self._set, self._frontend, self.raw_address, self.port, self.socket.proto) or ""
+
+    def __repr__(self) -> str:
+        return f"Condemned({self.socket.cookie}, {self.workload}, {self.destination})"
 
 
 @dataclass
@@ -112,8 +129,8 @@ class PolicyRun:
     def summary(self) -> str:
         d = self.destroyed
         what = f"destroyed {d.destroyed}/{d.found}" if d is not None else f"found {len(self.condemned)}"
-        return (f"{what} of {len(self.listing.sockets)} sockets of {len(self.workloads)} workloads denied, "
-                f"{self.listing.netns_scanned} netns, {self.duration * 1000:.1f} ms, method={self.method}")
+        return (f"{what} denied of {len(self.listing.sockets)} sockets listed in {self.listing.netns_scanned} netns, "
+                f"{self.duration * 1000:.1f} ms, method={self.method}")
 
 
 # --- building the job (pure) -------------------------------------------------------------------
@@ -192,19 +209,23 @@ def judge(job: PolicyJob, sockets: Iterable[ListedSocket]) -> list[Condemned]:
     """The sockets the job's state denies, with why (see the module doc);
     sockets of cgroups the job does not own are left alone."""
     cgroups = job.cgroups
-    frontends = job.frontends
-    evaluator = job.evaluator
+    frontends = {(k.addr, k.port, k.proto): (k, service) for k, service in job.frontends.items()}
+    allowed = job.evaluator.allowed
+    # Sockets crowd on few destinations (a service, a database): judged once each.
+    judged: dict[tuple[str, bytes, int, int], bool] = {}
     out = []
     for s in sockets:
         w = cgroups.get(s.cgroup_id)
         if w is None:
             continue
         addr, port = (s.vip, s.vip_port) if s.frontend_id else (s.dst, s.dport)
-        fe = FrontendKey(addr, port, s.proto)
-        service = frontends.get(fe)
-        why = evaluator.denial(w.policy_set, fe if service is not None else None, addr, port, s.proto)
-        if why is not None:
-            out.append(Condemned(s, w.name, addr_text(addr), port, service or "", why))
+        fe, service = frontends.get((addr, port, s.proto), (None, ""))
+        key = (w.policy_set, addr, port, s.proto)
+        ok = judged.get(key)
+        if ok is None:
+            ok = judged[key] = allowed(w.policy_set, fe, addr, port, s.proto)
+        if not ok:
+            out.append(Condemned(s, w.name, addr, port, service, job.evaluator, w.policy_set, fe))
     return out
 
 

@@ -53,9 +53,6 @@ class _Rule(NamedTuple):
     proto: int  # IPPROTO_*, 0: any
     action: int  # policy_pb2.Action; one that is neither ALLOW nor DENY grants nothing
 
-    def matches(self, port: int, proto: int) -> bool:
-        return self.lo <= port <= self.hi and (not self.proto or self.proto == proto)
-
 
 class _Prefix(NamedTuple):
     text: str  # canonical ("10.0.0.0/8")
@@ -95,7 +92,8 @@ class _Set:
 
     def __init__(self, name: str):
         self.name = name
-        self.frontends: dict[FrontendKey, tuple[int, str]] = {}  # key -> (action, service)
+        # (addr, port, proto) of a FrontendKey -> (action, service): tuples hash faster
+        self.frontends: dict[tuple[bytes, int, int], tuple[int, str]] = {}
         self.v4 = _Family(32)
         self.v6 = _Family(128)
 
@@ -145,9 +143,10 @@ def _compile(ps: node_pb2.PolicySetState, field: str) -> _Set:
     s = _Set(ps.name)
     for i, v in enumerate(ps.frontends):
         key = frontend_key(v.frontend, f"{field}.frontends[{i}].frontend")
-        if key in s.frontends:
+        k = (key.addr, key.port, key.proto)
+        if k in s.frontends:
             raise InvalidState(f"{field}.frontends[{i}].frontend", f"frontend {key} has a verdict already")
-        s.frontends[key] = (v.action, v.service)
+        s.frontends[k] = (v.action, v.service)
     for i, p in enumerate(ps.prefixes):
         pf = f"{field}.prefixes[{i}]"
         version, network, length, text = _network(p.prefix, f"{pf}.prefix")
@@ -177,40 +176,61 @@ class PolicyEvaluator:
     def __contains__(self, set_name: str) -> bool:
         return set_name == UNRESTRICTED or set_name in self._sets
 
+    def _set(self, name: str) -> _Set:
+        s = self._sets.get(name)
+        if s is None:
+            raise KeyError(f"no policy set {name!r} in the state")
+        return s
+
     def allowed(self, set_name: str, frontend: FrontendKey | None, addr: bytes | str | IPAddress,
                 port: int, proto: int) -> bool:
         """Whether a workload with this set may reach the destination:
         `frontend` when it is one (addr and port are then not looked at),
         else (addr, port, proto). KeyError for a set the state lacks."""
-        return self.denial(set_name, frontend, addr, port, proto) is None
+        if set_name == UNRESTRICTED:
+            return True
+        s = self._set(set_name)
+        if frontend is not None:
+            return s.frontends.get((frontend.addr, frontend.port, frontend.proto), _NO_VERDICT)[0] == _ALLOW
+        version, value = _destination(addr)
+        prefix = (s.v4 if version == 4 else s.v6).longest(value)
+        return prefix is not None and _decide(prefix.rules, port, proto) == _ALLOW
 
     def denial(self, set_name: str, frontend: FrontendKey | None, addr: bytes | str | IPAddress,
                port: int, proto: int) -> str | None:
         """None when allowed (see allowed()), else why not, for reports:
         "policy set ps-...: <what denies>"."""
-        if set_name == UNRESTRICTED:
+        if self.allowed(set_name, frontend, addr, port, proto):
             return None
-        s = self._sets.get(set_name)
-        if s is None:
-            raise KeyError(f"no policy set {set_name!r} in the state")
+        s = self._sets[set_name]
         if frontend is not None:
-            action, _ = s.frontends.get(frontend, (None, ""))
-            if action == policy_pb2.ACTION_ALLOW:
-                return None
-            said = "has no verdict" if action is None else "is denied"
-            return f"policy set {s.name}: frontend {frontend} {said}"
+            action = s.frontends.get((frontend.addr, frontend.port, frontend.proto), _NO_VERDICT)[0]
+            return f"policy set {s.name}: frontend {frontend} {'has no verdict' if action is None else 'is denied'}"
         version, value = _destination(addr)
         prefix = (s.v4 if version == 4 else s.v6).longest(value)
         shown = join_host_port(_shown(version, value), port) + "/" + name_of(proto)
         if prefix is None:
             return f"policy set {s.name}: no prefix holds {shown}"
-        allowed = False
-        for r in prefix.rules:
-            if r.matches(port, proto):
-                if r.action == policy_pb2.ACTION_DENY:
-                    return f"policy set {s.name}: {prefix.text} denies {shown}"
-                allowed = allowed or r.action == policy_pb2.ACTION_ALLOW
-        return None if allowed else f"policy set {s.name}: no rule of {prefix.text} allows {shown}"
+        if _decide(prefix.rules, port, proto) == _DENY:
+            return f"policy set {s.name}: {prefix.text} denies {shown}"
+        return f"policy set {s.name}: no rule of {prefix.text} allows {shown}"
+
+
+_ALLOW, _DENY = policy_pb2.ACTION_ALLOW, policy_pb2.ACTION_DENY
+_NO_VERDICT = (None, "")
+
+
+def _decide(rules: tuple[_Rule, ...], port: int, proto: int) -> int | None:
+    """DENY when a matching rule denies (deny wins), else ALLOW when one
+    allows, else None."""
+    allowed = None
+    for lo, hi, rule_proto, action in rules:
+        if lo <= port <= hi and (not rule_proto or rule_proto == proto):
+            if action == _DENY:
+                return _DENY
+            if action == _ALLOW:
+                allowed = _ALLOW
+    return allowed
 
 
 __all__ = ["PolicyEvaluator", "RULE_PROTOCOLS", "UNRESTRICTED"]

@@ -177,7 +177,7 @@ def test_run_and_report(job):
     run = run_policy_job(t, job)
     assert t.calls == [("list", {1, 2, 3}), ("destroy", [4, 5, 11, 12])]
     assert run.method == "kfunc" and run.workloads == {"outer": 4} and len(run.listing.sockets) == 5
-    assert "destroyed 2/3 of 5 sockets of 1 workloads denied" in run.summary()
+    assert run.summary().startswith("destroyed 2/3 denied of 5 sockets listed in 2 netns, ")
     rep = policy_report(job, "n1", run)
     assert (rep.id, rep.node, rep.trigger, rep.service, rep.dry_run, rep.method) == (
         "v2-policy", "n1", "policy", "", False, "kfunc")
