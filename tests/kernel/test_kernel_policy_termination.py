@@ -430,3 +430,33 @@ def test_destroy_cookies_skips_sockets_gone_and_counts_both_ways(node):
         c.call("close", id="shut-tcp-idle")
         assert "error" not in c.call("tcp_open", id="shut-tcp-idle", addr=SHUT, port=node.direct["shut-tcp"][1])
         assert c.call("udp_open", id="open-udp", addr=udp[0], port=udp[1]).get("backend") == "open"
+
+
+def test_families_apart_and_v4_mapped_as_ipv4(node, backends):
+    """IPv6 sockets are judged by IPv6 prefixes only (the new set has none:
+    denied), and v4-mapped IPv6 sockets by the IPv4 ones (TCP to OPEN
+    allowed, to SHUT denied); destroyed with the kfunc."""
+    six = backends("v6", "::1", netns=node.ns1)
+    c6, c4 = node.clients["w1-sub-ns1"], node.clients["w1"]
+    assert c6.call("tcp_open", id="v6", addr="::1", port=six.port).get("backend") == "v6"
+    assert c4.call("tcp_open", id="mapped-open", addr="::ffff:" + OPEN,
+                   port=node.direct["open-tcp"][1]).get("backend") == "open"
+    assert c4.call("tcp_open", id="mapped-shut", addr="::ffff:" + SHUT,
+                   port=node.direct["shut-tcp"][1]).get("backend") == "shut"
+    before, after = node.state(2, ""), node.state(3, "ps-new")
+    mine = {("w1-sub-ns1", "v6"), ("w1", "mapped-open"), ("w1", "mapped-shut")}
+    new = node.cookies(lambda client, sid: (client, sid) in mine)
+    with term.Terminator(node.agent.pin_dir, method="kfunc") as t:
+        dry = run_policy_job(t, policy_job("dry", before, after, node.cgroup_ids(after), dry_run=True))
+        judged = {new[c.socket.cookie][1]: c for c in dry.condemned if c.socket.cookie in new}
+        assert set(judged) == {"v6", "mapped-shut"}, judged
+        assert judged["v6"].reason == f"policy set ps-new: no prefix holds [::1]:{six.port}/tcp"
+        assert judged["v6"].socket.family == socket.AF_INET6 and judged["mapped-shut"].socket.family == socket.AF_INET6
+        assert judged["mapped-shut"].address == SHUT
+        run = run_policy_job(t, policy_job("real", before, after, node.cgroup_ids(after)))
+    killed = {c.socket.cookie for c in run.condemned}
+    assert run.destroyed.failed == 0 and killed & set(new) == {ck for ck, (_, sid) in new.items() if sid != "mapped-open"}
+    assert c6.call("tcp_ping", id="v6").get("error") == DEAD_TCP
+    assert c4.call("tcp_ping", id="mapped-shut").get("error") == DEAD_TCP
+    assert c4.call("tcp_ping", id="mapped-open").get("backend") == "open"
+    node.check(node.denied)
