@@ -37,9 +37,28 @@
  *            fallback uses to find the sockets)
  *   STATS    only count matches in the target's value, emit nothing
  *
+ * Socket programs (socklb_term_sock_tcp / _udp): the sockets of workloads,
+ * whatever they are connected to, for policy (a policy change terminates
+ * the open sockets its new verdict denies; user space judges them). They
+ * walk TCP sockets in every state but LISTEN (time-wait and request
+ * sockets are skipped, as above) and connected UDP sockets, and select:
+ *   - by cgroup: the socket's cgroup v2 (sk->sk_cgrp_data.cgroup, the cgroup
+ *     of the process that created it; its id is the directory's inode) is a
+ *     key of `cgroups` (hash, u64 -> u8, written per run), or any cgroup with
+ *     SOCKLB_TERM_F_ALL_CGROUPS;
+ *   - by cookie, with SOCKLB_TERM_F_COOKIES: the socket's cookie is a key of
+ *     `cookies` (the sockets a listing found and user space condemned).
+ * Each selected socket gives a struct socklb_term_sock_rec: tuple, state,
+ * cgroup and, when its flow record is live and it is connected to the
+ * record's backend, the flow's frontend, backend and VIP (the application's
+ * destination). Mode DESTROY destroys only sockets selected by cookie (a
+ * listing never destroys, whatever the mode); any other mode emits records.
+ * Cookies are never reused while the machine runs, so a socket condemned by
+ * a listing is never confused with a later one.
+ *
  * Build with -DSOCKLB_NO_KFUNC for kernels without bpf_sock_destroy(): the
  * object then loads anywhere iterators and bpf_get_socket_cookie() exist and
- * only supports DRY_RUN and STATS.
+ * only supports DRY_RUN and STATS (the socket programs only list).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -74,9 +93,34 @@ struct {
 	__type(value, struct socklb_term_cfg);
 } term_cfg SEC(".maps");
 
+/* Empty but for a run of the socket programs: not preallocated. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_TERM_CGROUPS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_TERM_COOKIES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u8);
+} cookies SEC(".maps");
+
 #ifndef SOCKLB_NO_KFUNC
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 #endif
+
+/* What this read does (user space writes it before each run). */
+static __always_inline struct socklb_term_cfg *run_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&term_cfg, &zero);
+}
 
 static __always_inline struct socklb_term_val *
 match_target(const struct socklb_flow *f, __u32 *kind)
@@ -106,39 +150,54 @@ match_target(const struct socklb_flow *f, __u32 *kind)
 /* The peer (family, address, port) from the socket's common part: direct
  * loads (the iterators' socket pointers are trusted BTF pointers), valid for
  * full, time-wait and request sockets alike. 0 if not IPv4 / IPv6. */
-static __always_inline int read_peer(const struct sock_common *skc, struct socklb_term_rec *r)
+static __always_inline int read_peer(const struct sock_common *skc, __u16 *family, __u32 *dst, __u16 *dport)
 {
-	__u16 family = skc->skc_family;
+	__u16 fam = skc->skc_family;
 
-	r->family = family;
-	if (family == AF_INET) {
-		r->dst[2] = bpf_htonl(0xffff);
-		r->dst[3] = skc->skc_daddr;
-	} else if (family == AF_INET6) {
-		r->dst[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
-		r->dst[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
-		r->dst[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
-		r->dst[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+	*family = fam;
+	if (fam == AF_INET) {
+		dst[2] = bpf_htonl(0xffff);
+		dst[3] = skc->skc_daddr;
+	} else if (fam == AF_INET6) {
+		dst[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+		dst[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+		dst[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+		dst[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
 	} else {
 		return 0;
 	}
-	r->dport = skc->skc_dport;
+	*dport = skc->skc_dport;
 	return 1;
 }
 
-/* The local half of the tuple (only for sockets that matched). */
-static __always_inline void read_local(const struct sock_common *skc, struct socklb_term_rec *r)
+/* The local half of the tuple (only for sockets that are reported). */
+static __always_inline void read_local(const struct sock_common *skc, __u16 family, __u32 *src, __u16 *sport)
 {
-	if (r->family == AF_INET) {
-		r->src[2] = bpf_htonl(0xffff);
-		r->src[3] = skc->skc_rcv_saddr;
+	if (family == AF_INET) {
+		src[2] = bpf_htonl(0xffff);
+		src[3] = skc->skc_rcv_saddr;
 	} else {
-		r->src[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
-		r->src[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
-		r->src[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
-		r->src[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+		src[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		src[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		src[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		src[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
 	}
-	r->sport = bpf_htons(skc->skc_num);
+	*sport = bpf_htons(skc->skc_num);
+}
+
+/* The socket's live flow record: frontend_id set, and the socket connected
+ * to the record's backend (a socket re-connected directly elsewhere keeps a
+ * stale record). NULL otherwise. */
+static __always_inline struct socklb_flow *live_flow(struct sock *sk, const __u32 *dst, __u16 dport)
+{
+	struct socklb_flow *f = bpf_sk_storage_get(&flows, sk, 0, 0);
+
+	if (!f || !f->frontend_id)
+		return NULL;
+	if (dport != f->backend_port || dst[0] != f->backend_addr[0] || dst[1] != f->backend_addr[1] ||
+	    dst[2] != f->backend_addr[2] || dst[3] != f->backend_addr[3])
+		return NULL;
+	return f;
 }
 
 /* Whether the peer in r passes the `dsts` prefilter (when enabled). */
@@ -166,13 +225,9 @@ static __always_inline int handle(struct seq_file *seq, const struct socklb_term
 	struct socklb_flow *f;
 	__u32 kind = 0;
 
-	f = bpf_sk_storage_get(&flows, sk, 0, 0);
-	if (!f || !f->frontend_id)
-		return 0;
 	/* Only a socket connected to the record's backend (see the header). */
-	if (r->dport != f->backend_port || r->dst[0] != f->backend_addr[0] ||
-	    r->dst[1] != f->backend_addr[1] || r->dst[2] != f->backend_addr[2] ||
-	    r->dst[3] != f->backend_addr[3])
+	f = live_flow(sk, r->dst, r->dport);
+	if (!f)
 		return 0;
 	tv = match_target(f, &kind);
 	if (!tv)
@@ -181,7 +236,7 @@ static __always_inline int handle(struct seq_file *seq, const struct socklb_term
 	__sync_fetch_and_add(&tv->matched, 1);
 	if (cfg->mode == SOCKLB_TERM_STATS)
 		return 0;
-	read_local(skc, r);
+	read_local(skc, r->family, r->src, &r->sport);
 	r->cookie = bpf_get_socket_cookie(skc);
 	r->proto = proto;
 	r->frontend_id = f->frontend_id;
@@ -206,21 +261,17 @@ SEC("iter/tcp")
 int socklb_term_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct socklb_term_cfg *cfg = run_cfg();
 	struct socklb_term_rec r = {};
-	struct socklb_term_cfg *cfg;
 	struct tcp_sock *tp;
-	__u32 zero = 0;
 
-	if (!skc)
-		return 0;
-	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
-	if (!cfg)
+	if (!skc || !cfg)
 		return 0;
 	/* Listeners have no flow: skip them before anything else. */
 	r.state = skc->skc_state;
 	if (r.state == SOCKLB_TCP_LISTEN)
 		return 0;
-	if (!read_peer(skc, &r) || !dst_wanted(cfg, &r))
+	if (!read_peer(skc, &r.family, r.dst, &r.dport) || !dst_wanted(cfg, &r))
 		return 0;
 	/* Time-wait and request sockets have no storage. */
 	tp = bpf_skc_to_tcp_sock(skc);
@@ -232,22 +283,113 @@ int socklb_term_tcp(struct bpf_iter__tcp *ctx)
 SEC("iter/udp")
 int socklb_term_udp(struct bpf_iter__udp *ctx)
 {
-	struct udp_sock *udp_sk = ctx->udp_sk;
-	struct sock *sk = (struct sock *)udp_sk;
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+	struct socklb_term_cfg *cfg = run_cfg();
 	struct socklb_term_rec r = {};
-	struct socklb_term_cfg *cfg;
-	__u32 zero = 0;
 
-	if (!sk)
-		return 0;
-	cfg = bpf_map_lookup_elem(&term_cfg, &zero);
-	if (!cfg)
+	if (!sk || !cfg)
 		return 0;
 	/* Unconnected sockets are balanced per datagram: nothing to reset. */
 	r.state = sk->__sk_common.skc_state;
 	if (r.state != SOCKLB_TCP_ESTABLISHED)
 		return 0;
-	if (!read_peer(&sk->__sk_common, &r) || !dst_wanted(cfg, &r))
+	if (!read_peer(&sk->__sk_common, &r.family, r.dst, &r.dport) || !dst_wanted(cfg, &r))
 		return 0;
 	return handle(ctx->meta->seq, cfg, &r, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP);
+}
+
+/* --- the socket programs: by cgroup, by cookie ------------------------------ */
+
+/* The socket's cgroup v2 id: the cgroup of the process that created it. */
+static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+
+	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
+}
+
+/* Whether the socket is selected (see the header); fills the cookie and
+ * cgroup of r, the cheaper test first. */
+static __always_inline int sock_selected(const struct socklb_term_cfg *cfg, struct socklb_term_sock_rec *r,
+					 struct sock_common *skc, struct sock *sk)
+{
+	if (cfg->flags & SOCKLB_TERM_F_COOKIES) {
+		r->cookie = bpf_get_socket_cookie(skc);
+		if (!bpf_map_lookup_elem(&cookies, &r->cookie))
+			return 0;
+		r->cgroup_id = sock_cgroup_id(sk);
+		return 1;
+	}
+	r->cgroup_id = sock_cgroup_id(sk);
+	if (!(cfg->flags & SOCKLB_TERM_F_ALL_CGROUPS) && !bpf_map_lookup_elem(&cgroups, &r->cgroup_id))
+		return 0;
+	r->cookie = bpf_get_socket_cookie(skc);
+	return 1;
+}
+
+static __always_inline int sock_handle(struct seq_file *seq, const struct socklb_term_cfg *cfg,
+				       struct sock_common *skc, struct sock *sk, __u8 proto, __u8 state)
+{
+	struct socklb_term_sock_rec r = {};
+	struct socklb_flow *f;
+
+	if (!sock_selected(cfg, &r, skc, sk))
+		return 0;
+	if (!read_peer(skc, &r.family, r.dst, &r.dport))
+		return 0;
+	read_local(skc, r.family, r.src, &r.sport);
+	r.proto = proto;
+	r.state = state;
+	f = live_flow(sk, r.dst, r.dport);
+	if (f) {
+		r.frontend_id = f->frontend_id;
+		r.backend_id = f->backend_id;
+		r.vip[0] = f->vip[0];
+		r.vip[1] = f->vip[1];
+		r.vip[2] = f->vip[2];
+		r.vip[3] = f->vip[3];
+		r.vip_port = f->vip_port;
+	}
+	r.result = SOCKLB_TERM_NOT_TRIED;
+#ifndef SOCKLB_NO_KFUNC
+	/* Only what user space condemned by cookie: a listing never destroys. */
+	if (cfg->mode == SOCKLB_TERM_DESTROY && (cfg->flags & SOCKLB_TERM_F_COOKIES))
+		r.result = bpf_sock_destroy(skc);
+#endif
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+SEC("iter/tcp")
+int socklb_term_sock_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct socklb_term_cfg *cfg = run_cfg();
+	struct tcp_sock *tp;
+	__u8 state;
+
+	if (!skc || !cfg)
+		return 0;
+	state = skc->skc_state;
+	if (state == SOCKLB_TCP_LISTEN)
+		return 0;
+	/* Time-wait and request sockets: no cgroup, nothing to abort. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	return sock_handle(ctx->meta->seq, cfg, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP, state);
+}
+
+SEC("iter/udp")
+int socklb_term_sock_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+	struct socklb_term_cfg *cfg = run_cfg();
+
+	if (!sk || !cfg)
+		return 0;
+	/* An unconnected socket has no destination to judge: each datagram is checked at sendmsg(). */
+	if (sk->__sk_common.skc_state != SOCKLB_TCP_ESTABLISHED)
+		return 0;
+	return sock_handle(ctx->meta->seq, cfg, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP, SOCKLB_TCP_ESTABLISHED);
 }

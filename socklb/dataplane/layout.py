@@ -170,8 +170,12 @@ FLOW_COUNTS_MAX = 65536
 
 TERM_TARGETS_MAX = 16384  # max_entries of `targets`
 TERM_DSTS_MAX = 16384     # max_entries of `dsts`
+TERM_CGROUPS_MAX = 65536  # max_entries of `cgroups`
+TERM_COOKIES_MAX = 131072  # max_entries of `cookies`
 TERM_NOT_TRIED = 1        # TermRec.result of a socket not destroyed here (dry run)
 TERM_F_DSTS = 1           # TermCfg.flags: prefilter on the `dsts` map
+TERM_F_ALL_CGROUPS = 2    # TermCfg.flags: the socket programs select every cgroup
+TERM_F_COOKIES = 4        # TermCfg.flags: the socket programs select by `cookies`
 
 
 class TermMode(enum.IntEnum):
@@ -222,6 +226,27 @@ class TermRec(ct.Structure):
     ]
 
 
+class TermSockRec(ct.Structure):
+    """struct socklb_term_sock_rec: one socket a socket program selected."""
+    _fields_ = [
+        ("cookie", ct.c_uint64),
+        ("cgroup_id", ct.c_uint64),
+        ("src", U32x4),
+        ("dst", U32x4),
+        ("vip", U32x4),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("vip_port", ct.c_uint16),
+        ("family", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("state", ct.c_uint8),
+        ("pad", ct.c_uint16),
+        ("frontend_id", ct.c_uint32),
+        ("backend_id", ct.c_uint32),
+        ("result", ct.c_int32),
+    ]
+
+
 # --- bpf/sock_stats.h: socket statistics --------------------------------------
 
 class StatRec(ct.Structure):
@@ -263,6 +288,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_term_cfg": TermCfg,
     "socklb_term_dst": TermDst,
     "socklb_term_rec": TermRec,
+    "socklb_term_sock_rec": TermSockRec,
     "socklb_stat_rec": StatRec,
 }
 
@@ -288,7 +314,11 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
     "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,
     "SOCKLB_TERM_NOT_TRIED": TERM_NOT_TRIED,
+    "SOCKLB_TERM_CGROUPS_MAX": TERM_CGROUPS_MAX,
+    "SOCKLB_TERM_COOKIES_MAX": TERM_COOKIES_MAX,
     "SOCKLB_TERM_F_DSTS": TERM_F_DSTS,
+    "SOCKLB_TERM_F_ALL_CGROUPS": TERM_F_ALL_CGROUPS,
+    "SOCKLB_TERM_F_COOKIES": TERM_F_COOKIES,
 }
 
 

@@ -9,6 +9,8 @@ the load balancer.
                     dsts=[("10.0.0.7", 8080)])           #   on the backends' address
         rep = t.run([Target.frontend(3)], dry_run=True)  # list only
         rep = t.count([Target.backend(7)])               # counters only
+        found = t.list_cgroups({cgroup_id, ...})         # policy: the sockets of these cgroups
+        rep = t.destroy_cookies(condemned)               #   and destroy some of them by cookie
 
 Finding: the iter/tcp and iter/udp programs of bpf/sock_destroy.bpf.c, which
 read the agent's `flows` socket storage (the pinned map is reused, not copied)
@@ -56,6 +58,16 @@ something (at most MAX_PASSES). Sockets that keep arriving (the backend
 still in the service) are not chased: remove or drain the backend first,
 then terminate.
 
+Policy (list_cgroups, destroy_cookies): the socket programs of the same
+object list the TCP sockets (every state but LISTEN) and connected UDP
+sockets whose cgroup v2 (the creator's) is one of the given ids, whatever
+they are connected to, with their flow when they carry a live one; user
+space judges them (termjobs / policyjobs.py) and destroys the condemned by
+cookie: kfunc, the iterators again with the cookies in the `cookies` map
+(passes as above); netlink, SOCK_DESTROY by 5-tuple and cookie in each
+socket's namespace. A socket closed since the listing is just not found;
+cookies are never reused, so no other socket is hit.
+
 Records: Report.sockets is built lazily: the raw 64-byte records are kept
 and a SocketRecord (addresses formatted) is made only for the items read, so
 rep.sockets[:100] costs 100 of them whatever the count; run(max_records=N)
@@ -87,26 +99,33 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
+import errno
 import logging
 import socket
 import time
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from socklb.lb.addresses import addr16, check_port, parse_ip
 
 from . import bpfobj, kernel, layout, sockdiag
-from .iterrun import NO_HOOKS, Hooks, IterRunner, raising
-from .layout import TermCfg, TermDst, TermKey, TermMode, TermRec, TermVal
+from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen, raising
+from .layout import TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
 from .netns import Netns
 # The typed API, imported from here by the rest of socklb.
-from .termtypes import NetnsCount, Report, SocketRecord, SocketRecords, Target, TargetCount  # noqa: F401
+from .termtypes import (CookieReport, ListedSocket, NetnsCount, Report, SocketListing, SocketRecord,  # noqa: F401
+                        SocketRecords, Target, TargetCount)
 
 log = logging.getLogger(__name__)
 
 SOURCE = "sock_destroy.bpf.c"
-PROGRAMS = {"tcp": "socklb_term_tcp", "udp": "socklb_term_udp"}
+# "tcp"/"udp": the flow programs (targets); "sock_*": the socket programs (cgroups, cookies).
+PROGRAMS = {"tcp": "socklb_term_tcp", "udp": "socklb_term_udp",
+            "sock_tcp": "socklb_term_sock_tcp", "sock_udp": "socklb_term_sock_udp"}
+SOCK_KEYS = {socket.IPPROTO_TCP: "sock_tcp", socket.IPPROTO_UDP: "sock_udp"}
+CGROUPS_MAX = layout.TERM_CGROUPS_MAX  # most cgroups a listing may name
+COOKIES_MAX = layout.TERM_COOKIES_MAX  # cookies per iterator run (destroy_cookies runs more for more)
 KFUNC = "bpf_sock_destroy"
 MAX_PASSES = 4  # iterator passes per namespace when destroying, on kernels without the resume fix
 DSTS_MAX = layout.TERM_DSTS_MAX  # most destinations a run's dsts may list
@@ -150,6 +169,9 @@ class _Object(bpfobj.IterObject):
             self.targets = kernel.BpfMap(self.map_fd("targets"), TermKey, TermVal, "targets")
             self.cfg = kernel.BpfMap(self.map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
             self.dsts = kernel.BpfMap(self.map_fd("dsts"), TermDst, ct.c_uint8, "dsts")
+            self.cgroups = kernel.BpfMap(self.map_fd("cgroups"), ct.c_uint64, ct.c_uint8, "cgroups")
+            self.cookies = kernel.BpfMap(self.map_fd("cookies"), ct.c_uint64, ct.c_uint8, "cookies")
+            self._selected: list[tuple[kernel.BpfMap, ct.c_uint64]] = []  # keys select_sockets wrote
         except Exception:
             self.close()
             raise
@@ -167,6 +189,30 @@ class _Object(bpfobj.IterObject):
             for d in dsts:
                 self.dsts.update(d, ct.c_uint8(1))
         self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), 0 if dsts is None else layout.TERM_F_DSTS))
+
+    def select_sockets(self, mode: TermMode, cgroups: Iterable[int] | None = (),
+                       cookies: Iterable[int] | None = None) -> None:
+        """What the socket programs select next: the sockets of `cgroups`
+        (None: of every cgroup), or, cookies given, those sockets (the only
+        ones they destroy, in DESTROY mode). Undone by clear_sockets()."""
+        self.clear_sockets()
+        one = ct.c_uint8(1)
+        if cookies is not None:
+            flags, keys, m = layout.TERM_F_COOKIES, cookies, self.cookies
+        elif cgroups is None:
+            flags, keys, m = layout.TERM_F_ALL_CGROUPS, (), self.cgroups
+        else:
+            flags, keys, m = 0, cgroups, self.cgroups
+        for k in keys:
+            key = ct.c_uint64(k)
+            m.update(key, one)
+            self._selected.append((m, key))
+        self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), flags))
+
+    def clear_sockets(self) -> None:
+        for m, key in self._selected:
+            m.delete(key)
+        self._selected.clear()
 
     def target_counts(self) -> dict[Target, TermVal]:
         return {Target(k.frontend_id, k.backend_id): v for k, v in self.targets.items()}
@@ -226,10 +272,33 @@ def _sockdiag_socket(r: TermRec) -> sockdiag.Socket:
                            bytes(r.src), bytes(r.dst), r.cookie)
 
 
+_SOCK_REC = layout.record_struct(TermSockRec)
+
+
+def _read_sockets(netns: str, hooks: Hooks, data: bytes) -> tuple[list[ListedSocket], list[int]]:
+    t = time.perf_counter()
+    found = parse_sockets(data, netns)
+    hooks.parsed(time.perf_counter() - t, len(found))
+    return [s for s, _ in found], [r for _, r in found]
+
+
+def parse_sockets(data: bytes, netns: str) -> list[tuple[ListedSocket, int]]:
+    """The records of one socket-program read, each with its result; a torn
+    tail is ignored."""
+    size = _SOCK_REC.size
+    ntohs = socket.ntohs
+    return [(ListedSocket(netns, cookie, cgroup_id, family, proto, state, src, ntohs(sport), dst, ntohs(dport),
+                          frontend_id, backend_id, vip, ntohs(vip_port)), result)
+            for (cookie, cgroup_id, src, dst, vip, sport, dport, vip_port, family, proto, state, _pad, frontend_id,
+                 backend_id, result) in _SOCK_REC.iter_unpack(data[:len(data) // size * size])]
+
+
 # --- the terminator ------------------------------------------------------------------------------
 
 class Terminator(IterRunner):
-    """Finds and destroys the sockets of load-balanced flows on this node.
+    """Finds and destroys the sockets of load-balanced flows on this node
+    (run, count), and for policy the sockets of cgroups (list_cgroups,
+    destroy_cookies).
 
     pin_dir: the agent's pin directory (its `flows` map is used).
     method:  "auto" | "kfunc" | "netlink" (see the module doc).
@@ -390,23 +459,21 @@ class Terminator(IterRunner):
         out: list[tuple[TermRec, int]] = []
         n = 0
         for proto in ("tcp", "udp"):
-            recs, k = self._walk_proto(obj, proto, passes[proto], via_netlink, hooks)
+            recs, k = self._walk_proto(obj, proto, passes[proto], hooks,
+                                       partial(self._read_flows, via_netlink, hooks))
             out += recs
             n += k
         return out, time.monotonic() - t, n
 
-    def _walk_proto(self, obj: _Object, proto: str, passes: int, via_netlink: bool,
-                    hooks: Hooks) -> tuple[list[tuple[TermRec, int]], int]:
+    def _walk_proto(self, obj: _Object, key: str, passes: int, hooks: Hooks,
+                    read: Callable[[bytes], tuple[list, list[int]]]) -> tuple[list[tuple], int]:
         """One iterator's passes: (record, result) once per socket (the
-        last result where a later pass retried it), and how many passes."""
-        out: list[tuple[TermRec, int]] = []
+        last result where a later pass retried it), and how many passes.
+        read(data): the records of one read and their results."""
+        out: list[tuple] = []
         seen: dict[int, int] = {}  # cookie -> index in out
         for i in range(1, passes + 1):
-            data = self.run_iter(obj, proto, hooks)
-            t = time.perf_counter()
-            found = parse(data)
-            hooks.parsed(time.perf_counter() - t, len(found))
-            results = self._destroy_netlink(found, hooks) if via_netlink and found else [r.result for r in found]
+            found, results = read(self.run_iter(obj, key, hooks))
             if passes == 1:
                 return list(zip(found, results)), 1
             for r, res in zip(found, results):
@@ -423,12 +490,149 @@ class Terminator(IterRunner):
                 return out, i
         return out, passes
 
+    def _read_flows(self, via_netlink: bool, hooks: Hooks, data: bytes) -> tuple[list[TermRec], list[int]]:
+        t = time.perf_counter()
+        found = parse(data)
+        hooks.parsed(time.perf_counter() - t, len(found))
+        return found, self._destroy_netlink(found, hooks) if via_netlink and found else [r.result for r in found]
+
     @staticmethod
     def _destroy_netlink(found: list[TermRec], hooks: Hooks) -> list[int]:
         t = time.perf_counter()
         results = sockdiag.destroy([_sockdiag_socket(r) for r in found])
         hooks.destroyed(time.perf_counter() - t, len(found))
         return results
+
+    # -- policy: the sockets of cgroups, destroyed by cookie
+
+    def list_cgroups(self, cgroup_ids: Iterable[int] | None, hooks: Hooks | None = None) -> SocketListing:
+        """The TCP sockets (any state but LISTEN) and connected UDP sockets
+        created in these cgroups (None: in any cgroup), in every network
+        namespace, once each. Destroys nothing."""
+        ids = None if cgroup_ids is None else sorted(set(cgroup_ids))
+        if ids is not None and len(ids) > CGROUPS_MAX:
+            raise ValueError(f"{len(ids)} cgroups, at most {CGROUPS_MAX}")
+        out = SocketListing()
+        if ids == []:
+            return out
+        hooks = hooks or NO_HOOKS
+        t0 = time.monotonic()
+        with self.loaded() as obj:
+            obj.select_sockets(TermMode.DRY_RUN, cgroups=ids)
+            try:
+                res = self.scan(partial(self._walk_sockets, obj, ("sock_tcp", "sock_udp"), 1, None, hooks), hooks)
+            finally:
+                obj.clear_sockets()
+        out.duration = time.monotonic() - t0
+        out.errors, out.unreachable = res.errors, res.unreachable
+        seen: set[int] = set()
+        for ns, (found, seconds, _passes) in res.results:
+            out.netns_scanned += 1
+            out.per_netns[ns.ident] = NetnsCount(ns.path, found=len(found), seconds=seconds)
+            out.sockets += first_seen((s for s, _ in found), seen)
+        log.debug("socket listing: %s", out.summary())
+        return out
+
+    def destroy_cookies(self, sockets: Iterable[ListedSocket], dry_run: bool = False,
+                        hooks: Hooks | None = None) -> CookieReport:
+        """Destroy these sockets (a listing's), found by cookie in their
+        namespaces; dry_run: only find which are still open. kfunc: the
+        socket programs with the cookies in `cookies`; netlink: SOCK_DESTROY
+        by 5-tuple and cookie."""
+        by_ns: dict[str, list[ListedSocket]] = {}
+        for s in {s.cookie: s for s in sockets}.values():
+            by_ns.setdefault(s.netns, []).append(s)
+        asked = sum(len(v) for v in by_ns.values())
+        rep = CookieReport(method="none" if dry_run else self.method.value, dry_run=dry_run, asked=asked)
+        if not asked:
+            return rep
+        hooks = hooks or NO_HOOKS
+        t0 = time.monotonic()
+        via_netlink = not dry_run and self.method is Method.NETLINK
+        mode = TermMode.DRY_RUN if dry_run else TermMode.DESTROY
+        with self.loaded() as obj:
+            if via_netlink:
+                self._tally_cookies(rep, self.scan(partial(self._destroy_netlink_in, by_ns, hooks), hooks))
+            else:
+                cookies = [s.cookie for v in by_ns.values() for s in v]
+                passes = self._passes(mode)
+                for i in range(0, len(cookies), COOKIES_MAX):
+                    chunk = cookies[i:i + COOKIES_MAX]
+                    obj.select_sockets(mode, cookies=chunk)
+                    try:
+                        in_chunk = set(chunk)
+                        wanted = {ident: v for ident, v in by_ns.items() if any(s.cookie in in_chunk for s in v)}
+                        walk = partial(self._walk_sockets, obj, None, passes, wanted, hooks)
+                        self._tally_cookies(rep, self.scan(walk, hooks))
+                    finally:
+                        obj.clear_sockets()
+        rep.duration = time.monotonic() - t0
+        log.info("socket termination by cookie: %s", rep.summary())
+        return rep
+
+    # -- one namespace (in the namespace thread)
+
+    def _walk_sockets(self, obj: _Object, keys: Iterable[str] | None, passes: int | dict[str, int],
+                      wanted: dict[str, list[ListedSocket]] | None, hooks: Hooks,
+                      ns: Netns) -> tuple[list[tuple[ListedSocket, int]], float, int] | None:
+        """The socket programs read in one namespace: (socket, result) once
+        each, seconds, passes. keys None: the programs of the protocols of
+        the namespace's sockets in `wanted`; None when it has none there
+        (not read)."""
+        t = time.monotonic()
+        if keys is None:
+            keys = sorted({SOCK_KEYS[s.proto] for s in (wanted or {}).get(ns.ident, ())})
+            if not keys:
+                return None
+        out: list[tuple[ListedSocket, int]] = []
+        n = 0
+        for key in keys:
+            todo = passes if isinstance(passes, int) else passes[key.removeprefix("sock_")]
+            recs, k = self._walk_proto(obj, key, todo, hooks, partial(_read_sockets, ns.ident, hooks))
+            out += recs
+            n += k
+        return out, time.monotonic() - t, n
+
+    @staticmethod
+    def _destroy_netlink_in(by_ns: dict[str, list[ListedSocket]], hooks: Hooks,
+                            ns: Netns) -> tuple[list[tuple[ListedSocket, int]], float, int] | None:
+        mine = by_ns.get(ns.ident)
+        if not mine:
+            return None
+        t = time.monotonic()
+        p = time.perf_counter()
+        results = sockdiag.destroy([sockdiag.Socket(s.family, s.proto, s.sport, s.dport, s.src, s.dst, s.cookie)
+                                    for s in mine])
+        hooks.destroyed(time.perf_counter() - p, len(mine))
+        # ENOENT: closed since it was listed, not a failure
+        found = [(s, r) for s, r in zip(mine, results) if r != -errno.ENOENT]
+        return found, time.monotonic() - t, 0
+
+    @staticmethod
+    def _tally_cookies(rep: CookieReport, res) -> None:
+        """Add one scan's walks (None: a namespace without sockets to find) to the report."""
+        rep.errors += res.errors
+        rep.unreachable += [u for u in res.unreachable if u not in rep.unreachable]
+        for ns, walked in res.results:
+            if walked is None:
+                continue
+            found, seconds, npasses = walked
+            if ns.ident not in rep.per_netns:
+                rep.netns_scanned += 1
+                rep.per_netns[ns.ident] = NetnsCount(ns.path)
+            nc = rep.per_netns[ns.ident]
+            nc.seconds += seconds
+            rep.passes += npasses
+            for s, result in found:
+                result = None if result == layout.TERM_NOT_TRIED else result
+                rep.results[s.cookie] = result
+                rep.found += 1
+                nc.found += 1
+                if result == 0:
+                    rep.destroyed += 1
+                    nc.destroyed += 1
+                elif result is not None:
+                    rep.failed += 1
 
 
 def _tally(rep: Report, walked: list[tuple[Netns, tuple]], targets: list[Target], max_records: int | None,

@@ -3,7 +3,10 @@
 Triggers:
   - a state change removes backends (or whole frontends): their flows die,
     except backends the service lists in keep_flows (removed with keep_sockets);
-  - an explicit request (admin API, or the control plane's TerminateCommand).
+  - an explicit request (admin API, or the control plane's TerminateCommand);
+  - a policy change (after_policy_change; policyjobs.py): the open sockets of
+    the workloads it concerns that the new state denies, whatever they are
+    connected to; its dry run, against a state not applied, only lists them.
 TerminationService runs the work on one worker thread, after the maps were
 updated, so applying and acknowledging a state never waits for it, and a
 client that reconnects is balanced to a live backend. MemoryTerminations is
@@ -17,7 +20,7 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from google.protobuf import timestamp_pb2
@@ -30,6 +33,7 @@ from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
 from .plan import DeleteBackend, DeleteMaster, Plan
+from .policyjobs import TRIGGER as POLICY, PolicyJob, PolicyRun, policy_job, run_policy_job
 from .termtypes import Target
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,10 @@ class Job:
     # unknown: lets the iterators skip other sockets before reading their
     # flow record (see Terminator.run).
     dsts: tuple | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.targets
 
 
 def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
@@ -124,11 +132,27 @@ def request_job(job_id: str, service: str, backends, dry_run: bool, catalog: Cat
     return Job(job_id, service, "request", dry_run, tuple(sorted(targets)), targets, dsts=dsts)
 
 
-def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.TerminationReport:
+def _report(job_id: str, service: str, trigger: str, dry_run: bool, node: str,
+            error: str = "") -> node_pb2.TerminationReport:
+    """A report's heading, made now."""
     at = timestamp_pb2.Timestamp()
     at.GetCurrentTime()
-    out = node_pb2.TerminationReport(id=job.id, node=node, service=job.service, trigger=job.trigger,
-                                     dry_run=job.dry_run, error=error, at=at)
+    return node_pb2.TerminationReport(id=job_id, node=node, service=service, trigger=trigger, dry_run=dry_run,
+                                      error=error, at=at)
+
+
+def _socket_pb(netns: str, cookie: int, proto: str, state: int, source: str, destination: str,
+               result: int | None) -> node_pb2.TerminatedSocket:
+    ts = node_pb2.TerminatedSocket(netns=netns, cookie=cookie, protocol=protocols.pb_of_name(proto),
+                                   state=protocols.state_name(proto, state), source=source,
+                                   destination=destination)
+    if result is not None:
+        ts.result = result
+    return ts
+
+
+def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.TerminationReport:
+    out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
     if rep is None:
         return out
     out.method = rep.method
@@ -147,12 +171,41 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
         out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
     limit = MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS
     for s in rep.sockets[:limit]:
-        ts = node_pb2.TerminatedSocket(netns=s.netns, cookie=s.cookie, protocol=protocols.pb_of_name(s.proto),
-                                       state=protocols.state_name(s.proto, s.state),
-                                       source=join_host_port(s.src, s.sport), destination=join_host_port(s.dst, s.dport))
-        if s.result is not None:
-            ts.result = s.result
-        out.sockets.append(ts)
+        out.sockets.append(_socket_pb(s.netns, s.cookie, s.proto, s.state, join_host_port(s.src, s.sport),
+                                      join_host_port(s.dst, s.dport), s.result))
+    return out
+
+
+def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
+                  error: str = "") -> node_pb2.TerminationReport:
+    """The report of a policy job: found = the open sockets its state denies
+    (still open when they were destroyed), per destination as judged (in
+    `backends`: a frontend's VIP, else the peer), and the sockets (their
+    real peers). Why each was denied is in PolicyRun.condemned and the log:
+    TerminationReport has no field for it."""
+    out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
+    if run is None:
+        return out
+    out.method = run.method
+    out.duration_seconds = run.duration
+    out.namespaces = run.listing.netns_scanned
+    results = run.destroyed.results if run.destroyed is not None else {}
+    condemned = run.condemned if job.dry_run else [c for c in run.condemned if c.socket.cookie in results]
+    per_destination: dict[tuple[str, int], list[int]] = {}
+    for c in condemned:
+        result = results.get(c.socket.cookie)
+        acc = per_destination.setdefault((c.address, c.port), [0, 0])
+        acc[0] += 1
+        acc[1] += result == 0
+        out.destroyed += result == 0
+        out.failed += result is not None and result != 0
+    out.found = len(condemned)
+    for (addr, port), (found, destroyed) in sorted(per_destination.items()):
+        out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
+    for c in condemned[:MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS]:
+        s = c.socket
+        out.sockets.append(_socket_pb(s.netns, s.cookie, s.protocol, s.state, s.source, s.destination,
+                                      results.get(s.cookie)))
     return out
 
 
@@ -178,6 +231,33 @@ class Terminations(ABC):
         for job in removed_targets(before, plan, state, state.version):
             self.submit(job)
 
+    def after_policy_change(self, before: node_pb2.NodeState, after: node_pb2.NodeState,
+                            cgroup_ids: Mapping[str, Iterable[int]], dry_run: bool = False, wait: bool = False,
+                            job_id: str = "", workloads: Iterable[str] = ()) -> node_pb2.TerminationReport | None:
+        """Terminate the open sockets that `after` denies, of the workloads
+        whose policy changed from `before` (see policyjobs.py); dry_run: list
+        them, destroy nothing (`after` may be a state the node never
+        applies: nothing is written).
+
+        Call it after `after` is in the maps (new sockets already obey it),
+        with cgroup_ids: workload name -> the ids of its cgroup and of every
+        cgroup below it (cgroupids.workload_cgroup_ids), for at least the
+        workloads of `after`; workloads: more to judge again (e.g. whose
+        cgroup just appeared). job_id: default "v<after.version>-policy",
+        the same on every node. wait: run now and return the report (a
+        report with nothing found when there is nothing to look at); else
+        the job runs on the worker, its report goes to the listeners, and
+        None is returned. InvalidState (KeyError for a set the state lacks)
+        when `after` is not a state the node could apply."""
+        job_id = job_id or f"v{after.version}-{POLICY}"
+        job = policy_job(job_id, before, after, cgroup_ids, dry_run, workloads)
+        if job is None:
+            return _report(job_id, "", POLICY, dry_run, self.node) if wait else None
+        if wait:
+            return self.run_now(job)
+        self.submit(job)
+        return None
+
     def request(self, job_id: str, service: str, backends, dry_run: bool, catalog: Catalog,
                 wait: bool = True) -> node_pb2.TerminationReport | None:
         """Terminate (or list) the flows of a service's backends on this
@@ -199,15 +279,15 @@ class Terminations(ABC):
                 log.exception("termination report listener failed")
 
     @abstractmethod
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | PolicyJob) -> None:
         """Run in the background if there is anything to do."""
 
     @abstractmethod
-    def run_later(self, job: Job) -> None:
+    def run_later(self, job: Job | PolicyJob) -> None:
         """Run in the background and report even when nothing matched."""
 
     @abstractmethod
-    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+    def run_now(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
         """Run a job and wait for its report."""
 
     @abstractmethod
@@ -236,14 +316,14 @@ class TerminationService(Terminations):
         t = self._terminator
         return t.method.value if t is not None else f"none: {self._unavailable}"
 
-    def submit(self, job: Job) -> None:
-        if job.targets:
+    def submit(self, job: Job | PolicyJob) -> None:
+        if not job.empty:
             self._jobs.put((_traced(job), None))
 
-    def run_later(self, job: Job) -> None:
+    def run_later(self, job: Job | PolicyJob) -> None:
         self._jobs.put((_traced(job), None))
 
-    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+    def run_now(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
         """Run a job on the worker and wait for its report."""
         done: queue.Queue = queue.Queue(1)
         self._jobs.put((_traced(job), done))
@@ -255,29 +335,40 @@ class TerminationService(Terminations):
             if job is None:
                 return
             span = _start_span(job)
-            t = self._terminator
-            if not job.targets:
-                report = to_report(job, self.node, None)
-            elif t is None:
-                report = to_report(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
-            else:
-                try:
-                    rep = t.run(list(job.targets), dry_run=job.dry_run,
-                                dsts=job.dsts, max_records=MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS)
-                    report = to_report(job, self.node, rep)
-                    if not job.dry_run:
-                        metrics.terminations.labels(job.trigger, rep.method).inc()
-                        metrics.terminated_sockets.labels(rep.method).inc(rep.destroyed)
-                        metrics.termination_seconds.observe(rep.duration)
-                    log.info("termination %s (%s, %s): %s", job.id, job.service, job.trigger, rep.summary())
-                except Exception as e:  # a failed run must not kill the worker
-                    log.exception("termination %s failed", job.id)
-                    report = to_report(job, self.node, None, error=str(e))
+            report = self._execute(job)
             self._remember(report)
             _end_span(span, report)
             if done is not None:
                 done.put(report)
             self._tell(report)
+
+    def _execute(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
+        policy = isinstance(job, PolicyJob)
+        build = policy_report if policy else to_report
+        t = self._terminator
+        if job.empty:
+            return build(job, self.node, None)
+        if t is None:
+            return build(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
+        try:  # a failed run must not kill the worker
+            if policy:
+                run = run_policy_job(t, job)
+                report, summary = policy_report(job, self.node, run), run.summary()
+                _log_condemned(job, run)
+            else:
+                rep = t.run(list(job.targets), dry_run=job.dry_run, dsts=job.dsts,
+                            max_records=MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS)
+                report, summary = to_report(job, self.node, rep), rep.summary()
+        except Exception as e:
+            log.exception("termination %s failed", job.id)
+            return build(job, self.node, None, error=str(e))
+        if not job.dry_run:
+            metrics.terminations.labels(job.trigger, report.method).inc()
+            metrics.terminated_sockets.labels(report.method).inc(report.destroyed)
+            metrics.termination_seconds.observe(report.duration_seconds)
+        what = _workload_names(job) if policy else job.service
+        log.info("termination %s (%s, %s): %s", job.id, what, job.trigger, summary)
+        return report
 
     def close(self) -> None:
         self._jobs.put((None, None))
@@ -303,22 +394,39 @@ class MemoryTerminations(Terminations):
     def capability(self) -> str:
         return f"none: {self.WHY}"
 
-    def submit(self, job: Job) -> None:
-        if job.targets:
+    def submit(self, job: Job | PolicyJob) -> None:
+        if not job.empty:
             self.jobs.append(job)
 
-    def run_later(self, job: Job) -> None:
+    def run_later(self, job: Job | PolicyJob) -> None:
         self.run_now(job)
 
-    def run_now(self, job: Job) -> node_pb2.TerminationReport:
+    def run_now(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
         self.jobs.append(job)
-        report = to_report(job, self.node, None, error=self.WHY)
+        report = (policy_report if isinstance(job, PolicyJob) else to_report)(job, self.node, None, error=self.WHY)
         self._remember(report)
         self._tell(report)
         return report
 
 
-def _traced(job: Job) -> Job:
+LOGGED_DENIALS = 20  # condemned sockets whose reason a policy job logs, one line each
+
+
+def _workload_names(job: PolicyJob) -> str:
+    names = [w.name for w in job.workloads]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _log_condemned(job: PolicyJob, run: PolicyRun) -> None:
+    """Why sockets were condemned: the report has no field for it."""
+    for c in run.condemned[:LOGGED_DENIALS]:
+        log.info("termination %s: %s socket %s -> %s of workload %s: %s", job.id, c.socket.protocol,
+                 c.socket.source, c.destination, c.workload, c.reason)
+    if len(run.condemned) > LOGGED_DENIALS:
+        log.info("termination %s: %d more sockets denied", job.id, len(run.condemned) - LOGGED_DENIALS)
+
+
+def _traced(job: Job | PolicyJob) -> Job | PolicyJob:
     """The job with the submitter's trace context (its thread's current span)."""
     if job.trace_context is not None:
         return job
@@ -326,10 +434,12 @@ def _traced(job: Job) -> Job:
     return replace(job, trace_context=carrier) if carrier else job
 
 
-def _start_span(job: Job):
+def _start_span(job: Job | PolicyJob):
+    size = ({"socklb.workloads": len(job.workloads)} if isinstance(job, PolicyJob)
+            else {"socklb.targets": len(job.targets)})
     return tracing.TRACER.start_span("terminate", context=tracing.extract(job.trace_context), attributes={
         "socklb.termination": job.id, "socklb.service": job.service, "socklb.trigger": job.trigger,
-        "socklb.dry_run": job.dry_run, "socklb.targets": len(job.targets)})
+        "socklb.dry_run": job.dry_run, **size})
 
 
 def _end_span(span, report: node_pb2.TerminationReport) -> None:
@@ -342,5 +452,5 @@ def _end_span(span, report: node_pb2.TerminationReport) -> None:
     span.end()
 
 
-__all__ = ["Job", "MemoryTerminations", "TerminationService", "Terminations", "removed_targets", "request_job",
-           "to_report"]
+__all__ = ["Job", "MemoryTerminations", "TerminationService", "Terminations", "policy_report", "removed_targets",
+           "request_job", "to_report"]

@@ -1,17 +1,20 @@
 """The typed API of socket termination (sockdestroy.py): what to terminate
 (Target) and what a run found and did (Report, with its per-target and
 per-namespace counts and the SocketRecord of each socket, built lazily from
-the kernel's records).
+the kernel's records); for policy, the sockets of cgroups a listing found
+(ListedSocket, SocketListing) and what destroying some of them by cookie
+did (CookieReport).
 """
 from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from socklb.lb import protocols
-from socklb.lb.addresses import addr_text
+from socklb.lb.addresses import addr_text, join_host_port
+from socklb.lb.frontends import FrontendKey
 
 from .layout import TermKind, TermRec
 
@@ -168,4 +171,85 @@ class Report:
     def summary(self) -> str:
         what = "found" if self.dry_run else f"destroyed {self.destroyed}/"
         return (f"{what}{self.found} sockets in {self.netns_scanned} netns, "
+                f"{self.duration * 1000:.1f} ms, method={self.method}")
+
+
+# --- policy: the sockets of cgroups, destroyed by cookie ---------------------------------------
+
+class ListedSocket(NamedTuple):
+    """A socket a listing found (Terminator.list_cgroups): who made it, where
+    it goes and the flow it carries. Addresses stay raw (16 bytes, network
+    order, IPv4 v4-mapped) for judging many sockets; ports in host order."""
+
+    netns: str         # "net:[<inode>]"
+    cookie: int
+    cgroup_id: int     # the cgroup v2 of the process that created it
+    family: int        # socket.AF_INET / AF_INET6
+    proto: int         # IPPROTO_TCP / IPPROTO_UDP
+    state: int         # kernel skc_state (TCP: any but LISTEN; UDP: 1, connected)
+    src: bytes
+    sport: int
+    dst: bytes         # the peer: a backend for a load-balanced flow
+    dport: int
+    frontend_id: int   # of its live flow record; 0: none
+    backend_id: int
+    vip: bytes         # the flow's VIP, as the application addressed it (frontend_id != 0)
+    vip_port: int
+
+    @property
+    def frontend(self) -> FrontendKey | None:
+        """The frontend its live flow went through, as the application addressed it."""
+        return FrontendKey(self.vip, self.vip_port, self.proto) if self.frontend_id else None
+
+    @property
+    def source(self) -> str:
+        return join_host_port(addr_text(self.src), self.sport)
+
+    @property
+    def destination(self) -> str:
+        return join_host_port(addr_text(self.dst), self.dport)
+
+    @property
+    def protocol(self) -> str:
+        return protocols.name_of(self.proto)
+
+
+@dataclass
+class SocketListing:
+    """What a listing found: the sockets, once each, and where it looked."""
+
+    sockets: list[ListedSocket] = field(default_factory=list)
+    duration: float = 0.0
+    netns_scanned: int = 0
+    per_netns: dict[str, NetnsCount] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)       # namespaces that could not be read
+    unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
+
+    def summary(self) -> str:
+        return f"listed {len(self.sockets)} sockets in {self.netns_scanned} netns, {self.duration * 1000:.1f} ms"
+
+
+@dataclass
+class CookieReport:
+    """What destroying sockets by cookie (Terminator.destroy_cookies) did.
+    A socket closed since it was listed is not found (not a failure)."""
+
+    method: str          # "kfunc" | "netlink" | "none" (dry run)
+    dry_run: bool
+    asked: int = 0       # sockets given
+    found: int = 0       # of those, still open
+    destroyed: int = 0
+    failed: int = 0
+    # cookie -> 0 destroyed, -errno failed, None not tried (dry run); the sockets found
+    results: dict[int, int | None] = field(default_factory=dict)
+    duration: float = 0.0
+    netns_scanned: int = 0
+    per_netns: dict[str, NetnsCount] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+    passes: int = 0      # iterator passes (kfunc and dry run)
+
+    def summary(self) -> str:
+        what = "found" if self.dry_run else f"destroyed {self.destroyed}/"
+        return (f"{what}{self.found} of {self.asked} sockets in {self.netns_scanned} netns, "
                 f"{self.duration * 1000:.1f} ms, method={self.method}")

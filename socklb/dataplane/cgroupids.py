@@ -1,0 +1,47 @@
+"""The ids of a cgroup and of every cgroup below it, as the kernel names
+them: on cgroup2 a cgroup's id (bpf_get_current_cgroup_id(), a socket's
+sk_cgrp_data) is the inode number of its directory. A workload is its cgroup
+and everything below it, so its sockets are those of all these ids.
+
+    ids = cgroup_ids(mount / "socklb/pod-a")             # {id, ids below ...}
+    by_workload = workload_cgroup_ids(mount, state.workloads)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from socklb.v1 import node_pb2
+
+
+def cgroup_ids(path: str | Path) -> set[int]:
+    """The id of the cgroup at path and of every cgroup below it; empty when
+    it does not exist. Directory entries give the inodes (no stat per
+    cgroup); a cgroup removed during the walk is skipped."""
+    try:
+        top = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    ids = {top.st_ino}
+    todo = [str(path)]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        ids.add(e.inode())
+                        todo.append(e.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return ids
+
+
+def workload_cgroup_ids(mount: str | Path, workloads: Iterable[node_pb2.WorkloadState]) -> dict[str, set[int]]:
+    """Workload name -> the ids of its cgroup (WorkloadState.cgroup, relative
+    to the cgroup2 mount) and of the cgroups below it; empty for a cgroup
+    that is not on this node."""
+    return {w.name: cgroup_ids(Path(mount) / w.cgroup.strip("/")) for w in workloads}
+
+
+__all__ = ["cgroup_ids", "workload_cgroup_ids"]
