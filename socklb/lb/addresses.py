@@ -94,3 +94,27 @@ def addr_text(raw: bytes) -> str:
     if raw[:12] == V4MAPPED:  # inet_ntop: several times cheaper than ipaddress (socket records)
         return socket.inet_ntop(socket.AF_INET, raw[12:])
     return str(ipaddress.IPv6Address(raw))
+
+
+def parse_prefix(text: str, field: str) -> tuple[bytes, int]:
+    """An IPv4/IPv6 prefix ("10.0.0.0/8", "2001:db8::/32"; a bare address is
+    /32 or /128) as the datapath keys it: the 16-byte network address and
+    its length within those 128 bits (an IPv4 /8 is 96 + 8, v4-mapped).
+    Bits set past the length are refused: "10.1.0.0/8" is a typo more often
+    than a wish for 10.0.0.0/8."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise InvalidState(field, f"{_shown(text)} is not an IPv4 or IPv6 prefix ({e})") from None
+    if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+        net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+    if net.version == 4:
+        return V4MAPPED + net.network_address.packed, 96 + net.prefixlen
+    return net.network_address.packed, net.prefixlen
+
+
+def prefix_text(addr: bytes, length: int) -> str:
+    """The text of a prefix as parse_prefix returns it (IPv4 for v4-mapped ones)."""
+    if addr[:12] == V4MAPPED and length >= 96:
+        return f"{addr_text(addr)}/{length - 96}"
+    return f"{ipaddress.IPv6Address(addr)}/{length}"

@@ -91,8 +91,7 @@ def sweep_leftovers():
                     for prog in netenv.cgroup_progs(p):
                         netenv.run(["bpftool", "cgroup", "detach", str(p), prog["attach_type"],
                                     "id", str(prog["id"])], check=False)
-                cg = netenv.TestCgroup.__new__(netenv.TestCgroup)
-                cg.mount, cg.name, cg.path = mount, p.name, p
+                cg = netenv.TestCgroup.__new__(netenv.TestCgroup)._adopt(mount, p)
                 try:
                     cg.remove()
                 except Exception:
@@ -152,11 +151,12 @@ def backends():
 
 @pytest.fixture
 def clients(cgroup):
-    """clients(netns=None, in_cgroup=True) -> Client (a client.py process)."""
+    """clients(netns=None, in_cgroup=True, cg=None) -> Client (a client.py
+    process) in the test cgroup, or in `cg` (e.g. a cgroup.child())."""
     made: list[netenv.Client] = []
 
-    def make(netns=None, in_cgroup=True) -> netenv.Client:
-        c = netenv.Client(cgroup if in_cgroup else None, netns)
+    def make(netns=None, in_cgroup=True, cg=None) -> netenv.Client:
+        c = netenv.Client(cg or (cgroup if in_cgroup else None), netns)
         made.append(c)
         return c
 
