@@ -201,7 +201,8 @@ def _check_whole(d: _Draft, removed_sets: Mapping[str, str] = _EMPTY) -> None:
         raise InvalidState("policy_sets", f"{prefixes} prefixes over all sets; a node takes at most "
                                           f"{limits.MAX_PREFIXES_PER_NODE}")
     cgroups: dict[str, str] = {}
-    for name in sorted(d.specs, key=lambda n: d.field_of("workloads", n)):
+    # Untouched workloads first, so that a clash is blamed on what the update brings.
+    for name in sorted(d.specs, key=lambda n: ("workloads", n) in d.where):
         w = d.specs[name]
         f = d.field_of("workloads", name)
         if w.cgroup in cgroups:
@@ -351,18 +352,19 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
                 return sid if same else None
         return None
 
-    sids, _ = _allocate(in_use, {n: i for n, i in ids.sets.items() if n in verdicts}, adopt_set,
-                        programmed.set_ids(), 1, 1 << 32)
-
-    out = PolicyEntries()
     # Shallow workloads first: where cgroups below two workloads meet
     # (exact matching), the deeper workload's entry is written last and wins.
-    for name in sorted(found, key=lambda n: (specs[n].level, n)):
-        w, c = specs[name], found[name]
-        entry = WorkloadEntry(wids[name], sids.get(w.policy_set, 0), w.flags)
-        out.workloads[c.id] = entry
-        for below in c.below:
-            out.workloads[below] = entry
+    order = sorted(found, key=lambda n: (specs[n].level, n))
+    owner = {cg: name for name in order for cg in (found[name].id, *found[name].below)}
+    held = {n: i for n, i in ids.sets.items() if n in verdicts}
+    for name in _left_while_edited(held, owner, specs, programmed, verdicts, policy.sets):
+        del held[name]  # written anew: a workload leaving it must not see it half edited
+    sids, _ = _allocate(in_use, held, adopt_set, programmed.set_ids(), 1, 1 << 32)
+
+    out = PolicyEntries()
+    for cg, name in owner.items():
+        w = specs[name]
+        out.workloads[cg] = WorkloadEntry(wids[name], sids.get(w.policy_set, 0), w.flags)
     for name, sid in sids.items():
         out.frontends[sid] = verdicts[name]
         out.prefixes[sid] = policy.sets[name].prefixes
@@ -370,6 +372,24 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
         levels = [specs[n].level for n in found]
         out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels))
     return Ids(MappingProxyType(wids), MappingProxyType(sids)), out, fresh
+
+
+def _left_while_edited(held: Mapping[str, int], owner: Mapping[int, str], specs: Mapping[str, Workload],
+                       programmed: PolicyEntries, verdicts: Mapping[str, Mapping[int, PolicyAction]],
+                       sets: Mapping[str, CompiledSet]) -> set[str]:
+    """Sets whose entries change while a cgroup pointing at them now points
+    elsewhere (or at nothing)."""
+    name_of = {sid: n for n, sid in held.items()}
+    left = set()
+    for cg, e in programmed.workloads.items():
+        name = name_of.get(e.policy_set)
+        if name is None or name in left:
+            continue
+        now = owner.get(cg)
+        if now is None or specs[now].policy_set != name:
+            left.add(name)
+    return {n for n in left
+            if programmed.frontends.get(held[n], {}) != verdicts[n] or programmed.prefixes.get(held[n], {}) != sets[n].prefixes}
 
 
 def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) -> dict[int, PolicyAction]:

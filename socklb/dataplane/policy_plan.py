@@ -9,23 +9,27 @@ The entries (bpf/socklb.h has the maps):
     prefixes    set id -> (address, length) -> port rules  (policy_prefixes, an LPM trie)
     cfg         PolicyCfg: which cgroup levels the hooks walk, or none
 
-Order, so that a connect() racing the update is decided by the old or the
-new policy and never denied what both allow:
+Order, so that at every moment each workload is decided by its old policy or
+by its new one, never by a mix that denies what both allow:
 
-1. a set's new and changed entries, prefixes longest first: a lookup that
-   finds a new prefix then finds every longer new prefix holding the
-   address, so it sees the new rules of the address, not those of a shorter
-   prefix that lack an ALLOW of a longer one;
-2. the config, widened to the old and new cgroup levels;
-3. the workload entries (a workload now points at a set already complete);
-4. (the services plan runs here: a frontend's verdict is written before the
-   frontend exists and deleted after it is gone);
-5. entries no longer wanted, prefixes shortest first (the reverse argument:
-   a lookup that finds an old prefix still finds the old longest match);
-6. the config as it ends.
+1. (before the services plan) new and changed entries of every set,
+   prefixes longest first: a lookup that finds a new prefix then finds every
+   longer new prefix holding the address, so it sees the rules of the
+   address's new longest match, not those of a shorter prefix;
+2. (the services plan runs here: a frontend's verdict exists before the
+   frontend does, and goes after it)
+3. entries no longer wanted in sets that stay, prefixes shortest first (the
+   mirror argument: a lookup that finds an old prefix finds the old longest
+   match): now every set in use is complete;
+4. the config, widened to the old and new cgroup levels; counters of
+   workload ids given to new workloads reset; the workload entries, each
+   switching at once from a complete old set to a complete new one;
+5. the sets no one uses any more; the config as it ends.
 
-Counters of a workload id given to a new workload are reset before its entry
-is written.
+A set edited in place is in between during steps 1-3, each lookup getting
+its old or its new verdict: right for the workloads that stay on it, not for
+one that leaves it in the same update. policy_desired therefore writes such
+a set anew under a fresh id (see desired_entries).
 """
 from __future__ import annotations
 
@@ -143,8 +147,8 @@ PolicyOp = PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload |
 
 @dataclass
 class PolicyPlan:
-    before: list[PolicyOp]  # steps 1-3: before the services plan
-    after: list[PolicyOp]   # steps 5-6: after it
+    before: list[PolicyOp]  # step 1: before the services plan
+    after: list[PolicyOp]   # steps 3-5: after it
     result: PolicyEntries
 
     @property
@@ -158,39 +162,41 @@ class PolicyPlan:
 def make_policy_plan(current: PolicyEntries, desired: PolicyEntries, fresh_ids=frozenset()) -> PolicyPlan:
     """Ops from `current` to `desired` (module docstring: the order).
     fresh_ids: workload ids given to new workloads, whose counters restart."""
-    puts: list[PolicyOp] = []
     prefix_puts: list[PutPrefix] = []
-    prefix_dels: list[DeletePrefix] = []
-    dels: list[PolicyOp] = []
+    verdict_puts: list[PolicyOp] = []
+    staying: list[PolicyOp] = []
+    staying_prefixes: list[DeletePrefix] = []
+    gone: list[PolicyOp] = []
     for sid in sorted(set(current.frontends) | set(desired.frontends)):
         old, new = current.frontends.get(sid, {}), desired.frontends.get(sid, {})
         if old is new:
             continue
-        puts.extend(PutVerdict(sid, fe, a) for fe, a in new.items() if old.get(fe) != a)
-        dels.extend(DeleteVerdict(sid, fe) for fe in old if fe not in new)
+        verdict_puts.extend(PutVerdict(sid, fe, a) for fe, a in new.items() if old.get(fe) != a)
+        dels = [DeleteVerdict(sid, fe) for fe in old if fe not in new]
+        (staying if sid in desired.frontends else gone).extend(dels)
     for sid in sorted(set(current.prefixes) | set(desired.prefixes)):
         old, new = current.prefixes.get(sid, {}), desired.prefixes.get(sid, {})
         if old is new:
             continue
         prefix_puts.extend(PutPrefix(sid, p, r) for p, r in new.items() if old.get(p) != r)
-        prefix_dels.extend(DeletePrefix(sid, p) for p in old if p not in new)
+        dels = sorted((DeletePrefix(sid, p) for p in old if p not in new), key=lambda op: op.prefix[1])
+        (staying_prefixes if sid in desired.prefixes else gone).extend(dels)
     prefix_puts.sort(key=lambda op: -op.prefix[1])
-    prefix_dels.sort(key=lambda op: op.prefix[1])
+    staying_prefixes.sort(key=lambda op: op.prefix[1])
 
-    before: list[PolicyOp] = [*prefix_puts, *puts]
+    after: list[PolicyOp] = [*staying_prefixes, *staying]
     wide = current.cfg.widened(desired.cfg)
     if wide != current.cfg:
-        before.append(PutCfg(wide))
-    before.extend(ResetDenies(i) for i in sorted(fresh_ids))
+        after.append(PutCfg(wide))
+    after.extend(ResetDenies(i) for i in sorted(fresh_ids))
     for cg, entry in desired.workloads.items():
         if current.workloads.get(cg) != entry:
-            before.append(PutWorkload(cg, entry))
-    before.extend(DeleteWorkload(cg) for cg in current.workloads if cg not in desired.workloads)
-
-    after: list[PolicyOp] = [*dels, *prefix_dels]
+            after.append(PutWorkload(cg, entry))
+    after.extend(DeleteWorkload(cg) for cg in current.workloads if cg not in desired.workloads)
+    after.extend(gone)
     if desired.cfg != wide:
         after.append(PutCfg(desired.cfg))
-    return PolicyPlan(before, after, desired)
+    return PolicyPlan([*prefix_puts, *verdict_puts], after, desired)
 
 
 __all__ = ["DeletePrefix", "DeleteVerdict", "DeleteWorkload", "PolicyCfg", "PolicyEntries", "PolicyOp",
