@@ -206,24 +206,28 @@ static __always_inline void flow_remember_rnat(struct socklb_flow *f, const stru
 		f->rnat_used++;
 }
 
-/* The workload of the current process: its cgroup's entry, else that of
- * its deepest registered ancestor. NULL when no workload is restricted or
- * bypassed (one array read: the cost of a node without policy). With
- * SOCKLB_WORKLOAD_EXACT (kernels that refuse the ancestor helper here, or
- * forced) the agent writes every cgroup below a workload instead. */
+/* The workload of the current process: that of its cgroup or of its
+ * deepest ancestor that is one. NULL when no workload is restricted or
+ * bypassed (one array read: the cost of a node without policy). The walk
+ * covers only the levels workloads are at, deepest first; the process's own
+ * cgroup is its ancestor at its own level. With SOCKLB_WORKLOAD_EXACT
+ * (kernels that refuse the ancestor helper here, or forced) the agent writes
+ * every cgroup below a workload, and the own cgroup is all there is to look
+ * up. */
 static __always_inline struct socklb_workload *current_workload(void)
 {
 	struct socklb_policy_cfg *cfg;
-	struct socklb_workload *wl;
+	struct socklb_workload *wl = NULL;
 	u32 zero = 0;
 	__u64 id;
 
 	cfg = policy_cfg.lookup(&zero);
 	if (!cfg || !cfg->cgroups)
 		return NULL;
+#ifdef SOCKLB_WORKLOAD_EXACT
 	id = bpf_get_current_cgroup_id();
 	wl = workloads.lookup(&id);
-#ifndef SOCKLB_WORKLOAD_EXACT
+#else
 	int i;
 	for (i = 0; i < SOCKLB_CGROUP_DEPTH_MAX && !wl; i++) {
 		int level = (int)cfg->max_level - i;
@@ -231,7 +235,7 @@ static __always_inline struct socklb_workload *current_workload(void)
 		if (level < (int)cfg->min_level)
 			break;
 		id = bpf_get_current_ancestor_cgroup_id(level);
-		if (id)
+		if (id) /* 0: the process's cgroup is above this level */
 			wl = workloads.lookup(&id);
 	}
 #endif
