@@ -128,7 +128,7 @@ class Agent:
         with _measured():
             start = time.monotonic()
             rejected: dict[str, str] = {}
-            given = node_policy(state)  # raises InvalidState, nothing touched; never isolated
+            given = node_policy(state, self.policy.given)  # raises InvalidState, nothing touched; never isolated
             try:
                 targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
             except InvalidState:
@@ -167,7 +167,8 @@ class Agent:
             old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
             touched = old_keys | set(new_targets)
             plan = make_plan(self._programmed, new_targets, only=touched)
-            step = self.policy.prepare(given, _frontend_ids(plan.result), resolve=[w.name for w in delta.workload_upserts])
+            step = self.policy.prepare(given, _frontend_ids(plan.result),
+                                       resolve=[w.name for w in delta.workload_upserts])
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
             result = self._execute(plan, delta.version, upserts, start, touched, step)
             for name in delta.removals:
@@ -230,7 +231,7 @@ class Agent:
             if step.resolved == self.policy.resolved:
                 return False
             try:
-                self._write(Plan([], self._programmed), step)
+                self.writer.execute_policy(step.plan.ops)  # no service changes: one go
             except Exception:
                 log.exception("workload update failed; restoring the previous state")
                 self._restore(self._programmed, self.policy.programmed)

@@ -23,7 +23,7 @@ from socklb.lb.names import check_name
 from socklb.lb.protocols import TCP, UDP
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
-from .layout import WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
+from .layout import WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
 from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .workloads import Cgroup
 
@@ -215,12 +215,16 @@ def _check_whole(d: _Draft, removed_sets: Mapping[str, str] = _EMPTY) -> None:
             raise InvalidState(f"{f}.policy_set", f"no policy set {w.policy_set!r} in the node state")
 
 
-def node_policy(state: node_pb2.NodeState) -> NodePolicy:
-    """Validate the workloads, policy sets and redirects of a whole state."""
+def node_policy(state: node_pb2.NodeState, previous: NodePolicy | None = None) -> NodePolicy:
+    """Validate the workloads, policy sets and redirects of a whole state. A
+    set equal to one of `previous` keeps its compiled form (comparing is
+    much cheaper than compiling tens of thousands of prefixes again)."""
     d = _Draft({}, {}, {}, {}, {})
+    old = previous.policy_sets if previous is not None else {}
     for i, ps in enumerate(state.policy_sets):
         f = f"policy_sets[{i}]"
-        _add(d, "policy_sets", ps.name, ps, d.sets, compile_set(ps, f), f)
+        same = old.get(ps.name) == ps and ps.name not in d.sets
+        _add(d, "policy_sets", ps.name, ps, d.sets, previous.sets[ps.name] if same else compile_set(ps, f), f)
     for i, w in enumerate(state.workloads):
         f = f"workloads[{i}]"
         _add(d, "workloads", w.name, w, d.specs, workload_spec(w, f), f)
@@ -342,15 +346,19 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
     in_use = sorted({specs[n].policy_set for n in found if specs[n].policy_set})
     verdicts = {name: _verdicts(policy.sets[name], frontend_id) for name in in_use}
 
+    programmed_set: dict[str, int] = {}  # set name -> the set id its first workload's entry has
+    for n in sorted(found):
+        e = programmed.workloads.get(found[n].id)
+        if e is not None and e.policy_set and specs[n].policy_set:
+            programmed_set.setdefault(specs[n].policy_set, e.policy_set)
+
     def adopt_set(name: str) -> int | None:
-        for n in sorted(found):
-            e = programmed.workloads.get(found[n].id)
-            if specs[n].policy_set == name and e is not None and e.policy_set:
-                sid = e.policy_set
-                same = (dict(programmed.frontends.get(sid, {})) == verdicts[name]
-                        and dict(programmed.prefixes.get(sid, {})) == dict(policy.sets[name].prefixes))
-                return sid if same else None
-        return None
+        sid = programmed_set.get(name)
+        if sid is None:
+            return None
+        same = (dict(programmed.frontends.get(sid, {})) == verdicts[name]
+                and dict(programmed.prefixes.get(sid, {})) == dict(policy.sets[name].prefixes))
+        return sid if same else None
 
     # Shallow workloads first: where cgroups below two workloads meet
     # (exact matching), the deeper workload's entry is written last and wins.
@@ -365,6 +373,10 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
     for cg, name in owner.items():
         w = specs[name]
         out.workloads[cg] = WorkloadEntry(wids[name], sids.get(w.policy_set, 0), w.flags)
+    if len(out.workloads) > WORKLOAD_CGROUPS_MAX // 2:  # the other half: room for an update's new entries
+        raise InvalidState("workloads", f"{len(out.workloads)} cgroups to program (with exact matching every "
+                                        f"cgroup below a workload counts); a node takes at most "
+                                        f"{WORKLOAD_CGROUPS_MAX // 2}")
     for name, sid in sids.items():
         out.frontends[sid] = verdicts[name]
         out.prefixes[sid] = policy.sets[name].prefixes
@@ -388,8 +400,8 @@ def _left_while_edited(held: Mapping[str, int], owner: Mapping[int, str], specs:
         now = owner.get(cg)
         if now is None or specs[now].policy_set != name:
             left.add(name)
-    return {n for n in left
-            if programmed.frontends.get(held[n], {}) != verdicts[n] or programmed.prefixes.get(held[n], {}) != sets[n].prefixes}
+    return {n for n in left if programmed.frontends.get(held[n], {}) != verdicts[n]
+            or programmed.prefixes.get(held[n], {}) != sets[n].prefixes}
 
 
 def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) -> dict[int, PolicyAction]:

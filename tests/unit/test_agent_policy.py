@@ -186,3 +186,15 @@ def test_dump_views_name_what_is_programmed():
                      "frontends": [{"frontendId": services.frontends[0].id, "service": "web",
                                     "frontend": "127.96.0.1:80/tcp", "action": "ALLOW"}],
                      "prefixes": [{"prefix": "10.0.0.0/8", "rules": ["ALLOW any 0-65535"]}]}]
+
+
+def test_too_many_cgroups_below_the_workloads_are_refused():
+    """With exact matching every cgroup below a workload takes an entry; more
+    than half the map (the rest is room for an update) is refused whole."""
+    from socklb.dataplane.layout import WORKLOAD_CGROUPS_MAX
+
+    a = node({"socklb/a": Cgroup(1, below=tuple(range(2, WORKLOAD_CGROUPS_MAX))), "socklb/b": Cgroup(12)})
+    with pytest.raises(InvalidState) as e:
+        a.apply(parse_state(STATE))
+    assert e.value.field == "workloads" and "a node takes at most" in e.value.message
+    assert not a.writer.workloads and a.applied_version == 0

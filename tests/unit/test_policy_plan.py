@@ -64,7 +64,8 @@ def state(policy: dict) -> node_pb2.NodeState:
             frontends=[node_pb2.FrontendVerdict(frontend=frontend_pb(f), action=policy_pb2.Action.Value(f"ACTION_{a}"))
                        for f, a in ps["frontends"].items()],
             prefixes=[node_pb2.PrefixRules(prefix=p, rules=[
-                node_pb2.PortRule(port=lo, end_port=hi, protocol=proto_pb(pr), action=policy_pb2.Action.Value(f"ACTION_{a}"))
+                node_pb2.PortRule(port=lo, end_port=hi, protocol=proto_pb(pr),
+                                  action=policy_pb2.Action.Value(f"ACTION_{a}"))
                 for lo, hi, pr, a in rules]) for p, rules in ps["prefixes"].items()]))
     for name, (ps, bypass) in policy["workloads"].items():
         s.workloads.append(node_pb2.WorkloadState(name=name, cgroup=f"socklb/{name}", policy_set=ps,
