@@ -198,3 +198,16 @@ def test_too_many_cgroups_below_the_workloads_are_refused():
         a.apply(parse_state(STATE))
     assert e.value.field == "workloads" and "a node takes at most" in e.value.message
     assert not a.writer.workloads and a.applied_version == 0
+
+
+def test_workload_matching_way():
+    """ancestor where the kernel allows the helper, else exact with the
+    reason; exact when forced; ancestor when asked for and refused: an error."""
+    from socklb.dataplane.loader import LoadError, workload_way
+
+    assert workload_way("auto", None) == "ancestor"
+    assert workload_way("auto", "connect4: Invalid argument") == "exact: connect4: Invalid argument"
+    assert workload_way("exact", None) == "exact: forced"
+    for asked, refused in (("ancestor", "connect4: Invalid argument"), ("sideways", None)):
+        with pytest.raises(LoadError):
+            workload_way(asked, refused)
