@@ -98,9 +98,12 @@ def tail(text: str, lines: int = 30) -> str:
 
 
 def start_agent(paths: AgentPaths, services: dict[str, Service], teardown: Teardown,
-                ready_timeout: float) -> subprocess.Popen:
+                ready_timeout: float, extra: dict | None = None, env: dict | None = None,
+                args: list[str] | None = None) -> subprocess.Popen:
+    """extra: more of the NodeState (workloads, policy_sets); env, args: for
+    the agent process (e.g. PYTHONPATH of another socklb tree)."""
     require_cli()
-    paths.state.write_text(yaml.safe_dump(state_document(services), sort_keys=False))
+    paths.state.write_text(yaml.safe_dump({**state_document(services), **(extra or {})}, sort_keys=False))
     # Registered before the start: a crash half-way through attaching must
     # still be undone. Runs after the agent is stopped (LIFO).
     teardown.add("socklb programs", lambda: detach(paths.pin_dir, paths.cgroup))
@@ -109,8 +112,8 @@ def start_agent(paths: AgentPaths, services: dict[str, Service], teardown: Teard
     with open(paths.log, "wb") as out:
         proc = subprocess.Popen(
             cli("run", "--state", str(paths.state), "--cgroup", str(paths.cgroup),
-                "--pin-dir", str(paths.pin_dir), "--admin-socket", str(paths.admin_socket)),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                "--pin-dir", str(paths.pin_dir), "--admin-socket", str(paths.admin_socket), *(args or [])),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     teardown.add("socklb agent", lambda: stop_process(proc, signal.SIGTERM, timeout=20))
     t0 = time.monotonic()
     wait_ready(proc, paths.log, ready_timeout)

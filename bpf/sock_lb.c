@@ -24,6 +24,14 @@ BPF_TABLE_PINNED("lru_hash", struct socklb_rnat_key, struct socklb_rnat_val, rev
 		 SOCKLB_REV_NAT_MAX, PIN("rev_nat"));
 BPF_TABLE_PINNED("percpu_array", u32, u64, counters, SOCKLB_CNT_MAX, PIN("counters"));
 BPF_TABLE_PINNED("array", u32, u64, meta, SOCKLB_META_MAX, PIN("meta"));
+BPF_TABLE_PINNED("hash", u64, struct socklb_workload, workloads, SOCKLB_WORKLOAD_CGROUPS_MAX,
+		 PIN("workloads"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct socklb_policy_fe_key, struct socklb_policy_verdict, policy_frontends,
+		 SOCKLB_POLICY_FRONTENDS_MAX, PIN("policy_frontends"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct socklb_policy_prefix_key, struct socklb_policy_rules, policy_prefixes,
+		 SOCKLB_POLICY_PREFIXES_MAX, PIN("policy_prefixes"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("percpu_array", u32, u64, workload_denies, SOCKLB_WORKLOAD_IDS_MAX, PIN("workload_denies"));
+BPF_TABLE_PINNED("array", u32, struct socklb_policy_cfg, policy_cfg, 1, PIN("policy_cfg"));
 
 /* Socket storage, pinned like the rest so that flows of sockets opened before
  * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
@@ -198,12 +206,97 @@ static __always_inline void flow_remember_rnat(struct socklb_flow *f, const stru
 		f->rnat_used++;
 }
 
+/* The workload of the current process: that of its cgroup or of its
+ * deepest ancestor that is one. NULL when no workload is restricted or
+ * bypassed (one array read: the cost of a node without policy). The walk
+ * covers only the levels workloads are at, deepest first; the process's own
+ * cgroup is its ancestor at its own level. With SOCKLB_WORKLOAD_EXACT
+ * (kernels that refuse the ancestor helper here, or forced) the agent writes
+ * every cgroup below a workload, and the own cgroup is all there is to look
+ * up. */
+static __always_inline struct socklb_workload *current_workload(void)
+{
+	struct socklb_policy_cfg *cfg;
+	struct socklb_workload *wl = NULL;
+	u32 zero = 0;
+	__u64 id;
+
+	cfg = policy_cfg.lookup(&zero);
+	if (!cfg || !cfg->cgroups)
+		return NULL;
+#ifdef SOCKLB_WORKLOAD_EXACT
+	id = bpf_get_current_cgroup_id();
+	wl = workloads.lookup(&id);
+#else
+	int i;
+	for (i = 0; i < SOCKLB_CGROUP_DEPTH_MAX && !wl; i++) {
+		int level = (int)cfg->max_level - i;
+
+		if (level < (int)cfg->min_level)
+			break;
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (id) /* 0: the process's cgroup is above this level */
+			wl = workloads.lookup(&id);
+	}
+#endif
+	return wl;
+}
+
+/* A frontend is decided by the set's verdict for it; any other destination
+ * by the rules of the set's longest prefix holding it: a matching DENY
+ * wins, else a matching ALLOW allows. No entry: denied. */
+static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key *key,
+					 const struct socklb_svc_val *master)
+{
+	if (master) {
+		struct socklb_policy_fe_key fk = { .set = set, .frontend_id = master->id };
+		struct socklb_policy_verdict *v = policy_frontends.lookup(&fk);
+
+		return v && v->action == SOCKLB_POL_ALLOW;
+	}
+
+	struct socklb_policy_prefix_key pk = { .prefixlen = 32 + 128, .set = set };
+	struct socklb_policy_rules *r;
+	__u16 port = bpf_ntohs(key->port);
+	int allowed = 0, i;
+
+	__builtin_memcpy(pk.addr, key->addr, sizeof(pk.addr));
+	r = policy_prefixes.lookup(&pk);
+	if (!r)
+		return 0;
+	for (i = 0; i < SOCKLB_PORT_RULES_MAX; i++) {
+		struct socklb_port_rule *rule = &r->rules[i];
+
+		if (i >= r->n)
+			break;
+		if (port < rule->port || port > rule->end_port || (rule->proto && rule->proto != key->proto))
+			continue;
+		if (rule->action == SOCKLB_POL_DENY)
+			return 0;
+		allowed = 1;
+	}
+	return allowed;
+}
+
+static __always_inline int policy_deny(const struct socklb_workload *wl)
+{
+	u32 idx = wl->id;
+	u64 *v = workload_denies.lookup(&idx);
+
+	if (v)
+		*v += 1;
+	count(SOCKLB_CNT_POLICY_DENY);
+	bpf_set_retval(-EPERM);
+	return 0;
+}
+
 /* Common part of connect and sendmsg: 1 = let the syscall go on (translated
- * or not a VIP), 0 = fail it with ECONNREFUSED. */
+ * or not a VIP), 0 = fail it (ECONNREFUSED: no backend; EPERM: policy). */
 static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, const int sendmsg)
 {
 	struct socklb_svc_key key = {};
 	struct socklb_svc_val *master;
+	struct socklb_workload *wl;
 	struct socklb_backend *be;
 	struct socklb_flow *f;
 	__u32 backend_id = 0;
@@ -213,6 +306,13 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	master = services.lookup(&key);
+	wl = current_workload();
+	if (wl) {
+		if (wl->policy_set && !policy_allows(wl->policy_set, &key, master))
+			return policy_deny(wl);
+		if (wl->flags & SOCKLB_WL_BYPASS)
+			master = NULL; /* its own balancer handles VIPs: leave the address alone */
+	}
 	if (!master) {
 		/* A socket re-connected elsewhere must not keep reporting the old VIP. */
 		if (!sendmsg) {

@@ -139,6 +139,84 @@ enum socklb_meta {
 	SOCKLB_META_MAX,
 };
 
+/* --- policy (issue 12) -------------------------------------------------
+ *
+ * workloads        cgroup id -> struct socklb_workload: the cgroup of a
+ *                  workload (with exact matching, every cgroup below it too)
+ * policy_frontends {set, frontend id} -> verdict, for destinations that are
+ *                  a frontend (as the application addresses it)
+ * policy_prefixes  LPM trie {set, address} -> the port rules of the longest
+ *                  prefix, for destinations that are not a frontend. The
+ *                  set is matched whole: prefixlen = 32 + 96 + IPv4 length
+ *                  (v4-mapped) or 32 + IPv6 length.
+ * workload_denies  per-CPU denials, indexed by workload id
+ * policy_cfg       one entry: whether the hooks look for workloads at all,
+ *                  and which cgroup levels they walk
+ *
+ * Map sizes are twice the per-node limits of socklb/lb/limits.py: an update
+ * writes new entries before it deletes the old ones.
+ */
+#define SOCKLB_WORKLOAD_IDS_MAX 8192      /* workload ids 0..8191: index of workload_denies */
+#define SOCKLB_WORKLOAD_CGROUPS_MAX 65536 /* workloads map entries */
+#define SOCKLB_POLICY_FRONTENDS_MAX 131072
+#define SOCKLB_POLICY_PREFIXES_MAX 131072
+#define SOCKLB_PORT_RULES_MAX 16          /* rules of one prefix (limits.MAX_PORT_RULES) */
+#define SOCKLB_CGROUP_DEPTH_MAX 16        /* levels walked (limits.MAX_CGROUP_DEPTH) */
+
+enum socklb_policy_action {
+	SOCKLB_POL_ALLOW = 1,
+	SOCKLB_POL_DENY = 2,
+};
+
+enum socklb_workload_flag {
+	SOCKLB_WL_BYPASS = 1, /* new sockets are not translated */
+};
+
+struct socklb_workload {
+	__u32 id;         /* index of workload_denies */
+	__u32 policy_set; /* 0: unrestricted */
+	__u32 flags;      /* enum socklb_workload_flag */
+	__u32 pad;
+};
+
+struct socklb_policy_fe_key {
+	__u32 set;
+	__u32 frontend_id;
+};
+
+struct socklb_policy_verdict {
+	__u32 action; /* enum socklb_policy_action */
+};
+
+struct socklb_policy_prefix_key {
+	__u32 prefixlen; /* bits of set + addr that must match */
+	__u32 set;
+	__u8 addr[16];
+};
+
+/* Matches a port in [port, end_port] (host order) and proto (0: any). */
+struct socklb_port_rule {
+	__u16 port;
+	__u16 end_port;
+	__u8 proto;
+	__u8 action; /* enum socklb_policy_action */
+	__u16 pad;
+};
+
+/* A DENY rule that matches denies, else an ALLOW rule that matches allows,
+ * else denied. */
+struct socklb_policy_rules {
+	__u32 n;
+	struct socklb_port_rule rules[SOCKLB_PORT_RULES_MAX];
+};
+
+struct socklb_policy_cfg {
+	__u32 cgroups;  /* workloads entries; 0 (or none restricted or bypassed): skip */
+	__u8 min_level; /* cgroup levels of the workloads (0 = the root) */
+	__u8 max_level;
+	__u16 pad;
+};
+
 /* Bump when a map layout changes: pinned maps of another layout are not adopted. */
 #define SOCKLB_LAYOUT_VERSION 1
 

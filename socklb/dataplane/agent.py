@@ -1,6 +1,7 @@
 """The node agent's core: applies desired states to the node's maps, all or
 nothing, through the parts it is given (map writer, terminations,
-statistics)."""
+statistics, cgroups): the services, and the workloads and policy sets
+(policy.py), in one update."""
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,14 @@ from socklb.v1 import node_pb2
 from . import desired
 from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
-from .plan import DeleteBackend, DeleteMaster, Programmed, PutBackend, PutMaster, make_plan
+from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
+from .policy import PolicyPart, PolicyStep
+from .policy_desired import apply_policy_delta, node_policy
+from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
+                          PutWorkload, make_policy_plan)
 from .stats import MemoryStatistics, Statistics
 from .termjobs import MemoryTerminations, Terminations
+from .workloads import Cgroups, MemoryCgroups
 from .writer import MapWriter
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ class ApplyResult:
     # Services left at their previous version (or out) because they could not
     # be applied -> why (apply(isolate=True) only).
     rejected: dict = field(default_factory=dict)
+    policy_written: int = 0  # policy map entries written (workloads, verdicts, prefixes)
+    policy_removed: int = 0
 
 
 class Agent:
@@ -55,12 +63,15 @@ class Agent:
                   (termjobs.Terminations; MemoryTerminations by default)
     statistics    counters, flows and socket statistics (stats.Statistics;
                   MemoryStatistics by default)
+    cgroups       where workloads' cgroups are (workloads.Cgroups; by default
+                  MemoryCgroups: every cgroup exists)
     capabilities  the probed kernel features and each duty's way, as reported
 
     kernel_agent.load_agent() builds the agent of a real node."""
 
     def __init__(self, writer: MapWriter, node: str, terminations: Terminations | None = None,
-                 statistics: Statistics | None = None, capabilities: Mapping[str, str] | None = None):
+                 statistics: Statistics | None = None, capabilities: Mapping[str, str] | None = None,
+                 cgroups: Cgroups | None = None):
         self.writer = writer
         self.node = node
         self.terminations = terminations if terminations is not None else MemoryTerminations(node)
@@ -74,6 +85,7 @@ class Agent:
         self.applied_version = writer.read_version()
         self.catalog = Catalog()
         self.catalog.publish(self._programmed)
+        self.policy = PolicyPart(writer.read_policy(), cgroups if cgroups is not None else MemoryCgroups())
         # Services of the last applied state by name; None after a restart
         # until a full state arrives (the maps hold addresses, not names and
         # weights). With them the targets, and which service owns which
@@ -99,6 +111,10 @@ class Agent:
             out = node_pb2.NodeState(version=self.applied_version)
             for name in sorted(self.services or {}):
                 out.services.append(self.services[name])
+            given = self.policy.given
+            for kind, items in (("workloads", given.workloads), ("policy_sets", given.policy_sets),
+                                ("redirects", given.redirects)):
+                getattr(out, kind).extend(items[n] for n in sorted(items))
             return out
 
     def apply(self, state: node_pb2.NodeState, isolate: bool = False) -> ApplyResult:
@@ -112,6 +128,7 @@ class Agent:
         with _measured():
             start = time.monotonic()
             rejected: dict[str, str] = {}
+            given = node_policy(state, self.policy.given)  # raises InvalidState, nothing touched; never isolated
             try:
                 targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
             except InvalidState:
@@ -121,7 +138,8 @@ class Agent:
                 targets = frontend_targets(state, self.limits)
             with self._lock:
                 plan = make_plan(self._programmed, targets)
-                result = self._execute(plan, state.version, state, start, touched=None)
+                step = self.policy.prepare(given, _frontend_ids(plan.result))
+                result = self._execute(plan, state.version, state, start, None, step)
                 self.services = {s.name: s for s in state.services}
                 self.targets = targets
                 keys: dict[str, list] = {}
@@ -145,11 +163,14 @@ class Agent:
                 raise StateUnknown("this node has not received a full state since it started; "
                                    "send a full state")
             changed, new_targets = self._check_delta(delta)
+            given = apply_policy_delta(self.policy.given, delta)
             old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
             touched = old_keys | set(new_targets)
             plan = make_plan(self._programmed, new_targets, only=touched)
+            step = self.policy.prepare(given, _frontend_ids(plan.result),
+                                       resolve=[w.name for w in delta.workload_upserts])
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
-            result = self._execute(plan, delta.version, upserts, start, touched)
+            result = self._execute(plan, delta.version, upserts, start, touched, step)
             for name in delta.removals:
                 self.services.pop(name, None)
                 self.keys_of.pop(name, None)
@@ -197,23 +218,55 @@ class Agent:
             self._totals, [self.targets[k] for k in old_keys if k in self.targets], new_targets.values(), self.limits)
         return changed, new_targets
 
-    def _execute(self, plan, version: int, state, start: float, touched) -> ApplyResult:
-        """Write a plan, publish its result and tell the terminations what it
-        removed (touched: the frontend keys a delta plan looked at, None for
-        a whole state)."""
+    def recheck_workloads(self) -> bool:
+        """Resolve every workload's cgroup again and program what changed (a
+        cgroup that appeared, went, or was made anew; with exact matching
+        also the cgroups below it). True when something was written. Called
+        every few seconds: a workload registered before its cgroup exists is
+        picked up without a new state."""
+        with self._lock:
+            if self.services is None:
+                return False
+            step = self.policy.prepare(self.policy.given, _frontend_ids(self._programmed))
+            if step.resolved == self.policy.resolved:
+                return False
+            try:
+                self.writer.execute_policy(step.plan.ops)  # no service changes: one go
+            except Exception:
+                log.exception("workload update failed; restoring the previous state")
+                self._restore(self._programmed, self.policy.programmed)
+                raise
+            self.policy.commit(step)
+            self.catalog.publish_workloads(self.policy.names())
+            log.info("workload cgroups changed: %d policy entries written, %d removed",
+                     *_policy_counts(step))
+            return True
+
+    def _write(self, plan: Plan, step: PolicyStep) -> None:
+        self.writer.execute_policy(step.plan.before)
+        self.writer.execute(plan)
+        self.writer.execute_policy(step.plan.after)
+
+    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep) -> ApplyResult:
+        """Write a plan and its policy step, publish their result and tell the
+        terminations what it removed (touched: the frontend keys a delta plan
+        looked at, None for a whole state)."""
         try:
-            self.writer.execute(plan)
+            self._write(plan, step)
         except Exception:
             log.exception("map update failed; restoring the previous state")
-            self._restore(self._programmed)
+            self._restore(self._programmed, self.policy.programmed)
             raise
         self.writer.write_version(version)
+        self.policy.commit(step)
+        self.catalog.publish_workloads(self.policy.names())
         self._programmed = plan.result
         before = self.catalog.publish(plan.result, plan, touched)
         self.terminations.after_apply(before, plan, state)
         self.applied_version = version
         metrics.programmed.labels("frontends").set(len(self._programmed.frontends))
         metrics.programmed.labels("backends").set(len(self._programmed.backends))
+        written, removed = _policy_counts(step)
         result = ApplyResult(
             version=version,
             frontends_written=plan.count(PutMaster),
@@ -221,6 +274,8 @@ class Agent:
             backends_written=plan.count(PutBackend),
             backends_removed=plan.count(DeleteBackend),
             duration=time.monotonic() - start,
+            policy_written=written,
+            policy_removed=removed,
         )
         log.info("applied version %d: %s", version, result)
         return result
@@ -239,9 +294,12 @@ class Agent:
         self.terminations.close()
         self.statistics.close()
 
-    def _restore(self, previous: Programmed) -> None:
+    def _restore(self, previous: Programmed, previous_policy: PolicyEntries) -> None:
         current = self.writer.read_programmed()
+        policy = make_policy_plan(self.writer.read_policy(), previous_policy)
+        self.writer.execute_policy(policy.before)
         self.writer.execute(make_plan(current, targets_of(previous)))
+        self.writer.execute_policy(policy.after)
 
 
 @contextlib.contextmanager
@@ -259,6 +317,23 @@ def _measured():
     finally:
         metrics.applies.labels(result).inc()
         metrics.apply_seconds.observe(time.monotonic() - start)
+
+
+def _frontend_ids(prog: Programmed):
+    """The programmed id of a frontend key (None: not programmed)."""
+    frontends = prog.frontends
+
+    def frontend_id(key):
+        fe = frontends.get(key)
+        return fe.id if fe is not None else None
+    return frontend_id
+
+
+def _policy_counts(step: PolicyStep) -> tuple[int, int]:
+    """(entries written, entries removed) of a policy step."""
+    plan = step.plan
+    return (plan.count(PutVerdict) + plan.count(PutPrefix) + plan.count(PutWorkload),
+            plan.count(DeleteVerdict) + plan.count(DeletePrefix) + plan.count(DeleteWorkload))
 
 
 def targets_of(prog: Programmed) -> dict:

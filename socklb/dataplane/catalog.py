@@ -9,6 +9,7 @@ publishes each state it programs here; readers ask:
     index.frontend_name(7)               # FrontendName(service, address, port, protocol) or None
     index.frontend_services()            # frontend id -> service
     agent.catalog.backend_names()        # (frontend id, backend id) -> BackendName, removed ones too
+    agent.catalog.workloads()            # workload name -> WorkloadName (its ids, whether its cgroup is here)
 
 Backends removed by an apply stay named for a while (the graveyard: the
 last REMEMBERED of them): flows kept with keep_sockets still point at them,
@@ -40,6 +41,16 @@ class BackendName(NamedTuple):
     service: str
     address: str
     port: int
+
+
+class WorkloadName(NamedTuple):
+    name: str
+    id: int          # its index in workload_denies
+    cgroup: str      # relative to the cgroup2 mount
+    cgroup_id: int   # 0: the cgroup is not on this node (nothing programmed)
+    policy_set: str  # "": unrestricted
+    set_id: int      # the set's kernel id; 0: none, or not programmed
+    bypass: bool
 
 
 class Index:
@@ -108,6 +119,7 @@ class Catalog:
         self.remembered = remembered
         self._index = Index(Programmed())
         self._removed: OrderedDict[tuple[int, int], BackendName] = OrderedDict()
+        self._workloads: dict[str, WorkloadName] = {}
         self._lock = threading.Lock()
 
     def current(self) -> Index:
@@ -133,6 +145,13 @@ class Catalog:
         self._index = Index(programmed)
         return before
 
+    def publish_workloads(self, workloads: dict[str, WorkloadName]) -> None:
+        self._workloads = workloads
+
+    def workloads(self) -> dict[str, WorkloadName]:
+        """Every workload of the applied state, by name."""
+        return self._workloads
+
     def removed(self, service: str | None = None) -> dict[tuple[int, int], BackendName]:
         """(frontend id, backend id) -> name of the remembered removed
         backends (of one service, or all)."""
@@ -147,4 +166,4 @@ class Catalog:
         return names
 
 
-__all__ = ["BackendName", "Catalog", "FrontendName", "Index", "REMEMBERED"]
+__all__ = ["BackendName", "Catalog", "FrontendName", "Index", "REMEMBERED", "WorkloadName"]

@@ -4,19 +4,22 @@
              standalone mode apply a desired-state file (re-read on change/SIGHUP)
   apply      send a state file to a running agent
   terminate  terminate (or --dry-run: list) a service's flows on this node
-  dump       services | backends | flows | counters | state | info | terminations | sockets
+  dump       services | backends | flows | counters | state | info | terminations | sockets |
+             workloads | policy
   detach     remove the programs and pins
   exec       run a command inside the load-balanced cgroup
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -32,7 +35,7 @@ from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
 from .kernel import cgroup2_mount
-from .loader import Capacity, Datapath, LoadError, detach
+from .loader import WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
 from .statefile import load_state
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
@@ -62,6 +65,9 @@ def resolve_cgroup(value: str, create: bool) -> Path:
 # --- run -------------------------------------------------------------------
 
 FLOW_READERS = ("auto", "map-iter", "socket-iter")
+# How often workloads' cgroups are looked up again: one registered before its
+# cgroup exists is enforced this long after the cgroup appears, at most.
+WORKLOAD_RECHECK_SECONDS = 2.0
 
 def cmd_run(args) -> int:
     # The agent's modules take ~0.15 s to import: only `run` pays for them, not the admin commands.
@@ -71,10 +77,14 @@ def cmd_run(args) -> int:
 
     if args.flow_reader not in FLOW_READERS:  # argparse does not check a default from the environment
         raise CliError(f"SOCKLB_FLOW_READER={args.flow_reader!r}: expected one of {', '.join(FLOW_READERS)}")
+    if args.workload_match not in WORKLOAD_MATCHES:
+        raise CliError(f"SOCKLB_WORKLOAD_MATCH={args.workload_match!r}: expected one of "
+                       f"{', '.join(WORKLOAD_MATCHES)}")
     setup_tracing("socklb-dataplane", {"service.instance.id": args.node})  # if OTEL_* ask for export
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
-    dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap)
+    dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap,
+                  workload_match=args.workload_match)
     try:
         agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
     except (LoadError, OSError) as e:
@@ -122,8 +132,15 @@ def cmd_run(args) -> int:
         raise CliError(f"--metrics-listen {args.metrics_listen}: {e}") from e
     metrics.register(lambda: metrics.bpf_counter_families(agent.statistics.counter_values()))
     log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
+    next_recheck = time.monotonic() + WORKLOAD_RECHECK_SECONDS
     try:
         while not stop.wait(1.0):
+            if time.monotonic() >= next_recheck:
+                next_recheck = time.monotonic() + WORKLOAD_RECHECK_SECONDS
+                try:
+                    agent.recheck_workloads()
+                except Exception:  # the maps are restored; the next round tries again
+                    log.exception("re-checking workload cgroups failed")
             if args.state:
                 now = _mtime(args.state)
                 if reload.is_set() or now != mtime:
@@ -171,8 +188,26 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def _policy_view(stub, args) -> dict:
+    """`dump workloads|policy`: the policy maps, read from the agent's pin
+    dir, named through its state (policy_dump.py)."""
+    from . import policy_dump  # as for `run`: only these two views pay for the map modules
+
+    info = stub.GetInfo(node_pb2.GetInfoRequest(), timeout=args.timeout)
+    state = stub.GetState(node_pb2.GetStateRequest(), timeout=args.timeout)
+    entries, denied = policy_dump.read_pinned(Path(info.pin_dir))
+    ids = policy_dump.cgroup_ids(state, cgroup2_mount())
+    if args.what == "workloads":
+        return policy_dump.workloads_view(state, entries, ids, denied)
+    services = stub.DumpServices(node_pb2.DumpRequest(), timeout=args.timeout)
+    return policy_dump.policy_view(state, entries, ids, services)
+
+
 def cmd_dump(args) -> int:
     stub = _stub(args)
+    if args.what in ("workloads", "policy"):
+        print(json.dumps(_policy_view(stub, args), indent=2))
+        return 0
     req = node_pb2.DumpRequest()
     call = {
         "services": lambda: stub.DumpServices(req, timeout=args.timeout),
@@ -272,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how flow records are read: a map-element iterator over the flows map (map-iter), "
                         "socket iterators in every network namespace (socket-iter), or map-iter where the "
                         "kernel allows it (auto; env SOCKLB_FLOW_READER)")
+    r.add_argument("--workload-match", choices=WORKLOAD_MATCHES,
+                   default=os.environ.get("SOCKLB_WORKLOAD_MATCH", "auto"),
+                   help="how the hooks find a process's workload: its cgroup and its ancestors (ancestor), "
+                        "its cgroup only, with the agent writing every cgroup below a workload (exact), or "
+                        "ancestor where the kernel allows it (auto; env SOCKLB_WORKLOAD_MATCH)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("terminate", help="terminate (or --dry-run: list) a service's flows on this node")
@@ -287,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
 
     d = sub.add_parser("dump", help="show what the node has programmed")
-    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations", "sockets"])
+    d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations",
+                                    "sockets", "workloads", "policy"])
     admin_opts(d)
     d.set_defaults(func=cmd_dump)
 

@@ -12,12 +12,17 @@ Features (each "yes" or "no: <why>"):
   iter_udp_resume        the same for UDP (both: one termination pass is enough)
   sock_destroy_kfunc     programs calling bpf_sock_destroy() load
   netlink_sock_destroy   inet_diag SOCK_DESTROY answers
+  ancestor_cgroup_id     the translating hooks may call bpf_get_current_ancestor_cgroup_id()
 Duties, with the way taken (or "none: <why>"):
-  flows          map-iter | socket-iter         (flows.py)
-  sock_destroy   kfunc | netlink                (sockdestroy.py)
-  socket_stats   socket-iter                    (sockstats.py)
+  flows           map-iter | socket-iter        (flows.py)
+  sock_destroy    kfunc | netlink               (sockdestroy.py)
+  socket_stats    socket-iter                   (sockstats.py)
+  workload_match  ancestor | exact: <why>       (sock_lb.c, workloads.py)
 One refused feature only moves its duty to the fallback; a duty with no way
-left is reported as such, and the others run.
+left is reported as such, and the others run. The last feature and duty
+are the loader's (loader.probe_ancestor_cgroup, loader.workload_way): the
+programs are compiled for the way, so it is decided before they load;
+kernel_agent reports them with the others.
 """
 from __future__ import annotations
 
@@ -38,8 +43,9 @@ class Unavailable(RuntimeError):
     """A duty (flows, socket statistics, termination) has no way on this node."""
 
 
-FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy")
-DUTIES = ("flows", "sock_destroy", "socket_stats")
+FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
+            "ancestor_cgroup_id")
+DUTIES = ("flows", "sock_destroy", "socket_stats", "workload_match")
 
 
 def answer(why_not: str | None) -> str:

@@ -64,6 +64,38 @@ def link_detach(link_fd: int) -> None:
     _check(libbpf().bpf_link_detach(link_fd), "detach link")
 
 
+class Insn(ct.Structure):
+    """struct bpf_insn."""
+    _fields_ = [("code", ct.c_uint8), ("regs", ct.c_uint8), ("off", ct.c_int16), ("imm", ct.c_int32)]
+
+
+class ProgLoadOpts(ct.Structure):
+    # struct bpf_prog_load_opts of libbpf 1.x, up to the verifier log.
+    _fields_ = [
+        ("sz", ct.c_size_t), ("attempts", ct.c_int), ("expected_attach_type", ct.c_uint32),
+        ("prog_btf_fd", ct.c_uint32), ("prog_flags", ct.c_uint32), ("prog_ifindex", ct.c_uint32),
+        ("kern_version", ct.c_uint32), ("attach_btf_id", ct.c_uint32), ("attach_prog_fd", ct.c_uint32),
+        ("attach_btf_obj_fd", ct.c_uint32), ("fd_array", ct.c_void_p),
+        ("func_info", ct.c_void_p), ("func_info_cnt", ct.c_uint32), ("func_info_rec_size", ct.c_uint32),
+        ("line_info", ct.c_void_p), ("line_info_cnt", ct.c_uint32), ("line_info_rec_size", ct.c_uint32),
+        ("log_level", ct.c_uint32), ("log_size", ct.c_uint32), ("log_buf", ct.c_char_p),
+    ]
+
+
+def prog_load(prog_type: int, attach_type: AttachType, insns: list[Insn], name: str) -> int:
+    """Load a hand-assembled program (a probe): its fd. KernelError carries
+    the verifier's last line."""
+    code = (Insn * len(insns))(*insns)
+    log = ct.create_string_buffer(4096)
+    opts = ProgLoadOpts(sz=ct.sizeof(ProgLoadOpts), expected_attach_type=int(attach_type),
+                        log_level=1, log_size=len(log), log_buf=ct.cast(log, ct.c_char_p))
+    ret = libbpf().bpf_prog_load(prog_type, name.encode(), b"GPL", code, len(insns), ct.byref(opts))
+    if ret < 0:
+        lines = [ln for ln in log.value.decode(errors="replace").splitlines() if ln.strip()]
+        raise KernelError(-ret, f"load {name}" + (f" ({lines[-1]})" if lines else ""))
+    return ret
+
+
 def possible_cpus() -> int:
     return _check(libbpf().libbpf_num_possible_cpus(), "count possible CPUs")
 
@@ -150,6 +182,11 @@ class BpfMap:
         buf = ct.create_string_buffer(self._slot * self.ncpus)
         _check(libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), buf), f"lookup in {self.name}")
         return [self.value_type.from_buffer_copy(buf.raw, i * self._slot) for i in range(self.ncpus)]
+
+    def zero_percpu(self, key) -> None:
+        """Set every CPU's value of a per-CPU map entry to zero."""
+        buf = ct.create_string_buffer(self._slot * self.ncpus)
+        _check(libbpf().bpf_map_update_elem(self.fd, ct.byref(key), buf, 0), f"update {self.name}")
 
     def keys(self):
         key = self.key_type()

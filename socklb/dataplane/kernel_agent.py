@@ -4,9 +4,11 @@ once, and the Agent given the parts that work on them.
     agent = load_agent(Datapath(pin_dir, cgroup, capacity), node)
 
 Parts: maps.BpfMapWriter (the pinned maps), termjobs.TerminationService
-(with the Terminator the kernel allows, see features.py) and
+(with the Terminator the kernel allows, see features.py),
 stats.KernelStatistics (the counters map, the flow reader, the socket
-statistics collector). One refused feature leaves the other duties running.
+statistics collector, the workloads' denials) and workloads.KernelCgroups
+(exact or ancestor matching, as loader.workload_way chose). One refused
+feature leaves the other duties running.
 """
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ import logging
 
 from . import features
 from .agent import Agent
+from .features import answer
+from .kernel import cgroup2_mount
 from .loader import Datapath
 from .maps import BpfMapWriter
 from .stats import KernelStatistics
 from .termjobs import TerminationService
+from .workloads import KernelCgroups
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +35,17 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     # Each optional kernel feature is probed once, here: the duties (flows,
     # termination, socket statistics) take their way from the answers.
     parts = features.load(datapath.pin_dir, flow_method, terminate_method)
-    log.info("kernel features: %s", parts.features.summary())
+    log.info("kernel features: %s; workload matching: %s", parts.features.summary(), datapath.workload_way)
     terminations = TerminationService(node, parts.terminator,
                                       parts.errors.get("sock_destroy", "").removeprefix("none: "))
-    statistics = KernelStatistics(writer.counter_values, parts)
-    agent = Agent(writer, node, terminations, statistics, parts.features.capabilities())
+    statistics = KernelStatistics(writer.counter_values, parts, writer.workload_denied)
+    # The hooks see the processes of the balanced cgroup only: workloads are
+    # resolved below it, with the cgroups below each when matching is exact.
+    cgroups = KernelCgroups(cgroup2_mount(), datapath.cgroup, exact=datapath.exact_workloads)
+    capabilities = {**parts.features.capabilities(),
+                    "ancestor_cgroup_id": answer(datapath.ancestor_refused),
+                    "workload_match": datapath.workload_way}
+    agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
     programmed = agent.catalog.current().programmed
     log.info("programmed state read back: %d frontends, %d backends, version %d",
              len(programmed.frontends), len(programmed.backends), agent.applied_version)

@@ -1,5 +1,6 @@
 """Python mirror of the headers in bpf/ that user space shares with the BPF
-programs, byte for byte: socklb.h (the datapath's map keys and values),
+programs, byte for byte: socklb.h (the datapath's map keys and values, the
+policy maps among them),
 flows.h (the flow reader's records), sock_destroy.h (termination: maps,
 records, limits, modes) and sock_stats.h (socket statistics records).
 
@@ -52,6 +53,24 @@ class Meta(enum.IntEnum):
 
 
 META_MAX = len(Meta)
+
+# Policy maps (sizes: twice the per-node limits, see socklb.h).
+WORKLOAD_IDS_MAX = 8192
+WORKLOAD_CGROUPS_MAX = 65536
+POLICY_FRONTENDS_MAX = 131072
+POLICY_PREFIXES_MAX = 131072
+PORT_RULES_MAX = 16
+CGROUP_DEPTH_MAX = 16
+
+
+class PolicyAction(enum.IntEnum):
+    """The verdict of a frontend or a port rule (socklb.v1.Action's values)."""
+    ALLOW = 1
+    DENY = 2
+
+
+class WorkloadFlag(enum.IntFlag):
+    BYPASS = 1
 
 
 class SvcKey(ct.Structure):
@@ -134,6 +153,54 @@ class Flow(ct.Structure):
         ("rnat_used", ct.c_uint8),
         ("pad", ct.c_uint8),
         ("rnat", RnatKey * FLOW_RNAT_RING),
+    ]
+
+
+class Workload(ct.Structure):
+    _fields_ = [
+        ("id", ct.c_uint32),
+        ("policy_set", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
+
+
+class PolicyFeKey(ct.Structure):
+    _fields_ = [("set", ct.c_uint32), ("frontend_id", ct.c_uint32)]
+
+
+class PolicyVerdict(ct.Structure):
+    _fields_ = [("action", ct.c_uint32)]
+
+
+class PolicyPrefixKey(ct.Structure):
+    _fields_ = [
+        ("prefixlen", ct.c_uint32),
+        ("set", ct.c_uint32),
+        ("addr", ct.c_ubyte * 16),
+    ]
+
+
+class PortRule(ct.Structure):
+    _fields_ = [
+        ("port", ct.c_uint16),
+        ("end_port", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("action", ct.c_uint8),
+        ("pad", ct.c_uint16),
+    ]
+
+
+class PolicyRules(ct.Structure):
+    _fields_ = [("n", ct.c_uint32), ("rules", PortRule * PORT_RULES_MAX)]
+
+
+class PolicyCfg(ct.Structure):
+    _fields_ = [
+        ("cgroups", ct.c_uint32),
+        ("min_level", ct.c_uint8),
+        ("max_level", ct.c_uint8),
+        ("pad", ct.c_uint16),
     ]
 
 
@@ -281,6 +348,13 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_rnat_key": RnatKey,
     "socklb_rnat_val": RnatVal,
     "socklb_flow": Flow,
+    "socklb_workload": Workload,
+    "socklb_policy_fe_key": PolicyFeKey,
+    "socklb_policy_verdict": PolicyVerdict,
+    "socklb_policy_prefix_key": PolicyPrefixKey,
+    "socklb_port_rule": PortRule,
+    "socklb_policy_rules": PolicyRules,
+    "socklb_policy_cfg": PolicyCfg,
     "socklb_flow_rec": FlowRecord,
     "socklb_flow_count_key": FlowCountKey,
     "socklb_term_key": TermKey,
@@ -298,6 +372,8 @@ ENUMS: dict[str, tuple[type[enum.IntEnum], str]] = {
     "socklb_backend_state": (BackendState, "SOCKLB_BE_"),
     "socklb_counter": (Counter, "SOCKLB_CNT_"),
     "socklb_meta": (Meta, "SOCKLB_META_"),
+    "socklb_policy_action": (PolicyAction, "SOCKLB_POL_"),
+    "socklb_workload_flag": (WorkloadFlag, "SOCKLB_WL_"),
     "socklb_term_mode": (TermMode, "SOCKLB_TERM_"),
     "socklb_term_kind": (TermKind, "SOCKLB_TERM_KIND_"),
 }
@@ -310,6 +386,12 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_REV_NAT_MAX": REV_NAT_MAX,
     "SOCKLB_FLOW_RNAT_RING": FLOW_RNAT_RING,
     "SOCKLB_LAYOUT_VERSION": LAYOUT_VERSION,
+    "SOCKLB_WORKLOAD_IDS_MAX": WORKLOAD_IDS_MAX,
+    "SOCKLB_WORKLOAD_CGROUPS_MAX": WORKLOAD_CGROUPS_MAX,
+    "SOCKLB_POLICY_FRONTENDS_MAX": POLICY_FRONTENDS_MAX,
+    "SOCKLB_POLICY_PREFIXES_MAX": POLICY_PREFIXES_MAX,
+    "SOCKLB_PORT_RULES_MAX": PORT_RULES_MAX,
+    "SOCKLB_CGROUP_DEPTH_MAX": CGROUP_DEPTH_MAX,
     "SOCKLB_FLOW_COUNTS_MAX": FLOW_COUNTS_MAX,
     "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
     "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,

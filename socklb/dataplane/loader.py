@@ -48,6 +48,47 @@ HOOKS = (
 )
 
 
+# How the hooks find a process's workload (capabilities["workload_match"]):
+# "ancestor": its cgroup, else its ancestors, with bpf_get_current_ancestor_cgroup_id();
+# "exact": its cgroup only; the agent writes every cgroup below a workload.
+WORKLOAD_MATCHES = ("auto", "ancestor", "exact")
+_FUNC_GET_CURRENT_ANCESTOR_CGROUP_ID = 123
+_TRANSLATING = ("connect4", "connect6", "sendmsg4", "sendmsg6")
+
+
+def probe_ancestor_cgroup() -> str | None:
+    """None when the translating hooks may call
+    bpf_get_current_ancestor_cgroup_id() on this kernel, else why not. The
+    probe is four instructions loaded with each hook's attach type, so it
+    costs no compile."""
+    insns = [kernel.Insn(0xB7, 1, 0, 0),  # r1 = 0
+             kernel.Insn(0x85, 0, 0, _FUNC_GET_CURRENT_ANCESTOR_CGROUP_ID),
+             kernel.Insn(0xB7, 0, 0, 1),  # r0 = 1
+             kernel.Insn(0x95, 0, 0, 0)]  # exit
+    for hook in HOOKS:
+        if hook.name not in _TRANSLATING:
+            continue
+        try:
+            fd = kernel.prog_load(hook.prog_type, hook.attach, insns, "socklb_probe")
+        except OSError as e:
+            return f"{hook.name}: {e}"
+        os.close(fd)
+    return None
+
+
+def workload_way(requested: str, ancestor_refused: str | None) -> str:
+    """The way the hooks match workloads: "ancestor", or "exact: <why>"."""
+    if requested not in WORKLOAD_MATCHES:
+        raise LoadError(f"workload matching {requested!r}: expected one of {', '.join(WORKLOAD_MATCHES)}")
+    if requested == "exact":
+        return "exact: forced"
+    if ancestor_refused is None:
+        return "ancestor"
+    if requested == "ancestor":
+        raise LoadError(f"ancestor cgroup matching was asked for, but this kernel refuses it: {ancestor_refused}")
+    return f"exact: {ancestor_refused}"
+
+
 @dataclass(frozen=True)
 class Capacity:
     services: int = layout.SERVICES_MAX
@@ -72,6 +113,11 @@ def map_specs(cap: Capacity) -> dict[str, MapSpec]:
         "rev_nat": MapSpec(layout.RnatKey, layout.RnatVal, cap.rev_nat),
         "counters": MapSpec(ct.c_uint32, ct.c_uint64, layout.COUNTER_MAX, percpu=True),
         "meta": MapSpec(ct.c_uint32, ct.c_uint64, layout.META_MAX),
+        "workloads": MapSpec(ct.c_uint64, layout.Workload, layout.WORKLOAD_CGROUPS_MAX),
+        "policy_frontends": MapSpec(layout.PolicyFeKey, layout.PolicyVerdict, layout.POLICY_FRONTENDS_MAX),
+        "policy_prefixes": MapSpec(layout.PolicyPrefixKey, layout.PolicyRules, layout.POLICY_PREFIXES_MAX),
+        "workload_denies": MapSpec(ct.c_uint32, ct.c_uint64, layout.WORKLOAD_IDS_MAX, percpu=True),
+        "policy_cfg": MapSpec(ct.c_uint32, layout.PolicyCfg, 1),
         # Socket storage: no max_entries, no user-space key.
         "flows": MapSpec(ct.c_int, layout.Flow, 0),
     }
@@ -92,10 +138,21 @@ class Datapath:
     pin_dir: Path
     cgroup: Path
     capacity: Capacity = field(default_factory=Capacity)
+    workload_match: str = "auto"  # WORKLOAD_MATCHES
     maps: dict[str, BpfMap] = field(default_factory=dict)
     adopted: bool = False
+    # After load(): why the ancestor helper is refused (None: allowed), and
+    # the way taken (workload_way).
+    ancestor_refused: str | None = None
+    workload_way: str = ""
     _bpf: object = None
     _lock_fd: int | None = None
+
+    @property
+    def exact_workloads(self) -> bool:
+        """The hooks match a workload's own cgroup only (the agent writes the
+        cgroups below it too)."""
+        return self.workload_way.startswith("exact")
 
     @property
     def links_dir(self) -> Path:
@@ -113,6 +170,8 @@ class Datapath:
         self.links_dir.mkdir(exist_ok=True)
         self._check_pinned_maps()
         existing = {h.name for h in HOOKS if (self.links_dir / h.name).exists()}
+        self.ancestor_refused = probe_ancestor_cgroup()
+        self.workload_way = workload_way(self.workload_match, self.ancestor_refused)
         self._bpf = self._compile()
         self._open_maps()
         self._check_layout_version()
@@ -157,6 +216,8 @@ class Datapath:
             f"-DSOCKLB_AFFINITY_MAX={cap.affinity}",
             f"-DSOCKLB_REV_NAT_MAX={cap.rev_nat}",
         ]
+        if self.exact_workloads:
+            cflags.append("-DSOCKLB_WORKLOAD_EXACT")
         try:
             return BPF(src_file=str(src / "sock_lb.c").encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception with the compiler's output on stderr

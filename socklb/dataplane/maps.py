@@ -5,14 +5,17 @@ them."""
 from __future__ import annotations
 
 import ctypes as ct
+from collections.abc import Mapping
 
 from socklb.lb.frontends import FrontendKey
 
 from . import layout
 from .desired import Limits
+from .kernel import BpfMap
 from .loader import Datapath
 from .plan import Programmed, ProgrammedBackend
-from .writer import MapWriter, Master, Placement, read_back
+from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
+from .writer import MapWriter, Master, Placement, group_policy, read_back
 
 
 def _svc_key(key: FrontendKey, slot: int) -> layout.SvcKey:
@@ -24,8 +27,39 @@ def _frontend_key(k: layout.SvcKey) -> FrontendKey:
     return FrontendKey(bytes(k.addr), layout.port_host(k.port), k.proto)
 
 
+# The set id takes the first 32 bits of a policy_prefixes key's prefix.
+_SET_BITS = 32
+
+
+def _prefix_key(set_id: int, prefix: Prefix) -> layout.PolicyPrefixKey:
+    addr, length = prefix
+    return layout.PolicyPrefixKey(prefixlen=_SET_BITS + length, set=set_id, addr=(ct.c_ubyte * 16)(*addr))
+
+
+def _rules(rules: Rules) -> layout.PolicyRules:
+    out = layout.PolicyRules(n=len(rules))
+    for i, r in enumerate(rules):
+        out.rules[i] = layout.PortRule(port=r.port, end_port=r.end_port, proto=r.proto, action=int(r.action))
+    return out
+
+
+def _rules_back(v: layout.PolicyRules) -> Rules:
+    return tuple(PortRule(r.port, r.end_port, r.proto, layout.PolicyAction(r.action)) for r in v.rules[:v.n])
+
+
+def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
+    """What the policy maps (by name, as loader.map_specs) hold."""
+    workloads = {k.value: WorkloadEntry(v.id, v.policy_set, v.flags) for k, v in maps["workloads"].items()}
+    verdicts = {(k.set, k.frontend_id): layout.PolicyAction(v.action) for k, v in maps["policy_frontends"].items()}
+    prefixes = {(k.set, (bytes(k.addr), k.prefixlen - _SET_BITS)): _rules_back(v)
+                for k, v in maps["policy_prefixes"].items()}
+    c = maps["policy_cfg"].lookup(ct.c_uint32(0))
+    cfg = PolicyCfg(c.cgroups, c.min_level, c.max_level) if c is not None else PolicyCfg()
+    return group_policy(workloads, verdicts, prefixes, cfg)
+
+
 class BpfMapWriter(MapWriter):
-    """The services, backends, meta and counters maps of a loaded Datapath."""
+    """The services, backends, meta, counters and policy maps of a loaded Datapath."""
 
     def __init__(self, datapath: Datapath):
         self.datapath = datapath
@@ -34,6 +68,11 @@ class BpfMapWriter(MapWriter):
         self.backends = maps["backends"]
         self.counters = maps["counters"]
         self.meta = maps["meta"]
+        self.workloads = maps["workloads"]
+        self.policy_frontends = maps["policy_frontends"]
+        self.policy_prefixes = maps["policy_prefixes"]
+        self.policy_cfg = maps["policy_cfg"]
+        self.workload_denies = maps["workload_denies"]
         self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
 
     def placement(self) -> Placement:
@@ -80,6 +119,38 @@ class BpfMapWriter(MapWriter):
 
     def delete_backend(self, backend_id: int) -> None:
         self.backends.delete(ct.c_uint32(backend_id))
+
+    # --- policy -------------------------------------------------------------
+    def read_policy(self) -> PolicyEntries:
+        return policy_entries(self.datapath.maps)
+
+    def put_verdict(self, set_id: int, frontend_id: int, action: layout.PolicyAction) -> None:
+        self.policy_frontends.update(layout.PolicyFeKey(set_id, frontend_id), layout.PolicyVerdict(int(action)))
+
+    def delete_verdict(self, set_id: int, frontend_id: int) -> None:
+        self.policy_frontends.delete(layout.PolicyFeKey(set_id, frontend_id))
+
+    def put_prefix(self, set_id: int, prefix: Prefix, rules: Rules) -> None:
+        self.policy_prefixes.update(_prefix_key(set_id, prefix), _rules(rules))
+
+    def delete_prefix(self, set_id: int, prefix: Prefix) -> None:
+        self.policy_prefixes.delete(_prefix_key(set_id, prefix))
+
+    def put_workload(self, cgroup: int, entry: WorkloadEntry) -> None:
+        self.workloads.update(ct.c_uint64(cgroup), layout.Workload(entry.id, entry.policy_set, entry.flags))
+
+    def delete_workload(self, cgroup: int) -> None:
+        self.workloads.delete(ct.c_uint64(cgroup))
+
+    def put_policy_cfg(self, cfg: PolicyCfg) -> None:
+        self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(cfg.cgroups, cfg.min_level, cfg.max_level))
+
+    def reset_denies(self, workload_id: int) -> None:
+        self.workload_denies.zero_percpu(ct.c_uint32(workload_id))
+
+    def workload_denied(self, ids) -> dict[int, int]:
+        """Denials per workload id, summed over CPUs."""
+        return {i: sum(v.value for v in self.workload_denies.lookup_percpu(ct.c_uint32(i))) for i in ids}
 
     # --- counters (written by the programs) ----------------------------------
     def counter_values(self) -> dict[layout.Counter, int]:

@@ -38,6 +38,7 @@ LIBBPF_SIGNATURES: dict[str, tuple[list, object]] = {
     "bpf_obj_get_info_by_fd": ([_i, _vp, ct.POINTER(_u32)], _i),
     "bpf_prog_query": ([_i, _i, _u32, ct.POINTER(_u32), ct.POINTER(_u32), ct.POINTER(_u32)], _i),
     "bpf_iter_create": ([_i], _i),
+    "bpf_prog_load": ([_i, _s, _s, _vp, ct.c_size_t, _vp], _i),
     "libbpf_num_possible_cpus": ([], _i),
     # object API (bpfobj.py): open, load, attach iterators
     "bpf_object__open_file": ([_s, _vp], _vp),

@@ -1,4 +1,6 @@
-"""Desired state from a YAML or JSON file (standalone mode, `apply`)."""
+"""Desired state from a YAML or JSON file (standalone mode, `apply`): a
+NodeState with its services and, as the control plane would send them,
+workloads, policy_sets and redirects (validated by the agent as any state)."""
 from __future__ import annotations
 
 from pathlib import Path

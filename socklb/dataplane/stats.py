@@ -1,5 +1,5 @@
-"""The node's statistics: the part of the agent that reads counters, flows
-and socket statistics (Statistics: KernelStatistics on a loaded datapath,
+"""The node's statistics: the part of the agent that reads counters, flows,
+socket statistics and per-workload denials (Statistics: KernelStatistics on a loaded datapath,
 MemoryStatistics for a node whose maps are in memory), names them through
 the agent's catalog, and the report built from them part by part: a part
 that cannot be read is left out and named with its reason in the report;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from google.protobuf import timestamp_pb2
 
@@ -38,6 +38,7 @@ _PLACE: dict[str, Callable[[sync_pb2.StatsReport, object], None]] = {
     "counters": lambda r, v: r.counters.CopyFrom(v),
     "flows": lambda r, v: r.flows.extend(v),
     "socket_stats": lambda r, v: r.sockets.extend(v),
+    "workloads": lambda r, v: r.workloads.extend(v),
 }
 PARTS = tuple(_PLACE)
 
@@ -112,6 +113,10 @@ class Statistics(ABC):
     def socket_samples(self) -> list[SocketSample]:
         """Every load-balanced socket (sockstats.SocketStatsCollector.collect)."""
 
+    @abstractmethod
+    def workload_denied(self, ids: Iterable[int]) -> dict[int, int]:
+        """connect()/sendmsg() calls refused by policy, per workload id."""
+
     def counters(self) -> node_pb2.Counters:
         c = self.counter_values()
         C = layout.Counter
@@ -130,10 +135,18 @@ class Statistics(ABC):
         samples = self.socket_samples()
         return aggregate(samples, catalog.backend_names())
 
+    def workload_reports(self, catalog: Catalog) -> list[sync_pb2.WorkloadReport]:
+        """Per workload, by name: whether its cgroup is on this node, and its denials."""
+        workloads = catalog.workloads()
+        denied = self.workload_denied(w.id for w in workloads.values() if w.id >= 0)
+        return [sync_pb2.WorkloadReport(name=name, cgroup_found=bool(w.cgroup_id), denied=denied.get(w.id, 0))
+                for name, w in sorted(workloads.items())]
+
     def report_parts(self, catalog: Catalog) -> dict[str, Callable[[], object]]:
         """The parts of the node's statistics report (StatsReporter)."""
         return {"counters": self.counters, "flows": lambda: self.flow_counts(catalog),
-                "socket_stats": lambda: self.socket_stats(catalog)}
+                "socket_stats": lambda: self.socket_stats(catalog),
+                "workloads": lambda: self.workload_reports(catalog)}
 
     def close(self) -> None:
         pass
@@ -145,9 +158,11 @@ class KernelStatistics(Statistics):
     (features.Parts: the flow reader and the socket statistics collector,
     closed with this part)."""
 
-    def __init__(self, counters: Callable[[], dict[layout.Counter, int]], parts: Parts):
+    def __init__(self, counters: Callable[[], dict[layout.Counter, int]], parts: Parts,
+                 workload_denied: Callable[[Iterable[int]], dict[int, int]] = lambda ids: {}):
         self._counters = counters
         self._parts = parts
+        self._workload_denied = workload_denied
 
     def _way(self, duty: str):
         part = getattr(self._parts, duty)
@@ -167,6 +182,9 @@ class KernelStatistics(Statistics):
     def socket_samples(self) -> list[SocketSample]:
         return self._way("socket_stats").collect()
 
+    def workload_denied(self, ids: Iterable[int]) -> dict[int, int]:
+        return self._workload_denied(ids)
+
     def close(self) -> None:
         for part in (self._parts.flows, self._parts.socket_stats):
             if part is not None:
@@ -177,14 +195,15 @@ class MemoryStatistics(Statistics):
     """The statistics of a node whose maps are in memory: no program runs,
     so they are what was put here (tests set them): `values` (counters, all
     zero at first), `counts` (open flows, as flows.FlowCounts.counts),
-    `samples` (sockstats.SocketSample) and `flows` (flows.Flow records);
-    none at first."""
+    `samples` (sockstats.SocketSample), `flows` (flows.Flow records) and
+    `denied` (workload id -> denials); none at first."""
 
     def __init__(self):
         self.values: dict[layout.Counter, int] = dict.fromkeys(layout.Counter, 0)
         self.counts: dict[tuple[int, bytes, int], int] = {}
         self.samples: list[SocketSample] = []
         self.flows: list[Flow] = []
+        self.denied: dict[int, int] = {}
 
     def counter_values(self) -> dict[layout.Counter, int]:
         return dict(self.values)
@@ -197,3 +216,6 @@ class MemoryStatistics(Statistics):
 
     def socket_samples(self) -> list[SocketSample]:
         return list(self.samples)
+
+    def workload_denied(self, ids: Iterable[int]) -> dict[int, int]:
+        return {i: self.denied.get(i, 0) for i in ids}

@@ -7,6 +7,8 @@ keeps the maps in memory.
     writer.write_version(v)
     writer.limits                # what the maps can hold (desired.Limits)
     writer.placement()           # where the maps live (node info)
+    writer.read_policy()         # what the policy maps hold, as policy_plan.PolicyEntries
+    writer.execute_policy(ops)   # policy_plan ops, in order
 
 Two implementations: maps.BpfMapWriter writes the pinned BPF maps of a
 loaded datapath; MemoryMapWriter below keeps the same entries in
@@ -23,9 +25,11 @@ from typing import NamedTuple
 from socklb.lb.frontends import FrontendKey, Selection
 
 from .desired import Limits
-from .layout import Meta
+from .layout import Meta, PolicyAction
 from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
                    ProgrammedFrontend, PutBackend, PutMaster, PutSlot)
+from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyCfg, PolicyEntries, PolicyOp, Prefix,
+                          PutCfg, PutPrefix, PutVerdict, PutWorkload, ResetDenies, Rules, WorkloadEntry)
 
 
 class Placement(NamedTuple):
@@ -91,6 +95,33 @@ class MapWriter(ABC):
             else:
                 raise TypeError(f"unknown op {op!r}")
 
+    def execute_policy(self, ops: Iterable[PolicyOp]) -> None:
+        """Write policy ops in order (policy_plan.py says why that order)."""
+        for op in ops:
+            kind = type(op)
+            if kind is PutPrefix:
+                self.put_prefix(op.set, op.prefix, op.rules)
+            elif kind is PutVerdict:
+                self.put_verdict(op.set, op.frontend_id, op.action)
+            elif kind is PutWorkload:
+                self.put_workload(op.cgroup, op.entry)
+            elif kind is DeleteWorkload:
+                self.delete_workload(op.cgroup)
+            elif kind is DeleteVerdict:
+                self.delete_verdict(op.set, op.frontend_id)
+            elif kind is DeletePrefix:
+                self.delete_prefix(op.set, op.prefix)
+            elif kind is PutCfg:
+                self.put_policy_cfg(op.cfg)
+            elif kind is ResetDenies:
+                self.reset_denies(op.id)
+            else:
+                raise TypeError(f"unknown policy op {op!r}")
+
+    @abstractmethod
+    def read_policy(self) -> PolicyEntries:
+        """What the policy maps hold."""
+
     # --- entries ----------------------------------------------------------
     @abstractmethod
     def get_meta(self, idx: Meta) -> int: ...
@@ -114,6 +145,31 @@ class MapWriter(ABC):
     @abstractmethod
     def delete_backend(self, backend_id: int) -> None: ...
 
+    @abstractmethod
+    def put_verdict(self, set_id: int, frontend_id: int, action: PolicyAction) -> None: ...
+
+    @abstractmethod
+    def delete_verdict(self, set_id: int, frontend_id: int) -> None: ...
+
+    @abstractmethod
+    def put_prefix(self, set_id: int, prefix: Prefix, rules: Rules) -> None: ...
+
+    @abstractmethod
+    def delete_prefix(self, set_id: int, prefix: Prefix) -> None: ...
+
+    @abstractmethod
+    def put_workload(self, cgroup: int, entry: WorkloadEntry) -> None: ...
+
+    @abstractmethod
+    def delete_workload(self, cgroup: int) -> None: ...
+
+    @abstractmethod
+    def put_policy_cfg(self, cfg: PolicyCfg) -> None: ...
+
+    @abstractmethod
+    def reset_denies(self, workload_id: int) -> None:
+        """Zero a workload id's denial counters (the id goes to a new workload)."""
+
 
 def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey, Mapping[int, int]],
               backends: Iterable[ProgrammedBackend], next_frontend_id: int, next_backend_id: int) -> Programmed:
@@ -133,19 +189,38 @@ def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey,
     return prog
 
 
+def group_policy(workloads: Mapping[int, WorkloadEntry], verdicts: Mapping[tuple[int, int], PolicyAction],
+                 prefixes: Mapping[tuple[int, Prefix], Rules], cfg: PolicyCfg) -> PolicyEntries:
+    """The PolicyEntries that map entries stand for (entries keyed by set id)."""
+    out = PolicyEntries(dict(workloads), cfg=cfg)
+    for (sid, fe), action in verdicts.items():
+        out.frontends.setdefault(sid, {})[fe] = action
+    for (sid, prefix), rules in prefixes.items():
+        out.prefixes.setdefault(sid, {})[prefix] = rules
+    return out
+
+
 class MemoryMapWriter(MapWriter):
-    """The services, backends and meta maps as dictionaries, written op by
-    op as the BPF maps are: a node that programs no kernel. Tests read what
-    would be programmed from `services` (frontend key -> slot -> Master for
-    slot 0, else backend id: the services map's (key, slot) entries, by
+    """The services, backends, meta and policy maps as dictionaries, written
+    op by op as the BPF maps are: a node that programs no kernel. Tests read
+    what would be programmed from `services` (frontend key -> slot -> Master
+    for slot 0, else backend id: the services map's (key, slot) entries, by
     key), `backends` (id -> ProgrammedBackend) and `meta` (layout.Meta ->
-    value), or as a whole with read_programmed()."""
+    value), the policy maps from `workloads` (cgroup id -> WorkloadEntry),
+    `verdicts` ((set, frontend id) -> action), `prefixes` ((set, prefix) ->
+    rules), `policy_cfg` and `denies` (workload id -> count: tests set it),
+    or as a whole with read_programmed() and read_policy()."""
 
     def __init__(self, limits: Limits = Limits()):
         self.limits = limits
         self.services: dict[FrontendKey, dict[int, Master | int]] = {}
         self.backends: dict[int, ProgrammedBackend] = {}
         self.meta: dict[Meta, int] = {}
+        self.workloads: dict[int, WorkloadEntry] = {}
+        self.verdicts: dict[tuple[int, int], PolicyAction] = {}
+        self.prefixes: dict[tuple[int, Prefix], Rules] = {}
+        self.policy_cfg = PolicyCfg()
+        self.denies: dict[int, int] = {}
 
     def read_programmed(self) -> Programmed:
         masters = {key: entries[0] for key, entries in self.services.items() if 0 in entries}
@@ -180,5 +255,32 @@ class MemoryMapWriter(MapWriter):
     def delete_backend(self, backend_id: int) -> None:
         self.backends.pop(backend_id, None)
 
+    def read_policy(self) -> PolicyEntries:
+        return group_policy(self.workloads, self.verdicts, self.prefixes, self.policy_cfg)
 
-__all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "read_back"]
+    def put_verdict(self, set_id: int, frontend_id: int, action: PolicyAction) -> None:
+        self.verdicts[(set_id, frontend_id)] = action
+
+    def delete_verdict(self, set_id: int, frontend_id: int) -> None:
+        self.verdicts.pop((set_id, frontend_id), None)
+
+    def put_prefix(self, set_id: int, prefix: Prefix, rules: Rules) -> None:
+        self.prefixes[(set_id, prefix)] = rules
+
+    def delete_prefix(self, set_id: int, prefix: Prefix) -> None:
+        self.prefixes.pop((set_id, prefix), None)
+
+    def put_workload(self, cgroup: int, entry: WorkloadEntry) -> None:
+        self.workloads[cgroup] = entry
+
+    def delete_workload(self, cgroup: int) -> None:
+        self.workloads.pop(cgroup, None)
+
+    def put_policy_cfg(self, cfg: PolicyCfg) -> None:
+        self.policy_cfg = cfg
+
+    def reset_denies(self, workload_id: int) -> None:
+        self.denies.pop(workload_id, None)
+
+
+__all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "group_policy", "read_back"]

@@ -94,3 +94,35 @@ def addr_text(raw: bytes) -> str:
     if raw[:12] == V4MAPPED:  # inet_ntop: several times cheaper than ipaddress (socket records)
         return socket.inet_ntop(socket.AF_INET, raw[12:])
     return str(ipaddress.IPv6Address(raw))
+
+
+def parse_prefix(text: str, field: str) -> tuple[bytes, int]:
+    """An IPv4/IPv6 prefix ("10.0.0.0/8", "2001:db8::/32"; a bare address is
+    /32 or /128) as the datapath keys it: the 16-byte network address and
+    its length within those 128 bits (an IPv4 /8 is 96 + 8, v4-mapped).
+    Bits set past the length are refused: "10.1.0.0/8" is a typo more often
+    than a wish for 10.0.0.0/8. (inet_pton, not ipaddress: a node parses
+    tens of thousands of them per state.)"""
+    addr, slash, length = text.partition("/")
+    v6 = ":" in addr
+    try:
+        raw = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, addr)
+    except (OSError, ValueError):
+        raise InvalidState(field, f"{_shown(text)} is not an IPv4 or IPv6 prefix") from None
+    bits = len(raw) * 8
+    if not slash:
+        n = bits
+    elif length.isdigit() and length.isascii() and int(length) <= bits and (length == "0" or length[0] != "0"):
+        n = int(length)
+    else:
+        raise InvalidState(field, f"{_shown(text)}: the length must be 0..{bits}")
+    if int.from_bytes(raw, "big") & ((1 << (bits - n)) - 1):
+        raise InvalidState(field, f"{_shown(text)} has bits set past its length /{n}")
+    return (V4MAPPED + raw, 96 + n) if not v6 else (raw, n)  # ::ffff:a.b.c.d/96+n is a.b.c.d/n already
+
+
+def prefix_text(addr: bytes, length: int) -> str:
+    """The text of a prefix as parse_prefix returns it (IPv4 for v4-mapped ones)."""
+    if addr[:12] == V4MAPPED and length >= 96:
+        return f"{addr_text(addr)}/{length - 96}"
+    return f"{ipaddress.IPv6Address(addr)}/{length}"

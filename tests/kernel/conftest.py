@@ -91,8 +91,7 @@ def sweep_leftovers():
                     for prog in netenv.cgroup_progs(p):
                         netenv.run(["bpftool", "cgroup", "detach", str(p), prog["attach_type"],
                                     "id", str(prog["id"])], check=False)
-                cg = netenv.TestCgroup.__new__(netenv.TestCgroup)
-                cg.mount, cg.name, cg.path = mount, p.name, p
+                cg = netenv.TestCgroup.__new__(netenv.TestCgroup)._adopt(mount, p)
                 try:
                     cg.remove()
                 except Exception:
@@ -130,10 +129,11 @@ def backends():
 
 @pytest.fixture
 def clients(cgroup):
-    """clients(netns=None, in_cgroup=True, extra=None, netns_exec=False) -> Client (a client.py
-    process; extra, netns_exec: see netenv.Client)."""
-    def make(netns=None, in_cgroup=True, **kw) -> netenv.Client:
-        return netenv.Client(cgroup if in_cgroup else None, netns, **kw)
+    """clients(netns=None, in_cgroup=True, cg=None, extra=None, netns_exec=False) -> Client (a
+    client.py process) in the test cgroup, or in `cg` (e.g. a cgroup.child()); extra,
+    netns_exec: see netenv.Client."""
+    def make(netns=None, in_cgroup=True, cg=None, **kw) -> netenv.Client:
+        return netenv.Client(cg or (cgroup if in_cgroup else None), netns, **kw)
 
     yield from netenv.factory(make, netenv.Client.close)
 

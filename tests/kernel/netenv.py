@@ -171,23 +171,29 @@ def stale(name: str) -> bool:
 
 
 class TestCgroup:
-    """A dedicated cgroup under the cgroup2 mount; removed with everything in it."""
+    """A dedicated cgroup under the cgroup2 mount (or below another test
+    cgroup: child()); removed with everything in it, cgroups below included."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, mount: Path | None = None, name: str | None = None):
+    def __init__(self, mount: Path | None = None, name: str | None = None, parent: Path | None = None):
         self.mount = mount or cgroup2_mount()
         if self.mount is None:
             raise RuntimeError("no cgroup2 mount")
         self.name = name or unique_name()
-        self.path = self.mount / self.name
+        self.path = (parent or self.mount) / self.name
         if self.path.resolve() == self.mount.resolve():
             raise RuntimeError("refusing to use the root cgroup")
         self.path.mkdir()
 
+    def child(self, name: str) -> "TestCgroup":
+        """A cgroup below this one (removed with it)."""
+        return TestCgroup(self.mount, name, parent=self.path)
+
     @property
     def rel(self) -> str:
-        return "/" + self.name
+        """The path relative to the cgroup2 mount, as /proc/<pid>/cgroup shows it."""
+        return "/" + str(self.path.relative_to(self.mount))
 
     def pids(self) -> list[int]:
         try:
@@ -199,9 +205,12 @@ class TestCgroup:
         (self.path / "cgroup.procs").write_text(str(pid))
 
     def remove(self) -> None:
-        """Kill what is left inside, then rmdir (bounded retries)."""
+        """Remove the cgroups below it, kill what is left inside, then rmdir
+        (bounded retries)."""
         if not self.path.exists():
             return
+        for sub in sorted((p for p in self.path.iterdir() if p.is_dir()), reverse=True):
+            TestCgroup.__new__(TestCgroup)._adopt(self.mount, sub).remove()
         for _ in range(200):
             pids = self.pids()
             if not pids:
@@ -230,6 +239,13 @@ class TestCgroup:
                     raise
                 time.sleep(0.05)
         raise RuntimeError(f"cannot remove {self.path}: still busy ({self.pids()})")
+
+
+    def _adopt(self, mount: Path, path: Path) -> "TestCgroup":
+        """This object standing for an existing cgroup (to remove it):
+        ``TestCgroup.__new__(TestCgroup)._adopt(mount, path)``."""
+        self.mount, self.name, self.path = mount, path.name, path
+        return self
 
 
 def _reap(pid: int) -> None:

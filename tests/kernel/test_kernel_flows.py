@@ -34,8 +34,9 @@ VIP_NS = "127.96.0.61"
 VIP_UDP = "127.96.0.62"
 WAIT = 30.0  # hang guard for the flow counts to follow a close
 
-FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy"}
-DUTIES = {"flows", "sock_destroy", "socket_stats"}
+FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
+            "ancestor_cgroup_id"}
+DUTIES = {"flows", "sock_destroy", "socket_stats", "workload_match"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:
@@ -151,6 +152,10 @@ def test_probes_report_every_feature_once(agent):
         assert caps["sock_destroy"] == "netlink", caps
     else:
         assert caps["sock_destroy"].startswith("none: "), caps
+    if caps["ancestor_cgroup_id"] == "yes":
+        assert caps["workload_match"] == "ancestor", caps
+    else:
+        assert caps["workload_match"].startswith("exact: "), caps
     log = a.log_text()
     lines = [line for line in log.splitlines() if "kernel features:" in line]
     assert len(lines) == 1, log

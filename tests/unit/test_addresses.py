@@ -8,7 +8,8 @@ import pytest
 from socklb.controlplane import server
 from socklb.dataplane import sockdestroy
 from socklb.lb import protocols
-from socklb.lb.addresses import addr16, addr_text, join_host_port, split_host_port
+from socklb.lb.errors import InvalidState
+from socklb.lb.addresses import addr16, addr_text, join_host_port, parse_prefix, prefix_text, split_host_port
 from socklb.observability import metrics
 from socklb.v1 import types_pb2
 
@@ -83,3 +84,24 @@ def test_the_node_cli_reads_backends_with_the_one_grammar():
     for bad in ("::1:80", "[::1", "x", "1.2.3.4:", "1.2.3.4:http"):
         with pytest.raises(node_cli.CliError, match=r"expected ADDRESS:PORT \(IPv6 as \[addr\]:port\)"):
             node_cli._backend_arg(bad)
+
+
+@pytest.mark.parametrize("text, length, shown", [
+    ("10.0.0.0/8", 104, "10.0.0.0/8"), ("1.2.3.4", 128, "1.2.3.4/32"), ("0.0.0.0/0", 96, "0.0.0.0/0"),
+    ("::/0", 0, "::/0"), ("2001:db8::/32", 32, "2001:db8::/32"), ("::1", 128, "::1/128"),
+    ("::ffff:10.0.0.0/104", 104, "10.0.0.0/8"),  # a v4-mapped prefix is the IPv4 one
+])
+def test_prefixes_in_the_datapath_encoding(text, length, shown):
+    """A prefix is keyed like an address (16 bytes, IPv4 v4-mapped), its
+    length counted in those 128 bits; the same as ipaddress reads it."""
+    addr, n = parse_prefix(text, "prefix")
+    assert n == length and prefix_text(addr, n) == shown
+    net = ipaddress.ip_network(text)
+    assert addr == addr16(net.network_address) or net.network_address.ipv4_mapped is not None
+
+
+@pytest.mark.parametrize("text", ["10.1.0.0/8", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/08", "x/8", " 10.0.0.0/8",
+                                  "fe80::1%eth0/128", "::1/129", "10.0.0.0/-1", "1.2.3/24"])
+def test_prefixes_refused(text):
+    with pytest.raises(InvalidState):
+        parse_prefix(text, "prefix")

@@ -148,3 +148,20 @@ def test_flow_record_parser_agrees_with_the_mirror():
     got = parsed[0]._asdict()
     assert got == {**values, "vip": layout.addr16("127.96.0.10"), "backend_addr": layout.addr16("fd00::2")}
     assert list(got) == [name for name, _ in layout.FlowRecord._fields_]
+
+
+def test_policy_maps_hold_the_node_limits_twice():
+    """The policy maps hold what limits.py lets a node take, twice over (an
+    update writes the new entries before it deletes the old ones), and the
+    kernel walks as many rules and cgroup levels as the limits allow."""
+    from socklb.lb import limits
+    from socklb.v1 import policy_pb2
+
+    assert layout.PORT_RULES_MAX == limits.MAX_PORT_RULES
+    assert layout.CGROUP_DEPTH_MAX == limits.MAX_CGROUP_DEPTH
+    assert layout.WORKLOAD_IDS_MAX >= 2 * limits.MAX_WORKLOADS_PER_NODE
+    assert layout.WORKLOAD_CGROUPS_MAX >= 2 * limits.MAX_WORKLOADS_PER_NODE
+    assert layout.POLICY_FRONTENDS_MAX >= 2 * limits.MAX_FRONTEND_VERDICTS_PER_NODE
+    assert layout.POLICY_PREFIXES_MAX >= 2 * limits.MAX_PREFIXES_PER_NODE
+    assert {a.name: int(a) for a in layout.PolicyAction} == {
+        n.removeprefix("ACTION_"): v for n, v in policy_pb2.Action.items() if v}

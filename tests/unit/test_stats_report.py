@@ -29,6 +29,10 @@ def flows():
     return [sync_pb2.FlowCount(service="web", backend_address="10.0.0.1", backend_port=80, active=3)]
 
 
+def workloads():
+    return [sync_pb2.WorkloadReport(name="team/a", cgroup_found=True, denied=2)]
+
+
 class Switch:
     """A part that fails with `why` while it is set."""
 
@@ -57,13 +61,14 @@ def test_a_failing_part_leaves_the_others_in_the_report():
 @pytest.mark.parametrize("failing", PARTS)
 def test_each_part_can_fail_alone(failing):
     parts = {"counters": Switch(lambda: node_pb2.Counters(translations=1)), "flows": Switch(flows),
-             "socket_stats": Switch(sockets)}
+             "socket_stats": Switch(sockets), "workloads": Switch(workloads)}
     parts[failing].why = f"{failing} broke"
     r = StatsReporter(parts).report()
     assert dict(r.unavailable) == {failing: f"{failing} broke"}
     assert r.HasField("counters") == (failing != "counters")
     assert len(r.flows) == (0 if failing == "flows" else 1)
     assert len(r.sockets) == (0 if failing == "socket_stats" else 1)
+    assert len(r.workloads) == (0 if failing == "workloads" else 1)
 
 
 def test_a_reason_is_logged_once_and_again_when_it_changes(caplog):

@@ -1,0 +1,132 @@
+"""`socklb-dataplane dump workloads|policy`: what the policy maps hold, their
+ids named through the agent's state.
+
+The maps hold ids only (cgroup ids, workload ids, set ids, frontend ids);
+the names are the agent's. The views are built where the operator runs the
+command, from three readings: the agent's state and frontends (admin API:
+GetState, DumpServices), the pinned policy maps (read_pinned; the pin dir
+from GetInfo) and the cgroup directories (a workload's cgroup id is its
+inode). The view functions are pure.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from socklb.lb.addresses import join_host_port, prefix_text
+from socklb.lb.protocols import PROTOCOLS, name_of
+from socklb.v1 import node_pb2
+
+from .kernel import BpfMap
+from .layout import WorkloadFlag
+from .loader import Capacity, map_specs
+from .maps import policy_entries
+from .policy_desired import cgroup_path
+from .policy_plan import PolicyEntries, Rules
+
+POLICY_MAPS = ("workloads", "policy_frontends", "policy_prefixes", "policy_cfg", "workload_denies")
+
+
+def read_pinned(pin_dir: Path) -> tuple[PolicyEntries, Callable[[int], int]]:
+    """The policy maps pinned in `pin_dir`: their entries, and the denials
+    of a workload id (summed over CPUs)."""
+    specs = map_specs(Capacity())
+    maps = {name: BpfMap.pinned(pin_dir / name, specs[name].key, specs[name].value, specs[name].percpu)
+            for name in POLICY_MAPS}
+    try:
+        entries = policy_entries(maps)
+        denies = maps["workload_denies"]
+        counts = {}
+        for e in entries.workloads.values():
+            if e.id not in counts:
+                counts[e.id] = sum(v.value for v in denies.lookup_percpu(ct.c_uint32(e.id)))
+    finally:
+        for m in maps.values():
+            m.close()
+    return entries, lambda i: counts.get(i, 0)
+
+
+def cgroup_ids(state: node_pb2.NodeState, mount: Path) -> dict[str, int]:
+    """Workload name -> the id of its cgroup (absent: not on this node)."""
+    out = {}
+    for w in state.workloads:
+        try:
+            out[w.name] = os.stat(mount / cgroup_path(w.cgroup, "cgroup")).st_ino
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def set_names(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int]) -> dict[int, str]:
+    """Set id -> the name of the policy set the workloads pointing at it have."""
+    out = {}
+    for w in state.workloads:
+        e = entries.workloads.get(ids.get(w.name, -1))
+        if e is not None and e.policy_set and w.policy_set:
+            out.setdefault(e.policy_set, w.policy_set)
+    return out
+
+
+def workloads_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int],
+                   denied: Callable[[int], int]) -> dict:
+    """Per workload of the state: its cgroup and whether it is programmed,
+    its ids, set, bypass flag, denials and the cgroups written for it; then
+    entries that belong to no workload of the state."""
+    names = set_names(state, entries, ids)
+    by_id: dict[int, list[int]] = {}
+    for cg, e in entries.workloads.items():
+        by_id.setdefault(e.id, []).append(cg)
+    out, seen = [], set()
+    for w in sorted(state.workloads, key=lambda w: w.name):
+        cg = ids.get(w.name, 0)
+        e = entries.workloads.get(cg)
+        row = {"name": w.name, "cgroup": w.cgroup, "cgroupId": cg, "found": cg != 0, "programmed": e is not None,
+               "policySet": w.policy_set, "bypassSocketLb": w.bypass_socket_lb}
+        if e is not None:
+            row |= {"id": e.id, "setId": e.policy_set, "programmedSet": names.get(e.policy_set, ""),
+                    "bypassProgrammed": bool(e.flags & WorkloadFlag.BYPASS), "denied": denied(e.id),
+                    "cgroups": len(by_id.get(e.id, ()))}
+            seen.update(by_id.get(e.id, ()))
+        out.append(row)
+    stray = [{"cgroupId": cg, "id": e.id, "setId": e.policy_set, "flags": e.flags}
+             for cg, e in sorted(entries.workloads.items()) if cg not in seen]
+    cfg = entries.cfg
+    return {"workloads": out, "unnamedEntries": stray,
+            "config": {"cgroups": cfg.cgroups, "minLevel": cfg.min_level, "maxLevel": cfg.max_level}}
+
+
+def _rules_text(rules: Rules) -> list[str]:
+    return [f"{r.action.name} {name_of(r.proto) if r.proto else 'any'} "
+            f"{r.port if r.port == r.end_port else f'{r.port}-{r.end_port}'}" for r in rules]
+
+
+def policy_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int],
+                frontends: node_pb2.DumpServicesResponse) -> dict:
+    """Per programmed set: its name, the workloads using it, its frontend
+    verdicts (frontend ids named) and its prefixes with their rules."""
+    names = set_names(state, entries, ids)
+    users: dict[int, list[str]] = {}
+    for w in state.workloads:
+        e = entries.workloads.get(ids.get(w.name, -1))
+        if e is not None and e.policy_set:
+            users.setdefault(e.policy_set, []).append(w.name)
+    fe = {f.id: f for f in frontends.frontends}
+    out = []
+    for sid in sorted(entries.set_ids()):
+        verdicts = []
+        for fid, action in sorted(entries.frontends.get(sid, {}).items()):
+            f = fe.get(fid)
+            where = (f"{join_host_port(f.frontend.address, f.frontend.port)}/"
+                     f"{name_of(PROTOCOLS[f.frontend.protocol])}" if f is not None else "")
+            verdicts.append({"frontendId": fid, "service": f.service if f is not None else "", "frontend": where,
+                             "action": action.name})
+        prefixes = [{"prefix": prefix_text(*p), "rules": _rules_text(r)}
+                    for p, r in sorted(entries.prefixes.get(sid, {}).items(), key=lambda i: (-i[0][1], i[0][0]))]
+        out.append({"setId": sid, "name": names.get(sid, ""), "workloads": sorted(users.get(sid, [])),
+                    "frontends": verdicts, "prefixes": prefixes})
+    return {"policySets": out}
+
+
+__all__ = ["cgroup_ids", "policy_view", "read_pinned", "workloads_view"]

@@ -1,0 +1,97 @@
+"""Where a workload's processes are: its cgroup on this node, resolved to the
+id the hooks see (bpf_get_current_cgroup_id() is the cgroup directory's
+inode number).
+
+    cgroups = KernelCgroups(cgroup2_mount(), balanced=Path(".../socklb"), exact=False)
+    cgroups.resolve("socklb/pod-a")     # Cgroup(id=...) or None: not on this node (yet)
+
+A workload's cgroup may appear after the workload is registered: the agent
+resolves again every few seconds (Agent.recheck_workloads). With exact
+matching (the hooks cannot walk up to a process's ancestors: see
+loader.workload_way) a Cgroup also lists every cgroup below it, which the
+agent writes too.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cgroup:
+    id: int
+    below: tuple[int, ...] = ()  # exact matching: the ids of every cgroup below it
+
+
+class Cgroups(ABC):
+    """Resolves a workload's cgroup path (relative to the cgroup2 mount)."""
+
+    @abstractmethod
+    def resolve(self, path: str) -> Cgroup | None:
+        """The cgroup, or None when it does not exist on this node."""
+
+
+class KernelCgroups(Cgroups):
+    """The cgroups of this machine under `mount`. Only those at or below
+    `balanced` (the cgroup the hooks are attached to; None: any) can be
+    workloads: the hooks never see the processes of another."""
+
+    def __init__(self, mount: Path, balanced: Path | None = None, exact: bool = False):
+        self.mount = mount
+        self.balanced = balanced
+        self.exact = exact
+        self._outside: set[str] = set()
+
+    def resolve(self, path: str) -> Cgroup | None:
+        full = self.mount / path
+        if self.balanced is not None and not full.is_relative_to(self.balanced):
+            if path not in self._outside:  # once: it is resolved every few seconds
+                log.warning("workload cgroup %s is not below the balanced cgroup %s: not programmed",
+                            full, self.balanced)
+                self._outside.add(path)
+            return None
+        try:
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        return Cgroup(st.st_ino, tuple(_below(full)) if self.exact else ())
+
+
+def _below(path: Path) -> Iterator[int]:
+    """Inodes of every directory below `path` (getdents gives them: no stat
+    per cgroup). A cgroup removed during the walk is skipped."""
+    try:
+        with os.scandir(path) as entries:
+            dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for e in dirs:
+        yield e.inode()
+        yield from _below(Path(e.path))
+
+
+class MemoryCgroups(Cgroups):
+    """The cgroups of a node that programs no kernel (tests, benchmarks):
+    `cgroups` (path -> Cgroup, tests change it), or, when not given, every
+    path exists with an id derived from it."""
+
+    def __init__(self, cgroups: Mapping[str, Cgroup] | None = None):
+        self.cgroups = dict(cgroups) if cgroups is not None else None
+
+    def resolve(self, path: str) -> Cgroup | None:
+        if self.cgroups is None:
+            return Cgroup(int.from_bytes(hashlib.blake2b(path.encode(), digest_size=7).digest(), "big") + 1)
+        return self.cgroups.get(path)
+
+
+__all__ = ["Cgroup", "Cgroups", "KernelCgroups", "MemoryCgroups"]
