@@ -243,10 +243,13 @@ static __always_inline struct socklb_workload *current_workload(void)
 }
 
 /* A frontend is decided by the set's verdict for it; any other destination
- * by the rules of the set's longest prefix holding it: a matching DENY
- * wins, else a matching ALLOW allows. No entry: denied. */
+ * by the rules of the set's longest prefix of its family holding it: a
+ * matching DENY wins, else a matching ALLOW allows. No entry: denied. An
+ * IPv4 destination (a v4 hook's, or a v4-mapped one of a v6 hook) looks in
+ * the set's IPv4 space (SOCKLB_POL_SET_V4), so an IPv6 prefix such as ::/0
+ * never decides it; in a v4 hook the test is a constant. */
 static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key *key,
-					 const struct socklb_svc_val *master)
+					 const struct socklb_svc_val *master, const int v6)
 {
 	if (master) {
 		struct socklb_policy_fe_key fk = { .set = set, .frontend_id = master->id };
@@ -260,6 +263,8 @@ static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key 
 	__u16 port = bpf_ntohs(key->port);
 	int allowed = 0, i;
 
+	if (!v6 || addr_is_v4mapped(key->addr))
+		pk.set |= SOCKLB_POL_SET_V4;
 	__builtin_memcpy(pk.addr, key->addr, sizeof(pk.addr));
 	r = policy_prefixes.lookup(&pk);
 	if (!r)
@@ -308,7 +313,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	master = services.lookup(&key);
 	wl = current_workload();
 	if (wl) {
-		if (wl->policy_set && !policy_allows(wl->policy_set, &key, master))
+		if (wl->policy_set && !policy_allows(wl->policy_set, &key, master, v6))
 			return policy_deny(wl);
 		if (wl->flags & SOCKLB_WL_BYPASS)
 			master = NULL; /* its own balancer handles VIPs: leave the address alone */

@@ -148,7 +148,12 @@ enum socklb_meta {
  * policy_prefixes  LPM trie {set, address} -> the port rules of the longest
  *                  prefix, for destinations that are not a frontend. The
  *                  set is matched whole: prefixlen = 32 + 96 + IPv4 length
- *                  (v4-mapped) or 32 + IPv6 length.
+ *                  (v4-mapped) or 32 + IPv6 length. The families are apart:
+ *                  an IPv4 prefix (one written inside ::ffff:0:0/96 too) has
+ *                  SOCKLB_POL_SET_V4 in its set, and so has the lookup of an
+ *                  IPv4 or v4-mapped destination; IPv6 prefixes and lookups
+ *                  have not. So ::/0 holds no IPv4 destination, 0.0.0.0/0 no
+ *                  IPv6 one.
  * workload_denies  per-CPU denials, indexed by workload id
  * policy_cfg       one entry: whether the hooks look for workloads at all,
  *                  and which cgroup levels they walk
@@ -162,6 +167,8 @@ enum socklb_meta {
 #define SOCKLB_POLICY_PREFIXES_MAX 131072
 #define SOCKLB_PORT_RULES_MAX 16          /* rules of one prefix (limits.MAX_PORT_RULES) */
 #define SOCKLB_CGROUP_DEPTH_MAX 16        /* levels walked (limits.MAX_CGROUP_DEPTH) */
+/* The family bit of a policy_prefixes key's set (1 << 31): set ids are below it. */
+#define SOCKLB_POL_SET_V4 2147483648
 
 enum socklb_policy_action {
 	SOCKLB_POL_ALLOW = 1,
@@ -190,7 +197,7 @@ struct socklb_policy_verdict {
 
 struct socklb_policy_prefix_key {
 	__u32 prefixlen; /* bits of set + addr that must match */
-	__u32 set;
+	__u32 set;       /* set id, | SOCKLB_POL_SET_V4 for IPv4 */
 	__u8 addr[16];
 };
 

@@ -61,6 +61,9 @@ POLICY_FRONTENDS_MAX = 131072
 POLICY_PREFIXES_MAX = 131072
 PORT_RULES_MAX = 16
 CGROUP_DEPTH_MAX = 16
+# The family bit of a policy_prefixes key's set: IPv4 prefixes (and the
+# hooks' IPv4 and v4-mapped lookups) have it, IPv6 ones not; set ids stay below it.
+POL_SET_V4 = 1 << 31
 
 
 class PolicyAction(enum.IntEnum):
@@ -392,6 +395,7 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_POLICY_PREFIXES_MAX": POLICY_PREFIXES_MAX,
     "SOCKLB_PORT_RULES_MAX": PORT_RULES_MAX,
     "SOCKLB_CGROUP_DEPTH_MAX": CGROUP_DEPTH_MAX,
+    "SOCKLB_POL_SET_V4": POL_SET_V4,
     "SOCKLB_FLOW_COUNTS_MAX": FLOW_COUNTS_MAX,
     "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
     "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,

@@ -14,6 +14,7 @@ from .desired import Limits
 from .kernel import BpfMap
 from .loader import Datapath
 from .plan import Programmed, ProgrammedBackend
+from .policy_desired import key_prefix, prefix_key
 from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .writer import MapWriter, Master, Placement, group_policy, read_back
 
@@ -27,13 +28,9 @@ def _frontend_key(k: layout.SvcKey) -> FrontendKey:
     return FrontendKey(bytes(k.addr), layout.port_host(k.port), k.proto)
 
 
-# The set id takes the first 32 bits of a policy_prefixes key's prefix.
-_SET_BITS = 32
-
-
 def _prefix_key(set_id: int, prefix: Prefix) -> layout.PolicyPrefixKey:
-    addr, length = prefix
-    return layout.PolicyPrefixKey(prefixlen=_SET_BITS + length, set=set_id, addr=(ct.c_ubyte * 16)(*addr))
+    prefixlen, set_word, addr = prefix_key(set_id, prefix)
+    return layout.PolicyPrefixKey(prefixlen=prefixlen, set=set_word, addr=(ct.c_ubyte * 16)(*addr))
 
 
 def _rules(rules: Rules) -> layout.PolicyRules:
@@ -51,7 +48,7 @@ def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
     """What the policy maps (by name, as loader.map_specs) hold."""
     workloads = {k.value: WorkloadEntry(v.id, v.policy_set, v.flags) for k, v in maps["workloads"].items()}
     verdicts = {(k.set, k.frontend_id): layout.PolicyAction(v.action) for k, v in maps["policy_frontends"].items()}
-    prefixes = {(k.set, (bytes(k.addr), k.prefixlen - _SET_BITS)): _rules_back(v)
+    prefixes = {key_prefix(k.prefixlen, k.set, bytes(k.addr)): _rules_back(v)
                 for k, v in maps["policy_prefixes"].items()}
     c = maps["policy_cfg"].lookup(ct.c_uint32(0))
     cfg = PolicyCfg(c.cgroups, c.min_level, c.max_level) if c is not None else PolicyCfg()

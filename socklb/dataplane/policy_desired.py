@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from socklb.lb import limits
-from socklb.lb.addresses import MAX_PORT, parse_prefix, prefix_text
+from socklb.lb.addresses import MAX_PORT, V4MAPPED, parse_prefix, prefix_text
 from socklb.lb.errors import InvalidState
 from socklb.lb.frontends import FrontendKey, frontend_key
 from socklb.lb.names import check_name
 from socklb.lb.protocols import TCP, UDP
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
-from .layout import WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
+from .layout import POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
 from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .workloads import Cgroup
 
@@ -34,7 +34,8 @@ RULE_PROTOCOLS = {types_pb2.PROTOCOL_UNSPECIFIED: 0, types_pb2.PROTOCOL_TCP: TCP
 @dataclass(frozen=True, eq=False)
 class CompiledSet:
     """A policy set as the kernel holds it: a verdict per frontend, the port
-    rules per prefix (in the datapath's 128-bit space)."""
+    rules per prefix (in the datapath's 128-bit space, IPv4 v4-mapped;
+    prefix_key keys each family apart)."""
 
     name: str
     frontends: Mapping[FrontendKey, PolicyAction]
@@ -272,6 +273,41 @@ def apply_policy_delta(current: NodePolicy, delta: node_pb2.NodeStateDelta) -> N
     return d.freeze()
 
 
+# --- the keys of policy_prefixes -----------------------------------------------------
+
+# The set takes the first 32 bits of a key's prefix, matched whole.
+SET_BITS = 32
+
+
+def prefix_is_v4(prefix: Prefix) -> bool:
+    """Whether a compiled prefix is an IPv4 one: inside ::ffff:0:0/96
+    (parse_prefix writes IPv4 there; "::ffff:10.0.0.0/104" is 10.0.0.0/8).
+    A shorter IPv6 prefix holding ::ffff:0:0/96 (::/0) is IPv6 only."""
+    addr, length = prefix
+    return length >= 96 and addr[:12] == V4MAPPED
+
+
+def prefix_key(set_id: int, prefix: Prefix) -> tuple[int, int, bytes]:
+    """(prefixlen, set, addr) of the policy_prefixes key of a set's prefix:
+    the set id with POL_SET_V4 for an IPv4 prefix, the IPv4 space the hooks
+    look IPv4 and v4-mapped destinations up in (bpf/sock_lb.c policy_allows)."""
+    if not 0 < set_id < POL_SET_V4:
+        raise ValueError(f"set id {set_id} is out of range 1..{POL_SET_V4 - 1}")
+    addr, length = prefix
+    return SET_BITS + length, set_id | (POL_SET_V4 if prefix_is_v4(prefix) else 0), addr
+
+
+def key_prefix(prefixlen: int, set_word: int, addr: bytes) -> tuple[int, Prefix]:
+    """(set id, prefix) of a policy_prefixes key: prefix_key's inverse."""
+    return set_word & ~POL_SET_V4, (bytes(addr), prefixlen - SET_BITS)
+
+
+def legacy_v4_key(prefixlen: int, set_word: int, addr: bytes) -> bool:
+    """Whether a key is an IPv4 prefix written without POL_SET_V4, as maps
+    pinned before the families were apart hold them (the loader moves them)."""
+    return not set_word & POL_SET_V4 and prefix_is_v4((bytes(addr), prefixlen - SET_BITS))
+
+
 # --- ids and the entries the maps should hold --------------------------------------
 
 @dataclass(frozen=True)
@@ -367,7 +403,7 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
     held = {n: i for n, i in ids.sets.items() if n in verdicts}
     for name in _left_while_edited(held, owner, specs, programmed, verdicts, policy.sets):
         del held[name]  # written anew: a workload leaving it must not see it half edited
-    sids, _ = _allocate(in_use, held, adopt_set, programmed.set_ids(), 1, 1 << 32)
+    sids, _ = _allocate(in_use, held, adopt_set, programmed.set_ids(), 1, POL_SET_V4)
 
     out = PolicyEntries()
     for cg, name in owner.items():
@@ -413,5 +449,6 @@ def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) 
     return out
 
 
-__all__ = ["CompiledSet", "Ids", "NodePolicy", "Workload", "apply_policy_delta", "cgroup_path", "compile_set",
-           "desired_entries", "node_policy"]
+__all__ = ["CompiledSet", "Ids", "NodePolicy", "SET_BITS", "Workload", "apply_policy_delta", "cgroup_path",
+           "compile_set", "desired_entries", "key_prefix", "legacy_v4_key", "node_policy", "prefix_is_v4",
+           "prefix_key"]

@@ -346,3 +346,88 @@ def test_restart_keeps_enforcing_and_adopts(agent, backends, netns, clients, cgr
         [{k: v for k, v in w.items() if k != "denied"} for w in before[0]["workloads"]]
     assert denials(a)["w"] == n + 1
     net.allowed(c)
+
+
+def test_ipv4_and_ipv6_prefixes_are_apart(agent, backends, netns, clients, cgroup):
+    """An IPv6 prefix holding ::ffff:0:0/96 (::/0) allows IPv6 destinations
+    only, 0.0.0.0/0 IPv4 ones only (v4-mapped ones of IPv6 sockets too), as
+    the node's evaluator judges them; a prefix written inside ::ffff:0:0/96
+    is the IPv4 one. Denials fail with EPERM and send nothing."""
+    v4, v4_u = backends("v4", "127.0.0.4", netns=netns), backends("v4-u", "127.0.0.4", proto="udp", netns=netns)
+    v6, v6_u = backends("v6", "::1", netns=netns), backends("v6-u", "::1", proto="udp", netns=netns)
+    mapped = "::ffff:127.0.0.4"  # an IPv6 socket's v4-mapped destination: the connect6/sendmsg6 hooks
+    wls = {name: cgroup.child(name) for name in ("only6", "only4", "in-v6")}
+    state = node_state(1)
+    state["policy_sets"] = [policy_set("ps-6", prefixes={"::/0": [rule("allow")]}),
+                            policy_set("ps-4", prefixes={"0.0.0.0/0": [rule("allow")]}),
+                            policy_set("ps-m", prefixes={"::ffff:127.0.0.0/104": [rule("allow")]})]
+    state["workloads"] = [workload("only6", wls["only6"], "ps-6"), workload("only4", wls["only4"], "ps-4"),
+                          workload("in-v6", wls["in-v6"], "ps-m")]
+    a = agent(state)
+
+    def check(name: str, allowed: bool, ipv6: bool) -> int:
+        c = clients(netns, cg=wls[name])
+        targets = [("::1", v6, v6_u)] if ipv6 else [("127.0.0.4", v4, v4_u), (mapped, v4, v4_u)]
+        before = snmp(netns)
+        for addr, tcp, udp in targets:
+            if allowed:
+                r = c.call("tcp_many", addr=addr, port=tcp.port, n=1)
+                assert r["errors"] == {} and r["counts"] == {tcp.label: 1}, (name, addr, r)
+                r = c.call("udp_sendto", addr=addr, port=udp.port, n=1)
+                assert r["errors"] == {} and r["counts"] == {udp.label: 1}, (name, addr, r)
+            else:
+                assert c.call("connect_error", addr=addr, port=tcp.port)["error"] == "EPERM", (name, addr)
+                assert c.call("sendto_error", addr=addr, port=udp.port)["error"] == "EPERM", (name, addr)
+        if not allowed:
+            assert snmp(netns) == before, name
+        return 0 if allowed else 2 * len(targets)
+
+    denied = {"only6": check("only6", True, True) + check("only6", False, False),
+              "only4": check("only4", True, False) + check("only4", False, True),
+              "in-v6": check("in-v6", True, False) + check("in-v6", False, True)}
+    assert denied == {"only6": 4, "only4": 2, "in-v6": 2}
+    assert (v4.accepted, v4_u.requests, v6.accepted, v6_u.requests) == (4, 4, 1, 1)  # only what was allowed
+    assert denials(a) == {**denied, "node": sum(denied.values())}
+    prefixes = {s["name"]: [p["prefix"] for p in s["prefixes"]] for s in a.dump("policy")["policySets"]}
+    assert prefixes == {"ps-6": ["::/0"], "ps-4": ["0.0.0.0/0"], "ps-m": ["127.0.0.0/8"]}, prefixes
+
+
+def test_ipv4_prefixes_pinned_without_the_family_bit_are_moved(agent, backends, netns, clients, cgroup):
+    """Maps pinned by an agent from before the families were apart hold the
+    IPv4 prefixes without SOCKLB_POL_SET_V4 (the new programs do not see
+    them: IPv4 is denied); a new agent moves them before it swaps its
+    programs in, then drops the old keys: the policy holds again, and
+    nothing needs rewriting."""
+    from socklb.dataplane import layout
+    from socklb.dataplane.kernel import BpfMap
+
+    net = Net(netns, backends)
+    wl = cgroup.child("wl")
+    a = agent(net.state(1, [workload("w", wl, "ps-a")]))
+    c = clients(netns, cg=wl)
+    before = a.dump("policy")
+    a.kill()
+
+    m = BpfMap.pinned(a.pin_dir / "policy_prefixes", layout.PolicyPrefixKey, layout.PolicyRules)
+    try:
+        keys = list(m.items())
+        v4 = [(k, v) for k, v in keys if k.set & layout.POL_SET_V4]
+        assert len(v4) == 3 and len(keys) == 4, [(k.set, k.prefixlen) for k, _ in keys]  # three IPv4 prefixes, ::1
+        for k, v in v4:  # as the old agent wrote them
+            old = layout.PolicyPrefixKey.from_buffer_copy(k)
+            old.set &= ~layout.POL_SET_V4
+            m.update(old, v)
+            m.delete(k)
+        assert c.call("connect_error", addr=net.open.addr, port=net.open.port)["error"] == "EPERM"
+
+        mark = a.log_len()
+        a.start()
+        assert a.wait_log(r"moved 3 IPv4 policy prefixes", since=mark, timeout=30), a.log_text(mark)
+        assert a.wait_log(r"applied version 1: .*policy_written=0, policy_removed=0", since=mark, timeout=30), \
+            a.log_text(mark)
+        assert sorted((k.set, k.prefixlen) for k, _ in m.items()) == sorted((k.set, k.prefixlen) for k, _ in keys)
+    finally:
+        m.close()
+    assert a.dump("policy") == before
+    net.allowed(c)
+    net.denied_calls(c)

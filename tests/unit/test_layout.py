@@ -32,7 +32,7 @@ def _c_program() -> str:
         for name in values:
             lines.append(f'printf(",\\"{name}\\": %d", (int){name});')
     for macro in layout.CONSTANTS:
-        lines.append(f'printf(",\\"{macro}\\": %d", (int){macro});')
+        lines.append(f'printf(",\\"{macro}\\": %lld", (long long){macro});')
     lines += ['printf("}");', "return 0; }"]
     return "\n".join(lines)
 

@@ -9,23 +9,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from socklb.dataplane.layout import PolicyAction
-from socklb.dataplane.policy_desired import Ids, desired_entries, node_policy
+from socklb.dataplane.policy_desired import Ids, desired_entries, node_policy, prefix_is_v4
 from socklb.dataplane.policy_plan import (DeletePrefix, PolicyEntries, PutPrefix, PutWorkload, ResetDenies,
                                           make_policy_plan)
 from socklb.dataplane.workloads import Cgroup
 from socklb.dataplane.writer import MemoryMapWriter
-from socklb.lb.addresses import addr16
+from socklb.lb.addresses import V4MAPPED, addr16
 from socklb.lb.frontends import FrontendKey
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
 PROP = settings(max_examples=150, deadline=None, derandomize=True)
 
-PREFIXES = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.0/16", "10.0.0.0/24", "10.0.0.0/25", "10.0.0.128/25",
+PREFIXES = ["::/0", "0.0.0.0/0", "10.0.0.0/8", "10.0.0.0/16", "10.0.0.0/24", "10.0.0.0/25", "10.0.0.128/25",
             "10.0.0.0/28", "10.0.0.4/30", "10.0.0.5/32", "10.0.0.200/32"]
 RULES = [(0, 65535, 0, "ALLOW"), (22, 22, 6, "DENY"), (80, 80, 6, "ALLOW"), (53, 53, 17, "ALLOW"),
          (1000, 2000, 0, "DENY"), (1500, 1500, 0, "ALLOW")]
 VIPS = {1: ("127.96.0.1", 80, 6), 2: ("127.96.0.2", 80, 6), 3: ("127.96.0.1", 53, 17)}  # frontend id -> key
-DESTS = [(a, p, proto) for a in ("10.0.0.5", "10.0.0.4", "10.0.0.130", "10.0.0.200", "10.1.0.1", "11.0.0.1")
+DESTS = [(a, p, proto) for a in ("10.0.0.5", "10.0.0.4", "10.0.0.130", "10.0.0.200", "10.1.0.1", "11.0.0.1", "fd00::1")
          for p in (22, 80, 53, 1500) for proto in (6, 17)] + [("vip", fid, 0) for fid in VIPS]
 CGROUPS = {"w1": 101, "w2": 102, "w3": 103}
 SETS = ("s1", "s2", "s3")
@@ -100,10 +100,12 @@ def kernel(maps: MemoryMapWriter, cgroup: int, dest) -> bool:
     if addr == "vip":
         return maps.verdicts.get((e.policy_set, port)) == PolicyAction.ALLOW
     raw = int.from_bytes(addr16(addr), "big")
+    v4 = addr16(addr)[:12] == V4MAPPED  # IPv4 destinations are looked up among IPv4 prefixes only
     best = None
     for (sid, (net, length)), rules in maps.prefixes.items():
         mask = ((1 << length) - 1) << (128 - length) if length else 0
-        if sid == e.policy_set and raw & mask == int.from_bytes(net, "big") and (best is None or length > best[0]):
+        if (sid == e.policy_set and prefix_is_v4((net, length)) == v4 and raw & mask == int.from_bytes(net, "big")
+                and (best is None or length > best[0])):
             best = (length, rules)
     if best is None:
         return False
