@@ -144,7 +144,7 @@ def text_stats(resp) -> str:
 
 
 def text_termination(t) -> str:
-    head = (f"termination {t.id}  service {t.service}  trigger {t.trigger or '-'}"
+    head = (f"termination {t.id}  service {t.service or '-'}  trigger {t.trigger or '-'}"
             f"{'  (dry run)' if t.dry_run else ''}  created {_time(t.created)}\n"
             f"found {t.found}  destroyed {t.destroyed}  failed {t.failed}"
             f"  pending {', '.join(t.pending_nodes) or '-'}")
@@ -160,7 +160,8 @@ def text_termination(t) -> str:
 
 
 def text_terminations(resp) -> str:
-    rows = [[t.id, t.service, t.trigger or "-", "yes" if t.dry_run else "no", str(len(t.reports)),
+    # A policy termination is about workloads, not one service: "-".
+    rows = [[t.id, t.service or "-", t.trigger or "-", "yes" if t.dry_run else "no", str(len(t.reports)),
              str(t.found), str(t.destroyed), ", ".join(t.pending_nodes) or "-", _time(t.created)]
             for t in resp.terminations]
     return _table(["ID", "SERVICE", "TRIGGER", "DRY-RUN", "NODES", "FOUND", "DESTROYED", "PENDING", "CREATED"], rows)

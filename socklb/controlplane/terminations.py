@@ -1,6 +1,8 @@
 """Terminations as the API shows them: explicit requests (written to the
 store, fanned out by every replica to its nodes) and the reports nodes send,
-for requests and for flows of backends removed by a change."""
+for requests, for flows of backends removed by a change, and for the open
+sockets a policy change denies (id "v<revision>-policy", no service: each
+node reports the destinations it judged)."""
 from __future__ import annotations
 
 import uuid
@@ -38,6 +40,7 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
     """Requests and reports, joined by id, newest first."""
     kvs, _ = store.range(keys.TERMINATIONS)
     out: dict[str, api_pb2.Termination] = {}
+    requested: set[str] = set()
     for kv in kvs:
         tid, kind, node = keys.parse_termination_key(kv.key)
         if term_id and tid != term_id:
@@ -48,13 +51,12 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
             reports = list(t.reports)
             t.CopyFrom(req)
             t.reports.extend(reports)
+            requested.add(tid)
         elif kind == "reports":
             r = node_pb2.TerminationReport.FromString(kv.value)
             t.reports.append(r)
-            if not t.trigger:  # no request: a termination a change caused
-                t.service, t.trigger, t.dry_run = r.service, r.trigger, r.dry_run
-                t.created.CopyFrom(r.at)
-                t.backends.extend(api_pb2.BackendRef(address=b.address, port=b.port) for b in r.backends)
+            if tid not in requested:  # a termination a change caused
+                _caused(t, r)
     result = []
     for t in out.values():
         if service and t.service != service:
@@ -71,6 +73,19 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
         t.reports.extend(reports)
         result.append(t)
     return sorted(result, key=lambda t: (t.created.ToNanoseconds(), t.id), reverse=True)
+
+
+def _caused(t: api_pb2.Termination, r: node_pb2.TerminationReport) -> None:
+    """A node's report of a termination a change caused, into the whole: it
+    was created when the first node reported, and its backends are those of
+    every node (a policy job's destinations differ from node to node)."""
+    if not t.trigger or r.at.ToNanoseconds() < t.created.ToNanoseconds():
+        t.created.CopyFrom(r.at)
+    if not t.trigger:
+        t.service, t.trigger, t.dry_run = r.service, r.trigger, r.dry_run
+    seen = {(b.address, b.port) for b in t.backends}
+    t.backends.extend(api_pb2.BackendRef(address=b.address, port=b.port) for b in r.backends
+                      if (b.address, b.port) not in seen)
 
 
 def page(items: list[api_pb2.Termination], size: int, token: str) -> tuple[list[api_pb2.Termination], str]:

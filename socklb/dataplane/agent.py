@@ -1,14 +1,16 @@
 """The node agent's core: applies desired states to the node's maps, all or
 nothing, through the parts it is given (map writer, terminations,
 statistics, cgroups): the services, and the workloads and policy sets
-(policy.py), in one update."""
+(policy.py), in one update. Once a change is written, the terminations part
+is told what it removed (backends, frontends) and what its policy denies
+(the open sockets of the workloads it concerns)."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from socklb.lb.errors import InvalidState
@@ -22,7 +24,7 @@ from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
 from .policy import PolicyPart, PolicyStep
-from .policy_desired import apply_policy_delta, node_policy
+from .policy_desired import NodePolicy, apply_policy_delta, node_policy
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
 from .stats import MemoryStatistics, Statistics
@@ -59,8 +61,9 @@ class Agent:
 
     writer        where plans are written (writer.MapWriter: maps.BpfMapWriter,
                   or writer.MemoryMapWriter for a node that programs no kernel)
-    terminations  told what each apply removed, asked for explicit requests
-                  (termjobs.Terminations; MemoryTerminations by default)
+    terminations  told what each apply removed and what each policy change
+                  (or a workload's cgroup found) denies, asked for explicit
+                  requests (termjobs.Terminations; MemoryTerminations by default)
     statistics    counters, flows and socket statistics (stats.Statistics;
                   MemoryStatistics by default)
     cgroups       where workloads' cgroups are (workloads.Cgroups; by default
@@ -108,14 +111,8 @@ class Agent:
 
     def state(self) -> node_pb2.NodeState:
         with self._lock:
-            out = node_pb2.NodeState(version=self.applied_version)
-            for name in sorted(self.services or {}):
-                out.services.append(self.services[name])
-            given = self.policy.given
-            for kind, items in (("workloads", given.workloads), ("policy_sets", given.policy_sets),
-                                ("redirects", given.redirects)):
-                getattr(out, kind).extend(items[n] for n in sorted(items))
-            return out
+            services = self.services or {}
+            return _node_state(self.applied_version, (services[n] for n in sorted(services)), self.policy.given)
 
     def apply(self, state: node_pb2.NodeState, isolate: bool = False) -> ApplyResult:
         """Validate, plan and write; on any error the maps are as before.
@@ -139,6 +136,11 @@ class Agent:
             with self._lock:
                 plan = make_plan(self._programmed, targets)
                 step = self.policy.prepare(given, _frontend_ids(plan.result))
+                before, found = self.policy.given, self.policy.found(step)
+                # The first state since the agent started: what the previous one
+                # applied (and whether its job ran) is unknown, so every
+                # restricted workload is judged, under an id of this node's own.
+                job_id = f"v{state.version}-policy-start-{self.node}" if self.services is None else ""
                 result = self._execute(plan, state.version, state, start, None, step)
                 self.services = {s.name: s for s in state.services}
                 self.targets = targets
@@ -147,6 +149,7 @@ class Agent:
                     keys.setdefault(t.service, []).append(k)
                 self.keys_of = {n: tuple(v) for n, v in keys.items()}
                 self._totals = totals(targets.values())
+                self._judge_open_sockets(before, step, found, job_id)
                 if rejected:
                     log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
                               len(rejected), "; ".join(rejected.values()))
@@ -169,6 +172,7 @@ class Agent:
             plan = make_plan(self._programmed, new_targets, only=touched)
             step = self.policy.prepare(given, _frontend_ids(plan.result),
                                        resolve=[w.name for w in delta.workload_upserts])
+            before, found = self.policy.given, self.policy.found(step)
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
             result = self._execute(plan, delta.version, upserts, start, touched, step)
             for name in delta.removals:
@@ -185,6 +189,7 @@ class Agent:
             for svc in delta.upserts:
                 self.keys_of[svc.name] = tuple(keys.get(svc.name, ()))
             self._totals = self._pending_totals
+            self._judge_open_sockets(before, step, found)
             return result
 
     def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
@@ -230,6 +235,7 @@ class Agent:
             step = self.policy.prepare(self.policy.given, _frontend_ids(self._programmed))
             if step.resolved == self.policy.resolved:
                 return False
+            found = self.policy.found(step)
             try:
                 self.writer.execute_policy(step.plan.ops)  # no service changes: one go
             except Exception:
@@ -240,7 +246,34 @@ class Agent:
             self.catalog.publish_workloads(self.policy.names())
             log.info("workload cgroups changed: %d policy entries written, %d removed",
                      *_policy_counts(step))
+            # This node's own job, not a state's: an id no other job has.
+            job_id = f"v{self.applied_version}-policy-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
+            self._judge_open_sockets(step.given, step, found, job_id)
             return True
+
+    def _judge_open_sockets(self, before: NodePolicy, step: PolicyStep, found: list[str],
+                            job_id: str = "") -> None:
+        """Once a step is written and the services it goes with kept: when
+        the policy changed (workloads, sets) or workloads' cgroups were found
+        (their processes' sockets were never judged), have the terminations
+        destroy the open sockets the new policy denies. The job is built on
+        their worker: it compiles the new sets and walks the workloads'
+        cgroup trees, which applying and acknowledging must not wait for.
+        job_id: "" for the state's (v<version>-policy, the same on every
+        node)."""
+        after = step.given
+        if not found and before.workloads == after.workloads and before.policy_sets == after.policy_sets:
+            return
+        version, services = self.applied_version, list(self.services.values())
+        cgroups, terminations = self.policy.cgroups, self.terminations
+        # Only cgroups the step found: a workload not programmed loses nothing.
+        paths = {name: after.specs[name].cgroup for name, c in step.resolved.items() if c is not None}
+
+        def judge() -> None:
+            ids = {name: cgroups.tree(path) for name, path in paths.items()}
+            terminations.after_policy_change(_node_state(version, (), before), _node_state(version, services, after),
+                                             ids, job_id=job_id, workloads=found)
+        terminations.later(judge)
 
     def _write(self, plan: Plan, step: PolicyStep) -> None:
         self.writer.execute_policy(step.plan.before)
@@ -317,6 +350,15 @@ def _measured():
     finally:
         metrics.applies.labels(result).inc()
         metrics.apply_seconds.observe(time.monotonic() - start)
+
+
+def _node_state(version: int, services: Iterable[node_pb2.ServiceState], given: NodePolicy) -> node_pb2.NodeState:
+    """A node state of these services and this policy, items by name."""
+    out = node_pb2.NodeState(version=version, services=services)
+    for kind, items in (("workloads", given.workloads), ("policy_sets", given.policy_sets),
+                        ("redirects", given.redirects)):
+        getattr(out, kind).extend(items[n] for n in sorted(items))
+    return out
 
 
 def _frontend_ids(prog: Programmed):

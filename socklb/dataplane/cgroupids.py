@@ -1,9 +1,12 @@
 """The ids of a cgroup and of every cgroup below it, as the kernel names
 them: on cgroup2 a cgroup's id (bpf_get_current_cgroup_id(), a socket's
 sk_cgrp_data) is the inode number of its directory. A workload is its cgroup
-and everything below it, so its sockets are those of all these ids.
+and everything below it, so its sockets are those of all these ids. The one
+walk of a cgroup tree: workloads.py takes the ids below a workload from here
+too (exact matching).
 
     ids = cgroup_ids(mount / "socklb/pod-a")             # {id, ids below ...}
+    below = ids_below(mount / "socklb/pod-a")            # the ids below only
     by_workload = workload_cgroup_ids(mount, state.workloads)
 """
 from __future__ import annotations
@@ -15,15 +18,11 @@ from pathlib import Path
 from socklb.v1 import node_pb2
 
 
-def cgroup_ids(path: str | Path) -> set[int]:
-    """The id of the cgroup at path and of every cgroup below it; empty when
-    it does not exist. Directory entries give the inodes (no stat per
-    cgroup); a cgroup removed during the walk is skipped."""
-    try:
-        top = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    ids = {top.st_ino}
+def ids_below(path: str | Path) -> set[int]:
+    """The ids of every cgroup below path (not its own); empty when it does
+    not exist. Directory entries give the inodes (no stat per cgroup); a
+    cgroup removed during the walk is skipped."""
+    ids: set[int] = set()
     todo = [str(path)]
     while todo:
         try:
@@ -37,6 +36,16 @@ def cgroup_ids(path: str | Path) -> set[int]:
     return ids
 
 
+def cgroup_ids(path: str | Path) -> set[int]:
+    """The id of the cgroup at path and of every cgroup below it; empty when
+    it does not exist."""
+    try:
+        top = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {top.st_ino} | ids_below(path)
+
+
 def workload_cgroup_ids(mount: str | Path, workloads: Iterable[node_pb2.WorkloadState]) -> dict[str, set[int]]:
     """Workload name -> the ids of its cgroup (WorkloadState.cgroup, relative
     to the cgroup2 mount) and of the cgroups below it; empty for a cgroup
@@ -44,4 +53,4 @@ def workload_cgroup_ids(mount: str | Path, workloads: Iterable[node_pb2.Workload
     return {w.name: cgroup_ids(Path(mount) / w.cgroup.strip("/")) for w in workloads}
 
 
-__all__ = ["cgroup_ids", "workload_cgroup_ids"]
+__all__ = ["cgroup_ids", "ids_below", "workload_cgroup_ids"]

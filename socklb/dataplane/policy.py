@@ -58,6 +58,18 @@ class PolicyPart:
         ids, desired, fresh = desired_entries(given, resolved, frontend_id, self.ids, self.programmed)
         return PolicyStep(given, resolved, ids, make_policy_plan(self.programmed, desired, fresh))
 
+    def found(self, step: PolicyStep) -> list[str]:
+        """The workloads whose cgroups the step finds that the part does not
+        hold yet: a cgroup that appeared or was made anew, new cgroups below
+        one (exact matching), or any after a restart. Their processes may
+        hold sockets no hook judged against their policy."""
+        out = []
+        for name, c in step.resolved.items():
+            was = self.resolved.get(name)
+            if c is not None and (was is None or was.id != c.id or not set(c.below) <= set(was.below)):
+                out.append(name)
+        return sorted(out)
+
     def commit(self, step: PolicyStep) -> None:
         for name, c in step.resolved.items():
             before = self.resolved.get(name)

@@ -9,9 +9,10 @@ Triggers:
     connected to; its dry run, against a state not applied, only lists them.
 TerminationService runs the work on one worker thread, after the maps were
 updated, so applying and acknowledging a state never waits for it, and a
-client that reconnects is balanced to a live backend. MemoryTerminations is
-the part of a node whose maps are in memory (writer.MemoryMapWriter): it
-keeps the jobs and destroys nothing.
+client that reconnects is balanced to a live backend; what a policy job takes
+to build runs there too (later). MemoryTerminations is the part of a node
+whose maps are in memory (writer.MemoryMapWriter): it keeps the jobs and
+destroys nothing.
 """
 from __future__ import annotations
 
@@ -279,6 +280,13 @@ class Terminations(ABC):
                 log.exception("termination report listener failed")
 
     @abstractmethod
+    def later(self, work: Callable[[], None]) -> None:
+        """Run `work` in the background, after what was given before, in the
+        caller's trace context (a job it submits is the caller's child):
+        for what a job takes to build, e.g. after_policy_change, which
+        compiles the new state's sets and walks the workloads' cgroups."""
+
+    @abstractmethod
     def submit(self, job: Job | PolicyJob) -> None:
         """Run in the background if there is anything to do."""
 
@@ -316,6 +324,9 @@ class TerminationService(Terminations):
         t = self._terminator
         return t.method.value if t is not None else f"none: {self._unavailable}"
 
+    def later(self, work: Callable[[], None]) -> None:
+        self._jobs.put((_Later(work, tracing.inject()), None))
+
     def submit(self, job: Job | PolicyJob) -> None:
         if not job.empty:
             self._jobs.put((_traced(job), None))
@@ -334,6 +345,9 @@ class TerminationService(Terminations):
             job, done = self._jobs.get()
             if job is None:
                 return
+            if isinstance(job, _Later):
+                job.run()
+                continue
             span = _start_span(job)
             report = self._execute(job)
             self._remember(report)
@@ -394,6 +408,9 @@ class MemoryTerminations(Terminations):
     def capability(self) -> str:
         return f"none: {self.WHY}"
 
+    def later(self, work: Callable[[], None]) -> None:
+        _Later(work, tracing.inject()).run()  # at once: tests read the jobs right after the apply
+
     def submit(self, job: Job | PolicyJob) -> None:
         if not job.empty:
             self.jobs.append(job)
@@ -407,6 +424,22 @@ class MemoryTerminations(Terminations):
         self._remember(report)
         self._tell(report)
         return report
+
+
+@dataclass(frozen=True)
+class _Later:
+    """Work for the worker (Terminations.later), with the trace context it
+    was given in."""
+
+    work: Callable[[], None]
+    trace_context: dict | None
+
+    def run(self) -> None:
+        try:  # a failure must not kill the worker, nor fail an apply already written
+            with tracing.attached(tracing.extract(self.trace_context)):
+                self.work()
+        except Exception:
+            log.exception("termination work failed")
 
 
 LOGGED_DENIALS = 20  # condemned sockets whose reason a policy job logs, one line each

@@ -5,11 +5,13 @@ inode number).
     cgroups = KernelCgroups(cgroup2_mount(), balanced=Path(".../socklb"), exact=False)
     cgroups.resolve("socklb/pod-a")     # Cgroup(id=...) or None: not on this node (yet)
 
+    cgroups.tree("socklb/pod-a")        # {id, ids below ...}: whose sockets are the workload's
+
 A workload's cgroup may appear after the workload is registered: the agent
 resolves again every few seconds (Agent.recheck_workloads). With exact
 matching (the hooks cannot walk up to a process's ancestors: see
 loader.workload_way) a Cgroup also lists every cgroup below it, which the
-agent writes too.
+agent writes too. The tree is walked by cgroupids.py.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import logging
 import os
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .cgroupids import cgroup_ids, ids_below
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ class Cgroups(ABC):
     def resolve(self, path: str) -> Cgroup | None:
         """The cgroup, or None when it does not exist on this node."""
 
+    @abstractmethod
+    def tree(self, path: str) -> set[int]:
+        """The ids of the cgroup and of every cgroup below it (empty: not on
+        this node, or not one the hooks see): the cgroups whose sockets are
+        the workload's, whatever the matching."""
+
 
 class KernelCgroups(Cgroups):
     """The cgroups of this machine under `mount`. Only those at or below
@@ -51,12 +61,8 @@ class KernelCgroups(Cgroups):
         self._outside: set[str] = set()
 
     def resolve(self, path: str) -> Cgroup | None:
-        full = self.mount / path
-        if self.balanced is not None and not full.is_relative_to(self.balanced):
-            if path not in self._outside:  # once: it is resolved every few seconds
-                log.warning("workload cgroup %s is not below the balanced cgroup %s: not programmed",
-                            full, self.balanced)
-                self._outside.add(path)
+        full = self._seen(path)
+        if full is None:
             return None
         try:
             st = os.stat(full)
@@ -64,20 +70,25 @@ class KernelCgroups(Cgroups):
             return None
         if not stat.S_ISDIR(st.st_mode):
             return None
-        return Cgroup(st.st_ino, tuple(_below(full)) if self.exact else ())
+        # Sorted: a Cgroup is compared with the last answer to tell a change.
+        return Cgroup(st.st_ino, tuple(sorted(ids_below(full))) if self.exact else ())
 
+    def tree(self, path: str) -> set[int]:
+        full = self._seen(path)
+        return cgroup_ids(full) if full is not None else set()
 
-def _below(path: Path) -> Iterator[int]:
-    """Inodes of every directory below `path` (getdents gives them: no stat
-    per cgroup). A cgroup removed during the walk is skipped."""
-    try:
-        with os.scandir(path) as entries:
-            dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for e in dirs:
-        yield e.inode()
-        yield from _below(Path(e.path))
+    def _seen(self, path: str) -> Path | None:
+        """The cgroup's directory, or None when the hooks never see its
+        processes (not below the balanced cgroup): such a workload is not
+        programmed."""
+        full = self.mount / path
+        if self.balanced is not None and not full.is_relative_to(self.balanced):
+            if path not in self._outside:  # once: it is resolved every few seconds
+                log.warning("workload cgroup %s is not below the balanced cgroup %s: not programmed",
+                            full, self.balanced)
+                self._outside.add(path)
+            return None
+        return full
 
 
 class MemoryCgroups(Cgroups):
@@ -92,6 +103,10 @@ class MemoryCgroups(Cgroups):
         if self.cgroups is None:
             return Cgroup(int.from_bytes(hashlib.blake2b(path.encode(), digest_size=7).digest(), "big") + 1)
         return self.cgroups.get(path)
+
+    def tree(self, path: str) -> set[int]:
+        c = self.resolve(path)
+        return {c.id, *c.below} if c is not None else set()
 
 
 __all__ = ["Cgroup", "Cgroups", "KernelCgroups", "MemoryCgroups"]

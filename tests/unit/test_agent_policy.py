@@ -9,6 +9,7 @@ from socklb.dataplane.agent import Agent, StateUnknown
 from socklb.dataplane.policy_dump import policy_view, workloads_view
 from socklb.dataplane.stats import MemoryStatistics
 from socklb.dataplane.statefile import parse_state
+from socklb.dataplane.termjobs import MemoryTerminations
 from socklb.dataplane.workloads import Cgroup, MemoryCgroups
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.lb.errors import InvalidState
@@ -211,3 +212,102 @@ def test_workload_matching_way():
     for asked, refused in (("ancestor", "connect4: Invalid argument"), ("sideways", None)):
         with pytest.raises(LoadError):
             workload_way(asked, refused)
+
+
+# --- open sockets: the policy jobs an update gives the terminations ------------------------------
+
+class Watching(MemoryTerminations):
+    """Keeps the jobs, and what the maps held when each was made."""
+
+    def __init__(self, writer):
+        super().__init__("n")
+        self.writer = writer
+        self.seen = []
+
+    def later(self, work):
+        self.seen.append(dict(self.writer.workloads))
+        super().later(work)
+
+
+def policy_node(cgroups=None):
+    w = MemoryMapWriter()
+    return Agent(w, "n", terminations=Watching(w), cgroups=MemoryCgroups(CGROUPS if cgroups is None else cgroups))
+
+
+def policy_jobs(a):
+    return [j for j in a.terminations.jobs if j.trigger == "policy"]
+
+
+def scopes(job):
+    return {w.name: (w.policy_set, set(w.cgroup_ids)) for w in job.workloads}
+
+
+def test_a_policy_change_gives_one_policy_job_once_written():
+    a = policy_node()
+    a.apply(parse_state(STATE))
+    # The first state since the start: every restricted workload, under the node's own id.
+    [first] = policy_jobs(a)
+    assert first.id == "v1-policy-start-n" and scopes(first) == {"team/a": ("ps-a", {11})}
+
+    change = parse_state(STATE)
+    change.version = 2
+    change.policy_sets[0].prefixes[0].rules[0].end_port = 443
+    change.workloads[1].policy_set = "ps-a"
+    a.apply(change)
+    job = policy_jobs(a)[-1]
+    assert len(policy_jobs(a)) == 2 and job.id == "v2-policy" and not job.dry_run
+    assert scopes(job) == {"team/a": ("ps-a", {11}), "team/b": ("ps-a", {12})}
+    assert a.terminations.seen[-1][12].policy_set  # made after team/b's entry was written
+
+    a.apply_delta(node_pb2.NodeStateDelta(from_version=2, version=3, workload_upserts=[
+        node_pb2.WorkloadState(name="team/b", cgroup="socklb/b", bypass_socket_lb=True)]))
+    assert len(policy_jobs(a)) == 2  # team/b freed: it has nothing to lose
+    edited = node_pb2.PolicySetState()
+    edited.CopyFrom(change.policy_sets[0])
+    edited.prefixes[0].rules[0].end_port = 80
+    a.apply_delta(node_pb2.NodeStateDelta(from_version=3, version=4, policy_set_upserts=[edited]))
+    job = policy_jobs(a)[-1]
+    assert job.id == "v4-policy" and scopes(job) == {"team/a": ("ps-a", {11})}
+
+
+def test_a_change_of_services_only_gives_no_policy_job():
+    a = policy_node()
+    a.apply(parse_state(STATE))
+    n = len(a.terminations.seen)
+    change = parse_state(STATE)
+    change.version = 2
+    change.services[0].backends[0].port = 9090
+    a.apply(change)
+    a.apply_delta(node_pb2.NodeStateDelta(from_version=2, version=3, upserts=[node_pb2.ServiceState(
+        name="db", frontends=[{"address": "127.96.0.2", "port": 5432}],
+        backends=[{"address": "10.0.0.5", "port": 5432}])]))
+    assert len(a.terminations.seen) == n and len(policy_jobs(a)) == 1  # the start's only
+    assert [j.trigger for j in a.terminations.jobs] == ["policy", "backend-removed"]
+
+
+def test_a_cgroup_found_later_gives_a_job_for_its_workload():
+    cgroups = {}
+    a = policy_node(cgroups)
+    a.apply(parse_state(STATE))
+    assert policy_jobs(a) == []  # no cgroup on this node: no socket to judge
+    cgroups = a.policy.cgroups.cgroups
+    cgroups["socklb/a"] = Cgroup(21)
+    assert a.recheck_workloads()
+    [job] = policy_jobs(a)
+    assert job.id.startswith("v1-policy-cgroup-n-") and scopes(job) == {"team/a": ("ps-a", {21})}
+
+    cgroups["socklb/b"] = Cgroup(31)  # an unrestricted workload: nothing to judge
+    assert a.recheck_workloads() and len(policy_jobs(a)) == 1
+    cgroups["socklb/a"] = Cgroup(21, below=(22,))  # exact matching: a cgroup below it
+    assert a.recheck_workloads()
+    assert scopes(policy_jobs(a)[-1]) == {"team/a": ("ps-a", {21, 22})}
+    del cgroups["socklb/a"]  # gone: nothing left to judge
+    assert a.recheck_workloads() and len(policy_jobs(a)) == 2
+
+
+def test_a_failed_write_gives_no_policy_job():
+    w = Failing(1)
+    a = Agent(w, "n", cgroups=MemoryCgroups(CGROUPS))
+    with pytest.raises(OSError):
+        a.apply(parse_state(STATE))
+    assert list(a.terminations.jobs) == []

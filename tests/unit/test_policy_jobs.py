@@ -283,3 +283,54 @@ def test_cgroup_ids_are_the_inodes_of_the_tree(tmp_path):
     assert cgroup_ids(tmp_path / "nowhere") == set()
     got = workload_cgroup_ids(tmp_path, [wl("w", "/a/b/"), wl("gone", "x")])
     assert got == {"w": {(tmp_path / "a/b").stat().st_ino, (tmp_path / "a/b/c").stat().st_ino}, "gone": set()}
+
+
+def test_work_given_for_later_runs_on_the_worker_in_order():
+    """Terminations.later: what a job takes to build runs on the worker,
+    after what was given before it, and a failure is logged, not fatal;
+    MemoryTerminations runs it at once."""
+    gate = queue.Queue()
+
+    class Slow(FakeTerminator):
+        def list_cgroups(self, ids):
+            gate.get(timeout=5)  # holds the worker until the test lets it go
+            return super().list_cgroups(ids)
+
+    svc = TerminationService("n1", Slow(SOCKS))
+    done, reports = [], queue.Queue()
+    svc.listen(reports.put)
+    try:
+        svc.after_policy_change(job_state_before(), job_state_after(), IDS)
+        svc.later(lambda: done.append("first"))
+        svc.later(lambda: 1 / 0)
+        svc.later(lambda: svc.after_policy_change(job_state_before(), job_state_after(), IDS, job_id="second"))
+        assert done == []  # the worker is still on the job given before: the caller did not wait
+        gate.put(None)
+        gate.put(None)
+        assert reports.get(timeout=5).id == "v2-policy" and reports.get(timeout=5).id == "second"
+        assert done == ["first"]
+    finally:
+        svc.close()
+    m = MemoryTerminations("n1")
+    m.later(lambda: m.after_policy_change(job_state_before(), job_state_after(), IDS))
+    assert [j.id for j in m.jobs] == ["v2-policy"]
+
+
+def test_kernel_cgroups_take_the_ids_below_from_the_one_walk(tmp_path):
+    """workloads.KernelCgroups: resolve (exact: the ids below, sorted) and
+    tree (the cgroup and all below) walk the tree with cgroupids.py; a
+    cgroup outside the balanced one is neither."""
+    from socklb.dataplane.cgroupids import ids_below
+    from socklb.dataplane.workloads import Cgroup, KernelCgroups
+
+    (tmp_path / "lb" / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "lb" / "a" / "d").mkdir()
+    (tmp_path / "out").mkdir()
+    ino = {p: (tmp_path / p).stat().st_ino for p in ("lb/a", "lb/a/b", "lb/a/b/c", "lb/a/d")}
+    below = {ino["lb/a/b"], ino["lb/a/b/c"], ino["lb/a/d"]}
+    assert ids_below(tmp_path / "lb/a") == below and ids_below(tmp_path / "nowhere") == set()
+    exact = KernelCgroups(tmp_path, tmp_path / "lb", exact=True)
+    assert exact.resolve("lb/a") == Cgroup(ino["lb/a"], tuple(sorted(below)))
+    assert KernelCgroups(tmp_path, tmp_path / "lb").resolve("lb/a") == Cgroup(ino["lb/a"])
+    assert exact.tree("lb/a") == below | {ino["lb/a"]} == cgroup_ids(tmp_path / "lb/a")
+    assert exact.resolve("out") is None and exact.tree("out") == set() and exact.tree("lb/gone") == set()
