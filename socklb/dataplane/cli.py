@@ -255,7 +255,7 @@ def cmd_detach(args) -> int:
 def cmd_exec(args) -> int:
     if not args.command:
         raise CliError("exec: give a command after --")
-    cg = resolve_cgroup(args.cgroup, create=False)
+    cg = resolve_cgroup(args.cgroup, create=args.create)
     (cg / "cgroup.procs").write_text(str(os.getpid()))
     try:
         os.execvp(args.command[0], args.command)
@@ -338,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_detach)
 
     e = sub.add_parser("exec", help="run a command inside the load-balanced cgroup")
-    e.add_argument("--cgroup", default=DEFAULT_CGROUP)
+    e.add_argument("--cgroup", default=DEFAULT_CGROUP,
+                   help="relative to the cgroup2 mount; a workload's cgroup (e.g. socklb/demo-client) runs it as that workload")
+    e.add_argument("--create", action="store_true", help="create the cgroup if it does not exist")
     e.add_argument("command", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_exec)
     return p
