@@ -19,7 +19,6 @@ from pathlib import Path
 
 from . import kernel, layout
 from .kernel import AttachType, BpfMap
-from .policy_desired import legacy_v4_key
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +175,6 @@ class Datapath:
         self._bpf = self._compile()
         self._open_maps()
         self._check_layout_version()
-        legacy = self._copy_legacy_v4_prefixes()
         cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for hook in HOOKS:
@@ -184,8 +182,6 @@ class Datapath:
                 self._attach(hook, fn.fd, cg_fd)
         finally:
             os.close(cg_fd)
-        for key in legacy:  # every hook runs the new programs now: nothing looks these up
-            self.maps["policy_prefixes"].delete(key)
         self.adopted = bool(existing)
         log.info("%s %d hooks on %s, maps in %s", "adopted" if self.adopted else "attached",
                  len(HOOKS), self.cgroup, self.pin_dir)
@@ -279,29 +275,6 @@ class Datapath:
         elif have != layout.LAYOUT_VERSION:
             raise LoadError(f"pinned maps in {self.pin_dir} have layout {have}, this agent "
                             f"uses {layout.LAYOUT_VERSION}")
-
-    def _copy_legacy_v4_prefixes(self) -> list:
-        """Maps pinned by an agent from before the families were apart
-        (bpf/socklb.h, policy_prefixes) hold IPv4 prefixes without
-        SOCKLB_POL_SET_V4, where the new programs never look. Same key
-        layout, so no new layout version: each such entry is copied to its
-        IPv4 key here, while the old programs still run, and the old keys
-        (returned) are deleted once the new ones do. The old programs keep
-        finding the old entries, the new ones the copies: no connect is
-        judged by a half-moved set."""
-        prefixes = self.maps["policy_prefixes"]
-        legacy = []
-        for k, v in list(prefixes.items()):
-            if not legacy_v4_key(k.prefixlen, k.set, bytes(k.addr)):
-                continue
-            moved = layout.PolicyPrefixKey.from_buffer_copy(k)
-            moved.set = k.set | layout.POL_SET_V4
-            prefixes.update(moved, v)
-            legacy.append(k)
-        if legacy:
-            log.info("moved %d IPv4 policy prefixes of %s to their own key space (SOCKLB_POL_SET_V4)",
-                     len(legacy), self.pin_dir)
-        return legacy
 
     def attached_program_ids(self) -> dict[str, list[int]]:
         cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)

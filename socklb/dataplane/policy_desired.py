@@ -302,12 +302,6 @@ def key_prefix(prefixlen: int, set_word: int, addr: bytes) -> tuple[int, Prefix]
     return set_word & ~POL_SET_V4, (bytes(addr), prefixlen - SET_BITS)
 
 
-def legacy_v4_key(prefixlen: int, set_word: int, addr: bytes) -> bool:
-    """Whether a key is an IPv4 prefix written without POL_SET_V4, as maps
-    pinned before the families were apart hold them (the loader moves them)."""
-    return not set_word & POL_SET_V4 and prefix_is_v4((bytes(addr), prefixlen - SET_BITS))
-
-
 # --- ids and the entries the maps should hold --------------------------------------
 
 @dataclass(frozen=True)
@@ -450,5 +444,5 @@ def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) 
 
 
 __all__ = ["CompiledSet", "Ids", "NodePolicy", "SET_BITS", "Workload", "apply_policy_delta", "cgroup_path",
-           "compile_set", "desired_entries", "key_prefix", "legacy_v4_key", "node_policy", "prefix_is_v4",
+           "compile_set", "desired_entries", "key_prefix", "node_policy", "prefix_is_v4",
            "prefix_key"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from socklb.dataplane import layout, policy_desired
 from socklb.dataplane.maps import _prefix_key
-from socklb.dataplane.policy_desired import (Ids, compile_set, desired_entries, key_prefix, legacy_v4_key,
+from socklb.dataplane.policy_desired import (Ids, compile_set, desired_entries, key_prefix,
                                              node_policy, prefix_is_v4, prefix_key)
 from socklb.dataplane.policy_plan import PolicyEntries
 from socklb.dataplane.workloads import Cgroup
@@ -202,9 +202,6 @@ def test_keys():
         p = parse_prefix(text, "p")
         k = prefix_key(9, p)
         assert key_prefix(*k) == (9, p)
-        assert not legacy_v4_key(*k)
-        # written as before the families were apart: the set alone
-        assert legacy_v4_key(k[0], 9, k[2]) == prefix_is_v4(p)
     for bad in (0, layout.POL_SET_V4, layout.POL_SET_V4 + 1):
         with pytest.raises(ValueError):
             prefix_key(bad, v4)
