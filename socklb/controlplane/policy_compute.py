@@ -26,6 +26,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
+from socklb.lb.addresses import unmapped
 from socklb.lb.protocols import PROTOCOLS
 from socklb.v1 import api_pb2, node_pb2, policy_pb2, types_pb2
 
@@ -133,9 +134,11 @@ def port_rules(rule: policy_pb2.EgressRule) -> list[Rule]:
 @lru_cache(maxsize=1 << 16)
 def prefix_key(text: str) -> PrefixKey | None:
     """A prefix's key; a bare address is a /32 or /128, host bits are
-    cleared. None when the text is no prefix."""
+    cleared, an IPv4 prefix written v4-mapped is the IPv4 one (the API
+    stores it so; stored data that bypassed it must not make two keys of
+    one prefix). None when the text is no prefix."""
     try:
-        net = ipaddress.ip_network(text, strict=False)
+        net = unmapped(ipaddress.ip_network(text, strict=False))
     except ValueError:
         return None
     return net.version, int(net.network_address), net.prefixlen

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from socklb.lb.addresses import canonical_address, check_port, parse_ip
+from socklb.lb.addresses import canonical_address, check_port, parse_ip, unmapped
 from socklb.lb.errors import InvalidState
 from socklb.lb.frontends import frontend_key
 from socklb.lb.limits import (MAX_ADDRESSES_PER_WORKLOAD, MAX_CGROUP_DEPTH, MAX_CIDRS_PER_POLICY, MAX_LABELS,
@@ -136,9 +136,7 @@ def parse_cidr(text: str, field: str) -> Network:
                                   "address)") from None
     if net.network_address != ipaddress.ip_interface(text).ip:
         raise InvalidState(field, f"{text} has host bits set: the prefix is {net}")
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
-        net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-    return net
+    return unmapped(net)
 
 
 _ACTIONS = (policy_pb2.ACTION_ALLOW, policy_pb2.ACTION_DENY)

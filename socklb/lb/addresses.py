@@ -96,6 +96,15 @@ def addr_text(raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw))
 
 
+def unmapped(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4 prefix written v4-mapped ("::ffff:10.0.0.0/104") as the IPv4
+    one (10.0.0.0/8), as the datapath keys it; any other prefix as it is.
+    A shorter IPv6 prefix holding ::ffff:0:0/96 (::/0) stays IPv6."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
+
+
 def parse_prefix(text: str, field: str) -> tuple[bytes, int]:
     """An IPv4/IPv6 prefix ("10.0.0.0/8", "2001:db8::/32"; a bare address is
     /32 or /128) as the datapath keys it: the 16-byte network address and

@@ -185,6 +185,22 @@ def test_prefixes_flatten_within_their_family_only_v6():
     assert list(got) == ["10.0.0.0/8", "::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::5/128"]
 
 
+def test_an_ipv4_prefix_written_v4_mapped_is_the_ipv4_one():
+    # Stored data that did not pass the API (which stores the IPv4 form) must
+    # not make two entries of one prefix, nor an IPv6 one of an IPv4 prefix.
+    ps = [policy("p", {}, rule(ALLOW, cidrs=["10.0.0.0/8"], ports=[(80, 0, TCP)]),
+                 rule(DENY, cidrs=["::ffff:10.1.0.0/112"], ports=[(80, 0, TCP)]),
+                 rule(ALLOW, cidrs=["::ffff:10.0.0.0/104"], ports=[(443, 0, TCP)]),
+                 rule(ALLOW, cidrs=["::/0"], ports=[(53, 0, UDP)]))]
+    got = prefixes(policy_compute.policy_set(ps, {}))
+    web, tls, dns = (80, 80, TCP, ALLOW), (443, 443, TCP, ALLOW), (53, 53, UDP, ALLOW)
+    assert got == {
+        "10.0.0.0/8": [web, tls],
+        "10.1.0.0/16": [web, (80, 80, TCP, DENY), tls],
+        "::/0": [dns],  # IPv6 only: it holds no IPv4 prefix
+    }
+
+
 def test_flattening_matches_the_definition_on_many_prefixes():
     rnd = random.Random(7)
     cidrs = set()
