@@ -151,11 +151,17 @@ def text_termination(t) -> str:
     rows = [[r.node, r.method or "-", str(r.found), str(r.destroyed), str(r.failed),
              f"{r.duration_seconds * 1000:.1f} ms", str(r.namespaces), r.error or "-"] for r in t.reports]
     out = head + "\n" + _table(["NODE", "METHOD", "FOUND", "DESTROYED", "FAILED", "TOOK", "NETNS", "ERROR"], rows)
-    socks = [[r.node, s.netns, s.state, s.source, s.destination,
+    sockets = [(r.node, s) for r in t.reports for s in r.sockets]
+    socks = [[node, s.netns, s.state, s.source, s.destination,
               "listed" if t.dry_run else ("destroyed" if s.result == 0 else str(s.result))]
-             for r in t.reports for s in r.sockets]
+             for node, s in sockets]
+    header = ["NODE", "NETNS", "STATE", "SOURCE", "DESTINATION", "RESULT"]
+    if any(s.workload for _, s in sockets):  # a policy's: whose socket and why it is denied
+        header += ["WORKLOAD", "REASON"]
+        for row, (_, s) in zip(socks, sockets):
+            row += [s.workload or "-", s.reason or "-"]
     if socks:
-        out += "\n\n" + _table(["NODE", "NETNS", "STATE", "SOURCE", "DESTINATION", "RESULT"], socks)
+        out += "\n\n" + _table(header, socks)
     return out
 
 

@@ -205,8 +205,9 @@ def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
         out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
     for c in condemned[:MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS]:
         s = c.socket
-        out.sockets.append(_socket_pb(s.netns, s.cookie, s.protocol, s.state, s.source, s.destination,
-                                      results.get(s.cookie)))
+        ts = _socket_pb(s.netns, s.cookie, s.protocol, s.state, s.source, s.destination, results.get(s.cookie))
+        ts.workload, ts.reason = c.workload, c.reason
+        out.sockets.append(ts)
     return out
 
 
@@ -451,7 +452,8 @@ def _workload_names(job: PolicyJob) -> str:
 
 
 def _log_condemned(job: PolicyJob, run: PolicyRun) -> None:
-    """Why sockets were condemned: the report has no field for it."""
+    """Why sockets were condemned, in the node's log as well: the first
+    lines of a job there, next to what caused it."""
     for c in run.condemned[:LOGGED_DENIALS]:
         log.info("termination %s: %s socket %s -> %s of workload %s: %s", job.id, c.socket.protocol,
                  c.socket.source, c.destination, c.workload, c.reason)

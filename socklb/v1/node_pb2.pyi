@@ -307,7 +307,7 @@ class BackendTermination(_message.Message):
     def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ...) -> None: ...
 
 class TerminatedSocket(_message.Message):
-    __slots__ = ("netns", "cookie", "protocol", "state", "source", "destination", "result")
+    __slots__ = ("netns", "cookie", "protocol", "state", "source", "destination", "result", "workload", "reason")
     NETNS_FIELD_NUMBER: _ClassVar[int]
     COOKIE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +315,8 @@ class TerminatedSocket(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     netns: str
     cookie: int
     protocol: _types_pb2.Protocol
@@ -322,7 +324,9 @@ class TerminatedSocket(_message.Message):
     source: str
     destination: str
     result: int
-    def __init__(self, netns: _Optional[str] = ..., cookie: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., result: _Optional[int] = ...) -> None: ...
+    workload: str
+    reason: str
+    def __init__(self, netns: _Optional[str] = ..., cookie: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., result: _Optional[int] = ..., workload: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TerminationReport(_message.Message):
     __slots__ = ("id", "node", "service", "trigger", "dry_run", "method", "found", "destroyed", "failed", "duration_seconds", "namespaces", "backends", "sockets", "error", "at")

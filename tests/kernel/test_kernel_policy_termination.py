@@ -350,6 +350,9 @@ def test_policy_change_terminates_exactly_the_denied(node, method):
         assert {s.cookie for s in rep.sockets} == set(want)
         assert all(s.HasField("result") and s.result == 0 for s in rep.sockets)
         assert {s.state for s in rep.sockets} == {"ESTABLISHED", "CONNECTED", "CLOSE_WAIT"}
+        # whose each socket is, and why the new set denies it
+        assert {s.workload for s in rep.sockets} <= {w.name for w in after.workloads} and all(
+            s.reason.startswith("policy set ps-new: ") for s in rep.sockets), rep.sockets[0]
         # per destination as judged: frontends by their VIP, the rest by peer
         per = {(b.address, b.port): b.found for b in rep.backends}
         assert per == {(VIP, node.ports["api"]): 6, (VIP, node.ports["dns"]): 3, (SHUT, node.direct["shut-tcp"][1]): 6,

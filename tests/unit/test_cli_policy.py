@@ -12,7 +12,7 @@ import yaml
 
 from socklb import cli
 from socklb.cli.files import load_resource
-from socklb.v1 import api_pb2, policy_pb2
+from socklb.v1 import api_pb2, node_pb2, policy_pb2
 
 from test_cli import controlplane, no_rpc, ok_json, run_offline, sl  # noqa: F401  (fixtures, used by name)
 from test_policy_api import store_report
@@ -130,6 +130,23 @@ def test_port_ranges_in_text():
     assert row.split()[:4] == ["0", "deny", "a,", "b"], row
     assert row.endswith("  53/tcp+udp, 8000-8080/udp, any/tcp"), row
     assert cli.render_text(policy_pb2.Policy(name="q")).splitlines()[1] == "  selector: every workload"
+
+
+def test_a_policy_termination_shows_whose_sockets_and_why():
+    sock = node_pb2.TerminatedSocket(netns="net:[1]", state="ESTABLISHED", source="127.0.0.1:40000",
+                                     destination="127.0.0.2:22", result=0, workload="demo/web-1",
+                                     reason="policy set ps-1: no prefix holds 127.0.0.2:22/tcp")
+    t = api_pb2.Termination(id="v7-policy", trigger="policy", reports=[
+        node_pb2.TerminationReport(node="n1", found=1, destroyed=1, sockets=[sock])])
+    lines = cli.render_text(t).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("NODE  NETNS"))
+    assert lines[head].split()[-2:] == ["WORKLOAD", "REASON"]
+    assert lines[head + 1].split()[5:] == ["destroyed", "demo/web-1", "policy", "set", "ps-1:", "no", "prefix",
+                                           "holds", "127.0.0.2:22/tcp"]
+    # a service's termination has no such columns
+    t.reports[0].sockets[0].ClearField("workload")
+    t.reports[0].sockets[0].ClearField("reason")
+    assert "WORKLOAD" not in cli.render_text(t)
 
 
 def test_watch_names_the_kind(sl):  # noqa: F811

@@ -188,6 +188,10 @@ def test_run_and_report(job):
                                                                      types_pb2.PROTOCOL_TCP),
         (12, -1, "10.1.1.1:22", "ESTABLISHED", types_pb2.PROTOCOL_TCP)]
     assert rep.sockets[1].netns == "net:[2]" and rep.sockets[0].source == "10.9.9.9:40004"
+    # each with whose it is and why, as the evaluator says it
+    assert {s.workload for s in rep.sockets} == {"outer"}
+    why = {c.socket.cookie: c.reason for c in run.condemned}
+    assert [s.reason for s in rep.sockets] == [why[4], why[5], why[12]] and all(why.values())
     assert [(b.address, b.port, b.found, b.destroyed) for b in rep.backends] == [
         ("10.1.1.1", 22, 2, 1), ("11.0.0.1", 80, 1, 1)]
 
