@@ -115,12 +115,15 @@ def test_applied_policy_ends_exactly_the_denied_sockets_and_reports(node):
     node.check()  # every socket left still works
 
 
+@pytest.mark.parametrize("match", ["auto", "exact"])
 def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(agent, backends, clients, cgroup,
-                                                                           netns_factory):
-    """A workload registered before its cgroup exists; its processes open
-    sockets before the agent's re-check finds the cgroup (the agent is
-    stopped meanwhile, so the hooks do not know the workload yet); once it
-    finds it, the denied ones die, in both namespaces."""
+                                                                           netns_factory, match):
+    """A workload registered before its cgroup exists; its processes (one
+    in a cgroup below it) open sockets before the agent's re-check finds the
+    cgroup (the agent is stopped meanwhile, so the hooks do not know the
+    workload yet); once it finds it, the denied ones die, in both
+    namespaces and below the workload's cgroup, with ancestor matching and
+    with the exact-cgroup fallback (which must write the cgroup below too)."""
     ns1, ns2 = netns_factory(), netns_factory()
     servers = {ns: (backends("open", OPEN, 0, "tcp", ns), backends("shut", SHUT, 0, "tcp", ns),
                     backends("open-u", OPEN, 0, "udp", ns)) for ns in (ns1, ns2)}
@@ -128,15 +131,18 @@ def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(agent,
     state["policy_sets"] = [{"name": "ps-tcp", "prefixes": [{"prefix": f"{OPEN}/32", "rules": [
         {"port": 0, "end_port": 65535, "protocol": "PROTOCOL_TCP", "action": "ACTION_ALLOW"}]}]}]
     state["workloads"] = [{"name": "late", "cgroup": f"{cgroup.rel.lstrip('/')}/late", "policy_set": "ps-tcp"}]
-    a = agent(state)
+    a = agent(state, ["--workload-match", match])
+    assert a.dump("info")["capabilities"]["workload_match"] == ("exact: forced" if match == "exact"
+                                                                else "ancestor")
     assert not a.dump("workloads")["workloads"][0]["found"]
 
     a.signal(signal.SIGSTOP)
     try:
         late = cgroup.child("late")
+        sub = late.child("sub")
         held = {}
-        for ns, (open_t, shut_t, open_u) in servers.items():
-            c = clients(ns, cg=late, extra=EXTRA)
+        for (ns, (open_t, shut_t, open_u)), cg in zip(servers.items(), (late, sub)):
+            c = clients(ns, cg=cg, extra=EXTRA)
             for sid, port in (("open", open_t.port), ("shut", shut_t.port)):
                 assert "error" not in c.call("tcp_open", id=sid, addr=OPEN if sid == "open" else SHUT, port=port)
             c.call("tcp_active", id="open")
@@ -156,3 +162,5 @@ def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(agent,
         st = c.call("active_status", id="open")
         assert st["error"] is None and st["ok"] > 0, st
         assert c.call("connect_error", addr=SHUT, port=servers[ns][1].port)["error"] == "EPERM"
+    rows = a.dump("workloads")["workloads"]
+    assert rows[0]["found"] and rows[0]["cgroups"] == (2 if match == "exact" else 1), rows  # exact: sub too
