@@ -234,7 +234,10 @@ class SyncClient:
                 _annotate(self.agent.apply_delta(msg.delta))
             elif kind == "terminate":
                 cmd = msg.terminate  # its report goes out through the terminations' listener
-                self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
+                if cmd.HasField("preview"):  # a preview of a policy or redirect write: a dry run, always answered
+                    self.agent.preview(cmd.id, cmd.preview)
+                else:
+                    self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
                 return None
             else:
                 return None
