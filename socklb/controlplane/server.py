@@ -253,6 +253,12 @@ class ControlPlane:
         parts = self.cache.policy.preview(resource)
         sent: list[str] = []
         for node in mine:
+            if self.sync.sessions[node].capabilities.get(terminations.PREVIEW_CAPABILITY) != "yes":
+                # An older agent would take the command for a request about no service and find
+                # nothing: the control plane answers for it instead.
+                self.registry.termination(terminations.unanswerable(term, node, "this node's agent does not "
+                                                                                 "answer previews (older version)"))
+                continue
             part = parts.get(node) or self.cache.policy_for(node)
             sent += self.sync.send_command(terminations.preview_command(term, part), [node])
         return sent

@@ -52,6 +52,17 @@ def previewed(term: api_pb2.Termination) -> policy_pb2.Policy | policy_pb2.Local
     return getattr(term, field) if field else None
 
 
+# What a node's Hello carries when it answers previews (dataplane/sync_client.py).
+PREVIEW_CAPABILITY = "policy_preview"
+
+
+def unanswerable(term: api_pb2.Termination, node: str, why: str) -> node_pb2.TerminationReport:
+    """The report the control plane gives for a node that cannot answer a preview."""
+    at = timestamp_pb2.Timestamp()
+    at.GetCurrentTime()
+    return node_pb2.TerminationReport(id=term.id, node=node, trigger=term.trigger, dry_run=True, error=why, at=at)
+
+
 def preview_command(term: api_pb2.Termination, part: NodePolicy) -> sync_pb2.TerminateCommand:
     """A preview's command to one node: its policy part as the write would make it."""
     return sync_pb2.TerminateCommand(id=term.id, dry_run=True, preview=sync_pb2.NodePolicyPreview(

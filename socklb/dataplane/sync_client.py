@@ -40,6 +40,11 @@ CLIENT_OPTIONS = [
 ]
 
 
+# A node that answers previews (TerminateCommand.preview) says so in its
+# Hello: the control plane answers for one that does not (an older agent).
+PREVIEW_CAPABILITY = "policy_preview"
+
+
 @dataclass(frozen=True)
 class SyncHooks:
     """Where a measurement (bench/convergence_nodes.py) observes the stream,
@@ -134,6 +139,7 @@ class SyncClient:
             kernel=platform.release())
         hello.capabilities.update(self.capabilities)
         hello.capabilities.update(self.agent.capabilities())
+        hello.capabilities[PREVIEW_CAPABILITY] = "yes"  # this client answers TerminateCommand.preview
         return sync_pb2.NodeMessage(hello=hello)
 
     def _session(self, target: str) -> None:

@@ -210,3 +210,28 @@ def test_the_cli_dry_run_waits_for_the_nodes_and_shows_their_sockets(server, nod
     row = next(line.split() for line in lines if line.startswith("n1 ") and "10.1.1.1:22" in line)
     assert row[-2:] == ["10.1.1.1:22", "listed"], out
     assert cli.main(["--server", server.addr, "policy", "get", "p1"]) == 3
+
+
+def test_a_node_whose_agent_does_not_answer_previews_is_answered_for(server):
+    """An older agent (no policy_preview in its Hello) would take the command
+    for a request about no service: it is not sent one, and the control
+    plane reports for it."""
+    from socklb.controlplane import terminations
+    from socklb.dataplane import sync_client
+    from test_policy_sync import connect
+    assert terminations.PREVIEW_CAPABILITY == sync_client.PREVIEW_CAPABILITY
+    server.api.PutService(api_pb2.PutServiceRequest(service=DNS))
+    server.api.PutWorkload(api_pb2.PutWorkloadRequest(workload=CLIENT))
+    old = connect(server, "n1")
+    try:
+        old.update()
+        wait_for(lambda: [n.health for n in server.api.ListNodes(api_pb2.ListNodesRequest()).nodes] == [
+            api_pb2.NODE_HEALTH_READY], "the node ready")
+        term = server.api.PreviewPolicy(api_pb2.PutPolicyRequest(policy=P1))
+        assert list(term.pending_nodes) == ["n1"]
+        [rep] = reported(server, term.id).reports
+        assert (rep.node, rep.trigger, rep.dry_run, rep.found) == ("n1", "policy", True, 0)
+        assert rep.error == "this node's agent does not answer previews (older version)"
+        assert old.inbox.empty()  # no command reached it
+    finally:
+        old.close()
