@@ -73,10 +73,12 @@ def test_only_the_nodes_whose_part_changes_are_previewed():
     assert cache.policy.preview(policy("p2", {"app": "none"}, rule(DENY, cidrs=["0.0.0.0/0"]))) == {}
     moved = cache.policy.preview(policy("p1", DB, rule(ALLOW, cidrs=["10.0.0.0/8"])))
     assert sorted(moved) == NODES and moved["n1"].workloads["w1"].policy_set == "" and not moved["n1"].policy_sets
-    # A redirect: only the node with a local workload it selects.
+    # A redirect: only the node with a local workload it selects (and an address to send to).
+    cache = cache_with([service("dns", ("10.96.0.10", 53, UDP))],
+                       [workload("w1", "n1", WEB), workload("w2", "n2", DB, ["10.0.0.9"])])
     r = redirect("dns", {"app": "db"}, "dns")
-    cache.policy.workloads["w2"].addresses.append("10.0.0.9")
-    assert sorted(cache.policy.preview(r)) == ["n2"]
+    got = cache.policy.preview(r)
+    assert sorted(got) == ["n2"] and [b.address for b in got["n2"].redirects["dns"].backends] == ["10.0.0.9"]
 
 
 # --- through the control plane and the nodes ---------------------------------------------------
@@ -235,3 +237,31 @@ def test_a_node_whose_agent_does_not_answer_previews_is_answered_for(server):
         assert old.inbox.empty()  # no command reached it
     finally:
         old.close()
+
+
+def test_a_preview_reaches_nodes_served_by_another_replica(server, tmp_path):
+    """The API's replica stores the request; the replica a node is connected
+    to computes its part and sends it the preview."""
+    from socklb.controlplane.server import ControlPlane
+    server.api.PutService(api_pb2.PutServiceRequest(service=DNS))
+    server.api.PutWorkload(api_pb2.PutWorkloadRequest(workload=CLIENT))
+    other = ControlPlane(server.store, "r2", duty_interval=0.2)
+    port = server.call(other.start("127.0.0.1:0"))
+    t = FakeTerminator(SOCKETS)
+    n1 = Agent(MemoryMapWriter(), "n1", terminations=TerminationService("n1", t),
+               cgroups=MemoryCgroups({"socklb/client": Cgroup(7)}))
+    client = SyncClient(n1, [f"127.0.0.1:{port}"], stats_interval=60)
+    client.start()
+    try:
+        wait_for(lambda: [x.name for x in n1.state().workloads] == ["client"], "the workload on the node")
+        wait_for(lambda: [(n.name, n.replica, n.health) for n in server.api.ListNodes(
+            api_pb2.ListNodesRequest()).nodes] == [("n1", "r2", api_pb2.NODE_HEALTH_READY)], "n1 ready on r2")
+        term = server.api.PreviewPolicy(api_pb2.PutPolicyRequest(policy=P1))
+        assert list(term.pending_nodes) == ["n1"] and "n1" not in server.cp.sync.sessions
+        [rep] = reported(server, term.id).reports
+        assert (rep.node, rep.found, rep.error, rep.dry_run) == ("n1", 1, "", True)
+        assert t.calls == [("list", {7})]
+    finally:
+        client.stop()
+        n1.close()
+        server.call(other.stop())
