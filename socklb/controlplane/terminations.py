@@ -112,6 +112,12 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
         reports = sorted(t.reports, key=lambda r: r.node)
         del t.reports[:]
         t.reports.extend(reports)
+        if previewed(t) is not None:  # as a policy termination: the destinations judged, of every node
+            seen: set[tuple[str, int]] = set()
+            for b in (b for r in reports for b in r.backends):
+                if (b.address, b.port) not in seen:
+                    seen.add((b.address, b.port))
+                    t.backends.append(api_pb2.BackendRef(address=b.address, port=b.port))
         result.append(t)
     return sorted(result, key=lambda t: (t.created.ToNanoseconds(), t.id), reverse=True)
 

@@ -144,6 +144,7 @@ def test_a_policy_preview_lists_what_the_node_would_end_and_writes_nothing(serve
     assert (rep.node, rep.trigger, rep.dry_run, rep.method, rep.error) == ("n1", "policy", True, "none", "")
     assert rep.found == got.found == 1 and rep.destroyed == got.destroyed == 0 and not got.pending_nodes
     assert [(s.destination, s.cookie) for s in rep.sockets] == [("10.1.1.1:22", 2)]
+    assert [(b.address, b.port) for b in got.backends] == [("10.1.1.1", 22)]  # the destinations judged
     assert t.calls == [("list", {7})]  # listed, nothing destroyed
     # Nothing written: the configuration, the policies, the nodes' states.
     assert config(server) == before
