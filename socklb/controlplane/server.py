@@ -250,7 +250,14 @@ class ControlPlane:
         mine = [n for n in term.pending_nodes if n in self.sync.sessions]
         if not mine:
             return []
-        parts = self.cache.policy.preview(resource)
+        try:
+            parts = self.cache.policy.preview(resource)
+        except Exception as e:  # a bug must not leave the nodes asked pending for ever
+            log.exception("preview %s: computing the nodes' parts failed", term.id)
+            for node in mine:
+                self.registry.termination(terminations.unanswerable(term, node, f"the control plane could not "
+                                                                                 f"compute this node's part: {e!r}"))
+            return []
         sent: list[str] = []
         for node in mine:
             if self.sync.sessions[node].capabilities.get(terminations.PREVIEW_CAPABILITY) != "yes":

@@ -266,3 +266,19 @@ def test_a_preview_reaches_nodes_served_by_another_replica(server, tmp_path):
         client.stop()
         n1.close()
         server.call(other.stop())
+
+
+def test_a_part_the_control_plane_cannot_compute_is_reported_not_left_pending(server, nodes, monkeypatch):
+    policy_cache = server.cp.cache.policy
+    real, calls = policy_cache.preview, []
+
+    def once(resource):  # the API's call works; the fan-out's fails
+        calls.append(resource.name)
+        if len(calls) > 1:
+            raise RuntimeError("boom")
+        return real(resource)
+    monkeypatch.setattr(policy_cache, "preview", once)
+    term = server.api.PreviewPolicy(api_pb2.PutPolicyRequest(policy=P1))
+    [rep] = reported(server, term.id).reports
+    assert rep.node == "n1" and rep.error == "the control plane could not compute this node's part: " \
+                                             "RuntimeError('boom')"
