@@ -4,8 +4,9 @@ against its real open sockets: the node reports exactly the sockets the
 policy would end (an open TCP connection and a connected UDP socket), and
 nothing changes: the sockets stay open and usable, the node's policy maps
 and applied version are as before, no policy is stored (issue 12, the
-`--dry-run` bullet). The embedded store only: the path under test is the
-same on etcd."""
+`--dry-run` bullet). A redirect preview is answered by the node that would
+serve it, naming the redirect it does not judge yet. The embedded store
+only: the path under test is the same on etcd."""
 from __future__ import annotations
 
 import uuid
@@ -86,5 +87,43 @@ def test_a_policy_preview_reports_exactly_the_sockets_it_would_end_and_ends_none
         assert kernel_view(node) == before
     finally:
         client.close()
+        api.DeleteWorkload(api_pb2.DeleteRequest(name=workload), timeout=RPC_DEADLINE)
+        cg.remove()
+
+
+@pytest.mark.parametrize("cluster", ["embedded"], indirect=True)
+def test_a_redirect_preview_is_answered_by_the_node_that_would_serve_it(cluster):
+    """The node with a local workload the redirect selects is asked, answers
+    (nothing its policy part would end) and names the redirect it does not
+    judge yet; nothing is stored."""
+    api = cluster.cp.api
+    node = cluster.nodes[1]
+    tag = uuid.uuid4().hex[:10]
+    cg = node.cgroup.child(f"e2e-preview-cache-{tag}")
+    workload = f"e2e/preview-cache-{tag}"
+    try:
+        w = api.PutWorkload(api_pb2.PutWorkloadRequest(workload=policy_pb2.Workload(
+            name=workload, node=node.name, cgroup=cg.rel.lstrip("/"), labels={"preview-cache": tag},
+            addresses=["127.0.0.53"])), timeout=RPC_DEADLINE)
+        cluster.wait_applied(w.resource_version, nodes=[node])
+        before = kernel_view(node)
+        r = policy_pb2.LocalRedirect(name=f"e2e/preview-dns-{tag}", selector={"preview-cache": tag},
+                                     frontend=types_pb2.Frontend(address="127.96.53.53", port=53,
+                                                                 protocol=types_pb2.PROTOCOL_UDP))
+        term = api.PreviewLocalRedirect(api_pb2.PutLocalRedirectRequest(local_redirect=r), timeout=RPC_DEADLINE)
+        assert term.trigger == "local-redirect" and list(term.pending_nodes) == [node.name]
+        got = poll(lambda: (t := api.GetTermination(api_pb2.GetTerminationRequest(id=term.id),
+                                                     timeout=RPC_DEADLINE)).reports and t, 30)
+        assert got, "no report from the node"
+        [rep] = got.reports
+        assert (rep.node, rep.trigger, rep.dry_run, rep.error, rep.found) == (
+            node.name, "local-redirect", True, "", 0), rep
+        assert list(rep.not_evaluated) == [f"local redirect {r.name!r}: this node does not judge redirect "
+                                           f"changes yet"]
+        assert kernel_view(node) == before
+        with pytest.raises(grpc.RpcError) as e:
+            api.GetLocalRedirect(api_pb2.GetRequest(name=r.name), timeout=RPC_DEADLINE)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
         api.DeleteWorkload(api_pb2.DeleteRequest(name=workload), timeout=RPC_DEADLINE)
         cg.remove()
