@@ -144,8 +144,11 @@ def text_stats(resp) -> str:
 
 
 def text_termination(t) -> str:
+    previewed = t.WhichOneof("previewed")
     head = (f"termination {t.id}  service {t.service or '-'}  trigger {t.trigger or '-'}"
             f"{'  (dry run)' if t.dry_run else ''}  created {_time(t.created)}\n"
+            + (f"preview of {previewed.replace('_', ' ')} {getattr(t, previewed).name}: nothing written\n"
+               if previewed else "") +
             f"found {t.found}  destroyed {t.destroyed}  failed {t.failed}"
             f"  pending {', '.join(t.pending_nodes) or '-'}")
     rows = [[r.node, r.method or "-", str(r.found), str(r.destroyed), str(r.failed),
@@ -162,6 +165,9 @@ def text_termination(t) -> str:
             row += [s.workload or "-", s.reason or "-"]
     if socks:
         out += "\n\n" + _table(header, socks)
+    missed = [f"{r.node}: not evaluated: {what}" for r in t.reports for what in r.not_evaluated]
+    if missed:
+        out += "\n\n" + "\n".join(missed)
     return out
 
 

@@ -18,6 +18,7 @@ from socklb.observability import metrics, tracing
 from socklb.v1 import api_pb2, api_pb2_grpc, node_pb2
 
 from . import keys, terminations
+from .cache import SnapshotCache
 from .nodes import NodeRegistry
 from .policies import LOCAL_REDIRECT, POLICY, WORKLOAD, Kind, ResourceRepository
 from .services import ServiceRepository, add_backends, drain_backends, remove_backends, set_backends
@@ -119,8 +120,9 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
 
 
 class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
-    def __init__(self, store: Store, registry: NodeRegistry):
+    def __init__(self, store: Store, registry: NodeRegistry, cache: SnapshotCache | None = None):
         self.store = store
+        self.cache = cache  # this replica's snapshot cache (read by the dry runs), or None
         self.services = ServiceRepository(store)
         self.workloads = ResourceRepository(store, WORKLOAD)
         self.policies = ResourceRepository(store, POLICY)
@@ -279,12 +281,24 @@ class LoadBalancerServicer(api_pb2_grpc.LoadBalancerServicer):
         return await self.dry_run(repo.kind, checked)
 
     async def dry_run(self, kind: Kind, resource) -> api_pb2.Termination:
-        """The seam of the dry run (another part of issue 12 builds it): given
-        a valid resource of `kind` in its stored form, a dry-run Termination
-        (trigger "policy" / "local-redirect") saying which open sockets every
-        node would terminate, writing nothing of the resource. Until it is
-        built: UNIMPLEMENTED."""
-        raise NotImplementedError("dry run is not built yet: nothing was written")
+        """Given a valid resource of `kind` (a policy or a local redirect) in
+        its stored form, a dry-run Termination (trigger "policy" /
+        "local-redirect") asking the connected nodes whose policy part the
+        write would change (the snapshot cache's preview, computed here on
+        the event loop that owns the cache) which open sockets they would
+        terminate. Only the request record is written (keys.TERMINATIONS),
+        nothing of the resource: every replica sends each node it serves its
+        part as it would be (server.py), and the nodes' reports join it."""
+        if self.cache is None:
+            raise NotImplementedError("dry run: this server has no snapshot cache to preview with")
+        changed = self.cache.policy.preview(resource)
+        nodes = await self._run(self.registry.list)
+        connected = {n.name for n in nodes
+                     if n.health in (api_pb2.NODE_HEALTH_READY, api_pb2.NODE_HEALTH_DEGRADED)}
+        term = terminations.new_preview(resource, [n for n in changed if n in connected])
+        key = keys.termination_request(term.id)
+        await self._write(key, lambda rev: rev or 0, self.store.txn, [], [(key, term.SerializeToString())])
+        return term
 
     async def _list(self, repo: ResourceRepository, response_type, field: str):
         resources, rev = await self._run(repo.list)

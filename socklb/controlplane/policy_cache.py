@@ -129,6 +129,76 @@ class PolicyCache:
         """Every set in use, by name."""
         return dict(self._sets)
 
+    # --- previews (PreviewPolicy, PreviewLocalRedirect) -------------------------------
+    def preview(self, resource: policy_pb2.Policy | policy_pb2.LocalRedirect) -> dict[str, NodePolicy]:
+        """preview_policy or preview_redirect, by what `resource` is."""
+        if isinstance(resource, policy_pb2.Policy):
+            return self.preview_policy(resource)
+        return self.preview_redirect(resource)
+
+    def preview_policy(self, p: policy_pb2.Policy) -> dict[str, NodePolicy]:
+        """What writing `p` would make of the nodes it changes, without
+        writing it: for each node whose workloads or policy sets would
+        differ, its whole policy part as `apply` would leave it (new
+        objects; nothing held here is touched). Only the workloads the
+        policy selects, before or after, are selected again."""
+        old = self.policies.get(p.name)
+        if old is not None and _same(old, p):
+            return {}
+        candidates = set(self._labels.having(p.selector))
+        if old is not None:
+            candidates |= self._labels.having(old.selector)
+        policies = {**self.policies, p.name: p}
+        made: dict[tuple[str, ...], node_pb2.PolicySetState] = {}  # each new set computed once
+        out: dict[str, NodePolicy] = {}
+        for name in sorted(candidates):
+            w = self.workloads[name]
+            chosen = set(self._policy_selectors.matching(w.labels)) - {p.name}
+            if selects(p.selector, w.labels):
+                chosen.add(p.name)
+            key = tuple(sorted(chosen))
+            part = out.get(w.node)
+            if part is None:
+                part = out[w.node] = self.node(w.node)
+            set_name = ""
+            if key:
+                if key not in made:
+                    made[key] = policy_compute.policy_set([policies[n] for n in key], self.services)
+                set_name = made[key].name
+            part.workloads[name] = policy_compute.workload_state(w, set_name)
+        fresh = {entry.name: entry for entry in made.values()}
+        for node, part in out.items():
+            # A set no candidate uses holds no policy of theirs, so not `p`: it stays as it is.
+            used = sorted({ws.policy_set for ws in part.workloads.values() if ws.policy_set})
+            part.policy_sets = {s: fresh[s] if s in fresh else self._sets[s] for s in used}
+        return {node: part for node, part in out.items() if _differs(self.node(node), part)}
+
+    def preview_redirect(self, r: policy_pb2.LocalRedirect) -> dict[str, NodePolicy]:
+        """What writing the local redirect `r` would make of the nodes it
+        changes, without writing it: for each node whose redirects would
+        differ, its whole policy part as `apply` would leave it."""
+        old = self.redirects.get(r.name)
+        if old is not None and _same(old, r):
+            return {}
+        nodes = set(self._redirect_nodes.get(r.name, ()))
+        nodes |= {self.workloads[w].node for w in self._labels.having(r.selector)}
+        out: dict[str, NodePolicy] = {}
+        for node in sorted(nodes):
+            entries = self._nodes.get(node)
+            if entries is None:  # no workload there: it serves no redirect
+                continue
+            local = [self.workloads[w] for w in entries.workloads]
+            state = redirect_state(r, [w for w in local if selects(r.selector, w.labels)], self.services)
+            if state == entries.redirects.get(r.name):
+                continue
+            part = self.node(node)
+            if state is None:
+                part.redirects.pop(r.name, None)
+            else:
+                part.redirects[r.name] = state
+            out[node] = part
+        return out
+
     # --- writing --------------------------------------------------------------------
     def load(self, workloads: Iterable[policy_pb2.Workload], policies: Iterable[policy_pb2.Policy],
              redirects: Iterable[policy_pb2.LocalRedirect]) -> None:
@@ -333,6 +403,10 @@ def _replace(name: str, old: Message | None, new: Message | None, table: dict[st
     selectors.put(name, new.selector)
     for svc in services_named(new):
         by_service.setdefault(svc, set()).add(name)
+
+
+def _differs(a: NodePolicy, b: NodePolicy) -> bool:
+    return a.workloads != b.workloads or a.policy_sets != b.policy_sets or a.redirects != b.redirects
 
 
 def _unchanged(table: dict[str, Message], name: str, new: Message | None) -> bool:

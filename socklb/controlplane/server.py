@@ -99,7 +99,7 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
         self.sync = SyncService(self.cache, self.registry, replica)
-        self.api = LoadBalancerServicer(store, self.registry)
+        self.api = LoadBalancerServicer(store, self.registry, cache=self.cache)
         self._watch = None  # of the configuration range
         self._term_watch = None
         self._gen = 0
@@ -234,9 +234,41 @@ class ControlPlane:
             with tracing.TRACER.start_as_current_span("push", context=parent, links=links, kind=SpanKind.PRODUCER,
                                                       attributes={"socklb.termination": tid,
                                                                   "socklb.service": term.service}) as span:
-                sent = self.sync.send_command(terminations.command(term), list(term.pending_nodes))
+                resource = terminations.previewed(term)
+                if resource is not None:
+                    sent = self._send_preview(term, resource)
+                else:
+                    sent = self.sync.send_command(terminations.command(term), list(term.pending_nodes))
                 span.set_attribute("socklb.nodes", len(sent))
             log.info("termination %s (%s): sent to %d nodes here", tid, term.service, len(sent))
+
+    def _send_preview(self, term: api_pb2.Termination, resource) -> list[str]:
+        """A preview's commands to the nodes it asks that this replica
+        serves: each its policy part as the write would make it (this
+        replica's cache computes it; a node it finds unchanged is sent its
+        part as it is, so that every node asked answers)."""
+        mine = [n for n in term.pending_nodes if n in self.sync.sessions]
+        if not mine:
+            return []
+        try:
+            parts = self.cache.policy.preview(resource)
+        except Exception as e:  # a bug must not leave the nodes asked pending for ever
+            log.exception("preview %s: computing the nodes' parts failed", term.id)
+            for node in mine:
+                self.registry.termination(terminations.unanswerable(term, node, f"the control plane could not "
+                                                                                 f"compute this node's part: {e!r}"))
+            return []
+        sent: list[str] = []
+        for node in mine:
+            if self.sync.sessions[node].capabilities.get(terminations.PREVIEW_CAPABILITY) != "yes":
+                # An older agent would take the command for a request about no service and find
+                # nothing: the control plane answers for it instead.
+                self.registry.termination(terminations.unanswerable(term, node, "this node's agent does not "
+                                                                                 "answer previews (older version)"))
+                continue
+            part = parts.get(node) or self.cache.policy_for(node)
+            sent += self.sync.send_command(terminations.preview_command(term, part), [node])
+        return sent
 
     async def _restart_term_watch(self) -> None:
         delay = 0.2

@@ -54,6 +54,7 @@ class NodeSession:
     snapshot_nonce: str = ""  # nonce of the last snapshot's last chunk: what the node answers it with
     # Versions sent and not yet acknowledged -> when they were sent (sync latency).
     in_flight: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)  # as the node's Hello said
 
 
 class SyncService:
@@ -117,7 +118,7 @@ class SyncService:
         if old is not None:
             log.info("node %s reconnected from %s; closing its older stream", hello.node, peer)
             old.queue.put_nowait(None)
-        session = NodeSession(hello.node, peer, hello.applied_version)
+        session = NodeSession(hello.node, peer, hello.applied_version, capabilities=dict(hello.capabilities))
         self.sessions[hello.node] = session
         self.registry.connected(hello, peer, desired=self.cache.revision)
         digest, _ = self._snapshot(hello.node)

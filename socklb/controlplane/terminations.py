@@ -1,5 +1,6 @@
-"""Terminations as the API shows them: explicit requests (written to the
-store, fanned out by every replica to its nodes) and the reports nodes send,
+"""Terminations as the API shows them: explicit requests and previews of
+policy and redirect writes (written to the store, fanned out by every
+replica to its nodes) and the reports nodes send,
 for requests, for flows of backends removed by a change, and for the open
 sockets a policy change denies (id "v<revision>-policy", no service: each
 node reports the destinations it judged)."""
@@ -9,9 +10,10 @@ import uuid
 
 from google.protobuf import timestamp_pb2
 
-from socklb.v1 import api_pb2, node_pb2, sync_pb2, types_pb2
+from socklb.v1 import api_pb2, node_pb2, policy_pb2, sync_pb2, types_pb2
 
 from . import keys
+from .policy_cache import NodePolicy
 from .store import Store
 
 
@@ -28,6 +30,45 @@ def new_request(req: api_pb2.TerminateFlowsRequest, nodes: list[str]) -> api_pb2
     return api_pb2.Termination(id=f"t-{uuid.uuid4().hex[:12]}", service=req.service, backends=req.backends,
                                dry_run=req.dry_run, trigger="request", created=created,
                                pending_nodes=sorted(nodes))
+
+
+# The trigger of a preview's termination, by what it previews (Termination.previewed).
+PREVIEW_TRIGGERS = {"policy": "policy", "local_redirect": "local-redirect"}
+
+
+def new_preview(resource: policy_pb2.Policy | policy_pb2.LocalRedirect, nodes: list[str]) -> api_pb2.Termination:
+    """The request record of a preview (PreviewPolicy, PreviewLocalRedirect)
+    of `resource` in its stored form, asking `nodes`: a dry run, no service."""
+    field = "policy" if isinstance(resource, policy_pb2.Policy) else "local_redirect"
+    created = timestamp_pb2.Timestamp()
+    created.GetCurrentTime()
+    return api_pb2.Termination(id=f"t-{uuid.uuid4().hex[:12]}", dry_run=True, trigger=PREVIEW_TRIGGERS[field],
+                               created=created, pending_nodes=sorted(nodes), **{field: resource})
+
+
+def previewed(term: api_pb2.Termination) -> policy_pb2.Policy | policy_pb2.LocalRedirect | None:
+    """The resource a preview's request previews; None for any other request."""
+    field = term.WhichOneof("previewed")
+    return getattr(term, field) if field else None
+
+
+# What a node's Hello carries when it answers previews (dataplane/sync_client.py).
+PREVIEW_CAPABILITY = "policy_preview"
+
+
+def unanswerable(term: api_pb2.Termination, node: str, why: str) -> node_pb2.TerminationReport:
+    """The report the control plane gives for a node that cannot answer a preview."""
+    at = timestamp_pb2.Timestamp()
+    at.GetCurrentTime()
+    return node_pb2.TerminationReport(id=term.id, node=node, trigger=term.trigger, dry_run=True, error=why, at=at)
+
+
+def preview_command(term: api_pb2.Termination, part: NodePolicy) -> sync_pb2.TerminateCommand:
+    """A preview's command to one node: its policy part as the write would make it."""
+    return sync_pb2.TerminateCommand(id=term.id, dry_run=True, preview=sync_pb2.NodePolicyPreview(
+        trigger=term.trigger, workloads=[part.workloads[n] for n in sorted(part.workloads)],
+        policy_sets=[part.policy_sets[n] for n in sorted(part.policy_sets)],
+        redirects=[part.redirects[n] for n in sorted(part.redirects)]))
 
 
 def command(term: api_pb2.Termination) -> sync_pb2.TerminateCommand:
@@ -71,6 +112,12 @@ def assemble(store: Store, service: str = "", term_id: str = "") -> list[api_pb2
         reports = sorted(t.reports, key=lambda r: r.node)
         del t.reports[:]
         t.reports.extend(reports)
+        if previewed(t) is not None:  # as a policy termination: the destinations judged, of every node
+            seen: set[tuple[str, int]] = set()
+            for b in (b for r in reports for b in r.backends):
+                if (b.address, b.port) not in seen:
+                    seen.add((b.address, b.port))
+                    t.backends.append(api_pb2.BackendRef(address=b.address, port=b.port))
         result.append(t)
     return sorted(result, key=lambda t: (t.created.ToNanoseconds(), t.id), reverse=True)
 

@@ -319,6 +319,40 @@ class Agent:
         listeners)."""
         return self.terminations.request(job_id, service, backends, dry_run, self.catalog, wait)
 
+    def preview(self, job_id: str, preview) -> None:
+        """A preview of a policy or redirect write (a sync_pb2.NodePolicyPreview:
+        trigger, workloads, policy_sets, redirects): this node's policy part
+        as the write would make it, checked as a state's is, with the
+        services this node applied. The terminations then list, on their
+        worker, the open sockets it would terminate and report them under
+        `job_id`; a part the node cannot check or judge is reported as an
+        error, never left unanswered. Nothing is applied, written or
+        destroyed."""
+        trigger = preview.trigger or "policy"
+        try:
+            with self._lock:
+                if self.services is None:
+                    self.terminations.preview_failed(job_id, trigger, "this node holds no full state yet (it "
+                                                                      "restarted): nothing to judge against")
+                    return
+                services = [self.services[n] for n in sorted(self.services)]
+                before = _node_state(self.applied_version, services, self.policy.given)
+                after = node_pb2.NodeState(version=self.applied_version, services=services,
+                                           workloads=preview.workloads, policy_sets=preview.policy_sets,
+                                           redirects=preview.redirects)
+                given = node_policy(after, self.policy.given)  # InvalidState naming the field
+                paths = {name: spec.cgroup for name, spec in given.specs.items()}
+                cgroups = self.policy.cgroups
+        except InvalidState as e:
+            self.terminations.preview_failed(job_id, trigger, f"the previewed state is not valid here: {e}")
+            return
+        except Exception as e:  # noqa: BLE001 - a bug costs this preview, answered, not the stream
+            log.exception("preview %s failed", job_id)
+            self.terminations.preview_failed(job_id, trigger, f"internal error: {e!r}")
+            return
+        self.terminations.preview(job_id, trigger, before, after,
+                                  lambda: {name: cgroups.tree(path) for name, path in paths.items()})
+
     def stats_parts(self) -> dict:
         """The parts of the node's statistics report (stats.StatsReporter)."""
         return self.statistics.report_parts(self.catalog)

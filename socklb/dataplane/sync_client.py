@@ -40,6 +40,11 @@ CLIENT_OPTIONS = [
 ]
 
 
+# A node that answers previews (TerminateCommand.preview) says so in its
+# Hello: the control plane answers for one that does not (an older agent).
+PREVIEW_CAPABILITY = "policy_preview"
+
+
 @dataclass(frozen=True)
 class SyncHooks:
     """Where a measurement (bench/convergence_nodes.py) observes the stream,
@@ -134,6 +139,7 @@ class SyncClient:
             kernel=platform.release())
         hello.capabilities.update(self.capabilities)
         hello.capabilities.update(self.agent.capabilities())
+        hello.capabilities[PREVIEW_CAPABILITY] = "yes"  # this client answers TerminateCommand.preview
         return sync_pb2.NodeMessage(hello=hello)
 
     def _session(self, target: str) -> None:
@@ -234,7 +240,10 @@ class SyncClient:
                 _annotate(self.agent.apply_delta(msg.delta))
             elif kind == "terminate":
                 cmd = msg.terminate  # its report goes out through the terminations' listener
-                self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
+                if cmd.HasField("preview"):  # a preview of a policy or redirect write: a dry run, always answered
+                    self.agent.preview(cmd.id, cmd.preview)
+                else:
+                    self.agent.terminate(cmd.service, cmd.backends, cmd.dry_run, cmd.id, wait=False)
                 return None
             else:
                 return None

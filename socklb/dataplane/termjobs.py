@@ -177,6 +177,34 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
     return out
 
 
+@dataclass(frozen=True)
+class PreviewJob(PolicyJob):
+    """The policy job of a preview (PreviewPolicy, PreviewLocalRedirect): a
+    dry run against a policy part the node was sent and never applies,
+    reported under the preview's trigger, naming what it did not judge."""
+
+    preview_trigger: str = POLICY
+    not_evaluated: tuple[str, ...] = ()
+
+    @property
+    def trigger(self) -> str:  # type: ignore[override]
+        return self.preview_trigger
+
+
+def unevaluated_redirects(before: node_pb2.NodeState, after: node_pb2.NodeState) -> list[str]:
+    """The seam of a redirect preview: the local redirects that differ
+    between `before` (applied) and `after` (previewed) and that this node's
+    dry run does not judge, each "local redirect 'name': why" (the report's
+    not_evaluated). Redirect terminations (trigger local-redirect) are not
+    built on the node yet, so that is every redirect that differs; once
+    they are, their dry run joins the preview's job (Terminations.preview)
+    and this returns what it still cannot judge."""
+    old = {r.name: r for r in before.redirects}
+    new = {r.name: r for r in after.redirects}
+    return [f"local redirect {name!r}: this node does not judge redirect changes yet"
+            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+
+
 def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
                   error: str = "") -> node_pb2.TerminationReport:
     """The report of a policy job: found = the open sockets its state denies
@@ -185,6 +213,8 @@ def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
     real peers). Why each was denied is in PolicyRun.condemned and the log:
     TerminationReport has no field for it."""
     out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
+    if isinstance(job, PreviewJob):
+        out.not_evaluated.extend(job.not_evaluated)
     if run is None:
         return out
     out.method = run.method
@@ -259,6 +289,36 @@ class Terminations(ABC):
             return self.run_now(job)
         self.submit(job)
         return None
+
+    def preview(self, job_id: str, trigger: str, before: node_pb2.NodeState, after: node_pb2.NodeState,
+                cgroup_ids: Callable[[], Mapping[str, Iterable[int]]]) -> None:
+        """The dry run of a preview: on the worker, list the open sockets of
+        the workloads whose policy differs from `before` (applied) to
+        `after` (a policy part the node was sent, checked, never applied)
+        that `after` denies; destroy nothing. cgroup_ids() (called there):
+        as for after_policy_change. Always reported, under `trigger` and
+        `job_id`: nothing found, the sockets, or the error that stopped it;
+        what it does not judge is named (unevaluated_redirects)."""
+        def work() -> None:
+            missed = tuple(unevaluated_redirects(before, after))
+            try:
+                job = policy_job(job_id, before, after, cgroup_ids(), dry_run=True)
+            except Exception as e:  # noqa: BLE001 - the control plane is told, not left waiting
+                log.warning("preview %s: cannot judge: %s", job_id, e)
+                self.preview_failed(job_id, trigger, f"cannot judge the preview: {e}", missed)
+                return
+            scopes = job.workloads if job is not None else ()
+            self.run_later(PreviewJob(job_id, True, scopes, job.evaluator if job is not None else None,
+                                      job.frontends if job is not None else {}, preview_trigger=trigger,
+                                      not_evaluated=missed))
+        self.later(work)
+
+    def preview_failed(self, job_id: str, trigger: str, error: str, not_evaluated: Iterable[str] = ()) -> None:
+        """Report a preview this node cannot run (dry run, nothing found)."""
+        report = _report(job_id, "", trigger, True, self.node, error)
+        report.not_evaluated.extend(not_evaluated)
+        self._remember(report)
+        self._tell(report)
 
     def request(self, job_id: str, service: str, backends, dry_run: bool, catalog: Catalog,
                 wait: bool = True) -> node_pb2.TerminationReport | None:
@@ -487,5 +547,5 @@ def _end_span(span, report: node_pb2.TerminationReport) -> None:
     span.end()
 
 
-__all__ = ["Job", "MemoryTerminations", "TerminationService", "Terminations", "policy_report", "removed_targets",
-           "request_job", "to_report"]
+__all__ = ["Job", "MemoryTerminations", "PreviewJob", "TerminationService", "Terminations", "policy_report",
+           "removed_targets", "request_job", "to_report", "unevaluated_redirects"]

@@ -254,7 +254,7 @@ class ListTerminationsResponse(_message.Message):
     def __init__(self, terminations: _Optional[_Iterable[_Union[Termination, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Termination(_message.Message):
-    __slots__ = ("id", "service", "backends", "dry_run", "trigger", "created", "reports", "found", "destroyed", "failed", "pending_nodes")
+    __slots__ = ("id", "service", "backends", "dry_run", "trigger", "created", "reports", "found", "destroyed", "failed", "pending_nodes", "policy", "local_redirect")
     ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,8 @@ class Termination(_message.Message):
     DESTROYED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     PENDING_NODES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_REDIRECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     service: str
     backends: _containers.RepeatedCompositeFieldContainer[BackendRef]
@@ -277,7 +279,9 @@ class Termination(_message.Message):
     destroyed: int
     failed: int
     pending_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., trigger: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[_node_pb2.TerminationReport, _Mapping]]] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., pending_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy: _policy_pb2.Policy
+    local_redirect: _policy_pb2.LocalRedirect
+    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendRef, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., trigger: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[_node_pb2.TerminationReport, _Mapping]]] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., pending_nodes: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., local_redirect: _Optional[_Union[_policy_pb2.LocalRedirect, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

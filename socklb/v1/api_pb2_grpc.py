@@ -360,8 +360,11 @@ class LoadBalancerServicer:
 
     def PreviewPolicy(self, request, context):
         """What a policy (or redirect) write would terminate, node by node; writes
-        nothing. A dry-run Termination (trigger "policy" / "local-redirect")
-        whose reports arrive as the nodes answer.
+        nothing of the resource. A dry-run Termination (trigger "policy" /
+        "local-redirect", id "t-...") whose reports arrive as the nodes answer
+        (GetTermination): each node whose policy part the write would change is
+        sent it as it would be, judges its open sockets against it, and reports
+        the sockets it would terminate; pending_nodes are the nodes asked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -133,16 +133,30 @@ class ControlMessage(_message.Message):
     def __init__(self, nonce: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., snapshot: _Optional[_Union[SnapshotChunk, _Mapping]] = ..., delta: _Optional[_Union[_node_pb2.NodeStateDelta, _Mapping]] = ..., terminate: _Optional[_Union[TerminateCommand, _Mapping]] = ...) -> None: ...
 
 class TerminateCommand(_message.Message):
-    __slots__ = ("id", "service", "backends", "dry_run")
+    __slots__ = ("id", "service", "backends", "dry_run", "preview")
     ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     id: str
     service: str
     backends: _containers.RepeatedCompositeFieldContainer[_types_pb2.Backend]
     dry_run: bool
-    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    preview: NodePolicyPreview
+    def __init__(self, id: _Optional[str] = ..., service: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[_types_pb2.Backend, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., preview: _Optional[_Union[NodePolicyPreview, _Mapping]] = ...) -> None: ...
+
+class NodePolicyPreview(_message.Message):
+    __slots__ = ("trigger", "workloads", "policy_sets", "redirects")
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SETS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECTS_FIELD_NUMBER: _ClassVar[int]
+    trigger: str
+    workloads: _containers.RepeatedCompositeFieldContainer[_node_pb2.WorkloadState]
+    policy_sets: _containers.RepeatedCompositeFieldContainer[_node_pb2.PolicySetState]
+    redirects: _containers.RepeatedCompositeFieldContainer[_node_pb2.RedirectState]
+    def __init__(self, trigger: _Optional[str] = ..., workloads: _Optional[_Iterable[_Union[_node_pb2.WorkloadState, _Mapping]]] = ..., policy_sets: _Optional[_Iterable[_Union[_node_pb2.PolicySetState, _Mapping]]] = ..., redirects: _Optional[_Iterable[_Union[_node_pb2.RedirectState, _Mapping]]] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("version", "services", "last", "workloads", "policy_sets", "redirects")

@@ -231,6 +231,15 @@ class Server:
         self.socks[id] = s
         return {"peer": peer_str(s.getpeername()), "backend": data.decode()}
 
+    def op_udp_ping(self, id):
+        """One more exchange on a connected UDP socket opened with udp_open."""
+        s = self.socks[id]
+        try:
+            s.send(b"ping")
+            return {"backend": s.recv(65535).decode(), "peer": peer_str(s.getpeername())}
+        except Exception as e:
+            return {"error": errname(e)}
+
     def op_close(self, id):
         s = self.socks.pop(id, None)
         if s:

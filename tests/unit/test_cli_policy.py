@@ -171,15 +171,25 @@ def test_watch_names_the_kind(sl):  # noqa: F811
 
 
 @pytest.mark.parametrize("command", ["policy", "redirect"])
-def test_dry_run_is_not_built_yet_and_writes_nothing(sl, command):  # noqa: F811
+def test_a_dry_run_answers_the_preview_and_writes_nothing(sl, command):  # noqa: F811
+    """No node is connected here: the preview asks no one and says so
+    (tests/unit/test_policy_preview.py has nodes answering)."""
     f = EXAMPLES / ("access-policy.yaml" if command == "policy" else "dns-redirect.yaml")
     name = example(f.name)["name"]
     sl(command, "delete", name)
-    before = ok_json(sl("-o", "json", command, "list"))["revision"]
-    assert sl(command, "put", "--dry-run", "-f", str(f)) == (
-        1, "", "error: UNIMPLEMENTED: dry run is not built yet: nothing was written\n")
+    before = ok_json(sl("-o", "json", command, "list"))
+    code, out, err = sl(command, "put", "--dry-run", "-f", str(f))
+    trigger, what = ("policy", "policy") if command == "policy" else ("local-redirect", "local redirect")
+    assert (code, err) == (0, "") and out.startswith("termination t-"), out
+    assert f"trigger {trigger}  (dry run)" in out and f"preview of {what} {name}: nothing written\n" in out
+    assert "pending -\n" in out
+    term = ok_json(sl("-o", "json", command, "put", "--dry-run", "--wait", "0", "-f", str(f)))
+    assert term["dry_run"] and term["trigger"] == trigger and term["pending_nodes"] == []
+    assert term["policy" if command == "policy" else "local_redirect"]["name"] == name
     assert sl(command, "get", name)[0] == 3
-    assert ok_json(sl("-o", "json", command, "list"))["revision"] == before
+    # The list is the same; its revision (the store's) moved by the two termination records alone.
+    after = ok_json(sl("-o", "json", command, "list"))
+    assert int(after.pop("revision")) >= int(before.pop("revision")) + 2 and after == before
 
 
 def test_server_refusals_name_the_field(sl, tmp_path):  # noqa: F811

@@ -77,8 +77,6 @@ QUOTES = [
           ("workload", "put", "-f", "{empty_yaml}"), 2, command=False, subs={"FILE": "{empty_yaml}"}),
     Quote("docs/cli.md", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns: FQDN rules are not supported yet "
                          "(issue 13)", ("policy", "put", "-f", "{fqdn_yaml}"), 2, command=False),
-    Quote("docs/cli.md", "error: UNIMPLEMENTED: dry run is not built yet: nothing was written",
-          ("policy", "put", "--dry-run", "-f", "examples/policy/access-policy.yaml"), 1),
 ]
 
 
@@ -198,6 +196,8 @@ DEFAULTS = [
     ("docs/cli.md", "The default `0` drains without a deadline",
      lambda: _cli("backend", "drain", "web", "10.0.0.1:80").deadline, 0),
     ("docs/cli.md", "It waits up to `--wait` seconds (default 10)", lambda: _cli("terminate", "web").wait, 10),
+    ("docs/cli.md", "and waits up to `--wait` seconds (default 10) for the reports",
+     lambda: _cli("policy", "put", "-f", "p.yaml", "--dry-run").wait, 10),
     ("docs/cli.md", "With `--from-revision 0` (the default)", lambda: _cli("watch").from_revision, 0),
     ("docs/cli.md", "and (dry run) up to 1000 sockets per node",
      _dry_run_sockets, 1000),

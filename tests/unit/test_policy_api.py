@@ -1,7 +1,7 @@
 """Workloads, policies and local redirects through the real API over gRPC on
 an embedded store: CRUD, optimistic concurrency, create_only, idempotence,
 validation that names the field and writes nothing, per-workload status from
-the nodes' reports, Watch events of every kind, the dry-run seam and roles."""
+the nodes' reports, Watch events of every kind, the dry runs' checks and roles."""
 from __future__ import annotations
 
 import ipaddress
@@ -442,17 +442,22 @@ def test_watch_reads_the_current_resources_in_one_range_read(server):
                                                   (api_pb2.RESOURCE_KIND_WORKLOAD, "ns/web-1")]
 
 
-# --- the dry run's seam, and roles ---------------------------------------------------------------
+# --- the dry runs, and roles ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", [k for k in KINDS.values() if k.preview], ids=lambda k: k.word)
-def test_dry_runs_check_then_answer_unimplemented_and_write_nothing(server, kind):
-    rev = server.store.revision()
-    code, details = error(lambda: rpc(server, kind.preview, kind.request(kind.make())))
-    assert (code, details) == (grpc.StatusCode.UNIMPLEMENTED, "dry run is not built yet: nothing was written")
+def test_dry_runs_check_then_store_only_the_request(server, kind):
+    """A preview checks its input as the write does, then stores its
+    termination request alone: with no node connected it asks no one."""
+    before, _ = server.store.range(keys.CONFIG_START, end=keys.CONFIG_END)
     code, details = error(lambda: rpc(server, kind.preview, kind.put_request()))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details == f"{kind.field}: is required"
-    assert server.store.revision() == rev
+    term = rpc(server, kind.preview, kind.request(kind.make()))
+    assert term.dry_run and term.trigger == {"policy": "policy"}.get(kind.word, "local-redirect")
+    assert term.id.startswith("t-") and list(term.pending_nodes) == [] and term.WhichOneof("previewed")
+    after, _ = server.store.range(keys.CONFIG_START, end=keys.CONFIG_END)
+    assert [(kv.key, kv.mod_revision) for kv in after] == [(kv.key, kv.mod_revision) for kv in before]
     assert list(getattr(rpc(server, kind.list, kind.list_request()), kind.list_field)) == []
+    assert server.api.GetTermination(api_pb2.GetTerminationRequest(id=term.id)).id == term.id
 
 
 def test_every_read_method_and_only_those_are_open_to_read_only_callers():

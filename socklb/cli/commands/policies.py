@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from socklb.cli.client import Client
+from socklb.cli.commands.terminations import add_wait, wait_reports
 from socklb.cli.exits import EXIT_OK
 from socklb.cli.files import load_resource
 from socklb.cli.options import add_command, expected_version
@@ -47,8 +48,11 @@ RESOURCES = (
 def cmd_put(r: Resource, args, client: Client) -> int:
     req = r.put_request(**{r.field: load_resource(args.file, r.message)}, expected_version=args.expected_version,
                         create_only=args.create_only)
-    # A dry run writes nothing; the server answers which open sockets each node would terminate.
-    emit(client.call(r.preview if getattr(args, "dry_run", False) else r.put, req), args.output)
+    if getattr(args, "dry_run", False):
+        # Writes nothing: each node whose part the write would change reports the open sockets it would end.
+        emit(wait_reports(client, client.call(r.preview, req), args.wait), args.output)
+    else:
+        emit(client.call(r.put, req), args.output)
     return EXIT_OK
 
 
@@ -81,7 +85,9 @@ def _register(sub, r: Resource) -> None:
     expected_version(p)
     if r.preview:
         p.add_argument("--dry-run", action="store_true",
-                       help=f"write nothing: ask every node which open sockets it would terminate ({r.preview})")
+                       help=f"write nothing: ask every node whose state it would change which open sockets it "
+                            f"would terminate ({r.preview}), and show their answers")
+        add_wait(p)
     p = add_command(actions, "get", partial(cmd_get, r), f"show one {r.command}")
     p.add_argument("name", metavar="NAME")
     p = add_command(actions, "list", partial(cmd_list, r), f"list the {r.words}")

@@ -14,15 +14,23 @@ from socklb.v1 import api_pb2
 def cmd_terminate(args, client: Client) -> int:
     req = api_pb2.TerminateFlowsRequest(service=args.service, backends=backend_refs(args.backends),
                                         dry_run=args.dry_run)
-    term = client.call("TerminateFlows", req)
-    if args.wait:
-        # Poll until every node that was connected has reported (bounded by --wait seconds).
-        end = time.monotonic() + args.wait
-        while term.pending_nodes and time.monotonic() < end:
-            time.sleep(0.2)
-            term = client.call("GetTermination", api_pb2.GetTerminationRequest(id=term.id))
-    emit(term, args.output)
+    emit(wait_reports(client, client.call("TerminateFlows", req), args.wait), args.output)
     return EXIT_OK
+
+
+def wait_reports(client: Client, term: api_pb2.Termination, seconds: float) -> api_pb2.Termination:
+    """The termination once every node it asked has reported, or as it is
+    after `seconds` (0: at once)."""
+    end = time.monotonic() + seconds
+    while term.pending_nodes and time.monotonic() < end:
+        time.sleep(0.2)
+        term = client.call("GetTermination", api_pb2.GetTerminationRequest(id=term.id))
+    return term
+
+
+def add_wait(p) -> None:
+    p.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for every node's report (0: return at once)")
 
 
 def cmd_termination_get(args, client: Client) -> int:
@@ -50,8 +58,7 @@ def register(sub) -> None:
     t.add_argument("service", metavar="SERVICE")
     t.add_argument("backends", nargs="*", metavar="ADDR:PORT", help="only flows to these backends (default: all)")
     t.add_argument("--dry-run", action="store_true", help="list the flows, terminate nothing")
-    t.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
-                   help="wait this long for every node's report (0: return at once)")
+    add_wait(t)
     terms = sub.add_parser("termination", help="show terminations").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     g = add_command(terms, "get", cmd_termination_get, "one termination with every node's report")
