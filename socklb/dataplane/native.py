@@ -49,6 +49,7 @@ LIBBPF_SIGNATURES: dict[str, tuple[list, object]] = {
     "bpf_object__next_program": ([_vp, _vp], _vp),
     "bpf_program__name": ([_vp], _s),
     "bpf_program__set_autoload": ([_vp, ct.c_bool], _i),
+    "bpf_program__fd": ([_vp], _i),
     "bpf_map__reuse_fd": ([_vp, _i], _i),
     "bpf_map__fd": ([_vp], _i),
     "bpf_program__attach_iter": ([_vp, _vp], _vp),
