@@ -15,8 +15,9 @@
  *                       under {socket cookie, server, port, txid}.
  *   socklb_dns_ingress  cgroup_skb/ingress: a UDP answer; it teaches when it
  *                       matches an outstanding query (same socket, server,
- *                       port and txid; same question, compared by name hash
- *                       and type) and parses whole.
+ *                       port and txid, same workload, within the query
+ *                       window of dns_cfg; same question, compared by name
+ *                       hash and type) and parses whole.
  *   socklb_dns_sockops  sockops: a TCP socket of the cgroup that connects to
  *                       a server of any set (`dns_servers` set 0) is added
  *                       to the sockhash `dns_socks`,
@@ -172,6 +173,8 @@ struct scratch {
 	struct learn learn[SOCKLB_DNS_LEARN_MAX];
 	struct socklb_dns_query_key qkey;
 	struct socklb_dns_query_val q;
+	__u32 workload; /* the receiving socket's workload (0: not known here, TCP) */
+	__u32 pad3;
 };
 
 struct {
@@ -500,6 +503,15 @@ __noinline int dns_answer(__u32 slot)
 		return 0;
 	}
 	s->q = *q;
+	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
+	if (!cfg)
+		return 0;
+	now = bpf_ktime_get_boot_ns();
+	if ((s->workload && s->workload != s->q.workload) ||
+	    now - s->q.sent_ns > (__u64)cfg->query_window * 1000000000ULL) {
+		count(SOCKLB_DNS_CNT_UNSOLICITED, 1); /* another workload's, or too late */
+		return 0;
+	}
 	if (flags & 0x0200) { /* TC: the client retries over TCP */
 		count(SOCKLB_DNS_CNT_TRUNCATED, 1);
 		return 0;
@@ -542,7 +554,6 @@ __noinline int dns_answer(__u32 slot)
 	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
 	if (!cfg)
 		return 0;
-	now = bpf_ktime_get_boot_ns();
 	for (i = 0; i < SOCKLB_DNS_LEARN_MAX; i++)
 		teach(s, cfg, i, now);
 	bpf_map_delete_elem(&dns_queries, &s->qkey);
@@ -743,8 +754,10 @@ ignored:
 SEC("cgroup_skb/ingress")
 int socklb_dns_ingress(struct __sk_buff *skb)
 {
+	struct socklb_dns_workload *w;
 	struct scratch *s;
 	struct l4 l = {};
+	__u32 workload;
 
 	if (parse_l4(skb, 0, &l) < 0 || l.proto != IPPROTO_UDP)
 		return 1;
@@ -752,9 +765,14 @@ int socklb_dns_ingress(struct __sk_buff *skb)
 	 * server, and a query is recorded only to a server of its set. */
 	if (!server_allowed(SOCKLB_DNS_SET_ANY, &l))
 		return 1;
+	w = skb_workload(skb);
+	if (!w)
+		return 1;
+	workload = w->id;
 	s = load_msg(skb, SLOT_INGRESS, l.off, l.len);
 	if (!s)
 		return 1;
+	s->workload = workload;
 	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
 	s->qkey.cookie = bpf_get_socket_cookie(skb);
 	__builtin_memcpy(s->qkey.server, l.addr, sizeof(l.addr));
@@ -801,12 +819,27 @@ int socklb_dns_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
+/* Where the strparser's message starts in the skb it hands the parser and
+ * the verdict: one skb may hold the end of a message and the next ones, and
+ * the strparser gives each message the same skb with its offset in the
+ * control block (struct strp_msg), which the BPF context does not show. Read
+ * through the kernel's skb (a kfunc, kernel >= 6.3; BTF-checked loads). */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+static __always_inline struct strp_msg *strp_msg(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+
+	return &((struct sk_skb_cb *)(void *)k->cb)->strp.strp;
+}
+
 SEC("sk_skb/stream_parser")
 int socklb_dns_parser(struct __sk_buff *skb)
 {
+	__u32 off = strp_msg(skb)->offset;
 	__u16 prefix;
 
-	if (bpf_skb_load_bytes(skb, 0, &prefix, 2) < 0)
+	if (off > 0xFFFF || bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
 		return 0; /* the strparser waits for more */
 	return 2 + bpf_ntohs(prefix);
 }
@@ -814,19 +847,22 @@ int socklb_dns_parser(struct __sk_buff *skb)
 SEC("sk_skb/stream_verdict")
 int socklb_dns_verdict(struct __sk_buff *skb)
 {
+	struct strp_msg *m = strp_msg(skb);
+	__u32 off = m->offset, full = m->full_len;
 	struct scratch *s;
 	__u16 prefix;
 	__u32 len;
 
 	count(SOCKLB_DNS_CNT_TCP_MESSAGES, 1);
-	if (bpf_skb_load_bytes(skb, 0, &prefix, 2) < 0)
+	if (off > 0xFFFF || bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
 		return SK_PASS;
 	len = bpf_ntohs(prefix);
-	if (skb->len < len + 2)
+	if (full != len + 2 || skb->len < off + full)
 		return SK_PASS;
-	s = load_msg(skb, SLOT_STREAM, 2, len);
+	s = load_msg(skb, SLOT_STREAM, off + 2, len);
 	if (!s)
 		return SK_PASS;
+	s->workload = 0; /* the socket cookie stands for it */
 	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
 	s->qkey.cookie = bpf_get_socket_cookie(skb);
 	if (skb->family == AF_INET) {

@@ -417,8 +417,9 @@ def test_restart_keeps_what_was_learned(learners, cgroup, dnsmasqs, dnsns, dclie
 
 class FakeServer:
     """UDP and TCP on 127.0.0.1:<port> of the namespace; answer(query wire,
-    tcp) -> list of reply wires. TCP replies are written in two parts, cut
-    at split(reply) (default: in the middle)."""
+    tcp) -> list of reply wires. The TCP replies of a query, framed one
+    after the other, are written in two parts, cut at split(framed)
+    (default: in the middle)."""
 
     def __init__(self, ns: netenv.NetNS, answer, split=None):
         self.answer = answer
@@ -468,13 +469,14 @@ class FakeServer:
                             break
                         buf += chunk
                     q = buf[2:]
+                    framed = b""
                     for r in self.answer(q, True):
                         self.sent.append((q, r))
-                        framed = struct.pack("!H", len(r)) + r
-                        cut = self.split(framed)
-                        conn.sendall(framed[:cut])
-                        time.sleep(0.002)
-                        conn.sendall(framed[cut:])
+                        framed += struct.pack("!H", len(r)) + r
+                    cut = self.split(framed)
+                    conn.sendall(framed[:cut])
+                    time.sleep(0.002)
+                    conn.sendall(framed[cut:])
                 except Exception as e:  # noqa: BLE001
                     self.errors.append(repr(e))
 
@@ -614,3 +616,127 @@ def test_fuzz_only_valid_allowed_answers_teach(learners, cgroup, fakes, dclients
     c.call("exchange", server="127.0.0.1", port=srv.port, wires=[gen.query(name="exact.fz.test").hex()])
     assert lr.counters()["learned"] > len(want) - 1
     assert lr.tcp_way == "sockmap"
+
+
+def test_tcp_answers_pipelined_in_one_segment(learners, cgroup, fakes, dclients):
+    """Two messages in one write (the strparser hands the verdict each at its
+    own offset), and the second cut in its middle: the real answer teaches,
+    the unsolicited one before it does not, both reach the client."""
+    import dns.message
+    import dns.rrset
+
+    lr = learners(cgroup).learner
+    state = {"n": 0}
+
+    def answer(q, tcp):
+        state["n"] += 1
+        m = dns.message.from_wire(q)
+        bogus = dns.message.make_response(dns.message.make_query("bogus.fake.test", "A"))
+        bogus.answer.append(dns.rrset.from_text("bogus.fake.test.", 60, "IN", "A", f"10.6.1.{state['n']}"))
+        r = dns.message.make_response(m)
+        r.answer.append(dns.rrset.from_text(m.question[0].name, 60, "IN", "A", f"10.6.0.{state['n']}"))
+        return [bogus.to_wire(), r.to_wire()]
+
+    cuts = iter([lambda f: len(f), lambda f: len(f) - 5, lambda f: 1])
+    srv = fakes(answer, lambda framed: next(cuts)(framed))
+    program(lr, {cgroup: 1}, [("127.0.0.1", srv.port)], patterns={"**.fake.test": 7})
+    c = dclients()
+    got = c.call("exchange", server="127.0.0.1", port=srv.port, tcp=True, replies=2,
+                 wires=[query_wire(f"p{i}.fake.test").hex() for i in range(3)])["got"]
+    assert got == [2, 2, 2]
+    assert set(learned(lr)) == {"10.6.0.1", "10.6.0.2", "10.6.0.3"}
+    cnt = lr.counters()
+    assert cnt["tcp_messages"] == 6 and cnt["unsolicited"] == 3, cnt
+
+
+# --- hostile messages, crafted byte by byte ------------------------------------
+
+QPTR = b"\xc0\x0c"  # a pointer to the question's name
+
+
+def rr(owner: bytes, rtype: int, rdata: bytes, ttl: int = 60, cls: int = 1) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, cls, ttl, len(rdata)) + rdata
+
+
+def msg(q: bytes, records: list[bytes], an: int | None = None, flags: int = 0x8180, tail: bytes = b"") -> bytes:
+    """An answer to q (a query without EDNS: header and question only)."""
+    hdr = q[:2] + struct.pack("!HHHHH", flags, 1, len(records) if an is None else an, 0, 0)
+    return hdr + q[12:] + b"".join(records) + tail
+
+
+def chained_pointers(q: bytes, ip: bytes, k: int) -> bytes:
+    """A TXT record whose data holds k pointers, each to the one before (the
+    first to the question), then an A record owned by a pointer to the last:
+    its owner takes k + 1 pointer hops."""
+    start = len(q) + 2 + 10  # the TXT's data: after its owner (a pointer) and fixed part
+    ptrs = b"".join(struct.pack("!H", 0xC000 | (12 if i == 0 else start + 2 * (i - 1))) for i in range(k))
+    last = start + 2 * (k - 1)
+    return msg(q, [rr(QPTR, 16, ptrs), rr(struct.pack("!H", 0xC000 | last), 1, ip)])
+
+
+def label(n: int, ch: bytes = b"a") -> bytes:
+    return bytes([n]) + ch * n
+
+
+HOSTILE = {
+    # name: (build(q, ip) -> answer, teaches)
+    "plain": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)]), True),
+    "hops_16": (lambda q, ip: chained_pointers(q, ip, layout.DNS_HOPS_MAX - 1), True),
+    "hops_17": (lambda q, ip: chained_pointers(q, ip, layout.DNS_HOPS_MAX), False),
+    "pointer_to_itself": (lambda q, ip: msg(q, [rr(struct.pack("!H", 0xC000 | len(q)), 1, ip)]), False),
+    "pointer_forward": (lambda q, ip: msg(q, [rr(struct.pack("!H", 0xC000 | (len(q) + 2)), 1, ip)]), False),
+    "pointer_out_of_bounds": (lambda q, ip: msg(q, [rr(b"\xc3\xff", 1, ip)]), False),
+    "pointer_cut": (lambda q, ip: msg(q, [], an=1, tail=b"\xc0"), False),
+    "label_past_end": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], an=2, tail=b"\x3fabc"), False),
+    "reserved_label": (lambda q, ip: msg(q, [rr(b"\x41" + b"a" * 65 + b"\x00", 1, ip)]), False),
+    "name_256": (lambda q, ip: msg(q, [rr(QPTR, 5, label(63) * 3 + label(62) + b"\x00"), rr(QPTR, 1, ip)]), False),
+    "name_255": (lambda q, ip: msg(q, [rr(QPTR, 5, label(63) * 3 + label(61) + b"\x00"),
+                                       rr(struct.pack("!H", 0xC000 | (len(q) + 12)), 1, ip)]), True),
+    "count_past_end": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], an=2), False),
+    "rdata_past_end": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)[:-2]]), False),
+    "a_of_5_bytes": (lambda q, ip: msg(q, [rr(QPTR, 1, ip + b"\x00")]), False),
+    "trailing_junk": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], tail=b"\x00\x00"), False),
+    "truncated_flag": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], flags=0x8380), False),
+    "rcode_nxdomain": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], flags=0x8183), False),
+    "not_a_response": (lambda q, ip: msg(q, [rr(QPTR, 1, ip)], flags=0x0100), False),
+    "cname_data_longer": (lambda q, ip: msg(q, [rr(QPTR, 5, label(3) + b"\x00" + b"zz"), rr(QPTR, 1, ip)]), False),
+    "chain_via_other_owner": (lambda q, ip: msg(q, [rr(label(5, b"o") + b"\x00", 1, ip)]), False),
+    "header_only": (lambda q, ip: q[:2] + b"\x81\x80" + b"\x00" * 8, False),
+}
+
+
+def test_hostile_messages_teach_nothing_and_pass(learners, cgroup, fakes, dclients):
+    lr = learners(cgroup).learner
+    cases = list(HOSTILE.items())
+    ips = {}
+
+    def answer(q, tcp):
+        i = int(q[13:q[12] + 13].decode().split("-")[1])  # the first label: h-<i>
+        name, (build, _) = cases[i % len(cases)]
+        ip = socket.inet_aton(f"10.7.{int(tcp)}.{i % len(cases) + 1}")
+        ips[(name, tcp)] = socket.inet_ntoa(ip)
+        return [build(q, ip)]
+
+    srv = fakes(answer)
+    program(lr, {cgroup: 1}, [("127.0.0.1", srv.port)], patterns={"**.fake.test": 7})
+    c = dclients()
+    for tcp in (False, True):
+        wires = [query_wire(f"h-{i}.fake.test", edns=False).hex() for i in range(len(cases))]
+        got = c.call("exchange", server="127.0.0.1", port=srv.port, tcp=tcp, wires=wires)["got"]
+        assert got == [1] * len(cases), dict(zip(HOSTILE, got))
+    want = {ips[(name, tcp)] for (name, tcp) in ips if HOSTILE[name][1]}
+    have = set(learned(lr))
+    wrong = {name for (name, tcp), ip in ips.items() if (ip in have) != HOSTILE[name][1]}
+    assert not wrong, f"taught when it should not, or the reverse: {sorted(wrong)}"
+    assert have == want
+    # the Python rules of the fuzz test agree, case by case
+    for q, r in srv.sent:
+        i = int(q[13:q[12] + 13].decode().split("-")[1])
+        assert bool(dnsref.learn(q, r, {"**.fake.test": 7})) is cases[i][1][1], cases[i][0]
+    cnt = lr.counters()
+    assert cnt["malformed"] == 2 * 14 and cnt["truncated"] == 2 and cnt["answers"] == 2 * 5, cnt
+
+
+def test_probe_finds_the_tcp_path():
+    check_dns_tools()
+    assert dns.probe_tcp() is None
