@@ -46,6 +46,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "dns.h"
 
@@ -833,15 +834,49 @@ static __always_inline struct strp_msg *strp_msg(struct __sk_buff *skb)
 	return &((struct sk_skb_cb *)(void *)k->cb)->strp.strp;
 }
 
+/* Bytes of a message too large for the socket's receive buffer still to
+ * pass through unparsed, per socket cookie (see socklb_dns_parser). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} dns_passthru SEC(".maps");
+
+/* The size of the message at the strparser's offset: its 2-byte prefix + 2.
+ * The strparser fails the socket (EMSGSIZE) on a message larger than the
+ * socket's receive buffer (an application may have made it small): such a
+ * message is handed on in the pieces that have arrived, unparsed, keeping
+ * count in dns_passthru so that the next message is framed where it starts.
+ * Never an error, never a length past what the message holds. */
 SEC("sk_skb/stream_parser")
 int socklb_dns_parser(struct __sk_buff *skb)
 {
-	__u32 off = strp_msg(skb)->offset;
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	__u32 off = strp_msg(skb)->offset, avail, want, rcvbuf;
+	__u64 cookie;
+	__u32 *left;
 	__u16 prefix;
 
-	if (off > 0xFFFF || bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
+	if (off > 0xFFFF || skb->len <= off)
+		return 0;
+	avail = skb->len - off;
+	cookie = bpf_get_socket_cookie(skb);
+	left = bpf_map_lookup_elem(&dns_passthru, &cookie);
+	if (left && *left) {
+		want = *left < avail ? *left : avail;
+		*left -= want;
+		return want;
+	}
+	if (bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
 		return 0; /* the strparser waits for more */
-	return 2 + bpf_ntohs(prefix);
+	want = 2 + bpf_ntohs(prefix);
+	rcvbuf = BPF_CORE_READ(k, sk, sk_rcvbuf);
+	if (want <= rcvbuf)
+		return want;
+	want -= avail;
+	bpf_map_update_elem(&dns_passthru, &cookie, &want, BPF_ANY);
+	return avail;
 }
 
 SEC("sk_skb/stream_verdict")
