@@ -261,17 +261,17 @@ def tcp_refused(tcp: str) -> str | None:
 class _Object:
     """dns.bpf.c opened and loaded with libbpf; pinned maps reused."""
 
-    def __init__(self, path: Path, pin_dir: Path | None, tcp: bool):
+    def __init__(self, path: Path, pin_dir: Path | None, programs: Iterable[Program]):
         self.lib = native.libbpf()
         self.obj = None
         with native.libbpf_messages() as logbuf:
             try:
-                self._load(path, pin_dir, tcp, logbuf)
+                self._load(path, pin_dir, {p.func for p in programs}, logbuf)
             except Exception:
                 self.close()
                 raise
 
-    def _load(self, path: Path, pin_dir: Path | None, tcp: bool, logbuf: list[str]) -> None:
+    def _load(self, path: Path, pin_dir: Path | None, funcs: set[str], logbuf: list[str]) -> None:
         lib = self.lib
         obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
         if not obj:
@@ -296,7 +296,7 @@ class _Object:
                 finally:
                     os.close(fd)
         for p in PROGRAMS:
-            if p.tcp and not tcp:
+            if p.func not in funcs:
                 lib.bpf_program__set_autoload(self._prog(p.func), False)
         ret = lib.bpf_object__load(obj)
         if ret < 0:
@@ -330,7 +330,7 @@ def probe_tcp(cache: Path | None = None) -> str | None:
     else why not. Uses maps of its own (nothing pinned, nothing attached to
     a cgroup)."""
     try:
-        obj = _Object(bpfobj.build(SOURCE, cache=cache), None, tcp=True)
+        obj = _Object(bpfobj.build(SOURCE, cache=cache), None, [p for p in PROGRAMS if p.tcp])
     except Exception as e:
         return bpfobj.first_line(e)
     try:
@@ -374,7 +374,7 @@ class DnsLearner:
         obj = None
         if why_not is None:
             try:
-                obj = _Object(path, self.pin_dir, tcp=True)
+                obj = _Object(path, self.pin_dir, PROGRAMS)
             except DnsError as e:
                 if self.tcp == "sockmap":
                     raise
@@ -382,7 +382,7 @@ class DnsLearner:
                 log.warning("DNS over TCP: the kernel refused the sockmap programs (%s); learning from UDP only",
                             why_not)
         if obj is None:
-            obj = _Object(path, self.pin_dir, tcp=False)
+            obj = _Object(path, self.pin_dir, [p for p in PROGRAMS if not p.tcp])
         try:
             self._pin_maps(obj)
             cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)

@@ -784,3 +784,30 @@ def test_tcp_message_larger_than_the_receive_buffer_passes(learners, cgroup, fak
     assert res["got"] == [2], (res["errors"], srv.errors)
     assert len(srv.sent[0][1]) > 2 * rcvbuf  # larger than the buffer the kernel gave (twice SO_RCVBUF)
     assert set(learned(lr)) == {"10.5.0.1"}
+
+
+def test_tcp_path_refused_at_attach_falls_back_to_udp(learners, cgroup, dnsmasqs, dnsns, dclients, monkeypatch):
+    """A kernel that loads the TCP programs but refuses to attach one (here
+    the sk_skb verdict, refused by a stand-in for the kernel): with "auto"
+    the learner keeps UDP, says why, and leaves no TCP link behind; with
+    "sockmap" the load fails."""
+    real = kernel.link_create
+
+    def refuse_verdict(prog_fd, target_fd, attach_type):
+        if int(attach_type) == dns.BPF_SK_SKB_STREAM_VERDICT:
+            raise kernel.KernelError(1, f"attach {attach_type.name}")
+        return real(prog_fd, target_fd, attach_type)
+
+    monkeypatch.setattr(kernel, "link_create", refuse_verdict)
+    with pytest.raises(OSError):
+        learners(cgroup.child("strict"), tcp="sockmap")
+    lr = learners(cgroup).learner
+    assert lr.tcp_way.startswith("off: ") and "attach SK_SKB_STREAM_VERDICT" in lr.tcp_way, lr.tcp_way
+    assert sorted(p.name for p in (lr.pin_dir / "links").iterdir()) == ["dns_egress", "dns_ingress"]
+    dnsmasqs(dnsns)
+    program(lr, {cgroup: 1}, [("127.0.0.1", 53)])
+    c = dclients()
+    assert c.call("dns", server="127.0.0.1", name="api.example.test", tcp=True)["addrs"] == ["10.1.0.1"]
+    assert lr.learned() == []
+    assert c.call("dns", server="127.0.0.1", name="api.example.test")["addrs"] == ["10.1.0.1"]
+    assert set(learned(lr)) == {"10.1.0.1"}
