@@ -382,10 +382,8 @@ def test_server_not_allowed_teaches_nothing(learners, cgroup, dnsmasqs, dnsns, d
     assert cnt["queries"] == 0 and cnt["tcp_sockets"] == 0, cnt
 
 
-def test_tcp_fallback_forced_learns_udp_only(learners, cgroup, dnsmasqs, dnsns, dclients):
-    lr = learners(cgroup, tcp="off").learner
-    assert lr.tcp_way == "off: forced"
-    assert not (lr.pin_dir / "links" / "dns_verdict").exists()
+def assert_udp_only(lr, cgroup, dnsmasqs, dnsns, dclients):
+    """An answer over TCP teaches nothing, one over UDP does."""
     dnsmasqs(dnsns)
     program(lr, {cgroup: 1}, [("127.0.0.1", 53)])
     c = dclients()
@@ -393,6 +391,13 @@ def test_tcp_fallback_forced_learns_udp_only(learners, cgroup, dnsmasqs, dnsns, 
     assert lr.learned() == []
     assert c.call("dns", server="127.0.0.1", name="api.example.test")["addrs"] == ["10.1.0.1"]
     assert set(learned(lr)) == {"10.1.0.1"}
+
+
+def test_tcp_fallback_forced_learns_udp_only(learners, cgroup, dnsmasqs, dnsns, dclients):
+    lr = learners(cgroup, tcp="off").learner
+    assert lr.tcp_way == "off: forced"
+    assert not (lr.pin_dir / "links" / "dns_verdict").exists()
+    assert_udp_only(lr, cgroup, dnsmasqs, dnsns, dclients)
 
 
 def test_restart_keeps_what_was_learned(learners, cgroup, dnsmasqs, dnsns, dclients):
@@ -804,10 +809,4 @@ def test_tcp_path_refused_at_attach_falls_back_to_udp(learners, cgroup, dnsmasqs
     lr = learners(cgroup).learner
     assert lr.tcp_way.startswith("off: ") and "attach SK_SKB_STREAM_VERDICT" in lr.tcp_way, lr.tcp_way
     assert sorted(p.name for p in (lr.pin_dir / "links").iterdir()) == ["dns_egress", "dns_ingress"]
-    dnsmasqs(dnsns)
-    program(lr, {cgroup: 1}, [("127.0.0.1", 53)])
-    c = dclients()
-    assert c.call("dns", server="127.0.0.1", name="api.example.test", tcp=True)["addrs"] == ["10.1.0.1"]
-    assert lr.learned() == []
-    assert c.call("dns", server="127.0.0.1", name="api.example.test")["addrs"] == ["10.1.0.1"]
-    assert set(learned(lr)) == {"10.1.0.1"}
+    assert_udp_only(lr, cgroup, dnsmasqs, dnsns, dclients)
