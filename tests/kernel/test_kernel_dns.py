@@ -1,7 +1,7 @@
 """The in-kernel DNS learner (bpf/dns.bpf.c, socklb/dataplane/dns.py) on a
 real kernel: dnsmasq answers inside a network namespace the test creates
 (127.0.0.1 and ::1 of that namespace), clients in a test cgroup query it
-with dnspython over UDP and TCP, and the learned map must say exactly which
+with dnspython and dig over UDP and TCP, and the learned map must say exactly which
 addresses the allowed names resolved to, for which workload, until when.
 A fake server (a thread of this process inside the namespace) sends what
 dnsmasq would not: answers split across TCP writes, wrong transaction ids,
@@ -318,6 +318,29 @@ def test_wildcards(setup, name, teaches):
     assert any(dns.matches(p, name) for p in PATTERNS) is teaches
 
 
+def dig(cg: netenv.TestCgroup, ns: netenv.NetNS, *args: str) -> list[str]:
+    """dig run in the cgroup and the namespace: its short answer lines."""
+    require(shutil.which("dig") is not None, "dig (scripts/setup.sh installs bind9-dnsutils)")
+    r = netenv.run(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec ip netns exec "$ns" dig "$@"',
+                    str(cg.path), ns.name, "+short", "+tries=1", "+time=5", *args], check=True)
+    return r.stdout.split()
+
+
+def test_dig_over_udp_and_tcp_and_its_tcp_retry_after_tc(setup, cgroup, dnsns):
+    """A real resolver client: dig over UDP, over TCP, and without EDNS on a
+    big answer, where it gets TC over UDP and retries over TCP by itself."""
+    lr, _ = setup
+    assert dig(cgroup, dnsns, "@127.0.0.1", "api.example.test", "A") == ["10.1.0.1"]
+    assert dig(cgroup, dnsns, "@::1", "+tcp", "Y.x.deep.example.test", "AAAA") == ["fd00:2::2"]
+    assert dig(cgroup, dnsns, "@127.0.0.1", "alias.example.test") == ["mid.example.test.", "target.example.test.",
+                                                                      "10.1.3.1"]
+    assert set(learned(lr)) == {"10.1.0.1", "fd00:2::2", "10.1.3.1"}
+    assert sorted(dig(cgroup, dnsns, "@127.0.0.1", "+noedns", "big.example.test")) == sorted(BIG)
+    cnt = lr.counters()
+    assert cnt["truncated"] == 1 and cnt["tcp_messages"] >= 2, cnt
+    assert len(set(learned(lr)) & set(BIG)) == layout.DNS_LEARN_MAX
+
+
 def test_truncated_udp_teaches_nothing_then_tcp_retry_does(setup):
     lr, c = setup
     r = c.call("dns", server="127.0.0.1", name="big.example.test", edns=False)
@@ -407,11 +430,13 @@ def test_restart_keeps_what_was_learned(learners, cgroup, dnsmasqs, dnsns, dclie
     c = dclients()
     c.call("dns", server="127.0.0.1", name="api.example.test")
     first.learner.close()
+    # nothing of user space is left: the pinned links and maps go on learning
+    c.call("dns", server="127.0.0.1", name="a.one.example.test")
     again = dns.DnsLearner(first.pin, cgroup.path).load()
     try:
-        assert set(learned(again)) == {"10.1.0.1"}
+        assert set(learned(again)) == {"10.1.0.1", "10.1.1.1"}
         c.call("dns", server="127.0.0.1", name="x.deep.example.test", tcp=True)
-        assert set(learned(again)) == {"10.1.0.1", "10.1.2.1"}
+        assert set(learned(again)) == {"10.1.0.1", "10.1.1.1", "10.1.2.1"}
         cg_fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY)
         try:  # one program per hook, not two
             assert len(kernel.prog_query(cg_fd, dns._Attach(dns.BPF_CGROUP_INET_EGRESS))) == 1
