@@ -182,7 +182,7 @@ class Generator:
         c = self.counter
         if rdtype == A:
             return f"10.{(c >> 16) & 255}.{(c >> 8) & 255}.{c & 255}"
-        return f"fd00:f::{c:x}"
+        return f"fd00:f::{c >> 16:x}:{c & 0xFFFF:x}"
 
     def answer(self, q: bytes) -> bytes:
         import dns.message
@@ -232,8 +232,8 @@ class Generator:
             w[i] = rng.randrange(256)
         elif kind == 2 and len(w) >= 12:  # a count
             f = 4 + 2 * rng.randrange(4)
-            struct.pack_into("!H", w, f, rng.choice([0, 1, 2, 65, 0xFFFF, struct.unpack_from("!H", w, f)[0] + 1,
-                                                    max(0, struct.unpack_from("!H", w, f)[0] - 1)]))
+            n = struct.unpack_from("!H", w, f)[0]
+            struct.pack_into("!H", w, f, rng.choice([0, 1, 2, 65, 0xFFFF, (n + 1) & 0xFFFF, max(0, n - 1)]))
         elif kind == 3:  # truncate
             del w[rng.randrange(len(w)):]
         elif kind == 4:  # junk at the end

@@ -639,6 +639,7 @@ def test_fuzz_only_valid_allowed_answers_teach(learners, cgroup, fakes, dclients
         for i in range(0, len(batch), 250):
             got += c.call("exchange", server="127.0.0.1", port=srv.port, tcp=tcp,
                           wires=[q.hex() for q in batch[i:i + 250]])["got"]
+            assert not srv.errors, f"seed {seed}: the generator failed: {srv.errors[:3]}"
     assert not srv.errors, srv.errors[:5]
     assert len(srv.replies) == n_udp + n_tcp
     # every reply was delivered (the learner never drops)
