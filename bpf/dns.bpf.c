@@ -701,8 +701,8 @@ int socklb_dns_egress(struct __sk_buff *skb)
 	struct l4 l = {};
 	__u32 flags, p, qtype, pattern, set, workload;
 
-	if (parse_l4(skb, 1, &l) < 0)
-		return 1;
+	if (parse_l4(skb, 1, &l) < 0 || !server_allowed(SOCKLB_DNS_SET_ANY, &l))
+		return 1; /* most packets: one lookup, no workload walk */
 	w = skb_workload(skb);
 	if (!w)
 		return 1;

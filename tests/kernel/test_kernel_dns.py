@@ -393,6 +393,40 @@ def test_workload_a_does_not_teach_workload_b(learners, cgroup, dnsmasqs, dnsns,
     assert set(learned(lr, 1)) == {"10.1.0.1"}
 
 
+def test_sets_have_their_own_servers_and_patterns(learners, cgroup, dnsmasqs, dnsns, dclients):
+    """Set 1 (workload 1) learns from 127.0.0.1 only and allows api.*; set 2
+    (workload 2) learns from 127.0.0.2 only and allows **.deep.*. Replacing a
+    set's servers replaces the union the TCP path checks too."""
+    a, b = cgroup.child("wa"), cgroup.child("wb")
+    lr = learners(cgroup).learner
+    dnsmasqs(dnsns)
+    dnsmasqs(dnsns, "127.0.0.2")
+    lr.set_config(ttl_cap=3600, grace=5)
+    lr.set_servers(1, [("127.0.0.1", 53)])
+    lr.set_servers(2, [("127.0.0.2", 53)])
+    lr.set_patterns(1, {"api.example.test": 11})
+    lr.set_patterns(2, {"**.deep.example.test": 21})
+    lr.set_workload(cgroup_id(a), 1, 1)
+    lr.set_workload(cgroup_id(b), 2, 2)
+    ca, cb = dclients(a), dclients(b)
+    for server in ("127.0.0.1", "127.0.0.2"):
+        for tcp in (False, True):
+            for c in (ca, cb):
+                for name in ("api.example.test", "x.deep.example.test"):
+                    c.call("dns", server=server, name=name, tcp=tcp)
+    assert {(x.workload, x.addr, x.pattern) for x in lr.learned()} == {(1, "10.1.0.1", 11), (2, "10.1.2.1", 21)}
+    # set 2 now learns from 127.0.0.1 too; 127.0.0.2 is no one's server any more
+    lr.set_servers(2, [("127.0.0.1", 53)])
+    servers = {(k.set, layout.unpack_addr(k.addr)) for k in lr.maps["dns_servers"].keys()}
+    assert servers == {(1, "127.0.0.1"), (2, "127.0.0.1"), (layout.DNS_SET_ANY, "127.0.0.1")}
+    cb.call("dns", server="127.0.0.1", name="y.x.deep.example.test", tcp=True)
+    assert cb.call("dns", server="127.0.0.2", name="y.x.deep.example.test", qtype="AAAA")["addrs"] == ["fd00:2::2"]
+    assert {(x.workload, x.addr) for x in lr.learned(2)} == {(2, "10.1.2.1"), (2, "10.1.2.2")}
+    lr.set_patterns(2, {})  # no pattern: nothing more is learned (what was stays until it expires)
+    assert cb.call("dns", server="127.0.0.1", name="y.x.deep.example.test", qtype="AAAA")["addrs"] == ["fd00:2::2"]
+    assert {x.addr for x in lr.learned(2)} == {"10.1.2.1", "10.1.2.2"}
+
+
 def test_server_not_allowed_teaches_nothing(learners, cgroup, dnsmasqs, dnsns, dclients):
     lr = learners(cgroup).learner
     dnsmasqs(dnsns, "127.0.0.2")
