@@ -24,11 +24,15 @@
  *   socklb_dns_parser   sk_skb/stream_parser on `dns_socks`: the message
  *                       size from the 2-byte length prefix, so that the
  *                       strparser hands the verdict whole messages however
- *                       TCP split them,
+ *                       TCP split them (read at the strparser's offset: see
+ *                       strp_msg(); a message larger than the socket's
+ *                       receive buffer is passed on in pieces, unparsed),
  *   socklb_dns_verdict  sk_skb/stream_verdict: parses each whole message as
  *                       the UDP path does, and passes it to the socket.
+ * The TCP programs need kernel >= 6.3 (bpf_cast_to_kern_ctx) and sockmap
+ * links (>= 6.10); dns.py probes them and falls back to UDP only.
  *
- * Parser: the message (at most SOCKLB_DNS_MSG_MAX bytes) is copied into a
+ * Parser: the message (less than SOCKLB_DNS_MSG_MAX bytes) is copied into a
  * per-CPU scratch buffer (one slot per program kind, so a softirq answer
  * never overwrites a query being parsed in process context). Names are
  * decoded by bpf_loop, one byte or pointer per step: compression pointers

@@ -261,9 +261,11 @@ def tcp_refused(tcp: str) -> str | None:
 class _Object:
     """dns.bpf.c opened and loaded with libbpf; pinned maps reused."""
 
-    def __init__(self, path: Path, pin_dir: Path | None, programs: Iterable[Program]):
+    def __init__(self, path: Path, pin_dir: Path | None, programs: Iterable[Program], tiny: bool = False):
+        """tiny: the hash maps with one entry (a probe: nothing is stored)."""
         self.lib = native.libbpf()
         self.obj = None
+        self.tiny = tiny
         with native.libbpf_messages() as logbuf:
             try:
                 self._load(path, pin_dir, {p.func for p in programs}, logbuf)
@@ -298,6 +300,9 @@ class _Object:
         for p in PROGRAMS:
             if p.func not in funcs:
                 lib.bpf_program__set_autoload(self._prog(p.func), False)
+        if self.tiny:
+            for name in ("dns_workloads", "dns_servers", "dns_patterns", "dns_queries", "dns_learned", "dns_socks"):
+                lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, name.encode()), 1)
         ret = lib.bpf_object__load(obj)
         if ret < 0:
             raise DnsError(f"loading {path.name} failed: {bpfobj.strerror(-ret)}\n{bpfobj.log_tail(logbuf)}")
@@ -330,7 +335,7 @@ def probe_tcp(cache: Path | None = None) -> str | None:
     else why not. Uses maps of its own (nothing pinned, nothing attached to
     a cgroup)."""
     try:
-        obj = _Object(bpfobj.build(SOURCE, cache=cache), None, [p for p in PROGRAMS if p.tcp])
+        obj = _Object(bpfobj.build(SOURCE, cache=cache), None, [p for p in PROGRAMS if p.tcp], tiny=True)
     except Exception as e:
         return bpfobj.first_line(e)
     try:

@@ -52,6 +52,7 @@ LIBBPF_SIGNATURES: dict[str, tuple[list, object]] = {
     "bpf_program__fd": ([_vp], _i),
     "bpf_map__reuse_fd": ([_vp, _i], _i),
     "bpf_map__fd": ([_vp], _i),
+    "bpf_map__set_max_entries": ([_vp, _u32], _i),
     "bpf_program__attach_iter": ([_vp, _vp], _vp),
     "bpf_link__fd": ([_vp], _i),
     "bpf_link__destroy": ([_vp], _i),
