@@ -179,7 +179,7 @@ struct scratch {
 	struct socklb_dns_query_key qkey;
 	struct socklb_dns_query_val q;
 	__u32 workload; /* the receiving socket's workload (0: not known here, TCP) */
-	__u32 pad3;
+	__u32 gen;      /* bumped by every load_msg(): an interrupting program's mark */
 };
 
 struct {
@@ -486,8 +486,10 @@ static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg,
 }
 
 /* Parse the answer in the slot's scratch (msg, msglen; qkey without its
- * txid) and teach what it says. */
-__noinline int dns_answer(__u32 slot)
+ * txid) and teach what it says, unless a program that interrupted this one
+ * on its CPU used the slot meanwhile (gen moved: what the slot holds is not
+ * this message's any more). */
+__noinline int dns_answer(__u32 slot, __u32 gen)
 {
 	struct loop_ctx c = {.slot = slot};
 	struct scratch *s = scratch(slot);
@@ -557,7 +559,7 @@ __noinline int dns_answer(__u32 slot)
 	if (s->err || s->rr_i != total || s->rr_pos != s->msglen)
 		goto malformed;
 	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
-	if (!cfg)
+	if (!cfg || s->gen != gen)
 		return 0;
 	for (i = 0; i < SOCKLB_DNS_LEARN_MAX; i++)
 		teach(s, cfg, i, now);
@@ -681,8 +683,8 @@ static __always_inline int server_allowed(__u32 set, struct l4 *l)
 static __always_inline struct scratch *load_msg(struct __sk_buff *skb, __u32 slot, __u32 off, __u32 len)
 {
 	struct scratch *s = scratch(slot);
-
 	__u64 n = len;
+	__u32 gen;
 
 	if (!s || len < 12 || len >= SOCKLB_DNS_MSG_MAX)
 		return NULL;
@@ -690,9 +692,12 @@ static __always_inline struct scratch *load_msg(struct __sk_buff *skb, __u32 slo
 	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(MSG_MASK));
 	if (n < 12)
 		return NULL;
+	gen = ++s->gen; /* before the copy: an interruption during it shows too */
 	if (bpf_skb_load_bytes(skb, off, s->msg, n) < 0)
 		return NULL;
 	s->msglen = n;
+	if (s->gen != gen)
+		return NULL;
 	return s;
 }
 
@@ -703,7 +708,8 @@ int socklb_dns_egress(struct __sk_buff *skb)
 	struct socklb_dns_query_val val = {};
 	struct scratch *s;
 	struct l4 l = {};
-	__u32 flags, p, qtype, pattern, set, workload;
+	struct socklb_dns_query_key key = {};
+	__u32 flags, p, qtype, pattern, set, workload, gen;
 
 	if (parse_l4(skb, 1, &l) < 0 || !server_allowed(SOCKLB_DNS_SET_ANY, &l))
 		return 1; /* most packets: one lookup, no workload walk */
@@ -717,6 +723,7 @@ int socklb_dns_egress(struct __sk_buff *skb)
 	s = load_msg(skb, SLOT_EGRESS, l.off, l.len);
 	if (!s)
 		goto ignored;
+	gen = s->gen;
 	flags = rd16(s, 2);
 	if ((flags & 0xF800) || rd16(s, 4) != 1) /* QR = 0, opcode QUERY, one question */
 		goto ignored;
@@ -743,12 +750,13 @@ int socklb_dns_egress(struct __sk_buff *skb)
 	val.set = set;
 	val.pattern = pattern;
 	val.qtype = qtype;
-	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
-	s->qkey.cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(s->qkey.server, l.addr, sizeof(l.addr));
-	s->qkey.port = l.port;
-	s->qkey.txid = s->msg[0] | (s->msg[1] << 8);
-	bpf_map_update_elem(&dns_queries, &s->qkey, &val, BPF_ANY);
+	key.cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(key.server, l.addr, sizeof(l.addr));
+	key.port = l.port;
+	key.txid = s->msg[0] | (s->msg[1] << 8);
+	if (s->gen != gen) /* interrupted by another egress program on this CPU */
+		goto ignored;
+	bpf_map_update_elem(&dns_queries, &key, &val, BPF_ANY);
 	count(SOCKLB_DNS_CNT_QUERIES, 1);
 	return 1;
 ignored:
@@ -782,7 +790,7 @@ int socklb_dns_ingress(struct __sk_buff *skb)
 	s->qkey.cookie = bpf_get_socket_cookie(skb);
 	__builtin_memcpy(s->qkey.server, l.addr, sizeof(l.addr));
 	s->qkey.port = l.port;
-	dns_answer(SLOT_INGRESS);
+	dns_answer(SLOT_INGRESS, s->gen);
 	return 1;
 }
 
@@ -921,6 +929,6 @@ int socklb_dns_verdict(struct __sk_buff *skb)
 		s->qkey.server[3] = a3;
 	}
 	s->qkey.port = (__u16)(skb->remote_port >> 16);
-	dns_answer(SLOT_STREAM);
+	dns_answer(SLOT_STREAM, s->gen);
 	return SK_PASS;
 }
