@@ -14,6 +14,7 @@ will read `dns_learned` is not wired yet.
     learner.counters()                   # {"queries": .., "learned": .., ...}
     learner.close()                      # the programs stay attached (pinned links)
     detach(pin_dir)                      # remove the learner's links and pins
+                                         # (also after a load that failed half-way)
 
 Built with clang against the running kernel's BTF and loaded with libbpf
 (bpfobj.build, native.py), like the iterator tools: it needs bpf_loop and
