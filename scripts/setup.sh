@@ -9,6 +9,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool gcc make
   iproute2 iptables nftables procps
   nginx-light wrk socat etcd-server
+  dnsmasq-base bind9-dnsutils
 )
 
 need_apt=0

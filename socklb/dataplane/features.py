@@ -13,6 +13,8 @@ Features (each "yes" or "no: <why>"):
   sock_destroy_kfunc     programs calling bpf_sock_destroy() load
   netlink_sock_destroy   inet_diag SOCK_DESTROY answers
   ancestor_cgroup_id     the translating hooks may call bpf_get_current_ancestor_cgroup_id()
+  dns_tcp_sockmap        the DNS learner's TCP path (sock_ops, sockhash, sk_skb stream
+                         parser and verdict) loads and attaches (dns.probe_tcp)
 Duties, with the way taken (or "none: <why>"):
   flows           map-iter | socket-iter        (flows.py)
   sock_destroy    kfunc | netlink               (sockdestroy.py)
@@ -32,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dns
 from .bpfobj import first_line
 from .flows import FlowReader
 from .sockstats import SocketStatsCollector
@@ -44,7 +47,7 @@ class Unavailable(RuntimeError):
 
 
 FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id")
+            "ancestor_cgroup_id", "dns_tcp_sockmap")
 DUTIES = ("flows", "sock_destroy", "socket_stats", "workload_match")
 
 
@@ -101,6 +104,7 @@ def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str =
     # The first start compiles three objects with clang: in parallel.
     with ThreadPoolExecutor(max_workers=len(builders), thread_name_prefix="probe") as pool:
         futures = {duty: pool.submit(build) for duty, build in builders.items()}
+        dns_tcp = pool.submit(dns.probe_tcp, cache)
     loaded, errors, probes = {}, {}, {}
     for duty, fut in futures.items():
         try:
@@ -128,6 +132,10 @@ def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str =
     for method, name in (("kfunc", "sock_destroy_kfunc"), ("netlink", "netlink_sock_destroy")):
         f.probes[name] = (answer(methods[method]) if method in methods
                           else "unknown: " + errors["sock_destroy"].removeprefix("none: "))
+    try:
+        f.probes["dns_tcp_sockmap"] = answer(dns_tcp.result())
+    except Exception as e:  # a probe must not stop the node
+        f.probes["dns_tcp_sockmap"] = answer(str(e) or type(e).__name__)
     f.paths["flows"] = parts.flows.method.value if parts.flows is not None else errors["flows"]
     f.paths["sock_destroy"] = t.method.value if t is not None else errors["sock_destroy"]
     f.paths["socket_stats"] = "socket-iter" if parts.socket_stats is not None else errors["socket_stats"]

@@ -336,10 +336,91 @@ class StatRec(ct.Structure):
     ]
 
 
+# --- bpf/dns.h: the DNS learner -------------------------------------------------
+
+DNS_MSG_MAX = 8192
+DNS_NAME_MAX = 255
+DNS_HOPS_MAX = 16
+DNS_RRS_MAX = 64
+DNS_LEARN_MAX = 32
+DNS_CHAIN_MAX = 8
+DNS_WORKLOADS_MAX = 65536
+DNS_SERVERS_MAX = 4096
+DNS_PATTERNS_MAX = 65536
+DNS_QUERIES_MAX = 65536
+DNS_LEARNED_MAX = 262144
+DNS_SOCKS_MAX = 65536
+DNS_SET_ANY = 0
+
+
+class DnsKind(enum.IntFlag):
+    EXACT = 1
+    ONE_LABEL = 2
+    ANY_DEPTH = 4
+
+
+class DnsCounter(enum.IntEnum):
+    QUERIES = 0
+    QUERIES_IGNORED = 1
+    ANSWERS = 2
+    UNSOLICITED = 3
+    MALFORMED = 4
+    TRUNCATED = 5
+    LEARNED = 6
+    TCP_SOCKETS = 7
+    TCP_MESSAGES = 8
+
+
+DNS_COUNTER_MAX = len(DnsCounter)
+
+
+class DnsWorkload(ct.Structure):
+    """struct socklb_dns_workload: cgroup id -> workload and FQDN set."""
+    _fields_ = [("id", ct.c_uint32), ("set", ct.c_uint32)]
+
+
+class DnsServer(ct.Structure):
+    """struct socklb_dns_server: a server a set may learn from."""
+    _fields_ = [("set", ct.c_uint32), ("port", ct.c_uint16), ("pad", ct.c_uint16), ("addr", U32x4)]
+
+
+class DnsPatternKey(ct.Structure):
+    _fields_ = [("set", ct.c_uint32), ("pad", ct.c_uint32), ("hash", ct.c_uint64)]
+
+
+class DnsPatternVal(ct.Structure):
+    _fields_ = [("kinds", ct.c_uint32), ("exact", ct.c_uint32), ("one_label", ct.c_uint32),
+                ("any_depth", ct.c_uint32)]
+
+
+class DnsQueryKey(ct.Structure):
+    _fields_ = [("cookie", ct.c_uint64), ("server", U32x4), ("port", ct.c_uint16), ("txid", ct.c_uint16),
+                ("pad", ct.c_uint32)]
+
+
+class DnsQueryVal(ct.Structure):
+    _fields_ = [("sent_ns", ct.c_uint64), ("name_hash", ct.c_uint64), ("workload", ct.c_uint32),
+                ("set", ct.c_uint32), ("pattern", ct.c_uint32), ("qtype", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class DnsLearnedKey(ct.Structure):
+    _fields_ = [("workload", ct.c_uint32), ("pad", ct.c_uint32), ("addr", U32x4)]
+
+
+class DnsLearnedVal(ct.Structure):
+    _fields_ = [("expiry_ns", ct.c_uint64), ("name_hash", ct.c_uint64), ("pattern", ct.c_uint32),
+                ("ttl", ct.c_uint32)]
+
+
+class DnsCfg(ct.Structure):
+    _fields_ = [("ttl_cap", ct.c_uint32), ("grace", ct.c_uint32), ("query_window", ct.c_uint32),
+                ("pad", ct.c_uint32)]
+
+
 # --- what the layout test compares --------------------------------------------
 
 # The headers (in bpf/) of everything below.
-HEADERS = ("socklb.h", "flows.h", "sock_destroy.h", "sock_stats.h")
+HEADERS = ("socklb.h", "flows.h", "sock_destroy.h", "sock_stats.h", "dns.h")
 
 # Every struct of those headers, by its C name.
 STRUCTS: dict[str, type[ct.Structure]] = {
@@ -367,6 +448,15 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_term_rec": TermRec,
     "socklb_term_sock_rec": TermSockRec,
     "socklb_stat_rec": StatRec,
+    "socklb_dns_workload": DnsWorkload,
+    "socklb_dns_server": DnsServer,
+    "socklb_dns_pattern_key": DnsPatternKey,
+    "socklb_dns_pattern_val": DnsPatternVal,
+    "socklb_dns_query_key": DnsQueryKey,
+    "socklb_dns_query_val": DnsQueryVal,
+    "socklb_dns_learned_key": DnsLearnedKey,
+    "socklb_dns_learned_val": DnsLearnedVal,
+    "socklb_dns_cfg": DnsCfg,
 }
 
 # Every enum of those headers: C name -> (mirror, prefix of its C constants).
@@ -379,6 +469,8 @@ ENUMS: dict[str, tuple[type[enum.IntEnum], str]] = {
     "socklb_workload_flag": (WorkloadFlag, "SOCKLB_WL_"),
     "socklb_term_mode": (TermMode, "SOCKLB_TERM_"),
     "socklb_term_kind": (TermKind, "SOCKLB_TERM_KIND_"),
+    "socklb_dns_kind": (DnsKind, "SOCKLB_DNS_"),
+    "socklb_dns_counter": (DnsCounter, "SOCKLB_DNS_CNT_"),
 }
 
 # Every numeric #define of those headers.
@@ -405,6 +497,19 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_TERM_F_DSTS": TERM_F_DSTS,
     "SOCKLB_TERM_F_ALL_CGROUPS": TERM_F_ALL_CGROUPS,
     "SOCKLB_TERM_F_COOKIES": TERM_F_COOKIES,
+    "SOCKLB_DNS_MSG_MAX": DNS_MSG_MAX,
+    "SOCKLB_DNS_NAME_MAX": DNS_NAME_MAX,
+    "SOCKLB_DNS_HOPS_MAX": DNS_HOPS_MAX,
+    "SOCKLB_DNS_RRS_MAX": DNS_RRS_MAX,
+    "SOCKLB_DNS_LEARN_MAX": DNS_LEARN_MAX,
+    "SOCKLB_DNS_CHAIN_MAX": DNS_CHAIN_MAX,
+    "SOCKLB_DNS_WORKLOADS_MAX": DNS_WORKLOADS_MAX,
+    "SOCKLB_DNS_SERVERS_MAX": DNS_SERVERS_MAX,
+    "SOCKLB_DNS_PATTERNS_MAX": DNS_PATTERNS_MAX,
+    "SOCKLB_DNS_QUERIES_MAX": DNS_QUERIES_MAX,
+    "SOCKLB_DNS_LEARNED_MAX": DNS_LEARNED_MAX,
+    "SOCKLB_DNS_SOCKS_MAX": DNS_SOCKS_MAX,
+    "SOCKLB_DNS_SET_ANY": DNS_SET_ANY,
 }
 
 

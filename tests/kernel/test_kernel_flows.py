@@ -35,7 +35,7 @@ VIP_UDP = "127.96.0.62"
 WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id"}
+            "ancestor_cgroup_id", "dns_tcp_sockmap"}
 DUTIES = {"flows", "sock_destroy", "socket_stats", "workload_match"}
 
 

@@ -1,0 +1,934 @@
+// SPDX-License-Identifier: GPL-2.0
+/* socklb DNS learner: learns, per workload, which addresses the DNS names its
+ * FQDN set allows resolved to, from the answers the workload receives. No
+ * proxy: queries are seen leaving, answers arriving, both parsed here. It
+ * never drops or changes a packet (every program returns "pass"): it only
+ * learns; enforcement is the connect hook's (bpf/sock_lb.c, reading the
+ * pinned `dns_learned`).
+ *
+ * Programs (attached by socklb/dataplane/dns.py to a workload cgroup):
+ *   socklb_dns_egress   cgroup_skb/egress: a UDP datagram, or a TCP segment
+ *                       holding a whole length-prefixed message, to a server
+ *                       of the workload's set (`dns_servers`): a query (one
+ *                       question, A or AAAA, class IN) whose name matches a
+ *                       pattern of the set is recorded in `dns_queries`
+ *                       under {socket cookie, server, port, txid}.
+ *   socklb_dns_ingress  cgroup_skb/ingress: a UDP answer; it teaches when it
+ *                       matches an outstanding query (same socket, server,
+ *                       port and txid, same workload, within the query
+ *                       window of dns_cfg; same question, compared by name
+ *                       hash and type) and parses whole.
+ *   socklb_dns_sockops  sockops: a TCP socket of the cgroup that connects to
+ *                       a server of any set (`dns_servers` set 0) is added
+ *                       to the sockhash `dns_socks`,
+ *   socklb_dns_parser   sk_skb/stream_parser on `dns_socks`: the message
+ *                       size from the 2-byte length prefix, so that the
+ *                       strparser hands the verdict whole messages however
+ *                       TCP split them (read at the strparser's offset: see
+ *                       strp_msg(); a message larger than the socket's
+ *                       receive buffer is passed on in pieces, unparsed),
+ *   socklb_dns_verdict  sk_skb/stream_verdict: parses each whole message as
+ *                       the UDP path does, and passes it to the socket.
+ * The TCP programs need kernel >= 6.3 (bpf_cast_to_kern_ctx) and sockmap
+ * links (>= 6.10); dns.py probes them and falls back to UDP only.
+ *
+ * Parser: the message (less than SOCKLB_DNS_MSG_MAX bytes) is copied into a
+ * per-CPU scratch buffer (one slot per program kind, so a softirq answer
+ * never overwrites a query being parsed in process context). Names are
+ * decoded by bpf_loop, one byte or pointer per step: compression pointers
+ * must point before the start of the run they end (so they always go
+ * backwards: no loops), at most SOCKLB_DNS_HOPS_MAX of them, labels of
+ * 1..63 bytes, 255 bytes in all. Every record of every section (at most
+ * SOCKLB_DNS_RRS_MAX) is walked and must fit, and the message must end with
+ * the last record: anything else teaches nothing from that message. In the
+ * answer section, records of class IN owned by a name of the chain (the
+ * question, then CNAME targets, SOCKLB_DNS_CHAIN_MAX names) extend the chain
+ * (CNAME) or teach an address (A for an A question, AAAA for AAAA), with the
+ * smallest TTL along the chain. An answer with the TC bit teaches nothing
+ * (the client retries over TCP); a non-zero RCODE teaches nothing.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#include "dns.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define AF_INET 2
+#define AF_INET6 10
+#define CGROUP_DEPTH 16
+
+#define DNS_A 1
+#define DNS_CNAME 5
+#define DNS_AAAA 28
+#define DNS_IN 1
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+#define MSG_MASK (SOCKLB_DNS_MSG_MAX - 1)
+#define NAME_STEPS (SOCKLB_DNS_NAME_MAX + SOCKLB_DNS_HOPS_MAX + 1)
+
+_Static_assert((SOCKLB_DNS_MSG_MAX & MSG_MASK) == 0, "SOCKLB_DNS_MSG_MAX is a power of two");
+
+enum { SLOT_EGRESS = 0, SLOT_INGRESS = 1, SLOT_STREAM = 2, SLOTS = 3 };
+enum { ERR_NONE = 0, ERR_BAD = 1 };
+
+/* --- maps (pinned by dns.py under the agent's pin directory) ------------ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_DNS_WORKLOADS_MAX);
+	__type(key, __u64);
+	__type(value, struct socklb_dns_workload);
+} dns_workloads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_DNS_SERVERS_MAX);
+	__type(key, struct socklb_dns_server);
+	__type(value, __u8);
+} dns_servers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_DNS_PATTERNS_MAX);
+	__type(key, struct socklb_dns_pattern_key);
+	__type(value, struct socklb_dns_pattern_val);
+} dns_patterns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SOCKLB_DNS_QUERIES_MAX);
+	__type(key, struct socklb_dns_query_key);
+	__type(value, struct socklb_dns_query_val);
+} dns_queries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SOCKLB_DNS_LEARNED_MAX);
+	__type(key, struct socklb_dns_learned_key);
+	__type(value, struct socklb_dns_learned_val);
+} dns_learned SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_dns_cfg);
+} dns_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SOCKLB_DNS_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} dns_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SOCKLB_DNS_SOCKS_MAX);
+	__type(key, __u64);
+	__type(value, __u64);
+} dns_socks SEC(".maps");
+
+/* --- scratch --------------------------------------------------------- */
+
+struct learn {
+	__u32 addr[4];
+	__u32 ttl;
+	__u32 pad;
+};
+
+struct scratch {
+	__u8 msg[SOCKLB_DNS_MSG_MAX];
+	__u8 name[SOCKLB_DNS_NAME_MAX + 1]; /* the decoded name, lowercased wire form */
+	__u8 lab[128];                      /* start of each label in name; lab[nlabels]: the root */
+	/* name decoding */
+	__u32 msglen;
+	__u32 pos;       /* next byte to read */
+	__u32 run_start; /* where the current run began: pointers must go before it */
+	__u32 end;       /* the offset after the name where it stands */
+	__u32 end_set;
+	__u32 nlen;
+	__u32 nlabels;
+	__u32 hops;
+	__u32 remain;    /* bytes left in the current label */
+	__u32 done;
+	__u64 hash;
+	/* pattern match */
+	__u32 set;
+	__u32 k;         /* the label whose suffix is hashed next (backwards) */
+	__u32 pattern;
+	__u32 pad;
+	__u64 shash;
+	/* answer walk */
+	__u32 rr_pos;
+	__u32 rr_i;
+	__u32 rr_total;
+	__u32 ancount;
+	__u32 err;
+	__u32 chain_n;
+	__u32 nlearn;
+	__u32 pad2;
+	__u64 chain[SOCKLB_DNS_CHAIN_MAX];
+	__u32 chain_ttl[SOCKLB_DNS_CHAIN_MAX];
+	struct learn learn[SOCKLB_DNS_LEARN_MAX];
+	struct socklb_dns_query_key qkey;
+	struct socklb_dns_query_val q;
+	__u32 workload; /* the receiving socket's workload (0: not known here, TCP) */
+	__u32 gen;      /* bumped by every load_msg(): an interrupting program's mark */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLOTS);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} dns_scratch SEC(".maps");
+
+struct loop_ctx {
+	__u32 slot;
+};
+
+static __always_inline struct scratch *scratch(__u32 slot)
+{
+	return bpf_map_lookup_elem(&dns_scratch, &slot);
+}
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&dns_counters, &idx);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline __u32 rd8(struct scratch *s, __u32 off)
+{
+	return s->msg[off & MSG_MASK];
+}
+
+static __always_inline __u32 rd16(struct scratch *s, __u32 off)
+{
+	return (rd8(s, off) << 8) | rd8(s, off + 1);
+}
+
+static __always_inline __u32 rd32(struct scratch *s, __u32 off)
+{
+	return (rd16(s, off) << 16) | rd16(s, off + 2);
+}
+
+/* --- names ----------------------------------------------------------- */
+
+static long name_step(__u32 i, struct loop_ctx *c)
+{
+	struct scratch *s = scratch(c->slot);
+	__u32 pos, b, n, tgt;
+
+	if (!s)
+		return 1;
+	pos = s->pos;
+	n = s->nlen;
+	if (pos >= s->msglen || n >= SOCKLB_DNS_NAME_MAX)
+		goto bad;
+	b = rd8(s, pos);
+	if (s->remain) {
+		if (b >= 'A' && b <= 'Z')
+			b += 'a' - 'A';
+		s->name[n & 255] = b;
+		s->hash = (s->hash ^ b) * FNV_PRIME;
+		s->nlen = n + 1;
+		s->remain--;
+		s->pos = pos + 1;
+		return 0;
+	}
+	if (b == 0) {
+		s->name[n & 255] = 0;
+		s->hash = s->hash * FNV_PRIME; /* ^ 0 */
+		s->lab[s->nlabels & 127] = n;
+		s->nlen = n + 1;
+		if (!s->end_set)
+			s->end = pos + 1;
+		s->done = 1;
+		return 1;
+	}
+	if ((b & 0xC0) == 0xC0) {
+		if (pos + 1 >= s->msglen)
+			goto bad;
+		tgt = ((b & 0x3F) << 8) | rd8(s, pos + 1);
+		if (tgt >= s->run_start || ++s->hops > SOCKLB_DNS_HOPS_MAX)
+			goto bad;
+		if (!s->end_set) {
+			s->end = pos + 2;
+			s->end_set = 1;
+		}
+		s->pos = tgt;
+		s->run_start = tgt;
+		return 0;
+	}
+	if (b & 0xC0) /* 0x40, 0x80: no such label types */
+		goto bad;
+	/* a label of b bytes: its length byte, its bytes and the root must fit */
+	if (n + b + 2 > SOCKLB_DNS_NAME_MAX || s->nlabels >= 127)
+		goto bad;
+	s->lab[s->nlabels & 127] = n;
+	s->nlabels++;
+	s->name[n & 255] = b;
+	s->hash = (s->hash ^ b) * FNV_PRIME;
+	s->nlen = n + 1;
+	s->remain = b;
+	s->pos = pos + 1;
+	return 0;
+bad:
+	s->done = 0;
+	s->err = ERR_BAD;
+	return 1;
+}
+
+/* Decode the name at off into s->name (s->nlen bytes, s->nlabels labels,
+ * s->hash); s->end is where the name ends in the message. 0, or -1 when the
+ * name is malformed or past a limit. */
+__noinline int dns_name(__u32 slot, __u32 off)
+{
+	struct loop_ctx c = {.slot = slot};
+	struct scratch *s = scratch(slot);
+
+	if (!s)
+		return -1;
+	s->pos = off;
+	s->run_start = off;
+	s->end = 0;
+	s->end_set = 0;
+	s->nlen = 0;
+	s->nlabels = 0;
+	s->hops = 0;
+	s->remain = 0;
+	s->done = 0;
+	s->err = ERR_NONE;
+	s->hash = FNV_OFFSET;
+	bpf_loop(NAME_STEPS, name_step, &c, 0);
+	s = scratch(slot);
+	if (!s || !s->done)
+		return -1;
+	return 0;
+}
+
+static long match_step(__u32 i, struct loop_ctx *c)
+{
+	struct scratch *s = scratch(c->slot);
+	struct socklb_dns_pattern_key key = {};
+	struct socklb_dns_pattern_val *v;
+	__u32 at, k;
+
+	if (!s || i >= s->nlen)
+		return 1;
+	at = s->nlen - 1 - i;
+	s->shash = (s->shash ^ s->name[at & 255]) * FNV_PRIME;
+	k = s->k;
+	if (k > 127 || s->lab[k] != at)
+		return 0;
+	/* the suffix from label k to the end is hashed: its patterns */
+	key.set = s->set;
+	key.hash = s->shash;
+	v = bpf_map_lookup_elem(&dns_patterns, &key);
+	if (v) {
+		/* walking from the root to the whole name, a later match is a
+		 * more specific one: it wins */
+		if ((v->kinds & SOCKLB_DNS_ANY_DEPTH) && k >= 1)
+			s->pattern = v->any_depth;
+		if ((v->kinds & SOCKLB_DNS_ONE_LABEL) && k == 1)
+			s->pattern = v->one_label;
+		if ((v->kinds & SOCKLB_DNS_EXACT) && k == 0)
+			s->pattern = v->exact;
+	}
+	if (k == 0)
+		return 1;
+	s->k = k - 1;
+	return 0;
+}
+
+/* The pattern id of set that the decoded name matches (0: none). */
+__noinline int dns_match(__u32 slot, __u32 set)
+{
+	struct loop_ctx c = {.slot = slot};
+	struct scratch *s = scratch(slot);
+
+	if (!s)
+		return 0;
+	s->set = set;
+	s->k = s->nlabels;
+	s->pattern = 0;
+	s->shash = FNV_OFFSET;
+	bpf_loop(SOCKLB_DNS_NAME_MAX, match_step, &c, 0);
+	s = scratch(slot);
+	return s ? s->pattern : 0;
+}
+
+/* --- answers ----------------------------------------------------------- */
+
+static __always_inline int chain_index(struct scratch *s, __u64 hash)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < SOCKLB_DNS_CHAIN_MAX; i++)
+		if (i < s->chain_n && s->chain[i] == hash)
+			return i;
+	return -1;
+}
+
+static long rr_step(__u32 i, struct loop_ctx *c)
+{
+	struct scratch *s = scratch(c->slot);
+	__u32 p, type, cls, ttl, rdlen, rd, n, owner_ttl;
+	int idx;
+
+	if (!s)
+		return 1;
+	if (dns_name(c->slot, s->rr_pos) < 0)
+		goto bad;
+	s = scratch(c->slot);
+	if (!s)
+		return 1;
+	p = s->end;
+	if (p + 10 > s->msglen)
+		goto bad;
+	type = rd16(s, p);
+	cls = rd16(s, p + 2);
+	ttl = rd32(s, p + 4);
+	rdlen = rd16(s, p + 8);
+	rd = p + 10;
+	if (rd + rdlen > s->msglen)
+		goto bad;
+	if ((type == DNS_A && rdlen != 4) || (type == DNS_AAAA && rdlen != 16))
+		goto bad;
+	s->rr_pos = rd + rdlen;
+	s->rr_i = i + 1;
+	if (i >= s->ancount || cls != DNS_IN)
+		return 0;
+	idx = chain_index(s, s->hash);
+	if (idx < 0 || idx >= SOCKLB_DNS_CHAIN_MAX)
+		return 0;
+	owner_ttl = s->chain_ttl[idx];
+	if (ttl > owner_ttl)
+		ttl = owner_ttl;
+	if (type == DNS_CNAME) {
+		if (dns_name(c->slot, rd) < 0)
+			goto bad;
+		s = scratch(c->slot);
+		if (!s)
+			return 1;
+		if (s->end != rd + rdlen)
+			goto bad;
+		n = s->chain_n;
+		if (n < SOCKLB_DNS_CHAIN_MAX && chain_index(s, s->hash) < 0) {
+			s->chain[n & (SOCKLB_DNS_CHAIN_MAX - 1)] = s->hash;
+			s->chain_ttl[n & (SOCKLB_DNS_CHAIN_MAX - 1)] = ttl;
+			s->chain_n = n + 1;
+		}
+		return 0;
+	}
+	if ((type == DNS_A && s->q.qtype == DNS_A) || (type == DNS_AAAA && s->q.qtype == DNS_AAAA)) {
+		struct learn *l;
+
+		n = s->nlearn;
+		if (n >= SOCKLB_DNS_LEARN_MAX)
+			return 0;
+		l = &s->learn[n & (SOCKLB_DNS_LEARN_MAX - 1)];
+		if (type == DNS_A) {
+			l->addr[0] = 0;
+			l->addr[1] = 0;
+			l->addr[2] = bpf_htonl(0xffff);
+			l->addr[3] = bpf_htonl(rd32(s, rd));
+		} else {
+			l->addr[0] = bpf_htonl(rd32(s, rd));
+			l->addr[1] = bpf_htonl(rd32(s, rd + 4));
+			l->addr[2] = bpf_htonl(rd32(s, rd + 8));
+			l->addr[3] = bpf_htonl(rd32(s, rd + 12));
+		}
+		l->ttl = ttl;
+		s->nlearn = n + 1;
+	}
+	return 0;
+bad:
+	s = scratch(c->slot);
+	if (s)
+		s->err = ERR_BAD;
+	return 1;
+}
+
+static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg, __u32 i, __u64 now)
+{
+	struct socklb_dns_learned_key key = {};
+	struct socklb_dns_learned_val val = {}, *old;
+	struct learn *l;
+	__u32 ttl;
+
+	if (i >= s->nlearn)
+		return;
+	l = &s->learn[i & (SOCKLB_DNS_LEARN_MAX - 1)];
+	key.workload = s->q.workload;
+	__builtin_memcpy(key.addr, l->addr, sizeof(key.addr));
+	ttl = l->ttl;
+	if (ttl > cfg->ttl_cap)
+		ttl = cfg->ttl_cap;
+	val.expiry_ns = now + (__u64)ttl * 1000000000ULL + (__u64)cfg->grace * 1000000000ULL;
+	val.name_hash = s->q.name_hash;
+	val.pattern = s->q.pattern;
+	val.ttl = l->ttl;
+	old = bpf_map_lookup_elem(&dns_learned, &key);
+	if (old && old->expiry_ns > val.expiry_ns)
+		val.expiry_ns = old->expiry_ns; /* an expiry only moves later */
+	bpf_map_update_elem(&dns_learned, &key, &val, BPF_ANY);
+}
+
+/* Parse the answer in the slot's scratch (msg, msglen; qkey without its
+ * txid) and teach what it says, unless a program that interrupted this one
+ * on its CPU used the slot meanwhile (gen moved: what the slot holds is not
+ * this message's any more). */
+__noinline int dns_answer(__u32 slot, __u32 gen)
+{
+	struct loop_ctx c = {.slot = slot};
+	struct scratch *s = scratch(slot);
+	struct socklb_dns_query_val *q;
+	struct socklb_dns_cfg *cfg;
+	__u32 zero = 0, flags, qd, total, p, i;
+	__u64 now;
+
+	if (!s || s->msglen < 12)
+		return 0;
+	flags = rd16(s, 2);
+	if (!(flags & 0x8000) || (flags & 0x7800)) /* QR = 1, opcode QUERY */
+		return 0;
+	s->qkey.txid = s->msg[0] | (s->msg[1] << 8); /* as on the wire */
+	q = bpf_map_lookup_elem(&dns_queries, &s->qkey);
+	if (!q) {
+		count(SOCKLB_DNS_CNT_UNSOLICITED, 1);
+		return 0;
+	}
+	s->q = *q;
+	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
+	if (!cfg)
+		return 0;
+	now = bpf_ktime_get_boot_ns();
+	if ((s->workload && s->workload != s->q.workload) ||
+	    now - s->q.sent_ns > (__u64)cfg->query_window * 1000000000ULL) {
+		count(SOCKLB_DNS_CNT_UNSOLICITED, 1); /* another workload's, or too late */
+		return 0;
+	}
+	if (flags & 0x0200) { /* TC: the client retries over TCP */
+		count(SOCKLB_DNS_CNT_TRUNCATED, 1);
+		return 0;
+	}
+	qd = rd16(s, 4);
+	s->ancount = rd16(s, 6);
+	total = s->ancount + rd16(s, 8) + rd16(s, 10);
+	if (qd != 1 || total > SOCKLB_DNS_RRS_MAX)
+		goto malformed;
+	if (dns_name(slot, 12) < 0)
+		goto malformed;
+	s = scratch(slot);
+	if (!s)
+		return 0;
+	p = s->end;
+	if (p + 4 > s->msglen || s->hash != s->q.name_hash || rd16(s, p) != s->q.qtype || rd16(s, p + 2) != DNS_IN) {
+		count(SOCKLB_DNS_CNT_UNSOLICITED, 1); /* an answer to another question */
+		return 0;
+	}
+	if (flags & 0x000F) { /* RCODE: nothing to learn, the query is answered */
+		bpf_map_delete_elem(&dns_queries, &s->qkey);
+		count(SOCKLB_DNS_CNT_ANSWERS, 1);
+		return 0;
+	}
+	s->rr_pos = p + 4;
+	s->rr_i = 0;
+	s->rr_total = total;
+	s->err = ERR_NONE;
+	s->chain[0] = s->q.name_hash;
+	s->chain_ttl[0] = 0xFFFFFFFF;
+	s->chain_n = 1;
+	s->nlearn = 0;
+	if (total)
+		bpf_loop(total, rr_step, &c, 0);
+	s = scratch(slot);
+	if (!s)
+		return 0;
+	if (s->err || s->rr_i != total || s->rr_pos != s->msglen)
+		goto malformed;
+	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
+	if (!cfg || s->gen != gen)
+		return 0;
+	for (i = 0; i < SOCKLB_DNS_LEARN_MAX; i++)
+		teach(s, cfg, i, now);
+	bpf_map_delete_elem(&dns_queries, &s->qkey);
+	count(SOCKLB_DNS_CNT_ANSWERS, 1);
+	count(SOCKLB_DNS_CNT_LEARNED, s->nlearn);
+	return 0;
+malformed:
+	count(SOCKLB_DNS_CNT_MALFORMED, 1);
+	return 0;
+}
+
+/* --- packets --------------------------------------------------------- */
+
+struct l4 {
+	__u32 addr[4]; /* the server: destination at egress, source at ingress */
+	__u16 port;    /* the server's, network order */
+	__u8 proto;
+	__u8 pad;
+	__u32 off;     /* start of the DNS message */
+	__u32 len;     /* its length (TCP: from the prefix) */
+};
+
+static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4 *out)
+{
+	__u32 off, paylen;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+			return -1;
+		if (ip.frag_off & bpf_htons(0x3FFF))
+			return -1;
+		out->addr[0] = 0;
+		out->addr[1] = 0;
+		out->addr[2] = bpf_htonl(0xffff);
+		out->addr[3] = egress ? ip.daddr : ip.saddr;
+		out->proto = ip.protocol;
+		off = ip.ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		__builtin_memcpy(out->addr, egress ? &ip6.daddr : &ip6.saddr, 16);
+		out->proto = ip6.nexthdr;
+		off = sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (out->proto == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)) < 0)
+			return -1;
+		out->port = egress ? udp.dest : udp.source;
+		off += sizeof(udp);
+		if (skb->len < off)
+			return -1;
+		out->off = off;
+		out->len = skb->len - off;
+		return 0;
+	}
+	if (out->proto == IPPROTO_TCP && egress) {
+		struct tcphdr tcp;
+		__u16 prefix;
+
+		if (bpf_skb_load_bytes(skb, off, &tcp, sizeof(tcp)) < 0 || tcp.doff < 5)
+			return -1;
+		out->port = tcp.dest;
+		off += tcp.doff * 4;
+		if (skb->len < off + 2 + 12)
+			return -1;
+		paylen = skb->len - off - 2;
+		if (bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
+			return -1;
+		/* a segment holding the whole query (a query split across
+		 * segments is not recorded: nothing learned, nothing dropped) */
+		if (bpf_ntohs(prefix) > paylen)
+			return -1;
+		out->off = off + 2;
+		out->len = bpf_ntohs(prefix);
+		return 0;
+	}
+	return -1;
+}
+
+static __always_inline struct socklb_dns_workload *skb_workload(struct __sk_buff *skb)
+{
+	struct socklb_dns_workload *w;
+	__u64 id = bpf_skb_cgroup_id(skb);
+	int lvl;
+
+	w = bpf_map_lookup_elem(&dns_workloads, &id);
+	if (w)
+		return w;
+#pragma unroll
+	for (lvl = CGROUP_DEPTH - 1; lvl >= 1; lvl--) {
+		id = bpf_skb_ancestor_cgroup_id(skb, lvl);
+		if (!id)
+			continue;
+		w = bpf_map_lookup_elem(&dns_workloads, &id);
+		if (w)
+			return w;
+	}
+	return NULL;
+}
+
+static __always_inline int server_allowed(__u32 set, struct l4 *l)
+{
+	struct socklb_dns_server key = {};
+
+	key.set = set;
+	key.port = l->port;
+	__builtin_memcpy(key.addr, l->addr, sizeof(key.addr));
+	return bpf_map_lookup_elem(&dns_servers, &key) != NULL;
+}
+
+/* Copy the message into the slot's scratch: the scratch, or NULL. */
+static __always_inline struct scratch *load_msg(struct __sk_buff *skb, __u32 slot, __u32 off, __u32 len)
+{
+	struct scratch *s = scratch(slot);
+	__u64 n = len;
+	__u32 gen;
+
+	if (!s || len < 12 || len >= SOCKLB_DNS_MSG_MAX)
+		return NULL;
+	/* a no-op (len < MSG_MAX) the verifier can see on the register passed */
+	asm volatile("%[n] &= %[mask]" : [n] "+r"(n) : [mask] "i"(MSG_MASK));
+	if (n < 12)
+		return NULL;
+	gen = ++s->gen; /* before the copy: an interruption during it shows too */
+	if (bpf_skb_load_bytes(skb, off, s->msg, n) < 0)
+		return NULL;
+	s->msglen = n;
+	if (s->gen != gen)
+		return NULL;
+	return s;
+}
+
+SEC("cgroup_skb/egress")
+int socklb_dns_egress(struct __sk_buff *skb)
+{
+	struct socklb_dns_workload *w;
+	struct socklb_dns_query_val val = {};
+	struct scratch *s;
+	struct l4 l = {};
+	struct socklb_dns_query_key key = {};
+	__u32 flags, p, qtype, pattern, set, workload, gen;
+
+	if (parse_l4(skb, 1, &l) < 0 || !server_allowed(SOCKLB_DNS_SET_ANY, &l))
+		return 1; /* most packets: one lookup, no workload walk */
+	w = skb_workload(skb);
+	if (!w)
+		return 1;
+	set = w->set;
+	workload = w->id;
+	if (!server_allowed(set, &l))
+		return 1;
+	s = load_msg(skb, SLOT_EGRESS, l.off, l.len);
+	if (!s)
+		goto ignored;
+	gen = s->gen;
+	flags = rd16(s, 2);
+	if ((flags & 0xF800) || rd16(s, 4) != 1) /* QR = 0, opcode QUERY, one question */
+		goto ignored;
+	if (dns_name(SLOT_EGRESS, 12) < 0)
+		goto ignored;
+	s = scratch(SLOT_EGRESS);
+	if (!s)
+		return 1;
+	p = s->end;
+	if (p + 4 > s->msglen || rd16(s, p + 2) != DNS_IN)
+		goto ignored;
+	qtype = rd16(s, p);
+	if (qtype != DNS_A && qtype != DNS_AAAA)
+		goto ignored;
+	val.name_hash = s->hash;
+	pattern = dns_match(SLOT_EGRESS, set);
+	if (!pattern)
+		goto ignored;
+	s = scratch(SLOT_EGRESS);
+	if (!s)
+		return 1;
+	val.sent_ns = bpf_ktime_get_boot_ns();
+	val.workload = workload;
+	val.set = set;
+	val.pattern = pattern;
+	val.qtype = qtype;
+	key.cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(key.server, l.addr, sizeof(l.addr));
+	key.port = l.port;
+	key.txid = s->msg[0] | (s->msg[1] << 8);
+	if (s->gen != gen) /* interrupted by another egress program on this CPU */
+		goto ignored;
+	bpf_map_update_elem(&dns_queries, &key, &val, BPF_ANY);
+	count(SOCKLB_DNS_CNT_QUERIES, 1);
+	return 1;
+ignored:
+	count(SOCKLB_DNS_CNT_QUERIES_IGNORED, 1);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int socklb_dns_ingress(struct __sk_buff *skb)
+{
+	struct socklb_dns_workload *w;
+	struct scratch *s;
+	struct l4 l = {};
+	__u32 workload;
+
+	if (parse_l4(skb, 0, &l) < 0 || l.proto != IPPROTO_UDP)
+		return 1;
+	/* Only from a server of some set: the query key below names the
+	 * server, and a query is recorded only to a server of its set. */
+	if (!server_allowed(SOCKLB_DNS_SET_ANY, &l))
+		return 1;
+	w = skb_workload(skb);
+	if (!w)
+		return 1;
+	workload = w->id;
+	s = load_msg(skb, SLOT_INGRESS, l.off, l.len);
+	if (!s)
+		return 1;
+	s->workload = workload;
+	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
+	s->qkey.cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(s->qkey.server, l.addr, sizeof(l.addr));
+	s->qkey.port = l.port;
+	dns_answer(SLOT_INGRESS, s->gen);
+	return 1;
+}
+
+SEC("sockops")
+int socklb_dns_sockops(struct bpf_sock_ops *ops)
+{
+	struct socklb_dns_server key = {};
+	__u64 cookie;
+
+	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		return 1;
+	key.set = SOCKLB_DNS_SET_ANY;
+	key.port = (__u16)(ops->remote_port >> 16); /* the network-order port sits in the upper half */
+	if (ops->family == AF_INET) {
+		__u32 a = ops->remote_ip4;
+
+		/* keep clang from merging the context reads of both branches
+		 * into one at a variable offset (the verifier refuses that) */
+		asm volatile("" : "+r"(a));
+		key.addr[2] = bpf_htonl(0xffff);
+		key.addr[3] = a;
+	} else if (ops->family == AF_INET6) {
+		__u32 a0 = ops->remote_ip6[0], a1 = ops->remote_ip6[1], a2 = ops->remote_ip6[2],
+		      a3 = ops->remote_ip6[3];
+
+		asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
+		key.addr[0] = a0;
+		key.addr[1] = a1;
+		key.addr[2] = a2;
+		key.addr[3] = a3;
+	} else {
+		return 1;
+	}
+	if (!bpf_map_lookup_elem(&dns_servers, &key))
+		return 1;
+	cookie = bpf_get_socket_cookie(ops);
+	if (bpf_sock_hash_update(ops, &dns_socks, &cookie, BPF_NOEXIST) == 0)
+		count(SOCKLB_DNS_CNT_TCP_SOCKETS, 1);
+	return 1;
+}
+
+/* Where the strparser's message starts in the skb it hands the parser and
+ * the verdict: one skb may hold the end of a message and the next ones, and
+ * the strparser gives each message the same skb with its offset in the
+ * control block (struct strp_msg), which the BPF context does not show. Read
+ * through the kernel's skb (a kfunc, kernel >= 6.3; BTF-checked loads). */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+static __always_inline struct strp_msg *strp_msg(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+
+	return &((struct sk_skb_cb *)(void *)k->cb)->strp.strp;
+}
+
+/* Bytes of a message too large for the socket's receive buffer still to
+ * pass through unparsed, per socket cookie (see socklb_dns_parser). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+} dns_passthru SEC(".maps");
+
+/* The size of the message at the strparser's offset: its 2-byte prefix + 2.
+ * The strparser fails the socket (EMSGSIZE) on a message larger than the
+ * socket's receive buffer (an application may have made it small): such a
+ * message is handed on in the pieces that have arrived, unparsed, keeping
+ * count in dns_passthru so that the next message is framed where it starts.
+ * Never an error, never a length past what the message holds. */
+SEC("sk_skb/stream_parser")
+int socklb_dns_parser(struct __sk_buff *skb)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	__u32 off = strp_msg(skb)->offset, avail, want, rcvbuf;
+	__u64 cookie;
+	__u32 *left;
+	__u16 prefix;
+
+	if (off > 0xFFFF || skb->len <= off)
+		return 0;
+	avail = skb->len - off;
+	cookie = bpf_get_socket_cookie(skb);
+	left = bpf_map_lookup_elem(&dns_passthru, &cookie);
+	if (left && *left) {
+		want = *left < avail ? *left : avail;
+		*left -= want;
+		return want;
+	}
+	if (bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
+		return 0; /* the strparser waits for more */
+	want = 2 + bpf_ntohs(prefix);
+	rcvbuf = BPF_CORE_READ(k, sk, sk_rcvbuf);
+	if (want <= rcvbuf)
+		return want;
+	want -= avail;
+	bpf_map_update_elem(&dns_passthru, &cookie, &want, BPF_ANY);
+	return avail;
+}
+
+SEC("sk_skb/stream_verdict")
+int socklb_dns_verdict(struct __sk_buff *skb)
+{
+	struct strp_msg *m = strp_msg(skb);
+	__u32 off = m->offset, full = m->full_len;
+	struct scratch *s;
+	__u16 prefix;
+	__u32 len;
+
+	count(SOCKLB_DNS_CNT_TCP_MESSAGES, 1);
+	if (off > 0xFFFF || bpf_skb_load_bytes(skb, off, &prefix, 2) < 0)
+		return SK_PASS;
+	len = bpf_ntohs(prefix);
+	if (full != len + 2 || skb->len < off + full)
+		return SK_PASS;
+	s = load_msg(skb, SLOT_STREAM, off + 2, len);
+	if (!s)
+		return SK_PASS;
+	s->workload = 0; /* the socket cookie stands for it */
+	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
+	s->qkey.cookie = bpf_get_socket_cookie(skb);
+	if (skb->family == AF_INET) {
+		__u32 a = skb->remote_ip4;
+
+		asm volatile("" : "+r"(a)); /* as in socklb_dns_sockops */
+		s->qkey.server[2] = bpf_htonl(0xffff);
+		s->qkey.server[3] = a;
+	} else {
+		__u32 a0 = skb->remote_ip6[0], a1 = skb->remote_ip6[1], a2 = skb->remote_ip6[2],
+		      a3 = skb->remote_ip6[3];
+
+		asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
+		s->qkey.server[0] = a0;
+		s->qkey.server[1] = a1;
+		s->qkey.server[2] = a2;
+		s->qkey.server[3] = a3;
+	}
+	s->qkey.port = (__u16)(skb->remote_port >> 16);
+	dns_answer(SLOT_STREAM, s->gen);
+	return SK_PASS;
+}

@@ -1,0 +1,571 @@
+"""The in-kernel DNS learner (bpf/dns.bpf.c): load and attach it to a
+cgroup, program what it learns from (workloads, servers, name patterns),
+read what it learned. Phase 1 of FQDN egress policy: the connect hook that
+will read `dns_learned` is not wired yet.
+
+    learner = DnsLearner(pin_dir, cgroup, tcp="auto")   # "auto" | "sockmap" | "off"
+    learner.load()                       # build (cached), load, pin, attach
+    learner.tcp_way                      # "sockmap" | "off: <why>"
+    learner.set_config(ttl_cap=3600, grace=5)
+    learner.set_workload(cgroup_id, workload=1, fqdn_set=1)
+    learner.set_servers(1, [("10.0.0.53", 53)])
+    learner.set_patterns(1, {"api.example.com": 1, "*.example.org": 2, "**.example.net": 3})
+    learner.learned()                    # [Learned(workload, addr, expiry_ns, ...)]
+    learner.counters()                   # {"queries": .., "learned": .., ...}
+    learner.close()                      # the programs stay attached (pinned links)
+    detach(pin_dir)                      # remove the learner's links and pins
+                                         # (also after a load that failed half-way)
+
+Built with clang against the running kernel's BTF and loaded with libbpf
+(bpfobj.build, native.py), like the iterator tools: it needs bpf_loop and
+global functions, which bcc 0.26 does not give. Pins, under the agent's pin
+directory: the maps as <pin_dir>/dns_<name>, the links as
+<pin_dir>/links/dns_<program>; a restart swaps the new programs into the
+pinned links (BPF_LINK_UPDATE) and keeps the maps, so nothing learned is lost
+and the hooks are never empty.
+
+TCP answers need a sockhash with a stream parser and verdict (sk_skb) and a
+sock_ops program that adds DNS sockets to it; that part is optional: with
+tcp="auto" a kernel that refuses it (load or attach) leaves UDP learning
+working and `tcp_way` says why; tcp="off" forces that fallback;
+tcp="sockmap" fails the load instead.
+
+Patterns follow Cilium's matchPattern (docs/fqdn.md): `api.example.com`
+the name itself; `*.example.com` one label before example.com; `**.example.com`
+one or more labels before it; `*` every name. Case-insensitive, a final dot
+ignored. A `*` anywhere else (`api-*.example.com`, `a.*.example.com`) is
+refused (PatternError).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import ipaddress
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from . import bpfobj, kernel, layout, native
+from .kernel import BpfMap
+from .loader import MapSpec
+
+log = logging.getLogger(__name__)
+
+SOURCE = "dns.bpf.c"
+TCP_WAYS = ("auto", "sockmap", "off")
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+_MASK64 = (1 << 64) - 1
+
+# enum bpf_attach_type values this module attaches with
+BPF_CGROUP_INET_INGRESS = 0
+BPF_CGROUP_INET_EGRESS = 1
+BPF_CGROUP_SOCK_OPS = 3
+BPF_SK_SKB_STREAM_PARSER = 4
+BPF_SK_SKB_STREAM_VERDICT = 5
+_ATTACH_NAMES = {0: "CGROUP_INET_INGRESS", 1: "CGROUP_INET_EGRESS", 3: "CGROUP_SOCK_OPS",
+                 4: "SK_SKB_STREAM_PARSER", 5: "SK_SKB_STREAM_VERDICT"}
+
+
+class _Attach(int):
+    """An attach type with the .name kernel.link_create reports errors with."""
+
+    @property
+    def name(self) -> str:
+        return _ATTACH_NAMES.get(int(self), str(int(self)))
+
+
+@dataclass(frozen=True)
+class Program:
+    key: str        # links/dns_<key>
+    func: str       # the program's name in dns.bpf.c
+    attach: int     # attach type
+    target: str     # "cgroup" or the map it attaches to
+    tcp: bool       # part of the optional TCP path
+
+
+PROGRAMS = (
+    Program("egress", "socklb_dns_egress", BPF_CGROUP_INET_EGRESS, "cgroup", False),
+    Program("ingress", "socklb_dns_ingress", BPF_CGROUP_INET_INGRESS, "cgroup", False),
+    Program("sockops", "socklb_dns_sockops", BPF_CGROUP_SOCK_OPS, "cgroup", True),
+    Program("parser", "socklb_dns_parser", BPF_SK_SKB_STREAM_PARSER, "dns_socks", True),
+    Program("verdict", "socklb_dns_verdict", BPF_SK_SKB_STREAM_VERDICT, "dns_socks", True),
+)
+
+
+# The pinned maps (<pin_dir>/<name>); dns_scratch is per load, not pinned.
+MAPS: dict[str, MapSpec] = {
+    "dns_workloads": MapSpec(ct.c_uint64, layout.DnsWorkload, layout.DNS_WORKLOADS_MAX),
+    "dns_servers": MapSpec(layout.DnsServer, ct.c_uint8, layout.DNS_SERVERS_MAX),
+    "dns_patterns": MapSpec(layout.DnsPatternKey, layout.DnsPatternVal, layout.DNS_PATTERNS_MAX),
+    "dns_queries": MapSpec(layout.DnsQueryKey, layout.DnsQueryVal, layout.DNS_QUERIES_MAX),
+    "dns_learned": MapSpec(layout.DnsLearnedKey, layout.DnsLearnedVal, layout.DNS_LEARNED_MAX),
+    "dns_cfg": MapSpec(ct.c_uint32, layout.DnsCfg, 1),
+    "dns_counters": MapSpec(ct.c_uint32, ct.c_uint64, layout.DNS_COUNTER_MAX, percpu=True),
+    "dns_socks": MapSpec(ct.c_uint64, ct.c_uint64, layout.DNS_SOCKS_MAX),
+}
+
+DEFAULT_TTL_CAP = 86400
+DEFAULT_GRACE = 5
+DEFAULT_QUERY_WINDOW = 30
+
+
+class DnsError(bpfobj.BpfObjError):
+    """Loading or attaching the DNS learner failed."""
+
+
+class PatternError(ValueError):
+    """A name pattern the learner cannot match."""
+
+
+# --- names and patterns (pure) ---------------------------------------------------
+
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+
+
+def wire(name: str) -> bytes:
+    """The lowercased wire form of a name (labels, then the root byte);
+    "" or "." is the root."""
+    name = name.strip().lower().rstrip(".")
+    out = bytearray()
+    for label in name.split(".") if name else ():
+        raw = label.encode("ascii")
+        if not 1 <= len(raw) <= 63:
+            raise PatternError(f"{name!r}: a label has 1 to 63 characters")
+        out += bytes([len(raw)]) + raw
+    out += b"\0"
+    if len(out) > layout.DNS_NAME_MAX:
+        raise PatternError(f"{name!r}: longer than {layout.DNS_NAME_MAX} bytes in wire form")
+    return bytes(out)
+
+
+def fnv1a(data: Iterable[int]) -> int:
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & _MASK64
+    return h
+
+
+def name_hash(name: str) -> int:
+    """A name's identity as the kernel computes it (front to back)."""
+    return fnv1a(wire(name))
+
+
+def suffix_hash(name: str) -> int:
+    """The key of a name in `dns_patterns` (its wire form back to front)."""
+    return fnv1a(reversed(wire(name)))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    text: str             # as given
+    kind: layout.DnsKind
+    suffix: str           # the name after the wildcard ("" for the root)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """`name`, `*.name`, `**.name` or `*`; case-insensitive."""
+    p = text.strip().lower().rstrip(".")
+    if p == "*" or p == "**":
+        return Pattern(text, layout.DnsKind.ANY_DEPTH, "")
+    if p.startswith("**."):
+        kind, rest = layout.DnsKind.ANY_DEPTH, p[3:]
+    elif p.startswith("*."):
+        kind, rest = layout.DnsKind.ONE_LABEL, p[2:]
+    else:
+        kind, rest = layout.DnsKind.EXACT, p
+    if not rest:
+        raise PatternError(f"{text!r}: no name")
+    if "*" in rest:
+        raise PatternError(f"{text!r}: a wildcard stands only as the first label (`*.` or `**.`); "
+                           "one inside a label or further right is not supported")
+    for label in rest.split("."):
+        if not _LABEL.match(label):
+            raise PatternError(f"{text!r}: label {label!r} is not a DNS label (letters, digits, '-', '_')")
+    wire(rest)  # length checks
+    return Pattern(text, kind, rest)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """The reference of the kernel's matching (for tests and tools)."""
+    pat = parse_pattern(pattern)
+    labels = [x for x in name.strip().lower().rstrip(".").split(".") if x]
+    suffix = [x for x in pat.suffix.split(".") if x]
+    if len(labels) < len(suffix) or labels[len(labels) - len(suffix):] != suffix:
+        return False
+    extra = len(labels) - len(suffix)
+    if pat.kind == layout.DnsKind.EXACT:
+        return extra == 0
+    if pat.kind == layout.DnsKind.ONE_LABEL:
+        return extra == 1
+    return extra >= 1
+
+
+def pattern_entries(fqdn_set: int, patterns: Mapping[str, int]) -> dict[tuple[int, int], layout.DnsPatternVal]:
+    """{(set, suffix hash): value} for patterns {text: pattern id (not 0)}."""
+    out: dict[tuple[int, int], layout.DnsPatternVal] = {}
+    field = {layout.DnsKind.EXACT: "exact", layout.DnsKind.ONE_LABEL: "one_label",
+             layout.DnsKind.ANY_DEPTH: "any_depth"}
+    for text, pid in patterns.items():
+        if not 0 < pid < 1 << 32:
+            raise PatternError(f"{text!r}: pattern id {pid} is not in 1..2^32-1")
+        pat = parse_pattern(text)
+        key = (fqdn_set, suffix_hash(pat.suffix))
+        val = out.setdefault(key, layout.DnsPatternVal())
+        val.kinds |= int(pat.kind)
+        setattr(val, field[pat.kind], pid)
+    return out
+
+
+# --- what was learned -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Learned:
+    workload: int
+    addr: str
+    expiry_ns: int   # CLOCK_BOOTTIME ns
+    name_hash: int
+    pattern: int
+    ttl: int
+
+    def remaining(self, now_ns: int | None = None) -> float:
+        """Seconds until it expires (negative: expired)."""
+        now = boottime_ns() if now_ns is None else now_ns
+        return (self.expiry_ns - now) / 1e9
+
+
+def boottime_ns() -> int:
+    """The clock of the expiries (bpf_ktime_get_boot_ns)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def _addr_text(words) -> str:
+    raw = bytes(layout.U32x4(*words))
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+# --- the object ---------------------------------------------------------------------
+
+def tcp_refused(tcp: str) -> str | None:
+    """Whether tcp forces the fallback (the answer before any probe)."""
+    if tcp not in TCP_WAYS:
+        raise DnsError(f"DNS over TCP {tcp!r}: expected one of {', '.join(TCP_WAYS)}")
+    return "forced" if tcp == "off" else None
+
+
+class _Object:
+    """dns.bpf.c opened and loaded with libbpf; pinned maps reused."""
+
+    def __init__(self, path: Path, pin_dir: Path | None, programs: Iterable[Program], tiny: bool = False):
+        """tiny: the hash maps with one entry (a probe: nothing is stored)."""
+        self.lib = native.libbpf()
+        self.obj = None
+        self.tiny = tiny
+        with native.libbpf_messages() as logbuf:
+            try:
+                self._load(path, pin_dir, {p.func for p in programs}, logbuf)
+            except Exception:
+                self.close()
+                raise
+
+    def _load(self, path: Path, pin_dir: Path | None, funcs: set[str], logbuf: list[str]) -> None:
+        lib = self.lib
+        obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
+        if not obj:
+            e = ct.get_errno() or errno.EINVAL
+            raise DnsError(f"libbpf cannot open {path}: {bpfobj.strerror(e)}")
+        self.obj = obj
+        if pin_dir is not None:
+            for name, spec in MAPS.items():
+                pin = pin_dir / name
+                if not pin.exists():
+                    continue
+                fd = kernel.obj_get(pin)
+                try:
+                    info = kernel.map_info(fd)
+                    want = (ct.sizeof(spec.key), ct.sizeof(spec.value), spec.max_entries)
+                    have = (info.key_size, info.value_size, info.max_entries)
+                    if want != have:
+                        raise DnsError(f"pinned map {pin} has key/value/entries {have}, this build needs {want}")
+                    ret = lib.bpf_map__reuse_fd(lib.bpf_object__find_map_by_name(obj, name.encode()), fd)
+                    if ret < 0:
+                        raise DnsError(f"bpf_map__reuse_fd({pin}): {bpfobj.strerror(-ret)}")
+                finally:
+                    os.close(fd)
+        for p in PROGRAMS:
+            if p.func not in funcs:
+                lib.bpf_program__set_autoload(self._prog(p.func), False)
+        if self.tiny:
+            for name in ("dns_workloads", "dns_servers", "dns_patterns", "dns_queries", "dns_learned", "dns_socks"):
+                lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, name.encode()), 1)
+        ret = lib.bpf_object__load(obj)
+        if ret < 0:
+            raise DnsError(f"loading {path.name} failed: {bpfobj.strerror(-ret)}\n{bpfobj.log_tail(logbuf)}")
+
+    def _prog(self, func: str):
+        prog = self.lib.bpf_object__find_program_by_name(self.obj, func.encode())
+        if not prog:
+            raise DnsError(f"{SOURCE} has no program {func}")
+        return prog
+
+    def prog_fd(self, func: str) -> int:
+        return self.lib.bpf_program__fd(self._prog(func))
+
+    def map_fd(self, name: str) -> int:
+        m = self.lib.bpf_object__find_map_by_name(self.obj, name.encode())
+        fd = self.lib.bpf_map__fd(m) if m else -1
+        if fd < 0:
+            raise DnsError(f"map {name} missing after load")
+        return fd
+
+    def close(self) -> None:
+        if self.obj:
+            self.lib.bpf_object__close(self.obj)
+            self.obj = None
+
+
+def probe_tcp(cache: Path | None = None) -> str | None:
+    """None when this kernel loads the TCP path (sock_ops, sk_skb stream
+    parser and verdict) and attaches the sk_skb programs to a sockhash,
+    else why not. Uses maps of its own (nothing pinned, nothing attached to
+    a cgroup)."""
+    try:
+        obj = _Object(bpfobj.build(SOURCE, cache=cache), None, [p for p in PROGRAMS if p.tcp], tiny=True)
+    except Exception as e:
+        return bpfobj.first_line(e)
+    try:
+        socks = obj.map_fd("dns_socks")
+        for p in PROGRAMS:
+            if p.target == "dns_socks":
+                fd = kernel.link_create(obj.prog_fd(p.func), socks, _Attach(p.attach))
+                kernel.link_detach(fd)
+                os.close(fd)
+        return None
+    except OSError as e:
+        return str(e)
+    finally:
+        obj.close()
+
+
+class DnsLearner:
+    """The learner of one pin directory, attached to one cgroup."""
+
+    def __init__(self, pin_dir: str | Path, cgroup: str | Path, tcp: str = "auto", cache: Path | None = None):
+        self.pin_dir = Path(pin_dir)
+        self.cgroup = Path(cgroup)
+        self.tcp = tcp
+        self.cache = cache
+        self.tcp_way = ""
+        self.maps: dict[str, BpfMap] = {}
+
+    @property
+    def links_dir(self) -> Path:
+        return self.pin_dir / "links"
+
+    def load(self) -> "DnsLearner":
+        kernel.ensure_bpffs()
+        forced = tcp_refused(self.tcp)
+        if not (self.cgroup / "cgroup.procs").exists():
+            raise DnsError(f"{self.cgroup} is not a cgroup v2 directory")
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        self.links_dir.mkdir(exist_ok=True)
+        path = bpfobj.build(SOURCE, cache=self.cache)
+        why_not = forced
+        obj = None
+        if why_not is None:
+            try:
+                obj = _Object(path, self.pin_dir, PROGRAMS)
+            except DnsError as e:
+                if self.tcp == "sockmap":
+                    raise
+                why_not = bpfobj.first_line(e)
+                log.warning("DNS over TCP: the kernel refused the sockmap programs (%s); learning from UDP only",
+                            why_not)
+        if obj is None:
+            obj = _Object(path, self.pin_dir, [p for p in PROGRAMS if not p.tcp])
+        try:
+            self._pin_maps(obj)
+            cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for p in PROGRAMS:
+                    if not p.tcp:
+                        self._attach(p, obj.prog_fd(p.func), cg_fd)
+                if why_not is None:
+                    why_not = self._attach_tcp(obj, cg_fd)
+            finally:
+                os.close(cg_fd)
+        finally:
+            obj.close()
+        if why_not is not None:
+            self._detach_tcp()
+        self.tcp_way = "sockmap" if why_not is None else f"off: {why_not}"
+        self._open_maps()
+        if self.maps["dns_cfg"].lookup(ct.c_uint32(0)).ttl_cap == 0:
+            self.set_config()
+        log.info("DNS learner on %s (tcp: %s), maps in %s", self.cgroup, self.tcp_way, self.pin_dir)
+        return self
+
+    def _pin_maps(self, obj: _Object) -> None:
+        for name in MAPS:
+            pin = self.pin_dir / name
+            if not pin.exists():
+                kernel.obj_pin(obj.map_fd(name), pin)
+
+    def _attach_tcp(self, obj: _Object, cg_fd: int) -> str | None:
+        socks = obj.map_fd("dns_socks")
+        try:
+            for p in PROGRAMS:
+                if p.tcp:
+                    self._attach(p, obj.prog_fd(p.func), cg_fd if p.target == "cgroup" else socks)
+        except (OSError, DnsError) as e:
+            if self.tcp == "sockmap":
+                raise
+            log.warning("DNS over TCP: attaching the sockmap programs failed (%s); learning from UDP only", e)
+            return str(e)
+        return None
+
+    def _attach(self, p: Program, prog_fd: int, target_fd: int) -> None:
+        pin = self.links_dir / f"dns_{p.key}"
+        if pin.exists():
+            link_fd = kernel.obj_get(pin)
+            try:
+                if p.target == "cgroup":
+                    info = kernel.link_info(link_fd)
+                    if info.cgroup_id != os.stat(self.cgroup).st_ino:
+                        raise DnsError(f"{pin} attaches to another cgroup (id {info.cgroup_id}); detach first")
+                kernel.link_update(link_fd, prog_fd)
+            finally:
+                os.close(link_fd)
+            return
+        link_fd = kernel.link_create(prog_fd, target_fd, _Attach(p.attach))
+        try:
+            kernel.obj_pin(link_fd, pin)
+        finally:
+            os.close(link_fd)
+
+    def _detach_tcp(self) -> None:
+        for p in PROGRAMS:
+            pin = self.links_dir / f"dns_{p.key}"
+            if p.tcp and pin.exists():
+                _unpin_link(pin)
+
+    def _open_maps(self) -> None:
+        for name, spec in MAPS.items():
+            if name != "dns_socks":
+                self.maps[name] = BpfMap.pinned(self.pin_dir / name, spec.key, spec.value, spec.percpu)
+
+    # --- inputs ---------------------------------------------------------------
+
+    def set_config(self, ttl_cap: int = DEFAULT_TTL_CAP, grace: int = DEFAULT_GRACE,
+                   query_window: int = DEFAULT_QUERY_WINDOW) -> None:
+        if ttl_cap <= 0:
+            raise ValueError("ttl_cap must be positive")
+        self.maps["dns_cfg"].update(ct.c_uint32(0), layout.DnsCfg(ttl_cap, grace, query_window))
+
+    def set_workload(self, cgroup_id: int, workload: int, fqdn_set: int) -> None:
+        if workload <= 0 or fqdn_set <= 0:
+            raise ValueError("workload and set ids start at 1")
+        self.maps["dns_workloads"].update(ct.c_uint64(cgroup_id), layout.DnsWorkload(workload, fqdn_set))
+
+    def remove_workload(self, cgroup_id: int) -> None:
+        self.maps["dns_workloads"].delete(ct.c_uint64(cgroup_id))
+
+    def set_servers(self, fqdn_set: int, servers: Iterable[tuple[str, int]]) -> None:
+        """The servers (address, port) set may learn from: replaces the
+        set's; the union (set 0) is recomputed from the map."""
+        m = self.maps["dns_servers"]
+        want = {(a, port) for a, port in servers}
+        for key in list(m.keys()):
+            if key.set == fqdn_set:
+                m.delete(key)
+        for addr, port in want:
+            m.update(_server_key(fqdn_set, addr, port), ct.c_uint8(1))
+        union = {(bytes(k.addr), k.port) for k in m.keys() if k.set != layout.DNS_SET_ANY}
+        for key in list(m.keys()):
+            if key.set == layout.DNS_SET_ANY and (bytes(key.addr), key.port) not in union:
+                m.delete(key)
+        for raw, port_be in union:
+            m.update(layout.DnsServer(layout.DNS_SET_ANY, port_be, 0, layout.U32x4.from_buffer_copy(raw)),
+                     ct.c_uint8(1))
+
+    def set_patterns(self, fqdn_set: int, patterns: Mapping[str, int]) -> None:
+        """The set's name patterns {text: pattern id}, replacing its old ones."""
+        entries = pattern_entries(fqdn_set, patterns)  # validates before writing
+        m = self.maps["dns_patterns"]
+        for (s, h), val in entries.items():
+            m.update(layout.DnsPatternKey(s, 0, h), val)
+        for key in list(m.keys()):
+            if key.set == fqdn_set and (key.set, key.hash) not in entries:
+                m.delete(key)
+
+    # --- outputs --------------------------------------------------------------
+
+    def learned(self, workload: int | None = None) -> list[Learned]:
+        out = []
+        for k, v in self.maps["dns_learned"].items():
+            if workload is None or k.workload == workload:
+                out.append(Learned(k.workload, _addr_text(k.addr), v.expiry_ns, v.name_hash, v.pattern, v.ttl))
+        return sorted(out, key=lambda x: (x.workload, x.addr))
+
+    def active(self, workload: int | None = None, now_ns: int | None = None) -> list[Learned]:
+        """What has not expired: what the connect hook will allow."""
+        now = boottime_ns() if now_ns is None else now_ns
+        return [x for x in self.learned(workload) if x.expiry_ns > now]
+
+    def prune(self, now_ns: int | None = None) -> int:
+        """Delete expired entries (the kernel only overwrites and evicts):
+        how many."""
+        now = boottime_ns() if now_ns is None else now_ns
+        m, n = self.maps["dns_learned"], 0
+        for k, v in list(m.items()):
+            if v.expiry_ns <= now and m.delete(k):
+                n += 1
+        return n
+
+    def outstanding(self) -> int:
+        return sum(1 for _ in self.maps["dns_queries"].keys())
+
+    def counters(self) -> dict[str, int]:
+        m = self.maps["dns_counters"]
+        return {c.name.lower(): sum(v.value for v in m.lookup_percpu(ct.c_uint32(c))) for c in layout.DnsCounter}
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+
+
+def _server_key(fqdn_set: int, addr: str, port: int) -> layout.DnsServer:
+    return layout.DnsServer(fqdn_set, layout.port_be(port), 0, layout.pack_addr(addr))
+
+
+def _unpin_link(pin: Path) -> None:
+    fd = kernel.obj_get(pin)
+    try:
+        kernel.link_detach(fd)
+    finally:
+        os.close(fd)
+    pin.unlink()
+
+
+def detach(pin_dir: str | Path) -> list[str]:
+    """Remove the learner's links (the programs leave at once) and map pins."""
+    pin_dir = Path(pin_dir)
+    removed = []
+    for p in PROGRAMS:
+        pin = pin_dir / "links" / f"dns_{p.key}"
+        if pin.exists():
+            _unpin_link(pin)
+            removed.append(str(pin))
+    for name in MAPS:
+        pin = pin_dir / name
+        if pin.exists():
+            pin.unlink()
+            removed.append(str(pin))
+    return removed
