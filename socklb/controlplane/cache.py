@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from socklb.v1 import api_pb2, node_pb2, policy_pb2, types_pb2
 
-from . import compute
+from . import compute, policy_compute
 from .policy_cache import NodePolicy, PolicyCache, PolicyChanges
 
 
@@ -125,7 +125,8 @@ class SnapshotCache:
         shared: dict[str, node_pb2.ServiceState] = {}
         per_node: dict[str, dict[str, node_pb2.ServiceState]] = {}
         removed: list[str] = []
-        frontends_changed: list[str] = []  # what policy sets and redirects see of a service
+        # What policy sets and redirects see of a service: its frontends (a DNS service's backends too).
+        frontends_changed: list[str] = []
         # Within a batch only the last write of a name matters: the nodes
         # have seen none of them yet.
         for name, svc in dict(services).items():
@@ -158,4 +159,4 @@ class SnapshotCache:
 
 
 def _frontends(svc: api_pb2.Service | None) -> list | None:
-    return list(svc.frontends) if svc is not None else None
+    return policy_compute.dns_relevant(svc)

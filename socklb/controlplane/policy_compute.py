@@ -14,7 +14,12 @@ A set holds, for the kernel:
 - for destinations that are not a frontend, the port rules of each prefix
   (`to_cidrs`), **flattened**: each prefix carries the rules of every prefix
   that contains it, so the kernel's longest-prefix match finds everything that
-  applies in one lookup.
+  applies in one lookup;
+- the port rules of each DNS name pattern (`to_fqdns`), flattened the same
+  way: a pattern carries the rules of every pattern covering it (the kernel
+  learns an address under the most specific pattern its name matched), and
+  the **DNS servers** whose answers teach the set's workloads (see
+  `dns_servers`).
 
 Everything is ordered deterministically: the digest of a node's state
 depends on it.
@@ -26,7 +31,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
-from socklb.lb.addresses import unmapped
+from socklb.lb import fqdn
+from socklb.lb.addresses import canonical_address, unmapped
 from socklb.lb.protocols import PROTOCOLS
 from socklb.v1 import api_pb2, node_pb2, policy_pb2, types_pb2
 
@@ -60,9 +66,13 @@ def workload_state(w: policy_pb2.Workload, policy_set: str) -> node_pb2.Workload
 def policy_set(policies: Sequence[policy_pb2.Policy],
                services: Mapping[str, api_pb2.Service]) -> node_pb2.PolicySetState:
     """The set made of `policies` (at least one), against the current services."""
+    frontends = frontend_verdicts(policies, services)
+    prefixes = prefix_rules(policies)
+    fqdns = fqdn_rules(policies)
     return node_pb2.PolicySetState(
         name=set_name(p.name for p in policies), policies=sorted(p.name for p in policies),
-        frontends=frontend_verdicts(policies, services), prefixes=prefix_rules(policies))
+        frontends=frontends, prefixes=prefixes, fqdns=fqdns,
+        dns_servers=dns_servers(frontends, prefixes, services) if fqdns else [])
 
 
 def services_named(policy: policy_pb2.Policy) -> set[str]:
@@ -154,25 +164,34 @@ def prefix_text(key: PrefixKey) -> str:
 
 def prefix_rules(policies: Iterable[policy_pb2.Policy]) -> list[node_pb2.PrefixRules]:
     """Every prefix of the policies' rules with its flattened port rules."""
-    rules: dict[PrefixKey, set[Rule]] = {}
-    unparsed: dict[str, set[Rule]] = {}
-    for p in policies:
-        for rule in p.egress:
-            if rule.action not in _ACTIONS or not rule.to_cidrs:
-                continue
-            given = port_rules(rule)
-            for text in rule.to_cidrs:
-                key = prefix_key(text)
-                if key is None:
-                    unparsed.setdefault(text, set()).update(given)
-                else:
-                    rules.setdefault(key, set()).update(given)
+    rules, unparsed = _targets(policies, "to_cidrs", prefix_key)
     out = [_prefix_rules(prefix_text(key), merged) for key, merged in flatten(rules)]
     # A prefix the API would have refused (the store may hold anything) goes
     # as written, on its own: the node refuses the set naming it, where
     # dropping it would change what the policy allows without a word.
     out.extend(_prefix_rules(text, unparsed[text]) for text in sorted(unparsed))
     return out
+
+
+def _targets(policies: Iterable[policy_pb2.Policy], field: str, key_of) -> tuple[dict, dict[str, set[Rule]]]:
+    """The port rules the policies' rules give each entry of `field`
+    (to_cidrs, to_fqdns), by its key; entries whose key is None (text the
+    API would have refused) by their text."""
+    rules: dict = {}
+    unparsed: dict[str, set[Rule]] = {}
+    for p in policies:
+        for rule in p.egress:
+            targets = getattr(rule, field)
+            if rule.action not in _ACTIONS or not targets:
+                continue
+            given = port_rules(rule)
+            for text in targets:
+                key = key_of(text)
+                if key is None:
+                    unparsed.setdefault(text, set()).update(given)
+                else:
+                    rules.setdefault(key, set()).update(given)
+    return rules, unparsed
 
 
 def flatten(rules: Mapping[PrefixKey, set[Rule]]) -> list[tuple[PrefixKey, set[Rule]]]:
@@ -204,3 +223,104 @@ def _prefix_rules(prefix: str, rules: Iterable[Rule]) -> node_pb2.PrefixRules:
     return node_pb2.PrefixRules(prefix=prefix, rules=[
         node_pb2.PortRule(port=lo, end_port=hi, protocol=proto, action=action)
         for lo, hi, proto, action in sorted(rules)])
+
+
+# --- FQDN patterns --------------------------------------------------------------
+
+PatternKey = tuple[int, str]  # (fqdn.Kind, suffix): a parsed pattern
+
+
+def fqdn_rules(policies: Iterable[policy_pb2.Policy]) -> list[node_pb2.FqdnRules]:
+    """Every pattern of the policies' `to_fqdns` (canonical spelling) with
+    its flattened port rules, sorted by pattern."""
+    rules, unparsed = _targets(policies, "to_fqdns", pattern_key)
+    out = []
+    for key, merged in flatten_patterns(rules):
+        out.append(node_pb2.FqdnRules(pattern=fqdn.Pattern("", *key).canonical, rules=_port_rules(merged)))
+    out.sort(key=lambda f: f.pattern)
+    # As prefix_rules does: a pattern the API would have refused goes as
+    # written, for the node to refuse the set.
+    out.extend(node_pb2.FqdnRules(pattern=text, rules=_port_rules(unparsed[text])) for text in sorted(unparsed))
+    return out
+
+
+@lru_cache(maxsize=1 << 16)
+def pattern_key(text: str) -> PatternKey | None:
+    try:
+        pat = fqdn.parse_pattern(text)
+    except fqdn.PatternError:
+        return None
+    return int(pat.kind), pat.suffix
+
+
+def flatten_patterns(rules: Mapping[PatternKey, set[Rule]]) -> list[tuple[PatternKey, set[Rule]]]:
+    """Each pattern with its own rules and those of every pattern covering
+    it: a few lookups per pattern (one per suffix of its name), not one per
+    other pattern."""
+    out = []
+    for key in rules:
+        merged: set[Rule] = set()
+        for outer in fqdn.covering(fqdn.Pattern("", fqdn.Kind(key[0]), key[1])):
+            merged |= rules.get((int(outer.kind), outer.suffix), set())
+        out.append((key, merged))
+    return out
+
+
+def _port_rules(rules: Iterable[Rule]) -> list[node_pb2.PortRule]:
+    return [node_pb2.PortRule(port=lo, end_port=hi, protocol=proto, action=action)
+            for lo, hi, proto, action in sorted(rules)]
+
+
+# --- DNS servers ----------------------------------------------------------------
+
+DNS_PORT = 53
+
+
+def dns_servers(frontends: Iterable[node_pb2.FrontendVerdict], prefixes: Iterable[node_pb2.PrefixRules],
+                services: Mapping[str, api_pb2.Service]) -> list[node_pb2.DnsServer]:
+    """The DNS servers a set's workloads learn from: each frontend on port
+    53 the set ALLOWs, and its service's backends at their port (the
+    learner's hooks see a query after the socket LB translated it to a
+    backend); each single address (/32, /128) of the set's prefixes whose
+    rules allow port 53 (UDP or TCP). Sorted by address, then port."""
+    servers: set[tuple[str, int]] = set()
+    for v in frontends:
+        if v.action != policy_pb2.ACTION_ALLOW or v.frontend.port != DNS_PORT:
+            continue
+        servers.add((canonical_address(v.frontend.address), DNS_PORT))
+        svc = services.get(v.service)
+        for b in svc.backends if svc is not None else ():
+            servers.add((canonical_address(b.address), b.port or DNS_PORT))
+    for p in prefixes:
+        key = prefix_key(p.prefix)
+        if key is None or key[2] != (32 if key[0] == 4 else 128):
+            continue
+        if any(_allows_dns(p.rules, proto) for proto in (types_pb2.PROTOCOL_UDP, types_pb2.PROTOCOL_TCP)):
+            servers.add((prefix_text(key).split("/")[0], DNS_PORT))
+    return [node_pb2.DnsServer(address=a, port=port) for a, port in sorted(servers, key=_server_order)]
+
+
+def _server_order(server: tuple[str, int]) -> tuple:
+    a = ipaddress.ip_address(server[0])
+    return a.version, int(a), server[1]
+
+
+def _allows_dns(rules: Iterable[node_pb2.PortRule], proto: int) -> bool:
+    """Whether these rules allow port 53 of `proto` (a matching DENY wins)."""
+    allowed = False
+    for r in rules:
+        if r.port <= DNS_PORT <= r.end_port and r.protocol in (types_pb2.PROTOCOL_UNSPECIFIED, proto):
+            if r.action == policy_pb2.ACTION_DENY:
+                return False
+            allowed = allowed or r.action == policy_pb2.ACTION_ALLOW
+    return allowed
+
+
+def dns_relevant(svc: api_pb2.Service | None) -> list | None:
+    """What the sets see of a service: its frontends, and, when one is on
+    port 53 (it may be a set's DNS service), its backends' addresses."""
+    if svc is None:
+        return None
+    if not any(fe.port == DNS_PORT for fe in svc.frontends):
+        return [list(svc.frontends)]
+    return [list(svc.frontends), sorted((b.address, b.port) for b in svc.backends)]

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from socklb.lb.addresses import canonical_address, check_port, parse_ip, unmapped
 from socklb.lb.errors import InvalidState
 from socklb.lb.frontends import frontend_key
-from socklb.lb.limits import (MAX_ADDRESSES_PER_WORKLOAD, MAX_CGROUP_DEPTH, MAX_CIDRS_PER_POLICY, MAX_LABELS,
-                              MAX_PORT_RULES, MAX_PORTS_PER_RULE, MAX_RULES_PER_POLICY, MAX_SERVICES_PER_RULE)
+from socklb.lb import fqdn
+from socklb.lb.limits import (MAX_ADDRESSES_PER_WORKLOAD, MAX_CGROUP_DEPTH, MAX_CIDRS_PER_POLICY,
+                              MAX_FQDNS_PER_POLICY, MAX_FQDNS_PER_RULE, MAX_LABELS, MAX_PORT_RULES,
+                              MAX_PORTS_PER_RULE, MAX_RULES_PER_POLICY, MAX_SERVICES_PER_RULE)
 from socklb.lb.names import check_name, validate_name
 from socklb.v1 import policy_pb2, types_pb2
 
@@ -161,13 +163,12 @@ def _check_ports(ports, field: str) -> None:
 
 def _check_rule(rule: policy_pb2.EgressRule, field: str) -> list[Network]:
     """One rule on its own; its prefixes, in order."""
-    if rule.to_fqdns:
-        raise InvalidState(f"{field}.to_fqdns", "FQDN rules are not supported yet (issue 13)")
     if rule.action not in _ACTIONS:
         raise InvalidState(f"{field}.action", "must be ACTION_ALLOW or ACTION_DENY" if rule.action == 0
                            else f"unknown value {rule.action} (ACTION_ALLOW or ACTION_DENY)")
-    if not rule.to_services and not rule.to_cidrs:
-        raise InvalidState(field, "needs to_services or to_cidrs (a rule matches no destination without them)")
+    if not rule.to_services and not rule.to_cidrs and not rule.to_fqdns:
+        raise InvalidState(field, "needs to_services, to_cidrs or to_fqdns (a rule matches no destination "
+                                  "without them)")
     if len(rule.to_services) > MAX_SERVICES_PER_RULE:
         raise InvalidState(f"{field}.to_services",
                            f"{len(rule.to_services)} services: more than {MAX_SERVICES_PER_RULE}")
@@ -178,6 +179,36 @@ def _check_rule(rule: policy_pb2.EgressRule, field: str) -> list[Network]:
     _check_unique(nets, f"{field}.to_cidrs")
     _check_ports(rule.ports, f"{field}.ports")
     return nets
+
+
+def _check_fqdns(rule: policy_pb2.EgressRule, field: str) -> list[fqdn.Pattern]:
+    """A rule's name patterns (docs/fqdn.md), in order."""
+    if len(rule.to_fqdns) > MAX_FQDNS_PER_RULE:
+        raise InvalidState(f"{field}.to_fqdns", f"{len(rule.to_fqdns)} patterns: more than {MAX_FQDNS_PER_RULE}")
+    pats = []
+    for i, text in enumerate(rule.to_fqdns):
+        try:
+            pats.append(fqdn.parse_pattern(text))
+        except fqdn.PatternError as e:
+            raise InvalidState(f"{field}.to_fqdns[{i}]", str(e)) from None
+    _check_unique([(p.kind, p.suffix) for p in pats], f"{field}.to_fqdns")
+    return pats
+
+
+def _check_fqdn_port_rules(rules: list[tuple[str, list[fqdn.Pattern], int]]) -> None:
+    """As _check_port_rules, for patterns: a pattern carries its rules' port
+    rules and those of every pattern of this policy covering it."""
+    count: dict[tuple, int] = {}
+    for _, pats, per_rule in rules:
+        for p in pats:
+            count[(p.kind, p.suffix)] = count.get((p.kind, p.suffix), 0) + per_rule
+    for field, pats, _ in rules:
+        for i, p in enumerate(pats):
+            total = sum(count.get((c.kind, c.suffix), 0) for c in fqdn.covering(p))
+            if total > MAX_PORT_RULES:
+                raise InvalidState(f"{field}.to_fqdns[{i}]",
+                                   f"{p.text!r} would carry {total} port rules (its rules' and those of the "
+                                   f"patterns of this policy covering it): more than {MAX_PORT_RULES}")
 
 
 def _check_port_rules(rules: list[tuple[str, list[Network], int]]) -> None:
@@ -213,21 +244,28 @@ def validate_policy(p: policy_pb2.Policy, field: str = "policy") -> None:
     cidrs = sum(len(r.to_cidrs) for r in p.egress)
     if cidrs > MAX_CIDRS_PER_POLICY:
         raise InvalidState(f"{field}.egress", f"{cidrs} prefixes over all rules: more than {MAX_CIDRS_PER_POLICY}")
-    rules = []
+    fqdns = sum(len(r.to_fqdns) for r in p.egress)
+    if fqdns > MAX_FQDNS_PER_POLICY:
+        raise InvalidState(f"{field}.egress", f"{fqdns} FQDN patterns over all rules: more than "
+                                              f"{MAX_FQDNS_PER_POLICY}")
+    rules, patterns = [], []
     for i, rule in enumerate(p.egress):
         f = f"{field}.egress[{i}]"
         rules.append((f, _check_rule(rule, f), max(len(rule.ports), 1)))
+        patterns.append((f, _check_fqdns(rule, f), max(len(rule.ports), 1)))
     _check_port_rules(rules)
+    _check_fqdn_port_rules(patterns)
 
 
 def normalized_policy(p: policy_pb2.Policy) -> policy_pb2.Policy:
-    """The stored form: prefixes canonical ("10.0.0.1" -> "10.0.0.1/32"), no
-    version. Text that is no prefix comes back unchanged, for validation to name."""
+    """The stored form: prefixes canonical ("10.0.0.1" -> "10.0.0.1/32"),
+    patterns canonical ("*.Example.COM." -> "*.example.com"), no version. Text that is no prefix comes back unchanged, for validation to name."""
     out = policy_pb2.Policy()
     out.CopyFrom(p)
     out.resource_version = 0
     for rule in out.egress:
         rule.to_cidrs[:] = [_canonical_cidr(c) for c in rule.to_cidrs]
+        rule.to_fqdns[:] = [fqdn.canonical_pattern(t) for t in rule.to_fqdns]
     return out
 
 

@@ -43,11 +43,12 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from socklb.lb.fqdn import Pattern, PatternError, matches, parse_pattern, wire  # noqa: F401 (the learner's API)
 
 from . import bpfobj, kernel, layout, native
 from .kernel import BpfMap
@@ -119,31 +120,6 @@ class DnsError(bpfobj.BpfObjError):
     """Loading or attaching the DNS learner failed."""
 
 
-class PatternError(ValueError):
-    """A name pattern the learner cannot match."""
-
-
-# --- names and patterns (pure) ---------------------------------------------------
-
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
-
-
-def wire(name: str) -> bytes:
-    """The lowercased wire form of a name (labels, then the root byte);
-    "" or "." is the root."""
-    name = name.strip().lower().rstrip(".")
-    out = bytearray()
-    for label in name.split(".") if name else ():
-        raw = label.encode("ascii")
-        if not 1 <= len(raw) <= 63:
-            raise PatternError(f"{name!r}: a label has 1 to 63 characters")
-        out += bytes([len(raw)]) + raw
-    out += b"\0"
-    if len(out) > layout.DNS_NAME_MAX:
-        raise PatternError(f"{name!r}: longer than {layout.DNS_NAME_MAX} bytes in wire form")
-    return bytes(out)
-
-
 def fnv1a(data: Iterable[int]) -> int:
     h = FNV_OFFSET
     for b in data:
@@ -159,51 +135,6 @@ def name_hash(name: str) -> int:
 def suffix_hash(name: str) -> int:
     """The key of a name in `dns_patterns` (its wire form back to front)."""
     return fnv1a(reversed(wire(name)))
-
-
-@dataclass(frozen=True)
-class Pattern:
-    text: str             # as given
-    kind: layout.DnsKind
-    suffix: str           # the name after the wildcard ("" for the root)
-
-
-def parse_pattern(text: str) -> Pattern:
-    """`name`, `*.name`, `**.name` or `*`; case-insensitive."""
-    p = text.strip().lower().rstrip(".")
-    if p == "*" or p == "**":
-        return Pattern(text, layout.DnsKind.ANY_DEPTH, "")
-    if p.startswith("**."):
-        kind, rest = layout.DnsKind.ANY_DEPTH, p[3:]
-    elif p.startswith("*."):
-        kind, rest = layout.DnsKind.ONE_LABEL, p[2:]
-    else:
-        kind, rest = layout.DnsKind.EXACT, p
-    if not rest:
-        raise PatternError(f"{text!r}: no name")
-    if "*" in rest:
-        raise PatternError(f"{text!r}: a wildcard stands only as the first label (`*.` or `**.`); "
-                           "one inside a label or further right is not supported")
-    for label in rest.split("."):
-        if not _LABEL.match(label):
-            raise PatternError(f"{text!r}: label {label!r} is not a DNS label (letters, digits, '-', '_')")
-    wire(rest)  # length checks
-    return Pattern(text, kind, rest)
-
-
-def matches(pattern: str, name: str) -> bool:
-    """The reference of the kernel's matching (for tests and tools)."""
-    pat = parse_pattern(pattern)
-    labels = [x for x in name.strip().lower().rstrip(".").split(".") if x]
-    suffix = [x for x in pat.suffix.split(".") if x]
-    if len(labels) < len(suffix) or labels[len(labels) - len(suffix):] != suffix:
-        return False
-    extra = len(labels) - len(suffix)
-    if pat.kind == layout.DnsKind.EXACT:
-        return extra == 0
-    if pat.kind == layout.DnsKind.ONE_LABEL:
-        return extra == 1
-    return extra >= 1
 
 
 def pattern_entries(fqdn_set: int, patterns: Mapping[str, int]) -> dict[tuple[int, int], layout.DnsPatternVal]:

@@ -6,6 +6,7 @@
   the host:port grammar (split_host_port, join_host_port)
 - protocols: the API's protocols, IPPROTO_* numbers, names, socket state names
 - limits: per-service limits (backends, frontends, weight, affinity, Maglev size)
+- fqdn: DNS name patterns of FQDN policy (syntax, canonical form, matching, covering)
 - frontends: frontend keys and the per-frontend targets of a service
 - selection: the selection tables (weighted random, Maglev)
 - digest: the digest of a node's desired services

@@ -26,3 +26,9 @@ MAX_CIDRS_PER_POLICY = 16384       # over all its rules
 MAX_SERVICES_PER_RULE = 256
 MAX_PORTS_PER_RULE = 16
 MAX_ADDRESSES_PER_WORKLOAD = 16
+
+# FQDN policy (issue 13): patterns (`to_fqdns`) and the DNS servers a set learns from.
+MAX_FQDNS_PER_RULE = 256
+MAX_FQDNS_PER_POLICY = 1024          # over all its rules
+MAX_FQDN_PATTERNS_PER_NODE = 16384   # (set, pattern) entries over all sets (`policy_fqdns`, `dns_patterns`)
+MAX_DNS_SERVERS_PER_NODE = 2048      # (set, server) entries over all sets (`dns_servers` holds them and their union)

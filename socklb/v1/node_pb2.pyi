@@ -78,16 +78,36 @@ class WorkloadState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., cgroup: _Optional[str] = ..., bypass_socket_lb: _Optional[bool] = ..., policy_set: _Optional[str] = ...) -> None: ...
 
 class PolicySetState(_message.Message):
-    __slots__ = ("name", "policies", "frontends", "prefixes")
+    __slots__ = ("name", "policies", "frontends", "prefixes", "fqdns", "dns_servers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    FQDNS_FIELD_NUMBER: _ClassVar[int]
+    DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     policies: _containers.RepeatedScalarFieldContainer[str]
     frontends: _containers.RepeatedCompositeFieldContainer[FrontendVerdict]
     prefixes: _containers.RepeatedCompositeFieldContainer[PrefixRules]
-    def __init__(self, name: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., frontends: _Optional[_Iterable[_Union[FrontendVerdict, _Mapping]]] = ..., prefixes: _Optional[_Iterable[_Union[PrefixRules, _Mapping]]] = ...) -> None: ...
+    fqdns: _containers.RepeatedCompositeFieldContainer[FqdnRules]
+    dns_servers: _containers.RepeatedCompositeFieldContainer[DnsServer]
+    def __init__(self, name: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ..., frontends: _Optional[_Iterable[_Union[FrontendVerdict, _Mapping]]] = ..., prefixes: _Optional[_Iterable[_Union[PrefixRules, _Mapping]]] = ..., fqdns: _Optional[_Iterable[_Union[FqdnRules, _Mapping]]] = ..., dns_servers: _Optional[_Iterable[_Union[DnsServer, _Mapping]]] = ...) -> None: ...
+
+class FqdnRules(_message.Message):
+    __slots__ = ("pattern", "rules")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    rules: _containers.RepeatedCompositeFieldContainer[PortRule]
+    def __init__(self, pattern: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[PortRule, _Mapping]]] = ...) -> None: ...
+
+class DnsServer(_message.Message):
+    __slots__ = ("address", "port")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class FrontendVerdict(_message.Message):
     __slots__ = ("service", "frontend", "action")

@@ -194,10 +194,11 @@ def test_a_dry_run_answers_the_preview_and_writes_nothing(sl, command):  # noqa:
 
 def test_server_refusals_name_the_field(sl, tmp_path):  # noqa: F811
     f = tmp_path / "fqdn.yaml"
-    f.write_text("name: fq\negress: [{action: ACTION_ALLOW, to_fqdns: [example.com]}]\n")
+    f.write_text("name: fq\negress: [{action: ACTION_ALLOW, to_fqdns: [example.com, 'a.*.example.com']}]\n")
     for argv in (("policy", "put", "-f", str(f)), ("policy", "put", "--dry-run", "-f", str(f))):
-        assert sl(*argv) == (2, "", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns: FQDN rules are not "
-                                    "supported yet (issue 13)\n")
+        assert sl(*argv) == (2, "", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns[1]: 'a.*.example.com': a "
+                                    "wildcard stands only as the first label (`*.` or `**.`); one inside a label "
+                                    "or further right is not supported\n")
     f.write_text("name: r\nservice: kube-system/dns\n")
     code, out, err = sl("redirect", "put", "-f", str(f))
     assert (code, out) == (2, "") and err.startswith("error: INVALID_ARGUMENT: local_redirect.selector: must not be "

@@ -75,8 +75,9 @@ QUOTES = [
           stream="out", subs={"NAME": "web", "R": r"\d+"}, setup=(("service", "delete", "web"),)),
     Quote("docs/cli.md", "error: FILE: the file is empty: expected a mapping (a socklb.v1.Workload)",
           ("workload", "put", "-f", "{empty_yaml}"), 2, command=False, subs={"FILE": "{empty_yaml}"}),
-    Quote("docs/cli.md", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns: FQDN rules are not supported yet "
-                         "(issue 13)", ("policy", "put", "-f", "{fqdn_yaml}"), 2, command=False),
+    Quote("docs/cli.md", "error: INVALID_ARGUMENT: policy.egress[0].to_fqdns[0]: 'api-*.example.com': a wildcard "
+                         "stands only as the first label ...", ("policy", "put", "-f", "{fqdn_yaml}"), 2,
+          command=False),
 ]
 
 
@@ -102,7 +103,7 @@ def run_socklb(controlplane, capsys, tmp_path):  # noqa: F811
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     fqdn = tmp_path / "fqdn.yaml"
-    fqdn.write_text("name: fqdn\negress: [{action: ACTION_ALLOW, to_fqdns: [example.com]}]\n")
+    fqdn.write_text("name: fqdn\negress: [{action: ACTION_ALLOW, to_fqdns: ['api-*.example.com']}]\n")
     ctx = {"web_yaml": str(web), "bad_yaml": str(bad), "empty_yaml": str(empty), "fqdn_yaml": str(fqdn),
            "unreachable": f"127.0.0.1:{free_port()}"}
 

@@ -143,17 +143,22 @@ workloads = st.builds(lambda name, node, labels, addrs, bypass: workload(name, n
                       st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1"]), min_size=1, max_size=2,
                                unique=True),
                       st.booleans())
-rules = st.builds(lambda action, svcs, cidrs, ps: rule(action, svcs, cidrs, ps),
+FQDNS = ["api.example.test", "*.example.test", "**.example.test", "*", "a.b.example.test"]
+rules = st.builds(lambda action, svcs, cidrs, ps, fqdns: rule(action, svcs, cidrs, ps, fqdns),
                   st.sampled_from([ALLOW, DENY]), st.lists(names("s", COUNTS["services"]), max_size=2, unique=True),
-                  st.lists(st.sampled_from(CIDRS), max_size=3, unique=True), st.lists(ports, max_size=2))
+                  st.lists(st.sampled_from(CIDRS), max_size=3, unique=True), st.lists(ports, max_size=2),
+                  st.lists(st.sampled_from(FQDNS), max_size=2, unique=True))
 policies = st.builds(lambda name, sel, rs: policy(name, sel, *rs), names("p", COUNTS["policies"]), selectors,
                      st.lists(rules, max_size=3))
 redirects = st.builds(lambda name, sel, target, port: redirect(name, sel, target, None if target else
                                                                types_pb2.Frontend(address="169.254.0.1", port=53),
                                                                port),
                       names("r", COUNTS["redirects"]), selectors, st.sampled_from(["s0", "s1", "s2", ""]), st.sampled_from([0, 5353]))
-services = st.builds(lambda name, fes: service(name, *fes), names("s", COUNTS["services"]),
-                     st.lists(st.sampled_from(FRONTENDS), min_size=1, max_size=2, unique=True))
+# Backends matter to the sets when a frontend is on port 53 (their DNS servers).
+services = st.builds(lambda name, fes, bes: service(name, *fes, backends=bes), names("s", COUNTS["services"]),
+                     st.lists(st.sampled_from(FRONTENDS), min_size=1, max_size=2, unique=True),
+                     st.lists(st.sampled_from([("10.9.0.1", 53), ("10.9.0.2", 5353), ("fd00::53", 0)]), max_size=2,
+                              unique=True))
 
 
 def change(kind, things):

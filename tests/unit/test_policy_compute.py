@@ -24,14 +24,16 @@ def policy(name, selector=None, *rules):
     return policy_pb2.Policy(name=name, selector=selector or {}, egress=list(rules))
 
 
-def rule(action, services=(), cidrs=(), ports=()):
+def rule(action, services=(), cidrs=(), ports=(), fqdns=()):
     return policy_pb2.EgressRule(action=action, to_services=list(services), to_cidrs=list(cidrs),
-                                 ports=[policy_pb2.PortRange(port=p[0], end_port=p[1], protocol=p[2]) for p in ports])
+                                 ports=[policy_pb2.PortRange(port=p[0], end_port=p[1], protocol=p[2]) for p in ports],
+                                 to_fqdns=list(fqdns))
 
 
-def service(name, *frontends):
+def service(name, *frontends, backends=()):
     return json_format.ParseDict({"name": name, "frontends": [
-        {"address": a, "port": p, "protocol": types_pb2.Protocol.Name(proto)} for a, p, proto in frontends]},
+        {"address": a, "port": p, "protocol": types_pb2.Protocol.Name(proto)} for a, p, proto in frontends],
+        "backends": [{"address": a, "port": p} for a, p in backends]},
         api_pb2.Service())
 
 
