@@ -132,6 +132,13 @@ def name_hash(name: str) -> int:
     return fnv1a(wire(name))
 
 
+def pattern_id(pattern: str) -> int:
+    """A pattern's id (FQDN policy, phase 2): FNV-1a of its canonical text
+    folded to 32 bits, never 0; the same on every node and after a restart."""
+    h = fnv1a(parse_pattern(pattern).canonical.encode())
+    return ((h ^ (h >> 32)) & 0xFFFFFFFF) or 1
+
+
 def suffix_hash(name: str) -> int:
     """The key of a name in `dns_patterns` (its wire form back to front)."""
     return fnv1a(reversed(wire(name)))

@@ -15,20 +15,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from socklb.lb import limits
-from socklb.lb.addresses import MAX_PORT, V4MAPPED, parse_prefix, prefix_text
+from socklb.lb import fqdn, limits
+from socklb.lb.addresses import MAX_PORT, V4MAPPED, addr16, check_port, parse_ip, parse_prefix, prefix_text
 from socklb.lb.errors import InvalidState
 from socklb.lb.frontends import FrontendKey, frontend_key
 from socklb.lb.names import check_name
 from socklb.lb.protocols import TCP, UDP
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
+from .dns import pattern_id
 from .layout import POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
 from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .workloads import Cgroup
 
 ACTIONS = {policy_pb2.ACTION_ALLOW: PolicyAction.ALLOW, policy_pb2.ACTION_DENY: PolicyAction.DENY}
 RULE_PROTOCOLS = {types_pb2.PROTOCOL_UNSPECIFIED: 0, types_pb2.PROTOCOL_TCP: TCP, types_pb2.PROTOCOL_UDP: UDP}
+_EMPTY: Mapping = MappingProxyType({})
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +42,10 @@ class CompiledSet:
     name: str
     frontends: Mapping[FrontendKey, PolicyAction]
     prefixes: Mapping[Prefix, Rules]
+    # FQDN rules: canonical pattern -> its flattened port rules; the DNS
+    # servers (16-byte address, port) the set's workloads learn from.
+    fqdns: Mapping[str, Rules] = field(default_factory=lambda: _EMPTY)
+    dns_servers: frozenset[tuple[bytes, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,6 @@ class Workload:
     @property
     def flags(self) -> int:
         return int(WorkloadFlag.BYPASS) if self.bypass else 0
-
-
-_EMPTY: Mapping = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,29 @@ def compile_set(ps: node_pb2.PolicySetState, field: str) -> CompiledSet:
         if len(p.rules) > limits.MAX_PORT_RULES:
             raise InvalidState(f"{pf}.rules", f"{len(p.rules)} rules; a prefix holds at most {limits.MAX_PORT_RULES}")
         prefixes[prefix] = tuple(_rule(r, f"{pf}.rules[{j}]") for j, r in enumerate(p.rules))
-    return CompiledSet(ps.name, MappingProxyType(frontends), MappingProxyType(prefixes))
+    fqdns: dict[str, Rules] = {}
+    seen = {}
+    for i, f in enumerate(ps.fqdns):
+        ff = f"{field}.fqdns[{i}]"
+        try:
+            pattern = fqdn.parse_pattern(f.pattern).canonical
+        except fqdn.PatternError as e:
+            raise InvalidState(f"{ff}.pattern", str(e)) from None
+        _once(seen, pattern, i, f"{ff}.pattern", f"{field}.fqdns", f"pattern {pattern!r}")
+        _once(seen, pattern_id(pattern), i, f"{ff}.pattern", f"{field}.fqdns",
+              f"pattern {pattern!r}: its id {pattern_id(pattern)} (a hash)")
+        if len(f.rules) > limits.MAX_PORT_RULES:
+            raise InvalidState(f"{ff}.rules", f"{len(f.rules)} rules; a pattern holds at most {limits.MAX_PORT_RULES}")
+        fqdns[pattern] = tuple(_rule(r, f"{ff}.rules[{j}]") for j, r in enumerate(f.rules))
+    servers: set[tuple[bytes, int]] = set()
+    seen = {}
+    for i, s in enumerate(ps.dns_servers):
+        sf = f"{field}.dns_servers[{i}]"
+        server = (addr16(parse_ip(s.address, f"{sf}.address")), check_port(s.port, f"{sf}.port", allow_zero=False))
+        _once(seen, server, i, sf, f"{field}.dns_servers", f"server {s.address} port {s.port}")
+        servers.add(server)
+    return CompiledSet(ps.name, MappingProxyType(frontends), MappingProxyType(prefixes), MappingProxyType(fqdns),
+                       frozenset(servers))
 
 
 def check_redirect(r: node_pb2.RedirectState, field: str) -> None:
@@ -201,6 +226,12 @@ def _check_whole(d: _Draft, removed_sets: Mapping[str, str] = _EMPTY) -> None:
     if prefixes > limits.MAX_PREFIXES_PER_NODE:
         raise InvalidState("policy_sets", f"{prefixes} prefixes over all sets; a node takes at most "
                                           f"{limits.MAX_PREFIXES_PER_NODE}")
+    for what, n, most in (("FQDN patterns", sum(len(s.fqdns) for s in d.sets.values()),
+                           limits.MAX_FQDN_PATTERNS_PER_NODE),
+                          ("DNS servers", sum(len(s.dns_servers) for s in d.sets.values()),
+                           limits.MAX_DNS_SERVERS_PER_NODE)):
+        if n > most:
+            raise InvalidState("policy_sets", f"{n} {what} over all sets; a node takes at most {most}")
     cgroups: dict[str, str] = {}
     # Untouched workloads first, so that a clash is blamed on what the update brings.
     for name in sorted(d.specs, key=lambda n: ("workloads", n) in d.where):

@@ -17,7 +17,14 @@ The rules are those the cgroup hooks apply at connect()/sendmsg():
   rule allows, else it is denied; no prefix holds it: denied. A rule matches
   a port in [port, end_port] and its protocol, UNSPECIFIED matching both.
   The prefixes come flattened (PolicySetState: the longest one carries the
-  rules of every prefix containing it), so one match finds all that applies.
+  rules of every prefix containing it), so one match finds all that applies;
+- a destination no prefix decides (none holds it, or no rule of it matches)
+  may have been allowed by an FQDN rule (`fqdns`: the kernel learned its
+  address from a DNS answer). What was learned is not in the node state, so
+  the judge is conservative: it is allowed when some pattern of the set
+  allows the port and protocol. A policy change thus never terminates a
+  socket an FQDN rule may have allowed (terminating on a name's removal
+  needs the learned names per address: a later phase of issue 13).
 
 IPv4 and IPv6 prefixes are apart, as the control plane flattens them: an
 IPv4 destination, or a v4-mapped IPv6 one (socklb.lb.addresses reads those
@@ -88,7 +95,7 @@ class _Family:
 
 
 class _Set:
-    __slots__ = ("name", "frontends", "v4", "v6")
+    __slots__ = ("name", "frontends", "v4", "v6", "fqdns")
 
     def __init__(self, name: str):
         self.name = name
@@ -96,6 +103,7 @@ class _Set:
         self.frontends: dict[tuple[bytes, int, int], tuple[int, str]] = {}
         self.v4 = _Family(32)
         self.v6 = _Family(128)
+        self.fqdns: list[tuple[str, tuple[_Rule, ...]]] = []  # (pattern, its flattened rules)
 
 
 def _destination(addr: bytes | str | IPAddress) -> tuple[int, int]:
@@ -153,7 +161,17 @@ def _compile(ps: node_pb2.PolicySetState, field: str) -> _Set:
         rules = tuple(_rule(r, f"{pf}.rules[{j}]") for j, r in enumerate(p.rules))
         if not (s.v4 if version == 4 else s.v6).add(network, length, _Prefix(text, rules)):
             raise InvalidState(f"{pf}.prefix", f"prefix {text} is in the set already")
+    for i, f in enumerate(ps.fqdns):
+        s.fqdns.append((f.pattern, tuple(_rule(r, f"{field}.fqdns[{i}].rules[{j}]") for j, r in enumerate(f.rules))))
     return s
+
+
+def _by_fqdn(s: _Set, port: int, proto: int) -> str | None:
+    """The first pattern of the set whose rules allow the port and protocol."""
+    for pattern, rules in s.fqdns:
+        if _decide(rules, port, proto) == _ALLOW:
+            return pattern
+    return None
 
 
 class PolicyEvaluator:
@@ -194,7 +212,10 @@ class PolicyEvaluator:
             return s.frontends.get((frontend.addr, frontend.port, frontend.proto), _NO_VERDICT)[0] == _ALLOW
         version, value = _destination(addr)
         prefix = (s.v4 if version == 4 else s.v6).longest(value)
-        return prefix is not None and _decide(prefix.rules, port, proto) == _ALLOW
+        verdict = _decide(prefix.rules, port, proto) if prefix is not None else None
+        if verdict is None and s.fqdns:
+            return _by_fqdn(s, port, proto) is not None
+        return verdict == _ALLOW
 
     def denial(self, set_name: str, frontend: FrontendKey | None, addr: bytes | str | IPAddress,
                port: int, proto: int) -> str | None:

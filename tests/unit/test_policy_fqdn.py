@@ -131,3 +131,22 @@ def test_covering_agrees_with_matching(a, b, witnesses):
     if fqdn.covers(pa, pb):
         assert all(fqdn.matches(a, n) for n in witnesses if fqdn.matches(b, n))
     assert ((pa.kind, pa.suffix) in {(p.kind, p.suffix) for p in fqdn.covering(pb)}) is fqdn.covers(pa, pb)
+
+
+def test_the_nodes_judge_keeps_sockets_an_fqdn_rule_may_have_allowed():
+    """Open sockets are judged without what the kernel learned: a destination
+    no prefix decides is kept when a pattern allows its port (no termination
+    on FQDN rules in this phase); a prefix DENY still wins."""
+    from socklb.lb.policy_eval import PolicyEvaluator
+    from socklb.lb.protocols import TCP as IP_TCP, UDP as IP_UDP
+    p = policy("p", {}, rule(ALLOW, fqdns=["*.example.test"], ports=[(443, 0, TCP)]),
+               rule(DENY, cidrs=["10.6.0.0/16"]), rule(ALLOW, cidrs=["10.7.0.0/16"], ports=[(80, 0, TCP)]))
+    ps = policy_compute.policy_set([p], {})
+    judge = PolicyEvaluator([ps])
+    assert judge.allowed(ps.name, None, "192.0.2.1", 443, IP_TCP)
+    assert judge.allowed(ps.name, None, "10.7.0.1", 443, IP_TCP)  # the prefix has no rule for 443
+    assert not judge.allowed(ps.name, None, "192.0.2.1", 443, IP_UDP)
+    assert not judge.allowed(ps.name, None, "192.0.2.1", 80, IP_TCP)
+    assert not judge.allowed(ps.name, None, "10.6.0.1", 443, IP_TCP)  # deny wins
+    no_fqdn = policy_compute.policy_set([policy("q", {}, rule(ALLOW, cidrs=["10.7.0.0/16"]))], {})
+    assert not PolicyEvaluator([no_fqdn]).allowed(no_fqdn.name, None, "192.0.2.1", 443, IP_TCP)
