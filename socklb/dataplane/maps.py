@@ -15,7 +15,7 @@ from .kernel import BpfMap
 from .loader import Datapath
 from .plan import Programmed, ProgrammedBackend
 from .policy_desired import key_prefix, prefix_key
-from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
+from .policy_plan import FqdnEntries, FqdnOp, PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .writer import MapWriter, Master, Placement, group_policy, read_back
 
 
@@ -52,7 +52,58 @@ def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
                 for k, v in maps["policy_prefixes"].items()}
     c = maps["policy_cfg"].lookup(ct.c_uint32(0))
     cfg = PolicyCfg(c.cgroups, c.min_level, c.max_level) if c is not None else PolicyCfg()
-    return group_policy(workloads, verdicts, prefixes, cfg)
+    out = group_policy(workloads, verdicts, prefixes, cfg)
+    out.fqdn = fqdn_entries(maps)
+    return out
+
+
+# --- FQDN policy: the DNS learner's maps (bpf/dns.h) and the hook's rules per pattern --------
+
+class FqdnRulesKey(ct.Structure):
+    """policy_fqdns' key: {u32 set, u32 pattern id}."""
+    _fields_ = [("set", ct.c_uint32), ("pattern", ct.c_uint32)]
+
+
+def _server_key(k: tuple[int, bytes, int]) -> layout.DnsServer:
+    set_id, addr, port = k
+    return layout.DnsServer(set_id, layout.port_be(port), 0, layout.pack_addr(addr))
+
+
+# FqdnEntries' table -> (map name, key encoder, value encoder)
+_FQDN_MAPS = {
+    "workloads": ("dns_workloads", ct.c_uint64, lambda v: layout.DnsWorkload(*v)),
+    "servers": ("dns_servers", _server_key, lambda v: ct.c_uint8(1)),
+    "patterns": ("dns_patterns", lambda k: layout.DnsPatternKey(k[0], 0, k[1]), lambda v: layout.DnsPatternVal(*v)),
+    "rules": ("policy_fqdns", lambda k: FqdnRulesKey(*k), _rules),
+}
+
+
+def fqdn_entries(maps: Mapping[str, BpfMap]) -> FqdnEntries:
+    """What the FQDN maps hold; a map the datapath lacks (no learner, or a
+    hook without FQDN rules) holds nothing."""
+    out = FqdnEntries()
+    if "dns_workloads" in maps:
+        out.workloads = {k.value: (v.id, v.set) for k, v in maps["dns_workloads"].items()}
+    if "dns_servers" in maps:
+        out.servers = {(k.set, bytes(k.addr), layout.port_host(k.port)) for k in maps["dns_servers"].keys()}
+    if "dns_patterns" in maps:
+        out.patterns = {(k.set, k.hash): (v.kinds, v.exact, v.one_label, v.any_depth)
+                        for k, v in maps["dns_patterns"].items()}
+    if "policy_fqdns" in maps:
+        out.rules = {(k.set, k.pattern): _rules_back(v) for k, v in maps["policy_fqdns"].items()}
+    return out
+
+
+def write_fqdn(maps: Mapping[str, BpfMap], op: FqdnOp) -> None:
+    """One FqdnOp on the maps; skipped when the datapath lacks its map."""
+    name, key_of, value_of = _FQDN_MAPS[op.table]
+    m = maps.get(name)
+    if m is None:
+        return
+    if op.kind == "put":
+        m.update(key_of(op.key), value_of(op.value))
+    else:
+        m.delete(key_of(op.key))
 
 
 class BpfMapWriter(MapWriter):
@@ -138,6 +189,9 @@ class BpfMapWriter(MapWriter):
 
     def delete_workload(self, cgroup: int) -> None:
         self.workloads.delete(ct.c_uint64(cgroup))
+
+    def fqdn_op(self, op: FqdnOp) -> None:
+        write_fqdn(self.datapath.maps, op)
 
     def put_policy_cfg(self, cfg: PolicyCfg) -> None:
         self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(cfg.cgroups, cfg.min_level, cfg.max_level))

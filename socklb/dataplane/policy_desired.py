@@ -23,9 +23,9 @@ from socklb.lb.names import check_name
 from socklb.lb.protocols import TCP, UDP
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
-from .dns import pattern_id
-from .layout import POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
-from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
+from .dns import pattern_entries, pattern_id
+from .layout import DNS_SET_ANY, POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
+from .policy_plan import FqdnEntries, PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .workloads import Cgroup
 
 ACTIONS = {policy_pb2.ACTION_ALLOW: PolicyAction.ALLOW, policy_pb2.ACTION_DENY: PolicyAction.DENY}
@@ -444,7 +444,44 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
     if any(e.policy_set or e.flags for e in out.workloads.values()):
         levels = [specs[n].level for n in found]
         out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels))
+    out.fqdn = fqdn_entries(policy, sids, out.workloads)
     return Ids(MappingProxyType(wids), MappingProxyType(sids)), out, fresh
+
+
+# --- FQDN policy: the DNS learner's entries -------------------------------------------
+
+def fqdn_entries(policy: NodePolicy, sids: Mapping[str, int],
+                 workloads: Mapping[int, WorkloadEntry]) -> FqdnEntries:
+    """What the DNS learner's maps and the hook's FQDN rules should hold:
+
+    - `dns_workloads`: cgroup -> (workload id, set id), with the ids of the
+      policy's `workloads` entry (`dns_learned` is keyed by that workload id,
+      so the connect hook finds what the workload learned with the id it
+      has), for the cgroups of workloads whose set has FQDN rules only;
+    - `dns_servers`: (set id, address, port) of each such set, and their
+      union under set 0 (SOCKLB_DNS_SET_ANY);
+    - `dns_patterns`: (set id, suffix hash) -> the kinds and pattern ids;
+    - `policy_fqdns`: (set id, pattern id) -> the pattern's port rules.
+
+    A pattern id is dns.pattern_id, a hash of the canonical pattern: the
+    same on every node and after a restart, so an address learned under a
+    pattern never comes to mean another one when the set is edited
+    (compile_set refuses two patterns of a set with one id)."""
+    out = FqdnEntries()
+    for name, sid in sorted(sids.items(), key=lambda kv: kv[1]):
+        s = policy.sets.get(name)
+        if s is None or not s.fqdns:
+            continue
+        ids = {text: pattern_id(text) for text in s.fqdns}
+        out.rules.update({(sid, ids[text]): rules for text, rules in s.fqdns.items()})
+        out.patterns.update({k: (v.kinds, v.exact, v.one_label, v.any_depth)
+                             for k, v in pattern_entries(sid, ids).items()})
+        for addr, port in s.dns_servers:
+            out.servers.add((sid, addr, port))
+            out.servers.add((DNS_SET_ANY, addr, port))
+    with_fqdns = {sid for sid, _ in out.rules}
+    out.workloads = {cg: (e.id, e.policy_set) for cg, e in workloads.items() if e.policy_set in with_fqdns}
+    return out
 
 
 def _left_while_edited(held: Mapping[str, int], owner: Mapping[int, str], specs: Mapping[str, Workload],
@@ -475,5 +512,5 @@ def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) 
 
 
 __all__ = ["CompiledSet", "Ids", "NodePolicy", "SET_BITS", "Workload", "apply_policy_delta", "cgroup_path",
-           "compile_set", "desired_entries", "key_prefix", "node_policy", "prefix_is_v4",
+           "compile_set", "desired_entries", "fqdn_entries", "key_prefix", "node_policy", "prefix_is_v4",
            "prefix_key"]

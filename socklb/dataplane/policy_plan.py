@@ -25,6 +25,10 @@ by its new one, never by a mix that denies what both allow:
    workload ids given to new workloads reset; the workload entries, each
    switching at once from a complete old set to a complete new one;
 5. the sets no one uses any more; the config as it ends.
+FQDN entries (FqdnEntries: the DNS learner's maps and the hook's rules per
+learned pattern) follow the same order: a set's rules, patterns and servers
+in step 1, the learner's workload entries right after the policy's in step
+4, what no one uses in step 5 (fqdn_plan).
 
 A set edited in place is in between during steps 1-3, each lookup getting
 its old or its new verdict: right for the workloads that stay on it, not for
@@ -76,6 +80,17 @@ class PolicyCfg:
 
 
 @dataclass
+class FqdnEntries:
+    """What FQDN policy programs (fqdn_entries.py says what and why):
+    the DNS learner's maps and the hook's per-pattern port rules."""
+
+    workloads: dict[int, tuple[int, int]] = field(default_factory=dict)     # cgroup -> (workload id, set id)
+    servers: set[tuple[int, bytes, int]] = field(default_factory=set)      # (set id, address, port); set 0: union
+    patterns: dict[tuple[int, int], tuple[int, int, int, int]] = field(default_factory=dict)  # (set, suffix hash)
+    rules: dict[tuple[int, int], Rules] = field(default_factory=dict)       # (set id, pattern id) -> port rules
+
+
+@dataclass
 class PolicyEntries:
     """The content of the policy maps, as data."""
 
@@ -83,6 +98,7 @@ class PolicyEntries:
     frontends: dict[int, Mapping[int, PolicyAction]] = field(default_factory=dict)
     prefixes: dict[int, Mapping[Prefix, Rules]] = field(default_factory=dict)
     cfg: PolicyCfg = PolicyCfg()
+    fqdn: FqdnEntries = field(default_factory=FqdnEntries)
 
     def set_ids(self) -> set[int]:
         """Every set id the entries use."""
@@ -142,7 +158,37 @@ class ResetDenies:
     id: int
 
 
-PolicyOp = PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload | DeleteWorkload | PutCfg | ResetDenies
+@dataclass(frozen=True)
+class FqdnOp:
+    kind: str    # "put" | "delete"
+    table: str   # a field of FqdnEntries: "rules" | "patterns" | "servers" | "workloads"
+    key: object
+    value: object = None
+
+
+PolicyOp = (PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload | DeleteWorkload | PutCfg | ResetDenies
+            | FqdnOp)
+
+
+def fqdn_plan(current: FqdnEntries, desired: FqdnEntries) -> tuple[list[FqdnOp], list[FqdnOp], list[FqdnOp]]:
+    """The FQDN writes, make-before-break: (what the sets need: new and
+    changed rules, patterns and servers, the union with them; the workload
+    entries, new, changed and removed; what is no longer wanted, the union
+    last)."""
+    make: list[FqdnOp] = []
+    for table in ("rules", "patterns"):
+        have, want = getattr(current, table), getattr(desired, table)
+        make += [FqdnOp("put", table, k, v) for k, v in sorted(want.items()) if have.get(k) != v]
+    make += [FqdnOp("put", "servers", k) for k in sorted(desired.servers - current.servers, key=lambda k: k[0])]
+    switch = [FqdnOp("put", "workloads", k, v) for k, v in sorted(desired.workloads.items())
+              if current.workloads.get(k) != v]
+    switch += [FqdnOp("delete", "workloads", k) for k in sorted(set(current.workloads) - set(desired.workloads))]
+    gone: list[FqdnOp] = []
+    for table in ("rules", "patterns"):
+        have, want = getattr(current, table), getattr(desired, table)
+        gone += [FqdnOp("delete", table, k) for k in sorted(set(have) - set(want))]
+    gone += [FqdnOp("delete", "servers", k) for k in sorted(current.servers - desired.servers, key=lambda k: -k[0])]
+    return make, switch, gone
 
 
 @dataclass
@@ -193,12 +239,15 @@ def make_policy_plan(current: PolicyEntries, desired: PolicyEntries, fresh_ids=f
         if current.workloads.get(cg) != entry:
             after.append(PutWorkload(cg, entry))
     after.extend(DeleteWorkload(cg) for cg in current.workloads if cg not in desired.workloads)
+    fqdn_make, fqdn_switch, fqdn_gone = fqdn_plan(current.fqdn, desired.fqdn)
+    after.extend(fqdn_switch)  # the sets they point at (policy and FQDN entries) are complete
     after.extend(gone)
+    after.extend(fqdn_gone)
     if desired.cfg != wide:
         after.append(PutCfg(desired.cfg))
-    return PolicyPlan([*prefix_puts, *verdict_puts], after, desired)
+    return PolicyPlan([*prefix_puts, *verdict_puts, *fqdn_make], after, desired)
 
 
-__all__ = ["DeletePrefix", "DeleteVerdict", "DeleteWorkload", "PolicyCfg", "PolicyEntries", "PolicyOp",
+__all__ = ["DeletePrefix", "DeleteVerdict", "DeleteWorkload", "FqdnEntries", "FqdnOp", "PolicyCfg", "PolicyEntries", "PolicyOp",
            "PolicyPlan", "PortRule", "Prefix", "PutCfg", "PutPrefix", "PutVerdict", "PutWorkload",
-           "ResetDenies", "Rules", "WorkloadEntry", "make_policy_plan"]
+           "ResetDenies", "Rules", "WorkloadEntry", "fqdn_plan", "make_policy_plan"]

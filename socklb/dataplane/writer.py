@@ -28,8 +28,9 @@ from .desired import Limits
 from .layout import Meta, PolicyAction
 from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
                    ProgrammedFrontend, PutBackend, PutMaster, PutSlot)
-from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyCfg, PolicyEntries, PolicyOp, Prefix,
-                          PutCfg, PutPrefix, PutVerdict, PutWorkload, ResetDenies, Rules, WorkloadEntry)
+from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, FqdnEntries, FqdnOp, PolicyCfg, PolicyEntries,
+                          PolicyOp, Prefix, PutCfg, PutPrefix, PutVerdict, PutWorkload, ResetDenies, Rules,
+                          WorkloadEntry)
 
 
 class Placement(NamedTuple):
@@ -115,6 +116,8 @@ class MapWriter(ABC):
                 self.put_policy_cfg(op.cfg)
             elif kind is ResetDenies:
                 self.reset_denies(op.id)
+            elif kind is FqdnOp:
+                self.fqdn_op(op)
             else:
                 raise TypeError(f"unknown policy op {op!r}")
 
@@ -170,6 +173,21 @@ class MapWriter(ABC):
     def reset_denies(self, workload_id: int) -> None:
         """Zero a workload id's denial counters (the id goes to a new workload)."""
 
+    @abstractmethod
+    def fqdn_op(self, op: FqdnOp) -> None:
+        """One write of the FQDN entries (the DNS learner's maps, the hook's rules)."""
+
+
+def apply_fqdn_op(entries: FqdnEntries, op: FqdnOp) -> None:
+    """An FqdnOp on FqdnEntries as data (what the maps then hold)."""
+    table = getattr(entries, op.table)
+    if isinstance(table, set):
+        (table.add if op.kind == "put" else table.discard)(op.key)
+    elif op.kind == "put":
+        table[op.key] = op.value
+    else:
+        table.pop(op.key, None)
+
 
 def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey, Mapping[int, int]],
               backends: Iterable[ProgrammedBackend], next_frontend_id: int, next_backend_id: int) -> Programmed:
@@ -208,7 +226,8 @@ class MemoryMapWriter(MapWriter):
     key), `backends` (id -> ProgrammedBackend) and `meta` (layout.Meta ->
     value), the policy maps from `workloads` (cgroup id -> WorkloadEntry),
     `verdicts` ((set, frontend id) -> action), `prefixes` ((set, prefix) ->
-    rules), `policy_cfg` and `denies` (workload id -> count: tests set it),
+    rules), `policy_cfg`, `denies` (workload id -> count: tests set it) and
+    `fqdn` (FqdnEntries),
     or as a whole with read_programmed() and read_policy()."""
 
     def __init__(self, limits: Limits = Limits()):
@@ -221,6 +240,7 @@ class MemoryMapWriter(MapWriter):
         self.prefixes: dict[tuple[int, Prefix], Rules] = {}
         self.policy_cfg = PolicyCfg()
         self.denies: dict[int, int] = {}
+        self.fqdn = FqdnEntries()
 
     def read_programmed(self) -> Programmed:
         masters = {key: entries[0] for key, entries in self.services.items() if 0 in entries}
@@ -256,7 +276,10 @@ class MemoryMapWriter(MapWriter):
         self.backends.pop(backend_id, None)
 
     def read_policy(self) -> PolicyEntries:
-        return group_policy(self.workloads, self.verdicts, self.prefixes, self.policy_cfg)
+        out = group_policy(self.workloads, self.verdicts, self.prefixes, self.policy_cfg)
+        out.fqdn = FqdnEntries(dict(self.fqdn.workloads), set(self.fqdn.servers), dict(self.fqdn.patterns),
+                               dict(self.fqdn.rules))
+        return out
 
     def put_verdict(self, set_id: int, frontend_id: int, action: PolicyAction) -> None:
         self.verdicts[(set_id, frontend_id)] = action
@@ -282,5 +305,8 @@ class MemoryMapWriter(MapWriter):
     def reset_denies(self, workload_id: int) -> None:
         self.denies.pop(workload_id, None)
 
+    def fqdn_op(self, op: FqdnOp) -> None:
+        apply_fqdn_op(self.fqdn, op)
 
-__all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "group_policy", "read_back"]
+
+__all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "apply_fqdn_op", "group_policy", "read_back"]

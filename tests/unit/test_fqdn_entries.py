@@ -5,10 +5,11 @@ maps), and the make-before-break order of their writes."""
 import pytest
 
 from socklb.dataplane import dns
-from socklb.dataplane.fqdn_entries import FqdnEntries, fqdn_entries, fqdn_plan
 from socklb.dataplane.layout import PolicyAction
 from socklb.dataplane.policy_desired import Ids, apply_policy_delta, desired_entries, node_policy
-from socklb.dataplane.policy_plan import PolicyEntries, PortRule
+from socklb.dataplane.policy_plan import FqdnEntries, FqdnOp, PolicyEntries, PortRule, PutWorkload, fqdn_plan, \
+    make_policy_plan
+from socklb.dataplane.writer import MemoryMapWriter
 from socklb.dataplane.statefile import parse_state
 from socklb.dataplane.workloads import Cgroup
 from socklb.lb import limits
@@ -93,7 +94,7 @@ def desired(s=None):
     policy = node_policy(s or state())
     resolved = {n: CGROUPS.get(n) for n in policy.specs}
     ids, entries, _ = desired_entries(policy, resolved, lambda key: None, Ids(), PolicyEntries())
-    return policy, ids, entries, fqdn_entries(policy, ids, entries)
+    return policy, ids, entries, entries.fqdn
 
 
 def test_learner_entries_share_the_policy_ids():
@@ -119,17 +120,43 @@ def test_pattern_ids_are_stable_hashes_of_the_canonical_pattern():
 
 def test_the_plan_makes_before_it_breaks():
     _, _, _, f = desired()
-    ops = fqdn_plan(FqdnEntries(), f)
-    tables = [o.table for o in ops]
-    first_workload = tables.index("workloads")
-    assert all(t == "workloads" for t in tables[first_workload:])  # everything they need is there before
-    assert fqdn_plan(f, f) == []
-    back = fqdn_plan(f, FqdnEntries())
-    tables = [o.table for o in back]
-    assert tables[:3] == ["workloads"] * 3  # the workloads leave first
-    servers = [o.key[0] for o in back if o.table == "servers"]
-    assert servers[-2:] == [0, 0]  # the union last
-    assert all(o.kind == "delete" for o in back)
+    make, switch, gone = fqdn_plan(FqdnEntries(), f)
+    assert {o.table for o in make} == {"rules", "patterns", "servers"} and not gone
+    assert {o.table for o in switch} == {"workloads"}
+    assert [o.key[0] for o in make if o.table == "servers"][:2] == [0, 0]  # the union first
+    assert fqdn_plan(f, f) == ([], [], [])
+    make, switch, gone = fqdn_plan(f, FqdnEntries())
+    assert not make and [o.kind for o in switch] == ["delete"] * 3
+    assert [o.key[0] for o in gone if o.table == "servers"][-2:] == [0, 0]  # the union last
+
+
+def test_the_policy_plan_carries_the_fqdn_writes_in_order_and_a_writer_holds_them():
+    """The learner's entries go with the policy plan: a set's rules, patterns
+    and servers before the services plan, the learner's workload entries
+    after the policy's, the rest at the end; a writer executing the plan
+    holds what was desired, and reads it back."""
+    _, _, entries, f = desired()
+    plan = make_policy_plan(PolicyEntries(), entries)
+    before_tables = [o.table for o in plan.before if isinstance(o, FqdnOp)]
+    assert set(before_tables) == {"rules", "patterns", "servers"}
+    after = plan.after
+    last_policy_workload = max(i for i, o in enumerate(after) if isinstance(o, PutWorkload))
+    fqdn_workloads = [i for i, o in enumerate(after) if isinstance(o, FqdnOp) and o.table == "workloads"]
+    assert fqdn_workloads and min(fqdn_workloads) > last_policy_workload
+    w = MemoryMapWriter()
+    w.execute_policy(plan.before)
+    w.execute_policy(plan.after)
+    assert w.read_policy().fqdn == f
+    # Back to no FQDN rules: everything goes, workloads first.
+    s = state()
+    del s.policy_sets[0].fqdns[:]
+    policy = node_policy(s)
+    ids, empty, _ = desired_entries(policy, {n: CGROUPS.get(n) for n in policy.specs}, lambda key: None, Ids(),
+                                    w.read_policy())
+    plan = make_policy_plan(w.read_policy(), empty)
+    w.execute_policy(plan.before)
+    w.execute_policy(plan.after)
+    assert w.read_policy().fqdn == FqdnEntries()
 
 
 def test_a_set_losing_its_fqdn_rules_leaves_the_learner():
