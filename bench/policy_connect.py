@@ -43,7 +43,6 @@ cgroups, pins, agents, temp files) is removed on exit, Ctrl-C or failure.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import random
@@ -57,7 +56,7 @@ from bench import agent, lab, loadgen
 from bench.backends import compile_c, stop_process
 from bench.nat import Service
 from bench.policy_cost import STATS, connect_prog, prog_stats
-from bench.report import fmt, median, paired_ratios, publish, quartiles, target_text
+from bench.report import bench_parser, fmt, median, paired_ratios, publish, quartiles, target_text
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,15 +84,13 @@ class Variant:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.policy_connect", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("bench.policy_connect", __doc__)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--connects", type=int, default=20_000, help="TCP connects per variant and round")
     p.add_argument("--cidrs", type=int, default=10_000, help="CIDRs of the large allow list")
     p.add_argument("--sets", type=int, default=1000, help="restricted workloads (each its own set of 10 CIDRs)")
     p.add_argument("--cpu", type=int, default=1, help="CPU the client and the server are pinned to (-1: none)")
     p.add_argument("--agent-timeout", type=float, default=180.0)
-    p.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     a = p.parse_args(argv)
     a.argv = " ".join(argv if argv is not None else sys.argv[1:])
     return a

@@ -33,7 +33,6 @@ destroying by cookie.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.lab import log, run_stamp
-from bench.report import fmt, paired_ratios, publish, quartiles
+from bench.report import bench_parser, fmt, paired_ratios, publish, quartiles
 from bench.termination import (BACKENDS, CLIENT_MAX, DOC, VICTIM, Lab, call_all, lab_run, machine,
                                split, wait_servers)
 from socklb.dataplane.kernel import cgroup2_mount
@@ -289,11 +288,9 @@ def render(args, out, loads, started, load_before, elapsed) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.policy_termination", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser("bench.policy_termination", __doc__)
     p.add_argument("--sizes", default="10000,100000", help="client socket counts (multiples of 10)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--no-doc", action="store_true")
     args = p.parse_args(argv)
     args.argv = " ".join(argv if argv is not None else sys.argv[1:])
     sizes = sorted(int(x) for x in args.sizes.split(",") if x)

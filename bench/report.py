@@ -11,6 +11,7 @@ to it for reference; it does not decide."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import statistics
@@ -261,3 +262,12 @@ def publish(path: Path, section: str, write: bool = True) -> None:
     if write:
         write_doc_section(path, section)
         print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
+
+
+def bench_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its module doc as the help, and
+    --no-doc (print the section, leave docs/benchmarks.md alone)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    return p
