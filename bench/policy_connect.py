@@ -268,6 +268,22 @@ def comparison(what: str, a: Variant, b: Variant, attr: str, target: float | Non
     return line + (target_text(("<=", target), q1, med, q3) if target is not None else "")
 
 
+def hook_lines(base: Variant, restricted: list[Variant]) -> list[str]:
+    """What the policy adds to the connect4 program's own run time, against
+    the CPU a connect costs: the precise part of the comparison (bpf_stats
+    counts the program alone; the cgroup CPU figures carry the machine's
+    noise)."""
+    h0, cpu0 = median(base.hook), median(base.cpu) * 1000
+    parts = []
+    for v in restricted:
+        extra = median(v.hook) - h0
+        parts.append(f"{v.name.removeprefix('socklb, ')} {median(v.hook):.0f} ns (+{extra:.0f} ns = "
+                     f"{extra / cpu0 * 100:.2f}% of a connect, a CPU ratio of {1 + extra / cpu0:.4f}x)")
+    return [f"- Where socklb's policy time goes: the connect4 program's own run time per call (bpf_stats, "
+            f"medians over rounds) is {h0:.0f} ns without policy; " + "; ".join(parts)
+            + f"; one connect costs {cpu0 / 1000:.1f} µs of CPU without policy (median)."]
+
+
 def table(variants: list[Variant], base: Variant) -> list[str]:
     out = ["| variant | connects/s | CPU µs/connect | CPU vs socklb, no policy | connect4 ns/call "
            "| CPU µs per round |", "|---|---:|---:|---:|---:|---|"]
@@ -357,6 +373,7 @@ def render(args, variants, refusals, loads, started, load_before, elapsed) -> st
              comparison("socklb no policy / no BPF, CPU per connect", base, plain, "cpu"),
              comparison(f"socklb {k} CIDRs / socklb no policy, connects/s", big, base, "rate"),
              comparison(f"socklb {k} CIDRs / nft {k} CIDRs, connects/s (above 1: socklb ahead)", big, nftk, "rate"),
+             *hook_lines(base, [one, many, big]),
              "",
              "How to read it:", "",
              "- CPU µs/connect: cgroup v2 `usage_usec` of the client's and the server's cgroups over the run "
