@@ -22,7 +22,7 @@ the rounds (order rotated each round):
   socklb, 10k CIDRs       a workload whose set has 10k CIDRs + 192.0.2.2/32
   nft, N CIDRs            the `socklb, no policy` cgroup (socklb balances, nftables
                           filters: what a user would add instead of socklb's policy)
-                          and, in the client namespace while the variant runs, an
+                          and, in the variant's own client namespace, an
                           output chain `ip daddr @allowed accept; reject` (TCP: with a reset) with the
                           same allow list as an interval set (1, 10 = one pod's share
                           of 1000 policies, since each pod namespace has its own
@@ -30,13 +30,24 @@ the rounds (order rotated each round):
   nft + ct, 10k CIDRs     the same with `ct state established,related accept` first
                           (the usual stateful ruleset; conntrack in the client namespace)
 
-Per variant and round: connects/s (the client's wall time), CPU per connect
+Phase 1, per variant and round: connects/s (the client's wall time), CPU per connect
 (cgroup v2 usage of the client's and the server's cgroups over the run, the
 `ip netns exec` start included, the same for every variant) and the connect4
 program's own run time (kernel.bpf_stats_enabled). Before the rounds each
 restricted variant is checked to refuse a destination outside its allow
 list (192.0.2.3: socklb EPERM, nftables an ICMP admin-prohibited error) and
 to reach the server.
+
+Phase 2, paired (--paired-rounds, --block): one `tcp_connect cycle` process
+goes through every variant in turn, --block connects each, order rotated
+each round; before each block it moves itself into the variant's cgroup
+and network namespace, and it times the block with its own CPU clock
+(CLOCK_PROCESS_CPUTIME_ID). The variants of a round run a fraction of a
+second apart, so the shared machine's swings hit them alike: the CPU
+comparisons and the target verdicts use this phase's per-round ratios.
+Every nftables variant has a client namespace of its own (198.18.N.1 ->
+198.18.N.2 over its own veth), its table loaded once; one control row runs
+socklb without policy in such a namespace with no table.
 
 Needs root. Everything it creates (namespaces, nftables tables in them,
 cgroups, pins, agents, temp files) is removed on exit, Ctrl-C or failure.
@@ -75,12 +86,21 @@ class Variant:
     name: str
     cgroup: Path                  # the client's cgroup
     agent_cgroup: Path | None     # whose connect4 program runs (None: no BPF)
-    nft: list[str] | None = None  # the allow list of an nftables variant
+    ns: str = ""                  # the client's network namespace
+    server: str = SERVER          # the server's address seen from there
+    nft: list[str] | None = None  # the allow list of an nftables variant (its namespace's table)
     ct: bool = False
     restricted: bool = False
-    cpu: list[float] = field(default_factory=list)    # µs per connect, per round
+    cpu: list[float] = field(default_factory=list)    # µs per connect, per round (cgroups' CPU)
     rate: list[float] = field(default_factory=list)   # connects/s, per round
     hook: list[float] = field(default_factory=list)   # connect4 ns per call, per round
+    pcpu: list[float] = field(default_factory=list)   # paired phase: client µs per connect, per round
+    prate: list[float] = field(default_factory=list)  # paired phase: connects/s, per round
+
+    @property
+    def denied(self) -> str:
+        """An address next to the server's, in no allow list."""
+        return self.server.rsplit(".", 1)[0] + ".3"
 
 
 def parse_args(argv):
@@ -89,6 +109,8 @@ def parse_args(argv):
     p.add_argument("--connects", type=int, default=20_000, help="TCP connects per variant and round")
     p.add_argument("--cidrs", type=int, default=10_000, help="CIDRs of the large allow list")
     p.add_argument("--sets", type=int, default=1000, help="restricted workloads (each its own set of 10 CIDRs)")
+    p.add_argument("--paired-rounds", type=int, default=40, help="rounds of the paired phase (0: none)")
+    p.add_argument("--block", type=int, default=2000, help="connects per variant and round in the paired phase")
     p.add_argument("--cpu", type=int, default=1, help="CPU the client and the server are pinned to (-1: none)")
     p.add_argument("--agent-timeout", type=float, default=180.0)
     a = p.parse_args(argv)
@@ -110,8 +132,8 @@ def disjoint_prefixes(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def allow_list(cidrs: list[str]) -> list[str]:
-    return [*cidrs, f"{SERVER}/32"]
+def allow_list(cidrs: list[str], server: str = SERVER) -> list[str]:
+    return [*cidrs, f"{server}/32"]
 
 
 def policy_set(name: str, allowed: list[str]) -> dict:
@@ -128,32 +150,38 @@ def nft_ruleset(allowed: list[str], ct: bool) -> str:
             f"    reject with icmp type admin-prohibited\n  }}\n}}\n")
 
 
-class Nft:
-    """The nftables table of one variant, only while it runs."""
-
-    def __init__(self, ns: str, teardown: lab.Teardown, workdir: Path):
-        self.ns, self.workdir = ns, workdir
-        teardown.add("nftables table", self.remove)
-
-    def load(self, v: Variant) -> float:
-        path = self.workdir / "rules.nft"
-        path.write_text(nft_ruleset(v.nft, v.ct))
-        t0 = time.monotonic()
-        lab.run(lab.netns_exec(self.ns, ["nft", "-f", str(path)]))
-        return time.monotonic() - t0
-
-    def remove(self) -> None:
-        lab.run(lab.netns_exec(self.ns, ["nft", "delete", "table", "ip", NFT_TABLE]), check=False, quiet=True)
+def load_nft(ns: str, allowed: list[str], ct: bool, workdir: Path) -> float:
+    """The variant's table, in its own namespace for the whole run (it goes
+    with the namespace); seconds `nft -f` took."""
+    path = workdir / f"{ns}.nft"
+    path.write_text(nft_ruleset(allowed, ct))
+    t0 = time.monotonic()
+    lab.run(lab.netns_exec(ns, ["nft", "-f", str(path)]))
+    return time.monotonic() - t0
 
 
-def build(args, teardown: lab.Teardown, workdir: Path, exe: Path) -> tuple[list[Variant], lab.Net]:
+def add_client_ns(net: lab.Net, idx: int, teardown: lab.Teardown) -> tuple[str, str]:
+    """Another client namespace with its own veth to the server namespace:
+    198.18.idx.1 -> 198.18.idx.2 (idx >= 1; no default route); (name, server address)."""
+    ns = f"{net.client_ns}{idx}"
+    lab.add_netns(ns, teardown)
+    here, there = f"pc{idx}", f"ps{idx}"
+    lab.run(["ip", "link", "add", "name", here, "netns", ns, "type", "veth", "peer", "name", there,
+             "netns", net.backend_ns])
+    for where, ifname, host in ((ns, here, 1), (net.backend_ns, there, 2)):
+        lab.run(lab.netns_exec(where, ["ip", "addr", "add", f"198.18.{idx}.{host}/24", "dev", ifname]))
+        lab.run(lab.netns_exec(where, ["ip", "link", "set", ifname, "up"]))
+    return ns, f"198.18.{idx}.2"
+
+
+def build(args, teardown: lab.Teardown, workdir: Path, exe: Path) -> tuple[list[Variant], dict[int, float]]:
     mount = cgroup2_mount()
     ensure_bpffs()
     tag = f"{lab.PREFIX}pconn-{os.getpid()}"
     root = lab.make_cgroup(mount / tag, teardown)
     net = lab.build_net(teardown, "198.18.0.10", [])
     server_cg = lab.make_cgroup(root / "server", teardown)
-    proc = subprocess.Popen(lab.netns_exec(net.backend_ns, [str(exe), "server", SERVER, str(PORT)]),
+    proc = subprocess.Popen(lab.netns_exec(net.backend_ns, [str(exe), "server", "0.0.0.0", str(PORT)]),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=lab.join_cgroup(server_cg, cpus(args)))
     teardown.add("tcp server", lambda: stop_process(proc))
@@ -171,8 +199,9 @@ def build(args, teardown: lab.Teardown, workdir: Path, exe: Path) -> tuple[list[
         return cg
 
     rng = random.Random(12)
-    big = allow_list(disjoint_prefixes(rng, args.cidrs))
-    many = [allow_list(disjoint_prefixes(rng, 10)) for _ in range(args.sets)]
+    big_cidrs = disjoint_prefixes(rng, args.cidrs)
+    many_cidrs = [disjoint_prefixes(rng, 10) for _ in range(args.sets)]
+    big, many = allow_list(big_cidrs), [allow_list(c) for c in many_cidrs]
     one = allow_list([])
     sets = [policy_set("s-1", one), policy_set("s-big", big)]
     sets += [policy_set(f"s-many-{i}", m) for i, m in enumerate(many)]
@@ -186,69 +215,69 @@ def build(args, teardown: lab.Teardown, workdir: Path, exe: Path) -> tuple[list[
     nopolicy = start("nopolicy")
     plain = lab.make_cgroup(root / "plain", teardown)
     k = len(big) - 1
+    main = dict(ns=net.client_ns)
     variants = [
-        Variant("no BPF", plain, None),
-        Variant("socklb, no policy", nopolicy, nopolicy),
-        Variant("socklb, 1 policy (1 CIDR)", pol / "w-1", pol, restricted=True),
-        Variant(f"socklb, 1 of {args.sets} policies (11 CIDRs each)", pol / "w-many-0", pol, restricted=True),
-        Variant(f"socklb, {k} CIDRs", pol / "w-big", pol, restricted=True),
-        Variant("nft, 1 CIDR", nopolicy, nopolicy, nft=one, restricted=True),
-        Variant("nft, 11 CIDRs (one pod's table)", nopolicy, nopolicy, nft=many[0], restricted=True),
-        Variant(f"nft, {k} CIDRs", nopolicy, nopolicy, nft=big, restricted=True),
-        Variant(f"nft + ct, {k} CIDRs", nopolicy, nopolicy, nft=big, ct=True, restricted=True),
+        Variant("no BPF", plain, None, **main),
+        Variant("socklb, no policy", nopolicy, nopolicy, **main),
+        Variant("socklb, 1 policy (1 CIDR)", pol / "w-1", pol, restricted=True, **main),
+        Variant(f"socklb, 1 of {args.sets} policies (11 CIDRs each)", pol / "w-many-0", pol, restricted=True, **main),
+        Variant(f"socklb, {k} CIDRs", pol / "w-big", pol, restricted=True, **main),
     ]
+    # nftables: each variant a namespace of its own (with its veth to the server), its table loaded once;
+    # the control row: socklb's no-policy cgroup in such a namespace without a table.
+    nft_loads: dict[int, float] = {}
+    for idx, (name, cidrs, ct) in enumerate([("socklb, no policy, 2nd namespace (no table)", None, False),
+                                             ("nft, 1 CIDR", [], False),
+                                             ("nft, 11 CIDRs (one pod's table)", many_cidrs[0], False),
+                                             (f"nft, {k} CIDRs", big_cidrs, False),
+                                             (f"nft + ct, {k} CIDRs", big_cidrs, True)], start=1):
+        ns, server = add_client_ns(net, idx, teardown)
+        lab.tune_client_ns(ns)
+        v = Variant(name, nopolicy, nopolicy, ns=ns, server=server, restricted=cidrs is not None,
+                    nft=None if cidrs is None else allow_list(cidrs, server), ct=ct)
+        if v.nft is not None:
+            nft_loads[len(v.nft)] = load_nft(ns, v.nft, ct, workdir)
+        variants.append(v)
     lab.log(f"policy agent with {len(sets)} sets ({sum(len(s['prefixes']) for s in sets)} prefixes) "
             f"ready in {log_load:.1f}s")
-    return variants, net
+    return variants, nft_loads
 
 
 def cpus(args) -> set[int] | None:
     return None if args.cpu < 0 else {args.cpu}
 
 
-def probe(net: lab.Net, v: Variant, exe: Path, addr: str) -> tuple[int, str]:
+def probe(v: Variant, exe: Path, addr: str) -> tuple[int, str]:
     """One connect: (exit code, what it printed: errno=N (text))."""
-    res = subprocess.run(lab.netns_exec(net.client_ns, [str(exe), "probe", addr, str(PORT)]),
+    res = subprocess.run(lab.netns_exec(v.ns, [str(exe), "probe", addr, str(PORT)]),
                          preexec_fn=lab.join_cgroup(v.cgroup), capture_output=True, text=True, timeout=30)
     return res.returncode, res.stdout.strip()
 
 
-def check(net: lab.Net, variants: list[Variant], exe: Path, nft: Nft) -> dict[str, str]:
-    """Each restricted variant refuses a destination outside its list and
-    reaches the server; what each refusal looked like."""
+def check(variants: list[Variant], exe: Path) -> dict[str, str]:
+    """Each variant reaches the server; each restricted one refuses an
+    address outside its list: what each refusal looked like."""
     seen = {}
     for v in variants:
-        if v.nft:
-            nft.load(v)
-        try:
-            (ok, _), (denied, how) = probe(net, v, exe, SERVER), probe(net, v, exe, DENIED) if v.restricted else (0, "")
-        finally:
-            if v.nft:
-                nft.remove()
+        ok, how = probe(v, exe, v.server)
         if ok != 0:
-            raise RuntimeError(f"{v.name}: the server at {SERVER}:{PORT} is not reachable (exit {ok})")
+            raise RuntimeError(f"{v.name}: the server at {v.server}:{PORT} is not reachable ({how})")
         if v.restricted:
+            denied, how = probe(v, exe, v.denied)
             if not denied:
-                raise RuntimeError(f"{v.name}: {DENIED} was reachable: the policy does not apply")
-            seen[v.name] = how.removeprefix("errno=")
+                raise RuntimeError(f"{v.name}: {v.denied} was reachable: the policy does not apply")
+            seen[v.name] = how.split(" ", 1)[-1].strip("()")
     return seen
 
 
-def measure(net: lab.Net, v: Variant, exe: Path, connects: int, server_cg: Path, nft: Nft,
-            pin: set[int] | None) -> None:
-    if v.nft:
-        nft.load(v)
-    try:
-        prog = connect_prog(v.agent_cgroup) if v.agent_cgroup else None
-        c0 = prog_stats(prog) if prog else (0, 0)
-        cpu0 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
-        out = loadgen.run_in_client(net.client_ns, v.cgroup, [str(exe), "client", SERVER, str(PORT), str(connects)],
-                                    timeout=600, cpus=pin)
-        cpu1 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
-        c1 = prog_stats(prog) if prog else (0, 0)
-    finally:
-        if v.nft:
-            nft.remove()
+def measure(v: Variant, exe: Path, connects: int, server_cg: Path, pin: set[int] | None) -> None:
+    prog = connect_prog(v.agent_cgroup) if v.agent_cgroup else None
+    c0 = prog_stats(prog) if prog else (0, 0)
+    cpu0 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
+    out = loadgen.run_in_client(v.ns, v.cgroup, [str(exe), "client", v.server, str(PORT), str(connects)],
+                                timeout=600, cpus=pin)
+    cpu1 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
+    c1 = prog_stats(prog) if prog else (0, 0)
     kv = loadgen.parse_kv(out)
     if int(kv["errors"]):
         raise RuntimeError(f"{v.name}: {kv['errors']} connects failed ({kv['eperm']} EPERM): {out}")
@@ -257,6 +286,30 @@ def measure(net: lab.Net, v: Variant, exe: Path, connects: int, server_cg: Path,
     v.hook.append((c1[1] - c0[1]) / (c1[0] - c0[0]) if prog and c1[0] > c0[0] else float("nan"))
     if prog and c1[0] - c0[0] < connects:
         raise RuntimeError(f"{v.name}: connect4 ran {c1[0] - c0[0]} times for {connects} connects")
+
+
+def paired(variants: list[Variant], exe: Path, block: int, rounds: int, pin: set[int] | None) -> None:
+    """One client process going through every variant in turn, `block`
+    connects each (order rotated each round): it moves itself into the
+    variant's cgroup and namespace, then times the block with its own CPU
+    clock. Variants a fraction of a second apart: what the shared machine
+    does to one round hits all of them alike."""
+    specs = [f"/run/netns/{v.ns},{v.cgroup},{v.server},{PORT}" for v in variants]
+    res = subprocess.run([str(exe), "cycle", str(block), str(rounds), *specs], capture_output=True, text=True,
+                         timeout=60 + rounds * len(variants) * block * 1e-3,
+                         preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+    if res.returncode != 0:
+        raise RuntimeError(f"tcp_connect cycle failed ({res.returncode}): {res.stderr.strip()}")
+    for line in res.stdout.splitlines():
+        kv = loadgen.parse_kv(line)
+        v = variants[int(kv["variant"])]
+        if int(kv["errors"]):
+            raise RuntimeError(f"{v.name}: {kv['errors']} connects failed in the paired phase")
+        v.pcpu.append(float(kv["cpu_ns"]) / block / 1000)
+        v.prate.append(block / float(kv["wall_ns"]) * 1e9)
+    # The lines come in round order, each variant once a round: per-round lists line up.
+    if any(len(v.pcpu) != rounds for v in variants):
+        raise RuntimeError(f"paired phase: expected {rounds} blocks of each variant:\n{res.stdout[-2000:]}")
 
 
 def comparison(what: str, a: Variant, b: Variant, attr: str, target: float | None = None) -> str:
@@ -273,7 +326,7 @@ def hook_lines(base: Variant, restricted: list[Variant]) -> list[str]:
     the CPU a connect costs: the precise part of the comparison (bpf_stats
     counts the program alone; the cgroup CPU figures carry the machine's
     noise)."""
-    h0, cpu0 = median(base.hook), median(base.cpu) * 1000
+    h0, cpu0 = median(base.hook), median(base.pcpu or base.cpu) * 1000
     parts = []
     for v in restricted:
         extra = median(v.hook) - h0
@@ -285,12 +338,13 @@ def hook_lines(base: Variant, restricted: list[Variant]) -> list[str]:
 
 
 def table(variants: list[Variant], base: Variant) -> list[str]:
-    out = ["| variant | connects/s | CPU µs/connect | CPU vs socklb, no policy | connect4 ns/call "
-           "| CPU µs per round |", "|---|---:|---:|---:|---:|---|"]
+    out = ["| variant | paired CPU µs/connect | paired vs socklb, no policy | phase-1 CPU µs/connect "
+           "| phase-1 vs socklb, no policy | connects/s | connect4 ns/call |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
-        per = paired_ratios(v.cpu, base.cpu)
-        out.append(f"| {v.name} | {median(v.rate):.0f} | {median(v.cpu):.2f} | {fmt(median(per), 3)} "
-                   f"| {fmt(median(v.hook), 0)} | {' '.join(f'{x:.1f}' for x in v.cpu)} |")
+        out.append(f"| {v.name} | {fmt(median(v.pcpu), 2)} | {fmt(median(paired_ratios(v.pcpu, base.pcpu)), 3)} "
+                   f"| {median(v.cpu):.2f} | {fmt(median(paired_ratios(v.cpu, base.cpu)), 3)} "
+                   f"| {median(v.rate):.0f} | {fmt(median(v.hook), 0)} |")
     return out
 
 
@@ -305,23 +359,20 @@ def main(argv=None) -> int:
     try:
         workdir = lab.make_tempdir(teardown)
         exe = compile_c(SOURCE, workdir)
-        variants, net = build(args, teardown, workdir, exe)
+        variants, loads = build(args, teardown, workdir, exe)
         server_cg = variants[0].cgroup.parent / "server"
-        nft = Nft(net.client_ns, teardown, workdir)
-        refusals = check(net, variants, exe, nft)
-        loads = {}
-        for v in variants:
-            if v.nft and len(v.nft) not in loads:
-                loads[len(v.nft)] = nft.load(v)
-                nft.remove()
+        refusals = check(variants, exe)
         old = STATS.read_text().strip()
         teardown.add("bpf stats", lambda: STATS.write_text(old))
         STATS.write_text("1")
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
-                measure(net, v, exe, args.connects, server_cg, nft, cpus(args))
+                measure(v, exe, args.connects, server_cg, cpus(args))
             lab.log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{v.name} {v.cpu[-1]:.1f} µs" for v in variants))
+        if args.paired_rounds:
+            paired(variants, exe, args.block, args.paired_rounds, cpus(args))
+            lab.log("paired: " + ", ".join(f"{v.name} {median(v.pcpu):.2f} µs" for v in variants))
         elapsed = time.monotonic() - t_start
         section = render(args, variants, refusals, loads, started, load_before, elapsed)
         publish(DOC, section, not args.no_doc)
@@ -334,52 +385,68 @@ def render(args, variants, refusals, loads, started, load_before, elapsed) -> st
     by = {v.name: v for v in variants}
     base, plain = by["socklb, no policy"], by["no BPF"]
     k = args.cidrs
-    one, many, big = variants[2], variants[3], variants[4]
-    nft1, nft_many, nftk, nftct = variants[5], variants[6], variants[7], variants[8]
+    one, many, big, base2 = variants[2], variants[3], variants[4], variants[5]
+    nft1, nft_many, nftk, nftct = variants[6], variants[7], variants[8], variants[9]
+    cpu = "pcpu" if args.paired_rounds else "cpu"
     lines = [BEGIN, "## Policy: TCP connect cost against nftables", "",
              "TCP connects from a restricted workload, with socklb's egress policy and with the same allow "
              "list as an nftables set in the client's namespace (socklb still balancing, without policy), "
-             "next to no policy; a client namespace and a server namespace joined by a veth; every connect "
-             "is socket + connect + close with a reset (`bench/tcp_connect.c`). Variants interleaved over the "
-             "rounds, order rotated each round; medians over rounds; each comparison is the median of the "
-             "per-round ratios with its quartiles, which decides a target (met: both quartiles meet it; "
-             "borderline: they straddle it; not met: neither does).", "",
+             "next to no policy; client namespaces joined to a server namespace by veths; every connect "
+             "is socket + connect + close with a reset (`bench/tcp_connect.c`). Two phases: (1) each variant a "
+             "client process of its own (connects/s, the cgroups' CPU, the connect4 program's run time), "
+             "variants interleaved, order rotated each round; (2) paired: one client process going through "
+             "every variant in turn, a block of connects each, moving itself into the variant's cgroup and "
+             "namespace and timing the block with its own CPU clock, so the variants of a round run a fraction "
+             "of a second apart. The CPU comparisons below are the paired phase's: the median of the per-round "
+             "ratios with its quartiles, which decides a target (met: both quartiles meet it; borderline: they "
+             "straddle it; not met: neither does).", "",
              "```", f"python -m bench.policy_connect {args.argv}".rstrip(), "```", "",
              f"- Machine: {os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}; "
              f"load average {load_before} before the run, {' '.join(f'{x:.2f}' for x in os.getloadavg())} after "
              "(other sessions' tests and benchmarks share the machine)",
              f"- Date: {started} UTC; run time {elapsed / 60:.1f} min",
-             f"- Setup: {args.rounds} rounds × {args.connects} connects per variant; client and server "
+             f"- Setup: phase 1 {args.rounds} rounds × {args.connects} connects per variant; paired phase "
+             f"{args.paired_rounds} rounds × {args.block} connects per variant; client and server "
              f"{'pinned to CPU ' + str(args.cpu) if args.cpu >= 0 else 'not pinned'}; allow lists: the server's "
-             f"192.0.2.2/32 plus 0, 10 or {k} disjoint prefixes in 10.0.0.0/8 (any port); socklb: "
-             f"{args.sets + 2} restricted workloads on one agent ({args.sets} of them with a set of 11 CIDRs); "
-             "nftables: `ip daddr @allowed accept; reject` (TCP: with a reset) in an output chain (interval set), "
-             "`nft + ct` with `ct state established,related accept` first; nftables ruleset load "
+             f"address /32 plus 0, 10 or {k} disjoint prefixes in 10.0.0.0/8 (any port); socklb: "
+             f"{args.sets + 2} restricted workloads on one agent ({args.sets} of them with a set of 11 CIDRs), "
+             "client namespace 192.0.2.1 → server 192.0.2.2; nftables: each variant in a client namespace of its "
+             "own (198.18.N.1 → 198.18.N.2) with `ip daddr @allowed accept; reject` (TCP: with a reset) in an "
+             "output chain (interval set), `nft + ct` with `ct state established,related accept` first, the "
+             "client in socklb's no-policy cgroup; the control row runs that cgroup in such a namespace "
+             "without a table; nftables ruleset load "
              + ", ".join(f"{n} elements {s * 1000:.0f} ms" for n, s in sorted(loads.items())),
-             "- Refusals checked before the rounds (192.0.2.3): "
+             "- Refusals checked before the rounds (the server's /24, .3): "
              + "; ".join(f"{n}: {w}" for n, w in refusals.items()), "",
              *table(variants, base), "",
-             comparison(f"socklb {k} CIDRs / socklb no policy, CPU per connect", big, base, "cpu", TARGET_CPU),
-             comparison("socklb 1 policy / socklb no policy, CPU per connect", one, base, "cpu", TARGET_CPU),
-             comparison(f"socklb 1 of {args.sets} policies / socklb no policy, CPU per connect", many, base, "cpu",
+             comparison(f"socklb {k} CIDRs / socklb no policy, CPU per connect", big, base, cpu, TARGET_CPU),
+             comparison("socklb 1 policy / socklb no policy, CPU per connect", one, base, cpu, TARGET_CPU),
+             comparison(f"socklb 1 of {args.sets} policies / socklb no policy, CPU per connect", many, base, cpu,
                         TARGET_CPU),
              comparison(f"socklb {k} CIDRs / nft {k} CIDRs, CPU per connect (below 1: socklb ahead)", big, nftk,
-                        "cpu"),
-             comparison(f"socklb {k} CIDRs / nft + ct {k} CIDRs, CPU per connect", big, nftct, "cpu"),
-             comparison("socklb 1 policy / nft 1 CIDR, CPU per connect", one, nft1, "cpu"),
+                        cpu),
+             comparison(f"socklb {k} CIDRs / nft + ct {k} CIDRs, CPU per connect", big, nftct, cpu),
+             comparison("socklb 1 policy / nft 1 CIDR, CPU per connect", one, nft1, cpu),
              comparison(f"socklb 1 of {args.sets} / nft 11 CIDRs (one pod's table), CPU per connect", many,
-                        nft_many, "cpu"),
-             comparison(f"nft {k} CIDRs / socklb no policy, CPU per connect", nftk, base, "cpu"),
-             comparison("socklb no policy / no BPF, CPU per connect", base, plain, "cpu"),
-             comparison(f"socklb {k} CIDRs / socklb no policy, connects/s", big, base, "rate"),
-             comparison(f"socklb {k} CIDRs / nft {k} CIDRs, connects/s (above 1: socklb ahead)", big, nftk, "rate"),
+                        nft_many, cpu),
+             comparison(f"nft {k} CIDRs / socklb no policy (2nd namespace), CPU per connect", nftk, base2, cpu),
+             comparison("socklb no policy, 2nd namespace / socklb no policy (the namespaces' difference)", base2,
+                        base, cpu),
+             comparison("socklb no policy / no BPF, CPU per connect", base, plain, cpu),
+             comparison(f"phase 1 (cgroups' CPU, a process per variant): socklb {k} CIDRs / socklb no policy",
+                        big, base, "cpu"),
+             comparison(f"phase 1: socklb {k} CIDRs / nft {k} CIDRs", big, nftk, "cpu"),
              *hook_lines(base, [one, many, big]),
              "",
              "How to read it:", "",
-             "- CPU µs/connect: cgroup v2 `usage_usec` of the client's and the server's cgroups over the run "
-             "(loopback-free veth path: the SYN, SYN-ACK and reset run mostly in the client's context), divided "
-             "by the connects; it includes the client's `ip netns exec` start (the same in every variant). On a "
-             "shared VM the CPU per connect is steadier than the rate.",
+             "- paired CPU µs/connect: the client process's own CPU clock (CLOCK_PROCESS_CPUTIME_ID) over its "
+             "block: the syscalls, the cgroup hooks, the nftables output chain and, on this path, the softirq "
+             "work of its own packets (the veth delivers on the same CPU); the server's accept is outside it (the "
+             "same work in every variant, so ratios against it are conservative: a larger denominator would make "
+             "them smaller).",
+             "- phase-1 CPU µs/connect: cgroup v2 `usage_usec` of the client's and the server's cgroups over the "
+             "run, divided by the connects, the client's `ip netns exec` start included; each variant a second or "
+             "two apart, so other tenants' load moves it more.",
              "- connect4 ns/call: the program's own run time as the kernel counts it (bpf_stats); the nft "
              "rows run socklb's no-policy program, the no-BPF row none.",
              "- nftables in a pod namespace is per pod: at 1000 policies each pod's table holds its own share "
