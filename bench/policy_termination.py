@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from bench.lab import log, run_stamp
 from bench.report import bench_parser, fmt, paired_ratios, publish, quartiles
-from bench.termination import (BACKENDS, CLIENT_MAX, DOC, VICTIM, Lab, call_all, lab_run, machine,
+from bench.termination import (BACKENDS, CLIENT_MAX, DOC, VICTIM, Lab, Probe, call_all, lab_run, machine,
                                split, wait_servers)
 from socklb.dataplane.kernel import cgroup2_mount
 from socklb.dataplane.policyjobs import judge, policy_job, run_policy_job
@@ -163,17 +163,22 @@ class Bench:
         t0 = time.perf_counter()
         job = self.job()
         t1 = time.perf_counter()
-        listing = t.list_cgroups(job.cgroups)
+        lp, dp = Probe(), Probe()
+        listing = t.list_cgroups(job.cgroups, hooks=lp)
         t2 = time.perf_counter()
         condemned = judge(job, listing.sockets)
         t3 = time.perf_counter()
-        d = t.destroy_cookies([c.socket for c in condemned])
+        d = t.destroy_cookies([c.socket for c in condemned], hooks=dp)
         t4 = time.perf_counter()
         if d.destroyed != self.w.victims:
             raise RuntimeError(f"instrumented job destroyed {d.destroyed} of {self.w.victims}")
         self.w.verify_and_refill("instrumented job")
         return {"job": t1 - t0, "list": t2 - t1, "judge": t3 - t2, "destroy": t4 - t3, "total": t4 - t0,
-                "listed": len(listing.sockets), "netns": listing.netns_scanned}
+                "listed": len(listing.sockets), "netns": listing.netns_scanned,
+                "list_read": sum(x for k, x, _n in lp.iter if k != "ns"), "list_parse": lp.parse,
+                "list_ns": lp.list_netns, "destroy_read": sum(x for k, x, _n in dp.iter if k != "ns"),
+                "destroy_parse": dp.parse, "destroy_ns": dp.list_netns,
+                "reads": sum(k != "ns" for k, _x, _n in lp.iter) + sum(k != "ns" for k, _x, _n in dp.iter)}
 
     def warm_up(self) -> None:
         for key in ("job", "job-host"):
@@ -268,10 +273,14 @@ def render(args, out, loads, started, load_before, elapsed) -> str:
                              + ("" if m == "job-host" else f" — {standing(q1, q3)} in this run"))
         splits.append(f"- Where the policy job's time goes at {size:,} sockets (instrumented run, {ph['total'] * 1000:.1f} "
                       f"ms): building the job {ph['job'] * 1000:.1f} ms; listing the workload's sockets "
-                      f"({ph['listed']:,} listed, {ph['netns']} netns read: iterators + parsing into ListedSocket) "
-                      f"{ph['list'] * 1000:.1f} ms; judging them {ph['judge'] * 1000:.1f} ms; destroying "
-                      f"{size // 10:,} by cookie (a second iterator walk with the cookies in a map) "
-                      f"{ph['destroy'] * 1000:.1f} ms")
+                      f"({ph['listed']:,} listed, {ph['netns']} netns read) {ph['list'] * 1000:.1f} ms, of which "
+                      f"finding the namespaces {ph['list_ns'] * 1000:.1f} ms, reading the iterators (the kernel walk "
+                      f"and a record per socket of the workload) {ph['list_read'] * 1000:.1f} ms, parsing the records "
+                      f"into ListedSocket {ph['list_parse'] * 1000:.1f} ms; judging them {ph['judge'] * 1000:.1f} ms; "
+                      f"destroying {size // 10:,} by cookie {ph['destroy'] * 1000:.1f} ms, of which finding the "
+                      f"namespaces {ph['destroy_ns'] * 1000:.1f} ms, reading the iterators (a second walk, a cookie "
+                      f"lookup per socket, bpf_sock_destroy() per match) {ph['destroy_read'] * 1000:.1f} ms, parsing "
+                      f"{ph['destroy_parse'] * 1000:.1f} ms ({ph['reads']} iterator reads in all)")
     lines += ["", *heads, *splits, "",
               "How to read it:", "",
               "- The issue asks for the time to apply a policy change that terminates 10k of 100k sockets against "
