@@ -146,7 +146,7 @@ class Comparison:
     a: str
     b: str
     what: str
-    target: tuple[str, float] | None = None   # (">=" | ">" | "<=", bound) on the per-round ratios
+    target: tuple[str, float] | None = None   # (">=" | ">" | "<=" | "<", bound) on the per-round ratios
     attr: str = "rate"
 
 
@@ -157,7 +157,7 @@ def verdict(target: tuple[str, float], q1: float, med: float, q3: float) -> str:
     op, bound = target
 
     def meets(x: float) -> bool:
-        return {">=": x >= bound, ">": x > bound, "<=": x <= bound}[op]
+        return {">=": x >= bound, ">": x > bound, "<=": x <= bound, "<": x < bound}[op]
 
     if math.isnan(q1) or math.isnan(q3):
         if math.isnan(med):
@@ -180,7 +180,7 @@ def target_text(target: tuple[str, float] | None, q1: float, med: float, q3: flo
     if target is None:
         return ""
     op, bound = target
-    sign = {">=": "≥", ">": ">", "<=": "≤"}[op]
+    sign = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}[op]
     v = verdict(target, q1, med, q3)
     if not v:
         return f" — target {sign} {bound:g}x"

@@ -12,6 +12,8 @@ def test_at_most_targets_are_decided_by_the_quartiles():
     assert verdict(("<=", 1.05), 0.96, 1.01, 1.06) == "borderline"
     assert verdict(("<=", 1.05), 1.06, 1.08, 1.10) == "not met"
     assert target_text(("<=", 1.05), 0.96, 1.01, 1.04).startswith(" — target ≤ 1.05x: met in this run")
+    assert verdict(("<", 1.0), 0.90, 0.95, 1.0) == "borderline"  # "<": exactly 1 does not meet it
+    assert target_text(("<", 1.0), 0.8, 0.9, 0.95).startswith(" — target < 1x: met in this run")
 
 
 def test_prefixes_are_disjoint_and_never_hold_the_server():
