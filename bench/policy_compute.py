@@ -76,6 +76,14 @@ def policy(j: int, selector: dict, edit: int) -> policy_pb2.Policy:
     ])
 
 
+def baseline(port: int) -> policy_pb2.Policy:
+    """A cluster-wide policy: every workload carries bench=all; a DENY of the
+    metadata address on `port` (80 <-> 81 makes a write a change)."""
+    return policy_pb2.Policy(name="baseline", selector={"bench": "all"}, egress=[
+        policy_pb2.EgressRule(action=policy_pb2.ACTION_DENY, to_cidrs=["169.254.169.254/32"],
+                              ports=[policy_pb2.PortRange(port=port, protocol=types_pb2.PROTOCOL_TCP)])])
+
+
 def timed(fn, rounds: int) -> tuple[float, object]:
     """The median time of `rounds` calls, and the last call's result."""
     times, result = [], None
@@ -155,6 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"  its publish to {len(nodes)} node streams", t, f"{sent} deltas, "
                  f"{sum(len(m) for s in sync.sessions.values() for m in s.queue._queue) // args.rounds} bytes"))
     sync.sessions.clear()
+
+    # A policy selecting every workload (a cluster-wide baseline): a rule of it changes every distinct set.
+    everyone = [policy_pb2.Workload() for _ in workloads]
+    for w, orig in zip(everyone, workloads):
+        w.CopyFrom(orig)
+        w.labels["bench"] = "all"
+    wide = SnapshotCache()
+    wide.load(services, 1, everyone, [*policies, baseline(80)], redirects)
+    wide_rev = itertools.count(2)
+    flips = itertools.cycle([baseline(81), baseline(80)])
+    t, wupd = timed(lambda: wide.apply(services=(), policies=[("baseline", next(flips))], revision=next(wide_rev),
+                                       nodes=nodes), args.rounds)
+    rows.append(("one policy write: a rule of a policy selecting every workload", t,
+                 f"{describe(wupd)} (a second cache: the cluster + that policy)"))
+    wsync = SyncService(wide, _Registry(), replica="bench")
+    for n in nodes:
+        wsync.sessions[n] = NodeSession(n, "bench", wide.revision)
+    t, sent = timed(lambda: wsync.publish(wupd), args.rounds)
+    rows.append((f"  its publish to {len(nodes)} node streams", t, f"{sent} deltas, "
+                 f"{sum(len(m) for s in wsync.sessions.values() for m in s.queue._queue) // args.rounds} bytes"))
+    del wide, wsync
 
     t, upd = timed(flipping("policies", policies[app], policy(app, {"app": f"app{app + 1}"}, 0)), args.rounds)
     rows.append(("one policy write: the selector of an app policy", t, describe(upd)))

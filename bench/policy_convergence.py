@@ -41,20 +41,14 @@ import grpc
 
 from bench.convergence import Server, Workers, backends, cpu_seconds, free_port, pct, proc_status, rss_mib
 from bench.lab import run_stamp
-from bench.policy_compute import cluster
+from bench.policy_compute import baseline, cluster
 from bench.report import bench_parser, fmt, paired_ratios, publish, quartiles
-from socklb.v1 import api_pb2, api_pb2_grpc, policy_pb2, types_pb2
+from socklb.v1 import api_pb2, api_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- policy_convergence:begin -->", "<!-- policy_convergence:end -->"
 TARGET_P99_MS = 100.0  # the convergence target (issue 5), for reference: issue 12 sets none for policy
-
-
-def baseline(port: int) -> policy_pb2.Policy:
-    return policy_pb2.Policy(name="baseline", selector={"bench": "all"}, egress=[
-        policy_pb2.EgressRule(action=policy_pb2.ACTION_DENY, to_cidrs=["169.254.169.254/32"],
-                              ports=[policy_pb2.PortRange(port=port, protocol=types_pb2.PROTOCOL_TCP)])])
 
 
 class Run:

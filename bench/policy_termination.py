@@ -297,7 +297,9 @@ def render(args, out, loads, started, load_before, elapsed) -> str:
               "- The policy job walks the TCP table twice (once to list the workload's sockets, once to destroy "
               "the condemned by cookie) and judges every listed socket in Python; `ss -K` walks it once in the "
               "kernel with its filter and destroys as it goes. The service-removal Terminator (bench.termination) "
-              "judges in the kernel in one walk instead.",
+              "judges in the kernel in one walk instead (the Socket termination section: 1.34x faster than ss -K at "
+              "100k sockets in its own run). Here the two kernel walks together cost about what ss -K's one does; "
+              "the gap is the Python between them (see the split above).",
               "- net.ipv4.tcp_child_ehash_entries = 0: every namespace shares the host's TCP hash, so the walk of "
               "each namespace covers the whole table (the every-netns row pays that once per namespace on the node).",
               END]
