@@ -227,6 +227,12 @@ def render(run: Run, started: str, load_before: str, elapsed: float) -> str:
               "every node ACKed, and its memory; it sets no time target. The service write at the same scale and "
               "node count, interleaved, is the peer: the ratio is what a policy write costs over the path every "
               "write takes (store, cache, per-node deltas, streams).",
+              f"- The workloads are placed over the largest node count ({max(a.nodes)}); a smaller row connects the "
+              "first nodes of those (n0, n1, ...), which run their share of the workloads; the control plane "
+              "computes for every node that has workloads, connected or not.",
+              "- Where a policy write's time goes: bench.policy_compute's row \"a rule of a policy selecting every "
+              "workload\" (the same cluster and policy, in one process): the snapshot cache recomputes every "
+              "distinct set and every node's delta.",
               "- The lean-node workers share the 2 CPUs with the control plane; in a cluster each node has its own.",
               END]
     return "\n".join(lines) + "\n"
