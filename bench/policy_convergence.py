@@ -16,7 +16,9 @@ store in a temp dir); lean nodes (bench.convergence_nodes: parse each
 snapshot / delta, check from_version, Ack), named after the cluster's nodes,
 connect in worker processes.
 
-Writes, interleaved one for one: "policy" flips the baseline policy's DENY
+Writes, interleaved one for one (order rotated): "team" flips the DENY port
+of one team policy (9 apps): only the nodes running those apps' workloads
+receive new sets, and only they are waited for; "policy" flips the baseline policy's DENY
 port (80 <-> 81): every distinct policy set changes, so every node receives
 new sets; "service" is bench.convergence's SetBackends on a random service
 (its 10 backends replaced): every node receives it. Each is timed from the
@@ -41,13 +43,15 @@ import grpc
 
 from bench.convergence import Server, Workers, backends, cpu_seconds, free_port, pct, proc_status, rss_mib
 from bench.lab import run_stamp
-from bench.policy_compute import baseline, cluster
+from bench.policy_compute import baseline, cluster, policy
 from bench.report import bench_parser, fmt, paired_ratios, publish, quartiles
 from socklb.v1 import api_pb2, api_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- policy_convergence:begin -->", "<!-- policy_convergence:end -->"
+LABEL = {"policy": "policy (selects every workload)", "team": "policy (a team: 9 apps)",
+         "service": "service (SetBackends)"}
 TARGET_P99_MS = 100.0  # the convergence target (issue 5), for reference: issue 12 sets none for policy
 
 
@@ -132,12 +136,23 @@ class Run:
                                        for r in redirects], "local redirects"),
         }
         self.counts = (len(services), len(workloads), len(policies) + 1)
+        # The team policy written: the last one; the nodes that run its teams' workloads.
+        self.team = policies[-1]
+        team = dict(self.team.selector)["team"]
+        self.team_nodes = {w.node for w in workloads if w.labels.get("team") == team}
+        self.team_edit = 0
         self.note_rss(f"{len(workloads)} workloads, {len(policies) + 1} policies, {len(services)} services loaded")
         self.workers = Workers(a.workers, "lean", 5.0)
 
     def write_policy(self) -> int:
         self.port = 81 if self.port == 80 else 80
         return self.api.PutPolicy(api_pb2.PutPolicyRequest(policy=baseline(self.port)), timeout=60).resource_version
+
+    def write_team(self) -> int:
+        self.team_edit ^= 1
+        j = int(self.team.name.removeprefix("p"))
+        return self.api.PutPolicy(api_pb2.PutPolicyRequest(policy=policy(j, dict(self.team.selector), self.team_edit)),
+                                  timeout=60).resource_version
 
     def write_service(self) -> int:
         name = random.choice(self.services)
@@ -154,16 +169,17 @@ class Run:
             self.workers.connect(self.target, names[i:i + self.args.batch])
         connect_s, connect_cpu = time.monotonic() - t0, cpu_seconds(cp) - c0
         self.note_rss(f"{nodes} nodes connected")
-        kinds = {"policy": self.write_policy, "service": self.write_service}
-        res = {k: {"all": [], "api": [], "cpu": []} for k in kinds}
+        kinds = {"policy": self.write_policy, "team": self.write_team, "service": self.write_service}
+        waits = {"team": {f"n{i}" for i in range(nodes)} & self.team_nodes}
+        res = {k: {"all": [], "api": [], "cpu": [], "nodes": len(waits.get(k, ())) or nodes} for k in kinds}
         for w in range(self.args.writes):
-            order = list(kinds) if w % 2 == 0 else list(reversed(kinds))
+            order = list(kinds)[w % len(kinds):] + list(kinds)[:w % len(kinds)]
             for k in order:
                 c0 = cpu_seconds(cp)
                 start = time.monotonic()
                 version = kinds[k]()
                 answered = time.monotonic()
-                acks, _recvs = self.workers.wait_acked(self.target, version, timeout=120)
+                acks, _recvs = self.workers.wait_acked(self.target, version, timeout=120, names=waits.get(k))
                 res[k]["all"].append((max(acks) - start) * 1000)
                 res[k]["api"].append((answered - start) * 1000)
                 time.sleep(0.05)  # the streams' flushes and stats land in this write's CPU, not the next's
@@ -184,10 +200,12 @@ def render(run: Run, started: str, load_before: str, elapsed: float) -> str:
     lines = [BEGIN, "## Control plane at scale with policy: one policy write → every node ACKed", "",
              f"{wl} workloads spread over the nodes, {pol} policies (bench.policy_compute's cluster plus a "
              "baseline policy selecting every workload), loaded through the API into the control-plane process; "
-             "lean nodes (bench.convergence_nodes) named after the cluster's nodes. A policy write (the baseline "
-             "policy's DENY port flipped: every distinct set changes, every node gets new sets) and a service "
-             "write (SetBackends on a random service: every node gets it) are interleaved one for one; each is "
-             "timed from the driver's send to the last node's Ack. CP CPU/write: the control plane's CPU from the "
+             "lean nodes (bench.convergence_nodes) named after the cluster's nodes. Three writes interleaved one "
+             "for one, order rotated: a policy selecting every workload (the baseline policy's DENY port flipped: "
+             "every distinct set changes, every node gets new sets), a team policy (9 apps: the nodes running "
+             "their workloads get new sets; only those are waited for) and a service write (SetBackends on a "
+             "random service: every node gets it); each is timed from the driver's send to the last awaited "
+             "node's Ack. CP CPU/write: the control plane's CPU from the "
              "send to 50 ms after the last Ack (its stats-report and heartbeat load included, the same for both).",
              "", "```", f"python -m bench.policy_convergence {a.argv}".rstrip(), "```", "",
              f"- Machine: {os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}, "
@@ -199,21 +217,27 @@ def render(run: Run, started: str, load_before: str, elapsed: float) -> str:
              f"{run.loads['services']:.1f} s, {wl} workloads in {run.loads['workloads']:.1f} s "
              f"({wl / run.loads['workloads']:.0f}/s), {pol} policies in {run.loads['policies']:.1f} s "
              f"({pol / run.loads['policies']:.0f}/s)", "",
-             "| nodes | write | writes | all ACKed p50 ms | p99 ms | max ms | API reply p50 ms | CP CPU/write ms |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| nodes | write | nodes waited for | writes | all ACKed p50 ms | p99 ms | max ms | API reply p50 ms "
+             "| CP CPU/write ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     heads = []
     for r in run.results:
-        for k in ("policy", "service"):
+        for k in ("policy", "team", "service"):
             x = r["res"][k]
-            lines.append(f"| {r['nodes']} | {k} | {len(x['all'])} | **{pct(x['all'], 0.5):.1f}** | "
+            lines.append(f"| {r['nodes']} | {LABEL[k]} | {x['nodes']} | {len(x['all'])} | **{pct(x['all'], 0.5):.1f}** | "
                          f"**{pct(x['all'], 0.99):.1f}** | {max(x['all']):.1f} | {pct(x['api'], 0.5):.1f} | "
                          f"{statistics.median(x['cpu']):.1f} |")
         per = paired_ratios(r["res"]["policy"]["all"], r["res"]["service"]["all"])
         q1, q3 = quartiles(per)
         cpu = paired_ratios(r["res"]["policy"]["cpu"], r["res"]["service"]["cpu"])
         c1, c3 = quartiles(cpu)
+        tm = paired_ratios(r["res"]["team"]["all"], r["res"]["service"]["all"])
+        t1, t3 = quartiles(tm)
+        heads.append(f"- {r['nodes']} nodes: team policy write ({r['res']['team']['nodes']} nodes) / service write "
+                     f"(every node), all ACKed: median **{fmt(statistics.median(tm), 2)}x** (quartiles "
+                     f"{fmt(t1, 2)}–{fmt(t3, 2)})")
         p99 = pct(r["res"]["policy"]["all"], 0.99)
-        heads.append(f"- {r['nodes']} nodes: policy write / service write, all ACKed: per-write-pair median "
+        heads.append(f"- {r['nodes']} nodes: cluster-wide policy write / service write, all ACKed: median "
                      f"**{fmt(statistics.median(per), 2)}x** (quartiles {fmt(q1, 2)}–{fmt(q3, 2)}); CP CPU per write "
                      f"**{fmt(statistics.median(cpu), 2)}x** (quartiles {fmt(c1, 2)}–{fmt(c3, 2)}); policy write p99 "
                      f"{p99:.1f} ms ({p99 / TARGET_P99_MS:.2f}x the 100 ms convergence target of services)")
