@@ -452,6 +452,7 @@ def render(args, variants, refusals, loads, started, load_before, elapsed) -> st
              "- phase-1 CPU µs/connect: cgroup v2 `usage_usec` of the client's and the server's cgroups over the "
              "run, divided by the connects, the client's `ip netns exec` start included; each variant a second or "
              "two apart, so other tenants' load moves it more.",
+             "- Refusals: socklb fails a denied connect() at once with EPERM; the stateless nftables chain refuses it too, but the connect() only gives up at the probe's 2 s send timeout (EINPROGRESS: the reset that `reject with tcp reset` sends did not end it here), while the stateful ruleset's reset ends it at once (ECONNREFUSED). The allowed connects cost the same either way: their packets never reach the reject.",
              "- connect4 ns/call: the program's own run time as the kernel counts it (bpf_stats); the nft "
              "rows run socklb's no-policy program, the no-BPF row none.",
              "- nftables in a pod namespace is per pod: at 1000 policies each pod's table holds its own share "
