@@ -32,3 +32,13 @@ def test_nft_ruleset_allows_the_list_and_rejects_the_rest():
     assert "ct state" not in text
     assert nft_ruleset(allow_list([]), ct=True).index("ct state established,related accept") < \
         nft_ruleset(allow_list([]), ct=True).index("@allowed")
+
+
+def test_termination_standing_and_the_unaccounted_rest():
+    from bench.policy_termination import rest, standing
+
+    assert standing(1.2, 1.5).startswith("ahead of ss -K")
+    assert standing(0.3, 0.5).startswith("behind ss -K")
+    assert standing(0.9, 1.1).startswith("level with ss -K")
+    ph = {"list": 0.75, "list_ns": 0.002, "list_read": 0.225, "list_parse": 0.317}
+    assert abs(rest(ph, "list") - 0.206) < 1e-9
