@@ -32,6 +32,8 @@ BPF_TABLE_PINNED("lpm_trie", struct socklb_policy_prefix_key, struct socklb_poli
 		 SOCKLB_POLICY_PREFIXES_MAX, PIN("policy_prefixes"), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", u32, u64, workload_denies, SOCKLB_WORKLOAD_IDS_MAX, PIN("workload_denies"));
 BPF_TABLE_PINNED("array", u32, struct socklb_policy_cfg, policy_cfg, 1, PIN("policy_cfg"));
+BPF_TABLE_PINNED("hash", struct socklb_exempt_key, u32, redirect_exempt, SOCKLB_REDIRECT_EXEMPT_MAX,
+		 PIN("redirect_exempt"), BPF_F_NO_PREALLOC);
 
 /* Socket storage, pinned like the rest so that flows of sockets opened before
  * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
@@ -295,6 +297,17 @@ static __always_inline int policy_deny(const struct socklb_workload *wl)
 	return 0;
 }
 
+static __always_inline int redirect_exempt_of(const struct socklb_workload *wl, __u32 frontend_id)
+{
+	struct socklb_exempt_key ek;
+
+	if (!wl)
+		return 0;
+	ek.workload_id = wl->id;
+	ek.frontend_id = frontend_id;
+	return redirect_exempt.lookup(&ek) != NULL;
+}
+
 /* Common part of connect and sendmsg: 1 = let the syscall go on (translated
  * or not a VIP), 0 = fail it (ECONNREFUSED: no backend; EPERM: policy). */
 static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, const int sendmsg)
@@ -313,11 +326,29 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	master = services.lookup(&key);
 	wl = current_workload();
 	if (wl) {
-		if (wl->policy_set && !policy_allows(wl->policy_set, &key, master, v6))
+		/* As the application addressed it: a redirected frontend by its
+		 * service's verdict, a placeholder's address by the prefixes. */
+		if (wl->policy_set && !policy_allows(wl->policy_set, &key,
+						     master && !(master->flags & SOCKLB_SVC_F_NOT_SERVICE) ? master : NULL,
+						     v6))
 			return policy_deny(wl);
 		if (wl->flags & SOCKLB_WL_BYPASS)
 			master = NULL; /* its own balancer handles VIPs: leave the address alone */
 	}
+	/* Only a redirected frontend pays the second lookup. No redirect entry
+	 * (yet, or any more), or an exempt workload: the service as it is. */
+	if (master && (master->flags & SOCKLB_SVC_F_REDIRECTED)) {
+		struct socklb_svc_val *local;
+
+		key.table = SOCKLB_TABLE_REDIRECT;
+		local = services.lookup(&key);
+		if (local && !redirect_exempt_of(wl, local->id))
+			master = local;
+		else
+			key.table = SOCKLB_TABLE_SERVICE;
+	}
+	if (master && (master->flags & SOCKLB_SVC_F_NOT_SERVICE))
+		master = NULL;
 	if (!master) {
 		/* A socket re-connected elsewhere must not keep reporting the old VIP. */
 		if (!sendmsg) {

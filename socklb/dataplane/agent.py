@@ -25,6 +25,9 @@ from .desired import check_capacity_delta, frontend_targets, totals
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
 from .policy import PolicyPart, PolicyStep
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
+from .redirect_desired import TRIGGER as REDIRECT_TRIGGER, changed_keys, redirect_name, redirect_targets
+from .redirectjobs import RedirectJob
+from .layout import Table
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
 from .stats import MemoryStatistics, Statistics
@@ -97,6 +100,8 @@ class Agent:
         self.services: dict[str, node_pb2.ServiceState] | None = None
         self.targets: dict = {}
         self.keys_of: dict[str, tuple] = {}
+        # The targets the local redirects add or flag (redirect_desired.redirect_targets).
+        self.overlay: dict = {}
         self._totals = (0, 0)
         self._pending_totals = (0, 0)
 
@@ -133,8 +138,12 @@ class Agent:
                     raise
                 state, rejected = desired.isolate(state, self.services, self.limits)
                 targets = frontend_targets(state, self.limits)
+            overlay = redirect_targets(given.redirects, targets.get, _redirect_fields(state))
+            planned = {**targets, **overlay}
+            desired.check_capacity(planned.values(), self.limits)
             with self._lock:
-                plan = make_plan(self._programmed, targets)
+                before_prog = self._programmed
+                plan = make_plan(before_prog, planned)
                 step = self.policy.prepare(given, _frontend_ids(plan.result))
                 before, found = self.policy.given, self.policy.found(step)
                 # The first state since the agent started: what the previous one
@@ -149,7 +158,9 @@ class Agent:
                     keys.setdefault(t.service, []).append(k)
                 self.keys_of = {n: tuple(v) for n, v in keys.items()}
                 self._totals = totals(targets.values())
+                self.overlay = overlay
                 self._judge_open_sockets(before, step, found, job_id)
+                self._take_over(before_prog, plan, step)
                 if rejected:
                     log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
                               len(rejected), "; ".join(rejected.values()))
@@ -168,8 +179,19 @@ class Agent:
             changed, new_targets = self._check_delta(delta)
             given = apply_policy_delta(self.policy.given, delta)
             old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
-            touched = old_keys | set(new_targets)
-            plan = make_plan(self._programmed, new_targets, only=touched)
+
+            def service_target(key):
+                t = new_targets.get(key)
+                return t if t is not None or key in old_keys else self.targets.get(key)
+            overlay = redirect_targets(given.redirects, service_target)
+            touched = old_keys | set(new_targets) | changed_keys(self.overlay, overlay)
+            planned = {}
+            for k in touched:
+                t = overlay.get(k) or service_target(k)
+                if t is not None:
+                    planned[k] = t
+            before_prog = self._programmed
+            plan = make_plan(before_prog, planned, only=touched)
             step = self.policy.prepare(given, _frontend_ids(plan.result),
                                        resolve=[w.name for w in delta.workload_upserts])
             before, found = self.policy.given, self.policy.found(step)
@@ -189,7 +211,9 @@ class Agent:
             for svc in delta.upserts:
                 self.keys_of[svc.name] = tuple(keys.get(svc.name, ()))
             self._totals = self._pending_totals
+            self.overlay = overlay
             self._judge_open_sockets(before, step, found)
+            self._take_over(before_prog, plan, step)
             return result
 
     def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
@@ -275,10 +299,44 @@ class Agent:
                                              ids, job_id=job_id, workloads=found)
         terminations.later(judge)
 
+    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep) -> None:
+        """Once redirects are created (their redirect-table frontends are new
+        in the maps), have the terminations destroy the open sockets they
+        take over (redirect_desired.taken_over), so that clients reconnect
+        to the local workloads. Built on the terminations' worker: it walks
+        the exempt and bypassing workloads' cgroup trees."""
+        result = plan.result.frontends
+        created = [k for k in result if k.table == Table.REDIRECT and k not in before.frontends]
+        if not created:
+            return
+        frontend_ids, addresses, redirects = [], [], set()
+        for k in created:
+            svc = result.get(k.in_table(Table.SERVICE))
+            if svc is None:
+                continue
+            if svc.placeholder:
+                addresses.append(svc.key)
+            else:
+                frontend_ids.append(svc.id)
+            redirects.add(redirect_name(result[k].service))
+        given = step.given
+        keep = {n for r in redirects if r in given.redirects for n in given.redirects[r].exempt}
+        keep |= {n for n, w in given.specs.items() if w.bypass}
+        paths = {n: given.specs[n].cgroup for n in keep if step.resolved.get(n) is not None}
+        cgroups, terminations = self.policy.cgroups, self.terminations
+        job_id = f"v{self.applied_version}-{REDIRECT_TRIGGER}"
+        names = ", ".join(sorted(r for r in redirects if r))
+
+        def build() -> None:
+            kept = {cg for path in paths.values() for cg in cgroups.tree(path)}
+            terminations.submit(RedirectJob(job_id, names, tuple(frontend_ids), tuple(addresses), frozenset(kept)))
+        terminations.later(build)
+
     def _write(self, plan: Plan, step: PolicyStep) -> None:
         self.writer.execute_policy(step.plan.before)
-        self.writer.execute(plan)
+        self.writer.execute(plan, late=False)
         self.writer.execute_policy(step.plan.after)
+        self.writer.execute_late(plan)
 
     def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep) -> ApplyResult:
         """Write a plan and its policy step, publish their result and tell the
@@ -361,6 +419,11 @@ def _node_state(version: int, services: Iterable[node_pb2.ServiceState], given: 
     return out
 
 
+def _redirect_fields(state: node_pb2.NodeState) -> dict[str, str]:
+    """Redirect name -> its field in a whole state, for errors."""
+    return {r.name: f"redirects[{i}]" for i, r in enumerate(state.redirects)}
+
+
 def _frontend_ids(prog: Programmed):
     """The programmed id of a frontend key (None: not programmed)."""
     frontends = prog.frontends
@@ -386,7 +449,7 @@ def targets_of(prog: Programmed) -> dict:
         index = {b.id: i for i, b in enumerate(mine)}
         backends = tuple(BackendTarget(b.addr, b.port, b.state, 1) for b in mine)
         out[key] = FrontendTarget(fe.service, key, fe.selection, fe.affinity_timeout, backends,
-                                  tuple(index[s] for s in fe.slots if s in index))
+                                  tuple(index[s] for s in fe.slots if s in index), fe.flags)
     return out
 
 
