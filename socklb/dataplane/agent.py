@@ -1,9 +1,11 @@
 """The node agent's core: applies desired states to the node's maps, all or
 nothing, through the parts it is given (map writer, terminations,
-statistics, cgroups): the services, and the workloads and policy sets
-(policy.py), in one update. Once a change is written, the terminations part
-is told what it removed (backends, frontends) and what its policy denies
-(the open sockets of the workloads it concerns)."""
+statistics, cgroups): the services, the local redirects (programmed as
+services-map targets, redirect_desired.py), and the workloads and policy
+sets (policy.py), in one update. Once a change is written, the terminations
+part is told what it removed (backends, frontends), what its policy denies
+(the open sockets of the workloads it concerns) and what new redirects take
+over."""
 from __future__ import annotations
 
 import contextlib
@@ -24,12 +26,12 @@ from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
 from .policy import PolicyPart, PolicyStep
+from .layout import SvcFlag, Table
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
-from .redirect_desired import TRIGGER as REDIRECT_TRIGGER, changed_keys, redirect_name, redirect_targets
-from .redirectjobs import RedirectJob
-from .layout import Table
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
+from .redirect_desired import TRIGGER as REDIRECT_TRIGGER, changed_keys, redirect_name, redirect_targets
+from .redirectjobs import RedirectJob
 from .stats import MemoryStatistics, Statistics
 from .termjobs import MemoryTerminations, Terminations
 from .workloads import Cgroups, MemoryCgroups
@@ -157,7 +159,7 @@ class Agent:
                 for k, t in targets.items():
                     keys.setdefault(t.service, []).append(k)
                 self.keys_of = {n: tuple(v) for n, v in keys.items()}
-                self._totals = totals(targets.values())
+                self._totals = totals(planned.values())
                 self.overlay = overlay
                 self._judge_open_sockets(before, step, found, job_id)
                 self._take_over(before_prog, plan, step)
@@ -184,6 +186,9 @@ class Agent:
                 t = new_targets.get(key)
                 return t if t is not None or key in old_keys else self.targets.get(key)
             overlay = redirect_targets(given.redirects, service_target)
+            # The entries redirects add (their tables, placeholders) count against the maps too.
+            self._pending_totals = check_capacity_delta(self._pending_totals, _added(self.overlay), _added(overlay),
+                                                        self.limits)
             touched = old_keys | set(new_targets) | changed_keys(self.overlay, overlay)
             planned = {}
             for k in touched:
@@ -417,6 +422,11 @@ def _node_state(version: int, services: Iterable[node_pb2.ServiceState], given: 
                         ("redirects", given.redirects)):
         getattr(out, kind).extend(items[n] for n in sorted(items))
     return out
+
+
+def _added(overlay: Mapping) -> list:
+    """The targets of an overlay that are no service's: redirect tables and placeholders."""
+    return [t for t in overlay.values() if t.key.table or t.flags & SvcFlag.NOT_SERVICE]
 
 
 def _redirect_fields(state: node_pb2.NodeState) -> dict[str, str]:
