@@ -96,7 +96,7 @@ def redirect_targets(redirects: Mapping[str, node_pb2.RedirectState],
                                         tuple(range(len(backends))))
             svc = service_target(key)
             if svc is None:
-                out[key] = FrontendTarget("", key, Selection.RANDOM, 0, (), (),
+                out[key] = FrontendTarget(redirect_service(name), key, Selection.RANDOM, 0, (), (),
                                           int(SvcFlag.REDIRECTED | SvcFlag.NOT_SERVICE))
             else:
                 out[key] = replace(svc, flags=svc.flags | SvcFlag.REDIRECTED)

@@ -155,6 +155,10 @@ def test_redirect_moves_open_sockets_and_back(agent, backends, netns, cgroup, cl
     assert one(cache, VIP, PORT, "tcp") == "cluster-dns-tcp"
     # A process of no workload is redirected too (exemption is per workload).
     assert one(clients(netns, cg=cgroup), VIP, PORT, "udp") == "cache"
+    exempt = a.dump("policy")["redirectExemptions"]
+    assert sorted((e["workload"], e["service"], e["frontend"]) for e in exempt) == [
+        ("kube-system/cache", "redirect:node-local-dns", f"{VIP}:{PORT}/tcp"),
+        ("kube-system/cache", "redirect:node-local-dns", f"{VIP}:{PORT}/udp")], exempt
 
     # Delete: the sockets to the cache die and come back to the service.
     r = app.call("tcp_open", id="dns2", addr=VIP, port=PORT)
@@ -171,7 +175,8 @@ def test_redirect_moves_open_sockets_and_back(agent, backends, netns, cgroup, cl
     assert one(app, VIP, PORT, "udp") == "cluster-dns"
     assert one(app, VIP, PORT, "tcp") == "cluster-dns-tcp"
     services = a.dump("services")
-    assert "local redirect" not in str(services) and "redirect:" not in str(services), services
+    assert "redirect:" not in str(services), services
+    assert a.dump("policy").get("redirectExemptions", []) == []
 
 
 def test_redirect_of_an_address_that_is_no_vip(agent, backends, netns, cgroup, clients, dns_client):
