@@ -393,9 +393,11 @@ class Agent:
     def _restore(self, previous: Programmed, previous_policy: PolicyEntries) -> None:
         current = self.writer.read_programmed()
         policy = make_policy_plan(self.writer.read_policy(), previous_policy)
+        plan = make_plan(current, targets_of(previous))
         self.writer.execute_policy(policy.before)
-        self.writer.execute(make_plan(current, targets_of(previous)))
+        self.writer.execute(plan, late=False)
         self.writer.execute_policy(policy.after)
+        self.writer.execute_late(plan)
 
 
 @contextlib.contextmanager

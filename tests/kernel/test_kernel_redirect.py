@@ -204,3 +204,41 @@ def test_redirect_of_an_address_that_is_no_vip(agent, backends, netns, cgroup, c
     assert replies_from(resolver, "upstream", t1), resolver.snapshot()[-8:]
     assert report(a, "v3-local-redirect-upstream-cache")["trigger"] == "local-redirect"
     assert one(app, UPSTREAM, PORT, "udp") == "upstream"
+
+
+V6_VIP = "fd00:96::53"  # inside the test namespace, which has no route: untranslated, it would go nowhere
+
+
+def test_policy_judges_what_was_addressed_and_ipv6_is_redirected(agent, backends, netns, cgroup, clients):
+    """A restricted workload reaches a redirected frontend as its service's
+    verdict says (allowed: to the cache; denied: EPERM, redirected or not);
+    an IPv6 frontend goes to the local IPv6 address."""
+    node = Node(netns, backends, cgroup)
+    v6_cluster = backends("cluster-dns-v6", "::1", 0, "udp", netns)
+    v6_cache = backends("cache-v6", "::1", PORT, "udp", netns)
+    state = node.state(1)
+    state["services"].append(service("dns-v6", [frontend(V6_VIP, PORT, "udp")], [backend(v6_cluster)]))
+    state["policy_sets"] = [{"name": "ps-dns-udp", "frontends": [
+        {"service": "dns", "frontend": frontend(VIP, PORT, "udp"), "action": "ACTION_ALLOW"},
+        {"service": "dns-v6", "frontend": frontend(V6_VIP, PORT, "udp"), "action": "ACTION_ALLOW"},
+        {"service": "dns-tcp", "frontend": frontend(VIP, PORT, "tcp"), "action": "ACTION_DENY"}],
+        # the cache's own address is allowed as an address: the redirect is still judged by the verdict
+        "prefixes": [{"prefix": f"{LOCAL}/32", "rules": [{"port": 0, "end_port": 65535, "action": "ACTION_ALLOW"}]}]}]
+    state["workloads"][1]["policy_set"] = "ps-dns-udp"
+    a = start(agent, state)
+    app = clients(netns, cg=node.app_cg)
+    assert one(app, VIP, PORT, "udp") == "cluster-dns"
+    assert app.call("connect_error", addr=VIP, port=PORT)["error"] == "EPERM"
+
+    rd = redirect("node-local-dns", [frontend(VIP, PORT, "udp"), frontend(VIP, PORT, "tcp"),
+                                     frontend(V6_VIP, PORT, "udp")])
+    rd["backends"].append({"address": "::1", "port": 0})
+    state["version"] = 2
+    state["redirects"] = [rd]
+    res = a.apply(state)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert one(app, VIP, PORT, "udp") == "cache"                          # allowed by the dns verdict
+    assert app.call("connect_error", addr=VIP, port=PORT)["error"] == "EPERM"  # denied as addressed
+    assert one(app, V6_VIP, PORT, "udp") == "cache-v6"
+    assert one(clients(netns, cg=node.cache_cg), V6_VIP, PORT, "udp") == "cluster-dns-v6"
+    assert v6_cache.requests >= 1

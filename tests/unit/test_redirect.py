@@ -3,6 +3,7 @@ services map's redirect table (redirect_desired.py), the order the writes
 take (plan.py's late masters, the policy plan's exemptions), the agent's
 terminations on create and delete, and which sockets a new redirect takes
 over."""
+import copy
 import socket
 
 import pytest
@@ -11,10 +12,10 @@ from socklb.dataplane.agent import Agent
 from socklb.dataplane.layout import SvcFlag, Table
 from socklb.dataplane.plan import DeleteMaster, PutMaster, make_plan
 from socklb.dataplane.redirect_desired import redirect_targets, taken_over
-from socklb.dataplane.redirectjobs import RedirectJob
+from socklb.dataplane.redirectjobs import RedirectJob, preview_job, preview_keep, run_redirect_job
 from socklb.dataplane.statefile import parse_state
-from socklb.dataplane.termjobs import Job
-from socklb.dataplane.termtypes import ListedSocket
+from socklb.dataplane.termjobs import Job, redirect_report
+from socklb.dataplane.termtypes import ListedSocket, SocketListing
 from socklb.dataplane.workloads import Cgroup, MemoryCgroups
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.lb.addresses import addr16
@@ -257,3 +258,72 @@ def test_taken_over_picks_the_service_flows_and_direct_sockets_to_a_placeholder_
                sock(8, 22, VIP, 53)]                          # unflowed to the VIP (bypass before): kept
     got = taken_over(sockets, [5], [upstream], {21, 23})
     assert [s.cookie for s in got] == [1, 5]
+
+
+class FailingFlag(Recording):
+    """Refuses the first write of a REDIRECTED master (the last write of a redirect's creation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = True
+
+    def put_master(self, key, master):
+        if self.armed and master.flags & SvcFlag.REDIRECTED:
+            self.armed = False
+            raise OSError(28, "no space left in services")
+        super().put_master(key, master)
+
+
+def test_a_failed_write_restores_the_maps_without_the_redirect():
+    w = FailingFlag()
+    a = node(writer=w)
+    a.apply(state(1, redirect=False))
+    maps = lambda: copy.deepcopy((w.services, w.backends, w.workloads, w.exempt, w.policy_cfg))  # noqa: E731
+    before = maps()
+    with pytest.raises(OSError):
+        a.apply(state(2))
+    assert maps() == before
+    assert a.applied_version == 1
+    a.apply(state(2))
+    assert w.exempt and any(m[0].flags for m in w.services.values() if 0 in m)
+
+
+# --- a preview of a redirect change --------------------------------------------------------------
+
+def test_preview_lists_what_starting_takes_over_and_what_ending_ends():
+    a = node()
+    a.apply(state(1, redirect=False))
+    prog = a.catalog.current().programmed
+    before, after = a.state(), state(2)
+    assert preview_keep(before, after) == {"kube-system/cache", "default/mesh"}
+    job = preview_job("p-1", before, after, prog, {21, 23})
+    assert job.dry_run and job.service == "node-local-dns" and job.keep_cgroups == {21, 23}
+    assert set(job.frontend_ids) == {prog.frontends[key(VIP, 53, UDP)].id, prog.frontends[key(VIP, 53, TCP)].id}
+    assert not job.addresses and not job.local_ids
+    assert preview_job("p-2", before, before, prog, ()) is None  # no redirect starts or ends
+
+    a.apply(after)
+    prog = a.catalog.current().programmed
+    job = preview_job("p-3", a.state(), state(3, redirect=False), prog, ())
+    local = {fe.id for k, fe in prog.frontends.items() if k.table == Table.REDIRECT}
+    assert set(job.local_ids) == local and not job.frontend_ids
+
+
+def test_a_preview_run_lists_and_destroys_nothing():
+    class Lister:
+        method = None
+
+        def list_cgroups(self, ids):
+            assert ids is None  # every cgroup
+            return SocketListing(sockets=[sock(1, 22, "10.0.0.53", 53, frontend_id=5),
+                                          sock(2, 22, "169.254.20.10", 53, frontend_id=9),
+                                          sock(3, 21, "10.0.0.53", 53, frontend_id=5)])
+
+        def destroy_cookies(self, sockets):
+            raise AssertionError("a dry run destroys nothing")
+    job = RedirectJob("p", "r", (5,), (), frozenset({21}), dry_run=True, local_ids=(9,))
+    run = run_redirect_job(Lister(), job)
+    assert [s.cookie for s in run.chosen] == [1, 2] and run.destroyed is None and run.method == "none"
+    rep = redirect_report(job, "n", run)
+    assert (rep.found, rep.destroyed, rep.trigger, rep.dry_run) == (2, 0, "local-redirect", True)
+    assert [(b.address, b.port, b.found) for b in rep.backends] == [(VIP, 53, 2)]
