@@ -110,7 +110,7 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
     def job_id(svc: str) -> str:
         r = redirect_name(svc)
         return f"v{version}-{svc}" if r is None else f"v{version}-{REDIRECT}-{r}"
-    return [Job(id=job_id(svc), service=svc, trigger=trigger(svc),
+    return [Job(id=job_id(svc), service=redirect_name(svc) or svc, trigger=trigger(svc),
                 dry_run=False, targets=tuple(sorted(t)), names=t, dsts=dsts(t))
             for svc, t in sorted(per_service.items())]
 

@@ -56,9 +56,12 @@ def test_a_redirect_applies_only_on_the_node_with_a_local_workload(cluster):
         # The cache itself still reaches the service, its connection untouched.
         assert cache_proc.call("tcp_ping", id="svc").get("backend") == remote.label
         assert one(cache_proc, vip, port) == remote.label
-        # The far node has no local workload: the service as it is.
+        # The far node has no local workload: the service as it is, nothing redirected programmed.
         assert far_app.call("tcp_ping", id="svc").get("backend") == remote.label
         assert one(far_app, vip, port) == remote.label
+        assert not [f for f in far.services() if f.get("service", "").startswith("redirect:")]
+        assert [f["service"] for f in near.services() if f.get("service", "").startswith("redirect:")] == [
+            "redirect:e2e-node-local"]
 
         term_id = f"v{rd.resource_version}-local-redirect"
 

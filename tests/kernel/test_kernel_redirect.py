@@ -168,7 +168,8 @@ def test_redirect_moves_open_sockets_and_back(agent, backends, netns, cgroup, cl
     assert res.returncode == 0, res.stdout + res.stderr
     assert replies_from(resolver, "cluster-dns", t1), resolver.snapshot()[-8:]
     rep = report(a, "v3-local-redirect-node-local-dns")
-    assert rep["trigger"] == "local-redirect" and int(rep.get("destroyed", 0)) >= 2, rep
+    assert rep["trigger"] == "local-redirect" and rep.get("service") == "node-local-dns", rep
+    assert int(rep.get("destroyed", 0)) >= 2, rep
     assert "error" in app.call("tcp_ping", id="dns2")
     assert cache.call("tcp_ping", id="dns").get("backend") == "cluster-dns-tcp"
     assert app.call("tcp_ping", id="web").get("backend") == "web"

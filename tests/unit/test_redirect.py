@@ -196,6 +196,7 @@ def test_create_takes_over_the_service_flows_and_delete_terminates_the_local_one
     a.apply(state(3, redirect=False))
     job = a.terminations.jobs[-1]
     assert isinstance(job, Job) and job.trigger == "local-redirect" and job.id == "v3-local-redirect-node-local-dns"
+    assert job.service == "node-local-dns"
     assert {t.frontend_id for t in job.targets} == local and all(t.backend_id == 0 for t in job.targets)
     assert not a.writer.exempt and not any(fe.flags for fe in a.catalog.current().frontends())
 
