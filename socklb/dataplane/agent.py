@@ -30,7 +30,8 @@ from .layout import SvcFlag, Table
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
-from .redirect_desired import TRIGGER as REDIRECT_TRIGGER, changed_keys, redirect_name, redirect_targets
+from .redirect_desired import (TRIGGER as REDIRECT_TRIGGER, changed_keys, live_redirects, redirect_name,
+                               redirect_targets)
 from .redirectjobs import RedirectJob
 from .stats import MemoryStatistics, Statistics
 from .termjobs import MemoryTerminations, Terminations
@@ -140,13 +141,14 @@ class Agent:
                     raise
                 state, rejected = desired.isolate(state, self.services, self.limits)
                 targets = frontend_targets(state, self.limits)
-            overlay = redirect_targets(given.redirects, targets.get, _redirect_fields(state))
-            planned = {**targets, **overlay}
-            desired.check_capacity(planned.values(), self.limits)
             with self._lock:
+                resolved = self.policy.resolve(given)
+                overlay = redirect_targets(self._live(given, resolved), targets.get, _redirect_fields(state))
+                planned = {**targets, **overlay}
+                desired.check_capacity(planned.values(), self.limits)
                 before_prog = self._programmed
                 plan = make_plan(before_prog, planned)
-                step = self.policy.prepare(given, _frontend_ids(plan.result))
+                step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
                 before, found = self.policy.given, self.policy.found(step)
                 # The first state since the agent started: what the previous one
                 # applied (and whether its job ran) is unknown, so every
@@ -185,7 +187,8 @@ class Agent:
             def service_target(key):
                 t = new_targets.get(key)
                 return t if t is not None or key in old_keys else self.targets.get(key)
-            overlay = redirect_targets(given.redirects, service_target)
+            resolved = self.policy.resolve(given, resolve=[w.name for w in delta.workload_upserts])
+            overlay = redirect_targets(self._live(given, resolved), service_target)
             # The entries redirects add (their tables, placeholders) count against the maps too.
             self._pending_totals = check_capacity_delta(self._pending_totals, _added(self.overlay), _added(overlay),
                                                         self.limits)
@@ -197,8 +200,7 @@ class Agent:
                     planned[k] = t
             before_prog = self._programmed
             plan = make_plan(before_prog, planned, only=touched)
-            step = self.policy.prepare(given, _frontend_ids(plan.result),
-                                       resolve=[w.name for w in delta.workload_upserts])
+            step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
             before, found = self.policy.given, self.policy.found(step)
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
             result = self._execute(plan, delta.version, upserts, start, touched, step)
@@ -261,9 +263,17 @@ class Agent:
         with self._lock:
             if self.services is None:
                 return False
-            step = self.policy.prepare(self.policy.given, _frontend_ids(self._programmed))
-            if step.resolved == self.policy.resolved:
+            given = self.policy.given
+            resolved = self.policy.resolve(given)
+            if resolved == self.policy.resolved:
                 return False
+            # A redirect whose local workloads' cgroups all went leaves the
+            # maps (one that comes back returns): a services plan as well.
+            overlay = redirect_targets(self._live(given, resolved), self.targets.get)
+            touched = changed_keys(self.overlay, overlay)
+            if touched:
+                return self._recheck_redirects(given, resolved, overlay, touched)
+            step = self.policy.prepare(given, _frontend_ids(self._programmed), resolved=resolved)
             found = self.policy.found(step)
             try:
                 self.writer.execute_policy(step.plan.ops)  # no service changes: one go
@@ -279,6 +289,37 @@ class Agent:
             job_id = f"v{self.applied_version}-policy-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
             self._judge_open_sockets(step.given, step, found, job_id)
             return True
+
+    def _recheck_redirects(self, given: NodePolicy, resolved: dict, overlay: dict, touched: set) -> bool:
+        """recheck_workloads when redirects start or end with their local
+        workloads' cgroups: the services plan of the keys they touch, the
+        policy step, written together; their terminations under ids of this
+        node's own."""
+        start = time.monotonic()
+        pending = check_capacity_delta(self._totals, _added(self.overlay), _added(overlay), self.limits)
+        planned = {}
+        for k in touched:
+            t = overlay.get(k) or self.targets.get(k)
+            if t is not None:
+                planned[k] = t
+        before_prog = self._programmed
+        plan = make_plan(before_prog, planned, only=touched)
+        step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
+        found = self.policy.found(step)
+        version = self.applied_version
+        suffix = f"-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
+        self._execute(plan, version, node_pb2.NodeState(version=version), start, touched, step, suffix)
+        self._totals = pending
+        self.overlay = overlay
+        log.info("workload cgroups changed: redirects now programmed: %s", sorted(
+            {redirect_name(t.service) for k, t in overlay.items() if k.table == Table.REDIRECT}) or "none")
+        self._judge_open_sockets(step.given, step, found, f"v{version}-policy{suffix}")
+        self._take_over(before_prog, plan, step, suffix)
+        return True
+
+    def _live(self, given: NodePolicy, resolved: Mapping) -> dict:
+        """The redirects to program: those with a local workload on the node."""
+        return live_redirects(given.redirects, lambda name: resolved.get(name) is not None)
 
     def _judge_open_sockets(self, before: NodePolicy, step: PolicyStep, found: list[str],
                             job_id: str = "") -> None:
@@ -304,7 +345,7 @@ class Agent:
                                              ids, job_id=job_id, workloads=found)
         terminations.later(judge)
 
-    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep) -> None:
+    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "") -> None:
         """Once redirects are created (their redirect-table frontends are new
         in the maps), have the terminations destroy the open sockets they
         take over (redirect_desired.taken_over), so that clients reconnect
@@ -329,7 +370,7 @@ class Agent:
         keep |= {n for n, w in given.specs.items() if w.bypass}
         paths = {n: given.specs[n].cgroup for n in keep if step.resolved.get(n) is not None}
         cgroups, terminations = self.policy.cgroups, self.terminations
-        job_id = f"v{self.applied_version}-{REDIRECT_TRIGGER}"
+        job_id = f"v{self.applied_version}-{REDIRECT_TRIGGER}{suffix}"
         names = ", ".join(sorted(r for r in redirects if r))
 
         def build() -> None:
@@ -343,10 +384,12 @@ class Agent:
         self.writer.execute_policy(step.plan.after)
         self.writer.execute_late(plan)
 
-    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep) -> ApplyResult:
+    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep,
+                 suffix: str = "") -> ApplyResult:
         """Write a plan and its policy step, publish their result and tell the
         terminations what it removed (touched: the frontend keys a delta plan
-        looked at, None for a whole state)."""
+        looked at, None for a whole state; suffix: of the terminations' ids,
+        for a change of this node's own)."""
         try:
             self._write(plan, step)
         except Exception:
@@ -358,7 +401,7 @@ class Agent:
         self.catalog.publish_workloads(self.policy.names())
         self._programmed = plan.result
         before = self.catalog.publish(plan.result, plan, touched)
-        self.terminations.after_apply(before, plan, state)
+        self.terminations.after_apply(before, plan, state, suffix)
         self.applied_version = version
         metrics.programmed.labels("frontends").set(len(self._programmed.frontends))
         metrics.programmed.labels("backends").set(len(self._programmed.backends))

@@ -207,6 +207,13 @@ def _check_whole(d: _Draft, removed_sets: Mapping[str, str] = _EMPTY) -> None:
     if prefixes > limits.MAX_PREFIXES_PER_NODE:
         raise InvalidState("policy_sets", f"{prefixes} prefixes over all sets; a node takes at most "
                                           f"{limits.MAX_PREFIXES_PER_NODE}")
+    redirected: dict = {}
+    for name in sorted(d.redirects, key=lambda n: ("redirects", n) in d.where):
+        f = d.field_of("redirects", name)
+        for key, _ in check_redirect_targets(d.redirects[name], f):
+            if key in redirected:
+                raise InvalidState(f"{f}.frontends", f"frontend {key} is already redirected by {redirected[key]!r}")
+            redirected[key] = name
     cgroups: dict[str, str] = {}
     # Untouched workloads first, so that a clash is blamed on what the update brings.
     for name in sorted(d.specs, key=lambda n: ("workloads", n) in d.where):

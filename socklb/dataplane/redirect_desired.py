@@ -103,6 +103,16 @@ def redirect_targets(redirects: Mapping[str, node_pb2.RedirectState],
     return out
 
 
+def live_redirects(redirects: Mapping[str, node_pb2.RedirectState],
+                   found: Callable[[str], bool]) -> dict[str, node_pb2.RedirectState]:
+    """The redirects this node programs: those with a local workload whose
+    cgroup is on the node (found(workload name)), as a workload whose cgroup
+    is not there programs nothing; one naming no local workload (a state
+    written by hand) as given. A redirect whose last local workload's cgroup
+    goes leaves the maps, and its clients move back to the service."""
+    return {n: r for n, r in redirects.items() if not r.exempt or any(found(w) for w in r.exempt)}
+
+
 def changed_keys(old: Mapping[FrontendKey, FrontendTarget],
                  new: Mapping[FrontendKey, FrontendTarget]) -> set[FrontendKey]:
     """The keys whose overlay target differs (a delta plans those)."""
@@ -132,5 +142,5 @@ def taken_over(sockets: Iterable, frontend_ids: Iterable[int], addresses: Iterab
     return out
 
 
-__all__ = ["REDIRECT_PREFIX", "TRIGGER", "changed_keys", "check_redirect_targets", "redirect_name",
+__all__ = ["REDIRECT_PREFIX", "TRIGGER", "changed_keys", "check_redirect_targets", "live_redirects", "redirect_name",
            "redirect_service", "redirect_targets", "taken_over"]

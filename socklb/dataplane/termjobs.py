@@ -71,9 +71,10 @@ class Job:
         return not self.targets
 
 
-def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
+def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int,
+                    suffix: str = "") -> list[Job]:
     """Jobs for the flows a plan orphans: one per service, trigger by cause.
-    before: the state the plan started from."""
+    before: the state the plan started from; suffix: of the jobs' ids."""
     gone_frontends = {op.key for op in plan.ops if isinstance(op, DeleteMaster)}
     gone_backends = [op.id for op in plan.ops if isinstance(op, DeleteBackend)]
     if not gone_frontends and not gone_backends:
@@ -109,7 +110,7 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
 
     def job_id(svc: str) -> str:
         r = redirect_name(svc)
-        return f"v{version}-{svc}" if r is None else f"v{version}-{REDIRECT}-{r}"
+        return (f"v{version}-{svc}" if r is None else f"v{version}-{REDIRECT}-{r}") + suffix
     return [Job(id=job_id(svc), service=redirect_name(svc) or svc, trigger=trigger(svc),
                 dry_run=False, targets=tuple(sorted(t)), names=t, dsts=dsts(t))
             for svc, t in sorted(per_service.items())]
@@ -262,9 +263,10 @@ class Terminations(ABC):
         """The last 100 reports, oldest first."""
         return list(self._recent)
 
-    def after_apply(self, before: Index, plan: Plan, state: node_pb2.NodeState) -> None:
-        """Terminate the flows a plan orphaned (before: the state it started from)."""
-        for job in removed_targets(before, plan, state, state.version):
+    def after_apply(self, before: Index, plan: Plan, state: node_pb2.NodeState, suffix: str = "") -> None:
+        """Terminate the flows a plan orphaned (before: the state it started
+        from; suffix: of the jobs' ids, for a change of the node's own)."""
+        for job in removed_targets(before, plan, state, state.version, suffix):
             self.submit(job)
 
     def after_policy_change(self, before: node_pb2.NodeState, after: node_pb2.NodeState,

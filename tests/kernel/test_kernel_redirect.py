@@ -243,3 +243,28 @@ def test_policy_judges_what_was_addressed_and_ipv6_is_redirected(agent, backends
     assert one(app, V6_VIP, PORT, "udp") == "cache-v6"
     assert one(clients(netns, cg=node.cache_cg), V6_VIP, PORT, "udp") == "cluster-dns-v6"
     assert v6_cache.requests >= 1
+
+
+def test_the_redirect_follows_its_local_workloads_cgroup(agent, backends, netns, cgroup, dns_client):
+    """A redirect programs nothing while its local workload's cgroup is not
+    on the node: when it goes, the resolver moves back to the service, and
+    when it comes back (the agent's re-check, every 2 s), to the cache."""
+    node = Node(netns, backends, cgroup)
+    rd = redirect("node-local-dns", [frontend(VIP, PORT, "udp")])
+    a = start(agent, node.state(1, [rd]))
+    resolver = dns_client(node.app_cg, VIP, PORT, netns)
+    assert replies_from(resolver, "cache", 0.0), resolver.snapshot()[-5:]
+
+    t0 = last_event_t(resolver)
+    node.cache_cg.remove()
+    assert replies_from(resolver, "cluster-dns", t0), resolver.snapshot()[-8:]
+    gone = poll(lambda: [r for i, r in reports(a).items() if i.startswith("v1-local-redirect-node-local-dns-cgroup-")],
+                timeout=WAIT, interval=0.2)
+    assert gone and gone[0]["trigger"] == "local-redirect" and int(gone[0].get("destroyed", 0)) >= 1, gone
+
+    t1 = last_event_t(resolver)
+    node.cache_cg = cgroup.child("cache")
+    assert replies_from(resolver, "cache", t1), resolver.snapshot()[-8:]
+    back = poll(lambda: [r for i, r in reports(a).items() if i.startswith("v1-local-redirect-cgroup-")],
+                timeout=WAIT, interval=0.2)
+    assert back and int(back[0].get("destroyed", 0)) >= 1, back

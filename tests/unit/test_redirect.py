@@ -328,3 +328,27 @@ def test_a_preview_run_lists_and_destroys_nothing():
     rep = redirect_report(job, "n", run)
     assert (rep.found, rep.destroyed, rep.trigger, rep.dry_run) == (2, 0, "local-redirect", True)
     assert [(b.address, b.port, b.found) for b in rep.backends] == [(VIP, 53, 2)]
+
+
+def test_a_redirect_whose_local_workloads_cgroups_are_gone_is_not_programmed_and_comes_back():
+    a = Agent(Recording(), "n", cgroups=MemoryCgroups({"socklb/app": Cgroup(22), "socklb/mesh": Cgroup(23)}))
+    a.apply(state(1))  # the cache's cgroup is not on the node: its redirect programs nothing
+    assert not any(k.table for k in a.catalog.current().programmed.frontends) and not a.writer.exempt
+    assert not any(isinstance(j, RedirectJob) for j in a.terminations.jobs)
+    assert [r.name for r in a.state().redirects] == ["node-local-dns"]  # kept as given
+
+    a.policy.cgroups.cgroups["socklb/cache"] = Cgroup(21)
+    assert a.recheck_workloads() is True
+    fes = a.catalog.current().programmed.frontends
+    assert sum(k.table for k in fes) == 2 and fes[key(VIP, 53, UDP)].flags == SvcFlag.REDIRECTED
+    job = a.terminations.jobs[-1]
+    assert isinstance(job, RedirectJob) and job.id.startswith("v1-local-redirect-cgroup-n-")
+    assert a.writer.exempt and a.applied_version == 1
+
+    del a.policy.cgroups.cgroups["socklb/cache"]
+    assert a.recheck_workloads() is True
+    assert not any(k.table for k in a.catalog.current().programmed.frontends) and not a.writer.exempt
+    assert not any(fe.flags for fe in a.catalog.current().frontends())
+    job = a.terminations.jobs[-1]
+    assert job.trigger == "local-redirect" and job.id.startswith("v1-local-redirect-node-local-dns-cgroup-n-")
+    assert a.recheck_workloads() is False
