@@ -24,9 +24,9 @@ from socklb.v1 import node_pb2
 from . import desired
 from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
+from .layout import SvcFlag, Table
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
 from .policy import PolicyPart, PolicyStep
-from .layout import SvcFlag, Table
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
