@@ -209,23 +209,16 @@ static __always_inline void flow_remember_rnat(struct socklb_flow *f, const stru
 }
 
 /* The workload of the current process: that of its cgroup or of its
- * deepest ancestor that is one. NULL when no workload is restricted or
- * bypassed (one array read: the cost of a node without policy). The walk
- * covers only the levels workloads are at, deepest first; the process's own
- * cgroup is its ancestor at its own level. With SOCKLB_WORKLOAD_EXACT
- * (kernels that refuse the ancestor helper here, or forced) the agent writes
- * every cgroup below a workload, and the own cgroup is all there is to look
- * up. */
-static __always_inline struct socklb_workload *current_workload(void)
+ * deepest ancestor that is one. The walk covers only the levels workloads
+ * are at, deepest first; the process's own cgroup is its ancestor at its
+ * own level. With SOCKLB_WORKLOAD_EXACT (kernels that refuse the ancestor
+ * helper here, or forced) the agent writes every cgroup below a workload,
+ * and the own cgroup is all there is to look up. */
+static __always_inline struct socklb_workload *find_workload(const struct socklb_policy_cfg *cfg)
 {
-	struct socklb_policy_cfg *cfg;
 	struct socklb_workload *wl = NULL;
-	u32 zero = 0;
 	__u64 id;
 
-	cfg = policy_cfg.lookup(&zero);
-	if (!cfg || !cfg->cgroups)
-		return NULL;
 #ifdef SOCKLB_WORKLOAD_EXACT
 	id = bpf_get_current_cgroup_id();
 	wl = workloads.lookup(&id);
@@ -242,6 +235,26 @@ static __always_inline struct socklb_workload *current_workload(void)
 	}
 #endif
 	return wl;
+}
+
+/* The workload of the current process, for policy and bypass: NULL when no
+ * workload is restricted or bypassed (one array read: the cost of a node
+ * without policy; with redirect exemptions alone, *exempt_cfg is set and
+ * the workload is looked up for a redirected frontend only). */
+static __always_inline struct socklb_workload *current_workload(struct socklb_policy_cfg **exempt_cfg)
+{
+	struct socklb_policy_cfg *cfg;
+	u32 zero = 0;
+
+	*exempt_cfg = NULL;
+	cfg = policy_cfg.lookup(&zero);
+	if (!cfg || !cfg->cgroups)
+		return NULL;
+	if (cfg->flags & SOCKLB_CFG_F_EXEMPT_ONLY) {
+		*exempt_cfg = cfg;
+		return NULL;
+	}
+	return find_workload(cfg);
 }
 
 /* A frontend is decided by the set's verdict for it; any other destination
@@ -314,6 +327,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 {
 	struct socklb_svc_key key = {};
 	struct socklb_svc_val *master;
+	struct socklb_policy_cfg *exempt_cfg;
 	struct socklb_workload *wl;
 	struct socklb_backend *be;
 	struct socklb_flow *f;
@@ -324,7 +338,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	master = services.lookup(&key);
-	wl = current_workload();
+	wl = current_workload(&exempt_cfg);
 	if (wl) {
 		/* As the application addressed it: a redirected frontend by its
 		 * service's verdict, a placeholder's address by the prefixes. */
@@ -342,6 +356,8 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 
 		key.table = SOCKLB_TABLE_REDIRECT;
 		local = services.lookup(&key);
+		if (local && !wl && exempt_cfg)
+			wl = find_workload(exempt_cfg); /* exemptions alone: looked up here only */
 		if (local && !redirect_exempt_of(wl, local->id))
 			master = local;
 		else

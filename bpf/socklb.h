@@ -234,11 +234,17 @@ struct socklb_policy_rules {
 	struct socklb_port_rule rules[SOCKLB_PORT_RULES_MAX];
 };
 
+/* socklb_policy_cfg.flags */
+#define SOCKLB_CFG_F_EXEMPT_ONLY 1 /* no workload restricts or bypasses: the entries are
+				    * there for redirect exemptions only, looked up for a
+				    * redirected frontend alone */
+
 struct socklb_policy_cfg {
-	__u32 cgroups;  /* workloads entries; 0 (or none restricted or bypassed): skip */
+	__u32 cgroups;  /* workloads entries; 0 (or none restricted, bypassed or exempt): skip */
 	__u8 min_level; /* cgroup levels of the workloads (0 = the root) */
 	__u8 max_level;
-	__u16 pad;
+	__u8 flags;     /* SOCKLB_CFG_F_* */
+	__u8 pad;
 };
 
 /* redirect_exempt: {workload id, redirect frontend id} -> 1: the local

@@ -62,6 +62,7 @@ POLICY_PREFIXES_MAX = 131072
 PORT_RULES_MAX = 16
 CGROUP_DEPTH_MAX = 16
 REDIRECT_EXEMPT_MAX = 65536
+CFG_F_EXEMPT_ONLY = 1  # PolicyCfg.flags: the workload entries serve redirect exemptions only
 # The family bit of a policy_prefixes key's set: IPv4 prefixes (and the
 # hooks' IPv4 and v4-mapped lookups) have it, IPv6 ones not; set ids stay below it.
 POL_SET_V4 = 1 << 31
@@ -220,7 +221,8 @@ class PolicyCfg(ct.Structure):
         ("cgroups", ct.c_uint32),
         ("min_level", ct.c_uint8),
         ("max_level", ct.c_uint8),
-        ("pad", ct.c_uint16),
+        ("flags", ct.c_uint8),
+        ("pad", ct.c_uint8),
     ]
 
 
@@ -417,6 +419,7 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_CGROUP_DEPTH_MAX": CGROUP_DEPTH_MAX,
     "SOCKLB_POL_SET_V4": POL_SET_V4,
     "SOCKLB_REDIRECT_EXEMPT_MAX": REDIRECT_EXEMPT_MAX,
+    "SOCKLB_CFG_F_EXEMPT_ONLY": CFG_F_EXEMPT_ONLY,
     "SOCKLB_FLOW_COUNTS_MAX": FLOW_COUNTS_MAX,
     "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
     "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,

@@ -51,7 +51,8 @@ def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
     prefixes = {key_prefix(k.prefixlen, k.set, bytes(k.addr)): _rules_back(v)
                 for k, v in maps["policy_prefixes"].items()}
     c = maps["policy_cfg"].lookup(ct.c_uint32(0))
-    cfg = PolicyCfg(c.cgroups, c.min_level, c.max_level) if c is not None else PolicyCfg()
+    cfg = (PolicyCfg(c.cgroups, c.min_level, c.max_level, bool(c.flags & layout.CFG_F_EXEMPT_ONLY))
+           if c is not None else PolicyCfg())
     exempt = [(k.workload_id, k.frontend_id) for k, _ in maps["redirect_exempt"].items()]
     return group_policy(workloads, verdicts, prefixes, cfg, exempt)
 
@@ -142,7 +143,8 @@ class BpfMapWriter(MapWriter):
         self.workloads.delete(ct.c_uint64(cgroup))
 
     def put_policy_cfg(self, cfg: PolicyCfg) -> None:
-        self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(cfg.cgroups, cfg.min_level, cfg.max_level))
+        self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(
+            cfg.cgroups, cfg.min_level, cfg.max_level, layout.CFG_F_EXEMPT_ONLY if cfg.exempt_only else 0))
 
     def reset_denies(self, workload_id: int) -> None:
         self.workload_denies.zero_percpu(ct.c_uint32(workload_id))

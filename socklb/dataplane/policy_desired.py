@@ -424,9 +424,10 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
         out.frontends[sid] = verdicts[name]
         out.prefixes[sid] = policy.sets[name].prefixes
     out.exempt = _exempt(policy, found, wids, frontend_id)
-    if out.exempt or any(e.policy_set or e.flags for e in out.workloads.values()):
+    restricts = any(e.policy_set or e.flags for e in out.workloads.values())
+    if out.exempt or restricts:
         levels = [specs[n].level for n in found]
-        out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels))
+        out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels), exempt_only=not restricts)
     return Ids(MappingProxyType(wids), MappingProxyType(sids)), out, fresh
 
 

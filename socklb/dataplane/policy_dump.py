@@ -94,7 +94,8 @@ def workloads_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mappi
              for cg, e in sorted(entries.workloads.items()) if cg not in seen]
     cfg = entries.cfg
     return {"workloads": out, "unnamedEntries": stray,
-            "config": {"cgroups": cfg.cgroups, "minLevel": cfg.min_level, "maxLevel": cfg.max_level}}
+            "config": {"cgroups": cfg.cgroups, "minLevel": cfg.min_level, "maxLevel": cfg.max_level,
+                       "exemptOnly": cfg.exempt_only}}
 
 
 def _rules_text(rules: Rules) -> list[str]:

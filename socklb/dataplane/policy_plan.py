@@ -67,9 +67,12 @@ class WorkloadEntry:
 
 @dataclass(frozen=True)
 class PolicyCfg:
-    cgroups: int = 0  # workload entries; 0 when none restricts or bypasses (the hooks skip the lookups)
+    cgroups: int = 0  # workload entries; 0 when none restricts, bypasses or is exempt (the hooks skip the lookups)
     min_level: int = 0
     max_level: int = 0
+    # None restricts or bypasses: the hooks look workloads up for a redirected
+    # frontend only (its exemptions), a connect to any other costs nothing more.
+    exempt_only: bool = False
 
     def widened(self, other: PolicyCfg) -> PolicyCfg:
         """Lets the hooks find the workloads of both."""
@@ -78,7 +81,7 @@ class PolicyCfg:
         if not other.cgroups:
             return self
         return PolicyCfg(max(self.cgroups, other.cgroups), min(self.min_level, other.min_level),
-                         max(self.max_level, other.max_level))
+                         max(self.max_level, other.max_level), self.exempt_only and other.exempt_only)
 
 
 @dataclass

@@ -159,7 +159,7 @@ def test_plan_writes_the_local_table_before_the_flag_and_clears_the_flag_before_
 def test_agent_writes_exemptions_and_workloads_before_the_flag():
     a = node()
     a.apply(state(1, redirect=False))
-    assert a.writer.policy_cfg.cgroups  # the bypassing workload already needs the lookups
+    assert a.writer.policy_cfg.cgroups and not a.writer.policy_cfg.exempt_only  # bypass: every connect looks
     a.writer.log.clear()
     a.apply(state(2))
     log = a.writer.log
@@ -176,6 +176,7 @@ def test_exempt_workload_alone_turns_the_workload_lookup_on():
     a = node()
     a.apply(s)
     assert a.writer.policy_cfg.cgroups > 0 and a.writer.exempt
+    assert a.writer.policy_cfg.exempt_only  # looked up for the redirected frontends only
     s2 = parse_state(BASE.replace(", bypass_socket_lb: true", ""))
     s2.version = 2
     a.apply(s2)
