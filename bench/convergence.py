@@ -250,12 +250,14 @@ class Workers:
             self.count[i][target] += len(ns)
         return reports
 
-    def wait_acked(self, target: str, version: int, timeout: float = 60) -> tuple[list[float], list[float]]:
-        """(ack times, receive times), one per node connected to target."""
+    def wait_acked(self, target: str, version: int, timeout: float = 60,
+                   names: set[str] | None = None) -> tuple[list[float], list[float]]:
+        """(ack times, receive times), one per node connected to target (names:
+        only these nodes)."""
         token = next(self._tokens)
         busy = [i for i, c in enumerate(self.count) if c[target]]
         for i in busy:
-            self.conns[i].send(("wait", token, target, version))
+            self.conns[i].send(("wait", token, target, version) + ((names,) if names is not None else ()))
         acks, recvs = [], []
         for _ in busy:
             msg = self._expect("acked", None, timeout, token)

@@ -20,7 +20,9 @@ The driver talks to a worker over a multiprocessing pipe with small tuples:
             {"digest": True}: a lean node computes the digest of its snapshot;
             {"resume": (version, digest)}: a lean node says Hello as a node that
             holds that state (a reconnect, e.g. after a control-plane restart).
-  ("wait", token, target, version)   -> ("acked", token, [ack times], [receive times])
+  ("wait", token, target, version[, names])
+                                     -> ("acked", token, [ack times], [receive times])
+                                        (names: only these nodes; default every node on target)
                                          (per node connected to `target`: its first ACK of a
                                          version >= `version`, and when it had received that update)
   ("disconnect",)                     -> ("disconnected", n)
@@ -63,7 +65,8 @@ class NodeReport:
 
 
 class _Wait:
-    def __init__(self, token: int, target: str, version: int, expected: int):
+    def __init__(self, token: int, target: str, version: int, expected: int, names: set[str] | None = None):
+        self.names = names  # None: any node on target
         self.token = token
         self.target = target
         self.version = version
@@ -109,7 +112,7 @@ class Worker:
                 reports = await self.connect(msg[1], msg[2], msg[3])
                 self.send(("connected", reports))
             elif op == "wait":
-                self.add_wait(msg[1], msg[2], msg[3])
+                self.add_wait(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else None)
             elif op == "disconnect":
                 n = await self.disconnect()
                 self.send(("disconnected", n))
@@ -130,13 +133,14 @@ class Worker:
     # --- acks ---------------------------------------------------------------
     def on_ack(self, node: str, target: str, version: int, t: float, t_recv: float) -> None:
         for w in self.waits:
-            if w.target == target and node not in w.times and version >= w.version:
+            if (w.target == target and node not in w.times and version >= w.version
+                    and (w.names is None or node in w.names)):
                 w.times[node] = (t, t_recv)
         self._finish_waits()
 
-    def add_wait(self, token: int, target: str, version: int) -> None:
-        mine = {name: n for name, n in self.nodes.items() if n.target == target}
-        w = _Wait(token, target, version, len(mine))
+    def add_wait(self, token: int, target: str, version: int, names: set[str] | None = None) -> None:
+        mine = {name: n for name, n in self.nodes.items() if n.target == target and (names is None or name in names)}
+        w = _Wait(token, target, version, len(mine), names)
         for name, n in mine.items():
             ts = n.first_ack_at_least(version)
             if ts is not None:

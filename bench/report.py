@@ -11,9 +11,11 @@ to it for reference; it does not decide."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +146,7 @@ class Comparison:
     a: str
     b: str
     what: str
-    target: tuple[str, float] | None = None   # (">=" | ">", bound) on the per-round ratios
+    target: tuple[str, float] | None = None   # (">=" | ">" | "<=" | "<", bound) on the per-round ratios
     attr: str = "rate"
 
 
@@ -155,7 +157,7 @@ def verdict(target: tuple[str, float], q1: float, med: float, q3: float) -> str:
     op, bound = target
 
     def meets(x: float) -> bool:
-        return x >= bound if op == ">=" else x > bound
+        return {">=": x >= bound, ">": x > bound, "<=": x <= bound, "<": x < bound}[op]
 
     if math.isnan(q1) or math.isnan(q3):
         if math.isnan(med):
@@ -178,7 +180,7 @@ def target_text(target: tuple[str, float] | None, q1: float, med: float, q3: flo
     if target is None:
         return ""
     op, bound = target
-    sign = "≥" if op == ">=" else ">"
+    sign = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}[op]
     v = verdict(target, q1, med, q3)
     if not v:
         return f" — target {sign} {bound:g}x"
@@ -251,3 +253,21 @@ def write_doc_section(path: Path, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(path: Path, section: str, write: bool = True) -> None:
+    """Print a benchmark's doc section and (write) put it in its place in
+    the doc."""
+    print("\n" + section)
+    if write:
+        write_doc_section(path, section)
+        print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
+
+
+def bench_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its module doc as the help, and
+    --no-doc (print the section, leave docs/benchmarks.md alone)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    return p

@@ -240,6 +240,19 @@ def call_all(workers: list[Worker], cmds: list[dict], timeout: float = 900) -> l
     return [w.recv(timeout) for w in workers]
 
 
+def wait_servers(servers: list[Worker], total: int, timeout: float = 120) -> None:
+    """Until the servers hold exactly the clients' `total` connections
+    (accepted all, closed every reset one): the table is back to its start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = sum(a["held"] for a in call_all(servers, [{"op": "stat"}] * len(servers)))
+        if held == total:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"servers hold {held} connections, clients {total}")
+        time.sleep(0.05)
+
+
 def worker_argv(kind: str, arg: Path) -> list[str]:
     return [sys.executable, "-m", "bench.termination_workers", kind, str(arg)]
 
@@ -541,16 +554,7 @@ class Phase:
                                    f"expected {want} ({want_v})")
 
     def wait_servers(self, timeout: float = 120) -> None:
-        """Until the servers hold exactly the clients' connections (accepted
-        all, closed every reset one): the table is back to its start."""
-        deadline = time.monotonic() + timeout
-        while True:
-            held = sum(a["held"] for a in call_all(self.servers, [{"op": "stat"}] * len(self.servers)))
-            if held == self.total:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"servers hold {held} connections, clients {self.total}")
-            time.sleep(0.05)
+        wait_servers(self.servers, self.total, timeout)
 
     # -- after a method: exactly the victims died? then re-create them
 

@@ -8,6 +8,7 @@ The entries (bpf/socklb.h has the maps):
     frontends   set id -> frontend id -> action            (policy_frontends)
     prefixes    set id -> (address, length) -> port rules  (policy_prefixes, an LPM trie)
     cfg         PolicyCfg: which cgroup levels the hooks walk, or none
+    exempt      {(workload id, redirect frontend id)}           (redirect_exempt)
 
 Order, so that at every moment each workload is decided by its old policy or
 by its new one, never by a mix that denies what both allow:
@@ -29,6 +30,11 @@ FQDN entries (FqdnEntries: the DNS learner's maps and the hook's rules per
 learned pattern) follow the same order: a set's rules, patterns and servers
 in step 1, the learner's workload entries right after the policy's in step
 4, what no one uses in step 5 (fqdn_plan).
+
+Redirect exemptions are written in step 1 and deleted in step 5: the agent
+writes the masters that turn a redirect on after step 5 and those that turn
+it off before step 1 (plan.Plan.late), so an exempt workload is found, and
+exempt, whenever its redirect is on.
 
 A set edited in place is in between during steps 1-3, each lookup getting
 its old or its new verdict: right for the workloads that stay on it, not for
@@ -65,9 +71,12 @@ class WorkloadEntry:
 
 @dataclass(frozen=True)
 class PolicyCfg:
-    cgroups: int = 0  # workload entries; 0 when none restricts or bypasses (the hooks skip the lookups)
+    cgroups: int = 0  # workload entries; 0 when none restricts, bypasses or is exempt (the hooks skip the lookups)
     min_level: int = 0
     max_level: int = 0
+    # None restricts or bypasses: the hooks look workloads up for a redirected
+    # frontend only (its exemptions), a connect to any other costs nothing more.
+    exempt_only: bool = False
 
     def widened(self, other: PolicyCfg) -> PolicyCfg:
         """Lets the hooks find the workloads of both."""
@@ -76,7 +85,7 @@ class PolicyCfg:
         if not other.cgroups:
             return self
         return PolicyCfg(max(self.cgroups, other.cgroups), min(self.min_level, other.min_level),
-                         max(self.max_level, other.max_level))
+                         max(self.max_level, other.max_level), self.exempt_only and other.exempt_only)
 
 
 @dataclass
@@ -99,6 +108,7 @@ class PolicyEntries:
     prefixes: dict[int, Mapping[Prefix, Rules]] = field(default_factory=dict)
     cfg: PolicyCfg = PolicyCfg()
     fqdn: FqdnEntries = field(default_factory=FqdnEntries)
+    exempt: frozenset[tuple[int, int]] = frozenset()  # (workload id, redirect frontend id)
 
     def set_ids(self) -> set[int]:
         """Every set id the entries use."""
@@ -106,7 +116,7 @@ class PolicyEntries:
                 | set(self.frontends) | set(self.prefixes))
 
     def workload_ids(self) -> set[int]:
-        return {e.id for e in self.workloads.values()}
+        return {e.id for e in self.workloads.values()} | {w for w, _ in self.exempt}
 
 
 # --- operations ---------------------------------------------------------------
@@ -159,6 +169,18 @@ class ResetDenies:
 
 
 @dataclass(frozen=True)
+class PutExempt:
+    workload_id: int
+    frontend_id: int
+
+
+@dataclass(frozen=True)
+class DeleteExempt:
+    workload_id: int
+    frontend_id: int
+
+
+@dataclass(frozen=True)
 class FqdnOp:
     kind: str    # "put" | "delete"
     table: str   # a field of FqdnEntries: "rules" | "patterns" | "servers" | "workloads"
@@ -167,7 +189,7 @@ class FqdnOp:
 
 
 PolicyOp = (PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload | DeleteWorkload | PutCfg | ResetDenies
-            | FqdnOp)
+            | PutExempt | DeleteExempt | FqdnOp)
 
 
 def fqdn_plan(current: FqdnEntries, desired: FqdnEntries) -> tuple[list[FqdnOp], list[FqdnOp], list[FqdnOp]]:
@@ -242,12 +264,14 @@ def make_policy_plan(current: PolicyEntries, desired: PolicyEntries, fresh_ids=f
     fqdn_make, fqdn_switch, fqdn_gone = fqdn_plan(current.fqdn, desired.fqdn)
     after.extend(fqdn_switch)  # the sets they point at (policy and FQDN entries) are complete
     after.extend(gone)
+    after.extend(DeleteExempt(*e) for e in sorted(current.exempt - desired.exempt))
     after.extend(fqdn_gone)
     if desired.cfg != wide:
         after.append(PutCfg(desired.cfg))
-    return PolicyPlan([*prefix_puts, *verdict_puts, *fqdn_make], after, desired)
+    exempt_puts = [PutExempt(*e) for e in sorted(desired.exempt - current.exempt)]
+    return PolicyPlan([*prefix_puts, *verdict_puts, *exempt_puts, *fqdn_make], after, desired)
 
 
-__all__ = ["DeletePrefix", "DeleteVerdict", "DeleteWorkload", "FqdnEntries", "FqdnOp", "PolicyCfg", "PolicyEntries", "PolicyOp",
-           "PolicyPlan", "PortRule", "Prefix", "PutCfg", "PutPrefix", "PutVerdict", "PutWorkload",
-           "ResetDenies", "Rules", "WorkloadEntry", "fqdn_plan", "make_policy_plan"]
+__all__ = ["DeleteExempt", "DeletePrefix", "DeleteVerdict", "DeleteWorkload", "FqdnEntries", "FqdnOp", "PolicyCfg",
+           "PolicyEntries", "PolicyOp", "PolicyPlan", "PortRule", "Prefix", "PutCfg", "PutExempt", "PutPrefix",
+           "PutVerdict", "PutWorkload", "ResetDenies", "Rules", "WorkloadEntry", "fqdn_plan", "make_policy_plan"]
