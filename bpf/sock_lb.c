@@ -11,6 +11,7 @@
 #include <linux/in.h>
 #include <linux/errno.h>
 #include "socklb.h"
+#include "dns.h"
 
 #define PIN(name) SOCKLB_PIN_DIR "/" name
 
@@ -34,6 +35,13 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, workload_denies, SOCKLB_WORKLOAD_IDS_
 BPF_TABLE_PINNED("array", u32, struct socklb_policy_cfg, policy_cfg, 1, PIN("policy_cfg"));
 BPF_TABLE_PINNED("hash", struct socklb_exempt_key, u32, redirect_exempt, SOCKLB_REDIRECT_EXEMPT_MAX,
 		 PIN("redirect_exempt"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct socklb_policy_fqdn_key, struct socklb_policy_rules, policy_fqdns,
+		 SOCKLB_POLICY_FQDNS_MAX, PIN("policy_fqdns"), BPF_F_NO_PREALLOC);
+/* The DNS learner's (bpf/dns.bpf.c, loaded first: this reuses its pin; a
+ * datapath without the learner gets an empty one, and FQDN rules allow
+ * nothing). */
+BPF_TABLE_PINNED("lru_hash", struct socklb_dns_learned_key, struct socklb_dns_learned_val, dns_learned,
+		 SOCKLB_DNS_LEARNED_MAX, PIN("dns_learned"));
 
 /* Socket storage, pinned like the rest so that flows of sockets opened before
  * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
@@ -263,7 +271,46 @@ static __always_inline struct socklb_workload *current_workload(struct socklb_po
  * IPv4 destination (a v4 hook's, or a v4-mapped one of a v6 hook) looks in
  * the set's IPv4 space (SOCKLB_POL_SET_V4), so an IPv6 prefix such as ::/0
  * never decides it; in a v4 hook the test is a constant. */
-static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key *key,
+/* 1: a matching rule allows (none denies), -1: a matching rule denies (deny
+ * wins), 0: no rule matches. */
+static __always_inline int rules_decide(const struct socklb_policy_rules *r, __u16 port, __u8 proto)
+{
+	int allowed = 0, i;
+
+	for (i = 0; i < SOCKLB_PORT_RULES_MAX; i++) {
+		const struct socklb_port_rule *rule = &r->rules[i];
+
+		if (i >= r->n)
+			break;
+		if (port < rule->port || port > rule->end_port || (rule->proto && rule->proto != proto))
+			continue;
+		if (rule->action == SOCKLB_POL_DENY)
+			return -1;
+		allowed = 1;
+	}
+	return allowed;
+}
+
+/* FQDN rules: the address was learned for this workload from a DNS answer
+ * (dns_learned, not expired), and the port rules of the pattern the name
+ * matched, in this set, allow the port. One lookup when nothing was learned. */
+static __always_inline int fqdn_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key, __u16 port)
+{
+	struct socklb_dns_learned_key lk = { .workload = wid };
+	struct socklb_dns_learned_val *lv;
+	struct socklb_policy_fqdn_key fk = { .set = set };
+	struct socklb_policy_rules *r;
+
+	__builtin_memcpy(lk.addr, key->addr, sizeof(lk.addr));
+	lv = dns_learned.lookup(&lk);
+	if (!lv || lv->expiry_ns <= bpf_ktime_get_boot_ns())
+		return 0;
+	fk.pattern = lv->pattern;
+	r = policy_fqdns.lookup(&fk);
+	return r && rules_decide(r, port, key->proto) > 0;
+}
+
+static __always_inline int policy_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key,
 					 const struct socklb_svc_val *master, const int v6)
 {
 	if (master) {
@@ -276,26 +323,17 @@ static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key 
 	struct socklb_policy_prefix_key pk = { .prefixlen = 32 + 128, .set = set };
 	struct socklb_policy_rules *r;
 	__u16 port = bpf_ntohs(key->port);
-	int allowed = 0, i;
+	int verdict;
 
 	if (!v6 || addr_is_v4mapped(key->addr))
 		pk.set |= SOCKLB_POL_SET_V4;
 	__builtin_memcpy(pk.addr, key->addr, sizeof(pk.addr));
 	r = policy_prefixes.lookup(&pk);
-	if (!r)
-		return 0;
-	for (i = 0; i < SOCKLB_PORT_RULES_MAX; i++) {
-		struct socklb_port_rule *rule = &r->rules[i];
-
-		if (i >= r->n)
-			break;
-		if (port < rule->port || port > rule->end_port || (rule->proto && rule->proto != key->proto))
-			continue;
-		if (rule->action == SOCKLB_POL_DENY)
-			return 0;
-		allowed = 1;
-	}
-	return allowed;
+	verdict = r ? rules_decide(r, port, key->proto) : 0;
+	if (verdict)
+		return verdict > 0;
+	/* No prefix decides: what the workload learned from DNS (FQDN rules). */
+	return fqdn_allows(set, wid, key, port);
 }
 
 static __always_inline int policy_deny(const struct socklb_workload *wl)
@@ -342,7 +380,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	if (wl) {
 		/* As the application addressed it: a redirected frontend by its
 		 * service's verdict, a placeholder's address by the prefixes. */
-		if (wl->policy_set && !policy_allows(wl->policy_set, &key,
+		if (wl->policy_set && !policy_allows(wl->policy_set, wl->id, &key,
 						     master && !(master->flags & SOCKLB_SVC_F_NOT_SERVICE) ? master : NULL,
 						     v6))
 			return policy_deny(wl);

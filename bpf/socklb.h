@@ -234,6 +234,17 @@ struct socklb_policy_rules {
 	struct socklb_port_rule rules[SOCKLB_PORT_RULES_MAX];
 };
 
+/* FQDN policy (issue 13): policy_fqdns, {set, pattern id} -> the port rules
+ * of a name pattern of the set (flattened by the control plane). An address
+ * the DNS learner learned for a workload (bpf/dns.h dns_learned: workload id,
+ * address -> expiry, pattern id) is allowed, until it expires, when no
+ * frontend verdict or prefix decides it and these rules allow the port. */
+#define SOCKLB_POLICY_FQDNS_MAX 65536
+struct socklb_policy_fqdn_key {
+	__u32 set;
+	__u32 pattern; /* dns.pattern_id(): a hash of the canonical pattern, not 0 */
+};
+
 /* socklb_policy_cfg.flags */
 #define SOCKLB_CFG_F_EXEMPT_ONLY 1 /* no workload restricts or bypasses: the entries are
 				    * there for redirect exemptions only, looked up for a

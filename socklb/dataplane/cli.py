@@ -35,7 +35,7 @@ from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
 from .kernel import cgroup2_mount
-from .loader import WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
+from .loader import DNS_WAYS, WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
 from .statefile import load_state
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
@@ -77,6 +77,8 @@ def cmd_run(args) -> int:
 
     if args.flow_reader not in FLOW_READERS:  # argparse does not check a default from the environment
         raise CliError(f"SOCKLB_FLOW_READER={args.flow_reader!r}: expected one of {', '.join(FLOW_READERS)}")
+    if args.dns_learner not in DNS_WAYS:
+        raise CliError(f"SOCKLB_DNS_LEARNER={args.dns_learner!r}: expected one of {', '.join(DNS_WAYS)}")
     if args.workload_match not in WORKLOAD_MATCHES:
         raise CliError(f"SOCKLB_WORKLOAD_MATCH={args.workload_match!r}: expected one of "
                        f"{', '.join(WORKLOAD_MATCHES)}")
@@ -84,7 +86,7 @@ def cmd_run(args) -> int:
     cap = Capacity(services=args.services_max, backends=args.backends_max,
                    affinity=args.affinity_max, rev_nat=args.rev_nat_max)
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap,
-                  workload_match=args.workload_match)
+                  workload_match=args.workload_match, dns=args.dns_learner)
     try:
         agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
     except (LoadError, OSError) as e:
@@ -199,13 +201,17 @@ def _policy_view(stub, args) -> dict:
     ids = policy_dump.cgroup_ids(state, cgroup2_mount())
     if args.what == "workloads":
         return policy_dump.workloads_view(state, entries, ids, denied)
+    if args.what == "fqdn":
+        from .dns import boottime_ns
+        learned, counters = policy_dump.read_learned(Path(info.pin_dir))
+        return policy_dump.fqdn_view(state, entries, ids, learned, counters, boottime_ns())
     services = stub.DumpServices(node_pb2.DumpRequest(), timeout=args.timeout)
     return policy_dump.policy_view(state, entries, ids, services)
 
 
 def cmd_dump(args) -> int:
     stub = _stub(args)
-    if args.what in ("workloads", "policy"):
+    if args.what in ("workloads", "policy", "fqdn"):
         print(json.dumps(_policy_view(stub, args), indent=2))
         return 0
     req = node_pb2.DumpRequest()
@@ -312,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the hooks find a process's workload: its cgroup and its ancestors (ancestor), "
                         "its cgroup only, with the agent writing every cgroup below a workload (exact), or "
                         "ancestor where the kernel allows it (auto; env SOCKLB_WORKLOAD_MATCH)")
+    r.add_argument("--dns-learner", choices=DNS_WAYS, default=os.environ.get("SOCKLB_DNS_LEARNER", "auto"),
+                   help="the in-kernel DNS learner of FQDN policy: UDP and TCP where the kernel allows TCP "
+                        "(auto), TCP or fail (sockmap), UDP only (off), none: FQDN rules allow nothing "
+                        "(disabled) (env SOCKLB_DNS_LEARNER)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("terminate", help="terminate (or --dry-run: list) a service's flows on this node")
@@ -328,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dump", help="show what the node has programmed")
     d.add_argument("what", choices=["services", "backends", "flows", "counters", "state", "info", "terminations",
-                                    "sockets", "workloads", "policy"])
+                                    "sockets", "workloads", "policy", "fqdn"])
     admin_opts(d)
     d.set_defaults(func=cmd_dump)
 

@@ -306,6 +306,18 @@ class DnsLearner:
     def links_dir(self) -> Path:
         return self.pin_dir / "links"
 
+    @classmethod
+    def pinned(cls, pin_dir: str | Path) -> "DnsLearner":
+        """The maps a loaded learner pinned in `pin_dir`, opened to read (a
+        tool's view: nothing is loaded or attached). OSError without them."""
+        self = cls(pin_dir, "/")
+        try:
+            self._open_maps()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
     def load(self) -> "DnsLearner":
         kernel.ensure_bpffs()
         forced = tcp_refused(self.tcp)

@@ -44,7 +44,8 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     cgroups = KernelCgroups(cgroup2_mount(), datapath.cgroup, exact=datapath.exact_workloads)
     capabilities = {**parts.features.capabilities(),
                     "ancestor_cgroup_id": answer(datapath.ancestor_refused),
-                    "workload_match": datapath.workload_way}
+                    "workload_match": datapath.workload_way,
+                    "fqdn_learner": datapath.dns_way}
     agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
     programmed = agent.catalog.current().programmed
     log.info("programmed state read back: %d frontends, %d backends, version %d",

@@ -59,6 +59,7 @@ WORKLOAD_IDS_MAX = 8192
 WORKLOAD_CGROUPS_MAX = 65536
 POLICY_FRONTENDS_MAX = 131072
 POLICY_PREFIXES_MAX = 131072
+POLICY_FQDNS_MAX = 65536
 PORT_RULES_MAX = 16
 CGROUP_DEPTH_MAX = 16
 REDIRECT_EXEMPT_MAX = 65536
@@ -192,6 +193,11 @@ class PolicyFeKey(ct.Structure):
 
 class PolicyVerdict(ct.Structure):
     _fields_ = [("action", ct.c_uint32)]
+
+
+class PolicyFqdnKey(ct.Structure):
+    """struct socklb_policy_fqdn_key: policy_fqdns' key."""
+    _fields_ = [("set", ct.c_uint32), ("pattern", ct.c_uint32)]
 
 
 class PolicyPrefixKey(ct.Structure):
@@ -457,6 +463,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_policy_prefix_key": PolicyPrefixKey,
     "socklb_port_rule": PortRule,
     "socklb_policy_rules": PolicyRules,
+    "socklb_policy_fqdn_key": PolicyFqdnKey,
     "socklb_policy_cfg": PolicyCfg,
     "socklb_exempt_key": ExemptKey,
     "socklb_flow_rec": FlowRecord,
@@ -507,6 +514,7 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_WORKLOAD_CGROUPS_MAX": WORKLOAD_CGROUPS_MAX,
     "SOCKLB_POLICY_FRONTENDS_MAX": POLICY_FRONTENDS_MAX,
     "SOCKLB_POLICY_PREFIXES_MAX": POLICY_PREFIXES_MAX,
+    "SOCKLB_POLICY_FQDNS_MAX": POLICY_FQDNS_MAX,
     "SOCKLB_PORT_RULES_MAX": PORT_RULES_MAX,
     "SOCKLB_CGROUP_DEPTH_MAX": CGROUP_DEPTH_MAX,
     "SOCKLB_POL_SET_V4": POL_SET_V4,

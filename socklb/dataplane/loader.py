@@ -3,6 +3,8 @@ pinned BPF links, and adopt what an earlier agent left pinned.
 
 Pin directory layout:  <pin_dir>/{services,backends,...}  maps (pinned by bcc)
                        <pin_dir>/links/<hook>              cgroup links
+                       <pin_dir>/dns_*, links/dns_*        the DNS learner of FQDN policy (dns.py),
+                                                           loaded first: sock_lb.c reads its dns_learned
 A restart recompiles the programs against the same pinned maps and swaps them
 into the existing links with BPF_LINK_UPDATE: the hooks are never empty and
 never doubled, and sockets keep their flow records.
@@ -52,6 +54,7 @@ HOOKS = (
 # "ancestor": its cgroup, else its ancestors, with bpf_get_current_ancestor_cgroup_id();
 # "exact": its cgroup only; the agent writes every cgroup below a workload.
 WORKLOAD_MATCHES = ("auto", "ancestor", "exact")
+DNS_WAYS = ("auto", "sockmap", "off", "disabled")  # Datapath.dns
 _FUNC_GET_CURRENT_ANCESTOR_CGROUP_ID = 123
 _TRANSLATING = ("connect4", "connect6", "sendmsg4", "sendmsg6")
 
@@ -119,6 +122,7 @@ def map_specs(cap: Capacity) -> dict[str, MapSpec]:
         "workload_denies": MapSpec(ct.c_uint32, ct.c_uint64, layout.WORKLOAD_IDS_MAX, percpu=True),
         "policy_cfg": MapSpec(ct.c_uint32, layout.PolicyCfg, 1),
         "redirect_exempt": MapSpec(layout.ExemptKey, ct.c_uint32, layout.REDIRECT_EXEMPT_MAX),
+        "policy_fqdns": MapSpec(layout.PolicyFqdnKey, layout.PolicyRules, layout.POLICY_FQDNS_MAX),
         # Socket storage: no max_entries, no user-space key.
         "flows": MapSpec(ct.c_int, layout.Flow, 0),
     }
@@ -146,6 +150,12 @@ class Datapath:
     # the way taken (workload_way).
     ancestor_refused: str | None = None
     workload_way: str = ""
+    # The DNS learner (FQDN policy): "auto" (TCP when the kernel allows it),
+    # "sockmap" (TCP or fail), "off" (UDP only), "disabled" (no learner:
+    # FQDN rules allow nothing). After load(): the way taken (dns_way).
+    dns: str = "auto"
+    dns_way: str = ""
+    learner: object = None
     _bpf: object = None
     _lock_fd: int | None = None
 
@@ -173,6 +183,7 @@ class Datapath:
         existing = {h.name for h in HOOKS if (self.links_dir / h.name).exists()}
         self.ancestor_refused = probe_ancestor_cgroup()
         self.workload_way = workload_way(self.workload_match, self.ancestor_refused)
+        self._load_learner()
         self._bpf = self._compile()
         self._open_maps()
         self._check_layout_version()
@@ -186,6 +197,28 @@ class Datapath:
         self.adopted = bool(existing)
         log.info("%s %d hooks on %s, maps in %s", "adopted" if self.adopted else "attached",
                  len(HOOKS), self.cgroup, self.pin_dir)
+
+    def _load_learner(self) -> None:
+        """Load (or adopt) the DNS learner before the hooks, which reuse its
+        pinned dns_learned. A refused learner leaves the datapath working:
+        FQDN rules then allow nothing (dns_way says why)."""
+        from . import dns  # dns imports this module
+
+        if self.dns == "disabled":
+            self.dns_way = "off: disabled"
+            return
+        try:
+            self.learner = dns.DnsLearner(self.pin_dir, self.cgroup, tcp=self.dns).load()
+        except Exception as e:  # noqa: BLE001 - one refused feature must not take down the datapath
+            if self.dns == "sockmap":
+                raise LoadError(f"DNS learner: {e}") from e
+            self.dns_way = f"off: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            log.warning("DNS learner not loaded (%s): FQDN rules allow nothing", self.dns_way)
+            return
+        tcp = self.learner.tcp_way
+        self.dns_way = "udp+tcp" if tcp == "sockmap" else f"udp (tcp {tcp})"
+        for name in ("dns_workloads", "dns_servers", "dns_patterns", "dns_learned", "dns_counters"):
+            self.maps[name] = self.learner.maps[name]
 
     def _lock_pin_dir(self) -> None:
         """One agent per pin directory: two would apply different plans to
@@ -285,6 +318,13 @@ class Datapath:
             os.close(cg_fd)
 
     def close(self) -> None:
+        if self.learner is not None:
+            shared = {id(m) for m in self.maps.values()}
+            for m in self.learner.maps.values():
+                if id(m) not in shared:
+                    m.close()
+            self.learner.maps.clear()
+            self.learner = None
         for m in self.maps.values():
             m.close()
         self.maps.clear()

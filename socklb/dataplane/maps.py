@@ -61,11 +61,6 @@ def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
 
 # --- FQDN policy: the DNS learner's maps (bpf/dns.h) and the hook's rules per pattern --------
 
-class FqdnRulesKey(ct.Structure):
-    """policy_fqdns' key: {u32 set, u32 pattern id}."""
-    _fields_ = [("set", ct.c_uint32), ("pattern", ct.c_uint32)]
-
-
 def _server_key(k: tuple[int, bytes, int]) -> layout.DnsServer:
     set_id, addr, port = k
     return layout.DnsServer(set_id, layout.port_be(port), 0, layout.pack_addr(addr))
@@ -76,7 +71,7 @@ _FQDN_MAPS = {
     "workloads": ("dns_workloads", ct.c_uint64, lambda v: layout.DnsWorkload(*v)),
     "servers": ("dns_servers", _server_key, lambda v: ct.c_uint8(1)),
     "patterns": ("dns_patterns", lambda k: layout.DnsPatternKey(k[0], 0, k[1]), lambda v: layout.DnsPatternVal(*v)),
-    "rules": ("policy_fqdns", lambda k: FqdnRulesKey(*k), _rules),
+    "rules": ("policy_fqdns", lambda k: layout.PolicyFqdnKey(*k), _rules),
 }
 
 

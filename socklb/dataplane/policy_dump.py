@@ -1,5 +1,5 @@
-"""`socklb-dataplane dump workloads|policy`: what the policy maps hold, their
-ids named through the agent's state.
+"""`socklb-dataplane dump workloads|policy|fqdn`: what the policy maps (and
+the DNS learner's) hold, their ids named through the agent's state.
 
 The maps hold ids only (cgroup ids, workload ids, set ids, frontend ids);
 the names are the agent's. The views are built where the operator runs the
@@ -139,4 +139,55 @@ def policy_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[
     return {"policySets": out, "redirectExemptions": exempt}
 
 
-__all__ = ["cgroup_ids", "policy_view", "read_pinned", "workloads_view"]
+
+
+# --- dump fqdn -------------------------------------------------------------------------
+
+def read_learned(pin_dir: Path) -> tuple[list, dict[str, int]]:
+    """What the DNS learner pinned in `pin_dir` learned, and its counters
+    (nothing when no learner was loaded there)."""
+    from . import dns
+
+    try:
+        learner = dns.DnsLearner.pinned(pin_dir)
+    except OSError:
+        return [], {}
+    try:
+        return learner.learned(), learner.counters()
+    finally:
+        learner.close()
+
+
+def fqdn_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int], learned,
+              counters: Mapping[str, int], now_ns: int) -> dict:
+    """Each learned (workload, address): the workload's name (by the id its
+    cgroup's entry has), the pattern the name matched (by its id, among the
+    patterns of the workload's set), the TTL, when it expires and whether it
+    has; then the learner's counters."""
+    from .dns import pattern_id
+
+    by_wid: dict[int, str] = {}
+    set_of: dict[int, str] = {}
+    for w in state.workloads:
+        e = entries.workloads.get(ids.get(w.name, 0))
+        if e is not None:
+            by_wid[e.id] = w.name
+            set_of[e.id] = w.policy_set
+    patterns: dict[tuple[str, int], str] = {}
+    for ps in state.policy_sets:
+        for f in ps.fqdns:
+            try:
+                patterns[(ps.name, pattern_id(f.pattern))] = f.pattern
+            except ValueError:
+                continue
+    rows = []
+    for x in learned:
+        remaining = (x.expiry_ns - now_ns) / 1e9
+        rows.append({"workload": by_wid.get(x.workload, ""), "workloadId": x.workload, "address": x.addr,
+                     "pattern": patterns.get((set_of.get(x.workload, ""), x.pattern), ""), "patternId": x.pattern,
+                     "ttl": x.ttl, "expiresIn": round(remaining, 1), "expired": remaining <= 0})
+    rows.sort(key=lambda r: (r["workload"], r["workloadId"], r["address"]))
+    return {"learned": rows, "counters": dict(counters)}
+
+
+__all__ = ["cgroup_ids", "fqdn_view", "policy_view", "read_learned", "read_pinned", "workloads_view"]

@@ -31,4 +31,4 @@ MAX_ADDRESSES_PER_WORKLOAD = 16
 MAX_FQDNS_PER_RULE = 256
 MAX_FQDNS_PER_POLICY = 1024          # over all its rules
 MAX_FQDN_PATTERNS_PER_NODE = 16384   # (set, pattern) entries over all sets (`policy_fqdns`, `dns_patterns`)
-MAX_DNS_SERVERS_PER_NODE = 2048      # (set, server) entries over all sets (`dns_servers` holds them and their union)
+MAX_DNS_SERVERS_PER_NODE = 1024      # (set, server) entries over all sets (`dns_servers` holds them and their union, twice)

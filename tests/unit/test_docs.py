@@ -217,11 +217,11 @@ DEFAULTS = [
     ("README.md", "[--terminate-method auto|kfunc|netlink]",
      lambda: _dataplane_choices("run", "terminate_method"), ["auto", "kfunc", "netlink"]),
     ("README.md",
-     "`socklb-dataplane dump services|backends|flows|counters|state|info|terminations|sockets|workloads|policy "
+     "`socklb-dataplane dump services|backends|flows|counters|state|info|terminations|sockets|workloads|policy|fqdn "
      "[-o json]`",
      lambda: _dataplane_choices("dump", "what"),
      ["services", "backends", "flows", "counters", "state", "info", "terminations", "sockets", "workloads",
-      "policy"]),
+      "policy", "fqdn"]),
     ("README.md", "per service at most 64 frontends", lambda: _limits().MAX_FRONTENDS, 64),
     ("docs/cli.md", "`..` components, at most 16 levels)", lambda: _limits().MAX_CGROUP_DEPTH, 16),
     ("docs/cli.md", "labels and selectors as Kubernetes labels, at most 64", lambda: _limits().MAX_LABELS, 64),

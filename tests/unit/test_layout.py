@@ -163,5 +163,8 @@ def test_policy_maps_hold_the_node_limits_twice():
     assert layout.WORKLOAD_CGROUPS_MAX >= 2 * limits.MAX_WORKLOADS_PER_NODE
     assert layout.POLICY_FRONTENDS_MAX >= 2 * limits.MAX_FRONTEND_VERDICTS_PER_NODE
     assert layout.POLICY_PREFIXES_MAX >= 2 * limits.MAX_PREFIXES_PER_NODE
+    assert layout.POLICY_FQDNS_MAX >= 2 * limits.MAX_FQDN_PATTERNS_PER_NODE
+    assert layout.DNS_PATTERNS_MAX >= 2 * limits.MAX_FQDN_PATTERNS_PER_NODE
+    assert layout.DNS_SERVERS_MAX >= 2 * limits.MAX_DNS_SERVERS_PER_NODE
     assert {a.name: int(a) for a in layout.PolicyAction} == {
         n.removeprefix("ACTION_"): v for n, v in policy_pb2.Action.items() if v}

@@ -1,0 +1,99 @@
+"""FQDN egress policy end to end (issue 13, phase 2) on a real kernel, with
+a real agent process: a workload whose policy allows `*.example.test` on
+port 443/TCP and DNS to a dnsmasq in a test namespace may connect to an
+address only after a DNS answer it received mapped an allowed name to it.
+
+dnsmasq answers at 127.0.0.1:53 of a network namespace the test creates;
+the names resolve to 127.0.2.x of that namespace, where a TCP server listens
+on 443 and 80. Clients run in that namespace, in two workload cgroups below
+the agent's test cgroup. The agent, its pins, cgroups, namespace and
+processes are removed at the end (the fixtures), even on failure.
+"""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from netenv import node_state, poll
+from test_kernel_dns import EXTRA, check_dns_tools, dnsmasqs  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.agent
+
+API = "127.0.2.1"    # shop.example.test
+WWW = "127.0.2.3"    # www.example.test (learned while the agent is dead)
+OTHER = "127.0.2.2"  # api.other.test: a name no pattern allows
+RECORDS = ["--host-record=shop.example.test,127.0.2.1", "--host-record=api.other.test,127.0.2.2",
+           "--host-record=www.example.test,127.0.2.3"]
+
+
+def fqdn_state(cgroup, version=1) -> dict:
+    rel = cgroup.rel.lstrip("/")
+    state = node_state(version)
+    state["policy_sets"] = [{
+        "name": "ps-fqdn",
+        "prefixes": [{"prefix": "127.0.0.1/32", "rules": [
+            {"port": 53, "end_port": 53, "action": "ACTION_ALLOW"}]}],
+        "fqdns": [{"pattern": "*.example.test", "rules": [
+            {"port": 443, "end_port": 443, "protocol": "PROTOCOL_TCP", "action": "ACTION_ALLOW"}]}],
+        "dns_servers": [{"address": "127.0.0.1", "port": 53}],
+    }]
+    state["workloads"] = [{"name": "w1", "cgroup": f"{rel}/w1", "policy_set": "ps-fqdn"},
+                          {"name": "w2", "cgroup": f"{rel}/w2", "policy_set": "ps-fqdn"}]
+    return state
+
+
+@pytest.fixture
+def fqdn_node(agent, cgroup, netns, backends, clients, dnsmasqs):  # noqa: F811
+    check_dns_tools()
+    cg1, cg2 = cgroup.child("w1"), cgroup.child("w2")
+    for addr in (API, OTHER, WWW):
+        backends(f"s443-{addr}", addr, 443, "tcp", netns)
+        backends(f"s80-{addr}", addr, 80, "tcp", netns)
+    dnsmasqs(netns, extra=RECORDS)
+    a = agent(fqdn_state(cgroup))
+    assert a.wait_version(1), a.log_text()
+    c1 = clients(netns, cg=cg1, extra=EXTRA)
+    c2 = clients(netns, cg=cg2, extra=EXTRA)
+    return a, c1, c2
+
+
+def connect(c, addr, port=443):
+    return c.call("connect_error", addr=addr, port=port)["error"]
+
+
+def resolve(c, name, tcp=False):
+    return c.call("dns", server="127.0.0.1", name=name, tcp=tcp)["addrs"]
+
+
+def test_a_connect_is_allowed_only_after_the_workload_resolved_an_allowed_name(fqdn_node):
+    a, c1, c2 = fqdn_node
+    caps = a.dump("info")["capabilities"]
+    assert caps["fqdn_learner"].startswith("udp"), caps
+    # Before any answer: denied, as any policy denial.
+    assert connect(c1, API) == "EPERM"
+    assert resolve(c1, "shop.example.test") == [API]
+    assert connect(c1, API) is None
+    assert connect(c1, API, 80) == "EPERM"          # the pattern's rules allow 443 only
+    # A name no pattern allows teaches nothing.
+    assert resolve(c1, "api.other.test") == [OTHER]
+    assert connect(c1, OTHER) == "EPERM"
+    # Another workload of the same set did not resolve: denied.
+    assert connect(c2, API) == "EPERM"
+    # Over TCP too, when the kernel gives the learner its TCP path.
+    if caps["fqdn_learner"] == "udp+tcp":
+        assert resolve(c2, "shop.example.test", tcp=True) == [API]
+        assert connect(c2, API) is None
+
+    # The agent lists what was learned.
+    fq = a.dump("fqdn")
+    rows = {(e["workload"], e["address"]) for e in fq.get("learned", [])}
+    assert ("w1", API) in rows and ("w1", OTHER) not in rows, fq
+
+    # kill -9: DNS keeps working, the kernel keeps learning and enforcing.
+    a.kill()
+    assert connect(c1, API) is None
+    assert connect(c1, WWW) == "EPERM"
+    assert resolve(c1, "www.example.test") == [WWW]
+    assert connect(c1, WWW) is None
+    assert connect(c1, OTHER) == "EPERM"
