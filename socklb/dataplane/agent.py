@@ -448,7 +448,7 @@ class Agent:
                                            redirects=preview.redirects)
                 given = node_policy(after, self.policy.given)  # InvalidState naming the field
                 paths = {name: spec.cgroup for name, spec in given.specs.items()}
-                cgroups = self.policy.cgroups
+                cgroups, programmed = self.policy.cgroups, self._programmed
         except InvalidState as e:
             self.terminations.preview_failed(job_id, trigger, f"the previewed state is not valid here: {e}")
             return
@@ -457,7 +457,7 @@ class Agent:
             self.terminations.preview_failed(job_id, trigger, f"internal error: {e!r}")
             return
         self.terminations.preview(job_id, trigger, before, after,
-                                  lambda: {name: cgroups.tree(path) for name, path in paths.items()})
+                                  lambda: {name: cgroups.tree(path) for name, path in paths.items()}, programmed)
 
     def stats_parts(self) -> dict:
         """The parts of the node's statistics report (stats.StatsReporter)."""

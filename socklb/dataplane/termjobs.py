@@ -36,10 +36,10 @@ from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
-from .plan import DeleteBackend, DeleteMaster, Plan
+from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
 from .policyjobs import TRIGGER as POLICY, PolicyJob, PolicyRun, policy_job, run_policy_job
 from .redirect_desired import TRIGGER as REDIRECT, redirect_name
-from .redirectjobs import RedirectJob, RedirectRun, run_redirect_job
+from .redirectjobs import RedirectJob, RedirectRun, preview_job, preview_keep, run_redirect_job
 from .termtypes import Target
 
 log = logging.getLogger(__name__)
@@ -196,28 +196,13 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
 class PreviewJob(PolicyJob):
     """The policy job of a preview (PreviewPolicy, PreviewLocalRedirect): a
     dry run against a policy part the node was sent and never applies,
-    reported under the preview's trigger, naming what it did not judge."""
+    reported under the preview's trigger."""
 
     preview_trigger: str = POLICY
-    not_evaluated: tuple[str, ...] = ()
 
     @property
     def trigger(self) -> str:  # type: ignore[override]
         return self.preview_trigger
-
-
-def unevaluated_redirects(before: node_pb2.NodeState, after: node_pb2.NodeState) -> list[str]:
-    """The seam of a redirect preview: the local redirects that differ
-    between `before` (applied) and `after` (previewed) and that this node's
-    dry run does not judge, each "local redirect 'name': why" (the report's
-    not_evaluated). Redirect terminations (trigger local-redirect) are not
-    built on the node yet, so that is every redirect that differs; once
-    they are, their dry run joins the preview's job (Terminations.preview)
-    and this returns what it still cannot judge."""
-    old = {r.name: r for r in before.redirects}
-    new = {r.name: r for r in after.redirects}
-    return [f"local redirect {name!r}: this node does not judge redirect changes yet"
-            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
 
 
 def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
@@ -227,8 +212,6 @@ def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
     `backends`: a frontend's VIP, else the peer), and the sockets (their
     real peers), each with its workload and why the new state denies it."""
     out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
-    if isinstance(job, PreviewJob):
-        out.not_evaluated.extend(job.not_evaluated)
     if run is None:
         return out
     _cookie_report(out, job.dry_run, run.method, run.duration, run.listing.netns_scanned, run.destroyed,
@@ -329,32 +312,36 @@ class Terminations(ABC):
         return None
 
     def preview(self, job_id: str, trigger: str, before: node_pb2.NodeState, after: node_pb2.NodeState,
-                cgroup_ids: Callable[[], Mapping[str, Iterable[int]]]) -> None:
-        """The dry run of a preview: on the worker, list the open sockets of
-        the workloads whose policy differs from `before` (applied) to
-        `after` (a policy part the node was sent, checked, never applied)
-        that `after` denies; destroy nothing. cgroup_ids() (called there):
-        as for after_policy_change. Always reported, under `trigger` and
-        `job_id`: nothing found, the sockets, or the error that stopped it;
-        what it does not judge is named (unevaluated_redirects)."""
+                cgroup_ids: Callable[[], Mapping[str, Iterable[int]]], programmed: Programmed) -> None:
+        """The dry run of a preview: on the worker, list the open sockets that
+        going from `before` (applied; `programmed` holds it) to `after` (a
+        policy part the node was sent, checked, never applied) would end;
+        destroy nothing. A change of redirects: the sockets the redirects
+        that start would take over and the flows of those that end
+        (redirectjobs.preview_job); else those of the workloads whose policy
+        differs that `after` denies. cgroup_ids() (called there): as for
+        after_policy_change. Always reported, under `trigger` and `job_id`:
+        nothing found, the sockets, or the error that stopped it."""
         def work() -> None:
-            missed = tuple(unevaluated_redirects(before, after))
             try:
-                job = policy_job(job_id, before, after, cgroup_ids(), dry_run=True)
+                ids = cgroup_ids()
+                keep = {cg for name in preview_keep(before, after) for cg in ids.get(name, ())}
+                moved = preview_job(job_id, before, after, programmed, keep)
+                job = moved if moved is not None else policy_job(job_id, before, after, ids, dry_run=True)
             except Exception as e:  # noqa: BLE001 - the control plane is told, not left waiting
                 log.warning("preview %s: cannot judge: %s", job_id, e)
-                self.preview_failed(job_id, trigger, f"cannot judge the preview: {e}", missed)
+                self.preview_failed(job_id, trigger, f"cannot judge the preview: {e}")
                 return
-            scopes = job.workloads if job is not None else ()
-            self.run_later(PreviewJob(job_id, True, scopes, job.evaluator if job is not None else None,
-                                      job.frontends if job is not None else {}, preview_trigger=trigger,
-                                      not_evaluated=missed))
+            if job is None:  # nothing on this node to look at: reported as such
+                job = PreviewJob(job_id, True, (), None, {}, preview_trigger=trigger)
+            elif isinstance(job, PolicyJob):
+                job = PreviewJob(job_id, True, job.workloads, job.evaluator, job.frontends, preview_trigger=trigger)
+            self.run_later(job)
         self.later(work)
 
-    def preview_failed(self, job_id: str, trigger: str, error: str, not_evaluated: Iterable[str] = ()) -> None:
+    def preview_failed(self, job_id: str, trigger: str, error: str) -> None:
         """Report a preview this node cannot run (dry run, nothing found)."""
         report = _report(job_id, "", trigger, True, self.node, error)
-        report.not_evaluated.extend(not_evaluated)
         self._remember(report)
         self._tell(report)
 
@@ -600,4 +587,4 @@ def _end_span(span, report: node_pb2.TerminationReport) -> None:
 
 
 __all__ = ["Job", "MemoryTerminations", "PreviewJob", "TerminationService", "Terminations", "policy_report",
-           "redirect_report", "removed_targets", "request_job", "to_report", "unevaluated_redirects"]
+           "redirect_report", "removed_targets", "request_job", "to_report"]
