@@ -38,7 +38,9 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     log.info("kernel features: %s; workload matching: %s", parts.features.summary(), datapath.workload_way)
     terminations = TerminationService(node, parts.terminator,
                                       parts.errors.get("sock_destroy", "").removeprefix("none: "))
-    statistics = KernelStatistics(writer.counter_values, parts, writer.workload_denied)
+    learner = datapath.learner
+    statistics = KernelStatistics(writer.counter_values, parts, writer.workload_denied,
+                                  learner.counters if learner is not None else dict)
     # The hooks see the processes of the balanced cgroup only: workloads are
     # resolved below it, with the cgroups below each when matching is exact.
     cgroups = KernelCgroups(cgroup2_mount(), datapath.cgroup, exact=datapath.exact_workloads)

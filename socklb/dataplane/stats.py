@@ -117,13 +117,20 @@ class Statistics(ABC):
     def workload_denied(self, ids: Iterable[int]) -> dict[int, int]:
         """connect()/sendmsg() calls refused by policy, per workload id."""
 
+    def dns_counter_values(self) -> dict[str, int]:
+        """The DNS learner's counters by name (dns.DnsLearner.counters); none without a learner."""
+        return {}
+
     def counters(self) -> node_pb2.Counters:
         c = self.counter_values()
         C = layout.Counter
+        d = self.dns_counter_values()
         return node_pb2.Counters(
             translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
             no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
-            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED])
+            rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED],
+            **{f"dns_{k}": d.get(k, 0) for k in ("queries", "answers", "learned", "unsolicited", "malformed",
+                                                  "truncated")})
 
     def flow_counts(self, catalog: Catalog) -> list[sync_pb2.FlowCount]:
         """Open flows per service and backend."""
@@ -159,10 +166,12 @@ class KernelStatistics(Statistics):
     closed with this part)."""
 
     def __init__(self, counters: Callable[[], dict[layout.Counter, int]], parts: Parts,
-                 workload_denied: Callable[[Iterable[int]], dict[int, int]] = lambda ids: {}):
+                 workload_denied: Callable[[Iterable[int]], dict[int, int]] = lambda ids: {},
+                 dns_counters: Callable[[], dict[str, int]] = dict):
         self._counters = counters
         self._parts = parts
         self._workload_denied = workload_denied
+        self._dns_counters = dns_counters
 
     def _way(self, duty: str):
         part = getattr(self._parts, duty)
@@ -172,6 +181,9 @@ class KernelStatistics(Statistics):
 
     def counter_values(self) -> dict[layout.Counter, int]:
         return self._counters()
+
+    def dns_counter_values(self) -> dict[str, int]:
+        return self._dns_counters()
 
     def flow_dump(self) -> FlowDump:
         return self._way("flows").read()

@@ -89,6 +89,8 @@ def test_a_connect_is_allowed_only_after_the_workload_resolved_an_allowed_name(f
     fq = a.dump("fqdn")
     rows = {(e["workload"], e["address"]) for e in fq.get("learned", [])}
     assert ("w1", API) in rows and ("w1", OTHER) not in rows, fq
+    counters = a.dump("counters")
+    assert int(counters.get("dnsLearned", 0)) >= 1 and int(counters.get("policyDenies", 0)) >= 4, counters
 
     # kill -9: DNS keeps working, the kernel keeps learning and enforcing.
     a.kill()

@@ -184,3 +184,16 @@ def test_dump_fqdn_names_workloads_and_patterns():
     assert rows[1]["workload"] == "a" and rows[1]["pattern"] == "*.example.test" and not rows[1]["expired"]
     assert rows[2]["address"] == "127.0.2.9" and rows[2]["expired"]
     assert view["counters"] == {"learned": 3}
+
+
+def test_the_learners_counters_go_into_the_nodes_counters():
+    from socklb.dataplane import layout as lay
+    from socklb.dataplane.stats import KernelStatistics
+    stats = KernelStatistics(lambda: {c: 1 for c in lay.Counter}, None,
+                             dns_counters=lambda: {"queries": 5, "answers": 4, "learned": 3, "unsolicited": 2,
+                                                   "malformed": 1, "truncated": 0, "tcp_messages": 9})
+    c = stats.counters()
+    assert (c.dns_queries, c.dns_answers, c.dns_learned, c.dns_unsolicited, c.dns_malformed, c.dns_truncated) == \
+        (5, 4, 3, 2, 1, 0)
+    assert c.policy_denies == 1
+    assert KernelStatistics(lambda: {c: 0 for c in lay.Counter}, None).counters().dns_learned == 0
