@@ -99,3 +99,15 @@ def test_a_connect_is_allowed_only_after_the_workload_resolved_an_allowed_name(f
     assert resolve(c1, "www.example.test") == [WWW]
     assert connect(c1, WWW) is None
     assert connect(c1, OTHER) == "EPERM"
+
+
+def test_a_state_with_a_bad_fqdn_part_is_refused_and_changes_nothing(fqdn_node, cgroup):
+    a, c1, _ = fqdn_node
+    assert resolve(c1, "shop.example.test") == [API]
+    assert connect(c1, API) is None
+    bad = fqdn_state(cgroup, version=2)
+    bad["policy_sets"][0]["fqdns"][0]["pattern"] = "shop-*.example.test"
+    r = a.apply(bad)
+    assert r.returncode != 0 and "policy_sets[0].fqdns[0].pattern" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert a.applied_version() == 1
+    assert connect(c1, API) is None and connect(c1, OTHER) == "EPERM"
