@@ -1,7 +1,9 @@
 """The in-kernel DNS learner (bpf/dns.bpf.c): load and attach it to a
 cgroup, program what it learns from (workloads, servers, name patterns),
-read what it learned. Phase 1 of FQDN egress policy: the connect hook that
-will read `dns_learned` is not wired yet.
+read what it learned. The agent loads it with the socket-LB programs
+(loader.Datapath) and programs its maps with the policy plan
+(policy_desired.fqdn_entries); the connect hook (bpf/sock_lb.c) reads
+`dns_learned`.
 
     learner = DnsLearner(pin_dir, cgroup, tcp="auto")   # "auto" | "sockmap" | "off"
     learner.load()                       # build (cached), load, pin, attach

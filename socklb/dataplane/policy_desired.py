@@ -431,7 +431,8 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
         if sid is None:
             return None
         same = (dict(programmed.frontends.get(sid, {})) == verdicts[name]
-                and dict(programmed.prefixes.get(sid, {})) == dict(policy.sets[name].prefixes))
+                and dict(programmed.prefixes.get(sid, {})) == dict(policy.sets[name].prefixes)
+                and _fqdn_rules_of(programmed, sid) == _fqdn_rules(policy.sets[name]))
         return sid if same else None
 
     # Shallow workloads first: where cgroups below two workloads meet
@@ -514,7 +515,17 @@ def _left_while_edited(held: Mapping[str, int], owner: Mapping[int, str], specs:
         if now is None or specs[now].policy_set != name:
             left.add(name)
     return {n for n in left if programmed.frontends.get(held[n], {}) != verdicts[n]
-            or programmed.prefixes.get(held[n], {}) != sets[n].prefixes}
+            or programmed.prefixes.get(held[n], {}) != sets[n].prefixes
+            or _fqdn_rules_of(programmed, held[n]) != _fqdn_rules(sets[n])}
+
+
+def _fqdn_rules(s: CompiledSet) -> dict[int, Rules]:
+    """A set's FQDN rules by pattern id (what policy_fqdns holds for it)."""
+    return {pattern_id(text): rules for text, rules in s.fqdns.items()}
+
+
+def _fqdn_rules_of(programmed: PolicyEntries, sid: int) -> dict[int, Rules]:
+    return {pid: rules for (s, pid), rules in programmed.fqdn.rules.items() if s == sid}
 
 
 def _exempt(policy: NodePolicy, found: Mapping[str, Cgroup], wids: Mapping[str, int],

@@ -197,3 +197,29 @@ def test_the_learners_counters_go_into_the_nodes_counters():
         (5, 4, 3, 2, 1, 0)
     assert c.policy_denies == 1
     assert KernelStatistics(lambda: {c: 0 for c in lay.Counter}, None).counters().dns_learned == 0
+
+
+def test_a_set_whose_fqdn_rules_change_while_a_workload_leaves_it_is_written_anew():
+    """As for prefixes (policy_plan's order): a workload leaving a set edited
+    in the same update must not see it half edited, so the set gets a fresh id."""
+    policy, ids, entries, _ = desired()
+    w = MemoryMapWriter()
+    plan = make_policy_plan(PolicyEntries(), entries)
+    w.execute_policy(plan.before)
+    w.execute_policy(plan.after)
+    s = state()
+    s.policy_sets[0].fqdns[0].rules[0].port = 444
+    s.policy_sets[0].fqdns[0].rules[0].end_port = 444
+    s.workloads[1].policy_set = "ps-plain"  # b leaves ps-f in the same update
+    policy2 = node_policy(s)
+    ids2, entries2, _ = desired_entries(policy2, {n: CGROUPS.get(n) for n in policy2.specs}, lambda key: None,
+                                        ids, w.read_policy())
+    assert ids2.sets["ps-f"] != ids.sets["ps-f"]
+    # Without a workload leaving, the same edit is made in place.
+    s = state()
+    s.policy_sets[0].fqdns[0].rules[0].port = 444
+    s.policy_sets[0].fqdns[0].rules[0].end_port = 444
+    policy3 = node_policy(s)
+    ids3, _, _ = desired_entries(policy3, {n: CGROUPS.get(n) for n in policy3.specs}, lambda key: None, ids,
+                                 w.read_policy())
+    assert ids3.sets["ps-f"] == ids.sets["ps-f"]
