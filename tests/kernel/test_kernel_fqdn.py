@@ -111,3 +111,38 @@ def test_a_state_with_a_bad_fqdn_part_is_refused_and_changes_nothing(fqdn_node, 
     assert r.returncode != 0 and "policy_sets[0].fqdns[0].pattern" in r.stdout + r.stderr, r.stdout + r.stderr
     assert a.applied_version() == 1
     assert connect(c1, API) is None and connect(c1, OTHER) == "EPERM"
+
+
+def test_answers_through_a_dns_service_vip_teach(agent, cgroup, netns, backends, clients, dnsmasqs):  # noqa: F811
+    """The set's DNS servers as the control plane computes them for an
+    allowed DNS service (its VIP and its backends): the client asks the VIP,
+    the socket LB sends the query to the backend, and the learner, which sees
+    the translated packets, learns from the backend's answer."""
+    from google.protobuf import json_format
+
+    from socklb.controlplane import policy_compute
+    from socklb.v1 import api_pb2, policy_pb2, types_pb2
+
+    check_dns_tools()
+    vip = "127.96.13.53"
+    cg1 = cgroup.child("w1")
+    backends("s443", API, 443, "tcp", netns)
+    dnsmasqs(netns, extra=RECORDS)
+    svc = {"name": "dns", "frontends": [{"address": vip, "port": 53, "protocol": "PROTOCOL_UDP"}],
+           "backends": [{"address": "127.0.0.1", "port": 53, "weight": 1}]}
+    pol = policy_pb2.Policy(name="p", egress=[
+        policy_pb2.EgressRule(action=policy_pb2.ACTION_ALLOW, to_services=["dns"]),
+        policy_pb2.EgressRule(action=policy_pb2.ACTION_ALLOW, to_fqdns=["*.example.test"],
+                              ports=[policy_pb2.PortRange(port=443, protocol=types_pb2.PROTOCOL_TCP)])])
+    ps = policy_compute.policy_set([pol], {"dns": json_format.ParseDict(svc, api_pb2.Service())})
+    assert [(s.address, s.port) for s in ps.dns_servers] == [("127.0.0.1", 53), (vip, 53)]
+    state = node_state(1, svc)
+    state["policy_sets"] = [json_format.MessageToDict(ps, preserving_proto_field_name=True)]
+    state["workloads"] = [{"name": "w1", "cgroup": f"{cgroup.rel.lstrip('/')}/w1", "policy_set": ps.name}]
+    a = agent(state)
+    assert a.wait_version(1), a.log_text()
+    c = clients(netns, cg=cg1, extra=EXTRA)
+    assert connect(c, API) == "EPERM"
+    assert c.call("dns", server=vip, name="shop.example.test")["addrs"] == [API]
+    assert connect(c, API) is None
+    assert [(r["workload"], r["address"]) for r in a.dump("fqdn")["learned"]] == [("w1", API)]
