@@ -248,11 +248,12 @@ def _port_range(p) -> str:
 
 def _rule_row(i: int, rule) -> list[str]:
     return [str(i), _enum_word(policy_pb2.Action, rule.action, "ACTION_"), ", ".join(rule.to_services) or "-",
-            ", ".join(rule.to_cidrs) or "-", ", ".join(_port_range(p) for p in rule.ports) or "any"]
+            ", ".join(rule.to_cidrs) or "-", ", ".join(rule.to_fqdns) or "-",
+            ", ".join(_port_range(p) for p in rule.ports) or "any"]
 
 
 def text_policy(p) -> str:
-    rules = [_table(["#", "ACTION", "SERVICES", "CIDRS", "PORTS"], [_rule_row(i, r) for i, r in enumerate(p.egress)],
+    rules = [_table(["#", "ACTION", "SERVICES", "CIDRS", "FQDNS", "PORTS"], [_rule_row(i, r) for i, r in enumerate(p.egress)],
                     indent="    ")] if p.egress else []
     return _described(p, f"  selector: {_labels(p.selector) if p.selector else 'every workload'}",
                       f"  egress rules: {len(p.egress)}", *rules)

@@ -113,7 +113,7 @@ def test_text_of_a_policy_and_a_redirect(sl):  # noqa: F811
     assert code == 0
     assert out.splitlines()[1:3] == ["  selector: app=web", "  egress rules: 2"]
     assert [line.split() for line in out.splitlines()[4:6]] == [
-        ["0", "allow", "demo/db", "10.20.0.0/16", "5432/tcp"], ["1", "deny", "-", "10.20.9.0/24", "any"]]
+        ["0", "allow", "demo/db", "10.20.0.0/16", "-", "5432/tcp"], ["1", "deny", "-", "10.20.9.0/24", "-", "any"]]
     sl("redirect", "put", "-f", str(EXAMPLES / "dns-redirect.yaml"))
     code, out, _ = sl("redirect", "get", "kube-system/node-local-dns")
     assert code == 0 and out.splitlines()[1:] == [
@@ -130,6 +130,11 @@ def test_port_ranges_in_text():
     assert row.split()[:4] == ["0", "deny", "a,", "b"], row
     assert row.endswith("  53/tcp+udp, 8000-8080/udp, any/tcp"), row
     assert cli.render_text(policy_pb2.Policy(name="q")).splitlines()[1] == "  selector: every workload"
+    f = policy_pb2.Policy(name="f", egress=[policy_pb2.EgressRule(
+        action=policy_pb2.ACTION_ALLOW, to_fqdns=["*.example.test", "api.example.org"],
+        ports=[policy_pb2.PortRange(port=443, protocol=1)])])
+    assert cli.render_text(f).splitlines()[4].split() == ["0", "allow", "-", "-", "*.example.test,", "api.example.org",
+                                                           "443/tcp"]
 
 
 def test_a_policy_termination_shows_whose_sockets_and_why():
