@@ -32,6 +32,8 @@ BPF_TABLE_PINNED("lpm_trie", struct socklb_policy_prefix_key, struct socklb_poli
 		 SOCKLB_POLICY_PREFIXES_MAX, PIN("policy_prefixes"), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", u32, u64, workload_denies, SOCKLB_WORKLOAD_IDS_MAX, PIN("workload_denies"));
 BPF_TABLE_PINNED("array", u32, struct socklb_policy_cfg, policy_cfg, 1, PIN("policy_cfg"));
+BPF_TABLE_PINNED("hash", struct socklb_exempt_key, u32, redirect_exempt, SOCKLB_REDIRECT_EXEMPT_MAX,
+		 PIN("redirect_exempt"), BPF_F_NO_PREALLOC);
 
 /* Socket storage, pinned like the rest so that flows of sockets opened before
  * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
@@ -207,23 +209,16 @@ static __always_inline void flow_remember_rnat(struct socklb_flow *f, const stru
 }
 
 /* The workload of the current process: that of its cgroup or of its
- * deepest ancestor that is one. NULL when no workload is restricted or
- * bypassed (one array read: the cost of a node without policy). The walk
- * covers only the levels workloads are at, deepest first; the process's own
- * cgroup is its ancestor at its own level. With SOCKLB_WORKLOAD_EXACT
- * (kernels that refuse the ancestor helper here, or forced) the agent writes
- * every cgroup below a workload, and the own cgroup is all there is to look
- * up. */
-static __always_inline struct socklb_workload *current_workload(void)
+ * deepest ancestor that is one. The walk covers only the levels workloads
+ * are at, deepest first; the process's own cgroup is its ancestor at its
+ * own level. With SOCKLB_WORKLOAD_EXACT (kernels that refuse the ancestor
+ * helper here, or forced) the agent writes every cgroup below a workload,
+ * and the own cgroup is all there is to look up. */
+static __always_inline struct socklb_workload *find_workload(const struct socklb_policy_cfg *cfg)
 {
-	struct socklb_policy_cfg *cfg;
 	struct socklb_workload *wl = NULL;
-	u32 zero = 0;
 	__u64 id;
 
-	cfg = policy_cfg.lookup(&zero);
-	if (!cfg || !cfg->cgroups)
-		return NULL;
 #ifdef SOCKLB_WORKLOAD_EXACT
 	id = bpf_get_current_cgroup_id();
 	wl = workloads.lookup(&id);
@@ -240,6 +235,26 @@ static __always_inline struct socklb_workload *current_workload(void)
 	}
 #endif
 	return wl;
+}
+
+/* The workload of the current process, for policy and bypass: NULL when no
+ * workload is restricted or bypassed (one array read: the cost of a node
+ * without policy; with redirect exemptions alone, *exempt_cfg is set and
+ * the workload is looked up for a redirected frontend only). */
+static __always_inline struct socklb_workload *current_workload(struct socklb_policy_cfg **exempt_cfg)
+{
+	struct socklb_policy_cfg *cfg;
+	u32 zero = 0;
+
+	*exempt_cfg = NULL;
+	cfg = policy_cfg.lookup(&zero);
+	if (!cfg || !cfg->cgroups)
+		return NULL;
+	if (cfg->flags & SOCKLB_CFG_F_EXEMPT_ONLY) {
+		*exempt_cfg = cfg;
+		return NULL;
+	}
+	return find_workload(cfg);
 }
 
 /* A frontend is decided by the set's verdict for it; any other destination
@@ -295,12 +310,24 @@ static __always_inline int policy_deny(const struct socklb_workload *wl)
 	return 0;
 }
 
+static __always_inline int redirect_exempt_of(const struct socklb_workload *wl, __u32 frontend_id)
+{
+	struct socklb_exempt_key ek;
+
+	if (!wl)
+		return 0;
+	ek.workload_id = wl->id;
+	ek.frontend_id = frontend_id;
+	return redirect_exempt.lookup(&ek) != NULL;
+}
+
 /* Common part of connect and sendmsg: 1 = let the syscall go on (translated
  * or not a VIP), 0 = fail it (ECONNREFUSED: no backend; EPERM: policy). */
 static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, const int sendmsg)
 {
 	struct socklb_svc_key key = {};
 	struct socklb_svc_val *master;
+	struct socklb_policy_cfg *exempt_cfg;
 	struct socklb_workload *wl;
 	struct socklb_backend *be;
 	struct socklb_flow *f;
@@ -311,13 +338,33 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	key.port = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 	master = services.lookup(&key);
-	wl = current_workload();
+	wl = current_workload(&exempt_cfg);
 	if (wl) {
-		if (wl->policy_set && !policy_allows(wl->policy_set, &key, master, v6))
+		/* As the application addressed it: a redirected frontend by its
+		 * service's verdict, a placeholder's address by the prefixes. */
+		if (wl->policy_set && !policy_allows(wl->policy_set, &key,
+						     master && !(master->flags & SOCKLB_SVC_F_NOT_SERVICE) ? master : NULL,
+						     v6))
 			return policy_deny(wl);
 		if (wl->flags & SOCKLB_WL_BYPASS)
 			master = NULL; /* its own balancer handles VIPs: leave the address alone */
 	}
+	/* Only a redirected frontend pays the second lookup. No redirect entry
+	 * (yet, or any more), or an exempt workload: the service as it is. */
+	if (master && (master->flags & SOCKLB_SVC_F_REDIRECTED)) {
+		struct socklb_svc_val *local;
+
+		key.table = SOCKLB_TABLE_REDIRECT;
+		local = services.lookup(&key);
+		if (local && !wl && exempt_cfg)
+			wl = find_workload(exempt_cfg); /* exemptions alone: looked up here only */
+		if (local && !redirect_exempt_of(wl, local->id))
+			master = local;
+		else
+			key.table = SOCKLB_TABLE_SERVICE;
+	}
+	if (master && (master->flags & SOCKLB_SVC_F_NOT_SERVICE))
+		master = NULL;
 	if (!master) {
 		/* A socket re-connected elsewhere must not keep reporting the old VIP. */
 		if (!sendmsg) {

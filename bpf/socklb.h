@@ -42,14 +42,31 @@ enum socklb_backend_state {
 };
 
 /* services: slot 0 is the master entry of a frontend (VIP, port, proto);
- * slots 1..count hold the selection table (one backend id per slot). */
+ * slots 1..count hold the selection table (one backend id per slot).
+ * `table` says whose entries: the service's (SOCKLB_TABLE_SERVICE), or a
+ * local redirect's of the same frontend (SOCKLB_TABLE_REDIRECT: its own
+ * master, frontend id, slots and backends: the node's local workloads),
+ * looked up only when the service master has SOCKLB_SVC_F_REDIRECTED. */
+enum socklb_table {
+	SOCKLB_TABLE_SERVICE = 0,
+	SOCKLB_TABLE_REDIRECT = 1,
+};
+
 struct socklb_svc_key {
 	__u32 addr[4];
 	__u16 port;  /* network order */
 	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 pad;
+	__u8 table;  /* enum socklb_table */
 	__u16 slot;
 	__u16 pad2;
+};
+
+/* socklb_svc_val.flags of a service-table master. */
+enum socklb_svc_flag {
+	SOCKLB_SVC_F_REDIRECTED = 1,  /* a local redirect serves it: look up the redirect table */
+	SOCKLB_SVC_F_NOT_SERVICE = 2, /* a placeholder for a redirect of an address that is no
+				       * service VIP: no backends; not redirected, the address is
+				       * left alone, and policy judges it as an address */
 };
 
 struct socklb_svc_val {
@@ -57,7 +74,7 @@ struct socklb_svc_val {
 	__u32 count;            /* master: slots in the table (0: no backend) */
 	__u32 affinity_timeout; /* master: seconds, 0 = no affinity */
 	__u8 selection;         /* master: enum socklb_selection */
-	__u8 flags;
+	__u8 flags;             /* master of the service table: enum socklb_svc_flag */
 	__u16 pad;
 };
 
@@ -217,11 +234,28 @@ struct socklb_policy_rules {
 	struct socklb_port_rule rules[SOCKLB_PORT_RULES_MAX];
 };
 
+/* socklb_policy_cfg.flags */
+#define SOCKLB_CFG_F_EXEMPT_ONLY 1 /* no workload restricts or bypasses: the entries are
+				    * there for redirect exemptions only, looked up for a
+				    * redirected frontend alone */
+
 struct socklb_policy_cfg {
-	__u32 cgroups;  /* workloads entries; 0 (or none restricted or bypassed): skip */
+	__u32 cgroups;  /* workloads entries; 0 (or none restricted, bypassed or exempt): skip */
 	__u8 min_level; /* cgroup levels of the workloads (0 = the root) */
 	__u8 max_level;
-	__u16 pad;
+	__u8 flags;     /* SOCKLB_CFG_F_* */
+	__u8 pad;
+};
+
+/* redirect_exempt: {workload id, redirect frontend id} -> 1: the local
+ * backend workloads of a redirect, which still reach the original service
+ * (a node-local DNS cache must reach the cluster DNS). Looked up only for a
+ * redirected frontend, by a process that is a workload. */
+#define SOCKLB_REDIRECT_EXEMPT_MAX 65536
+
+struct socklb_exempt_key {
+	__u32 workload_id;
+	__u32 frontend_id; /* the redirect table's master id */
 };
 
 /* Bump when a map layout changes: pinned maps of another layout are not adopted. */

@@ -165,9 +165,6 @@ def text_termination(t) -> str:
             row += [s.workload or "-", s.reason or "-"]
     if socks:
         out += "\n\n" + _table(header, socks)
-    missed = [f"{r.node}: not evaluated: {what}" for r in t.reports for what in r.not_evaluated]
-    if missed:
-        out += "\n\n" + "\n".join(missed)
     return out
 
 

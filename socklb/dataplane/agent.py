@@ -1,9 +1,11 @@
 """The node agent's core: applies desired states to the node's maps, all or
 nothing, through the parts it is given (map writer, terminations,
-statistics, cgroups): the services, and the workloads and policy sets
-(policy.py), in one update. Once a change is written, the terminations part
-is told what it removed (backends, frontends) and what its policy denies
-(the open sockets of the workloads it concerns)."""
+statistics, cgroups): the services, the local redirects (programmed as
+services-map targets, redirect_desired.py), and the workloads and policy
+sets (policy.py), in one update. Once a change is written, the terminations
+part is told what it removed (backends, frontends), what its policy denies
+(the open sockets of the workloads it concerns) and what new redirects take
+over."""
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +24,15 @@ from socklb.v1 import node_pb2
 from . import desired
 from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
+from .layout import SvcFlag, Table
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
 from .policy import PolicyPart, PolicyStep
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
                           PutWorkload, make_policy_plan)
+from .redirect_desired import (TRIGGER as REDIRECT_TRIGGER, changed_keys, live_redirects, redirect_name,
+                               redirect_targets)
+from .redirectjobs import RedirectJob
 from .stats import MemoryStatistics, Statistics
 from .termjobs import MemoryTerminations, Terminations
 from .workloads import Cgroups, MemoryCgroups
@@ -97,6 +103,8 @@ class Agent:
         self.services: dict[str, node_pb2.ServiceState] | None = None
         self.targets: dict = {}
         self.keys_of: dict[str, tuple] = {}
+        # The targets the local redirects add or flag (redirect_desired.redirect_targets).
+        self.overlay: dict = {}
         self._totals = (0, 0)
         self._pending_totals = (0, 0)
 
@@ -134,8 +142,13 @@ class Agent:
                 state, rejected = desired.isolate(state, self.services, self.limits)
                 targets = frontend_targets(state, self.limits)
             with self._lock:
-                plan = make_plan(self._programmed, targets)
-                step = self.policy.prepare(given, _frontend_ids(plan.result))
+                resolved = self.policy.resolve(given)
+                overlay = redirect_targets(self._live(given, resolved), targets.get, _redirect_fields(state))
+                planned = {**targets, **overlay}
+                desired.check_capacity(planned.values(), self.limits)
+                before_prog = self._programmed
+                plan = make_plan(before_prog, planned)
+                step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
                 before, found = self.policy.given, self.policy.found(step)
                 # The first state since the agent started: what the previous one
                 # applied (and whether its job ran) is unknown, so every
@@ -148,8 +161,10 @@ class Agent:
                 for k, t in targets.items():
                     keys.setdefault(t.service, []).append(k)
                 self.keys_of = {n: tuple(v) for n, v in keys.items()}
-                self._totals = totals(targets.values())
+                self._totals = totals(planned.values())
+                self.overlay = overlay
                 self._judge_open_sockets(before, step, found, job_id)
+                self._take_over(before_prog, plan, step)
                 if rejected:
                     log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
                               len(rejected), "; ".join(rejected.values()))
@@ -168,10 +183,24 @@ class Agent:
             changed, new_targets = self._check_delta(delta)
             given = apply_policy_delta(self.policy.given, delta)
             old_keys = {k for name in changed for k in self.keys_of.get(name, ())}
-            touched = old_keys | set(new_targets)
-            plan = make_plan(self._programmed, new_targets, only=touched)
-            step = self.policy.prepare(given, _frontend_ids(plan.result),
-                                       resolve=[w.name for w in delta.workload_upserts])
+
+            def service_target(key):
+                t = new_targets.get(key)
+                return t if t is not None or key in old_keys else self.targets.get(key)
+            resolved = self.policy.resolve(given, resolve=[w.name for w in delta.workload_upserts])
+            overlay = redirect_targets(self._live(given, resolved), service_target)
+            # The entries redirects add (their tables, placeholders) count against the maps too.
+            self._pending_totals = check_capacity_delta(self._pending_totals, _added(self.overlay), _added(overlay),
+                                                        self.limits)
+            touched = old_keys | set(new_targets) | changed_keys(self.overlay, overlay)
+            planned = {}
+            for k in touched:
+                t = overlay.get(k) or service_target(k)
+                if t is not None:
+                    planned[k] = t
+            before_prog = self._programmed
+            plan = make_plan(before_prog, planned, only=touched)
+            step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
             before, found = self.policy.given, self.policy.found(step)
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
             result = self._execute(plan, delta.version, upserts, start, touched, step)
@@ -189,7 +218,9 @@ class Agent:
             for svc in delta.upserts:
                 self.keys_of[svc.name] = tuple(keys.get(svc.name, ()))
             self._totals = self._pending_totals
+            self.overlay = overlay
             self._judge_open_sockets(before, step, found)
+            self._take_over(before_prog, plan, step)
             return result
 
     def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
@@ -232,9 +263,17 @@ class Agent:
         with self._lock:
             if self.services is None:
                 return False
-            step = self.policy.prepare(self.policy.given, _frontend_ids(self._programmed))
-            if step.resolved == self.policy.resolved:
+            given = self.policy.given
+            resolved = self.policy.resolve(given)
+            if resolved == self.policy.resolved:
                 return False
+            # A redirect whose local workloads' cgroups all went leaves the
+            # maps (one that comes back returns): a services plan as well.
+            overlay = redirect_targets(self._live(given, resolved), self.targets.get)
+            touched = changed_keys(self.overlay, overlay)
+            if touched:
+                return self._recheck_redirects(given, resolved, overlay, touched)
+            step = self.policy.prepare(given, _frontend_ids(self._programmed), resolved=resolved)
             found = self.policy.found(step)
             try:
                 self.writer.execute_policy(step.plan.ops)  # no service changes: one go
@@ -250,6 +289,37 @@ class Agent:
             job_id = f"v{self.applied_version}-policy-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
             self._judge_open_sockets(step.given, step, found, job_id)
             return True
+
+    def _recheck_redirects(self, given: NodePolicy, resolved: dict, overlay: dict, touched: set) -> bool:
+        """recheck_workloads when redirects start or end with their local
+        workloads' cgroups: the services plan of the keys they touch, the
+        policy step, written together; their terminations under ids of this
+        node's own."""
+        start = time.monotonic()
+        pending = check_capacity_delta(self._totals, _added(self.overlay), _added(overlay), self.limits)
+        planned = {}
+        for k in touched:
+            t = overlay.get(k) or self.targets.get(k)
+            if t is not None:
+                planned[k] = t
+        before_prog = self._programmed
+        plan = make_plan(before_prog, planned, only=touched)
+        step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
+        found = self.policy.found(step)
+        version = self.applied_version
+        suffix = f"-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
+        self._execute(plan, version, node_pb2.NodeState(version=version), start, touched, step, suffix)
+        self._totals = pending
+        self.overlay = overlay
+        log.info("workload cgroups changed: redirects now programmed: %s", sorted(
+            {redirect_name(t.service) for k, t in overlay.items() if k.table == Table.REDIRECT}) or "none")
+        self._judge_open_sockets(step.given, step, found, f"v{version}-policy{suffix}")
+        self._take_over(before_prog, plan, step, suffix)
+        return True
+
+    def _live(self, given: NodePolicy, resolved: Mapping) -> dict:
+        """The redirects to program: those with a local workload on the node."""
+        return live_redirects(given.redirects, lambda name: resolved.get(name) is not None)
 
     def _judge_open_sockets(self, before: NodePolicy, step: PolicyStep, found: list[str],
                             job_id: str = "") -> None:
@@ -275,15 +345,51 @@ class Agent:
                                              ids, job_id=job_id, workloads=found)
         terminations.later(judge)
 
+    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "") -> None:
+        """Once redirects are created (their redirect-table frontends are new
+        in the maps), have the terminations destroy the open sockets they
+        take over (redirect_desired.taken_over), so that clients reconnect
+        to the local workloads. Built on the terminations' worker: it walks
+        the exempt and bypassing workloads' cgroup trees."""
+        result = plan.result.frontends
+        created = [k for k in result if k.table == Table.REDIRECT and k not in before.frontends]
+        if not created:
+            return
+        frontend_ids, addresses, redirects = [], [], set()
+        for k in created:
+            svc = result.get(k.in_table(Table.SERVICE))
+            if svc is None:
+                continue
+            if svc.placeholder:
+                addresses.append(svc.key)
+            else:
+                frontend_ids.append(svc.id)
+            redirects.add(redirect_name(result[k].service))
+        given = step.given
+        keep = {n for r in redirects if r in given.redirects for n in given.redirects[r].exempt}
+        keep |= {n for n, w in given.specs.items() if w.bypass}
+        paths = {n: given.specs[n].cgroup for n in keep if step.resolved.get(n) is not None}
+        cgroups, terminations = self.policy.cgroups, self.terminations
+        job_id = f"v{self.applied_version}-{REDIRECT_TRIGGER}{suffix}"
+        names = ", ".join(sorted(r for r in redirects if r))
+
+        def build() -> None:
+            kept = {cg for path in paths.values() for cg in cgroups.tree(path)}
+            terminations.submit(RedirectJob(job_id, names, tuple(frontend_ids), tuple(addresses), frozenset(kept)))
+        terminations.later(build)
+
     def _write(self, plan: Plan, step: PolicyStep) -> None:
         self.writer.execute_policy(step.plan.before)
-        self.writer.execute(plan)
+        self.writer.execute(plan, late=False)
         self.writer.execute_policy(step.plan.after)
+        self.writer.execute_late(plan)
 
-    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep) -> ApplyResult:
+    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep,
+                 suffix: str = "") -> ApplyResult:
         """Write a plan and its policy step, publish their result and tell the
         terminations what it removed (touched: the frontend keys a delta plan
-        looked at, None for a whole state)."""
+        looked at, None for a whole state; suffix: of the terminations' ids,
+        for a change of this node's own)."""
         try:
             self._write(plan, step)
         except Exception:
@@ -295,7 +401,7 @@ class Agent:
         self.catalog.publish_workloads(self.policy.names())
         self._programmed = plan.result
         before = self.catalog.publish(plan.result, plan, touched)
-        self.terminations.after_apply(before, plan, state)
+        self.terminations.after_apply(before, plan, state, suffix)
         self.applied_version = version
         metrics.programmed.labels("frontends").set(len(self._programmed.frontends))
         metrics.programmed.labels("backends").set(len(self._programmed.backends))
@@ -342,7 +448,7 @@ class Agent:
                                            redirects=preview.redirects)
                 given = node_policy(after, self.policy.given)  # InvalidState naming the field
                 paths = {name: spec.cgroup for name, spec in given.specs.items()}
-                cgroups = self.policy.cgroups
+                cgroups, programmed = self.policy.cgroups, self._programmed
         except InvalidState as e:
             self.terminations.preview_failed(job_id, trigger, f"the previewed state is not valid here: {e}")
             return
@@ -351,7 +457,7 @@ class Agent:
             self.terminations.preview_failed(job_id, trigger, f"internal error: {e!r}")
             return
         self.terminations.preview(job_id, trigger, before, after,
-                                  lambda: {name: cgroups.tree(path) for name, path in paths.items()})
+                                  lambda: {name: cgroups.tree(path) for name, path in paths.items()}, programmed)
 
     def stats_parts(self) -> dict:
         """The parts of the node's statistics report (stats.StatsReporter)."""
@@ -364,9 +470,11 @@ class Agent:
     def _restore(self, previous: Programmed, previous_policy: PolicyEntries) -> None:
         current = self.writer.read_programmed()
         policy = make_policy_plan(self.writer.read_policy(), previous_policy)
+        plan = make_plan(current, targets_of(previous))
         self.writer.execute_policy(policy.before)
-        self.writer.execute(make_plan(current, targets_of(previous)))
+        self.writer.execute(plan, late=False)
         self.writer.execute_policy(policy.after)
+        self.writer.execute_late(plan)
 
 
 @contextlib.contextmanager
@@ -395,6 +503,16 @@ def _node_state(version: int, services: Iterable[node_pb2.ServiceState], given: 
     return out
 
 
+def _added(overlay: Mapping) -> list:
+    """The targets of an overlay that are no service's: redirect tables and placeholders."""
+    return [t for t in overlay.values() if t.key.table or t.flags & SvcFlag.NOT_SERVICE]
+
+
+def _redirect_fields(state: node_pb2.NodeState) -> dict[str, str]:
+    """Redirect name -> its field in a whole state, for errors."""
+    return {r.name: f"redirects[{i}]" for i, r in enumerate(state.redirects)}
+
+
 def _frontend_ids(prog: Programmed):
     """The programmed id of a frontend key (None: not programmed)."""
     frontends = prog.frontends
@@ -420,7 +538,7 @@ def targets_of(prog: Programmed) -> dict:
         index = {b.id: i for i, b in enumerate(mine)}
         backends = tuple(BackendTarget(b.addr, b.port, b.state, 1) for b in mine)
         out[key] = FrontendTarget(fe.service, key, fe.selection, fe.affinity_timeout, backends,
-                                  tuple(index[s] for s in fe.slots if s in index))
+                                  tuple(index[s] for s in fe.slots if s in index), fe.flags)
     return out
 
 

@@ -61,6 +61,8 @@ POLICY_FRONTENDS_MAX = 131072
 POLICY_PREFIXES_MAX = 131072
 PORT_RULES_MAX = 16
 CGROUP_DEPTH_MAX = 16
+REDIRECT_EXEMPT_MAX = 65536
+CFG_F_EXEMPT_ONLY = 1  # PolicyCfg.flags: the workload entries serve redirect exemptions only
 # The family bit of a policy_prefixes key's set: IPv4 prefixes (and the
 # hooks' IPv4 and v4-mapped lookups) have it, IPv6 ones not; set ids stay below it.
 POL_SET_V4 = 1 << 31
@@ -76,12 +78,24 @@ class WorkloadFlag(enum.IntFlag):
     BYPASS = 1
 
 
+class Table(enum.IntEnum):
+    """Whose entries a services key holds (socklb_svc_key.table)."""
+    SERVICE = 0
+    REDIRECT = 1
+
+
+class SvcFlag(enum.IntFlag):
+    """socklb_svc_val.flags of a service-table master."""
+    REDIRECTED = 1   # a local redirect serves it: the hooks look up the redirect table
+    NOT_SERVICE = 2  # a placeholder for a redirect of an address that is no VIP
+
+
 class SvcKey(ct.Structure):
     _fields_ = [
         ("addr", U32x4),
         ("port", ct.c_uint16),
         ("proto", ct.c_uint8),
-        ("pad", ct.c_uint8),
+        ("table", ct.c_uint8),
         ("slot", ct.c_uint16),
         ("pad2", ct.c_uint16),
     ]
@@ -168,6 +182,10 @@ class Workload(ct.Structure):
     ]
 
 
+class ExemptKey(ct.Structure):
+    _fields_ = [("workload_id", ct.c_uint32), ("frontend_id", ct.c_uint32)]
+
+
 class PolicyFeKey(ct.Structure):
     _fields_ = [("set", ct.c_uint32), ("frontend_id", ct.c_uint32)]
 
@@ -203,7 +221,8 @@ class PolicyCfg(ct.Structure):
         ("cgroups", ct.c_uint32),
         ("min_level", ct.c_uint8),
         ("max_level", ct.c_uint8),
-        ("pad", ct.c_uint16),
+        ("flags", ct.c_uint8),
+        ("pad", ct.c_uint8),
     ]
 
 
@@ -444,6 +463,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_port_rule": PortRule,
     "socklb_policy_rules": PolicyRules,
     "socklb_policy_cfg": PolicyCfg,
+    "socklb_exempt_key": ExemptKey,
     "socklb_flow_rec": FlowRecord,
     "socklb_flow_count_key": FlowCountKey,
     "socklb_term_key": TermKey,
@@ -473,6 +493,8 @@ ENUMS: dict[str, tuple[type[enum.IntEnum], str]] = {
     "socklb_meta": (Meta, "SOCKLB_META_"),
     "socklb_policy_action": (PolicyAction, "SOCKLB_POL_"),
     "socklb_workload_flag": (WorkloadFlag, "SOCKLB_WL_"),
+    "socklb_table": (Table, "SOCKLB_TABLE_"),
+    "socklb_svc_flag": (SvcFlag, "SOCKLB_SVC_F_"),
     "socklb_term_mode": (TermMode, "SOCKLB_TERM_"),
     "socklb_term_kind": (TermKind, "SOCKLB_TERM_KIND_"),
     "socklb_dns_kind": (DnsKind, "SOCKLB_DNS_"),
@@ -494,6 +516,8 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_PORT_RULES_MAX": PORT_RULES_MAX,
     "SOCKLB_CGROUP_DEPTH_MAX": CGROUP_DEPTH_MAX,
     "SOCKLB_POL_SET_V4": POL_SET_V4,
+    "SOCKLB_REDIRECT_EXEMPT_MAX": REDIRECT_EXEMPT_MAX,
+    "SOCKLB_CFG_F_EXEMPT_ONLY": CFG_F_EXEMPT_ONLY,
     "SOCKLB_FLOW_COUNTS_MAX": FLOW_COUNTS_MAX,
     "SOCKLB_TERM_TARGETS_MAX": TERM_TARGETS_MAX,
     "SOCKLB_TERM_DSTS_MAX": TERM_DSTS_MAX,

@@ -118,6 +118,7 @@ def map_specs(cap: Capacity) -> dict[str, MapSpec]:
         "policy_prefixes": MapSpec(layout.PolicyPrefixKey, layout.PolicyRules, layout.POLICY_PREFIXES_MAX),
         "workload_denies": MapSpec(ct.c_uint32, ct.c_uint64, layout.WORKLOAD_IDS_MAX, percpu=True),
         "policy_cfg": MapSpec(ct.c_uint32, layout.PolicyCfg, 1),
+        "redirect_exempt": MapSpec(layout.ExemptKey, ct.c_uint32, layout.REDIRECT_EXEMPT_MAX),
         # Socket storage: no max_entries, no user-space key.
         "flows": MapSpec(ct.c_int, layout.Flow, 0),
     }

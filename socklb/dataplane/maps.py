@@ -21,11 +21,11 @@ from .writer import MapWriter, Master, Placement, group_policy, read_back
 
 def _svc_key(key: FrontendKey, slot: int) -> layout.SvcKey:
     return layout.SvcKey(addr=layout.pack_addr(key.addr), port=layout.port_be(key.port),
-                         proto=key.proto, slot=slot)
+                         proto=key.proto, table=key.table, slot=slot)
 
 
 def _frontend_key(k: layout.SvcKey) -> FrontendKey:
-    return FrontendKey(bytes(k.addr), layout.port_host(k.port), k.proto)
+    return FrontendKey(bytes(k.addr), layout.port_host(k.port), k.proto, k.table)
 
 
 def _prefix_key(set_id: int, prefix: Prefix) -> layout.PolicyPrefixKey:
@@ -51,8 +51,10 @@ def policy_entries(maps: Mapping[str, BpfMap]) -> PolicyEntries:
     prefixes = {key_prefix(k.prefixlen, k.set, bytes(k.addr)): _rules_back(v)
                 for k, v in maps["policy_prefixes"].items()}
     c = maps["policy_cfg"].lookup(ct.c_uint32(0))
-    cfg = PolicyCfg(c.cgroups, c.min_level, c.max_level) if c is not None else PolicyCfg()
-    return group_policy(workloads, verdicts, prefixes, cfg)
+    cfg = (PolicyCfg(c.cgroups, c.min_level, c.max_level, bool(c.flags & layout.CFG_F_EXEMPT_ONLY))
+           if c is not None else PolicyCfg())
+    exempt = [(k.workload_id, k.frontend_id) for k, _ in maps["redirect_exempt"].items()]
+    return group_policy(workloads, verdicts, prefixes, cfg, exempt)
 
 
 class BpfMapWriter(MapWriter):
@@ -70,6 +72,7 @@ class BpfMapWriter(MapWriter):
         self.policy_prefixes = maps["policy_prefixes"]
         self.policy_cfg = maps["policy_cfg"]
         self.workload_denies = maps["workload_denies"]
+        self.redirect_exempt = maps["redirect_exempt"]
         self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
 
     def placement(self) -> Placement:
@@ -82,7 +85,7 @@ class BpfMapWriter(MapWriter):
         for k, v in self.services.items():
             fk = _frontend_key(k)
             if k.slot == 0:
-                masters[fk] = Master(v.id, v.count, v.affinity_timeout, layout.Selection(v.selection))
+                masters[fk] = Master(v.id, v.count, v.affinity_timeout, layout.Selection(v.selection), v.flags)
             else:
                 slots.setdefault(fk, {})[k.slot] = v.id
         backends = [ProgrammedBackend(k.value, b.frontend_id, bytes(b.addr), layout.port_host(b.port), b.proto,
@@ -109,7 +112,7 @@ class BpfMapWriter(MapWriter):
     def put_master(self, key: FrontendKey, master: Master) -> None:
         self.services.update(_svc_key(key, 0), layout.SvcVal(
             id=master.id, count=master.count, affinity_timeout=master.affinity_timeout,
-            selection=int(master.selection)))
+            selection=int(master.selection), flags=master.flags))
 
     def delete_slot(self, key: FrontendKey, slot: int) -> None:
         self.services.delete(_svc_key(key, slot))
@@ -140,10 +143,17 @@ class BpfMapWriter(MapWriter):
         self.workloads.delete(ct.c_uint64(cgroup))
 
     def put_policy_cfg(self, cfg: PolicyCfg) -> None:
-        self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(cfg.cgroups, cfg.min_level, cfg.max_level))
+        self.policy_cfg.update(ct.c_uint32(0), layout.PolicyCfg(
+            cfg.cgroups, cfg.min_level, cfg.max_level, layout.CFG_F_EXEMPT_ONLY if cfg.exempt_only else 0))
 
     def reset_denies(self, workload_id: int) -> None:
         self.workload_denies.zero_percpu(ct.c_uint32(workload_id))
+
+    def put_exempt(self, workload_id: int, frontend_id: int) -> None:
+        self.redirect_exempt.update(layout.ExemptKey(workload_id, frontend_id), ct.c_uint32(1))
+
+    def delete_exempt(self, workload_id: int, frontend_id: int) -> None:
+        self.redirect_exempt.delete(layout.ExemptKey(workload_id, frontend_id))
 
     def workload_denied(self, ids) -> dict[int, int]:
         """Denials per workload id, summed over CPUs."""

@@ -6,12 +6,22 @@ Make-before-break: a slot is written only after the backend it names, a
 master entry only after its slots, and nothing is deleted before the entries
 pointing at it are gone. A connect() racing the update therefore always
 finds either the old or the new selection, never a dangling id.
+
+Local redirects (redirect_desired.py) are frontends of the redirect table
+with their own masters, slots and backends, planned like any other. Their
+redirect-table masters are written before the service masters (or
+placeholders) whose REDIRECTED flag sends connects to them, and deleted after
+the flag is cleared. A master that gains the flag is written without it in
+the plan's ops and with it in `late`, which the agent writes last, after the
+policy entries (the exempt workloads' entries and redirect_exempt) are in.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
+
+from .layout import SvcFlag
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,12 @@ class ProgrammedFrontend:
     affinity_timeout: int
     slots: tuple[int, ...]  # backend ids
     service: str = ""
+    flags: int = 0  # layout.SvcFlag
+
+    @property
+    def placeholder(self) -> bool:
+        """A redirect's stand-in for an address that is no service VIP."""
+        return bool(self.flags & SvcFlag.NOT_SERVICE)
 
 
 @dataclass
@@ -98,6 +114,9 @@ Op = PutBackend | PutSlot | PutMaster | DeleteSlot | DeleteMaster | DeleteBacken
 class Plan:
     ops: list[Op]
     result: Programmed
+    # Masters gaining SvcFlag.REDIRECTED, written after everything else
+    # (the ops write them without the flag).
+    late: list[Op] = field(default_factory=list)
 
     def count(self, kind: type) -> int:
         return sum(isinstance(o, kind) for o in self.ops)
@@ -127,6 +146,7 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     put_masters: list[Op] = []
     del_slots: list[Op] = []
     removed: list[Op] = []
+    late: list[Op] = []
     gone_backends: set[int] = set()
 
     for key in keys:
@@ -170,9 +190,16 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
         for i, be_id in enumerate(slots):
             if i >= len(old_slots) or old_slots[i] != be_id:
                 put_slots.append(PutSlot(key, i + 1, be_id))
-        fe = ProgrammedFrontend(fe_id, key, t.selection, t.affinity_timeout, slots, t.service)
+        fe = ProgrammedFrontend(fe_id, key, t.selection, t.affinity_timeout, slots, t.service, t.flags)
         if old is None or replace(old, service="") != replace(fe, service=""):
-            put_masters.append(PutMaster(fe))
+            gains = fe.flags & SvcFlag.REDIRECTED and not (old is not None and old.flags & SvcFlag.REDIRECTED)
+            if gains:
+                late.append(PutMaster(fe))
+                fe_now = replace(fe, flags=fe.flags & ~SvcFlag.REDIRECTED)
+                if old is None or replace(old, service="") != replace(fe_now, service=""):
+                    put_masters.append(PutMaster(fe_now))
+            else:
+                put_masters.append(PutMaster(fe))
         for i in range(len(slots), len(old_slots)):
             del_slots.append(DeleteSlot(key, i + 1))
         result.frontends[key] = fe
@@ -183,5 +210,8 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     for i in gone_backends:
         result.backends.pop(i, None)
     del_backends = [DeleteBackend(i) for i in sorted(gone_backends)]
+    # Redirect-table masters before service-table ones: a frontend's redirect
+    # exists before the flag that leads to it (keys sort by table last).
+    put_masters.sort(key=lambda op: -op.frontend.key.table)
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
-    return Plan(ops, result)
+    return Plan(ops, result, late)

@@ -4,7 +4,7 @@ what the policy maps hold. It plans (prepare) and the agent writes and then
 keeps the result (commit), so that the policy goes all or nothing together
 with the services of the same update.
 
-    step = policy.prepare(given, frontend_id, resolve=None)   # nothing written
+    step = policy.prepare(given, frontend_id, resolve=None)   # nothing written (resolve(): the cgroups alone)
     writer.execute_policy(step.plan.before); <services plan>; writer.execute_policy(step.plan.after)
     policy.commit(step)
 """
@@ -42,11 +42,10 @@ class PolicyPart:
         self.ids = Ids()
         self.programmed = programmed  # read back at start: entries of a previous agent
 
-    def prepare(self, given: NodePolicy, frontend_id: Callable[[FrontendKey], int | None],
-                resolve: Iterable[str] | None = None) -> PolicyStep:
-        """Plan the change to `given`. resolve: the workloads whose cgroups
-        to look up again (None: all); the others keep their last answer,
-        unless their cgroup path changed."""
+    def resolve(self, given: NodePolicy, resolve: Iterable[str] | None = None) -> dict[str, Cgroup | None]:
+        """Where each workload of `given` is on this node. resolve: the
+        workloads whose cgroups to look up again (None: all); the others
+        keep their last answer, unless their cgroup path changed."""
         again = set(given.specs) if resolve is None else set(resolve)
         resolved: dict[str, Cgroup | None] = {}
         for name, spec in given.specs.items():
@@ -55,6 +54,15 @@ class PolicyPart:
                 resolved[name] = self.cgroups.resolve(spec.cgroup)
             else:
                 resolved[name] = self.resolved[name]
+        return resolved
+
+    def prepare(self, given: NodePolicy, frontend_id: Callable[[FrontendKey], int | None],
+                resolve: Iterable[str] | None = None,
+                resolved: dict[str, Cgroup | None] | None = None) -> PolicyStep:
+        """Plan the change to `given`, with the cgroups `resolved` (None:
+        resolve(given, resolve))."""
+        if resolved is None:
+            resolved = self.resolve(given, resolve)
         ids, desired, fresh = desired_entries(given, resolved, frontend_id, self.ids, self.programmed)
         return PolicyStep(given, resolved, ids, make_policy_plan(self.programmed, desired, fresh))
 

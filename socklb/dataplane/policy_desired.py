@@ -7,7 +7,9 @@ should hold. Pure: no I/O; cgroups come resolved (workloads.py).
     ids, desired, fresh = desired_entries(policy, cgroups, frontend_id, ids, programmed)
     plan = policy_plan.make_policy_plan(programmed, desired, fresh)
 
-Redirects are kept (a node reports what it was given) but not programmed yet.
+Redirects are checked here and programmed in two parts: their frontends as
+targets of the services map's redirect table (redirect_desired.py), their
+exempt workloads as redirect_exempt entries (desired_entries).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from socklb.lb.names import check_name
 from socklb.lb.protocols import TCP, UDP
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
-from .layout import POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, WorkloadFlag
+from .layout import POL_SET_V4, WORKLOAD_CGROUPS_MAX, WORKLOAD_IDS_MAX, PolicyAction, Table, WorkloadFlag
 from .policy_plan import PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
+from .redirect_desired import check_redirect_targets
 from .workloads import Cgroup
 
 ACTIONS = {policy_pb2.ACTION_ALLOW: PolicyAction.ALLOW, policy_pb2.ACTION_DENY: PolicyAction.DENY}
@@ -152,6 +155,9 @@ def compile_set(ps: node_pb2.PolicySetState, field: str) -> CompiledSet:
 
 def check_redirect(r: node_pb2.RedirectState, field: str) -> None:
     check_name(r.name, f"{field}.name")
+    check_redirect_targets(r, field)
+    for i, name in enumerate(r.exempt):
+        check_name(name, f"{field}.exempt[{i}]")
 
 
 # --- the whole policy -------------------------------------------------------------
@@ -201,6 +207,13 @@ def _check_whole(d: _Draft, removed_sets: Mapping[str, str] = _EMPTY) -> None:
     if prefixes > limits.MAX_PREFIXES_PER_NODE:
         raise InvalidState("policy_sets", f"{prefixes} prefixes over all sets; a node takes at most "
                                           f"{limits.MAX_PREFIXES_PER_NODE}")
+    redirected: dict = {}
+    for name in sorted(d.redirects, key=lambda n: ("redirects", n) in d.where):
+        f = d.field_of("redirects", name)
+        for key, _ in check_redirect_targets(d.redirects[name], f):
+            if key in redirected:
+                raise InvalidState(f"{f}.frontends", f"frontend {key} is already redirected by {redirected[key]!r}")
+            redirected[key] = name
     cgroups: dict[str, str] = {}
     # Untouched workloads first, so that a clash is blamed on what the update brings.
     for name in sorted(d.specs, key=lambda n: ("workloads", n) in d.where):
@@ -410,9 +423,11 @@ def desired_entries(policy: NodePolicy, cgroups: Mapping[str, Cgroup | None],
     for name, sid in sids.items():
         out.frontends[sid] = verdicts[name]
         out.prefixes[sid] = policy.sets[name].prefixes
-    if any(e.policy_set or e.flags for e in out.workloads.values()):
+    out.exempt = _exempt(policy, found, wids, frontend_id)
+    restricts = any(e.policy_set or e.flags for e in out.workloads.values())
+    if out.exempt or restricts:
         levels = [specs[n].level for n in found]
-        out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels))
+        out.cfg = PolicyCfg(len(out.workloads), min(levels), max(levels), exempt_only=not restricts)
     return Ids(MappingProxyType(wids), MappingProxyType(sids)), out, fresh
 
 
@@ -432,6 +447,22 @@ def _left_while_edited(held: Mapping[str, int], owner: Mapping[int, str], specs:
             left.add(name)
     return {n for n in left if programmed.frontends.get(held[n], {}) != verdicts[n]
             or programmed.prefixes.get(held[n], {}) != sets[n].prefixes}
+
+
+def _exempt(policy: NodePolicy, found: Mapping[str, Cgroup], wids: Mapping[str, int],
+            frontend_id: Callable[[FrontendKey], int | None]) -> frozenset[tuple[int, int]]:
+    """(workload id, redirect frontend id) of each exempt workload found on
+    this node and each programmed redirect-table frontend of its redirect."""
+    out = set()
+    for r in policy.redirects.values():
+        workloads = [wids[n] for n in r.exempt if n in found]
+        if not workloads:
+            continue
+        for fe in r.frontends:
+            fid = frontend_id(frontend_key(fe, "").in_table(Table.REDIRECT))
+            if fid is not None:
+                out.update((w, fid) for w in workloads)
+    return frozenset(out)
 
 
 def _verdicts(s: CompiledSet, frontend_id: Callable[[FrontendKey], int | None]) -> dict[int, PolicyAction]:

@@ -26,7 +26,7 @@ from .maps import policy_entries
 from .policy_desired import cgroup_path
 from .policy_plan import PolicyEntries, Rules
 
-POLICY_MAPS = ("workloads", "policy_frontends", "policy_prefixes", "policy_cfg", "workload_denies")
+POLICY_MAPS = ("workloads", "policy_frontends", "policy_prefixes", "policy_cfg", "workload_denies", "redirect_exempt")
 
 
 def read_pinned(pin_dir: Path) -> tuple[PolicyEntries, Callable[[int], int]]:
@@ -94,7 +94,8 @@ def workloads_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mappi
              for cg, e in sorted(entries.workloads.items()) if cg not in seen]
     cfg = entries.cfg
     return {"workloads": out, "unnamedEntries": stray,
-            "config": {"cgroups": cfg.cgroups, "minLevel": cfg.min_level, "maxLevel": cfg.max_level}}
+            "config": {"cgroups": cfg.cgroups, "minLevel": cfg.min_level, "maxLevel": cfg.max_level,
+                       "exemptOnly": cfg.exempt_only}}
 
 
 def _rules_text(rules: Rules) -> list[str]:
@@ -105,7 +106,8 @@ def _rules_text(rules: Rules) -> list[str]:
 def policy_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int],
                 frontends: node_pb2.DumpServicesResponse) -> dict:
     """Per programmed set: its name, the workloads using it, its frontend
-    verdicts (frontend ids named) and its prefixes with their rules."""
+    verdicts (frontend ids named) and its prefixes with their rules; then
+    the redirect exemptions (workload, redirect frontend)."""
     names = set_names(state, entries, ids)
     users: dict[int, list[str]] = {}
     for w in state.workloads:
@@ -113,20 +115,28 @@ def policy_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[
         if e is not None and e.policy_set:
             users.setdefault(e.policy_set, []).append(w.name)
     fe = {f.id: f for f in frontends.frontends}
+
+    def named(fid: int) -> dict:
+        f = fe.get(fid)
+        where = (f"{join_host_port(f.frontend.address, f.frontend.port)}/"
+                 f"{name_of(PROTOCOLS[f.frontend.protocol])}" if f is not None else "")
+        return {"frontendId": fid, "service": f.service if f is not None else "", "frontend": where}
     out = []
     for sid in sorted(entries.set_ids()):
         verdicts = []
         for fid, action in sorted(entries.frontends.get(sid, {}).items()):
-            f = fe.get(fid)
-            where = (f"{join_host_port(f.frontend.address, f.frontend.port)}/"
-                     f"{name_of(PROTOCOLS[f.frontend.protocol])}" if f is not None else "")
-            verdicts.append({"frontendId": fid, "service": f.service if f is not None else "", "frontend": where,
-                             "action": action.name})
+            verdicts.append(named(fid) | {"action": action.name})
         prefixes = [{"prefix": prefix_text(*p), "rules": _rules_text(r)}
                     for p, r in sorted(entries.prefixes.get(sid, {}).items(), key=lambda i: (-i[0][1], i[0][0]))]
         out.append({"setId": sid, "name": names.get(sid, ""), "workloads": sorted(users.get(sid, [])),
                     "frontends": verdicts, "prefixes": prefixes})
-    return {"policySets": out}
+    # Redirect exemptions: the local workloads that still reach the service
+    # (the frontend named is the redirect table's, service "redirect:<name>").
+    workload_of = {e.id: w.name for w in state.workloads
+                   if (e := entries.workloads.get(ids.get(w.name, -1))) is not None}
+    exempt = [{"workloadId": wid, "workload": workload_of.get(wid, "")} | named(fid)
+              for wid, fid in sorted(entries.exempt)]
+    return {"policySets": out, "redirectExemptions": exempt}
 
 
 __all__ = ["cgroup_ids", "policy_view", "read_pinned", "workloads_view"]

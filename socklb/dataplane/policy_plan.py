@@ -8,6 +8,7 @@ The entries (bpf/socklb.h has the maps):
     frontends   set id -> frontend id -> action            (policy_frontends)
     prefixes    set id -> (address, length) -> port rules  (policy_prefixes, an LPM trie)
     cfg         PolicyCfg: which cgroup levels the hooks walk, or none
+    exempt      {(workload id, redirect frontend id)}           (redirect_exempt)
 
 Order, so that at every moment each workload is decided by its old policy or
 by its new one, never by a mix that denies what both allow:
@@ -25,6 +26,11 @@ by its new one, never by a mix that denies what both allow:
    workload ids given to new workloads reset; the workload entries, each
    switching at once from a complete old set to a complete new one;
 5. the sets no one uses any more; the config as it ends.
+
+Redirect exemptions are written in step 1 and deleted in step 5: the agent
+writes the masters that turn a redirect on after step 5 and those that turn
+it off before step 1 (plan.Plan.late), so an exempt workload is found, and
+exempt, whenever its redirect is on.
 
 A set edited in place is in between during steps 1-3, each lookup getting
 its old or its new verdict: right for the workloads that stay on it, not for
@@ -61,9 +67,12 @@ class WorkloadEntry:
 
 @dataclass(frozen=True)
 class PolicyCfg:
-    cgroups: int = 0  # workload entries; 0 when none restricts or bypasses (the hooks skip the lookups)
+    cgroups: int = 0  # workload entries; 0 when none restricts, bypasses or is exempt (the hooks skip the lookups)
     min_level: int = 0
     max_level: int = 0
+    # None restricts or bypasses: the hooks look workloads up for a redirected
+    # frontend only (its exemptions), a connect to any other costs nothing more.
+    exempt_only: bool = False
 
     def widened(self, other: PolicyCfg) -> PolicyCfg:
         """Lets the hooks find the workloads of both."""
@@ -72,7 +81,7 @@ class PolicyCfg:
         if not other.cgroups:
             return self
         return PolicyCfg(max(self.cgroups, other.cgroups), min(self.min_level, other.min_level),
-                         max(self.max_level, other.max_level))
+                         max(self.max_level, other.max_level), self.exempt_only and other.exempt_only)
 
 
 @dataclass
@@ -83,6 +92,7 @@ class PolicyEntries:
     frontends: dict[int, Mapping[int, PolicyAction]] = field(default_factory=dict)
     prefixes: dict[int, Mapping[Prefix, Rules]] = field(default_factory=dict)
     cfg: PolicyCfg = PolicyCfg()
+    exempt: frozenset[tuple[int, int]] = frozenset()  # (workload id, redirect frontend id)
 
     def set_ids(self) -> set[int]:
         """Every set id the entries use."""
@@ -90,7 +100,7 @@ class PolicyEntries:
                 | set(self.frontends) | set(self.prefixes))
 
     def workload_ids(self) -> set[int]:
-        return {e.id for e in self.workloads.values()}
+        return {e.id for e in self.workloads.values()} | {w for w, _ in self.exempt}
 
 
 # --- operations ---------------------------------------------------------------
@@ -142,7 +152,20 @@ class ResetDenies:
     id: int
 
 
-PolicyOp = PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload | DeleteWorkload | PutCfg | ResetDenies
+@dataclass(frozen=True)
+class PutExempt:
+    workload_id: int
+    frontend_id: int
+
+
+@dataclass(frozen=True)
+class DeleteExempt:
+    workload_id: int
+    frontend_id: int
+
+
+PolicyOp = (PutVerdict | DeleteVerdict | PutPrefix | DeletePrefix | PutWorkload | DeleteWorkload | PutCfg | ResetDenies
+            | PutExempt | DeleteExempt)
 
 
 @dataclass
@@ -194,11 +217,13 @@ def make_policy_plan(current: PolicyEntries, desired: PolicyEntries, fresh_ids=f
             after.append(PutWorkload(cg, entry))
     after.extend(DeleteWorkload(cg) for cg in current.workloads if cg not in desired.workloads)
     after.extend(gone)
+    after.extend(DeleteExempt(*e) for e in sorted(current.exempt - desired.exempt))
     if desired.cfg != wide:
         after.append(PutCfg(desired.cfg))
-    return PolicyPlan([*prefix_puts, *verdict_puts], after, desired)
+    exempt_puts = [PutExempt(*e) for e in sorted(desired.exempt - current.exempt)]
+    return PolicyPlan([*prefix_puts, *verdict_puts, *exempt_puts], after, desired)
 
 
-__all__ = ["DeletePrefix", "DeleteVerdict", "DeleteWorkload", "PolicyCfg", "PolicyEntries", "PolicyOp",
-           "PolicyPlan", "PortRule", "Prefix", "PutCfg", "PutPrefix", "PutVerdict", "PutWorkload",
-           "ResetDenies", "Rules", "WorkloadEntry", "make_policy_plan"]
+__all__ = ["DeleteExempt", "DeletePrefix", "DeleteVerdict", "DeleteWorkload", "PolicyCfg", "PolicyEntries",
+           "PolicyOp", "PolicyPlan", "PortRule", "Prefix", "PutCfg", "PutExempt", "PutPrefix", "PutVerdict",
+           "PutWorkload", "ResetDenies", "Rules", "WorkloadEntry", "make_policy_plan"]

@@ -6,7 +6,10 @@ Triggers:
   - an explicit request (admin API, or the control plane's TerminateCommand);
   - a policy change (after_policy_change; policyjobs.py): the open sockets of
     the workloads it concerns that the new state denies, whatever they are
-    connected to; its dry run, against a state not applied, only lists them.
+    connected to; its dry run, against a state not applied, only lists them;
+  - a local redirect created (redirectjobs.py, the agent submits the job):
+    the open sockets of its frontends that do not go to the local workloads;
+    one deleted: the flows of its redirect-table frontend (removed_targets).
 TerminationService runs the work on one worker thread, after the maps were
 updated, so applying and acknowledging a state never waits for it, and a
 client that reconnects is balanced to a live backend; what a policy job takes
@@ -33,8 +36,10 @@ from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
-from .plan import DeleteBackend, DeleteMaster, Plan
+from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
 from .policyjobs import TRIGGER as POLICY, PolicyJob, PolicyRun, policy_job, run_policy_job
+from .redirect_desired import TRIGGER as REDIRECT, redirect_name
+from .redirectjobs import RedirectJob, RedirectRun, preview_job, preview_keep, run_redirect_job
 from .termtypes import Target
 
 log = logging.getLogger(__name__)
@@ -66,9 +71,10 @@ class Job:
         return not self.targets
 
 
-def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int) -> list[Job]:
+def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, version: int,
+                    suffix: str = "") -> list[Job]:
     """Jobs for the flows a plan orphans: one per service, trigger by cause.
-    before: the state the plan started from."""
+    before: the state the plan started from; suffix: of the jobs' ids."""
     gone_frontends = {op.key for op in plan.ops if isinstance(op, DeleteMaster)}
     gone_backends = [op.id for op in plan.ops if isinstance(op, DeleteBackend)]
     if not gone_frontends and not gone_backends:
@@ -76,6 +82,8 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
     per_service: dict[str, dict] = {}
     for key in gone_frontends:
         fe = before.programmed.frontends[key]
+        if fe.placeholder:
+            continue  # a redirect's stand-in for an address: it never translated anything
         per_service.setdefault(fe.service, {})[Target.frontend(fe.id)] = (str(key), 0)
     keep = {s.name: {_norm(k.address, k.port) for k in s.keep_flows} for s in state.services if s.keep_flows}
     for backend_id in gone_backends:
@@ -95,8 +103,15 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
         if any(target.backend_id == 0 for target in t):
             return None
         return tuple(sorted(t.values()))
-    return [Job(id=f"v{version}-{svc}", service=svc,
-                trigger="backend-removed" if svc in names else "service-removed",
+    def trigger(svc: str) -> str:
+        if redirect_name(svc) is not None:
+            return REDIRECT  # a redirect left (or a local workload of it): its flows move back
+        return "backend-removed" if svc in names else "service-removed"
+
+    def job_id(svc: str) -> str:
+        r = redirect_name(svc)
+        return (f"v{version}-{svc}" if r is None else f"v{version}-{REDIRECT}-{r}") + suffix
+    return [Job(id=job_id(svc), service=redirect_name(svc) or svc, trigger=trigger(svc),
                 dry_run=False, targets=tuple(sorted(t)), names=t, dsts=dsts(t))
             for svc, t in sorted(per_service.items())]
 
@@ -181,28 +196,13 @@ def to_report(job: Job, node: str, rep=None, error: str = "") -> node_pb2.Termin
 class PreviewJob(PolicyJob):
     """The policy job of a preview (PreviewPolicy, PreviewLocalRedirect): a
     dry run against a policy part the node was sent and never applies,
-    reported under the preview's trigger, naming what it did not judge."""
+    reported under the preview's trigger."""
 
     preview_trigger: str = POLICY
-    not_evaluated: tuple[str, ...] = ()
 
     @property
     def trigger(self) -> str:  # type: ignore[override]
         return self.preview_trigger
-
-
-def unevaluated_redirects(before: node_pb2.NodeState, after: node_pb2.NodeState) -> list[str]:
-    """The seam of a redirect preview: the local redirects that differ
-    between `before` (applied) and `after` (previewed) and that this node's
-    dry run does not judge, each "local redirect 'name': why" (the report's
-    not_evaluated). Redirect terminations (trigger local-redirect) are not
-    built on the node yet, so that is every redirect that differs; once
-    they are, their dry run joins the preview's job (Terminations.preview)
-    and this returns what it still cannot judge."""
-    old = {r.name: r for r in before.redirects}
-    new = {r.name: r for r in after.redirects}
-    return [f"local redirect {name!r}: this node does not judge redirect changes yet"
-            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
 
 
 def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
@@ -210,35 +210,55 @@ def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
     """The report of a policy job: found = the open sockets its state denies
     (still open when they were destroyed), per destination as judged (in
     `backends`: a frontend's VIP, else the peer), and the sockets (their
-    real peers). Why each was denied is in PolicyRun.condemned and the log:
-    TerminationReport has no field for it."""
+    real peers), each with its workload and why the new state denies it."""
     out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
-    if isinstance(job, PreviewJob):
-        out.not_evaluated.extend(job.not_evaluated)
     if run is None:
         return out
-    out.method = run.method
-    out.duration_seconds = run.duration
-    out.namespaces = run.listing.netns_scanned
-    results = run.destroyed.results if run.destroyed is not None else {}
-    condemned = run.condemned if job.dry_run else [c for c in run.condemned if c.socket.cookie in results]
+    _cookie_report(out, job.dry_run, run.method, run.duration, run.listing.netns_scanned, run.destroyed,
+                   [(c.socket, c.address, c.port, c) for c in run.condemned])
+    return out
+
+
+def redirect_report(job: RedirectJob, node: str, run: RedirectRun | None = None,
+                    error: str = "") -> node_pb2.TerminationReport:
+    """The report of a redirect creation's job: found = the sockets it took
+    over (still open when they were destroyed), per destination as the
+    application addressed it (the frontend), and the sockets."""
+    out = _report(job.id, job.service, job.trigger, job.dry_run, node, error)
+    if run is None:
+        return out
+    _cookie_report(out, job.dry_run, run.method, run.duration, run.listing.netns_scanned, run.destroyed,
+                   [(s, *run.destination(s), None) for s in run.chosen])
+    return out
+
+
+def _cookie_report(out: node_pb2.TerminationReport, dry_run: bool, method: str, duration: float, namespaces: int,
+                   destroyed, chosen: list) -> None:
+    """Fill a report of sockets chosen from a listing and destroyed by
+    cookie: chosen = (ListedSocket, destination address, port, the policy's
+    Condemned or None) each."""
+    out.method = method
+    out.duration_seconds = duration
+    out.namespaces = namespaces
+    results = destroyed.results if destroyed is not None else {}
+    if not dry_run:
+        chosen = [c for c in chosen if c[0].cookie in results]
     per_destination: dict[tuple[str, int], list[int]] = {}
-    for c in condemned:
-        result = results.get(c.socket.cookie)
-        acc = per_destination.setdefault((c.address, c.port), [0, 0])
+    for s, address, port, _ in chosen:
+        result = results.get(s.cookie)
+        acc = per_destination.setdefault((address, port), [0, 0])
         acc[0] += 1
         acc[1] += result == 0
         out.destroyed += result == 0
         out.failed += result is not None and result != 0
-    out.found = len(condemned)
-    for (addr, port), (found, destroyed) in sorted(per_destination.items()):
-        out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=destroyed))
-    for c in condemned[:MAX_DRY_RUN_SOCKETS if job.dry_run else MAX_REPORTED_SOCKETS]:
-        s = c.socket
+    out.found = len(chosen)
+    for (addr, port), (found, n) in sorted(per_destination.items()):
+        out.backends.append(node_pb2.BackendTermination(address=addr, port=port, found=found, destroyed=n))
+    for s, _, _, why in chosen[:MAX_DRY_RUN_SOCKETS if dry_run else MAX_REPORTED_SOCKETS]:
         ts = _socket_pb(s.netns, s.cookie, s.protocol, s.state, s.source, s.destination, results.get(s.cookie))
-        ts.workload, ts.reason = c.workload, c.reason
+        if why is not None:  # a policy's condemned socket: whose it is and why
+            ts.workload, ts.reason = why.workload, why.reason
         out.sockets.append(ts)
-    return out
 
 
 class Terminations(ABC):
@@ -258,9 +278,10 @@ class Terminations(ABC):
         """The last 100 reports, oldest first."""
         return list(self._recent)
 
-    def after_apply(self, before: Index, plan: Plan, state: node_pb2.NodeState) -> None:
-        """Terminate the flows a plan orphaned (before: the state it started from)."""
-        for job in removed_targets(before, plan, state, state.version):
+    def after_apply(self, before: Index, plan: Plan, state: node_pb2.NodeState, suffix: str = "") -> None:
+        """Terminate the flows a plan orphaned (before: the state it started
+        from; suffix: of the jobs' ids, for a change of the node's own)."""
+        for job in removed_targets(before, plan, state, state.version, suffix):
             self.submit(job)
 
     def after_policy_change(self, before: node_pb2.NodeState, after: node_pb2.NodeState,
@@ -291,32 +312,36 @@ class Terminations(ABC):
         return None
 
     def preview(self, job_id: str, trigger: str, before: node_pb2.NodeState, after: node_pb2.NodeState,
-                cgroup_ids: Callable[[], Mapping[str, Iterable[int]]]) -> None:
-        """The dry run of a preview: on the worker, list the open sockets of
-        the workloads whose policy differs from `before` (applied) to
-        `after` (a policy part the node was sent, checked, never applied)
-        that `after` denies; destroy nothing. cgroup_ids() (called there):
-        as for after_policy_change. Always reported, under `trigger` and
-        `job_id`: nothing found, the sockets, or the error that stopped it;
-        what it does not judge is named (unevaluated_redirects)."""
+                cgroup_ids: Callable[[], Mapping[str, Iterable[int]]], programmed: Programmed) -> None:
+        """The dry run of a preview: on the worker, list the open sockets that
+        going from `before` (applied; `programmed` holds it) to `after` (a
+        policy part the node was sent, checked, never applied) would end;
+        destroy nothing. A change of redirects: the sockets the redirects
+        that start would take over and the flows of those that end
+        (redirectjobs.preview_job); else those of the workloads whose policy
+        differs that `after` denies. cgroup_ids() (called there): as for
+        after_policy_change. Always reported, under `trigger` and `job_id`:
+        nothing found, the sockets, or the error that stopped it."""
         def work() -> None:
-            missed = tuple(unevaluated_redirects(before, after))
             try:
-                job = policy_job(job_id, before, after, cgroup_ids(), dry_run=True)
+                ids = cgroup_ids()
+                keep = {cg for name in preview_keep(before, after) for cg in ids.get(name, ())}
+                moved = preview_job(job_id, before, after, programmed, keep)
+                job = moved if moved is not None else policy_job(job_id, before, after, ids, dry_run=True)
             except Exception as e:  # noqa: BLE001 - the control plane is told, not left waiting
                 log.warning("preview %s: cannot judge: %s", job_id, e)
-                self.preview_failed(job_id, trigger, f"cannot judge the preview: {e}", missed)
+                self.preview_failed(job_id, trigger, f"cannot judge the preview: {e}")
                 return
-            scopes = job.workloads if job is not None else ()
-            self.run_later(PreviewJob(job_id, True, scopes, job.evaluator if job is not None else None,
-                                      job.frontends if job is not None else {}, preview_trigger=trigger,
-                                      not_evaluated=missed))
+            if job is None:  # nothing on this node to look at: reported as such
+                job = PreviewJob(job_id, True, (), None, {}, preview_trigger=trigger)
+            elif isinstance(job, PolicyJob):
+                job = PreviewJob(job_id, True, job.workloads, job.evaluator, job.frontends, preview_trigger=trigger)
+            self.run_later(job)
         self.later(work)
 
-    def preview_failed(self, job_id: str, trigger: str, error: str, not_evaluated: Iterable[str] = ()) -> None:
+    def preview_failed(self, job_id: str, trigger: str, error: str) -> None:
         """Report a preview this node cannot run (dry run, nothing found)."""
         report = _report(job_id, "", trigger, True, self.node, error)
-        report.not_evaluated.extend(not_evaluated)
         self._remember(report)
         self._tell(report)
 
@@ -417,16 +442,19 @@ class TerminationService(Terminations):
                 done.put(report)
             self._tell(report)
 
-    def _execute(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
+    def _execute(self, job: Job | PolicyJob | RedirectJob) -> node_pb2.TerminationReport:
         policy = isinstance(job, PolicyJob)
-        build = policy_report if policy else to_report
+        build = _builder(job)
         t = self._terminator
         if job.empty:
             return build(job, self.node, None)
         if t is None:
             return build(job, self.node, None, error=f"cannot terminate: {self._unavailable}")
         try:  # a failed run must not kill the worker
-            if policy:
+            if isinstance(job, RedirectJob):
+                run = run_redirect_job(t, job)
+                report, summary = redirect_report(job, self.node, run), run.summary()
+            elif policy:
                 run = run_policy_job(t, job)
                 report, summary = policy_report(job, self.node, run), run.summary()
                 _log_condemned(job, run)
@@ -481,7 +509,7 @@ class MemoryTerminations(Terminations):
 
     def run_now(self, job: Job | PolicyJob) -> node_pb2.TerminationReport:
         self.jobs.append(job)
-        report = (policy_report if isinstance(job, PolicyJob) else to_report)(job, self.node, None, error=self.WHY)
+        report = _builder(job)(job, self.node, None, error=self.WHY)
         self._remember(report)
         self._tell(report)
         return report
@@ -529,9 +557,20 @@ def _traced(job: Job | PolicyJob) -> Job | PolicyJob:
     return replace(job, trace_context=carrier) if carrier else job
 
 
-def _start_span(job: Job | PolicyJob):
-    size = ({"socklb.workloads": len(job.workloads)} if isinstance(job, PolicyJob)
-            else {"socklb.targets": len(job.targets)})
+def _builder(job):
+    """The report builder of a job's kind."""
+    if isinstance(job, RedirectJob):
+        return redirect_report
+    return policy_report if isinstance(job, PolicyJob) else to_report
+
+
+def _start_span(job: Job | PolicyJob | RedirectJob):
+    if isinstance(job, PolicyJob):
+        size = {"socklb.workloads": len(job.workloads)}
+    elif isinstance(job, RedirectJob):
+        size = {"socklb.targets": len(job.frontend_ids) + len(job.addresses)}
+    else:
+        size = {"socklb.targets": len(job.targets)}
     return tracing.TRACER.start_span("terminate", context=tracing.extract(job.trace_context), attributes={
         "socklb.termination": job.id, "socklb.service": job.service, "socklb.trigger": job.trigger,
         "socklb.dry_run": job.dry_run, **size})
@@ -548,4 +587,4 @@ def _end_span(span, report: node_pb2.TerminationReport) -> None:
 
 
 __all__ = ["Job", "MemoryTerminations", "PreviewJob", "TerminationService", "Terminations", "policy_report",
-           "removed_targets", "request_job", "to_report", "unevaluated_redirects"]
+           "redirect_report", "removed_targets", "request_job", "to_report"]

@@ -3,7 +3,7 @@ keeps the maps in memory.
 
     writer.read_programmed()     # what the maps hold, as plan.Programmed
     writer.read_version()        # the version last written with write_version
-    writer.execute(plan)         # the plan's ops, in order
+    writer.execute(plan)         # the plan's ops, in order (late=False: execute_late(plan) writes the rest)
     writer.write_version(v)
     writer.limits                # what the maps can hold (desired.Limits)
     writer.placement()           # where the maps live (node info)
@@ -28,8 +28,9 @@ from .desired import Limits
 from .layout import Meta, PolicyAction
 from .plan import (DeleteBackend, DeleteMaster, DeleteSlot, Plan, Programmed, ProgrammedBackend,
                    ProgrammedFrontend, PutBackend, PutMaster, PutSlot)
-from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyCfg, PolicyEntries, PolicyOp, Prefix,
-                          PutCfg, PutPrefix, PutVerdict, PutWorkload, ResetDenies, Rules, WorkloadEntry)
+from .policy_plan import (DeleteExempt, DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyCfg, PolicyEntries,
+                          PolicyOp, Prefix, PutCfg, PutExempt, PutPrefix, PutVerdict, PutWorkload, ResetDenies, Rules,
+                          WorkloadEntry)
 
 
 class Placement(NamedTuple):
@@ -49,6 +50,7 @@ class Master(NamedTuple):
     count: int  # slots 1..count hold the selection table
     affinity_timeout: int
     selection: Selection
+    flags: int = 0  # layout.SvcFlag
 
 
 class MapWriter(ABC):
@@ -72,12 +74,22 @@ class MapWriter(ABC):
     def write_version(self, version: int) -> None:
         self.set_meta(Meta.VERSION, version)
 
-    def execute(self, plan: Plan) -> None:
-        """Write the plan's ops in order (plan.py says why that order)."""
+    def execute(self, plan: Plan, late: bool = True) -> None:
+        """Write the plan's ops in order (plan.py says why that order), then
+        its late ops unless late=False (then execute_late writes them)."""
         # Ids first, so that a crash mid-plan never lets an id be handed out twice.
         self.set_meta(Meta.NEXT_FRONTEND_ID, plan.result.next_frontend_id)
         self.set_meta(Meta.NEXT_BACKEND_ID, plan.result.next_backend_id)
-        for op in plan.ops:  # by type, not `match`: a full state is 100k+ ops, a class pattern costs 4x
+        self._execute_ops(plan.ops)
+        if late:
+            self.execute_late(plan)
+
+    def execute_late(self, plan: Plan) -> None:
+        """The masters that gain the REDIRECTED flag (Plan.late)."""
+        self._execute_ops(plan.late)
+
+    def _execute_ops(self, ops) -> None:
+        for op in ops:  # by type, not `match`: a full state is 100k+ ops, a class pattern costs 4x
             kind = type(op)
             if kind is PutSlot:
                 self.put_slot(op.key, op.slot, op.backend_id)
@@ -85,7 +97,7 @@ class MapWriter(ABC):
                 self.put_backend(op.backend)
             elif kind is PutMaster:
                 fe = op.frontend
-                self.put_master(fe.key, Master(fe.id, len(fe.slots), fe.affinity_timeout, fe.selection))
+                self.put_master(fe.key, Master(fe.id, len(fe.slots), fe.affinity_timeout, fe.selection, fe.flags))
             elif kind is DeleteSlot:
                 self.delete_slot(op.key, op.slot)
             elif kind is DeleteMaster:
@@ -115,6 +127,10 @@ class MapWriter(ABC):
                 self.put_policy_cfg(op.cfg)
             elif kind is ResetDenies:
                 self.reset_denies(op.id)
+            elif kind is PutExempt:
+                self.put_exempt(op.workload_id, op.frontend_id)
+            elif kind is DeleteExempt:
+                self.delete_exempt(op.workload_id, op.frontend_id)
             else:
                 raise TypeError(f"unknown policy op {op!r}")
 
@@ -170,6 +186,12 @@ class MapWriter(ABC):
     def reset_denies(self, workload_id: int) -> None:
         """Zero a workload id's denial counters (the id goes to a new workload)."""
 
+    @abstractmethod
+    def put_exempt(self, workload_id: int, frontend_id: int) -> None: ...
+
+    @abstractmethod
+    def delete_exempt(self, workload_id: int, frontend_id: int) -> None: ...
+
 
 def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey, Mapping[int, int]],
               backends: Iterable[ProgrammedBackend], next_frontend_id: int, next_backend_id: int) -> Programmed:
@@ -180,7 +202,8 @@ def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey,
     for fk, m in masters.items():
         s = slots.get(fk, {})
         table = tuple(s.get(i, 0) for i in range(1, m.count + 1))
-        prog.frontends[fk] = ProgrammedFrontend(m.id, fk, Selection(m.selection), m.affinity_timeout, table)
+        prog.frontends[fk] = ProgrammedFrontend(m.id, fk, Selection(m.selection), m.affinity_timeout, table,
+                                                flags=m.flags)
     for b in backends:
         prog.backends[b.id] = b
     prog.reindex()
@@ -190,9 +213,10 @@ def read_back(masters: Mapping[FrontendKey, Master], slots: Mapping[FrontendKey,
 
 
 def group_policy(workloads: Mapping[int, WorkloadEntry], verdicts: Mapping[tuple[int, int], PolicyAction],
-                 prefixes: Mapping[tuple[int, Prefix], Rules], cfg: PolicyCfg) -> PolicyEntries:
+                 prefixes: Mapping[tuple[int, Prefix], Rules], cfg: PolicyCfg,
+                 exempt: Iterable[tuple[int, int]] = ()) -> PolicyEntries:
     """The PolicyEntries that map entries stand for (entries keyed by set id)."""
-    out = PolicyEntries(dict(workloads), cfg=cfg)
+    out = PolicyEntries(dict(workloads), cfg=cfg, exempt=frozenset(exempt))
     for (sid, fe), action in verdicts.items():
         out.frontends.setdefault(sid, {})[fe] = action
     for (sid, prefix), rules in prefixes.items():
@@ -208,7 +232,8 @@ class MemoryMapWriter(MapWriter):
     key), `backends` (id -> ProgrammedBackend) and `meta` (layout.Meta ->
     value), the policy maps from `workloads` (cgroup id -> WorkloadEntry),
     `verdicts` ((set, frontend id) -> action), `prefixes` ((set, prefix) ->
-    rules), `policy_cfg` and `denies` (workload id -> count: tests set it),
+    rules), `policy_cfg`, `exempt` ({(workload id, redirect frontend id)}) and
+    `denies` (workload id -> count: tests set it),
     or as a whole with read_programmed() and read_policy()."""
 
     def __init__(self, limits: Limits = Limits()):
@@ -221,6 +246,7 @@ class MemoryMapWriter(MapWriter):
         self.prefixes: dict[tuple[int, Prefix], Rules] = {}
         self.policy_cfg = PolicyCfg()
         self.denies: dict[int, int] = {}
+        self.exempt: set[tuple[int, int]] = set()
 
     def read_programmed(self) -> Programmed:
         masters = {key: entries[0] for key, entries in self.services.items() if 0 in entries}
@@ -256,7 +282,7 @@ class MemoryMapWriter(MapWriter):
         self.backends.pop(backend_id, None)
 
     def read_policy(self) -> PolicyEntries:
-        return group_policy(self.workloads, self.verdicts, self.prefixes, self.policy_cfg)
+        return group_policy(self.workloads, self.verdicts, self.prefixes, self.policy_cfg, self.exempt)
 
     def put_verdict(self, set_id: int, frontend_id: int, action: PolicyAction) -> None:
         self.verdicts[(set_id, frontend_id)] = action
@@ -281,6 +307,12 @@ class MemoryMapWriter(MapWriter):
 
     def reset_denies(self, workload_id: int) -> None:
         self.denies.pop(workload_id, None)
+
+    def put_exempt(self, workload_id: int, frontend_id: int) -> None:
+        self.exempt.add((workload_id, frontend_id))
+
+    def delete_exempt(self, workload_id: int, frontend_id: int) -> None:
+        self.exempt.discard((workload_id, frontend_id))
 
 
 __all__ = ["MapWriter", "Master", "MemoryMapWriter", "Placement", "group_policy", "read_back"]

@@ -53,13 +53,21 @@ class FrontendKey:
     addr: bytes  # 16 bytes, IPv4 v4-mapped
     port: int
     proto: int  # IPPROTO_*
+    # Whose entries in a node's services map: 0 the service's, 1 a local
+    # redirect's of the same frontend (SOCKLB_TABLE_* in bpf/socklb.h).
+    table: int = 0
 
     @property
     def is_v4(self) -> bool:
         return self.addr[:12] == V4MAPPED
 
+    def in_table(self, table: int) -> FrontendKey:
+        """The same frontend in another table."""
+        return FrontendKey(self.addr, self.port, self.proto, table)
+
     def __str__(self) -> str:
-        return f"{join_host_port(addr_text(self.addr), self.port)}/{name_of(self.proto)}"
+        shown = f"{join_host_port(addr_text(self.addr), self.port)}/{name_of(self.proto)}"
+        return f"{shown} (local redirect)" if self.table else shown
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class FrontendTarget:
     backends: tuple[BackendTarget, ...]
     # Selection table: indices into `backends`, ACTIVE ones only.
     table: tuple[int, ...]
+    flags: int = 0  # of the master entry (SOCKLB_SVC_F_* in bpf/socklb.h; set by the node for redirects)
 
 
 def _enum(table: dict, value: int, field: str, kind: str):

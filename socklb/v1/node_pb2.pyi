@@ -329,7 +329,7 @@ class TerminatedSocket(_message.Message):
     def __init__(self, netns: _Optional[str] = ..., cookie: _Optional[int] = ..., protocol: _Optional[_Union[_types_pb2.Protocol, str]] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., result: _Optional[int] = ..., workload: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TerminationReport(_message.Message):
-    __slots__ = ("id", "node", "service", "trigger", "dry_run", "method", "found", "destroyed", "failed", "duration_seconds", "namespaces", "backends", "sockets", "error", "at", "not_evaluated")
+    __slots__ = ("id", "node", "service", "trigger", "dry_run", "method", "found", "destroyed", "failed", "duration_seconds", "namespaces", "backends", "sockets", "error", "at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -345,7 +345,6 @@ class TerminationReport(_message.Message):
     SOCKETS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
-    NOT_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     node: str
     service: str
@@ -361,8 +360,7 @@ class TerminationReport(_message.Message):
     sockets: _containers.RepeatedCompositeFieldContainer[TerminatedSocket]
     error: str
     at: _timestamp_pb2.Timestamp
-    not_evaluated: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., service: _Optional[str] = ..., trigger: _Optional[str] = ..., dry_run: _Optional[bool] = ..., method: _Optional[str] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., namespaces: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendTermination, _Mapping]]] = ..., sockets: _Optional[_Iterable[_Union[TerminatedSocket, _Mapping]]] = ..., error: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_evaluated: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., node: _Optional[str] = ..., service: _Optional[str] = ..., trigger: _Optional[str] = ..., dry_run: _Optional[bool] = ..., method: _Optional[str] = ..., found: _Optional[int] = ..., destroyed: _Optional[int] = ..., failed: _Optional[int] = ..., duration_seconds: _Optional[float] = ..., namespaces: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendTermination, _Mapping]]] = ..., sockets: _Optional[_Iterable[_Union[TerminatedSocket, _Mapping]]] = ..., error: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SocketStats(_message.Message):
     __slots__ = ("service", "backend_address", "backend_port", "protocol", "sockets", "states", "bytes_sent", "bytes_received", "srtt_us", "retransmits", "drops")

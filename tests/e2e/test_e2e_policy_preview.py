@@ -5,7 +5,7 @@ policy would end (an open TCP connection and a connected UDP socket), and
 nothing changes: the sockets stay open and usable, the node's policy maps
 and applied version are as before, no policy is stored (issue 12, the
 `--dry-run` bullet). A redirect preview is answered by the node that would
-serve it, naming the redirect it does not judge yet. The embedded store
+serve it, with the open socket the redirect would take over (left open). The embedded store
 only: the path under test is the same on etcd."""
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ def test_a_policy_preview_reports_exactly_the_sockets_it_would_end_and_ends_none
         out = socklb(cluster, "policy", "put", "--dry-run", "--wait", "30", "-f", str(f))
         assert f"preview of policy {pol.name}: nothing written" in out and "pending -" in out, out
         rows = [line.split() for line in out.splitlines() if line.startswith(node.name + " ")]
-        assert sorted(row[-2] for row in rows if row[-1] == "listed") == sorted(
+        # NODE NETNS STATE SOURCE DESTINATION RESULT WORKLOAD REASON...
+        assert all(row[6] == workload for row in rows if row[5:6] == ["listed"]), out
+        assert sorted(row[4] for row in rows if row[5:6] == ["listed"]) == sorted(
             [f"{denied.addr}:{denied.port}", f"{dns.addr}:{dns.port}"]), out
         assert client.call("tcp_ping", id="no").get("backend") == denied.label
         assert kernel_view(node) == before
@@ -92,23 +94,30 @@ def test_a_policy_preview_reports_exactly_the_sockets_it_would_end_and_ends_none
 
 
 @pytest.mark.parametrize("cluster", ["embedded"], indirect=True)
-def test_a_redirect_preview_is_answered_by_the_node_that_would_serve_it(cluster):
-    """The node with a local workload the redirect selects is asked, answers
-    (nothing its policy part would end) and names the redirect it does not
-    judge yet; nothing is stored."""
+def test_a_redirect_preview_lists_the_socket_it_would_take_over_and_ends_none(cluster):
+    """The node with a local workload the redirect selects is asked and
+    answers with the open socket the redirect would take over (a client's
+    connected UDP socket to the redirected address; not the cache's own),
+    which stays open; nothing is stored, the node's maps are as before."""
     api = cluster.cp.api
     node = cluster.nodes[1]
     tag = uuid.uuid4().hex[:10]
     cg = node.cgroup.child(f"e2e-preview-cache-{tag}")
+    client_cg = node.cgroup.child(f"e2e-preview-client-{tag}")
+    upstream = netenv.Backend("upstream", "127.96.53.53", proto="udp")
+    cluster.backends.append(upstream)  # stopped by the cluster's cleanup, whatever happens here
+    client, cache = netenv.Client(client_cg), netenv.Client(cg)
     workload = f"e2e/preview-cache-{tag}"
     try:
+        for c in (client, cache):
+            assert c.call("udp_open", id="udp", addr=upstream.addr, port=upstream.port).get("backend") == "upstream"
         w = api.PutWorkload(api_pb2.PutWorkloadRequest(workload=policy_pb2.Workload(
             name=workload, node=node.name, cgroup=cg.rel.lstrip("/"), labels={"preview-cache": tag},
             addresses=["127.0.0.53"])), timeout=RPC_DEADLINE)
         cluster.wait_applied(w.resource_version, nodes=[node])
-        before = kernel_view(node)
+        before = kernel_view(node), node.dump("services")
         r = policy_pb2.LocalRedirect(name=f"e2e/preview-dns-{tag}", selector={"preview-cache": tag},
-                                     frontend=types_pb2.Frontend(address="127.96.53.53", port=53,
+                                     frontend=types_pb2.Frontend(address=upstream.addr, port=upstream.port,
                                                                  protocol=types_pb2.PROTOCOL_UDP))
         term = api.PreviewLocalRedirect(api_pb2.PutLocalRedirectRequest(local_redirect=r), timeout=RPC_DEADLINE)
         assert term.trigger == "local-redirect" and list(term.pending_nodes) == [node.name]
@@ -116,14 +125,20 @@ def test_a_redirect_preview_is_answered_by_the_node_that_would_serve_it(cluster)
                                                      timeout=RPC_DEADLINE)).reports and t, 30)
         assert got, "no report from the node"
         [rep] = got.reports
-        assert (rep.node, rep.trigger, rep.dry_run, rep.error, rep.found) == (
-            node.name, "local-redirect", True, "", 0), rep
-        assert list(rep.not_evaluated) == [f"local redirect {r.name!r}: this node does not judge redirect "
-                                           f"changes yet"]
-        assert kernel_view(node) == before
+        assert (rep.node, rep.trigger, rep.dry_run, rep.error, rep.found, rep.destroyed) == (
+            node.name, "local-redirect", True, "", 1, 0), rep
+        [sock] = rep.sockets  # the client's; the cache (exempt) keeps reaching the upstream
+        assert (sock.protocol, sock.destination, sock.state) == (
+            types_pb2.PROTOCOL_UDP, f"{upstream.addr}:{upstream.port}", "CONNECTED"), rep
+        for c in (client, cache):
+            assert c.call("udp_ping", id="udp").get("backend") == "upstream"
+        assert (kernel_view(node), node.dump("services")) == before
         with pytest.raises(grpc.RpcError) as e:
             api.GetLocalRedirect(api_pb2.GetRequest(name=r.name), timeout=RPC_DEADLINE)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
+        client.close()
+        cache.close()
         api.DeleteWorkload(api_pb2.DeleteRequest(name=workload), timeout=RPC_DEADLINE)
         cg.remove()
+        client_cg.remove()

@@ -148,8 +148,9 @@ class FakeTerminator:
         self.closed = False
 
     def list_cgroups(self, ids):
-        self.calls.append(("list", set(ids)))
-        return SocketListing([s for s in self.sockets if s.cgroup_id in set(ids)], netns_scanned=2)
+        """ids None: every cgroup's sockets (a redirect's job)."""
+        self.calls.append(("list", None if ids is None else set(ids)))
+        return SocketListing([s for s in self.sockets if ids is None or s.cgroup_id in set(ids)], netns_scanned=2)
 
     def destroy_cookies(self, sockets, dry_run=False):
         sockets = list(sockets)

@@ -14,7 +14,7 @@ from socklb.controlplane import keys
 from socklb.controlplane.policy_cache import NodePolicy
 from socklb.dataplane.agent import Agent
 from socklb.dataplane.sync_client import SyncClient
-from socklb.dataplane.termjobs import TerminationService, unevaluated_redirects
+from socklb.dataplane.termjobs import TerminationService
 from socklb.dataplane.workloads import Cgroup, MemoryCgroups
 from socklb.dataplane.writer import MemoryMapWriter
 from socklb.v1 import api_pb2, node_pb2, sync_pb2
@@ -176,28 +176,24 @@ def test_a_node_that_cannot_judge_answers_with_an_error(server, nodes):
     assert seen[0].error.startswith("the previewed state is not valid here: workloads[0].policy_set: ")
 
 
-def test_a_redirect_preview_names_what_the_node_does_not_judge(server, nodes):
+def test_a_redirect_preview_lists_the_sockets_the_redirect_would_take_over(server, nodes):
     n1, _, t = nodes
     server.api.PutWorkload(api_pb2.PutWorkloadRequest(workload=workload(
         "cache", "n1", {"app": "node-dns"}, ["10.0.0.53"])))
     wait_for(lambda: len(n1.state().workloads) == 2, "the cache workload")
+    # The client's socket through the dns VIP carries n1's id of that frontend.
+    [fid] = [fe.id for fe in n1._programmed.frontends.values() if fe.service == "dns"]
+    t.sockets = [s._replace(frontend_id=fid) if s.frontend_id else s for s in t.sockets]
     term = server.api.PreviewLocalRedirect(api_pb2.PutLocalRedirectRequest(local_redirect=redirect(
         "dns", {"app": "node-dns"}, "dns")))
     assert term.trigger == "local-redirect" and term.local_redirect.name == "dns" and list(term.pending_nodes) == ["n1"]
     [rep] = reported(server, term.id).reports
-    assert (rep.trigger, rep.dry_run, rep.found, rep.error) == ("local-redirect", True, 0, "")
-    assert list(rep.not_evaluated) == ["local redirect 'dns': this node does not judge redirect changes yet"]
+    assert (rep.trigger, rep.dry_run, rep.found, rep.destroyed, rep.error) == ("local-redirect", True, 1, 0, "")
+    assert [(s.cookie, s.destination) for s in rep.sockets] == [(1, "10.0.0.53:53")]
+    assert [(b.address, b.port) for b in rep.backends] == [("10.96.0.10", 53)]  # as the client addressed it
     assert list(server.api.ListLocalRedirects(api_pb2.ListRequest()).local_redirects) == []
-    assert all(call[0] != "destroy" for call in t.calls)
-
-
-def test_unevaluated_redirects_are_those_that_differ():
-    r = node_pb2.RedirectState(name="a", backends=[])
-    before = node_pb2.NodeState(redirects=[r, node_pb2.RedirectState(name="b")])
-    assert unevaluated_redirects(before, before) == []
-    after = node_pb2.NodeState(redirects=[r, node_pb2.RedirectState(name="c")])
-    assert [x.split(":")[0] for x in unevaluated_redirects(before, after)] == ["local redirect 'b'",
-                                                                               "local redirect 'c'"]
+    assert ("list", None) in t.calls and all(call[0] != "destroy" for call in t.calls)
+    assert not [fe for fe in n1._programmed.frontends.values() if fe.service.startswith("redirect:")]
 
 
 def test_the_cli_dry_run_waits_for_the_nodes_and_shows_their_sockets(server, nodes, tmp_path, capsys):
