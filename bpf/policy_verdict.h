@@ -15,10 +15,6 @@
 #ifndef SOCKLB_POLICY_VERDICT_H
 #define SOCKLB_POLICY_VERDICT_H
 
-#ifndef SOCKLB_SVC_F_NOT_SERVICE /* TEMP until i12-redirect is on main */
-#define SOCKLB_SVC_F_NOT_SERVICE 2
-#endif
-
 #if !defined(SOCKLB_POLICY_FRONTEND) || !defined(SOCKLB_POLICY_PREFIX)
 #error "define SOCKLB_POLICY_FRONTEND(k) and SOCKLB_POLICY_PREFIX(k) before including policy_verdict.h"
 #endif

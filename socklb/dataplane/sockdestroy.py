@@ -351,7 +351,7 @@ class Terminator(IterRunner):
         self.policy_judge = policy_judge or os.environ.get(POLICY_JUDGE_ENV) or "auto"
         if self.policy_judge not in POLICY_JUDGES:
             raise ValueError(f"policy_judge {self.policy_judge!r}: one of {', '.join(POLICY_JUDGES)}")
-        # None: judge_cgroups() works (the judge programs loaded); else why policy jobs judge in user space
+        # None: the judge programs loaded (judge_cgroups works; the probe); else why not
         self.judge_unavailable: str | None = "not loaded"
         self.load_seconds = 0.0
         self.unavailable: dict[str, str] = {}
@@ -367,9 +367,6 @@ class Terminator(IterRunner):
         """The object at path; judge: with the judge programs if they load
         (self.judge_unavailable says whether they did), else without."""
         if not judge:
-            return self.load(path, PROGRAMS, cls=_Object)
-        if self.policy_judge == "user":
-            self.judge_unavailable = f"user space asked ({POLICY_JUDGE_ENV}=user or --policy-judge user)"
             return self.load(path, PROGRAMS, cls=_Object)
         try:
             obj = self.load(path, {**PROGRAMS, **JUDGE_PROGRAMS}, cls=_Object, reuse=JUDGE_REUSE)
@@ -625,8 +622,18 @@ class Terminator(IterRunner):
 
     @property
     def kernel_judge(self) -> bool:
-        """Whether judge_cgroups() works (the judge programs loaded)."""
-        return self.judge_unavailable is None
+        """Whether policy jobs are judged in the kernel: the judge programs
+        loaded and user space was not asked for (policy_judge "user")."""
+        return self.judge_unavailable is None and self.policy_judge != "user"
+
+    @property
+    def judge_way(self) -> str:
+        """"kernel", or "user: <why>" (the node's policy_judge capability)."""
+        if self.kernel_judge:
+            return "kernel"
+        if self.policy_judge == "user":
+            return f"user: forced ({POLICY_JUDGE_ENV}=user or --policy-judge user)"
+        return f"user: {self.judge_unavailable}"
 
     def judge_cgroups(self, cgroup_sets: Mapping[int, int], destroy: bool = True, hooks: Hooks | None = None,
                       ) -> tuple[SocketListing, CookieReport | None]:
