@@ -20,7 +20,7 @@ from policy_maps import PolicyMaps
 from test_kernel_policy_termination import (DEAD_TCP, OPEN, SHUT, VIP, _frontend, node,  # noqa: F401
                                             wclients, workload_cgroups)
 
-from socklb.dataplane import sockdestroy as term
+from socklb.dataplane import features, sockdestroy as term
 from socklb.dataplane.policyjobs import judge, policy_job, run_policy_job
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
@@ -141,4 +141,32 @@ def test_kernel_judge_destroys_what_it_reports(node, extra_sockets, policy_maps,
     assert all(c.reason.startswith("policy set ps-new: ") for c in run.condemned)
     assert node.clients["w1"].call("tcp_ping", id="mapped-open").get("backend") == "open"
     assert node.clients["w1-sub-ns1"].call("tcp_ping", id="v6").get("error") == DEAD_TCP
+    node.check(node.denied)
+
+
+def test_judge_programs_refused_fall_back_to_user_space(node, policy_maps, monkeypatch):
+    """Judge programs that do not load (here: the pinned services map is not
+    the one this build expects) leave the termination object without them:
+    the node says so in its capabilities, and policy jobs are judged in user
+    space, with the same result."""
+    monkeypatch.setattr(term, "JUDGE_REUSE", {**term.JUDGE_REUSE, "services": (1, 1)})
+    parts = features.load(node.agent.pin_dir, terminate_method="kfunc")
+    try:
+        caps = parts.features.capabilities()
+        assert caps["sock_destroy"] == "kfunc", caps
+        assert caps["policy_kernel_judge"].startswith("no: the judge programs do not load"), caps
+        assert caps["policy_judge"].startswith("user: the judge programs do not load"), caps
+        t = parts.terminator
+        assert not t.kernel_judge
+        with pytest.raises(term.TerminationError, match="unavailable"):
+            t.judge_cgroups({1: 1})
+        before, after = node.state(2, ""), node.state(3, "ps-new")
+        policy_maps.write(FIRST_ID, next(s for s in after.policy_sets if s.name == "ps-new"))
+        want = set(node.cookies(node.denied))
+        run = run_policy_job(t, policy_job("fallback", before, after, node.cgroup_ids(after),
+                                           set_ids={"ps-new": FIRST_ID, "ps-closed": 1}))
+    finally:
+        parts.close()
+    assert run.judge == "user" and {c.socket.cookie for c in run.condemned} == want
+    assert run.destroyed.destroyed == len(want)
     node.check(node.denied)
