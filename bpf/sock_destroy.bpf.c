@@ -366,12 +366,19 @@ int socklb_term_udp(struct bpf_iter__udp *ctx)
 
 /* --- the socket programs: by cgroup, by cookie ------------------------------ */
 
-/* The socket's cgroup v2 id: the cgroup of the process that created it. */
+/* The socket's cgroup v2 id: the cgroup of the process that created it.
+ * Direct loads (the iterator's socket is a BTF pointer; the JIT makes the
+ * walk to the cgroup and its kernfs node faulting-safe loads), not the
+ * probe-read helper: this runs for every socket of the table. */
 static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 {
-	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+	struct kernfs_node *kn;
 
-	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
+	if (!cg)
+		return 0;
+	kn = cg->kn;
+	return kn ? kn->id : 0;
 }
 
 /* Whether the socket is selected (see the header); fills the cookie and

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from policy_maps import PolicyMaps
+from bench.policy_maps import PolicyMaps
 from test_kernel_policy_termination import (DEAD_TCP, OPEN, SHUT, VIP, _frontend, node,  # noqa: F401
                                             wclients, workload_cgroups)
 

@@ -31,7 +31,7 @@ import pytest
 
 import netenv
 from netenv import backend, frontend, node_state, poll, service
-from policy_maps import PolicyMaps
+from bench.policy_maps import PolicyMaps
 from support import free_port
 from test_kernel_sockdestroy import EXTRA as SOCKDESTROY_EXTRA
 

@@ -1,8 +1,9 @@
 """Policy sets written straight into an agent's pinned policy maps, for the
-tests of the kernel judge (Terminator.judge_cgroups): the entries the agent
-would write for a set (policy_desired.compile_set, the writer's encoding),
-under a set id the test picks, without the agent applying a state (which
-would run its own policy job). Every entry written is deleted by close()."""
+kernel judge's tests and benchmark (Terminator.judge_cgroups): the entries
+the agent would write for a set (policy_desired.compile_set, the writer's
+encoding), under a set id the caller picks, without the agent applying a
+state (which would run its own policy job, and with a workload entry make
+the hooks enforce the set). Every entry written is deleted by close()."""
 from __future__ import annotations
 
 import ctypes as ct
