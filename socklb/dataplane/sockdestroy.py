@@ -11,6 +11,7 @@ the load balancer.
         rep = t.count([Target.backend(7)])               # counters only
         found = t.list_cgroups({cgroup_id, ...})         # policy: the sockets of these cgroups
         rep = t.destroy_cookies(condemned)               #   and destroy some of them by cookie
+        denied, rep = t.judge_cgroups({cgroup_id: set_id})  # policy judged in the kernel, one walk
 
 Finding: the iter/tcp and iter/udp programs of bpf/sock_destroy.bpf.c, which
 read the agent's `flows` socket storage (the pinned map is reused, not copied)
@@ -67,6 +68,20 @@ cookie: kfunc, the iterators again with the cookies in the `cookies` map
 (passes as above); netlink, SOCK_DESTROY by 5-tuple and cookie in each
 socket's namespace. A socket closed since the listing is just not found;
 cookies are never reused, so no other socket is hit.
+
+Policy judged in the kernel (judge_cgroups): the judge programs of the same
+object take the socket programs' walk, select the sockets of the given
+cgroups (`judge_sets`: cgroup id -> the kernel id of its workload's set in
+the applied state) and decide each as the connect hook does
+(bpf/policy_verdict.h, one body with bpf/sock_lb.c) against the agent's
+pinned `services`, `policy_frontends` and `policy_prefixes` (reused like
+`flows`); only the denied emit a record, after bpf_sock_destroy() (kfunc;
+netlink: listed, then destroy_cookies()). They load with the object when
+they can (judge_unavailable: why not, the policy_kernel_judge probe); a
+Terminator whose policy_judge is "user" ($SOCKLB_POLICY_JUDGE, the agent's
+--policy-judge) keeps them but tells policy jobs to judge in user space
+(kernel_judge False). Passes as above; judge_stats (listing.judged) counts
+the sockets each pass judged.
 
 Records: Report.sockets is built lazily: the raw 64-byte records are kept
 and a SocketRecord (addresses formatted) is made only for the items read, so

@@ -225,7 +225,9 @@ class SocketListing:
     errors: list[str] = field(default_factory=list)       # namespaces that could not be read
     unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
     # Terminator.judge_cgroups: the sockets the kernel judged (`sockets` are
-    # the denied ones); None for a listing (every socket of the cgroups)
+    # the denied ones; a further pass, after one that destroyed some on a
+    # kernel without the iterator resume fix, counts its sockets again);
+    # None for a listing (every socket of the cgroups)
     judged: int | None = None
 
     def summary(self) -> str:
