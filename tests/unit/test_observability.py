@@ -92,6 +92,10 @@ def test_metrics_count_api_calls_services_and_nodes(cp):
     api.PutService(api_pb2.PutServiceRequest(service=svc))
     with pytest.raises(grpc.RpcError):
         api.GetService(api_pb2.GetServiceRequest(name="missing"))
+    # A refused call is counted as its handler unwinds, which may be just
+    # after the client has its status: waited for, not raced.
+    wait_for(lambda: metric(scrape(cp["metrics"]), "socklb_api_requests_total",
+                            'code="NOT_FOUND",method="GetService"') == 1, "the refused call's count")
     text = scrape(cp["metrics"])
     assert metric(text, "socklb_api_requests_total", 'code="OK",method="PutService"') == 1
     assert metric(text, "socklb_api_requests_total", 'code="NOT_FOUND",method="GetService"') == 1

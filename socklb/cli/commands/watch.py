@@ -2,6 +2,10 @@
 workloads, policies and local redirects as they come."""
 from __future__ import annotations
 
+import signal
+
+import grpc
+
 from socklb.cli.args import UINT64_MAX, uint_arg
 from socklb.cli.client import Client
 from socklb.cli.exits import EXIT_OK
@@ -15,6 +19,16 @@ def cmd_watch(args, client: Client) -> int:
         return EXIT_OK
     # No deadline on the stream itself: it lasts until Ctrl-C or --count events.
     call = client.stub.Watch(api_pb2.WatchRequest(from_revision=args.from_revision), metadata=client.metadata)
+    # Ctrl-C cancels the call rather than unwinding a KeyboardInterrupt
+    # through gRPC's iterator: one raised while it re-takes its lock could
+    # leave the call's cancel() waiting for ever (seen once under load).
+    # The handler runs in this thread, so cancel() re-enters that lock.
+    stopped = []
+
+    def stop(*_):
+        stopped.append(True)
+        call.cancel()
+    previous = signal.signal(signal.SIGINT, stop)
     seen = 0
     try:
         for ev in call:
@@ -22,9 +36,11 @@ def cmd_watch(args, client: Client) -> int:
             seen += 1
             if args.count is not None and seen >= args.count:
                 break
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a watch ends
+    except grpc.RpcError as e:
+        if not (stopped and e.code() == grpc.StatusCode.CANCELLED):  # the server's cancel is an error
+            raise
     finally:
+        signal.signal(signal.SIGINT, previous)
         call.cancel()
     return EXIT_OK
 
