@@ -56,6 +56,25 @@
  * Cookies are never reused while the machine runs, so a socket condemned by
  * a listing is never confused with a later one.
  *
+ * Judge programs (socklb_term_judge_tcp / _udp): the socket programs'
+ * walk with the policy decision made here, in one walk, for a policy change
+ * the node has applied. `judge_sets` (hash, cgroup id -> the kernel id of
+ * the policy set its workload has in the applied state, written per run)
+ * selects the sockets, as `cgroups` does; each is judged as the connect
+ * hook judges a destination (bpf/policy_verdict.h, the same body): the
+ * destination as the application addressed it (the live flow's VIP and
+ * port, else the peer), its services master (the agent's pinned
+ * `services`; a placeholder master counts as no frontend) by the set's
+ * verdict in `policy_frontends`, anything else by the longest prefix of
+ * its family in `policy_prefixes`, deny winning, nothing = denied. Only
+ * the denied emit a record (struct socklb_term_sock_rec, as the socket
+ * programs'); mode DESTROY destroys them first (result in the record), any
+ * other mode only lists them (the netlink way, which destroys them by
+ * 5-tuple). `judge_stats` counts the sockets judged and denied. The
+ * pinned maps are reused (bpf_map__reuse_fd) like `flows`; an object
+ * loaded without them gets one-entry maps of its own, and the judge
+ * programs are not loaded then.
+ *
  * Build with -DSOCKLB_NO_KFUNC for kernels without bpf_sock_destroy(): the
  * object then loads anywhere iterators and bpf_get_socket_cookie() exist and
  * only supports DRY_RUN and STATS (the socket programs only list).
@@ -109,6 +128,53 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } cookies SEC(".maps");
+
+/* The judge programs' own maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SOCKLB_TERM_CGROUPS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u32);
+} judge_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct socklb_judge_stats);
+} judge_stats SEC(".maps");
+
+/* The agent's pinned policy maps, reused by the loader (bpf_map__reuse_fd
+ * takes the pinned map's size and flags); the sizes here only serve an
+ * object loaded without them (the judge programs are then not loaded). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct socklb_svc_key);
+	__type(value, struct socklb_svc_val);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct socklb_policy_fe_key);
+	__type(value, struct socklb_policy_verdict);
+} policy_frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct socklb_policy_prefix_key);
+	__type(value, struct socklb_policy_rules);
+} policy_prefixes SEC(".maps");
+
+#define SOCKLB_POLICY_FRONTEND(k) bpf_map_lookup_elem(&policy_frontends, (k))
+#define SOCKLB_POLICY_PREFIX(k) bpf_map_lookup_elem(&policy_prefixes, (k))
+#include "policy_verdict.h"
 
 #ifndef SOCKLB_NO_KFUNC
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
@@ -300,12 +366,19 @@ int socklb_term_udp(struct bpf_iter__udp *ctx)
 
 /* --- the socket programs: by cgroup, by cookie ------------------------------ */
 
-/* The socket's cgroup v2 id: the cgroup of the process that created it. */
+/* The socket's cgroup v2 id: the cgroup of the process that created it.
+ * Direct loads (the iterator's socket is a BTF pointer; the JIT makes the
+ * walk to the cgroup and its kernfs node faulting-safe loads), not the
+ * probe-read helper: this runs for every socket of the table. */
 static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 {
-	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+	struct kernfs_node *kn;
 
-	return cg ? BPF_CORE_READ(cg, kn, id) : 0;
+	if (!cg)
+		return 0;
+	kn = cg->kn;
+	return kn ? kn->id : 0;
 }
 
 /* Whether the socket is selected (see the header); fills the cookie and
@@ -327,6 +400,18 @@ static __always_inline int sock_selected(const struct socklb_term_cfg *cfg, stru
 	return 1;
 }
 
+/* The live flow f of a selected socket, in its record. */
+static __always_inline void rec_flow(struct socklb_term_sock_rec *r, const struct socklb_flow *f)
+{
+	r->frontend_id = f->frontend_id;
+	r->backend_id = f->backend_id;
+	r->vip[0] = f->vip[0];
+	r->vip[1] = f->vip[1];
+	r->vip[2] = f->vip[2];
+	r->vip[3] = f->vip[3];
+	r->vip_port = f->vip_port;
+}
+
 static __always_inline int sock_handle(struct seq_file *seq, const struct socklb_term_cfg *cfg,
 				       struct sock_common *skc, struct sock *sk, __u8 proto, __u8 state)
 {
@@ -341,15 +426,8 @@ static __always_inline int sock_handle(struct seq_file *seq, const struct socklb
 	r.proto = proto;
 	r.state = state;
 	f = live_flow(sk, r.dst, r.dport);
-	if (f) {
-		r.frontend_id = f->frontend_id;
-		r.backend_id = f->backend_id;
-		r.vip[0] = f->vip[0];
-		r.vip[1] = f->vip[1];
-		r.vip[2] = f->vip[2];
-		r.vip[3] = f->vip[3];
-		r.vip_port = f->vip_port;
-	}
+	if (f)
+		rec_flow(&r, f);
 	r.result = SOCKLB_TERM_NOT_TRIED;
 #ifndef SOCKLB_NO_KFUNC
 	/* Only what user space condemned by cookie: a listing never destroys. */
@@ -360,8 +438,66 @@ static __always_inline int sock_handle(struct seq_file *seq, const struct socklb
 	return 0;
 }
 
-SEC("iter/tcp")
-int socklb_term_sock_tcp(struct bpf_iter__tcp *ctx)
+/* --- the judge programs: the policy decided here ----------------------------- */
+
+static __always_inline void judge_count(int denied)
+{
+	__u32 zero = 0;
+	struct socklb_judge_stats *st = bpf_map_lookup_elem(&judge_stats, &zero);
+
+	if (!st)
+		return;
+	if (denied)
+		__sync_fetch_and_add(&st->denied, 1);
+	else
+		__sync_fetch_and_add(&st->judged, 1);
+}
+
+static __always_inline int judge_handle(struct seq_file *seq, const struct socklb_term_cfg *cfg,
+					struct sock_common *skc, struct sock *sk, __u8 proto, __u8 state)
+{
+	struct socklb_term_sock_rec r = {};
+	struct socklb_svc_key key = {};
+	const struct socklb_svc_val *master;
+	struct socklb_flow *f;
+	__u32 *set;
+
+	r.cgroup_id = sock_cgroup_id(sk);
+	set = bpf_map_lookup_elem(&judge_sets, &r.cgroup_id);
+	if (!set)
+		return 0;
+	if (!read_peer(skc, &r.family, r.dst, &r.dport))
+		return 0;
+	judge_count(0);
+	/* The destination as the application addressed it: the flow's VIP, else the peer. */
+	f = live_flow(sk, r.dst, r.dport);
+	if (f)
+		rec_flow(&r, f);
+	__builtin_memcpy(key.addr, f ? r.vip : r.dst, sizeof(key.addr));
+	key.port = f ? r.vip_port : r.dport;
+	key.proto = proto;
+	master = policy_frontend_of(bpf_map_lookup_elem(&services, &key));
+	/* An iterator's address is always 16 bytes, IPv4 v4-mapped: v6 = 1
+	 * takes the family from the address. */
+	if (policy_allows(*set, &key, master, 1))
+		return 0;
+	judge_count(1);
+	read_local(skc, r.family, r.src, &r.sport);
+	r.cookie = bpf_get_socket_cookie(skc);
+	r.proto = proto;
+	r.state = state;
+	r.result = SOCKLB_TERM_NOT_TRIED;
+#ifndef SOCKLB_NO_KFUNC
+	if (cfg->mode == SOCKLB_TERM_DESTROY)
+		r.result = bpf_sock_destroy(skc);
+#endif
+	bpf_seq_write(seq, &r, sizeof(r));
+	return 0;
+}
+
+/* The TCP and UDP sockets the socket and judge programs look at (judge: a
+ * constant after inlining, which handler). */
+static __always_inline int sock_tcp(struct bpf_iter__tcp *ctx, const int judge)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct socklb_term_cfg *cfg = run_cfg();
@@ -377,11 +513,12 @@ int socklb_term_sock_tcp(struct bpf_iter__tcp *ctx)
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0;
+	if (judge)
+		return judge_handle(ctx->meta->seq, cfg, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP, state);
 	return sock_handle(ctx->meta->seq, cfg, skc, (struct sock *)tp, SOCKLB_IPPROTO_TCP, state);
 }
 
-SEC("iter/udp")
-int socklb_term_sock_udp(struct bpf_iter__udp *ctx)
+static __always_inline int sock_udp(struct bpf_iter__udp *ctx, const int judge)
 {
 	struct sock *sk = (struct sock *)ctx->udp_sk;
 	struct socklb_term_cfg *cfg = run_cfg();
@@ -391,5 +528,21 @@ int socklb_term_sock_udp(struct bpf_iter__udp *ctx)
 	/* An unconnected socket has no destination to judge: each datagram is checked at sendmsg(). */
 	if (sk->__sk_common.skc_state != SOCKLB_TCP_ESTABLISHED)
 		return 0;
+	if (judge)
+		return judge_handle(ctx->meta->seq, cfg, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP,
+				    SOCKLB_TCP_ESTABLISHED);
 	return sock_handle(ctx->meta->seq, cfg, &sk->__sk_common, sk, SOCKLB_IPPROTO_UDP, SOCKLB_TCP_ESTABLISHED);
 }
+
+SEC("iter/tcp")
+int socklb_term_sock_tcp(struct bpf_iter__tcp *ctx) { return sock_tcp(ctx, 0); }
+
+SEC("iter/udp")
+int socklb_term_sock_udp(struct bpf_iter__udp *ctx) { return sock_udp(ctx, 0); }
+
+/* The judge programs (see the header). */
+SEC("iter/tcp")
+int socklb_term_judge_tcp(struct bpf_iter__tcp *ctx) { return sock_tcp(ctx, 1); }
+
+SEC("iter/udp")
+int socklb_term_judge_udp(struct bpf_iter__udp *ctx) { return sock_udp(ctx, 1); }

@@ -10,7 +10,7 @@
 /* max_entries of the `targets` and `dsts` maps */
 #define SOCKLB_TERM_TARGETS_MAX 16384
 #define SOCKLB_TERM_DSTS_MAX 16384
-/* max_entries of the `cgroups` and `cookies` maps (the socket programs) */
+/* max_entries of the `cgroups`, `judge_sets` and `cookies` maps (the socket programs) */
 #define SOCKLB_TERM_CGROUPS_MAX 65536
 #define SOCKLB_TERM_COOKIES_MAX 131072
 
@@ -99,6 +99,14 @@ struct socklb_term_sock_rec {
 	__s32 result;      /* bpf_sock_destroy(): 0 or -errno; SOCKLB_TERM_NOT_TRIED when not destroyed here */
 };
 
+/* The one value of `judge_stats` (the judge programs): what the current run
+ * looked at; user space zeroes it before each run. */
+struct socklb_judge_stats {
+	__u64 judged; /* sockets of the cgroups of `judge_sets` judged */
+	__u64 denied; /* of those, denied: each emitted a record */
+};
+
+_Static_assert(sizeof(struct socklb_judge_stats) == 16, "socklb_judge_stats is 16 bytes");
 _Static_assert(sizeof(struct socklb_term_sock_rec) == 88, "socklb_term_sock_rec is 88 bytes");
 _Static_assert(sizeof(struct socklb_term_rec) == 64, "socklb_term_rec is 64 bytes");
 _Static_assert(sizeof(struct socklb_term_dst) == 20, "socklb_term_dst is 20 bytes");

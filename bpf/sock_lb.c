@@ -265,36 +265,28 @@ static __always_inline struct socklb_workload *current_workload(struct socklb_po
 	return find_workload(cfg);
 }
 
-/* A frontend is decided by the set's verdict for it; any other destination
- * by the rules of the set's longest prefix of its family holding it: a
- * matching DENY wins, else a matching ALLOW allows. No entry: denied. An
- * IPv4 destination (a v4 hook's, or a v4-mapped one of a v6 hook) looks in
- * the set's IPv4 space (SOCKLB_POL_SET_V4), so an IPv6 prefix such as ::/0
- * never decides it; in a v4 hook the test is a constant. */
-/* 1: a matching rule allows (none denies), -1: a matching rule denies (deny
- * wins), 0: no rule matches. */
-static __always_inline int rules_decide(const struct socklb_policy_rules *r, __u16 port, __u8 proto)
+/* The policy decision (policy_allows, policy_frontend_of): one body with the
+ * termination iterators' judge (bpf/sock_destroy.bpf.c), the lookups ours
+ * (bcc refuses a map call written in a macro: the macros call functions). */
+static __always_inline struct socklb_policy_verdict *policy_frontend_lookup(struct socklb_policy_fe_key *k)
 {
-	int allowed = 0, i;
-
-	for (i = 0; i < SOCKLB_PORT_RULES_MAX; i++) {
-		const struct socklb_port_rule *rule = &r->rules[i];
-
-		if (i >= r->n)
-			break;
-		if (port < rule->port || port > rule->end_port || (rule->proto && rule->proto != proto))
-			continue;
-		if (rule->action == SOCKLB_POL_DENY)
-			return -1;
-		allowed = 1;
-	}
-	return allowed;
+	return policy_frontends.lookup(k);
 }
 
-/* FQDN rules: the address was learned for this workload from a DNS answer
- * (dns_learned, not expired), and the port rules of the pattern the name
- * matched, in this set, allow the port. One lookup when nothing was learned. */
-static __always_inline int fqdn_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key, __u16 port)
+static __always_inline struct socklb_policy_rules *policy_prefix_lookup(struct socklb_policy_prefix_key *k)
+{
+	return policy_prefixes.lookup(k);
+}
+
+#define SOCKLB_POLICY_FRONTEND(k) policy_frontend_lookup(k)
+#define SOCKLB_POLICY_PREFIX(k) policy_prefix_lookup(k)
+#include "policy_verdict.h"
+
+/* FQDN rules (docs/fqdn.md): the address was learned for this workload from a
+ * DNS answer (dns_learned, not expired), and the port rules of the pattern the
+ * name matched, in this set, allow the port. One lookup when nothing was
+ * learned. Only for a destination policy_decide() leaves undecided. */
+static __always_inline int fqdn_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key)
 {
 	struct socklb_dns_learned_key lk = { .workload = wid };
 	struct socklb_dns_learned_val *lv;
@@ -307,33 +299,7 @@ static __always_inline int fqdn_allows(__u32 set, __u32 wid, const struct socklb
 		return 0;
 	fk.pattern = lv->pattern;
 	r = policy_fqdns.lookup(&fk);
-	return r && rules_decide(r, port, key->proto) > 0;
-}
-
-static __always_inline int policy_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key,
-					 const struct socklb_svc_val *master, const int v6)
-{
-	if (master) {
-		struct socklb_policy_fe_key fk = { .set = set, .frontend_id = master->id };
-		struct socklb_policy_verdict *v = policy_frontends.lookup(&fk);
-
-		return v && v->action == SOCKLB_POL_ALLOW;
-	}
-
-	struct socklb_policy_prefix_key pk = { .prefixlen = 32 + 128, .set = set };
-	struct socklb_policy_rules *r;
-	__u16 port = bpf_ntohs(key->port);
-	int verdict;
-
-	if (!v6 || addr_is_v4mapped(key->addr))
-		pk.set |= SOCKLB_POL_SET_V4;
-	__builtin_memcpy(pk.addr, key->addr, sizeof(pk.addr));
-	r = policy_prefixes.lookup(&pk);
-	verdict = r ? rules_decide(r, port, key->proto) : 0;
-	if (verdict)
-		return verdict > 0;
-	/* No prefix decides: what the workload learned from DNS (FQDN rules). */
-	return fqdn_allows(set, wid, key, port);
+	return r && policy_rules_decide(r, bpf_ntohs(key->port), key->proto) > 0;
 }
 
 static __always_inline int policy_deny(const struct socklb_workload *wl)
@@ -380,10 +346,14 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	if (wl) {
 		/* As the application addressed it: a redirected frontend by its
 		 * service's verdict, a placeholder's address by the prefixes. */
-		if (wl->policy_set && !policy_allows(wl->policy_set, wl->id, &key,
-						     master && !(master->flags & SOCKLB_SVC_F_NOT_SERVICE) ? master : NULL,
-						     v6))
-			return policy_deny(wl);
+		if (wl->policy_set) {
+			int verdict = policy_decide(wl->policy_set, &key, policy_frontend_of(master), v6);
+
+			/* Nothing decides a destination that is no frontend: what
+			 * the workload learned from DNS (FQDN rules). */
+			if (verdict < 0 || (verdict == 0 && !fqdn_allows(wl->policy_set, wl->id, &key)))
+				return policy_deny(wl);
+		}
 		if (wl->flags & SOCKLB_WL_BYPASS)
 			master = NULL; /* its own balancer handles VIPs: leave the address alone */
 	}

@@ -249,13 +249,17 @@ class IterObject:
               another).
     map_keys: keys of `programs` that iterate the elements of the `flows`
               map (iter/bpf_sk_storage_map) and are attached to it.
+    reuse:    more of the agent's pinned maps the object's maps of the same
+              name reuse: name -> (key size, value size) this build expects
+              (checked); every one must be pinned.
     error:    the exception (BpfObjError or a subclass) raised when anything
               fails; nothing is left open then.
     """
 
     def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
-                 error: type[BpfObjError] = BpfObjError):
+                 error: type[BpfObjError] = BpfObjError, reuse: Mapping[str, tuple[int, int]] | None = None):
         self.error = error
+        self.reuse = dict(reuse or {})
         self.lib = native.libbpf()
         self.path = Path(path)
         self.obj = None
@@ -279,22 +283,24 @@ class IterObject:
         flows = lib.bpf_object__find_map_by_name(obj, b"flows")
         if not flows:
             raise err(f"{path} has no map 'flows'")
-        pinned = pin_dir / "flows"
-        try:
-            fd = kernel.obj_get(pinned)
-        except OSError as e:
-            raise err(f"cannot open the agent's flows map {pinned}: {e}") from e
-        try:
-            info = kernel.map_info(fd)
+        def flows_wrong(pinned: Path, info) -> str | None:
             if info.type != BPF_MAP_TYPE_SK_STORAGE or info.value_size != ct.sizeof(layout.Flow):
-                raise err(
-                    f"{pinned} is not the flows socket storage this build expects (type {info.type}, "
-                    f"value size {info.value_size}, want {BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.Flow)})")
-            ret = lib.bpf_map__reuse_fd(flows, fd)  # dups fd
-            if ret < 0:
-                raise err(f"bpf_map__reuse_fd({pinned}): {strerror(-ret)}")
-        finally:
-            os.close(fd)
+                return (f"{pinned} is not the flows socket storage this build expects (type {info.type}, "
+                        f"value size {info.value_size}, want {BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.Flow)})")
+            return None
+
+        self._reuse_pinned(flows, pin_dir / "flows", "flows", flows_wrong)
+        for name, sizes in self.reuse.items():
+            def sizes_wrong(pinned: Path, info, sizes=sizes) -> str | None:
+                if (info.key_size, info.value_size) != tuple(sizes):
+                    return (f"{pinned} has keys/values of {info.key_size}/{info.value_size} bytes, "
+                            f"this build expects {sizes[0]}/{sizes[1]}")
+                return None
+
+            m = lib.bpf_object__find_map_by_name(obj, name.encode())
+            if not m:
+                raise err(f"{path} has no map {name!r}")
+            self._reuse_pinned(m, pin_dir / name, name, sizes_wrong)
         wanted = {name.encode() for name in programs.values()}
         prog = lib.bpf_object__next_program(obj, None)
         while prog:
@@ -319,6 +325,24 @@ class IterObject:
                 raise err(f"attaching {name}: {strerror(e)}\n{log_tail(logbuf)}")
             self._link_ptrs.append(link)
             self.links[key] = lib.bpf_link__fd(link)
+
+    def _reuse_pinned(self, m, pinned: Path, name: str, wrong: Callable[[Path, object], str | None]) -> None:
+        """The object's map m reuses the pinned map, when wrong(pinned, its
+        info) finds nothing wrong with it."""
+        err = self.error
+        try:
+            fd = kernel.obj_get(pinned)
+        except OSError as e:
+            raise err(f"cannot open the agent's {name} map {pinned}: {e}") from e
+        try:
+            why = wrong(pinned, kernel.map_info(fd))
+            if why:
+                raise err(why)
+            ret = self.lib.bpf_map__reuse_fd(m, fd)  # dups fd
+            if ret < 0:
+                raise err(f"bpf_map__reuse_fd({pinned}): {strerror(-ret)}")
+        finally:
+            os.close(fd)
 
     def map_fd(self, name: str) -> int:
         """fd of one of the object's own maps; owned by the object (never close it)."""

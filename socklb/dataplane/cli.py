@@ -36,6 +36,7 @@ from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 from . import layout
 from .kernel import cgroup2_mount
 from .loader import DNS_WAYS, WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
+from .sockdestroy import POLICY_JUDGE_ENV, POLICY_JUDGES
 from .statefile import load_state
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/socklb")
@@ -79,6 +80,8 @@ def cmd_run(args) -> int:
         raise CliError(f"SOCKLB_FLOW_READER={args.flow_reader!r}: expected one of {', '.join(FLOW_READERS)}")
     if args.dns_learner not in DNS_WAYS:
         raise CliError(f"SOCKLB_DNS_LEARNER={args.dns_learner!r}: expected one of {', '.join(DNS_WAYS)}")
+    if args.policy_judge not in POLICY_JUDGES:
+        raise CliError(f"{POLICY_JUDGE_ENV}={args.policy_judge!r}: expected one of {', '.join(POLICY_JUDGES)}")
     if args.workload_match not in WORKLOAD_MATCHES:
         raise CliError(f"SOCKLB_WORKLOAD_MATCH={args.workload_match!r}: expected one of "
                        f"{', '.join(WORKLOAD_MATCHES)}")
@@ -88,7 +91,8 @@ def cmd_run(args) -> int:
     dp = Datapath(pin_dir=Path(args.pin_dir), cgroup=resolve_cgroup(args.cgroup, create=True), capacity=cap,
                   workload_match=args.workload_match, dns=args.dns_learner)
     try:
-        agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader)
+        agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader,
+                           policy_judge=args.policy_judge)
     except (LoadError, OSError) as e:
         raise CliError(f"cannot load the datapath: {e}") from e
 
@@ -313,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how flow records are read: a map-element iterator over the flows map (map-iter), "
                         "socket iterators in every network namespace (socket-iter), or map-iter where the "
                         "kernel allows it (auto; env SOCKLB_FLOW_READER)")
+    r.add_argument("--policy-judge", choices=POLICY_JUDGES, default=os.environ.get(POLICY_JUDGE_ENV, "auto"),
+                   help="who judges the open sockets of a policy change: the kernel, in the termination "
+                        "iterator's walk, where its judge programs load (auto), or user space (user; env "
+                        f"{POLICY_JUDGE_ENV})")
     r.add_argument("--workload-match", choices=WORKLOAD_MATCHES,
                    default=os.environ.get("SOCKLB_WORKLOAD_MATCH", "auto"),
                    help="how the hooks find a process's workload: its cgroup and its ancestors (ancestor), "

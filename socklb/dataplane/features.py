@@ -15,10 +15,16 @@ Features (each "yes" or "no: <why>"):
   ancestor_cgroup_id     the translating hooks may call bpf_get_current_ancestor_cgroup_id()
   dns_tcp_sockmap        the DNS learner's TCP path (sock_ops, sockhash, sk_skb stream
                          parser and verdict) loads and attaches (dns.probe_tcp)
+  policy_kernel_judge    the termination object's judge programs load (they read the
+                         pinned services and policy maps): a policy change's open
+                         sockets are judged in the kernel, in one walk
 Duties, with the way taken (or "none: <why>"):
   flows           map-iter | socket-iter        (flows.py)
   sock_destroy    kfunc | netlink               (sockdestroy.py)
   socket_stats    socket-iter                   (sockstats.py)
+  policy_judge    kernel | user: <why>          (sockdestroy.py judge_cgroups, policyjobs.py;
+                                                 user also when forced: SOCKLB_POLICY_JUDGE=user,
+                                                 --policy-judge user)
   workload_match  ancestor | exact: <why>       (sock_lb.c, workloads.py)
 One refused feature only moves its duty to the fallback; a duty with no way
 left is reported as such, and the others run. The last feature and duty
@@ -47,8 +53,8 @@ class Unavailable(RuntimeError):
 
 
 FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap")
-DUTIES = ("flows", "sock_destroy", "socket_stats", "workload_match")
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge")
+DUTIES = ("flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match")
 
 
 def answer(why_not: str | None) -> str:
@@ -91,14 +97,14 @@ class Parts:
 
 
 def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str = "auto",
-         cache: Path | None = None) -> Parts:
+         cache: Path | None = None, policy_judge: str | None = None) -> Parts:
     """Probe every feature and load each duty's programs; never raises for a
     refused feature or a duty without a way (see Parts.errors)."""
     pin_dir = Path(pin_dir)
     t0 = time.monotonic()
     builders = {
         "flows": lambda: FlowReader(pin_dir, flow_method, cache=cache),
-        "sock_destroy": lambda: Terminator(pin_dir, terminate_method, cache=cache),
+        "sock_destroy": lambda: Terminator(pin_dir, terminate_method, cache=cache, policy_judge=policy_judge),
         "socket_stats": lambda: SocketStatsCollector(pin_dir, cache=cache),
     }
     # The first start compiles three objects with clang: in parallel.
@@ -139,5 +145,11 @@ def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str =
     f.paths["flows"] = parts.flows.method.value if parts.flows is not None else errors["flows"]
     f.paths["sock_destroy"] = t.method.value if t is not None else errors["sock_destroy"]
     f.paths["socket_stats"] = "socket-iter" if parts.socket_stats is not None else errors["socket_stats"]
+    if t is not None:
+        f.probes["policy_kernel_judge"] = answer(t.judge_unavailable)
+        f.paths["policy_judge"] = first_line(t.judge_way)
+    else:
+        f.probes["policy_kernel_judge"] = "unknown: " + errors["sock_destroy"].removeprefix("none: ")
+        f.paths["policy_judge"] = "user: " + errors["sock_destroy"].removeprefix("none: ")
     f.seconds = time.monotonic() - t0
     return parts

@@ -112,11 +112,12 @@ class IterRunner:
             return bpfobj.build(source, defines, self.cache, suffix=suffix)
 
     def load(self, path: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
-             cls: type[bpfobj.IterObject] = bpfobj.IterObject) -> bpfobj.IterObject:
+             cls: type[bpfobj.IterObject] = bpfobj.IterObject,
+             reuse: Mapping[str, tuple[int, int]] | None = None) -> bpfobj.IterObject:
         """The object at path loaded with these programs attached (see
-        bpfobj.IterObject); failures raise self.error."""
+        bpfobj.IterObject, also for reuse); failures raise self.error."""
         with raising(self.error):
-            return cls(path, self.pin_dir, programs, map_keys, error=self.error)
+            return cls(path, self.pin_dir, programs, map_keys, error=self.error, reuse=reuse)
 
     # -- life cycle
 

@@ -27,14 +27,15 @@ from .workloads import KernelCgroups
 log = logging.getLogger(__name__)
 
 
-def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", flow_method: str = "auto") -> Agent:
+def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", flow_method: str = "auto",
+               policy_judge: str | None = None) -> Agent:
     """Load (or adopt) the datapath and build its agent; raises
     loader.LoadError or OSError when the datapath cannot be loaded."""
     datapath.load()
     writer = BpfMapWriter(datapath)
     # Each optional kernel feature is probed once, here: the duties (flows,
     # termination, socket statistics) take their way from the answers.
-    parts = features.load(datapath.pin_dir, flow_method, terminate_method)
+    parts = features.load(datapath.pin_dir, flow_method, terminate_method, policy_judge=policy_judge)
     log.info("kernel features: %s; workload matching: %s", parts.features.summary(), datapath.workload_way)
     terminations = TerminationService(node, parts.terminator,
                                       parts.errors.get("sock_destroy", "").removeprefix("none: "))

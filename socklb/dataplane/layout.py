@@ -265,7 +265,7 @@ FLOW_COUNTS_MAX = 65536
 
 TERM_TARGETS_MAX = 16384  # max_entries of `targets`
 TERM_DSTS_MAX = 16384     # max_entries of `dsts`
-TERM_CGROUPS_MAX = 65536  # max_entries of `cgroups`
+TERM_CGROUPS_MAX = 65536  # max_entries of `cgroups` and `judge_sets`
 TERM_COOKIES_MAX = 131072  # max_entries of `cookies`
 TERM_NOT_TRIED = 1        # TermRec.result of a socket not destroyed here (dry run)
 TERM_F_DSTS = 1           # TermCfg.flags: prefilter on the `dsts` map
@@ -340,6 +340,11 @@ class TermSockRec(ct.Structure):
         ("backend_id", ct.c_uint32),
         ("result", ct.c_int32),
     ]
+
+
+class JudgeStats(ct.Structure):
+    """struct socklb_judge_stats: what a run of the judge programs looked at."""
+    _fields_ = [("judged", ct.c_uint64), ("denied", ct.c_uint64)]
 
 
 # --- bpf/sock_stats.h: socket statistics --------------------------------------
@@ -474,6 +479,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_term_dst": TermDst,
     "socklb_term_rec": TermRec,
     "socklb_term_sock_rec": TermSockRec,
+    "socklb_judge_stats": JudgeStats,
     "socklb_stat_rec": StatRec,
     "socklb_dns_workload": DnsWorkload,
     "socklb_dns_server": DnsServer,

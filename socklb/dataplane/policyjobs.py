@@ -18,6 +18,21 @@ Whose sockets: a workload is its cgroup and every cgroup below it
 cgroup belongs to the deepest one, as in the hooks, so a changed workload
 never judges the sockets of an unchanged one inside it.
 
+Who judges (run_policy_job): the kernel, when the job is for the state the
+node applied (its set ids given: set_ids) and the terminator's judge
+programs loaded (Terminator.kernel_judge): one walk of the sockets decides
+with the connect hook's own code against the policy maps and destroys the
+denied (kfunc; netlink: lists them, then SOCK_DESTROY), so only the denied
+cross to user space; their reasons are worked out here (PolicyEvaluator)
+for the reports. User space otherwise: a dry run or preview (a state not
+in the maps), a job for a set with FQDN rules (the kernel judge does not
+read what the DNS learner learned; PolicyEvaluator keeps, conservatively,
+what a pattern of the set may have allowed), a terminator without the judge
+programs (they did not load,
+or SOCKLB_POLICY_JUDGE=user / --policy-judge user): the sockets of the
+job's cgroups are listed, judged here (judge) and the condemned destroyed
+by cookie.
+
 How a socket is judged (judge): by the new state's sets (PolicyEvaluator),
 as the application addressed it: a socket whose live flow went through a
 frontend by that frontend (its verdict when it is a frontend of the new
@@ -66,6 +81,9 @@ class PolicyJob:
     frontends: Mapping[FrontendKey, str]
     # W3C context of what caused the job: its "terminate" span is a child.
     trace_context: dict | None = None
+    # Set name -> its kernel id, when the new state is the one in the
+    # policy maps (the kernel may judge then); None: judged in user space.
+    set_ids: Mapping[str, int] | None = None
 
     trigger: ClassVar[str] = TRIGGER
     service: ClassVar[str] = ""  # a policy job is about workloads, not one service
@@ -119,17 +137,22 @@ class PolicyRun:
     """What a policy job did: the listing, the sockets it condemned and, when
     not a dry run, the destruction."""
 
-    listing: SocketListing
+    listing: SocketListing                     # judge "kernel": only the denied sockets (listing.judged: all)
     condemned: list[Condemned]
     method: str                                # "kfunc" | "netlink" | "none" (dry run)
     destroyed: CookieReport | None = None      # None: a dry run, or nothing condemned
     duration: float = 0.0
     workloads: dict[str, int] = field(default_factory=dict)  # workload -> sockets condemned
+    judge: str = "user"                        # "kernel" | "user": where the sockets were judged
 
     def summary(self) -> str:
         d = self.destroyed
         what = f"destroyed {d.destroyed}/{d.found}" if d is not None else f"found {len(self.condemned)}"
-        return (f"{what} denied of {len(self.listing.sockets)} sockets listed in {self.listing.netns_scanned} netns, "
+        if self.judge == "kernel":
+            seen = f"{self.listing.judged} sockets judged in the kernel"
+        else:
+            seen = f"{len(self.listing.sockets)} sockets listed"
+        return (f"{what} denied of {seen} in {self.listing.netns_scanned} netns, "
                 f"{self.duration * 1000:.1f} ms, method={self.method}")
 
 
@@ -175,14 +198,16 @@ def owned_cgroups(workloads: Iterable[node_pb2.WorkloadState],
 
 def policy_job(job_id: str, before: node_pb2.NodeState, after: node_pb2.NodeState,
                cgroup_ids: Mapping[str, Iterable[int]], dry_run: bool = False,
-               workloads: Iterable[str] = ()) -> PolicyJob | None:
+               workloads: Iterable[str] = (), set_ids: Mapping[str, int] | None = None) -> PolicyJob | None:
     """The job for going from `before` to `after` (after: applied, or, dry
     run, only considered); None when no workload's sockets need judging.
     cgroup_ids: workload name -> the ids of its cgroup and of those below it
     (a workload missing there has no cgroup on this node); workloads: more
     names to judge again although their policy did not change (e.g. one
-    whose cgroup just appeared). InvalidState when `after` is not a state
-    the node could apply (its sets, its frontends)."""
+    whose cgroup just appeared); set_ids: set name -> kernel id when
+    `after` is the state in the policy maps (lets the kernel judge; ignored
+    for a dry run). InvalidState when `after` is not a state the node could
+    apply (its sets, its frontends)."""
     evaluator = PolicyEvaluator.of_state(after)
     frontends = state_frontends(after)
     again = set(workloads)
@@ -200,16 +225,30 @@ def policy_job(job_id: str, before: node_pb2.NodeState, after: node_pb2.NodeStat
             scopes.append(WorkloadScope(w.name, w.policy_set, w.cgroup, mine))
     if not scopes:
         return None
-    return PolicyJob(job_id, dry_run, tuple(scopes), evaluator, frontends)
+    ids = None if dry_run or set_ids is None else dict(set_ids)
+    return PolicyJob(job_id, dry_run, tuple(scopes), evaluator, frontends, set_ids=ids)
 
 
 # --- judging (pure) ----------------------------------------------------------------------------
 
-def judge(job: PolicyJob, sockets: Iterable[ListedSocket]) -> list[Condemned]:
+class _Destinations:
+    """The destination of a socket as judged (the flow's VIP, else the
+    peer), with its frontend and service in the job's state when it is one."""
+
+    def __init__(self, job: PolicyJob):
+        self.frontends = {(k.addr, k.port, k.proto): (k, service) for k, service in job.frontends.items()}
+
+    def __call__(self, s: ListedSocket) -> tuple[bytes, int, FrontendKey | None, str]:
+        addr, port = (s.vip, s.vip_port) if s.frontend_id else (s.dst, s.dport)
+        return (addr, port, *self.frontends.get((addr, port, s.proto), (None, "")))
+
+
+def judge(job: PolicyJob, sockets: Iterable[ListedSocket], denied: bool = False) -> list[Condemned]:
     """The sockets the job's state denies, with why (see the module doc);
-    sockets of cgroups the job does not own are left alone."""
+    sockets of cgroups the job does not own are left alone. denied: the
+    sockets were judged denied already (by the kernel): only named."""
     cgroups = job.cgroups
-    frontends = {(k.addr, k.port, k.proto): (k, service) for k, service in job.frontends.items()}
+    destination = _Destinations(job)
     allowed = job.evaluator.allowed
     # Sockets crowd on few destinations (a service, a database): judged once each.
     judged: dict[tuple[str, bytes, int, int], bool] = {}
@@ -218,33 +257,66 @@ def judge(job: PolicyJob, sockets: Iterable[ListedSocket]) -> list[Condemned]:
         w = cgroups.get(s.cgroup_id)
         if w is None:
             continue
-        addr, port = (s.vip, s.vip_port) if s.frontend_id else (s.dst, s.dport)
-        fe, service = frontends.get((addr, port, s.proto), (None, ""))
-        key = (w.policy_set, addr, port, s.proto)
-        ok = judged.get(key)
-        if ok is None:
-            ok = judged[key] = allowed(w.policy_set, fe, addr, port, s.proto)
-        if not ok:
-            out.append(Condemned(s, w.name, addr, port, service, job.evaluator, w.policy_set, fe))
+        addr, port, fe, service = destination(s)
+        if not denied:
+            key = (w.policy_set, addr, port, s.proto)
+            ok = judged.get(key)
+            if ok is None:
+                ok = judged[key] = allowed(w.policy_set, fe, addr, port, s.proto)
+            if ok:
+                continue
+        out.append(Condemned(s, w.name, addr, port, service, job.evaluator, w.policy_set, fe))
     return out
+
+
+def condemn(job: PolicyJob, denied: Iterable[ListedSocket]) -> list[Condemned]:
+    """The sockets the kernel judged denied, named as judge() names them
+    (their reasons are worked out when asked)."""
+    return judge(job, denied, denied=True)
+
+
+def kernel_sets(job: PolicyJob, terminator) -> dict[int, int] | None:
+    """Cgroup id -> kernel set id for the kernel judge, or None when the job
+    is judged in user space (see the module doc)."""
+    if job.dry_run or job.set_ids is None or not getattr(terminator, "kernel_judge", False):
+        return None
+    ids = job.set_ids
+    if any(w.policy_set not in ids for w in job.workloads):
+        return None
+    # The kernel judge does not see what the DNS learner learned: a set with
+    # FQDN rules is judged here, conservatively (policy_eval keeps what a
+    # pattern of the set may have allowed).
+    if any(job.evaluator.has_fqdns(w.policy_set) for w in job.workloads):
+        return None
+    return {cg: ids[w.policy_set] for cg, w in job.cgroups.items()}
 
 
 # --- running -----------------------------------------------------------------------------------
 
 def run_policy_job(terminator, job: PolicyJob) -> PolicyRun:
-    """List the sockets of the job's cgroups (sockdestroy.Terminator), judge
-    them, destroy the condemned (not in a dry run)."""
+    """Judge the sockets of the job's cgroups and destroy the condemned (not
+    in a dry run): in the kernel in one walk when it can (kernel_sets),
+    else listed (sockdestroy.Terminator), judged here, destroyed by cookie."""
     t0 = time.monotonic()
-    listing = terminator.list_cgroups(job.cgroups)
-    condemned = judge(job, listing.sockets)
-    run = PolicyRun(listing, condemned, "none" if job.dry_run else terminator.method.value)
+    sets = kernel_sets(job, terminator)
+    destroyed = None
+    if sets is not None:
+        listing, destroyed = terminator.judge_cgroups(sets)
+        condemned = condemn(job, listing.sockets)
+    else:
+        listing = terminator.list_cgroups(job.cgroups)
+        condemned = judge(job, listing.sockets)
+    run = PolicyRun(listing, condemned, "none" if job.dry_run else terminator.method.value,
+                    judge="kernel" if sets is not None else "user")
     for c in condemned:
         run.workloads[c.workload] = run.workloads.get(c.workload, 0) + 1
-    if not job.dry_run and condemned:
+    if destroyed is not None:
+        run.destroyed = destroyed if condemned else None
+    elif not job.dry_run and condemned:
         run.destroyed = terminator.destroy_cookies([c.socket for c in condemned])
     run.duration = time.monotonic() - t0
     return run
 
 
-__all__ = ["Condemned", "PolicyJob", "PolicyRun", "TRIGGER", "WorkloadScope", "changed_workloads", "judge",
-           "owned_cgroups", "policy_job", "run_policy_job", "state_frontends"]
+__all__ = ["Condemned", "PolicyJob", "PolicyRun", "TRIGGER", "WorkloadScope", "changed_workloads", "condemn", "judge",
+           "kernel_sets", "owned_cgroups", "policy_job", "run_policy_job", "state_frontends"]

@@ -11,6 +11,7 @@ the load balancer.
         rep = t.count([Target.backend(7)])               # counters only
         found = t.list_cgroups({cgroup_id, ...})         # policy: the sockets of these cgroups
         rep = t.destroy_cookies(condemned)               #   and destroy some of them by cookie
+        denied, rep = t.judge_cgroups({cgroup_id: set_id})  # policy judged in the kernel, one walk
 
 Finding: the iter/tcp and iter/udp programs of bpf/sock_destroy.bpf.c, which
 read the agent's `flows` socket storage (the pinned map is reused, not copied)
@@ -68,6 +69,20 @@ cookie: kfunc, the iterators again with the cookies in the `cookies` map
 socket's namespace. A socket closed since the listing is just not found;
 cookies are never reused, so no other socket is hit.
 
+Policy judged in the kernel (judge_cgroups): the judge programs of the same
+object take the socket programs' walk, select the sockets of the given
+cgroups (`judge_sets`: cgroup id -> the kernel id of its workload's set in
+the applied state) and decide each as the connect hook does
+(bpf/policy_verdict.h, one body with bpf/sock_lb.c) against the agent's
+pinned `services`, `policy_frontends` and `policy_prefixes` (reused like
+`flows`); only the denied emit a record, after bpf_sock_destroy() (kfunc;
+netlink: listed, then destroy_cookies()). They load with the object when
+they can (judge_unavailable: why not, the policy_kernel_judge probe); a
+Terminator whose policy_judge is "user" ($SOCKLB_POLICY_JUDGE, the agent's
+--policy-judge) keeps them but tells policy jobs to judge in user space
+(kernel_judge False). Passes as above; judge_stats (listing.judged) counts
+the sockets each pass judged.
+
 Records: Report.sockets is built lazily: the raw 64-byte records are kept
 and a SocketRecord (addresses formatted) is made only for the items read, so
 rep.sockets[:100] costs 100 of them whatever the count; run(max_records=N)
@@ -101,17 +116,18 @@ import ctypes as ct
 import enum
 import errno
 import logging
+import os
 import socket
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from socklb.lb.addresses import addr16, check_port, parse_ip
 
 from . import bpfobj, kernel, layout, sockdiag
 from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen, raising
-from .layout import TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
+from .layout import JudgeStats, TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
 from .netns import Netns
 # The typed API, imported from here by the rest of socklb.
 from .termtypes import (CookieReport, ListedSocket, NetnsCount, Report, SocketListing, SocketRecord,  # noqa: F401
@@ -124,6 +140,16 @@ SOURCE = "sock_destroy.bpf.c"
 PROGRAMS = {"tcp": "socklb_term_tcp", "udp": "socklb_term_udp",
             "sock_tcp": "socklb_term_sock_tcp", "sock_udp": "socklb_term_sock_udp"}
 SOCK_KEYS = {socket.IPPROTO_TCP: "sock_tcp", socket.IPPROTO_UDP: "sock_udp"}
+# The judge programs (judge_cgroups): the socket programs' walk with the policy decided in the kernel.
+JUDGE_PROGRAMS = {"judge_tcp": "socklb_term_judge_tcp", "judge_udp": "socklb_term_judge_udp"}
+# The agent's pinned maps they read, with the key and value sizes this build expects.
+JUDGE_REUSE = {"services": (ct.sizeof(layout.SvcKey), ct.sizeof(layout.SvcVal)),
+               "policy_frontends": (ct.sizeof(layout.PolicyFeKey), ct.sizeof(layout.PolicyVerdict)),
+               "policy_prefixes": (ct.sizeof(layout.PolicyPrefixKey), ct.sizeof(layout.PolicyRules))}
+# Who judges a policy job's sockets: "auto" (the kernel when the judge
+# programs load, else user space) or "user" (always user space).
+POLICY_JUDGE_ENV = "SOCKLB_POLICY_JUDGE"
+POLICY_JUDGES = ("auto", "user")
 CGROUPS_MAX = layout.TERM_CGROUPS_MAX  # most cgroups a listing may name
 COOKIES_MAX = layout.TERM_COOKIES_MAX  # cookies per iterator run (destroy_cookies runs more for more)
 KFUNC = "bpf_sock_destroy"
@@ -163,9 +189,12 @@ class _Object(bpfobj.IterObject):
     """The loaded termination object: programs attached as iterators, the
     agent's flows map reused, targets/term_cfg/dsts maps of its own."""
 
-    def __init__(self, path: Path, pin_dir: Path, programs=PROGRAMS, map_keys=(), error=TerminationError):
-        super().__init__(path, pin_dir, programs, map_keys, error)
+    def __init__(self, path: Path, pin_dir: Path, programs=PROGRAMS, map_keys=(), error=TerminationError,
+                 reuse=None):
+        super().__init__(path, pin_dir, programs, map_keys, error, reuse)
         try:
+            self.judge_sets = kernel.BpfMap(self.map_fd("judge_sets"), ct.c_uint64, ct.c_uint32, "judge_sets")
+            self.judge_stats = kernel.BpfMap(self.map_fd("judge_stats"), ct.c_uint32, JudgeStats, "judge_stats")
             self.targets = kernel.BpfMap(self.map_fd("targets"), TermKey, TermVal, "targets")
             self.cfg = kernel.BpfMap(self.map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
             self.dsts = kernel.BpfMap(self.map_fd("dsts"), TermDst, ct.c_uint8, "dsts")
@@ -208,6 +237,21 @@ class _Object(bpfobj.IterObject):
             m.update(key, one)
             self._selected.append((m, key))
         self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), flags))
+
+    def select_judged(self, mode: TermMode, cgroup_sets: dict[int, int]) -> None:
+        """What the judge programs judge next: the sockets of these cgroups,
+        each by the kernel policy set id given; counters zeroed. Undone by
+        clear_sockets()."""
+        self.clear_sockets()
+        for cg, sid in cgroup_sets.items():
+            key = ct.c_uint64(cg)
+            self.judge_sets.update(key, ct.c_uint32(sid))
+            self._selected.append((self.judge_sets, key))
+        self.judge_stats.update(ct.c_uint32(0), JudgeStats())
+        self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), 0))
+
+    def judged(self) -> JudgeStats:
+        return self.judge_stats.lookup(ct.c_uint32(0)) or JudgeStats()
 
     def clear_sockets(self) -> None:
         for m, key in self._selected:
@@ -314,10 +358,16 @@ class Terminator(IterRunner):
     thread_name = "socklb-terminate"
 
     def __init__(self, pin_dir: str | Path, method: str | Method = Method.AUTO,
-                 netns: Iterable[str | Path] | None = None, cache: Path | None = None):
+                 netns: Iterable[str | Path] | None = None, cache: Path | None = None,
+                 policy_judge: str | None = None):
         super().__init__(pin_dir, netns, cache)
         self.requested = Method(method)
         self.method: Method | None = None
+        self.policy_judge = policy_judge or os.environ.get(POLICY_JUDGE_ENV) or "auto"
+        if self.policy_judge not in POLICY_JUDGES:
+            raise ValueError(f"policy_judge {self.policy_judge!r}: one of {', '.join(POLICY_JUDGES)}")
+        # None: the judge programs loaded (judge_cgroups works; the probe); else why not
+        self.judge_unavailable: str | None = "not loaded"
         self.load_seconds = 0.0
         self.unavailable: dict[str, str] = {}
         self.probes: dict[str, str | None] = {}  # method -> None (works) or why not, for every method
@@ -328,12 +378,27 @@ class Terminator(IterRunner):
 
     # -- loading: the method
 
-    def _kfunc_object(self) -> tuple[_Object | None, str | None]:
+    def _object(self, path: Path, judge: bool) -> _Object:
+        """The object at path; judge: with the judge programs if they load
+        (self.judge_unavailable says whether they did), else without."""
+        if not judge:
+            return self.load(path, PROGRAMS, cls=_Object)
+        try:
+            obj = self.load(path, {**PROGRAMS, **JUDGE_PROGRAMS}, cls=_Object, reuse=JUDGE_REUSE)
+        except TerminationError as e:
+            self.judge_unavailable = f"the judge programs do not load: {bpfobj.first_line(e)}"
+            log.info("policy judge: %s; policy jobs judge in user space", self.judge_unavailable)
+            log.debug("policy judge load failure: %s", e)
+            return self.load(path, PROGRAMS, cls=_Object)
+        self.judge_unavailable = None
+        return obj
+
+    def _kfunc_object(self, judge: bool = True) -> tuple[_Object | None, str | None]:
         """The object with bpf_sock_destroy(), or None and why it cannot load."""
         if not bpfobj.btf_has_func(KFUNC):
             return None, f"the kernel's BTF has no FUNC {KFUNC} (needs Linux >= 6.5)"
         try:
-            return self.load(build_object(kfunc=True, cache=self.cache), PROGRAMS, cls=_Object), None
+            return self._object(build_object(kfunc=True, cache=self.cache), judge), None
         except TerminationError as e:
             return None, f"the {KFUNC} program does not load: {e}"
 
@@ -343,7 +408,7 @@ class Terminator(IterRunner):
         why = sockdiag.probe()
         if why:
             return None, why
-        return self.load(build_object(kfunc=False, cache=self.cache), PROGRAMS, cls=_Object), None
+        return self._object(build_object(kfunc=False, cache=self.cache), True), None
 
     def _load(self) -> None:
         order = {Method.AUTO: (Method.KFUNC, Method.NETLINK), Method.KFUNC: (Method.KFUNC,),
@@ -362,7 +427,7 @@ class Terminator(IterRunner):
         if Method.NETLINK.value not in self.probes:
             self.probes[Method.NETLINK.value] = sockdiag.probe()
         if Method.KFUNC.value not in self.probes:
-            obj, why = self._kfunc_object()
+            obj, why = self._kfunc_object(judge=False)
             if obj is not None:
                 obj.close()
             self.probes[Method.KFUNC.value] = why if why is None else bpfobj.first_line(why)
@@ -570,6 +635,72 @@ class Terminator(IterRunner):
         log.info("socket termination by cookie: %s", rep.summary())
         return rep
 
+    @property
+    def kernel_judge(self) -> bool:
+        """Whether policy jobs are judged in the kernel: the judge programs
+        loaded and user space was not asked for (policy_judge "user")."""
+        return self.judge_unavailable is None and self.policy_judge != "user"
+
+    @property
+    def judge_way(self) -> str:
+        """"kernel", or "user: <why>" (the node's policy_judge capability)."""
+        if self.kernel_judge:
+            return "kernel"
+        if self.policy_judge == "user":
+            return f"user: forced ({POLICY_JUDGE_ENV}=user or --policy-judge user)"
+        return f"user: {self.judge_unavailable}"
+
+    def judge_cgroups(self, cgroup_sets: Mapping[int, int], destroy: bool = True, hooks: Hooks | None = None,
+                      ) -> tuple[SocketListing, CookieReport | None]:
+        """Policy judged in the kernel, in one walk: the sockets of these
+        cgroups (cgroup id -> the kernel id of its workload's policy set in
+        the applied state: the policy maps hold that one) that the set
+        denies, judged as the connect hook judges (bpf/policy_verdict.h).
+        kfunc: destroyed in the same walk; the listing holds them and the
+        CookieReport their results. netlink: only listed (CookieReport
+        None): destroy them with destroy_cookies(); destroy=False: only
+        listed with either method. listing.judged counts
+        the sockets looked at. TerminationError when the judge programs did
+        not load (judge_unavailable says why)."""
+        if self.judge_unavailable is not None:
+            raise TerminationError(f"the kernel judge is unavailable: {self.judge_unavailable}")
+        sets = {int(cg): int(sid) for cg, sid in cgroup_sets.items()}
+        if len(sets) > CGROUPS_MAX:
+            raise ValueError(f"{len(sets)} cgroups, at most {CGROUPS_MAX}")
+        if any(not 0 < sid < layout.POL_SET_V4 for sid in sets.values()):
+            raise ValueError("policy set ids are in 1..2^31-1")
+        out = SocketListing(judged=0)
+        if not sets:
+            return out, None
+        hooks = hooks or NO_HOOKS
+        destroy = destroy and self.method is Method.KFUNC
+        mode = TermMode.DESTROY if destroy else TermMode.DRY_RUN
+        rep = CookieReport(method=self.method.value, dry_run=False) if destroy else None
+        t0 = time.monotonic()
+        with self.loaded() as obj:
+            obj.select_judged(mode, sets)
+            try:
+                res = self.scan(partial(self._walk_sockets, obj, tuple(JUDGE_PROGRAMS), self._passes(mode), None,
+                                        hooks), hooks)
+                stats = obj.judged()
+            finally:
+                obj.clear_sockets()
+        out.duration = time.monotonic() - t0
+        out.errors, out.unreachable = res.errors, res.unreachable
+        out.judged = stats.judged
+        seen: set[int] = set()
+        for ns, (found, seconds, _passes) in res.results:
+            out.netns_scanned += 1
+            out.per_netns[ns.ident] = NetnsCount(ns.path, found=len(found), seconds=seconds)
+            out.sockets += first_seen((s for s, _ in found), seen)
+        if rep is not None:
+            self._tally_cookies(rep, res)
+            rep.asked = rep.found
+            rep.duration = out.duration
+        log.info("policy judged in the kernel: %d of %d sockets denied, %s", len(out.sockets), out.judged,
+                 rep.summary() if rep is not None else f"{out.duration * 1000:.1f} ms (listed for netlink)")
+        return out, rep
+
     # -- one namespace (in the namespace thread)
 
     def _walk_sockets(self, obj: _Object, keys: Iterable[str] | None, passes: int | dict[str, int],
@@ -587,7 +718,7 @@ class Terminator(IterRunner):
         out: list[tuple[ListedSocket, int]] = []
         n = 0
         for key in keys:
-            todo = passes if isinstance(passes, int) else passes[key.removeprefix("sock_")]
+            todo = passes if isinstance(passes, int) else passes[key.rsplit("_", 1)[1]]
             recs, k = self._walk_proto(obj, key, todo, hooks, partial(_read_sockets, ns.ident, hooks))
             out += recs
             n += k

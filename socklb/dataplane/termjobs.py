@@ -286,7 +286,8 @@ class Terminations(ABC):
 
     def after_policy_change(self, before: node_pb2.NodeState, after: node_pb2.NodeState,
                             cgroup_ids: Mapping[str, Iterable[int]], dry_run: bool = False, wait: bool = False,
-                            job_id: str = "", workloads: Iterable[str] = ()) -> node_pb2.TerminationReport | None:
+                            job_id: str = "", workloads: Iterable[str] = (),
+                            set_ids: Mapping[str, int] | None = None) -> node_pb2.TerminationReport | None:
         """Terminate the open sockets that `after` denies, of the workloads
         whose policy changed from `before` (see policyjobs.py); dry_run: list
         them, destroy nothing (`after` may be a state the node never
@@ -300,10 +301,12 @@ class Terminations(ABC):
         the same on every node. wait: run now and return the report (a
         report with nothing found when there is nothing to look at); else
         the job runs on the worker, its report goes to the listeners, and
-        None is returned. InvalidState (KeyError for a set the state lacks)
-        when `after` is not a state the node could apply."""
+        None is returned. set_ids: set name -> kernel id, when `after` is
+        the policy the maps hold: the kernel may judge (policyjobs.py).
+        InvalidState (KeyError for a set the state lacks) when `after` is
+        not a state the node could apply."""
         job_id = job_id or f"v{after.version}-{POLICY}"
-        job = policy_job(job_id, before, after, cgroup_ids, dry_run, workloads)
+        job = policy_job(job_id, before, after, cgroup_ids, dry_run, workloads, set_ids)
         if job is None:
             return _report(job_id, "", POLICY, dry_run, self.node) if wait else None
         if wait:

@@ -224,8 +224,16 @@ class SocketListing:
     per_netns: dict[str, NetnsCount] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)       # namespaces that could not be read
     unreachable: list[str] = field(default_factory=list)  # namespaces seen but not openable
+    # Terminator.judge_cgroups: the sockets the kernel judged (`sockets` are
+    # the denied ones; a further pass, after one that destroyed some on a
+    # kernel without the iterator resume fix, counts its sockets again);
+    # None for a listing (every socket of the cgroups)
+    judged: int | None = None
 
     def summary(self) -> str:
+        if self.judged is not None:
+            return (f"judged {self.judged} sockets in the kernel, {len(self.sockets)} denied, in "
+                    f"{self.netns_scanned} netns, {self.duration * 1000:.1f} ms")
         return f"listed {len(self.sockets)} sockets in {self.netns_scanned} netns, {self.duration * 1000:.1f} ms"
 
 

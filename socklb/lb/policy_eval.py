@@ -191,6 +191,11 @@ class PolicyEvaluator:
     def of_state(cls, state: node_pb2.NodeState) -> PolicyEvaluator:
         return cls(state.policy_sets)
 
+    def has_fqdns(self, set_name: str) -> bool:
+        """Whether the set has FQDN rules (False for "" or a set the state lacks)."""
+        s = self._sets.get(set_name)
+        return s is not None and bool(s.fqdns)
+
     def __contains__(self, set_name: str) -> bool:
         return set_name == UNRESTRICTED or set_name in self._sets
 

@@ -23,6 +23,7 @@ and "other" is no workload (untouched).
 """
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 
@@ -30,6 +31,7 @@ import pytest
 
 import netenv
 from netenv import backend, frontend, node_state, poll, service
+from bench.policy_maps import PolicyMaps
 from support import free_port
 from test_kernel_sockdestroy import EXTRA as SOCKDESTROY_EXTRA
 
@@ -332,16 +334,26 @@ def test_listing_by_cgroup(node):
     node.check()
 
 
+@pytest.mark.parametrize("judge", ["kernel", "user"])
 @pytest.mark.parametrize("method", ["kfunc", "netlink"])
-def test_policy_change_terminates_exactly_the_denied(node, method):
+def test_policy_change_terminates_exactly_the_denied(node, method, judge, caplog):
+    """Judged in the kernel (the new sets in the policy maps, their ids
+    given) or, forced, in user space: the same sockets die, the same report."""
     before, after = node.state(2, ""), node.state(3, "ps-new")
     want = node.cookies(node.denied)
     assert len(want) == 3 * 6 + 1  # per w1 client: dns, api x2, shut x2, open-udp; close-wait in the host
-    t = term.Terminator(node.agent.pin_dir, method=method)
-    svc = TerminationService("test-node", t)
+    maps = PolicyMaps(node.agent.pin_dir)
+    t = svc = None
     try:
-        assert t.method.value == method
-        rep = svc.after_policy_change(before, after, node.cgroup_ids(after), wait=True)
+        sets = {"ps-new": 901, "ps-closed": 902}
+        for ps in after.policy_sets:
+            maps.write(sets[ps.name], ps)
+        t = term.Terminator(node.agent.pin_dir, method=method, policy_judge="auto" if judge == "kernel" else "user")
+        svc = TerminationService("test-node", t)
+        assert t.method.value == method and t.kernel_judge == (judge == "kernel"), t.judge_way
+        caplog.set_level(logging.INFO, logger=term.__name__)
+        rep = svc.after_policy_change(before, after, node.cgroup_ids(after), wait=True, set_ids=sets)
+        assert ("policy judged in the kernel" in caplog.text) == (judge == "kernel")
         print(f"{method}: found {rep.found} destroyed {rep.destroyed} in {rep.duration_seconds * 1000:.1f} ms, "
               f"{rep.namespaces} netns")
         assert rep.error == "" and rep.trigger == "policy" and rep.id == "v3-policy" and not rep.dry_run
@@ -365,7 +377,11 @@ def test_policy_change_terminates_exactly_the_denied(node, method):
         assert svc.after_policy_change(after, after, node.cgroup_ids(after)) is None
         assert svc.after_policy_change(after, after, node.cgroup_ids(after), wait=True).found == 0
     finally:
-        svc.close()
+        if svc is not None:
+            svc.close()
+        elif t is not None:
+            t.close()
+        maps.close()
 
 
 def test_dry_run_lists_the_denied_and_destroys_nothing(node):

@@ -74,7 +74,25 @@ def cookies(r: dict) -> set[int]:
     return {int(s["cookie"]) for s in r.get("sockets", [])}
 
 
-def test_applied_policy_ends_exactly_the_denied_sockets_and_reports(node):
+@pytest.fixture(params=["kernel", "user"])
+def judge(request, monkeypatch):
+    """Who judges in the agents the test starts: the kernel (auto: its
+    judge programs load here) or user space (SOCKLB_POLICY_JUDGE=user).
+    Request it before the agent's fixtures."""
+    monkeypatch.setenv("SOCKLB_POLICY_JUDGE", "auto" if request.param == "kernel" else "user")
+    return request.param
+
+
+def judged_as(agent, judge: str) -> None:
+    """The agent says who judges, and its policy jobs were judged there."""
+    caps = agent.dump("info")["capabilities"]
+    assert caps["policy_kernel_judge"] == "yes", caps
+    assert caps["policy_judge"] == ("kernel" if judge == "kernel" else
+                                    "user: forced (SOCKLB_POLICY_JUDGE=user or --policy-judge user)"), caps
+    assert ("policy judged in the kernel" in agent.log_text()) == (judge == "kernel")
+
+
+def test_applied_policy_ends_exactly_the_denied_sockets_and_reports(judge, node):
     a = node.agent
     w2 = lambda client, sid: client == "w2-ns1"  # noqa: E731
 
@@ -113,10 +131,11 @@ def test_applied_policy_ends_exactly_the_denied_sockets_and_reports(node):
     assert not [i for i in reports(a) if i.startswith("v4-")], sorted(reports(a))
     assert "v4-policy" not in a.log_text(mark)
     node.check()  # every socket left still works
+    judged_as(a, judge)
 
 
 @pytest.mark.parametrize("match", ["auto", "exact"])
-def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(agent, backends, clients, cgroup,
+def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(judge, agent, backends, clients, cgroup,
                                                                            netns_factory, match):
     """A workload registered before its cgroup exists; its processes (one
     in a cgroup below it) open sockets before the agent's re-check finds the
@@ -164,3 +183,4 @@ def test_sockets_opened_before_the_agent_finds_the_cgroup_obey_its_policy(agent,
         assert c.call("connect_error", addr=SHUT, port=servers[ns][1].port)["error"] == "EPERM"
     rows = a.dump("workloads")["workloads"]
     assert rows[0]["found"] and rows[0]["cgroups"] == (2 if match == "exact" else 1), rows  # exact: sub too
+    judged_as(a, judge)

@@ -173,6 +173,64 @@ SOCKS = [listed(1, 1, "10.0.0.2", 8080, vip=VIP, vip_port=80), listed(4, 1, "10.
          listed(8, 4, "11.0.0.1", 80)]
 
 
+class FakeKernelJudge(FakeTerminator):
+    """A terminator whose judge programs loaded: judge_cgroups answers as
+    the kernel would (here by the evaluator of `job`), destroying the denied
+    in the same walk; list_cgroups and destroy_cookies must not be called."""
+
+    kernel_judge = True
+
+    def __init__(self, sockets, job, gone=(), fail=()):
+        super().__init__(sockets, gone, fail)
+        self.job = job
+
+    def judge_cgroups(self, sets):
+        self.calls.append(("judge", dict(sets)))
+        denied = [c.socket for c in judge(self.job, [s for s in self.sockets if s.cgroup_id in sets])]
+        rep = FakeTerminator.destroy_cookies(self, denied)
+        self.calls.pop()
+        return SocketListing(denied, netns_scanned=2, judged=sum(s.cgroup_id in sets for s in self.sockets)), rep
+
+
+def test_the_kernel_judges_when_it_holds_the_applied_sets(job):
+    """A job given the applied sets' kernel ids, on a terminator with the
+    judge programs: one judge_cgroups call (cgroup -> set id), nothing
+    listed, nothing destroyed by cookie; the same condemned and report as
+    the user-space way. Without the ids (or a set missing among them), a dry
+    run or a terminator without the judge: user space."""
+    with_ids = policy_job("v2-policy", job_state_before(), job_state_after(), IDS, set_ids={"ps-a": 7})
+    t = FakeKernelJudge(SOCKS, with_ids, fail={12})
+    run = run_policy_job(t, with_ids)
+    assert t.calls == [("judge", {1: 7, 2: 7, 3: 7})]
+    assert run.judge == "kernel" and [c.socket.cookie for c in run.condemned] == [4, 5, 11, 12]
+    assert run.summary().startswith("destroyed 3/4 denied of 5 sockets judged in the kernel in 2 netns, ")
+    user = run_policy_job(FakeTerminator(SOCKS, fail={12}), job)
+    kernel_rep, user_rep = policy_report(with_ids, "n1", run), policy_report(job, "n1", user)
+    assert [(s.cookie, s.result, s.workload, s.reason) for s in kernel_rep.sockets] == [
+        (s.cookie, s.result, s.workload, s.reason) for s in user_rep.sockets]
+    for other in (policy_job("x", job_state_before(), job_state_after(), IDS, set_ids={"ps-b": 7}),
+                  policy_job("x", job_state_before(), job_state_after(), IDS, dry_run=True, set_ids={"ps-a": 7})):
+        t = FakeKernelJudge(SOCKS, other)
+        assert run_policy_job(t, other).judge == "user" and t.calls[0][0] == "list"
+    t = FakeKernelJudge(SOCKS, with_ids)
+    t.kernel_judge = False  # judge programs not loaded, or forced to user space
+    assert run_policy_job(t, with_ids).judge == "user" and t.calls[0][0] == "list"
+
+
+def test_a_set_with_fqdn_rules_is_judged_in_user_space_and_keeps_what_a_pattern_may_allow():
+    """The kernel judge does not read dns_learned: a job for a set with FQDN
+    rules is judged here, and a destination no prefix decides is kept when a
+    pattern of the set allows its port (11.0.0.1:80 below), not destroyed."""
+    after = job_state_after()
+    after.policy_sets[0].fqdns.add(pattern="*.example.test", rules=[
+        node_pb2.PortRule(port=80, end_port=80, action=ALLOW)])
+    j = policy_job("v2-policy", job_state_before(), after, IDS, set_ids={"ps-a": 7})
+    t = FakeKernelJudge(SOCKS, j)
+    run = run_policy_job(t, j)
+    assert run.judge == "user" and t.calls[0][0] == "list"
+    assert 5 not in [c.socket.cookie for c in run.condemned] and 11 in [c.socket.cookie for c in run.condemned]
+
+
 def test_run_and_report(job):
     t = FakeTerminator(SOCKS, gone={11}, fail={12})
     run = run_policy_job(t, job)
