@@ -205,6 +205,16 @@ class PreviewJob(PolicyJob):
         return self.preview_trigger
 
 
+def _served(state: node_pb2.NodeState, cgroup_ids: Mapping[str, Iterable[int]]) -> node_pb2.NodeState:
+    """`state` with only the redirects the node would program: those with a
+    local workload whose cgroup is on the node (the agent programs no other)."""
+    out = node_pb2.NodeState()
+    out.CopyFrom(state)
+    del out.redirects[:]
+    out.redirects.extend(r for r in state.redirects if any(cgroup_ids.get(w) for w in r.exempt))
+    return out
+
+
 def policy_report(job: PolicyJob, node: str, run: PolicyRun | None = None,
                   error: str = "") -> node_pb2.TerminationReport:
     """The report of a policy job: found = the open sockets its state denies
@@ -328,8 +338,9 @@ class Terminations(ABC):
         def work() -> None:
             try:
                 ids = cgroup_ids()
-                keep = {cg for name in preview_keep(before, after) for cg in ids.get(name, ())}
-                moved = preview_job(job_id, before, after, programmed, keep)
+                served = _served(after, ids)
+                keep = {cg for name in preview_keep(before, served) for cg in ids.get(name, ())}
+                moved = preview_job(job_id, before, served, programmed, keep)
                 job = moved if moved is not None else policy_job(job_id, before, after, ids, dry_run=True)
             except Exception as e:  # noqa: BLE001 - the control plane is told, not left waiting
                 log.warning("preview %s: cannot judge: %s", job_id, e)

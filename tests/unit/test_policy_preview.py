@@ -114,7 +114,7 @@ def nodes(server):
     server.api.PutWorkload(api_pb2.PutWorkloadRequest(workload=OTHER))
     t = FakeTerminator(SOCKETS)
     n1 = Agent(MemoryMapWriter(), "n1", terminations=TerminationService("n1", t),
-               cgroups=MemoryCgroups({"socklb/client": Cgroup(7)}))
+               cgroups=MemoryCgroups({"socklb/client": Cgroup(7), "socklb/cache": Cgroup(9)}))
     n2 = Agent(MemoryMapWriter(), "n2")
     clients = [SyncClient(a, [server.addr], stats_interval=60) for a in (n1, n2)]
     for c in clients:
@@ -194,6 +194,14 @@ def test_a_redirect_preview_lists_the_sockets_the_redirect_would_take_over(serve
     assert list(server.api.ListLocalRedirects(api_pb2.ListRequest()).local_redirects) == []
     assert ("list", None) in t.calls and all(call[0] != "destroy" for call in t.calls)
     assert not [fe for fe in n1._programmed.frontends.values() if fe.service.startswith("redirect:")]
+    # A cache whose cgroup is not on the node: the node would not program the redirect, nor move anything.
+    server.api.PutWorkload(api_pb2.PutWorkloadRequest(workload=workload(
+        "ghost", "n1", {"app": "ghost-dns"}, ["10.0.0.54"])))
+    wait_for(lambda: len(n1.state().workloads) == 3, "the ghost workload")
+    term = server.api.PreviewLocalRedirect(api_pb2.PutLocalRedirectRequest(local_redirect=redirect(
+        "dns", {"app": "ghost-dns"}, "dns")))
+    [rep] = reported(server, term.id).reports
+    assert (rep.trigger, rep.found, rep.error) == ("local-redirect", 0, "")
 
 
 def test_the_cli_dry_run_waits_for_the_nodes_and_shows_their_sockets(server, nodes, tmp_path, capsys):
@@ -248,7 +256,7 @@ def test_a_preview_reaches_nodes_served_by_another_replica(server, tmp_path):
     port = server.call(other.start("127.0.0.1:0"))
     t = FakeTerminator(SOCKETS)
     n1 = Agent(MemoryMapWriter(), "n1", terminations=TerminationService("n1", t),
-               cgroups=MemoryCgroups({"socklb/client": Cgroup(7)}))
+               cgroups=MemoryCgroups({"socklb/client": Cgroup(7), "socklb/cache": Cgroup(9)}))
     client = SyncClient(n1, [f"127.0.0.1:{port}"], stats_interval=60)
     client.start()
     try:
