@@ -36,7 +36,7 @@ WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
             "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge"}
-DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match"}
+DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:
@@ -156,6 +156,13 @@ def test_probes_report_every_feature_once(agent):
         assert caps["workload_match"] == "ancestor", caps
     else:
         assert caps["workload_match"].startswith("exact: "), caps
+    if caps["policy_kernel_judge"] == "yes":
+        assert caps["policy_judge"] == "kernel", caps
+    else:
+        assert caps["policy_judge"].startswith("user: "), caps
+    # The learner takes TCP where the probe says the sockmap path works (UDP alone, or off, said why).
+    assert caps["fqdn_learner"] == "udp+tcp" if caps["dns_tcp_sockmap"] == "yes" else (
+        caps["fqdn_learner"].startswith(("udp (tcp ", "off: "))), caps
     log = a.log_text()
     lines = [line for line in log.splitlines() if "kernel features:" in line]
     assert len(lines) == 1, log
