@@ -405,7 +405,7 @@ class DnsLearner:
         for p in PROGRAMS:
             pin = self.links_dir / f"dns_{p.key}"
             if p.tcp and pin.exists():
-                _unpin_link(pin)
+                kernel.unpin_link(pin)
 
     def _open_maps(self) -> None:
         for name, spec in MAPS.items():
@@ -497,15 +497,6 @@ def _server_key(fqdn_set: int, addr: str, port: int) -> layout.DnsServer:
     return layout.DnsServer(fqdn_set, layout.port_be(port), 0, layout.pack_addr(addr))
 
 
-def _unpin_link(pin: Path) -> None:
-    fd = kernel.obj_get(pin)
-    try:
-        kernel.link_detach(fd)
-    finally:
-        os.close(fd)
-    pin.unlink()
-
-
 def detach(pin_dir: str | Path) -> list[str]:
     """Remove the learner's links (the programs leave at once) and map pins."""
     pin_dir = Path(pin_dir)
@@ -513,7 +504,7 @@ def detach(pin_dir: str | Path) -> list[str]:
     for p in PROGRAMS:
         pin = pin_dir / "links" / f"dns_{p.key}"
         if pin.exists():
-            _unpin_link(pin)
+            kernel.unpin_link(pin)
             removed.append(str(pin))
     for name in MAPS:
         pin = pin_dir / name

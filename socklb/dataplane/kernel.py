@@ -64,6 +64,16 @@ def link_detach(link_fd: int) -> None:
     _check(libbpf().bpf_link_detach(link_fd), "detach link")
 
 
+def unpin_link(pin: Path) -> None:
+    """Detach a pinned link (its program leaves at once) and remove the pin."""
+    fd = obj_get(pin)
+    try:
+        link_detach(fd)
+    finally:
+        os.close(fd)
+    pin.unlink()
+
+
 class Insn(ct.Structure):
     """struct bpf_insn."""
     _fields_ = [("code", ct.c_uint8), ("regs", ct.c_uint8), ("off", ct.c_int16), ("imm", ct.c_int32)]

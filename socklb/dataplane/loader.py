@@ -340,12 +340,7 @@ def detach(pin_dir: Path) -> list[str]:
     links = pin_dir / "links"
     if links.is_dir():
         for pin in sorted(links.iterdir()):
-            fd = kernel.obj_get(pin)
-            try:
-                kernel.link_detach(fd)
-            finally:
-                os.close(fd)
-            pin.unlink()
+            kernel.unpin_link(pin)
             removed.append(str(pin))
         links.rmdir()
     if pin_dir.is_dir():
