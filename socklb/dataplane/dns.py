@@ -165,18 +165,65 @@ def pattern_entries(fqdn_set: int, patterns: Mapping[str, int]) -> dict[tuple[in
 # --- what was learned -------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Learned:
-    workload: int
-    addr: str
-    expiry_ns: int   # CLOCK_BOOTTIME ns
-    name_hash: int
+class LearnedSlot:
+    """One name pattern an address was learned through (a slot of the entry)."""
     pattern: int
+    expiry_ns: int   # CLOCK_BOOTTIME ns
     ttl: int
 
+
+@dataclass(frozen=True)
+class Learned:
+    """An address a workload learned: the patterns of the names that taught
+    it (the entry's used slots, in slot order) and the last question's hash."""
+    workload: int
+    addr: str
+    name_hash: int
+    slots: tuple[LearnedSlot, ...]
+
+    @property
+    def latest(self) -> LearnedSlot:
+        """The slot expiring last (what keeps the address allowed longest)."""
+        return max(self.slots, key=lambda x: x.expiry_ns)
+
+    @property
+    def expiry_ns(self) -> int:
+        return self.latest.expiry_ns
+
+    @property
+    def pattern(self) -> int:
+        return self.latest.pattern
+
+    @property
+    def ttl(self) -> int:
+        return self.latest.ttl
+
+    @property
+    def patterns(self) -> frozenset[int]:
+        return frozenset(x.pattern for x in self.slots)
+
+    def live(self, now_ns: int) -> tuple[LearnedSlot, ...]:
+        """The slots the connect hook still counts."""
+        return tuple(x for x in self.slots if x.expiry_ns > now_ns)
+
     def remaining(self, now_ns: int | None = None) -> float:
-        """Seconds until it expires (negative: expired)."""
+        """Seconds until its last slot expires (negative: expired)."""
         now = boottime_ns() if now_ns is None else now_ns
         return (self.expiry_ns - now) / 1e9
+
+
+def learned_of(key: layout.DnsLearnedKey, val: layout.DnsLearnedVal) -> Learned | None:
+    """A `dns_learned` entry as a Learned (None when no slot is used)."""
+    slots = tuple(LearnedSlot(x.pattern, x.expiry_ns, x.ttl) for x in val.slots if x.pattern)
+    return Learned(key.workload, _addr_text(key.addr), val.name_hash, slots) if slots else None
+
+
+def learned_val(entry: Learned) -> layout.DnsLearnedVal:
+    """The map value of a Learned (tests and benchmarks write entries)."""
+    val = layout.DnsLearnedVal(name_hash=entry.name_hash)
+    for i, x in enumerate(entry.slots[:layout.DNS_LEARNED_SLOTS]):
+        val.slots[i] = layout.DnsLearnedSlot(x.expiry_ns, x.pattern, x.ttl)
+    return val
 
 
 def boottime_ns() -> int:
@@ -462,22 +509,29 @@ class DnsLearner:
         out = []
         for k, v in self.maps["dns_learned"].items():
             if workload is None or k.workload == workload:
-                out.append(Learned(k.workload, _addr_text(k.addr), v.expiry_ns, v.name_hash, v.pattern, v.ttl))
+                x = learned_of(k, v)
+                if x is not None:
+                    out.append(x)
         return sorted(out, key=lambda x: (x.workload, x.addr))
 
     def active(self, workload: int | None = None, now_ns: int | None = None) -> list[Learned]:
-        """What has not expired: what the connect hook will allow."""
+        """What has a slot not expired: what the connect hook may allow."""
         now = boottime_ns() if now_ns is None else now_ns
         return [x for x in self.learned(workload) if x.expiry_ns > now]
 
-    def prune(self, now_ns: int | None = None) -> int:
-        """Delete expired entries (the kernel only overwrites and evicts):
-        how many."""
+    def prune(self, now_ns: int | None = None, keep=lambda entry: False) -> int:
+        """Delete the entries all of whose slots expired (the kernel only
+        overwrites and evicts), but not those `keep(entry)` holds on to (an
+        open socket of the workload to the address): how many, also added to
+        the learner's `pruned` counter."""
         now = boottime_ns() if now_ns is None else now_ns
         m, n = self.maps["dns_learned"], 0
         for k, v in list(m.items()):
-            if v.expiry_ns <= now and m.delete(k):
+            x = learned_of(k, v)
+            if (x is None or (x.expiry_ns <= now and not keep(x))) and m.delete(k):
                 n += 1
+        if n:
+            self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)
         return n
 
     def outstanding(self) -> int:

@@ -193,6 +193,18 @@ class BpfMap:
         _check(libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), buf), f"lookup in {self.name}")
         return [self.value_type.from_buffer_copy(buf.raw, i * self._slot) for i in range(self.ncpus)]
 
+    def add_percpu(self, key, n: int) -> None:
+        """Add n to the first CPU's value of a per-CPU counter (readers sum
+        over CPUs; a racing BPF increment on that CPU may be lost, as a
+        user-space count is rare and approximate to that extent)."""
+        values = self.lookup_percpu(key)
+        buf = ct.create_string_buffer(self._slot * self.ncpus)
+        for i, v in enumerate(values):
+            ct.memmove(ct.addressof(buf) + i * self._slot, ct.byref(v), ct.sizeof(v))
+        first = self.value_type.from_buffer(buf, 0)
+        first.value += n
+        _check(libbpf().bpf_map_update_elem(self.fd, ct.byref(key), buf, 0), f"update {self.name}")
+
     def zero_percpu(self, key) -> None:
         """Set every CPU's value of a per-CPU map entry to zero."""
         buf = ct.create_string_buffer(self._slot * self.ncpus)
