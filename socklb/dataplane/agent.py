@@ -338,7 +338,7 @@ class Agent:
         cgroups, terminations = self.policy.cgroups, self.terminations
         # Only cgroups the step found: a workload not programmed loses nothing.
         paths = {name: after.specs[name].cgroup for name, c in step.resolved.items() if c is not None}
-        policy, set_ids = self.policy, dict(step.ids.sets)
+        policy, set_ids, wids = self.policy, dict(step.ids.sets), dict(step.ids.workloads)
 
         def judge() -> None:
             ids = {name: cgroups.tree(path) for name, path in paths.items()}
@@ -346,8 +346,12 @@ class Agent:
             # them there (a set gone since may have left its id to another).
             now = policy.ids.sets
             kernel_ids = {name: i for name, i in set_ids.items() if now.get(name) == i}
+            # Likewise the workload ids what the DNS learner learned is keyed by.
+            now_w = policy.ids.workloads
+            workload_ids = {name: i for name, i in wids.items() if now_w.get(name) == i}
             terminations.after_policy_change(_node_state(version, (), before), _node_state(version, services, after),
-                                             ids, job_id=job_id, workloads=found, set_ids=kernel_ids)
+                                             ids, job_id=job_id, workloads=found, set_ids=kernel_ids,
+                                             workload_ids=workload_ids)
         terminations.later(judge)
 
     def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "") -> None:

@@ -50,7 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from socklb.lb.fqdn import Pattern, PatternError, matches, parse_pattern, wire  # noqa: F401 (the learner's API)
+from socklb.lb.fqdn import (  # noqa: F401 (the learner's API)
+    FNV_OFFSET, FNV_PRIME, Pattern, PatternError, fnv1a, matches, parse_pattern, pattern_id, wire)
 
 from . import bpfobj, kernel, layout, native
 from .kernel import BpfMap
@@ -61,9 +62,6 @@ log = logging.getLogger(__name__)
 SOURCE = "dns.bpf.c"
 TCP_WAYS = ("auto", "sockmap", "off")
 
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-_MASK64 = (1 << 64) - 1
 
 # enum bpf_attach_type values this module attaches with
 BPF_CGROUP_INET_INGRESS = 0
@@ -122,23 +120,9 @@ class DnsError(bpfobj.BpfObjError):
     """Loading or attaching the DNS learner failed."""
 
 
-def fnv1a(data: Iterable[int]) -> int:
-    h = FNV_OFFSET
-    for b in data:
-        h = ((h ^ b) * FNV_PRIME) & _MASK64
-    return h
-
-
 def name_hash(name: str) -> int:
     """A name's identity as the kernel computes it (front to back)."""
     return fnv1a(wire(name))
-
-
-def pattern_id(pattern: str) -> int:
-    """A pattern's id (FQDN policy, phase 2): FNV-1a of its canonical text
-    folded to 32 bits, never 0; the same on every node and after a restart."""
-    h = fnv1a(parse_pattern(pattern).canonical.encode())
-    return ((h ^ (h >> 32)) & 0xFFFFFFFF) or 1
 
 
 def suffix_hash(name: str) -> int:
@@ -513,6 +497,18 @@ class DnsLearner:
                 if x is not None:
                     out.append(x)
         return sorted(out, key=lambda x: (x.workload, x.addr))
+
+    def learned_patterns(self, workload_ids) -> dict[tuple[int, bytes], frozenset[int]]:
+        """(workload id, address: 16 bytes as in the maps) -> the pattern ids
+        of its used slots, expired or not, for those workloads: what a policy
+        job judges FQDN destinations by (policyjobs.LearnedReader)."""
+        out = {}
+        for k, v in self.maps["dns_learned"].items():
+            if k.workload in workload_ids:
+                patterns = frozenset(x.pattern for x in v.slots if x.pattern)
+                if patterns:
+                    out[(k.workload, bytes(k.addr))] = patterns
+        return out
 
     def active(self, workload: int | None = None, now_ns: int | None = None) -> list[Learned]:
         """What has a slot not expired: what the connect hook may allow."""

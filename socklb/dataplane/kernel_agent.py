@@ -40,6 +40,7 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     terminations = TerminationService(node, parts.terminator,
                                       parts.errors.get("sock_destroy", "").removeprefix("none: "))
     learner = datapath.learner
+    terminations.learned_reader = learner  # policy jobs judge FQDN destinations by what it learned
     statistics = KernelStatistics(writer.counter_values, parts, writer.workload_denied,
                                   learner.counters if learner is not None else dict)
     # The hooks see the processes of the balanced cgroup only: workloads are
