@@ -107,6 +107,9 @@ class Agent:
         self.overlay: dict = {}
         self._totals = (0, 0)
         self._pending_totals = (0, 0)
+        # Deletes expired DNS-learned entries (fqdn_prune.LearnedPruner; None:
+        # no learner).
+        self.pruner = None
 
     def capabilities(self) -> dict[str, str]:
         """The probed kernel features and each duty's way (none given: empty)."""
@@ -253,6 +256,20 @@ class Agent:
         self._pending_totals = check_capacity_delta(
             self._totals, [self.targets[k] for k in old_keys if k in self.targets], new_targets.values(), self.limits)
         return changed, new_targets
+
+    def workload_cgroups_by_id(self) -> dict[int, set[int]]:
+        """Workload id (of the policy maps, as `dns_learned` keys it) -> the
+        ids of its cgroup and of those below it, for the workloads found on
+        this node."""
+        with self._lock:
+            specs, ids, resolved = self.policy.given.specs, dict(self.policy.ids.workloads), dict(self.policy.resolved)
+        return {ids[name]: self.policy.cgroups.tree(spec.cgroup) for name, spec in specs.items()
+                if name in ids and resolved.get(name) is not None}
+
+    def prune_learned(self) -> int:
+        """Delete the expired DNS-learned entries no open socket holds on to
+        (fqdn_prune.py): how many."""
+        return self.pruner.run() if self.pruner is not None else 0
 
     def recheck_workloads(self) -> bool:
         """Resolve every workload's cgroup again and program what changed (a

@@ -524,7 +524,10 @@ class DnsLearner:
         m, n = self.maps["dns_learned"], 0
         for k, v in list(m.items()):
             x = learned_of(k, v)
-            if (x is None or (x.expiry_ns <= now and not keep(x))) and m.delete(k):
+            if x is not None and (x.expiry_ns > now or keep(x)):
+                continue
+            again = m.lookup(k)  # an answer may have refreshed it since: then it stays
+            if (again is None or bytes(again) == bytes(v)) and m.delete(k):
                 n += 1
         if n:
             self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)

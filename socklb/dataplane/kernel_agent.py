@@ -17,6 +17,7 @@ import logging
 from . import features
 from .agent import Agent
 from .features import answer
+from .fqdn_prune import LearnedPruner
 from .kernel import cgroup2_mount
 from .loader import Datapath
 from .maps import BpfMapWriter
@@ -51,6 +52,8 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
                     "workload_match": datapath.workload_way,
                     "fqdn_learner": datapath.dns_way}
     agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
+    if learner is not None:
+        agent.pruner = LearnedPruner(learner, parts.terminator, agent.workload_cgroups_by_id)
     programmed = agent.catalog.current().programmed
     log.info("programmed state read back: %d frontends, %d backends, version %d",
              len(programmed.frontends), len(programmed.backends), agent.applied_version)

@@ -163,11 +163,26 @@ def _rules(*spec):
             for port, proto in spec]
 
 
+DENIED = "127.0.2.99"  # a prefix DENY decides it: no FQDN denial
+
+
 def term_state(cgroup, version, fqdns: dict) -> dict:
     state = fqdn_state(cgroup, version)
     state["policy_sets"][0]["fqdns"] = [{"pattern": p, "rules": _rules(*r)} for p, r in fqdns.items()]
+    state["policy_sets"][0]["prefixes"].append({"prefix": f"{DENIED}/32", "rules": [
+        {"port": 0, "end_port": 65535, "action": "ACTION_DENY"}]})
     state["workloads"] = state["workloads"][:1]
     return state
+
+
+def counts(a) -> dict[str, int]:
+    c = a.dump("counters")
+    return {k: int(c.get(k, 0)) for k in ("policyDenies", "fqdnDenies", "fqdnExpired", "dnsPruned")}
+
+
+def moved(a, before) -> dict[str, int]:
+    now = counts(a)
+    return {k: now[k] - before[k] for k in now if now[k] != before[k]}
 
 
 def _report(a, job_id):
@@ -185,7 +200,9 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
     cdn.other.test and narrows shop to 443: the sockets to www and shop:80
     die (the client sees it), those to shop:443, cdn (still allowed
     through cdn.example.test) and short (its entry expired: open
-    connections stay open) keep working."""
+    connections stay open) keep working. The FQDN counters move by what
+    each denial is; the pruner (every second here) keeps brief's expired
+    entry while a socket to it is open, and deletes it once it is closed."""
     check_dns_tools()
     cg1 = cgroup.child("w1")
     for addr in (SHOP, WWW2, CDN, SHORT):
@@ -197,9 +214,15 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
             "www.example.test": [(443, "tcp"), (443, "udp")],
             "cdn.example.test": [(443, "tcp")], "cdn.other.test": [(443, "tcp")],
             "brief.example.test": [(443, "tcp")]}
-    a = agent(term_state(cgroup, 1, full))
+    a = agent(term_state(cgroup, 1, full), ["--dns-prune-interval", "1"])
     assert a.wait_version(1), a.log_text()
     c = clients(netns, cg=cg1, extra=EXTRA)
+    before = counts(a)
+    assert connect(c, SHOP) == "EPERM"  # not resolved yet: only an FQDN rule could allow it
+    assert moved(a, before) == {"policyDenies": 1, "fqdnDenies": 1}
+    before = counts(a)
+    assert connect(c, DENIED) == "EPERM"  # a prefix denies it
+    assert moved(a, before) == {"policyDenies": 1}
     for name, addr in (("shop.example.test", SHOP), ("www.example.test", WWW2), ("cdn.example.test", CDN),
                        ("cdn.other.test", CDN), ("brief.example.test", SHORT)):
         assert resolve(c, name) == [addr]
@@ -213,7 +236,9 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
     assert {(CDN, "cdn.example.test"), (CDN, "cdn.other.test")} <= rows, rows
     # short's entry expires (TTL 1 s + the 5 s grace); what it opened stays
     assert poll(lambda: all(r["expired"] for r in a.dump("fqdn")["learned"] if r["address"] == SHORT), timeout=20)
+    before = counts(a)
     assert connect(c, SHORT) == "EPERM"
+    assert moved(a, before) == {"policyDenies": 1, "fqdnDenies": 1, "fqdnExpired": 1}
 
     narrowed = {"shop.example.test": [(443, "tcp"), (443, "udp")], "cdn.example.test": [(443, "tcp")],
                 "brief.example.test": [(443, "tcp")]}
@@ -233,3 +258,10 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
             assert "backend" in got, (sid, got)
     # the removed name no longer allows a new connect either; the kept one does
     assert connect(c, WWW2) == "EPERM" and connect(c, CDN) is None
+    # pruning: brief's entry expired long ago, a socket to it is open: kept
+    assert a.wait_log("DNS prune: 0 expired learned entries deleted, 1 kept for open sockets", timeout=20), a.log_text()
+    assert SHORT in {r["address"] for r in a.dump("fqdn")["learned"]} and counts(a)["dnsPruned"] == 0
+    c.call("close", id="short-443")
+    assert poll(lambda: SHORT not in {r["address"] for r in a.dump("fqdn")["learned"]}, timeout=30), a.dump("fqdn")
+    assert counts(a)["dnsPruned"] == 1
+    assert {r["address"] for r in a.dump("fqdn")["learned"]} == {SHOP, WWW2, CDN}  # the live ones stay

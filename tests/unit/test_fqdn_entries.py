@@ -191,10 +191,11 @@ def test_dump_fqdn_names_workloads_and_patterns():
 def test_the_learners_counters_go_into_the_nodes_counters():
     from socklb.dataplane import layout as lay
     from socklb.dataplane.stats import KernelStatistics
-    stats = KernelStatistics(lambda: {c: 1 for c in lay.Counter}, None,
+    stats = KernelStatistics(lambda: {c: 1 + (c == lay.Counter.FQDN_EXPIRED) for c in lay.Counter}, None,
                              dns_counters=lambda: {"queries": 5, "answers": 4, "learned": 3, "unsolicited": 2,
-                                                   "malformed": 1, "truncated": 0, "tcp_messages": 9})
+                                                   "malformed": 1, "truncated": 0, "tcp_messages": 9, "pruned": 6})
     c = stats.counters()
+    assert (c.fqdn_denies, c.fqdn_expired, c.dns_pruned) == (1, 2, 6)
     assert (c.dns_queries, c.dns_answers, c.dns_learned, c.dns_unsolicited, c.dns_malformed, c.dns_truncated) == \
         (5, 4, 3, 2, 1, 0)
     assert c.policy_denies == 1
