@@ -265,7 +265,7 @@ static __always_inline struct socklb_workload *current_workload(struct socklb_po
 	return find_workload(cfg);
 }
 
-/* The policy decision (policy_allows, policy_frontend_of): one body with the
+/* The policy decision (policy_decide, policy_frontend_of): one body with the
  * termination iterators' judge (bpf/sock_destroy.bpf.c), the lookups ours
  * (bcc refuses a map call written in a macro: the macros call functions). */
 static __always_inline struct socklb_policy_verdict *policy_frontend_lookup(struct socklb_policy_fe_key *k)

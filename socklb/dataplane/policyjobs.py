@@ -25,8 +25,8 @@ with the connect hook's own code against the policy maps and destroys the
 denied (kfunc; netlink: lists them, then SOCK_DESTROY), so only the denied
 cross to user space; their reasons are worked out here (PolicyEvaluator)
 for the reports. User space otherwise: a dry run or preview (a state not
-in the maps), a job for a set with FQDN rules (the kernel judge does not
-read what the DNS learner learned: see below), a terminator without the judge
+in the maps), a job for a set with FQDN rules without what the FQDN
+judgement needs (see below), a terminator without the judge
 programs (they did not load,
 or SOCKLB_POLICY_JUDGE=user / --policy-judge user): the sockets of the
 job's cgroups are listed, judged here (judge) and the condemned destroyed
@@ -45,8 +45,10 @@ workload whose set has FQDN rules, is kept when the workload's
 pattern is still in the set and whose rules allow the port (none denying);
 else condemned ("FQDN: no allowed name resolved to ..."). The job reads the
 learned slots of its workloads once (FqdnSource: the workload ids of the
-policy maps and a LearnedReader, the pinned map's or MemoryLearned); a job
-without one (a dry run, a preview, a node without the learner) judges such
+policy maps and a LearnedReader, the pinned map's or MemoryLearned); the
+kernel judge reads them itself (`dns_learned`, `policy_fqdns`) given each
+cgroup's workload id (kernel_workloads), and the slots are read here only
+to name the condemned; a job without one (a dry run, a preview, a node without the learner) judges such
 destinations conservatively (kept when a pattern of the set allows the
 port), as does one whose read failed.
 """
@@ -345,10 +347,10 @@ def read_learned(job: PolicyJob) -> LearnedSlots | None:
         return None
 
 
-def condemn(job: PolicyJob, denied: Iterable[ListedSocket]) -> list[Condemned]:
+def condemn(job: PolicyJob, denied: Iterable[ListedSocket], learned: LearnedSlots | None = None) -> list[Condemned]:
     """The sockets the kernel judged denied, named as judge() names them
-    (their reasons are worked out when asked)."""
-    return judge(job, denied, denied=True)
+    (their reasons are worked out when asked; learned: for FQDN reasons)."""
+    return judge(job, denied, denied=True, learned=learned)
 
 
 def kernel_sets(job: PolicyJob, terminator) -> dict[int, int] | None:
@@ -359,11 +361,19 @@ def kernel_sets(job: PolicyJob, terminator) -> dict[int, int] | None:
     ids = job.set_ids
     if any(w.policy_set not in ids for w in job.workloads):
         return None
-    # The kernel judge does not read what the DNS learner learned: a set
-    # with FQDN rules is judged here (read_learned).
-    if any(job.evaluator.has_fqdns(w.policy_set) for w in job.workloads):
+    # A set with FQDN rules: the kernel reads what the workload learned by
+    # its id; without the ids (or a reader), judged here, conservatively.
+    fqdn_ids = _fqdn_ids(job)
+    if any(job.evaluator.has_fqdns(w.policy_set) and w.name not in fqdn_ids for w in job.workloads):
         return None
     return {cg: ids[w.policy_set] for cg, w in job.cgroups.items()}
+
+
+def kernel_workloads(job: PolicyJob) -> dict[int, int]:
+    """Cgroup id -> workload id for the kernel judge's FQDN decisions: the
+    cgroups of the job's workloads whose set has FQDN rules."""
+    fqdn_ids = _fqdn_ids(job)
+    return {cg: fqdn_ids[w.name] for cg, w in job.cgroups.items() if w.name in fqdn_ids}
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -376,8 +386,9 @@ def run_policy_job(terminator, job: PolicyJob) -> PolicyRun:
     sets = kernel_sets(job, terminator)
     destroyed = None
     if sets is not None:
-        listing, destroyed = terminator.judge_cgroups(sets)
-        condemned = condemn(job, listing.sockets)
+        workloads = kernel_workloads(job)
+        listing, destroyed = terminator.judge_cgroups(sets, cgroup_workloads=workloads)
+        condemned = condemn(job, listing.sockets, read_learned(job) if workloads and listing.sockets else None)
     else:
         listing = terminator.list_cgroups(job.cgroups)
         condemned = judge(job, listing.sockets, learned=read_learned(job))
@@ -394,5 +405,5 @@ def run_policy_job(terminator, job: PolicyJob) -> PolicyRun:
 
 
 __all__ = ["Condemned", "FqdnSource", "LearnedReader", "LearnedSlots", "MemoryLearned", "PolicyJob", "PolicyRun",
-           "TRIGGER", "WorkloadScope", "changed_workloads", "condemn", "judge", "kernel_sets", "owned_cgroups",
+           "TRIGGER", "WorkloadScope", "changed_workloads", "condemn", "judge", "kernel_sets", "kernel_workloads", "owned_cgroups",
            "policy_job", "read_learned", "run_policy_job", "state_frontends"]

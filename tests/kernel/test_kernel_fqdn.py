@@ -192,8 +192,9 @@ def _report(a, job_id):
     return got
 
 
+@pytest.mark.parametrize("judge", ["kernel", "user"])
 def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allowed(
-        agent, cgroup, netns, backends, clients, dnsmasqs):  # noqa: F811
+        agent, cgroup, netns, backends, clients, dnsmasqs, judge):  # noqa: F811
     """w1 resolves shop, www, cdn.example.test and cdn.other.test (both of
     cdn's names give one address), short (TTL 1 s) and opens TCP and
     connected UDP sockets to them. Version 2 removes www.example.test and
@@ -202,7 +203,9 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
     through cdn.example.test) and short (its entry expired: open
     connections stay open) keep working. The FQDN counters move by what
     each denial is; the pruner (every second here) keeps brief's expired
-    entry while a socket to it is open, and deletes it once it is closed."""
+    entry while a socket to it is open, and deletes it once it is closed.
+    The same with the kernel judge (it reads dns_learned and policy_fqdns)
+    and the user-space one."""
     check_dns_tools()
     cg1 = cgroup.child("w1")
     for addr in (SHOP, WWW2, CDN, SHORT):
@@ -214,7 +217,8 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
             "www.example.test": [(443, "tcp"), (443, "udp")],
             "cdn.example.test": [(443, "tcp")], "cdn.other.test": [(443, "tcp")],
             "brief.example.test": [(443, "tcp")]}
-    a = agent(term_state(cgroup, 1, full), ["--dns-prune-interval", "1"])
+    a = agent(term_state(cgroup, 1, full),
+              ["--dns-prune-interval", "1", *(["--policy-judge", "user"] if judge == "user" else [])])
     assert a.wait_version(1), a.log_text()
     c = clients(netns, cg=cg1, extra=EXTRA)
     before = counts(a)
@@ -245,6 +249,7 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
     r = a.apply(term_state(cgroup, 2, narrowed))
     assert r.returncode == 0, r.stdout + r.stderr
     rep = _report(a, "v2-policy")
+    assert ("policy judged in the kernel" in a.log_text()) == (judge == "kernel"), a.log_text()
     gone = {"shop-80", "www-443", "www-u"}
     assert int(rep["found"]) == int(rep["destroyed"]) == len(gone), rep
     reasons = {s["destination"]: s.get("reason", "") for s in rep.get("sockets", [])}
