@@ -29,6 +29,7 @@ The rules are those the cgroup hooks apply at connect()/sendmsg():
   allows; none: denied ("no allowed name resolved to it"). Without
   `learned` (None: not known, e.g. a dry run) the judge is conservative: it
   allows when some pattern of the set allows the port and protocol.
+  bpf/sock_destroy.bpf.c's fqdn_keeps() is the kernel judge's copy.
 
 IPv4 and IPv6 prefixes are apart, as the control plane flattens them: an
 IPv4 destination, or a v4-mapped IPv6 one (socklb.lb.addresses reads those
