@@ -70,6 +70,7 @@ from bench import agent, lab, loadgen, policy_connect
 from bench.backends import compile_c, stop_process
 from bench.nat import Service
 from bench.fqdn_cost import bpf_stats_on
+from bench.policy_cost import prog_stats
 from bench.report import Summary, Table, bench_parser, median, publish, render_table
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 
@@ -146,10 +147,13 @@ class Series:
     name: str
     cgroup: Path
     server: str
+    agent_cg: Path | None = None  # whose BPF programs the client runs (None: none)
     rate: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    bpf: list[float] = field(default_factory=list)  # ns per query, all programs on agent_cg (bpf_stats)
+    bpf_by: dict[str, list[float]] = field(default_factory=dict)  # the same per program (name, attach type)
     errors: int = 0
 
     def summary(self) -> Summary:
@@ -165,16 +169,38 @@ def dns_run(ns: str, cgroup: Path, cmd: list[str]) -> dict[str, str]:
     return loadgen.parse_kv(loadgen.run_in_client(ns, cgroup, cmd, timeout=900))
 
 
+def cgroup_progs(cgroup: Path) -> dict[str, int]:
+    """Every program attached to the cgroup (socklb's: its socket LB hooks
+    and the DNS learner's cgroup_skb and sock_ops): `name (attach type)` -> id."""
+    out = lab.run(["bpftool", "-j", "cgroup", "show", str(cgroup)], quiet=True).stdout
+    return {f"{p.get('name', '?')} ({p['attach_type']})": p["id"] for p in json.loads(out or "[]")}
+
+
+def bpf_ns(progs: dict[str, int]) -> dict[str, int]:
+    return {name: prog_stats(i)[1] for name, i in progs.items()}
+
+
 def dns_round(s: Series, ns: str, exe: Path, proto: str, count: int, parallel: int, servers_cg: Path) -> None:
     """`parallel` clients at once (1: the sequential latency measure):
     queries/s over the slowest one's wall time, p50 the clients' median,
-    p99 their worst, CPU of the client's and servers' cgroups per query."""
+    p99 their worst, CPU of the client's and servers' cgroups per query,
+    and the run time of the BPF programs the client's packets and sockets
+    ran (nothing else uses socklb's cgroup meanwhile: the variants run one
+    after the other)."""
     cmd = lab.netns_exec(ns, dns_command(exe, proto, s.server, NAME, count))
+    progs = cgroup_progs(s.agent_cg) if s.agent_cg else {}
+    bpf0 = bpf_ns(progs)
     cpu0 = lab.cgroup_cpu_usec(s.cgroup) + lab.cgroup_cpu_usec(servers_cg)
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=lab.join_cgroup(s.cgroup)) for _ in range(parallel)]
     outs = [p.communicate(timeout=900) for p in procs]
     cpu1 = lab.cgroup_cpu_usec(s.cgroup) + lab.cgroup_cpu_usec(servers_cg)
+    if progs:
+        bpf1 = bpf_ns(progs)
+        per = {n: (bpf1[n] - bpf0[n]) / (count * parallel) for n in progs}
+        s.bpf.append(sum(per.values()))
+        for n, v in per.items():
+            s.bpf_by.setdefault(n, []).append(v)
     if any(p.returncode for p in procs):
         raise RuntimeError(f"{s.name}: dns_rr failed: {[err for _, err in outs]}")
     kvs = [loadgen.parse_kv(out) for out, _ in outs]
@@ -328,10 +354,10 @@ def check(env: Lab, connects: list[policy_connect.Variant]) -> dict[str, str]:
 
 # --- the run ------------------------------------------------------------------
 
-def dns_variants(env: Lab) -> list[tuple[str, Path, str]]:
-    return [("direct", env.plain, AUTH), ("socklb, no policy", env.nopolicy, AUTH),
-            ("socklb, FQDN", env.fqdn, AUTH), ("proxy (nftset)", env.proxy, PROXY),
-            ("proxy (nftset), cached", env.proxy, PROXY_CACHED)]
+def dns_variants(env: Lab) -> list[Series]:
+    return [Series("direct", env.plain, AUTH), Series("socklb, no policy", env.nopolicy, AUTH, env.agent_cg),
+            Series("socklb, FQDN", env.fqdn, AUTH, env.agent_cg), Series("proxy (nftset)", env.proxy, PROXY),
+            Series("proxy (nftset), cached", env.proxy, PROXY_CACHED)]
 
 
 def connect_variants(env: Lab, n: int) -> list[policy_connect.Variant]:
@@ -354,7 +380,7 @@ def run_dns(args, env: Lab) -> dict[str, list[Series]]:
         modes[f"UDP, {args.parallel} clients at once"] = ("udp", args.queries // 2, args.parallel)
     if args.tcp_queries:
         modes["TCP, a connection per query"] = ("tcp", args.tcp_queries, 1)
-    out = {m: [Series(n, cg, srv) for n, cg, srv in dns_variants(env)] for m in modes}
+    out = {m: dns_variants(env) for m in modes}
     for r in range(args.rounds):
         for m, (proto, count, par) in modes.items():
             for s in rotate(out[m], r):
@@ -375,8 +401,20 @@ def dns_lines(results: dict[str, list[Series]]) -> list[str]:
         out += render_table(Table(f"**DNS, {mode}** (medians over rounds)", "queries/s", "µs", "direct",
                                   [s.summary() for s in series])) + [""]
         fq, direct, proxy, cached = by["socklb, FQDN"], by["direct"], by["proxy (nftset)"], by["proxy (nftset), cached"]
+        nopol = by["socklb, no policy"]
         sequential = mode.startswith("UDP, one")
-        out += [ratio_line(f"{mode}: socklb FQDN / direct, p99", fq, direct, "p99", TARGET_P99 if sequential else None),
+        b0, b1 = median(nopol.bpf), median(fq.bpf)
+        out += [f"- {mode}: socklb's BPF run time per query (every program on its cgroup, bpf_stats; "
+                f"{'TCP: the sk_skb parser on the sockhash not included; ' if mode.startswith('TCP') else ''}"
+                f"medians over rounds): no policy {b0:.0f} ns, FQDN {b1:.0f} ns (+{b1 - b0:.0f} ns for "
+                f"the learning and the policy); FQDN by program: "
+                + ", ".join(f"{n} {median(v):.0f}" for n, v in fq.bpf_by.items() if median(v) >= 1)
+                + "; no policy by program: "
+                + ", ".join(f"{n} {median(v):.0f}" for n, v in nopol.bpf_by.items() if median(v) >= 1),
+                ratio_line(f"{mode}: socklb FQDN / socklb no policy, p50", fq, nopol, "p50"),
+                ratio_line(f"{mode}: socklb FQDN / socklb no policy, p99", fq, nopol, "p99"),
+                ratio_line(f"{mode}: socklb no policy / direct, p50 (the socket LB's own hooks)", nopol, direct, "p50"),
+                ratio_line(f"{mode}: socklb FQDN / direct, p99", fq, direct, "p99", TARGET_P99 if sequential else None),
                 ratio_line(f"{mode}: socklb FQDN / direct, p50", fq, direct, "p50"),
                 ratio_line(f"{mode}: socklb FQDN / proxy, p99 (below 1: socklb ahead)", fq, proxy, "p99", AHEAD),
                 ratio_line(f"{mode}: socklb FQDN / proxy, p50", fq, proxy, "p50"),
