@@ -15,6 +15,15 @@
  * One line out, latencies in microseconds:
  *   ops=N ok=K bad=B timeouts=T p50_us=.. p99_us=.. wall_ns=W ns_per_op=..
  * ok: answers with our id, RCODE 0 and at least one answer record.
+ *
+ *   dns_rr cycle udp|tcp NAME BLOCK ROUNDS TIMEOUT_MS CGROUP,SERVER ...
+ *       paired: every variant in turn (order rotated each round), BLOCK
+ *       queries each; before each block the process moves itself into the
+ *       variant's cgroup (CGROUP/cgroup.procs) and makes its socket there;
+ *       one line per block: round=R variant=I ok=.. bad=.. timeouts=..
+ *       p50_us=.. p99_us=.. wall_ns=.. cpu_ns=.. (cpu_ns: this process's
+ *       CPU clock over the block, its packets' softirq work on loopback
+ *       included)
  * Built by bench/fqdn_dns.py with gcc at run time.
  */
 #define _GNU_SOURCE
@@ -151,54 +160,137 @@ static int cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-int main(int argc, char **argv)
+struct result {
+	long ok, bad, timeouts;
+	double p50, p99, wall_ns, cpu_ns;
+};
+
+static double cpu_ns(void)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(53) };
-	long count, i, ok = 0, bad = 0, timeouts = 0;
-	int timeout_ms, tcp, fd = -1;
-	double *lat, t0, start;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+/* COUNT queries to sa, one at a time; lat: room for COUNT. A UDP socket of
+ * its own, made here: a socket belongs to the cgroup its maker was in. */
+static int run(int tcp, const struct sockaddr_in *sa, const char *fmt, long count, int timeout_ms,
+	       double *lat, struct result *res)
+{
 	unsigned char q[512];
 	char name[300];
+	int fd = -1;
+	long i;
+	double start = now_ns(), cpu0 = cpu_ns(), t0;
+	static uint16_t id;
 
-	if (argc != 6 || (strcmp(argv[1], "udp") && strcmp(argv[1], "tcp"))) {
-		fprintf(stderr, "usage: dns_rr udp|tcp SERVER NAME COUNT TIMEOUT_MS\n");
-		return 2;
-	}
-	tcp = !strcmp(argv[1], "tcp");
-	count = atol(argv[4]);
-	timeout_ms = atoi(argv[5]);
-	if (inet_pton(AF_INET, argv[2], &sa.sin_addr) != 1 || count < 1) {
-		fprintf(stderr, "bad server or count\n");
-		return 2;
-	}
-	lat = calloc((size_t)count, sizeof(*lat));
+	memset(res, 0, sizeof(*res));
+	if (!id)
+		id = (uint16_t)(getpid() * 2654435761u);
 	if (!tcp && (fd = socket(AF_INET, SOCK_DGRAM, 0)) < 0) {
 		perror("socket");
-		return 2;
+		return -1;
 	}
-	srand((unsigned)getpid());
-	uint16_t id = (uint16_t)rand();
-	start = now_ns();
 	for (i = 0; i < count; i++) {
 		int qn, v;
 
-		snprintf(name, sizeof(name), argv[3], (int)i);
+		snprintf(name, sizeof(name), fmt, (int)i);
 		id++;
 		qn = build(q, id, name);
 		if (qn < 0) {
 			fprintf(stderr, "bad name %s\n", name);
-			return 2;
+			return -1;
 		}
 		t0 = now_ns();
-		v = tcp ? tcp_one(&sa, q, qn, id, timeout_ms) : udp_one(fd, &sa, q, qn, id, timeout_ms);
+		v = tcp ? tcp_one(sa, q, qn, id, timeout_ms) : udp_one(fd, sa, q, qn, id, timeout_ms);
 		lat[i] = (now_ns() - t0) / 1e3;
-		ok += v == 1;
-		bad += v == 0;
-		timeouts += v == -2;
+		res->ok += v == 1;
+		res->bad += v == 0;
+		res->timeouts += v == -2;
 	}
-	double wall = now_ns() - start;
+	res->wall_ns = now_ns() - start;
+	res->cpu_ns = cpu_ns() - cpu0;
+	if (fd >= 0)
+		close(fd);
 	qsort(lat, (size_t)count, sizeof(*lat), cmp);
+	res->p50 = lat[count / 2];
+	res->p99 = lat[(long)(count * 0.99)];
+	return 0;
+}
+
+static int server_addr(const char *addr, struct sockaddr_in *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sin_family = AF_INET;
+	sa->sin_port = htons(53);
+	return inet_pton(AF_INET, addr, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+/* cycle PROTO NAME BLOCK ROUNDS TIMEOUT_MS CGROUP,SERVER ...: every variant
+ * in turn (order rotated each round), BLOCK queries each, after moving
+ * this process into the variant's cgroup (the directory's cgroup.procs). */
+static int cycle(int argc, char **argv)
+{
+	long block = atol(argv[4]), rounds = atol(argv[5]), r, k;
+	int tcp = !strcmp(argv[2], "tcp"), timeout_ms = atoi(argv[6]), n = argc - 7, i;
+	char (*procs)[512] = calloc((size_t)n, sizeof(*procs));
+	struct sockaddr_in *sa = calloc((size_t)n, sizeof(*sa));
+	double *lat = calloc((size_t)block, sizeof(*lat));
+	struct result res;
+
+	for (i = 0; i < n; i++) {
+		char *spec = strdup(argv[7 + i]), *comma = strrchr(spec, ',');
+
+		if (!comma || server_addr(comma + 1, &sa[i]) != 0) {
+			fprintf(stderr, "bad variant %s (CGROUP,SERVER)\n", argv[7 + i]);
+			return 2;
+		}
+		*comma = 0;
+		snprintf(procs[i], sizeof(procs[i]), "%s/cgroup.procs", spec);
+	}
+	for (r = 0; r < rounds; r++) {
+		for (k = 0; k < n; k++) {
+			int v = (int)((k + r) % n);
+			FILE *f = fopen(procs[v], "w");
+
+			if (!f || fprintf(f, "0\n") < 0 || fclose(f) != 0) {
+				perror(procs[v]);
+				return 2;
+			}
+			if (run(tcp, &sa[v], argv[3], block, timeout_ms, lat, &res) != 0)
+				return 2;
+			printf("round=%ld variant=%d ok=%ld bad=%ld timeouts=%ld p50_us=%.1f p99_us=%.1f "
+			       "wall_ns=%.0f cpu_ns=%.0f\n", r, v, res.ok, res.bad, res.timeouts, res.p50, res.p99,
+			       res.wall_ns, res.cpu_ns);
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in sa;
+	struct result res;
+	long count;
+	double *lat;
+
+	if (argc >= 8 && !strcmp(argv[1], "cycle"))
+		return cycle(argc, argv);
+	if (argc != 6 || (strcmp(argv[1], "udp") && strcmp(argv[1], "tcp"))) {
+		fprintf(stderr, "usage: dns_rr udp|tcp SERVER NAME COUNT TIMEOUT_MS\n"
+			"       dns_rr cycle udp|tcp NAME BLOCK ROUNDS TIMEOUT_MS CGROUP,SERVER ...\n");
+		return 2;
+	}
+	count = atol(argv[4]);
+	if (server_addr(argv[2], &sa) != 0 || count < 1) {
+		fprintf(stderr, "bad server or count\n");
+		return 2;
+	}
+	lat = calloc((size_t)count, sizeof(*lat));
+	if (run(!strcmp(argv[1], "tcp"), &sa, argv[3], count, atoi(argv[5]), lat, &res) != 0)
+		return 2;
 	printf("ops=%ld ok=%ld bad=%ld timeouts=%ld p50_us=%.1f p99_us=%.1f wall_ns=%.0f ns_per_op=%.1f\n",
-	       count, ok, bad, timeouts, lat[count / 2], lat[(long)(count * 0.99)], wall, wall / count);
+	       count, res.ok, res.bad, res.timeouts, res.p50, res.p99, res.wall_ns, res.wall_ns / count);
 	return 0;
 }

@@ -83,6 +83,7 @@ NFT_TABLE = "socklb_bench_fqdn"
 PORT = policy_connect.PORT       # the connect phase's server port (8080)
 HTTPS = 443
 TIMEOUT_MS = 1000
+PAIRED = "UDP, paired (one client cycling through the variants)"
 TARGET_P99 = ("<=", 1.1)         # issue 13: socklb DNS p99 within 1.1x of direct
 AHEAD = ("<", 1.0)               # and ahead of the proxy peer
 TARGET_CPU = ("<=", 1.05)        # connect cost <= 1.05x of no FQDN policy
@@ -94,6 +95,8 @@ def parse_args(argv):
     p.add_argument("--queries", type=int, default=10_000, help="UDP queries per variant and round (sequential)")
     p.add_argument("--parallel", type=int, default=4, help="concurrent clients of the queries/s measure (0: none)")
     p.add_argument("--tcp-queries", type=int, default=500, help="TCP queries per variant and round (0: none)")
+    p.add_argument("--dns-paired-rounds", type=int, default=30, help="rounds of the paired UDP phase (0: none)")
+    p.add_argument("--dns-block", type=int, default=4000, help="UDP queries per variant and round, paired phase")
     p.add_argument("--learned", type=int, default=10_000, help="names the FQDN connect workload resolves first")
     p.add_argument("--connects", type=int, default=20_000, help="TCP connects per variant and round")
     p.add_argument("--paired-rounds", type=int, default=40)
@@ -374,6 +377,29 @@ def rotate(items: list, r: int) -> list:
     return items[r % len(items):] + items[:r % len(items)]
 
 
+def dns_paired(env: Lab, series: list[Series], block: int, rounds: int) -> None:
+    """One dns_rr process cycling through the variants, `block` queries
+    each, moving itself into the variant's cgroup before each block (no
+    `ip netns exec`: it keeps this mount namespace, where the cgroups are)."""
+    specs = [f"{s.cgroup},{s.server}" for s in series]
+    cmd = ["nsenter", f"--net=/run/netns/{env.ns}", str(env.dns_exe), "cycle", "udp", NAME, str(block),
+           str(rounds), str(TIMEOUT_MS), *specs]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120 + rounds * len(series) * block * 1e-3)
+    if res.returncode != 0:
+        raise RuntimeError(f"dns_rr cycle failed ({res.returncode}): {res.stderr.strip()}")
+    for line in res.stdout.splitlines():
+        kv = loadgen.parse_kv(line)
+        s = series[int(kv["variant"])]
+        s.errors += block - int(kv["ok"])
+        s.rate.append(int(kv["ok"]) / float(kv["wall_ns"]) * 1e9)
+        s.p50.append(float(kv["p50_us"]))
+        s.p99.append(float(kv["p99_us"]))
+        s.cpu.append(float(kv["cpu_ns"]) / block / 1000)
+    # The lines come in round order, each variant once a round: per-round lists line up.
+    if any(len(s.p99) != rounds for s in series):
+        raise RuntimeError(f"paired DNS phase: expected {rounds} blocks of each variant:\n{res.stdout[-2000:]}")
+
+
 def run_dns(args, env: Lab) -> dict[str, list[Series]]:
     modes = {"UDP, one query at a time": ("udp", args.queries, 1)}
     if args.parallel:
@@ -387,6 +413,11 @@ def run_dns(args, env: Lab) -> dict[str, list[Series]]:
                 dns_round(s, env.ns, env.dns_exe, proto, count, par, env.servers)
         lab.log(f"dns round {r + 1}/{args.rounds}: " + ", ".join(
             f"{s.name} p99 {s.p99[-1]:.0f} µs" for s in next(iter(out.values()))))
+    if args.dns_paired_rounds:
+        paired = f"{PAIRED}, {args.dns_block} a block"
+        out[paired] = dns_variants(env)
+        dns_paired(env, out[paired], args.dns_block, args.dns_paired_rounds)
+        lab.log("paired dns: " + ", ".join(f"{s.name} p99 {median(s.p99):.0f} µs" for s in out[paired]))
     return out
 
 
@@ -402,16 +433,18 @@ def dns_lines(results: dict[str, list[Series]]) -> list[str]:
                                   [s.summary() for s in series])) + [""]
         fq, direct, proxy, cached = by["socklb, FQDN"], by["direct"], by["proxy (nftset)"], by["proxy (nftset), cached"]
         nopol = by["socklb, no policy"]
-        sequential = mode.startswith("UDP, one")
+        paired = mode.startswith(PAIRED)
+        cpu_what = "the client's CPU clock only" if paired else "client + servers"
+        sequential = paired or (mode.startswith("UDP, one") and PAIRED not in " ".join(results))
         b0, b1 = median(nopol.bpf), median(fq.bpf)
-        out += [f"- {mode}: socklb's BPF run time per query (every program on its cgroup, bpf_stats; "
+        out += [] if paired else [f"- {mode}: socklb's BPF run time per query (every program on its cgroup, bpf_stats; "
                 f"{'TCP: the sk_skb parser on the sockhash not included; ' if mode.startswith('TCP') else ''}"
                 f"medians over rounds): no policy {b0:.0f} ns, FQDN {b1:.0f} ns (+{b1 - b0:.0f} ns for "
                 f"the learning and the policy); FQDN by program: "
                 + ", ".join(f"{n} {median(v):.0f}" for n, v in fq.bpf_by.items() if median(v) >= 1)
                 + "; no policy by program: "
-                + ", ".join(f"{n} {median(v):.0f}" for n, v in nopol.bpf_by.items() if median(v) >= 1),
-                ratio_line(f"{mode}: socklb FQDN / socklb no policy, p50", fq, nopol, "p50"),
+                + ", ".join(f"{n} {median(v):.0f}" for n, v in nopol.bpf_by.items() if median(v) >= 1)]
+        out += [ratio_line(f"{mode}: socklb FQDN / socklb no policy, p50", fq, nopol, "p50"),
                 ratio_line(f"{mode}: socklb FQDN / socklb no policy, p99", fq, nopol, "p99"),
                 ratio_line(f"{mode}: socklb no policy / direct, p50 (the socket LB's own hooks)", nopol, direct, "p50"),
                 ratio_line(f"{mode}: socklb FQDN / direct, p99", fq, direct, "p99", TARGET_P99 if sequential else None),
@@ -421,8 +454,8 @@ def dns_lines(results: dict[str, list[Series]]) -> list[str]:
                 ratio_line(f"{mode}: socklb FQDN / proxy cached, p99", fq, cached, "p99"),
                 ratio_line(f"{mode}: socklb FQDN / direct, queries/s", fq, direct, "rate"),
                 ratio_line(f"{mode}: socklb FQDN / proxy, queries/s", fq, proxy, "rate"),
-                ratio_line(f"{mode}: socklb FQDN / direct, CPU per query (client + servers)", fq, direct, "cpu"),
-                ratio_line(f"{mode}: socklb FQDN / proxy, CPU per query (client + servers)", fq, proxy, "cpu"), ""]
+                ratio_line(f"{mode}: socklb FQDN / direct, CPU per query ({cpu_what})", fq, direct, "cpu"),
+                ratio_line(f"{mode}: socklb FQDN / proxy, CPU per query ({cpu_what})", fq, proxy, "cpu"), ""]
     return out
 
 
