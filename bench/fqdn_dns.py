@@ -494,7 +494,8 @@ def render(args, env_info: dict, dns: dict[str, list[Series]], connects, started
              "(other sessions' tests share the machine)",
              f"- Date: {started} UTC; run time {elapsed / 60:.1f} min",
              f"- Setup: {args.rounds} rounds; DNS {args.queries} sequential UDP queries, {args.parallel} × "
-             f"{args.queries // 2} concurrent, {args.tcp_queries} TCP per variant and round; connects "
+             f"{args.queries // 2} concurrent, {args.tcp_queries} TCP per variant and round, paired UDP "
+             f"{args.dns_paired_rounds} × {args.dns_block}; connects "
              f"{args.connects} per variant and round (phase 1), paired {args.paired_rounds} × {args.block}; "
              f"learner: {env_info['learner']}",
              f"- Learned through DNS before the connect rounds: {env_info['learned']} addresses listed by "
