@@ -529,8 +529,23 @@ static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg,
 		ttl = cfg->ttl_cap;
 	expiry = now + (__u64)ttl * 1000000000ULL + (__u64)cfg->grace * 1000000000ULL;
 	old = bpf_map_lookup_elem(&dns_learned, &key);
-	if (old)
+	if (old) {
+		/* A refresh (the pattern's live slot: the common case, every
+		 * answer re-teaching what the last one taught) is written in
+		 * place: an update of an LRU map takes a new element. Each
+		 * field is one aligned store, so a concurrent reader sees the
+		 * old or the new value of each, both valid. */
+		k = learned_slot(old, s->q.pattern) & (SOCKLB_DNS_LEARNED_SLOTS - 1);
+		slot = &old->slots[k];
+		if (slot->pattern == s->q.pattern && slot->expiry_ns) {
+			if (expiry > slot->expiry_ns)
+				slot->expiry_ns = expiry;
+			slot->ttl = l->ttl;
+			old->name_hash = s->q.name_hash;
+			return;
+		}
 		__builtin_memcpy(&val, old, sizeof(val));
+	}
 	k = learned_slot(&val, s->q.pattern) & (SOCKLB_DNS_LEARNED_SLOTS - 1);
 	slot = &val.slots[k];
 	if (slot->pattern != s->q.pattern || expiry > slot->expiry_ns)
