@@ -662,8 +662,29 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4
 	__u32 off, paylen;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct {
+			struct iphdr ip;
+			struct udphdr udp;
+		} h;
 		struct iphdr ip;
 
+		/* the IP and UDP headers of a datagram without IP options in
+		 * one load (most packets); else the IP header alone */
+		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) == 0 && h.ip.ihl == 5 &&
+		    h.ip.protocol == IPPROTO_UDP && !(h.ip.frag_off & bpf_htons(0x3FFF))) {
+			out->addr[0] = 0;
+			out->addr[1] = 0;
+			out->addr[2] = bpf_htonl(0xffff);
+			out->addr[3] = egress ? h.ip.daddr : h.ip.saddr;
+			out->proto = IPPROTO_UDP;
+			out->port = egress ? h.udp.dest : h.udp.source;
+			off = sizeof(h);
+			if (skb->len < off)
+				return -1;
+			out->off = off;
+			out->len = skb->len - off;
+			return 0;
+		}
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
 			return -1;
 		if (ip.frag_off & bpf_htons(0x3FFF))
@@ -725,16 +746,24 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4
 static __always_inline struct socklb_dns_workload *skb_workload(struct __sk_buff *skb)
 {
 	struct socklb_dns_workload *w;
-	__u64 id = bpf_skb_cgroup_id(skb);
-	int lvl;
+	__u64 own = bpf_skb_cgroup_id(skb), id;
+	__u32 top = 0, step, lvl;
 
-	w = bpf_map_lookup_elem(&dns_workloads, &id);
+	w = bpf_map_lookup_elem(&dns_workloads, &own);
 	if (w)
 		return w;
+	/* The deepest level with an ancestor (its own level, at most
+	 * CGROUP_DEPTH - 1): a binary search, as levels below it have none
+	 * (id 0). Then the ancestors nearest first, its own id skipped (looked
+	 * up above): the lookups of a walk down from CGROUP_DEPTH - 1, without
+	 * a helper call per empty level. */
 #pragma unroll
-	for (lvl = CGROUP_DEPTH - 1; lvl >= 1; lvl--) {
+	for (step = CGROUP_DEPTH / 2; step; step >>= 1)
+		if (bpf_skb_ancestor_cgroup_id(skb, top + step))
+			top += step;
+	for (lvl = top; lvl >= 1 && lvl < CGROUP_DEPTH; lvl--) {
 		id = bpf_skb_ancestor_cgroup_id(skb, lvl);
-		if (!id)
+		if (!id || id == own)
 			continue;
 		w = bpf_map_lookup_elem(&dns_workloads, &id);
 		if (w)
