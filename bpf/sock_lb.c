@@ -397,12 +397,19 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	if (sendmsg) {
 		struct socklb_rnat_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
 		struct socklb_rnat_val rv = { .frontend_id = master->id };
+		struct socklb_rnat_val *old;
 
 		addr_copy(rk.addr, be->addr);
 		rk.port = be->port;
 		addr_copy(rv.addr, key.addr);
 		rv.port = key.port;
-		rev_nat.update(&rk, &rv);
+		/* Look before writing: an unconnected socket sends to the same
+		 * backend again and again, and an LRU update takes a lock (and
+		 * may evict) while a lookup only marks the entry used. */
+		old = rev_nat.lookup(&rk);
+		if (!old || old->frontend_id != rv.frontend_id || old->port != rv.port ||
+		    !addr_eq(old->addr, rv.addr))
+			rev_nat.update(&rk, &rv);
 		if (f)
 			flow_remember_rnat(f, &rk);
 	}
