@@ -10,6 +10,11 @@ rounds and medians are reported, with ratios against direct measured in the
 same run.
 
     cd /work/main && .venv/bin/python -m bench.datapath [--rounds 10 --duration 2]
+        [--baseline TREE]   # also the socklb variants through TREE's agent, as "-base"
+
+With kernel.bpf_stats_enabled on for the run (unless --no-hook-stats), each
+socklb variant also reports its programs' ns per call (run_time_ns /
+run_cnt over each measurement), per hook.
 
 Needs root. Everything it creates (namespaces, cgroups, pins, rules,
 processes, temp files) is removed on exit, Ctrl-C or failure.
@@ -444,6 +449,17 @@ NOTES = [
     "the CPU spent per connection); it misses softirq work the kernel defers to ksoftirqd.",
     "- The machine is noisy: compare ratios within one run, not absolute numbers across runs; "
     "the per-round quartiles show the spread.",
+    "- Optional variants, each through its own agent and cgroup: `-base` = the same traffic "
+    "through the agent of the `--baseline` tree (old hooks and new side by side); "
+    "`udp-socklb-nodns` = this tree's agent with `--dns-learner disabled` (no cgroup_skb "
+    "programs on every packet); `udp-socklb-nomatch` = the socklb cgroup sending straight to a "
+    "backend address (the hooks run and find no service: their floor).",
+    "- Hook cost: with kernel.bpf_stats_enabled (on for the run unless `--no-hook-stats`; "
+    "the kernel then reads the clock before and after every program run, which every variant "
+    "with programs pays), each program's run_time_ns / run_cnt over each measurement. "
+    "\"hooks ns per op\" sums calls × ns over the hooks: the programs' share of the CPU per "
+    "operation next to it; the kernel's work to call them (e.g. the socket lock the UDP "
+    "sendmsg/recvmsg hooks take) is not in it.",
 ]
 
 
