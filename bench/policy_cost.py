@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import agent, lab, loadgen
+from bench.agent import BPF_STATS as STATS  # noqa: F401 (fqdn_cost takes it from here)
 from bench.backends import compile_c
 from bench.nat import Service
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
