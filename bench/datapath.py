@@ -75,11 +75,13 @@ ALL_VARIANTS = ["direct", "socklb", "socklb-base", "iptables", "nftables", "sock
 BASE_SUFFIX, NODNS_SUFFIX = "-base", "-nodns"
 AGENT_SUFFIXES = (BASE_SUFFIX, NODNS_SUFFIX)
 
+DEFAULT_VARIANTS = ["direct", "socklb", "iptables", "nftables", "udp-direct", "udp-socklb"]
+
 
 def agent_of(variant: str) -> str:
     """The suffix of the agent serving a socklb variant ("" for the default one)."""
     return next((x for x in AGENT_SUFFIXES if variant.endswith(x)), "")
-DEFAULT_VARIANTS = ["direct", "socklb", "iptables", "nftables", "udp-direct", "udp-socklb"]
+
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
