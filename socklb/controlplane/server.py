@@ -154,6 +154,13 @@ class ControlPlane:
         self.sync.end_streams()
         if self.server is not None:
             await self.server.stop(grace=1)
+        # Node status is written in coalesced batches: what is still pending
+        # (the last versions, the streams just ended) is written now, bounded
+        # so that a store that is gone does not hold the shutdown up.
+        try:
+            await asyncio.wait_for(self.registry.flush_now(), 2.0)
+        except (StoreError, asyncio.TimeoutError) as e:
+            log.warning("node status not written on shutdown: %s", e or "the store did not answer in time")
 
     # --- store -> cache -> nodes -------------------------------------------------
     def _load(self) -> None:

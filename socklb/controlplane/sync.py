@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 MAX_OPEN_PUSHES = 64  # push spans of a node awaiting its answer; older ones end unanswered
+# Label children bound once: labels() hashes and locks on every call, per node per update.
+_DELTAS = metrics.sync_updates.labels("delta")
+_SNAPSHOTS = metrics.sync_updates.labels("snapshot")
 
 
 @dataclass
@@ -246,7 +249,7 @@ class SyncService:
         session.version = version
         session.diverged = False
         session.in_flight[version] = time.monotonic()
-        metrics.sync_updates.labels("snapshot").inc()
+        _SNAPSHOTS.inc()
         self.registry.desired(session.node, version)
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
@@ -266,7 +269,7 @@ class SyncService:
         session.queue.put_nowait(shared + own.SerializeToString())
         session.version = version
         session.in_flight[version] = time.monotonic()
-        metrics.sync_updates.labels("delta").inc()
+        _DELTAS.inc()
         self.registry.desired(session.node, version)
 
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
