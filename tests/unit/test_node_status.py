@@ -22,16 +22,26 @@ async def until(pred, timeout=30.0):
         await asyncio.sleep(0.01)
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(tmp_path, scenario, **options):
+    """scenario(registry, store) on an event loop, with the registry's flush loop running."""
+    store = open_store(f"embedded://{tmp_path}/s")
+
+    async def main():
+        reg = NodeRegistry(store, "r1", flush_interval=0.01, **options)
+        task = asyncio.create_task(reg.run())
+        try:
+            await scenario(reg, store)
+        finally:
+            task.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
 
 
 def test_progress_is_coalesced_and_flushed_on_shutdown(tmp_path):
-    store = open_store(f"embedded://{tmp_path}/s")
-
-    async def scenario():
-        reg = NodeRegistry(store, "r1", flush_interval=0.01, progress_interval=3600)
-        task = asyncio.create_task(reg.run())
+    async def scenario(reg, store):
         reg.connected(sync_pb2.Hello(node="n1", applied_version=1), "peer", desired=1)
         await until(lambda: stored(store, "n1") is not None)
         first = stored(store, "n1")
@@ -51,23 +61,15 @@ def test_progress_is_coalesced_and_flushed_on_shutdown(tmp_path):
         assert (n1.applied_version, n1.desired_version, n1.health) == (49, 49, api_pb2.NODE_HEALTH_DEGRADED)
         reg.acked("n2", 60)
         reg.desired("n2", 61)
-        task.cancel()
         await reg.flush_now()  # shutdown: everything pending
         n2 = stored(store, "n2")
         assert (n2.applied_version, n2.desired_version, n2.health) == (60, 61, api_pb2.NODE_HEALTH_DEGRADED)
 
-    try:
-        run(scenario())
-    finally:
-        store.close()
+    run(tmp_path, scenario, progress_interval=3600)
 
 
 def test_progress_is_written_within_its_interval(tmp_path):
-    store = open_store(f"embedded://{tmp_path}/s")
-
-    async def scenario():
-        reg = NodeRegistry(store, "r1", flush_interval=0.01, progress_interval=0.05)
-        task = asyncio.create_task(reg.run())
+    async def scenario(reg, store):
         reg.connected(sync_pb2.Hello(node="n1", applied_version=1), "peer", desired=1)
         reg.desired("n1", 7)
         await until(lambda: stored(store, "n1") is not None and stored(store, "n1").desired_version == 7)
@@ -77,9 +79,5 @@ def test_progress_is_written_within_its_interval(tmp_path):
         assert stored(store, "n1").health == api_pb2.NODE_HEALTH_READY
         reg.disconnected("n1")
         await until(lambda: stored(store, "n1").health == api_pb2.NODE_HEALTH_DISCONNECTED)
-        task.cancel()
 
-    try:
-        run(scenario())
-    finally:
-        store.close()
+    run(tmp_path, scenario, progress_interval=0.05)
