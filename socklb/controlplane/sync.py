@@ -38,12 +38,10 @@ from .nodes import NodeRegistry
 from .policy_cache import PolicyChanges
 
 log = logging.getLogger(__name__)
+tally = metrics.sync  # counted per node per update: no lock, no label lookup
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 MAX_OPEN_PUSHES = 64  # push spans of a node awaiting its answer; older ones end unanswered
-# Label children bound once: labels() hashes and locks on every call, per node per update.
-_DELTAS = metrics.sync_updates.labels("delta")
-_SNAPSHOTS = metrics.sync_updates.labels("snapshot")
 
 
 @dataclass
@@ -150,13 +148,13 @@ class SyncService:
                 self._answered(session, kind, getattr(msg, kind))
             if kind == "ack":
                 self.registry.acked(session.node, msg.ack.version)
-                metrics.sync_acks.inc()
+                tally.acks += 1
                 now = time.monotonic()
                 for v in [v for v in session.in_flight if v <= msg.ack.version]:
-                    metrics.sync_latency.observe(now - session.in_flight.pop(v))
+                    tally.observe_latency(now - session.in_flight.pop(v))
                 self._notify_acks()
             elif kind == "nack":
-                metrics.sync_nacks.inc()
+                tally.nacks += 1
                 session.in_flight.pop(msg.nack.version, None)
                 log.warning("node %s refused version %d: %s", session.node, msg.nack.version, msg.nack.error)
                 self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
@@ -249,7 +247,7 @@ class SyncService:
         session.version = version
         session.diverged = False
         session.in_flight[version] = time.monotonic()
-        _SNAPSHOTS.inc()
+        tally.updates["snapshot"] += 1
         self.registry.desired(session.node, version)
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
@@ -269,7 +267,7 @@ class SyncService:
         session.queue.put_nowait(shared + own.SerializeToString())
         session.version = version
         session.in_flight[version] = time.monotonic()
-        _DELTAS.inc()
+        tally.updates["delta"] += 1
         self.registry.desired(session.node, version)
 
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
