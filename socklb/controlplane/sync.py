@@ -252,19 +252,30 @@ class SyncService:
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
                     upserts: list[node_pb2.ServiceState], removals: list[str],
-                    policy: PolicyChanges | None = None) -> None:
+                    policy: PolicyChanges | None = None, versions: dict[int, bytes] | None = None) -> None:
         """`shared`: serialized parts of the delta shared with other nodes
-        (services, policy sets); the rest is this node's own."""
-        own = sync_pb2.ControlMessage(nonce=self._next_nonce(), delta=node_pb2.NodeStateDelta(
-            from_version=session.version, version=version, upserts=upserts, removals=removals))
-        if policy is not None:
-            d = own.delta
-            d.workload_upserts.extend(policy.workload_upserts)
-            d.workload_removals.extend(policy.workload_removals)
-            d.policy_set_removals.extend(policy.policy_set_removals)
-            d.redirect_upserts.extend(policy.redirect_upserts)
-            d.redirect_removals.extend(policy.redirect_removals)
-        session.queue.put_nowait(shared + own.SerializeToString())
+        (services, policy sets); the rest is this node's own. `versions`
+        memoizes, over one update, the (from_version, version) part by
+        from_version: every node that was at the same version shares it, so
+        a node with nothing of its own costs a nonce and a join."""
+        head = versions.get(session.version) if versions is not None else None
+        if head is None:
+            head = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
+                from_version=session.version, version=version)).SerializeToString()
+            if versions is not None:
+                versions[session.version] = head
+        own = b""
+        if upserts or removals or policy is not None:
+            msg = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(upserts=upserts, removals=removals))
+            if policy is not None:
+                d = msg.delta
+                d.workload_upserts.extend(policy.workload_upserts)
+                d.workload_removals.extend(policy.workload_removals)
+                d.policy_set_removals.extend(policy.policy_set_removals)
+                d.redirect_upserts.extend(policy.redirect_upserts)
+                d.redirect_removals.extend(policy.redirect_removals)
+            own = msg.SerializeToString()
+        session.queue.put_nowait(b"".join((shared, head, own, _nonce_bytes(self._next_nonce()))))
         session.version = version
         session.in_flight[version] = time.monotonic()
         tally.updates["delta"] += 1
@@ -288,6 +299,7 @@ class SyncService:
                 upserts=update.shared_upserts, removals=update.removals)).SerializeToString()
         # A policy set goes to every node using it: serialized once.
         set_bytes: dict[str, bytes] = {}
+        versions: dict[int, bytes] = {}
         sent = 0
         for node, session in list(self.sessions.items()):
             own = update.per_node.get(node, [])
@@ -300,7 +312,7 @@ class SyncService:
                 self._send_snapshot(session, trace_bytes)
             else:
                 sets = b"".join(_set_bytes(set_bytes, ps) for ps in policy.policy_set_upserts) if policy else b""
-                self._send_delta(session, update.revision, trace_bytes + body + sets, own, [], policy)
+                self._send_delta(session, update.revision, trace_bytes + body + sets, own, [], policy, versions)
             sent += 1
         return sent
 
@@ -353,3 +365,20 @@ def _set_bytes(memo: dict[str, bytes], entry: node_pb2.PolicySetState) -> bytes:
 def _trace_bytes(carrier: dict[str, str]) -> bytes:
     """A ControlMessage holding only trace_context, to join to a message's bytes."""
     return sync_pb2.ControlMessage(trace_context=carrier).SerializeToString() if carrier else b""
+
+
+_NONCE_TAG = bytes([(1 << 3) | 2])  # ControlMessage.nonce: field 1, length-delimited
+
+
+def _nonce_bytes(nonce: str) -> bytes:
+    """ControlMessage(nonce=nonce).SerializeToString(), without building a
+    message: one of these goes to every node with every update."""
+    data = nonce.encode()
+    if not data:
+        return b""  # proto3 leaves an empty string out
+    n, length = len(data), bytearray()
+    while n > 0x7F:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return _NONCE_TAG + bytes(length) + data
