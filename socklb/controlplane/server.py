@@ -38,7 +38,7 @@ from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
 from .services import ServiceRepository, expire_drains
 from .store import Compacted, Store, StoreError, Unavailable, open_store
-from .sync import SyncService
+from .sync import PUSH_SPANS, SyncService
 
 log = logging.getLogger("socklb.controlplane")
 
@@ -88,7 +88,8 @@ def check_listen(listen: str) -> None:
 class ControlPlane:
     def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0,
                  heartbeat: float = 10.0, terminations_kept: int = terminations.MAX_KEPT,
-                 terminations_retention: float = terminations.RETENTION, prune_interval: float = 30.0):
+                 terminations_retention: float = terminations.RETENTION, prune_interval: float = 30.0,
+                 push_spans: int = PUSH_SPANS):
         self.terminations_kept = terminations_kept
         self.terminations_retention = terminations_retention
         self.prune_interval = prune_interval
@@ -98,7 +99,7 @@ class ControlPlane:
         self.duty_interval = duty_interval
         self.cache = SnapshotCache()
         self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
-        self.sync = SyncService(self.cache, self.registry, replica)
+        self.sync = SyncService(self.cache, self.registry, replica, push_spans=push_spans)
         self.api = LoadBalancerServicer(store, self.registry, cache=self.cache)
         self._watch = None  # of the configuration range
         self._term_watch = None
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of this replica (default: hostname-pid-random)")
     p.add_argument("--node-timeout", type=float, default=60.0,
                    help="seconds a disconnected node is kept before the leader marks it GONE")
+    p.add_argument("--push-spans", type=int, default=int(os.environ.get("SOCKLB_PUSH_SPANS", PUSH_SPANS)),
+                   help=f"per-node push spans of a traced update, at most (default {PUSH_SPANS}; the first nodes in "
+                        "connection order): the other nodes' applies are children of the update's dispatch span")
     p.add_argument("--tls-cert", default=os.environ.get("SOCKLB_TLS_CERT", ""),
                    help="server certificate (PEM): serve TLS; files are re-read when they change")
     p.add_argument("--tls-key", default=os.environ.get("SOCKLB_TLS_KEY", ""), help="server private key (PEM)")
@@ -441,7 +445,7 @@ async def _amain(args) -> int:
     except (ValueError, StoreError, OSError) as e:
         print(f"error: cannot open store {args.store}: {e}", file=sys.stderr)
         return 1
-    cp = ControlPlane(store, replica, node_timeout=args.node_timeout)
+    cp = ControlPlane(store, replica, node_timeout=args.node_timeout, push_spans=args.push_spans)
     try:
         metrics.serve(args.metrics_listen)
     except (OSError, ValueError) as e:

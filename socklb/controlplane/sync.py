@@ -42,6 +42,10 @@ tally = metrics.sync  # counted per node per update: no lock, no label lookup
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 MAX_OPEN_PUSHES = 64  # push spans of a node awaiting its answer; older ones end unanswered
+# Per-node push spans of one traced update, at most: each costs the loop tens
+# of microseconds and the exporter a span. Beyond it the other nodes' applies
+# are children of the update's dispatch span (the trace stays whole).
+PUSH_SPANS = 100
 
 
 @dataclass
@@ -59,8 +63,9 @@ class NodeSession:
 
 
 class SyncService:
-    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, replica: str):
+    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, replica: str, push_spans: int = PUSH_SPANS):
         self.cache = cache
+        self.push_spans = push_spans
         self.registry = registry
         self.replica = replica
         self.sessions: dict[str, NodeSession] = {}
@@ -284,15 +289,19 @@ class SyncService:
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
         """Send an update to the nodes it affects; returns how many.
 
-        Trace context: when the current span records, each node's copy gets
-        a "push" span of its own (child of the current span); otherwise every
-        node gets `trace_context`, default the current context (nothing when
-        tracing is off)."""
+        Trace context: when the current span records, the copies of the
+        first `push_spans` nodes (in connection order: the same nodes every
+        update) get a "push" span of their own (child of the current span),
+        the others the current context; otherwise every node gets
+        `trace_context`, default the current context (nothing when tracing
+        is off)."""
         if update.empty():
             return 0
-        per_node_spans = trace_context is None and trace.get_current_span().is_recording()
-        trace_bytes = b"" if per_node_spans else _trace_bytes(
-            trace_context if trace_context is not None else tracing.inject())
+        current = trace.get_current_span()
+        spans_left = self.push_spans if trace_context is None and current.is_recording() else 0
+        if spans_left and len(self.sessions) > spans_left:
+            current.set_attribute("socklb.push_spans", spans_left)  # sampled: the rest are the dispatch's
+        shared_trace = _trace_bytes(trace_context if trace_context is not None else tracing.inject())
         body = b""
         if update.shared_upserts or update.removals:
             body = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
@@ -306,7 +315,9 @@ class SyncService:
             policy = update.policy.get(node)
             if not own and policy is None and not body:
                 continue
-            if per_node_spans:
+            trace_bytes = shared_trace
+            if spans_left:
+                spans_left -= 1
                 trace_bytes = self._push_span(session, update.revision, "snapshot" if session.diverged else "delta")
             if session.diverged:
                 self._send_snapshot(session, trace_bytes)
