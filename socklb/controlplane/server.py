@@ -32,7 +32,7 @@ from socklb.observability import metrics, tracing
 from socklb.observability.grpcutil import add_health_and_reflection_aio
 from socklb.observability.logs import setup_logging
 
-from . import auth, keys, terminations
+from . import auth, keys, terminations, workers
 from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
@@ -108,7 +108,8 @@ class ControlPlane:
         self.server: grpc.aio.Server | None = None
 
     async def start(self, listen: str, credentials: grpc.ServerCredentials | None = None,
-                    interceptors: list | None = None) -> int:
+                    interceptors: list | None = None, reuse_port: bool = False) -> int:
+        """reuse_port: share the port with the other workers of --workers."""
         self._loop = asyncio.get_running_loop()
         delay = 0.2
         while True:  # a store that is not up yet is waited for, not fatal
@@ -119,7 +120,8 @@ class ControlPlane:
                 log.warning("store unavailable (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS,
+        options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS]
+        self.server = grpc.aio.server(options=options,
                                       interceptors=[*(interceptors or []), MalformedRequests()])
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
@@ -371,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-spans", type=int, default=int(os.environ.get("SOCKLB_PUSH_SPANS", PUSH_SPANS)),
                    help=f"per-node push spans of a traced update, at most (default {PUSH_SPANS}; the first nodes in "
                         "connection order): the other nodes' applies are children of the update's dispatch span")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("SOCKLB_WORKERS", "1")),
+                   help="processes serving node streams and the API on the same port (SO_REUSEPORT), each a "
+                        "replica of its own (default 1; more needs an etcd:// store)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers
     p.add_argument("--tls-cert", default=os.environ.get("SOCKLB_TLS_CERT", ""),
                    help="server certificate (PEM): serve TLS; files are re-read when they change")
     p.add_argument("--tls-key", default=os.environ.get("SOCKLB_TLS_KEY", ""), help="server private key (PEM)")
@@ -438,6 +444,10 @@ async def _amain(args) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    denied = workers.check(args.workers, args.listen, args.store)
+    if denied:
+        print(f"error: {denied}", file=sys.stderr)
+        return 2
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tracing.setup_tracing("socklb-controlplane", {"service.instance.id": replica})
     try:
@@ -453,18 +463,21 @@ async def _amain(args) -> int:
         store.close()
         return 1
     metrics.register(cp.metric_families)
+    reuse = args.reuse_port or args.workers > 1
     try:
-        await cp.start(args.listen, creds, interceptors)
+        await cp.start(args.listen, creds, interceptors, reuse_port=reuse)
     except (OSError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         store.close()
         return 1
-    log.info("ready")
+    others = workers.spawn(args.argv, args.workers, replica) if args.workers > 1 else []
+    log.info("ready" + (f" ({args.workers} workers)" if others else ""))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await asyncio.to_thread(workers.stop, others)
     await cp.stop()
     store.close()
     tracing.shutdown_tracing()  # flush the spans still batched
@@ -472,7 +485,9 @@ async def _amain(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what the other workers of --workers are started with
     setup_logging(args.verbose, args.log_format)
     return asyncio.run(_amain(args))
 
