@@ -311,7 +311,11 @@ class ControlPlane:
         leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
                                              max(self.duty_interval * 3, 5.0))
         services = ServiceRepository(self.store)
-        pruned_at = time.monotonic()
+        pruned_at = marked_at = time.monotonic()
+        # Marking reads every node's record: with a thousand nodes that is the
+        # leader's largest duty, and records go stale after 3 heartbeats, so
+        # every half heartbeat is soon enough (drains keep duty_interval).
+        mark_every = max(self.duty_interval, self.registry.heartbeat / 2)
         try:
             while True:
                 await asyncio.sleep(self.duty_interval)
@@ -319,9 +323,12 @@ class ControlPlane:
                     continue
                 try:
                     fence = leadership.fence()
-                    gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
-                                                   self.registry.stale_after, None,
-                                                   frozenset(self.registry.connected_nodes))
+                    gone = []
+                    if time.monotonic() - marked_at >= mark_every:
+                        marked_at = time.monotonic()
+                        gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
+                                                       self.registry.stale_after, None,
+                                                       frozenset(self.registry.connected_nodes))
                     due = [n for n, t in self.cache.drain_deadlines.items() if t <= time.time()]
                     drained = await asyncio.to_thread(expire_drains, services, fence, due) if due else []
                     if gone or drained:
