@@ -28,7 +28,9 @@ What it does (everything on this machine, nothing needs root):
 Results are printed and written to docs/benchmarks.md between the
 ``<!-- convergence:begin -->`` / ``<!-- convergence:end -->`` markers.
 Timing is reported, never asserted. ``--profile`` samples the control plane
-with py-spy during the largest node count's writes.
+with py-spy during the largest node count's writes. ``--cp-workers N`` runs
+the control plane with ``--workers N`` on an etcd of the benchmark's own
+(``--etcd`` alone: one process on etcd), its CPU summed over its processes.
 """
 from __future__ import annotations
 
