@@ -17,6 +17,7 @@ policy entries (the exempt workloads' entries and redirect_exempt) are in.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
@@ -117,9 +118,14 @@ class Plan:
     # Masters gaining SvcFlag.REDIRECTED, written after everything else
     # (the ops write them without the flag).
     late: list[Op] = field(default_factory=list)
+    _counts: Counter | None = field(default=None, init=False, repr=False, compare=False)
 
     def count(self, kind: type) -> int:
-        return sum(isinstance(o, kind) for o in self.ops)
+        """How many ops of one type (op types have no subclasses: by exact
+        type, counted once for all kinds, as a full state has 200k+ ops)."""
+        if self._counts is None:
+            self._counts = Counter(map(type, self.ops))
+        return self._counts[kind]
 
 
 def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],

@@ -1,8 +1,16 @@
 """Desired state from a YAML or JSON file (standalone mode, `apply`): a
 NodeState with its services and, as the control plane would send them,
-workloads, policy_sets and redirects (validated by the agent as any state)."""
+workloads, policy_sets and redirects (validated by the agent as any state).
+
+A document that starts with `{` is read as JSON (json, ~100x faster than a
+YAML loader on a 10k-service state); JSON that json refuses, and any other
+document, as YAML with libyaml's loader (yaml.CSafeLoader) where PyYAML was
+built with it, else the pure-Python one (YAML_LOADER says which).
+"""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import yaml
@@ -12,9 +20,30 @@ from socklb.lb.errors import InvalidState
 from socklb.v1 import node_pb2
 
 
+log = logging.getLogger(__name__)
+
+_LOADER = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+YAML_LOADER = "libyaml (CSafeLoader)" if _LOADER is not yaml.SafeLoader else "pure Python (SafeLoader)"
+
+
+def parse_document(text: str):
+    """The document as data: JSON when it parses as JSON, else YAML (JSON
+    with what only YAML allows, such as comments, still reads as YAML)."""
+    if text.lstrip()[:1] == "{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    if _LOADER is yaml.SafeLoader and len(text) > 1 << 20:
+        log.warning("parsing %d bytes of YAML with the pure-Python loader (PyYAML has no libyaml here): "
+                    "expect minutes at 10k services; a JSON state file parses in well under a second",
+                    len(text))
+    return yaml.load(text, Loader=_LOADER)
+
+
 def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:
     try:
-        data = yaml.safe_load(text)  # JSON is YAML too
+        data = parse_document(text)
     except yaml.YAMLError as e:
         raise InvalidState(source, f"not valid YAML/JSON: {e}") from None
     if data is None:
