@@ -39,11 +39,9 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +63,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 PROBE_VIP, PROBE_PORT = "127.98.0.1", 80
 WAYS = ("per-entry", "batch")
 
-# The client (stdin closes: it prints {"ok", "failed", "errors"}), shared with the kernel tests.
-CLIENT = ROOT / "tests" / "kernel" / "connect_loop_client.py"
+# The connect loop and its backends, shared with the kernel tests.
+LOOP = ROOT / "tests" / "kernel" / "connect_loop.py"
+INTERVAL = 0.002  # between connects: a steady probe, not a load on the 2 CPUs
 
 
 def service(i: int, backends: int) -> dict:
@@ -83,29 +82,11 @@ def probe(port: int) -> dict:
             "backends": [{"address": "127.0.0.1", "port": port}]}
 
 
-class Listener:
-    """A loopback TCP server that accepts and sends one byte (the client's
-    proof it reached a backend)."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.send(b"x")
-            except OSError:
-                pass
-            c.close()
-
-    def close(self) -> None:
-        self.sock.close()
+def server(teardown: lab.Teardown) -> int:
+    """A loopback backend (its own process): its port."""
+    p = subprocess.Popen([sys.executable, str(LOOP), "serve"], stdout=subprocess.PIPE, text=True)
+    teardown.add("backend server", lambda: (p.kill(), p.wait()))
+    return int(p.stdout.readline())
 
 
 class TimedWriter(BpfMapWriter):
@@ -147,7 +128,7 @@ def dump(writer: BpfMapWriter) -> dict:
 
 
 def run_apply(agent: Agent, writer: TimedWriter, path: Path, way: str, kind: str, cg: Path) -> Apply:
-    client = subprocess.Popen([sys.executable, str(CLIENT), PROBE_VIP, str(PROBE_PORT)], stdin=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, str(LOOP), "connect", PROBE_VIP, str(PROBE_PORT), str(INTERVAL)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, preexec_fn=lab.join_cgroup(cg))
     try:
         client.stdout.readline()  # "started"
@@ -191,15 +172,13 @@ def run(args, teardown: lab.Teardown) -> tuple[list[Apply], dict, dict]:
     pins = Path("/sys/fs/bpf") / f"{lab.PREFIX}{os.getpid()}-apply"
     teardown.add(f"pins {pins}", lambda: (detach(pins), shutil.rmtree(pins, ignore_errors=True)))
     tmp = lab.make_tempdir(teardown)
-    listeners = [Listener(), Listener()]
-    for li in listeners:
-        teardown.add("listener", li.close)
+    ports = [server(teardown), server(teardown)]
 
     many = [service(i, args.backends) for i in range(args.services)]
     small = tmp / "small.json"
     full = tmp / "full.json"
-    small.write_text(json.dumps({"version": 1, "services": [probe(listeners[0].port)]}))
-    full.write_text(json.dumps({"version": 2, "services": many + [probe(listeners[1].port)]}))
+    small.write_text(json.dumps({"version": 1, "services": [probe(ports[0])]}))
+    full.write_text(json.dumps({"version": 2, "services": many + [probe(ports[1])]}))
 
     dp = Datapath(pin_dir=pins, cgroup=cg, capacity=Capacity(services=1 << 20, backends=1 << 20))
     dp.load()

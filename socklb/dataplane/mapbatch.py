@@ -38,28 +38,39 @@ MAP_WRITES_ENV = "SOCKLB_MAP_WRITES"
 _SCALARS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def packer(ctype) -> struct.Struct:
+def packer(ctype, first: str | None = None, stop: str | None = None) -> struct.Struct:
     """A struct.Struct that packs the fields of a ctypes structure (or a
     ctypes integer) in order into exactly its bytes: integers in native
-    order, arrays as raw bytes, padding as the compiler lays it out."""
+    order, arrays as raw bytes, padding as the compiler lays it out. With
+    first/stop: the fields from `first` up to `stop` only (a part of the
+    structure's bytes, from first's offset to stop's)."""
     if not hasattr(ctype, "_fields_"):
         return struct.Struct("=" + _SCALARS[ct.sizeof(ctype)])
-    fmt, pos = "=", 0
-    for name, ftype, *_ in ctype._fields_:
+    names = [f[0] for f in ctype._fields_]
+    lo = names.index(first) if first else 0
+    hi = names.index(stop) if stop else len(names)
+    fmt = "="
+    pos = getattr(ctype, names[lo]).offset
+    for name, ftype, *_ in ctype._fields_[lo:hi]:
         offset = getattr(ctype, name).offset
         if offset > pos:
             fmt += f"{offset - pos}x"
         size = ct.sizeof(ftype)
         fmt += f"{size}s" if issubclass(ftype, ct.Array) else _SCALARS[size]
         pos = offset + size
-    if ct.sizeof(ctype) > pos:
-        fmt += f"{ct.sizeof(ctype) - pos}x"
+    end = getattr(ctype, stop).offset if stop else ct.sizeof(ctype)
+    if end > pos:
+        fmt += f"{end - pos}x"
     s = struct.Struct(fmt)
-    assert s.size == ct.sizeof(ctype), (ctype, fmt)
+    assert s.size == end - getattr(ctype, names[lo]).offset, (ctype, fmt)
     return s
 
 
 SVC_KEY = packer(layout.SvcKey)        # addr, port (network order), proto, table, slot, pad2
+# The frontend's part of a services key and the slot's: the frontend's is
+# packed once for all its slots.
+SVC_KEY_FRONTEND = packer(layout.SvcKey, stop="slot")
+SVC_KEY_SLOT = packer(layout.SvcKey, first="slot")
 SVC_VAL = packer(layout.SvcVal)        # id, count, affinity_timeout, selection, flags, pad
 BACKEND_KEY = packer(ct.c_uint32)
 BACKEND_VAL = packer(layout.Backend)   # addr, port (network order), proto, state, frontend_id
@@ -122,10 +133,23 @@ def _delete_backends(run, keys, values) -> None:
     keys += [kpack(op.id) for op in run]
 
 
+def _slot_keys(run) -> list[bytes]:
+    # A frontend's slots follow each other in a plan (one FrontendKey object):
+    # its part of the key is packed once. No tuple per op: a full state's
+    # 100k+ tracked objects would set off the garbage collector's full passes.
+    head, tail, htons = SVC_KEY_FRONTEND.pack, SVC_KEY_SLOT.pack, socket.htons
+    out, last, part = [], None, b""
+    for op in run:
+        k = op.key
+        if k is not last:
+            last, part = k, head(k.addr, htons(k.port), k.proto, k.table)
+        out.append(part + tail(op.slot, 0))
+    return out
+
+
 def _put_slots(run, keys, values) -> None:
-    kpack, vpack, htons = SVC_KEY.pack, SVC_VAL.pack, socket.htons
-    keys += [kpack(k.addr, htons(k.port), k.proto, k.table, slot, 0) for k, slot in
-             [(op.key, op.slot) for op in run]]
+    vpack = SVC_VAL.pack
+    keys += _slot_keys(run)
     values += [vpack(op.backend_id, 0, 0, 0, 0, 0) for op in run]
 
 
@@ -137,9 +161,7 @@ def _put_masters(run, keys, values) -> None:
 
 
 def _delete_slots(run, keys, values) -> None:
-    kpack, htons = SVC_KEY.pack, socket.htons
-    keys += [kpack(k.addr, htons(k.port), k.proto, k.table, slot, 0) for k, slot in
-             [(op.key, op.slot) for op in run]]
+    keys += _slot_keys(run)
 
 
 def _delete_masters(run, keys, values) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from socklb.v1 import node_pb2
 
 pytestmark = pytest.mark.agent
 
-CLIENT = Path(__file__).parent / "connect_loop_client.py"
+LOOP = Path(__file__).parent / "connect_loop.py"
 VIP = "127.97.0.1"
 
 
@@ -119,25 +117,9 @@ def test_forced_fallback_and_env(datapath, monkeypatch):
         BpfMapWriter(datapath, "sometimes")
 
 
-class Listener:
-    """A loopback TCP server sending one byte per connection."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with c:
-                try:
-                    c.send(b"x")
-                except OSError:
-                    pass
+def server() -> tuple[subprocess.Popen, int]:
+    p = subprocess.Popen([sys.executable, str(LOOP), "serve"], stdout=subprocess.PIPE, text=True)
+    return p, int(p.stdout.readline())
 
 
 @pytest.mark.parametrize("way", ["batch", "per-entry"])
@@ -145,18 +127,18 @@ def test_connects_never_fail_during_a_large_apply(datapath, cgroup, way):
     """The VIP's backend moves to another port in the same apply that
     writes 2000 other services (and back in the one removing them): every
     connect through it during both reaches a backend."""
-    old, new = Listener(), Listener()
+    (old_srv, old_port), (new_srv, new_port) = server(), server()
     try:
         def probe(port):
             return {"name": "probe", "frontends": [{"address": VIP, "port": 80, "protocol": "PROTOCOL_TCP"}],
                     "backends": [{"address": "127.0.0.1", "port": port}]}
 
-        small = parse_state(json.dumps({"version": 1, "services": [probe(old.port)]}))
+        small = parse_state(json.dumps({"version": 1, "services": [probe(old_port)]}))
         large = parse_state(json.dumps({"version": 2, "services": [service(i, n=10) for i in range(2000)]
-                                        + [probe(new.port)]}))
+                                        + [probe(new_port)]}))
         agent, writer = fresh(datapath, way)
         agent.apply(small)
-        client = subprocess.Popen([sys.executable, str(CLIENT), VIP, "80"], stdin=subprocess.PIPE,
+        client = subprocess.Popen([sys.executable, str(LOOP), "connect", VIP, "80"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True,
                                   preexec_fn=lambda: (cgroup.path / "cgroup.procs").write_text("0"))
         try:
@@ -169,8 +151,9 @@ def test_connects_never_fail_during_a_large_apply(datapath, cgroup, way):
         assert counts["ok"] > 0, counts
         assert counts["failed"] == 0, counts
     finally:
-        old.sock.close()
-        new.sock.close()
+        for srv in (old_srv, new_srv):
+            srv.kill()
+            srv.wait()
 
 
 def test_agent_reports_the_map_writes_way(agent):
