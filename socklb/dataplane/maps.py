@@ -15,7 +15,7 @@ from .mapbatch import MAP_WRITES, MAP_WRITES_ENV
 from .desired import Limits
 from .kernel import BpfMap
 from .loader import Datapath, choose_way
-from .plan import Programmed, ProgrammedBackend
+from .plan import Programmed, ProgrammedBackend, collector_paused
 from .policy_desired import key_prefix, prefix_key
 from .policy_plan import FqdnEntries, FqdnOp, PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .writer import MapWriter, Master, Placement, group_policy, read_back
@@ -139,12 +139,13 @@ class BpfMapWriter(MapWriter):
         if self.write_way != "batch":
             super()._execute_ops(ops)
             return
-        for b in mapbatch.batches(ops):
-            m = self._batch_maps[b.map]
-            if b.delete:
-                m.delete_batch(b.keys, b.count)
-            else:
-                m.update_batch(b.keys, b.values, b.count)
+        with collector_paused():  # packing a full state's entries: as for its plan
+            for b in mapbatch.batches(ops):
+                m = self._batch_maps[b.map]
+                if b.delete:
+                    m.delete_batch(b.keys, b.count)
+                else:
+                    m.update_batch(b.keys, b.values, b.count)
 
     def placement(self) -> Placement:
         dp = self.datapath

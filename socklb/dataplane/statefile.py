@@ -5,7 +5,9 @@ workloads, policy_sets and redirects (validated by the agent as any state).
 A document that starts with `{` is read as JSON (json, ~100x faster than a
 YAML loader on a 10k-service state); JSON that json refuses, and any other
 document, as YAML with libyaml's loader (yaml.CSafeLoader) where PyYAML was
-built with it, else the pure-Python one (YAML_LOADER says which).
+built with it, else the pure-Python one (YAML_LOADER says which). The data
+becomes a NodeState through the message's constructor where that reads it
+exactly as protobuf's JSON mapping does, else through json_format.ParseDict.
 """
 from __future__ import annotations
 
@@ -24,6 +26,30 @@ log = logging.getLogger(__name__)
 
 _LOADER = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 YAML_LOADER = "libyaml (CSafeLoader)" if _LOADER is not yaml.SafeLoader else "pure Python (SafeLoader)"
+
+
+def _well_known_fields(desc, seen: set) -> set[str]:
+    """The names (proto and JSON) of the fields below `desc` that hold a
+    well-known type (google.protobuf.Timestamp, ...): the constructor would
+    take {"seconds": ...} there, where the JSON mapping wants a string."""
+    out: set[str] = set()
+    seen.add(desc.full_name)
+    for f in desc.fields:
+        m = f.message_type
+        if m is None:
+            continue
+        if m.full_name.startswith("google.protobuf."):
+            out |= {f.name, f.json_name}
+        elif m.full_name not in seen:
+            out |= _well_known_fields(m, seen)
+    return out
+
+
+# A document naming none of these is read by NodeState's constructor, which
+# takes exactly what ParseDict takes for every other field (proto field
+# names, enum names or numbers, integers as integers); any other document,
+# or one the constructor refuses, by ParseDict.
+_WELL_KNOWN_FIELDS = sorted(_well_known_fields(node_pb2.NodeState.DESCRIPTOR, set()))
 
 
 def parse_document(text: str):
@@ -59,6 +85,11 @@ def parse_state(text: str, source: str = "state") -> node_pb2.NodeState:
     if not isinstance(data["services"], list):  # `services:` alone (null) would read as "no service"
         raise InvalidState(f"{source}: services", "must be a list: nothing applied; to remove every service, "
                                                   "write `services: []`")
+    if not any(name in text for name in _WELL_KNOWN_FIELDS):
+        try:  # the message's constructor (C), 20x faster than ParseDict at 10k services
+            return node_pb2.NodeState(**data)
+        except Exception:  # noqa: BLE001 -- ParseDict reads it (JSON names, numbers as strings) or says why not
+            pass
     try:
         return json_format.ParseDict(data, node_pb2.NodeState())
     except json_format.ParseError as e:

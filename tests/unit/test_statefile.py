@@ -47,3 +47,27 @@ def test_the_c_loader_where_pyyaml_has_it():
 def test_broken_documents_are_refused(text):
     with pytest.raises(InvalidState):
         parse_state(text)
+
+
+def test_constructor_and_parsedict_read_alike():
+    """The fast path (NodeState's constructor) gives what ParseDict gives;
+    what only the JSON mapping reads goes to ParseDict."""
+    from google.protobuf import json_format
+
+    from socklb.v1 import node_pb2
+
+    assert parse_state(json.dumps(DOC)) == json_format.ParseDict(DOC, node_pb2.NodeState())
+    camel = {"version": "4", "services": [{**DOC["services"][0], "affinityTimeoutSeconds": 9}]}
+    st = parse_state(json.dumps(camel))
+    assert (st.version, st.services[0].affinity_timeout_seconds) == (4, 9)
+    deadline = {"version": 1, "services": [{**DOC["services"][0], "backends": [
+        {"address": "10.0.0.1", "port": 1, "state": "BACKEND_STATE_DRAINING", "drain_deadline": "2026-01-01T00:00:00Z"}]}]}
+    assert parse_state(json.dumps(deadline)).services[0].backends[0].drain_deadline.seconds == 1767225600
+    # The constructor would take a Timestamp as a mapping; the JSON mapping does not.
+    deadline["services"][0]["backends"][0]["drain_deadline"] = {"seconds": 5}
+    with pytest.raises(InvalidState):
+        parse_state(json.dumps(deadline))
+    for bad in ({"version": 1, "services": [{"name": "x", "frontends": [{"port": True}]}]},
+                {"version": 1.5, "services": []}, {"version": 1, "services": [{"name": 7}]}):
+        with pytest.raises(InvalidState):
+            parse_state(json.dumps(bad))
