@@ -215,7 +215,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                 be_id = result.next_backend_id
                 result.next_backend_id += 1
             pb = ProgrammedBackend(be_id, fe_id, b.addr, b.port, key.proto, b.state)
-            if prev != pb:
+            if prev is None or prev != pb:  # a new backend: no __eq__ call
                 put_backends.append(PutBackend(pb))
             result.backends[be_id] = pb
             ids.append(be_id)
