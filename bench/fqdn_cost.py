@@ -98,10 +98,16 @@ def prepare(args, teardown: lab.Teardown) -> tuple[Path, list[Variant]]:
     statistics switched on (restored by the teardown)."""
     workdir = lab.make_tempdir(teardown)
     exe, variants = compile_c(SOURCE, workdir), build(args, teardown, workdir)
+    bpf_stats_on(teardown)
+    return exe, variants
+
+
+def bpf_stats_on(teardown: lab.Teardown) -> None:
+    """The kernel's BPF run-time statistics on for the run (programs'
+    run_time_ns / run_cnt), the previous setting restored by the teardown."""
     before = STATS.read_text().strip()
     teardown.add("bpf stats", lambda: STATS.write_text(before))
     STATS.write_text("1")
-    return exe, variants
 
 
 def main(argv=None) -> int:
