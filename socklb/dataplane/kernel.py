@@ -229,6 +229,35 @@ class BpfMap:
             if v is not None:
                 yield k, v
 
+    def raw_items(self, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """Every key and value of a hash map as two byte strings (the keys
+        back to back, the values likewise, in the same order), read `chunk`
+        entries per bpf() call (BPF_MAP_LOOKUP_BATCH; items() costs two
+        calls and two objects per entry), for a reader that unpacks many
+        records at once (layout.record_struct); what items() gives where the
+        kernel refuses batches for this map."""
+        lib = libbpf()
+        ks, vs = ct.sizeof(self.key_type), ct.sizeof(self.value_type)
+        keys, values = ct.create_string_buffer(ks * chunk), ct.create_string_buffer(vs * chunk)
+        token = max(ks, 8)
+        tok_in, tok_out = ct.create_string_buffer(token), ct.create_string_buffer(token)
+        out_k, out_v, first = [], [], True
+        while True:
+            count = ct.c_uint32(chunk)
+            ret = lib.bpf_map_lookup_batch(self.fd, None if first else tok_in, tok_out, keys, values,
+                                           ct.byref(count), None)
+            if ret < 0 and ret != -errno.ENOENT:
+                if first and ret in (-errno.EINVAL, -errno.ENOTSUP, -524):  # 524: ENOTSUPP
+                    pairs = list(self.items())
+                    return b"".join(bytes(k) for k, _ in pairs), b"".join(bytes(v) for _, v in pairs)
+                _check(ret, f"read {self.name} in batches")
+            out_k.append(keys.raw[:ks * count.value])
+            out_v.append(values.raw[:vs * count.value])
+            if ret == -errno.ENOENT:
+                return b"".join(out_k), b"".join(out_v)
+            ct.memmove(tok_in, tok_out, token)
+            first = False
+
 
 # --- mounts --------------------------------------------------------------
 
