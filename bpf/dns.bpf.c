@@ -460,12 +460,31 @@ bad:
 	return 1;
 }
 
+/* Which slot of an entry an answer of `pattern` goes to: its own (refresh),
+ * else the one expiring first (an empty slot has expiry 0: it goes first,
+ * then an expired one, then the live one closest to expiring). */
+static __always_inline __u32 learned_slot(const struct socklb_dns_learned_val *v, __u32 pattern)
+{
+	__u32 i, pick = 0;
+
+#pragma unroll
+	for (i = 0; i < SOCKLB_DNS_LEARNED_SLOTS; i++) {
+		if (v->slots[i].pattern == pattern && v->slots[i].expiry_ns)
+			return i;
+		if (v->slots[i].expiry_ns < v->slots[pick].expiry_ns)
+			pick = i;
+	}
+	return pick;
+}
+
 static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg, __u32 i, __u64 now)
 {
 	struct socklb_dns_learned_key key = {};
 	struct socklb_dns_learned_val val = {}, *old;
+	struct socklb_dns_learned_slot *slot;
 	struct learn *l;
-	__u32 ttl;
+	__u64 expiry;
+	__u32 ttl, k;
 
 	if (i >= s->nlearn)
 		return;
@@ -475,13 +494,17 @@ static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg,
 	ttl = l->ttl;
 	if (ttl > cfg->ttl_cap)
 		ttl = cfg->ttl_cap;
-	val.expiry_ns = now + (__u64)ttl * 1000000000ULL + (__u64)cfg->grace * 1000000000ULL;
-	val.name_hash = s->q.name_hash;
-	val.pattern = s->q.pattern;
-	val.ttl = l->ttl;
+	expiry = now + (__u64)ttl * 1000000000ULL + (__u64)cfg->grace * 1000000000ULL;
 	old = bpf_map_lookup_elem(&dns_learned, &key);
-	if (old && old->expiry_ns > val.expiry_ns)
-		val.expiry_ns = old->expiry_ns; /* an expiry only moves later */
+	if (old)
+		__builtin_memcpy(&val, old, sizeof(val));
+	k = learned_slot(&val, s->q.pattern) & (SOCKLB_DNS_LEARNED_SLOTS - 1);
+	slot = &val.slots[k];
+	if (slot->pattern != s->q.pattern || expiry > slot->expiry_ns)
+		slot->expiry_ns = expiry; /* a pattern's expiry only moves later */
+	slot->pattern = s->q.pattern;
+	slot->ttl = l->ttl;
+	val.name_hash = s->q.name_hash;
 	bpf_map_update_elem(&dns_learned, &key, &val, BPF_ANY);
 }
 

@@ -54,6 +54,7 @@ enum socklb_dns_counter {
 	SOCKLB_DNS_CNT_LEARNED,        /* addresses written to `dns_learned` */
 	SOCKLB_DNS_CNT_TCP_SOCKETS,    /* TCP sockets to a DNS server added to `dns_socks` */
 	SOCKLB_DNS_CNT_TCP_MESSAGES,   /* whole messages the stream verdict saw */
+	SOCKLB_DNS_CNT_PRUNED,         /* expired entries the agent deleted (counted by user space) */
 	SOCKLB_DNS_CNT_MAX,
 };
 
@@ -106,18 +107,31 @@ struct socklb_dns_query_val {
 	__u16 pad;
 };
 
-/* dns_learned (LRU): {workload, address} -> what an answer taught. */
+/* dns_learned (LRU): {workload, address} -> what answers taught, one slot
+ * per name pattern (an address a CDN shares between two allowed names is
+ * learned under both: removing one name from a policy leaves the other).
+ * The learner refreshes the slot of the answer's pattern, else takes the
+ * slot expiring first (an empty slot has expiry 0, so it goes first, then
+ * an expired one). The connect hook allows the address when the rules of
+ * an unexpired slot's pattern allow the port and no unexpired slot's rules
+ * deny it. */
+#define SOCKLB_DNS_LEARNED_SLOTS 4
+
 struct socklb_dns_learned_key {
 	__u32 workload;
 	__u32 pad;
 	__u32 addr[4];
 };
 
-struct socklb_dns_learned_val {
-	__u64 expiry_ns; /* boot-time ns: now + min(TTL, ttl_cap) + grace */
-	__u64 name_hash; /* the question name that taught it */
-	__u32 pattern;   /* the pattern that name matched */
+struct socklb_dns_learned_slot {
+	__u64 expiry_ns; /* boot-time ns: now + min(TTL, ttl_cap) + grace; 0: empty */
+	__u32 pattern;   /* the pattern the question name matched (0: empty) */
 	__u32 ttl;       /* seconds, the smallest along the CNAME chain */
+};
+
+struct socklb_dns_learned_val {
+	__u64 name_hash; /* the question name that taught it last */
+	struct socklb_dns_learned_slot slots[SOCKLB_DNS_LEARNED_SLOTS];
 };
 
 /* dns_cfg: array, one entry. */

@@ -61,7 +61,9 @@ static __always_inline int policy_rules_decide(const struct socklb_policy_rules 
  * rule (a frontend without an ALLOW verdict is denied), 0 a destination that
  * is no frontend and that no rule of the set decides (no prefix holds it, or
  * none of its rules matches): denied, unless an FQDN rule allows it (the
- * connect hook checks what the workload learned from DNS, bpf/sock_lb.c). */
+ * connect hook checks what the workload learned from DNS, fqdn_allows() in
+ * bpf/sock_lb.c; the termination judge what it learned whether expired or
+ * not, fqdn_keeps() in bpf/sock_destroy.bpf.c). */
 static __always_inline int policy_decide(__u32 set, const struct socklb_svc_key *key,
 					 const struct socklb_svc_val *master, const int v6)
 {
@@ -80,23 +82,6 @@ static __always_inline int policy_decide(__u32 set, const struct socklb_svc_key 
 	__builtin_memcpy(pk.addr, key->addr, sizeof(pk.addr));
 	r = SOCKLB_POLICY_PREFIX(&pk);
 	return r ? policy_rules_decide(r, bpf_ntohs(key->port), key->proto) : 0;
-}
-
-/* A frontend is decided by the set's verdict for it; any other destination
- * by the rules of the set's longest prefix of its family holding it: a
- * matching DENY wins, else a matching ALLOW allows. No entry: denied. An
- * IPv4 destination (a v4 hook's, or a v4-mapped one of a v6 hook or of an
- * iterator) looks in the set's IPv4 space (SOCKLB_POL_SET_V4), so an IPv6
- * prefix such as ::/0 never decides it; in a v4 hook the test is a
- * constant. key: the destination as the application addressed it (16-byte
- * address, IPv4 v4-mapped; port in network order; proto); master: its
- * policy_frontend_of() master, NULL when it is no frontend. FQDN rules are
- * not looked at here (the termination judge uses this: a set with FQDN rules
- * is judged in user space, conservatively; socklb/dataplane/policyjobs.py). */
-static __always_inline int policy_allows(__u32 set, const struct socklb_svc_key *key,
-					 const struct socklb_svc_val *master, const int v6)
-{
-	return policy_decide(set, key, master, v6) > 0;
 }
 
 #endif /* SOCKLB_POLICY_VERDICT_H */

@@ -66,7 +66,12 @@
  * port, else the peer), its services master (the agent's pinned
  * `services`; a placeholder master counts as no frontend) by the set's
  * verdict in `policy_frontends`, anything else by the longest prefix of
- * its family in `policy_prefixes`, deny winning, nothing = denied. Only
+ * its family in `policy_prefixes`, deny winning; a destination neither
+ * decides is kept when the cgroup's workload (`judge_workloads`, cgroup id
+ * -> its workload id, written per run for sets with FQDN rules) learned it
+ * (`dns_learned`) through a pattern whose rules in the set
+ * (`policy_fqdns`) allow the port, none denying, whether or not the slot
+ * expired (docs/fqdn.md, "Terminations"); nothing = denied. Only
  * the denied emit a record (struct socklb_term_sock_rec, as the socket
  * programs'); mode DESTROY destroys them first (result in the record), any
  * other mode only lists them (the netlink way, which destroys them by
@@ -86,6 +91,7 @@
 
 #include "iter.h"
 #include "sock_destroy.h"
+#include "dns.h"
 
 #define SOCKLB_TCP_ESTABLISHED 1 /* also a connected UDP socket's state */
 
@@ -145,32 +151,38 @@ struct {
 	__type(value, struct socklb_judge_stats);
 } judge_stats SEC(".maps");
 
-/* The agent's pinned policy maps, reused by the loader (bpf_map__reuse_fd
- * takes the pinned map's size and flags); the sizes here only serve an
- * object loaded without them (the judge programs are then not loaded). */
+/* cgroup id -> the workload id `dns_learned` is keyed by, for the cgroups
+ * of workloads whose set has FQDN rules (the others: no entry). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
+	__uint(max_entries, SOCKLB_TERM_CGROUPS_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct socklb_svc_key);
-	__type(value, struct socklb_svc_val);
-} services SEC(".maps");
+	__type(key, __u64);
+	__type(value, __u32);
+} judge_workloads SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct socklb_policy_fe_key);
-	__type(value, struct socklb_policy_verdict);
-} policy_frontends SEC(".maps");
+/* The agent's pinned policy maps (and the DNS learner's dns_learned),
+ * reused by the loader (bpf_map__reuse_fd takes the pinned map's type,
+ * size and flags); the definitions here only serve an object loaded
+ * without them (the judge programs are then not loaded). */
+#define SOCKLB_AGENT_MAP(name, map_type, flags, key_type, value_type) \
+	struct {                                                      \
+		__uint(type, map_type);                               \
+		__uint(max_entries, 1);                               \
+		__uint(map_flags, flags);                             \
+		__type(key, key_type);                                \
+		__type(value, value_type);                            \
+	} name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct socklb_policy_prefix_key);
-	__type(value, struct socklb_policy_rules);
-} policy_prefixes SEC(".maps");
+SOCKLB_AGENT_MAP(services, BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC, struct socklb_svc_key, struct socklb_svc_val);
+SOCKLB_AGENT_MAP(policy_frontends, BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC, struct socklb_policy_fe_key,
+		 struct socklb_policy_verdict);
+SOCKLB_AGENT_MAP(policy_prefixes, BPF_MAP_TYPE_LPM_TRIE, BPF_F_NO_PREALLOC, struct socklb_policy_prefix_key,
+		 struct socklb_policy_rules);
+SOCKLB_AGENT_MAP(policy_fqdns, BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC, struct socklb_policy_fqdn_key,
+		 struct socklb_policy_rules);
+SOCKLB_AGENT_MAP(dns_learned, BPF_MAP_TYPE_LRU_HASH, 0, struct socklb_dns_learned_key,
+		 struct socklb_dns_learned_val);
 
 #define SOCKLB_POLICY_FRONTEND(k) bpf_map_lookup_elem(&policy_frontends, (k))
 #define SOCKLB_POLICY_PREFIX(k) bpf_map_lookup_elem(&policy_prefixes, (k))
@@ -440,6 +452,43 @@ static __always_inline int sock_handle(struct seq_file *seq, const struct socklb
 
 /* --- the judge programs: the policy decided here ----------------------------- */
 
+/* An open socket to a destination no frontend or prefix decides: kept when
+ * its workload learned the address through a pattern the set still has
+ * whose rules allow the port, none denying (deny wins, as in the hook),
+ * expired or not: a connection open when the TTL ran out stays open. The
+ * user-space judge's rule (socklb/lb/policy_eval.py). */
+static __always_inline int fqdn_keeps(__u32 set, __u64 cgroup_id, const struct socklb_svc_key *key)
+{
+	struct socklb_dns_learned_key lk = {};
+	struct socklb_policy_fqdn_key fk = { .set = set };
+	struct socklb_dns_learned_val *lv;
+	struct socklb_policy_rules *r;
+	__u32 *wid;
+	int allowed = 0, i, d;
+
+	wid = bpf_map_lookup_elem(&judge_workloads, &cgroup_id);
+	if (!wid)
+		return 0;
+	lk.workload = *wid;
+	__builtin_memcpy(lk.addr, key->addr, sizeof(lk.addr));
+	lv = bpf_map_lookup_elem(&dns_learned, &lk);
+	if (!lv)
+		return 0;
+	for (i = 0; i < SOCKLB_DNS_LEARNED_SLOTS; i++) {
+		fk.pattern = lv->slots[i].pattern;
+		if (!fk.pattern)
+			continue;
+		r = bpf_map_lookup_elem(&policy_fqdns, &fk);
+		if (!r)
+			continue;
+		d = policy_rules_decide(r, bpf_ntohs(key->port), key->proto);
+		if (d < 0)
+			return 0;
+		allowed |= d;
+	}
+	return allowed;
+}
+
 static __always_inline void judge_count(int denied)
 {
 	__u32 zero = 0;
@@ -461,6 +510,7 @@ static __always_inline int judge_handle(struct seq_file *seq, const struct sockl
 	const struct socklb_svc_val *master;
 	struct socklb_flow *f;
 	__u32 *set;
+	int verdict;
 
 	r.cgroup_id = sock_cgroup_id(sk);
 	set = bpf_map_lookup_elem(&judge_sets, &r.cgroup_id);
@@ -479,7 +529,8 @@ static __always_inline int judge_handle(struct seq_file *seq, const struct sockl
 	master = policy_frontend_of(bpf_map_lookup_elem(&services, &key));
 	/* An iterator's address is always 16 bytes, IPv4 v4-mapped: v6 = 1
 	 * takes the family from the address. */
-	if (policy_allows(*set, &key, master, 1))
+	verdict = policy_decide(*set, &key, master, 1);
+	if (verdict > 0 || (verdict == 0 && fqdn_keeps(*set, r.cgroup_id, &key)))
 		return 0;
 	judge_count(1);
 	read_local(skc, r.family, r.src, &r.sport);

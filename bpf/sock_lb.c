@@ -290,7 +290,7 @@ static __always_inline struct socklb_workload *current_workload(struct socklb_po
 	return find_workload(cfg);
 }
 
-/* The policy decision (policy_allows, policy_frontend_of): one body with the
+/* The policy decision (policy_decide, policy_frontend_of): one body with the
  * termination iterators' judge (bpf/sock_destroy.bpf.c), the lookups ours
  * (bcc refuses a map call written in a macro: the macros call functions). */
 static __always_inline struct socklb_policy_verdict *policy_frontend_lookup(struct socklb_policy_fe_key *k)
@@ -308,23 +308,62 @@ static __always_inline struct socklb_policy_rules *policy_prefix_lookup(struct s
 #include "policy_verdict.h"
 
 /* FQDN rules (docs/fqdn.md): the address was learned for this workload from a
- * DNS answer (dns_learned, not expired), and the port rules of the pattern the
- * name matched, in this set, allow the port. One lookup when nothing was
- * learned. Only for a destination policy_decide() leaves undecided. */
+ * DNS answer (dns_learned), and over its unexpired slots (one per name
+ * pattern that taught it) the rules of the patterns, in this set, allow the
+ * port: one allows and none denies (deny wins, as within one rule set). One
+ * lookup when nothing was learned. Only for a destination policy_decide()
+ * leaves undecided. */
 static __always_inline int fqdn_allows(__u32 set, __u32 wid, const struct socklb_svc_key *key)
 {
 	struct socklb_dns_learned_key lk = { .workload = wid };
 	struct socklb_dns_learned_val *lv;
 	struct socklb_policy_fqdn_key fk = { .set = set };
 	struct socklb_policy_rules *r;
+	int allowed = 0, i;
+	__u64 now;
 
 	__builtin_memcpy(lk.addr, key->addr, sizeof(lk.addr));
 	lv = dns_learned.lookup(&lk);
-	if (!lv || lv->expiry_ns <= bpf_ktime_get_boot_ns())
+	if (!lv)
 		return 0;
-	fk.pattern = lv->pattern;
-	r = policy_fqdns.lookup(&fk);
-	return r && policy_rules_decide(r, bpf_ntohs(key->port), key->proto) > 0;
+	now = bpf_ktime_get_boot_ns();
+#pragma unroll
+	for (i = 0; i < SOCKLB_DNS_LEARNED_SLOTS; i++) {
+		if (lv->slots[i].expiry_ns <= now)
+			continue;
+		fk.pattern = lv->slots[i].pattern;
+		r = policy_fqdns.lookup(&fk);
+		if (!r)
+			continue;
+		int d = policy_rules_decide(r, bpf_ntohs(key->port), key->proto);
+
+		if (d < 0)
+			return 0;
+		allowed |= d;
+	}
+	return allowed;
+}
+
+/* A destination only FQDN rules could allow that they do not: counted as
+ * such, and apart when the workload had learned the address but every slot
+ * of it has expired (docs/fqdn.md, "Counters"). Off the allowed path. */
+static __always_inline void fqdn_count_deny(__u32 wid, const struct socklb_svc_key *key)
+{
+	struct socklb_dns_learned_key lk = { .workload = wid };
+	struct socklb_dns_learned_val *lv;
+	__u64 now = bpf_ktime_get_boot_ns();
+	int i;
+
+	count(SOCKLB_CNT_FQDN_DENY);
+	__builtin_memcpy(lk.addr, key->addr, sizeof(lk.addr));
+	lv = dns_learned.lookup(&lk);
+	if (!lv)
+		return;
+#pragma unroll
+	for (i = 0; i < SOCKLB_DNS_LEARNED_SLOTS; i++)
+		if (lv->slots[i].expiry_ns > now)
+			return;
+	count(SOCKLB_CNT_FQDN_EXPIRED);
 }
 
 static __always_inline int policy_deny(const struct socklb_workload *wl)
@@ -375,7 +414,11 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 
 			/* Nothing decides a destination that is no frontend: what
 			 * the workload learned from DNS (FQDN rules). */
-			if (verdict < 0 || (verdict == 0 && !fqdn_allows(wl->policy_set, wl->id, &key)))
+			if (verdict == 0 && !fqdn_allows(wl->policy_set, wl->id, &key)) {
+				fqdn_count_deny(wl->id, &key);
+				return policy_deny(wl);
+			}
+			if (verdict < 0)
 				return policy_deny(wl);
 		}
 		if (wl->flags & SOCKLB_WL_BYPASS)

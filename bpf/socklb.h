@@ -144,6 +144,8 @@ enum socklb_counter {
 	SOCKLB_CNT_RNAT_HIT,
 	SOCKLB_CNT_RNAT_MISS,
 	SOCKLB_CNT_RNAT_CLEANED,
+	SOCKLB_CNT_FQDN_DENY,    /* policy denials at a destination no frontend or prefix decides */
+	SOCKLB_CNT_FQDN_EXPIRED, /* of those: the workload had learned it, every slot expired */
 	SOCKLB_CNT_MAX,
 };
 

@@ -41,3 +41,27 @@ def free_ports(n: int, addr: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def loopback_block(n: int, port: int, net: int = 53) -> list[str]:
+    """n consecutive addresses of 127.<net>.0.0/16 on which `port` is free
+    for both TCP and UDP (a server that must listen on a fixed port, such as
+    DNS on 53), starting from a place the process id picks, so that test
+    runs side by side on one machine take different ones."""
+    start = os.getpid() * n % (1 << 16)
+    for step in range(0, 1 << 16, n):
+        base = (start + step) % ((1 << 16) - n)
+        addrs = [f"127.{net}.{(base + i) >> 8}.{(base + i) & 0xFF}" for i in range(n)]
+        if all(_port_free(a, port, kind) for a in addrs for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            return addrs
+    raise RuntimeError(f"no {n} loopback addresses in 127.{net}.0.0/16 with port {port} free")
+
+
+def _port_free(addr: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True

@@ -132,12 +132,15 @@ def text_stats(resp) -> str:
 
     node_rows = [[n.node, unread(n, "flows", str(n.active_flows)),
                   unread(n, "counters", str(n.counters.translations)), unread(n, "counters", str(n.counters.no_backend)),
-                  unread(n, "counters", str(n.counters.affinity_hits)), _time(n.reported_at)] for n in resp.nodes]
+                  unread(n, "counters", str(n.counters.affinity_hits)),
+                  unread(n, "counters", f"{n.counters.fqdn_denies}/{n.counters.fqdn_expired}"),
+                  _time(n.reported_at)] for n in resp.nodes]
     notes = [f"{n.node}: {part} unavailable: {why}" for n in resp.nodes for part, why in sorted(n.unavailable.items())]
     workload_rows = [[w.name, _cgroup_status(w), _denied(w)] for w in resp.workloads]
     return (_table(["SERVICE", "BACKEND", "ACTIVE-FLOWS", "SOCKETS", "TCP-BYTES-OUT/IN", "SRTT-US",
                     "RETRANS", "UDP-DROPS"], svc_rows) + "\n\n" +
-            _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "REPORTED"], node_rows)
+            _table(["NODE", "ACTIVE-FLOWS", "TRANSLATIONS", "NO-BACKEND", "AFFINITY-HITS", "FQDN-DENIED/EXPIRED",
+                    "REPORTED"], node_rows)
             + ("\n\n" + _table(["WORKLOAD", "STATUS", "DENIED"], workload_rows) if workload_rows else "")
             + ("\n\n" + "\n".join(notes) + "\n(? = not read: the numbers above leave those nodes' parts out)"
                if notes else ""))

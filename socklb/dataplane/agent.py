@@ -107,6 +107,9 @@ class Agent:
         self.overlay: dict = {}
         self._totals = (0, 0)
         self._pending_totals = (0, 0)
+        # Deletes expired DNS-learned entries (fqdn_prune.LearnedPruner; None:
+        # no learner).
+        self.pruner = None
 
     def capabilities(self) -> dict[str, str]:
         """The probed kernel features and each duty's way (none given: empty)."""
@@ -254,6 +257,20 @@ class Agent:
             self._totals, [self.targets[k] for k in old_keys if k in self.targets], new_targets.values(), self.limits)
         return changed, new_targets
 
+    def workload_cgroups_by_id(self) -> dict[int, set[int]]:
+        """Workload id (of the policy maps, as `dns_learned` keys it) -> the
+        ids of its cgroup and of those below it, for the workloads found on
+        this node."""
+        with self._lock:
+            specs, ids, resolved = self.policy.given.specs, dict(self.policy.ids.workloads), dict(self.policy.resolved)
+        return {ids[name]: self.policy.cgroups.tree(spec.cgroup) for name, spec in specs.items()
+                if name in ids and resolved.get(name) is not None}
+
+    def prune_learned(self) -> int:
+        """Delete the expired DNS-learned entries no open socket holds on to
+        (fqdn_prune.py): how many."""
+        return self.pruner.run() if self.pruner is not None else 0
+
     def recheck_workloads(self) -> bool:
         """Resolve every workload's cgroup again and program what changed (a
         cgroup that appeared, went, or was made anew; with exact matching
@@ -338,7 +355,7 @@ class Agent:
         cgroups, terminations = self.policy.cgroups, self.terminations
         # Only cgroups the step found: a workload not programmed loses nothing.
         paths = {name: after.specs[name].cgroup for name, c in step.resolved.items() if c is not None}
-        policy, set_ids = self.policy, dict(step.ids.sets)
+        policy, set_ids, wids = self.policy, dict(step.ids.sets), dict(step.ids.workloads)
 
         def judge() -> None:
             ids = {name: cgroups.tree(path) for name, path in paths.items()}
@@ -346,8 +363,12 @@ class Agent:
             # them there (a set gone since may have left its id to another).
             now = policy.ids.sets
             kernel_ids = {name: i for name, i in set_ids.items() if now.get(name) == i}
+            # Likewise the workload ids what the DNS learner learned is keyed by.
+            now_w = policy.ids.workloads
+            workload_ids = {name: i for name, i in wids.items() if now_w.get(name) == i}
             terminations.after_policy_change(_node_state(version, (), before), _node_state(version, services, after),
-                                             ids, job_id=job_id, workloads=found, set_ids=kernel_ids)
+                                             ids, job_id=job_id, workloads=found, set_ids=kernel_ids,
+                                             workload_ids=workload_ids)
         terminations.later(judge)
 
     def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "") -> None:

@@ -34,6 +34,7 @@ from socklb.observability.tracing import setup_tracing, shutdown_tracing
 from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
+from .fqdn_prune import DEFAULT_INTERVAL as DNS_PRUNE_INTERVAL
 from .kernel import cgroup2_mount
 from .loader import DNS_WAYS, WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
 from .mapbatch import MAP_WRITES, MAP_WRITES_ENV
@@ -142,6 +143,7 @@ def cmd_run(args) -> int:
     metrics.register(lambda: metrics.bpf_counter_families(agent.statistics.counter_values()))
     log.info("ready: node %s, cgroup %s, pins %s, admin %s", args.node, dp.cgroup, dp.pin_dir, args.admin_socket)
     next_recheck = time.monotonic() + WORKLOAD_RECHECK_SECONDS
+    next_prune = time.monotonic() + args.dns_prune_interval if args.dns_prune_interval > 0 else None
     try:
         while not stop.wait(1.0):
             if time.monotonic() >= next_recheck:
@@ -150,6 +152,12 @@ def cmd_run(args) -> int:
                     agent.recheck_workloads()
                 except Exception:  # the maps are restored; the next round tries again
                     log.exception("re-checking workload cgroups failed")
+            if next_prune is not None and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + args.dns_prune_interval
+                try:
+                    agent.prune_learned()
+                except Exception:  # what stays is evicted by the LRU; the next round tries again
+                    log.exception("pruning expired DNS-learned entries failed")
             if args.state:
                 now = _mtime(args.state)
                 if reload.is_set() or now != mtime:
@@ -337,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the in-kernel DNS learner of FQDN policy: UDP and TCP where the kernel allows TCP "
                         "(auto), TCP or fail (sockmap), UDP only (off), none: FQDN rules allow nothing "
                         "(disabled) (env SOCKLB_DNS_LEARNER)")
+    r.add_argument("--dns-prune-interval", type=float,
+                   default=float(os.environ.get("SOCKLB_DNS_PRUNE_INTERVAL", DNS_PRUNE_INTERVAL)),
+                   help="seconds between deletions of the DNS-learned entries whose TTL ran out and to which "
+                        f"no open socket of the workload goes; 0: never (default {DNS_PRUNE_INTERVAL:g}; env "
+                        "SOCKLB_DNS_PRUNE_INTERVAL)")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("terminate", help="terminate (or --dry-run: list) a service's flows on this node")

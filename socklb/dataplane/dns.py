@@ -45,12 +45,14 @@ import errno
 import ipaddress
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from socklb.lb.fqdn import Pattern, PatternError, matches, parse_pattern, wire  # noqa: F401 (the learner's API)
+from socklb.lb.fqdn import (  # noqa: F401 (the learner's API)
+    FNV_OFFSET, FNV_PRIME, Pattern, PatternError, fnv1a, matches, parse_pattern, pattern_id, wire)
 
 from . import bpfobj, kernel, layout, native
 from .kernel import BpfMap
@@ -61,9 +63,6 @@ log = logging.getLogger(__name__)
 SOURCE = "dns.bpf.c"
 TCP_WAYS = ("auto", "sockmap", "off")
 
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-_MASK64 = (1 << 64) - 1
 
 # enum bpf_attach_type values this module attaches with
 BPF_CGROUP_INET_INGRESS = 0
@@ -122,23 +121,9 @@ class DnsError(bpfobj.BpfObjError):
     """Loading or attaching the DNS learner failed."""
 
 
-def fnv1a(data: Iterable[int]) -> int:
-    h = FNV_OFFSET
-    for b in data:
-        h = ((h ^ b) * FNV_PRIME) & _MASK64
-    return h
-
-
 def name_hash(name: str) -> int:
     """A name's identity as the kernel computes it (front to back)."""
     return fnv1a(wire(name))
-
-
-def pattern_id(pattern: str) -> int:
-    """A pattern's id (FQDN policy, phase 2): FNV-1a of its canonical text
-    folded to 32 bits, never 0; the same on every node and after a restart."""
-    h = fnv1a(parse_pattern(pattern).canonical.encode())
-    return ((h ^ (h >> 32)) & 0xFFFFFFFF) or 1
 
 
 def suffix_hash(name: str) -> int:
@@ -165,23 +150,90 @@ def pattern_entries(fqdn_set: int, patterns: Mapping[str, int]) -> dict[tuple[in
 # --- what was learned -------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Learned:
-    workload: int
-    addr: str
-    expiry_ns: int   # CLOCK_BOOTTIME ns
-    name_hash: int
+class LearnedSlot:
+    """One name pattern an address was learned through (a slot of the entry)."""
     pattern: int
+    expiry_ns: int   # CLOCK_BOOTTIME ns
     ttl: int
 
+
+@dataclass(frozen=True)
+class Learned:
+    """An address a workload learned: the patterns of the names that taught
+    it (the entry's used slots, in slot order) and the last question's hash."""
+    workload: int
+    addr: str
+    name_hash: int
+    slots: tuple[LearnedSlot, ...]
+
+    @property
+    def latest(self) -> LearnedSlot:
+        """The slot expiring last (what keeps the address allowed longest)."""
+        return max(self.slots, key=lambda x: x.expiry_ns)
+
+    @property
+    def expiry_ns(self) -> int:
+        return self.latest.expiry_ns
+
+    @property
+    def pattern(self) -> int:
+        return self.latest.pattern
+
+    @property
+    def ttl(self) -> int:
+        return self.latest.ttl
+
+    @property
+    def patterns(self) -> frozenset[int]:
+        return frozenset(x.pattern for x in self.slots)
+
+    def live(self, now_ns: int) -> tuple[LearnedSlot, ...]:
+        """The slots the connect hook still counts."""
+        return tuple(x for x in self.slots if x.expiry_ns > now_ns)
+
     def remaining(self, now_ns: int | None = None) -> float:
-        """Seconds until it expires (negative: expired)."""
+        """Seconds until its last slot expires (negative: expired)."""
         now = boottime_ns() if now_ns is None else now_ns
         return (self.expiry_ns - now) / 1e9
+
+
+def learned_val(entry: Learned) -> layout.DnsLearnedVal:
+    """The map value of a Learned (tests and benchmarks write entries)."""
+    val = layout.DnsLearnedVal(name_hash=entry.name_hash)
+    for i, x in enumerate(entry.slots[:layout.DNS_LEARNED_SLOTS]):
+        val.slots[i] = layout.DnsLearnedSlot(x.expiry_ns, x.pattern, x.ttl)
+    return val
 
 
 def boottime_ns() -> int:
     """The clock of the expiries (bpf_ktime_get_boot_ns)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+_LEARNED_KEY = struct.Struct("=I4x16s")  # socklb_dns_learned_key: workload, address
+_LEARNED_VAL = struct.Struct("=Q" + "QII" * layout.DNS_LEARNED_SLOTS)  # name hash, then slots
+assert (_LEARNED_KEY.size, _LEARNED_VAL.size) == (ct.sizeof(layout.DnsLearnedKey), ct.sizeof(layout.DnsLearnedVal))
+
+
+def _learned_entries(m: BpfMap):
+    """Every `dns_learned` entry, read in batches and unpacked at once (a
+    full map is 262144 entries): (key bytes, value bytes, workload,
+    address (16 bytes), name hash, ((expiry, pattern, ttl) of the used
+    slots))."""
+    keys, values = m.raw_items()
+    ks, vs = _LEARNED_KEY.size, _LEARNED_VAL.size
+    for i, ((wid, addr), v) in enumerate(zip(_LEARNED_KEY.iter_unpack(keys), _LEARNED_VAL.iter_unpack(values))):
+        slots = tuple(v[j:j + 3] for j in range(1, len(v), 3) if v[j + 1])
+        yield keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs], wid, addr, v[0], slots
+
+
+def _learned(wid: int, addr: bytes, name_hash: int, slots) -> Learned:
+    return Learned(wid, _raw_addr_text(addr), name_hash, tuple(LearnedSlot(p, e, t) for e, p, t in slots))
+
+
+def _raw_addr_text(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
 
 
 def _addr_text(words) -> str:
@@ -459,25 +511,39 @@ class DnsLearner:
     # --- outputs --------------------------------------------------------------
 
     def learned(self, workload: int | None = None) -> list[Learned]:
-        out = []
-        for k, v in self.maps["dns_learned"].items():
-            if workload is None or k.workload == workload:
-                out.append(Learned(k.workload, _addr_text(k.addr), v.expiry_ns, v.name_hash, v.pattern, v.ttl))
+        out = [_learned(wid, addr, h, slots) for _, _, wid, addr, h, slots in _learned_entries(self.maps["dns_learned"])
+               if slots and (workload is None or wid == workload)]
         return sorted(out, key=lambda x: (x.workload, x.addr))
 
+    def learned_patterns(self, workload_ids) -> dict[tuple[int, bytes], frozenset[int]]:
+        """(workload id, address: 16 bytes as in the maps) -> the pattern ids
+        of its used slots, expired or not, for those workloads: what a policy
+        job judges FQDN destinations by (policyjobs.LearnedReader)."""
+        return {(wid, addr): frozenset(p for _, p, _ in slots)
+                for _, _, wid, addr, _, slots in _learned_entries(self.maps["dns_learned"])
+                if slots and wid in workload_ids}
+
     def active(self, workload: int | None = None, now_ns: int | None = None) -> list[Learned]:
-        """What has not expired: what the connect hook will allow."""
+        """What has a slot not expired: what the connect hook may allow."""
         now = boottime_ns() if now_ns is None else now_ns
         return [x for x in self.learned(workload) if x.expiry_ns > now]
 
-    def prune(self, now_ns: int | None = None) -> int:
-        """Delete expired entries (the kernel only overwrites and evicts):
-        how many."""
+    def prune(self, now_ns: int | None = None, keep=lambda entry: False) -> int:
+        """Delete the entries all of whose slots expired (the kernel only
+        overwrites and evicts), but not those `keep(entry)` holds on to (an
+        open socket of the workload to the address): how many, also added to
+        the learner's `pruned` counter."""
         now = boottime_ns() if now_ns is None else now_ns
         m, n = self.maps["dns_learned"], 0
-        for k, v in list(m.items()):
-            if v.expiry_ns <= now and m.delete(k):
+        for kb, vb, wid, addr, h, slots in _learned_entries(m):
+            if slots and (max(e for e, _, _ in slots) > now or keep(_learned(wid, addr, h, slots))):
+                continue
+            k = layout.DnsLearnedKey.from_buffer_copy(kb)
+            again = m.lookup(k)  # an answer may have refreshed it since: then it stays
+            if (again is None or bytes(again) == vb) and m.delete(k):
                 n += 1
+        if n:
+            self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)
         return n
 
     def outstanding(self) -> int:

@@ -245,6 +245,18 @@ class BpfMap:
         _check(libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), buf), f"lookup in {self.name}")
         return [self.value_type.from_buffer_copy(buf.raw, i * self._slot) for i in range(self.ncpus)]
 
+    def add_percpu(self, key, n: int) -> None:
+        """Add n to the first CPU's value of a per-CPU counter (readers sum
+        over CPUs; a racing BPF increment on that CPU may be lost, as a
+        user-space count is rare and approximate to that extent)."""
+        values = self.lookup_percpu(key)
+        buf = ct.create_string_buffer(self._slot * self.ncpus)
+        for i, v in enumerate(values):
+            ct.memmove(ct.addressof(buf) + i * self._slot, ct.byref(v), ct.sizeof(v))
+        first = self.value_type.from_buffer(buf, 0)
+        first.value += n
+        _check(libbpf().bpf_map_update_elem(self.fd, ct.byref(key), buf, 0), f"update {self.name}")
+
     def zero_percpu(self, key) -> None:
         """Set every CPU's value of a per-CPU map entry to zero."""
         buf = ct.create_string_buffer(self._slot * self.ncpus)
@@ -268,6 +280,35 @@ class BpfMap:
             v = self.lookup(k)
             if v is not None:
                 yield k, v
+
+    def raw_items(self, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """Every key and value of a hash map as two byte strings (the keys
+        back to back, the values likewise, in the same order), read `chunk`
+        entries per bpf() call (BPF_MAP_LOOKUP_BATCH; items() costs two
+        calls and two objects per entry), for a reader that unpacks many
+        records at once (layout.record_struct); what items() gives where the
+        kernel refuses batches for this map."""
+        lib = libbpf()
+        ks, vs = ct.sizeof(self.key_type), ct.sizeof(self.value_type)
+        keys, values = ct.create_string_buffer(ks * chunk), ct.create_string_buffer(vs * chunk)
+        token = max(ks, 8)
+        tok_in, tok_out = ct.create_string_buffer(token), ct.create_string_buffer(token)
+        out_k, out_v, first = [], [], True
+        while True:
+            count = ct.c_uint32(chunk)
+            ret = lib.bpf_map_lookup_batch(self.fd, None if first else tok_in, tok_out, keys, values,
+                                           ct.byref(count), None)
+            if ret < 0 and ret != -errno.ENOENT:
+                if first and ret in (-errno.EINVAL, -errno.ENOTSUP, -524):  # 524: ENOTSUPP
+                    pairs = list(self.items())
+                    return b"".join(bytes(k) for k, _ in pairs), b"".join(bytes(v) for _, v in pairs)
+                _check(ret, f"read {self.name} in batches")
+            out_k.append(keys.raw[:ks * count.value])
+            out_v.append(values.raw[:vs * count.value])
+            if ret == -errno.ENOENT:
+                return b"".join(out_k), b"".join(out_v)
+            ct.memmove(tok_in, tok_out, token)
+            first = False
 
 
 # --- mounts --------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 from . import features
 from .agent import Agent
 from .features import answer
+from .fqdn_prune import LearnedPruner
 from .kernel import cgroup2_mount
 from .loader import Datapath
 from .maps import BpfMapWriter
@@ -40,6 +41,7 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     terminations = TerminationService(node, parts.terminator,
                                       parts.errors.get("sock_destroy", "").removeprefix("none: "))
     learner = datapath.learner
+    terminations.learned_reader = learner  # policy jobs judge FQDN destinations by what it learned
     statistics = KernelStatistics(writer.counter_values, parts, writer.workload_denied,
                                   learner.counters if learner is not None else dict)
     # The hooks see the processes of the balanced cgroup only: workloads are
@@ -52,6 +54,8 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
                     "map_batch": answer(writer.batch_refused),
                     "map_writes": writer.write_way}
     agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
+    if learner is not None:
+        agent.pruner = LearnedPruner(learner, parts.terminator, agent.workload_cgroups_by_id)
     programmed = agent.catalog.current().programmed
     log.info("programmed state read back: %d frontends, %d backends, version %d",
              len(programmed.frontends), len(programmed.backends), agent.applied_version)

@@ -40,6 +40,8 @@ class Counter(enum.IntEnum):
     RNAT_HIT = 5
     RNAT_MISS = 6
     RNAT_CLEANED = 7
+    FQDN_DENY = 8
+    FQDN_EXPIRED = 9
 
 
 COUNTER_MAX = len(Counter)
@@ -379,6 +381,7 @@ DNS_SERVERS_MAX = 4096
 DNS_PATTERNS_MAX = 65536
 DNS_QUERIES_MAX = 65536
 DNS_LEARNED_MAX = 262144
+DNS_LEARNED_SLOTS = 4
 DNS_SOCKS_MAX = 65536
 DNS_SET_ANY = 0
 
@@ -399,6 +402,7 @@ class DnsCounter(enum.IntEnum):
     LEARNED = 6
     TCP_SOCKETS = 7
     TCP_MESSAGES = 8
+    PRUNED = 9
 
 
 DNS_COUNTER_MAX = len(DnsCounter)
@@ -437,9 +441,12 @@ class DnsLearnedKey(ct.Structure):
     _fields_ = [("workload", ct.c_uint32), ("pad", ct.c_uint32), ("addr", U32x4)]
 
 
+class DnsLearnedSlot(ct.Structure):
+    _fields_ = [("expiry_ns", ct.c_uint64), ("pattern", ct.c_uint32), ("ttl", ct.c_uint32)]
+
+
 class DnsLearnedVal(ct.Structure):
-    _fields_ = [("expiry_ns", ct.c_uint64), ("name_hash", ct.c_uint64), ("pattern", ct.c_uint32),
-                ("ttl", ct.c_uint32)]
+    _fields_ = [("name_hash", ct.c_uint64), ("slots", DnsLearnedSlot * DNS_LEARNED_SLOTS)]
 
 
 class DnsCfg(ct.Structure):
@@ -488,6 +495,7 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_dns_query_key": DnsQueryKey,
     "socklb_dns_query_val": DnsQueryVal,
     "socklb_dns_learned_key": DnsLearnedKey,
+    "socklb_dns_learned_slot": DnsLearnedSlot,
     "socklb_dns_learned_val": DnsLearnedVal,
     "socklb_dns_cfg": DnsCfg,
 }
@@ -546,6 +554,7 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_DNS_PATTERNS_MAX": DNS_PATTERNS_MAX,
     "SOCKLB_DNS_QUERIES_MAX": DNS_QUERIES_MAX,
     "SOCKLB_DNS_LEARNED_MAX": DNS_LEARNED_MAX,
+    "SOCKLB_DNS_LEARNED_SLOTS": DNS_LEARNED_SLOTS,
     "SOCKLB_DNS_SOCKS_MAX": DNS_SOCKS_MAX,
     "SOCKLB_DNS_SET_ANY": DNS_SET_ANY,
 }

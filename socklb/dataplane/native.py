@@ -37,6 +37,7 @@ LIBBPF_SIGNATURES: dict[str, tuple[list, object]] = {
     "bpf_map_get_next_key": ([_i, _vp, _vp], _i),
     "bpf_map_update_batch": ([_i, _vp, _vp, ct.POINTER(_u32), _vp], _i),
     "bpf_map_delete_batch": ([_i, _vp, ct.POINTER(_u32), _vp], _i),
+    "bpf_map_lookup_batch": ([_i, _vp, _vp, _vp, _vp, ct.POINTER(_u32), _vp], _i),
     "bpf_obj_get_info_by_fd": ([_i, _vp, ct.POINTER(_u32)], _i),
     "bpf_prog_query": ([_i, _i, _u32, ct.POINTER(_u32), ct.POINTER(_u32), ct.POINTER(_u32)], _i),
     "bpf_iter_create": ([_i], _i),

@@ -160,10 +160,11 @@ def read_learned(pin_dir: Path) -> tuple[list, dict[str, int]]:
 
 def fqdn_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[str, int], learned,
               counters: Mapping[str, int], now_ns: int) -> dict:
-    """Each learned (workload, address): the workload's name (by the id its
-    cgroup's entry has), the pattern the name matched (by its id, among the
-    patterns of the workload's set), the TTL, when it expires and whether it
-    has; then the learner's counters."""
+    """Each learned (workload, address, pattern): the workload's name (by the
+    id its cgroup's entry has), the pattern a name that taught the address
+    matched (by its id, among the patterns of the workload's set; a row per
+    slot of the entry), the TTL, when it expires and whether it has; then
+    the learner's counters."""
     from .dns import pattern_id
 
     by_wid: dict[int, str] = {}
@@ -182,11 +183,13 @@ def fqdn_view(state: node_pb2.NodeState, entries: PolicyEntries, ids: Mapping[st
                 continue
     rows = []
     for x in learned:
-        remaining = (x.expiry_ns - now_ns) / 1e9
-        rows.append({"workload": by_wid.get(x.workload, ""), "workloadId": x.workload, "address": x.addr,
-                     "pattern": patterns.get((set_of.get(x.workload, ""), x.pattern), ""), "patternId": x.pattern,
-                     "ttl": x.ttl, "expiresIn": round(remaining, 1), "expired": remaining <= 0})
-    rows.sort(key=lambda r: (r["workload"], r["workloadId"], r["address"]))
+        for slot in x.slots:  # one row per name pattern the address was learned through
+            remaining = (slot.expiry_ns - now_ns) / 1e9
+            rows.append({"workload": by_wid.get(x.workload, ""), "workloadId": x.workload, "address": x.addr,
+                         "pattern": patterns.get((set_of.get(x.workload, ""), slot.pattern), ""),
+                         "patternId": slot.pattern, "ttl": slot.ttl, "expiresIn": round(remaining, 1),
+                         "expired": remaining <= 0})
+    rows.sort(key=lambda r: (r["workload"], r["workloadId"], r["address"], r["patternId"]))
     return {"learned": rows, "counters": dict(counters)}
 
 

@@ -25,9 +25,8 @@ with the connect hook's own code against the policy maps and destroys the
 denied (kfunc; netlink: lists them, then SOCK_DESTROY), so only the denied
 cross to user space; their reasons are worked out here (PolicyEvaluator)
 for the reports. User space otherwise: a dry run or preview (a state not
-in the maps), a job for a set with FQDN rules (the kernel judge does not
-read what the DNS learner learned; PolicyEvaluator keeps, conservatively,
-what a pattern of the set may have allowed), a terminator without the judge
+in the maps), a job for a set with FQDN rules without what the FQDN
+judgement needs (see below), a terminator without the judge
 programs (they did not load,
 or SOCKLB_POLICY_JUDGE=user / --policy-judge user): the sockets of the
 job's cgroups are listed, judged here (judge) and the condemned destroyed
@@ -39,13 +38,27 @@ frontend by that frontend (its verdict when it is a frontend of the new
 state, the prefixes on its VIP otherwise); any other by its peer, a
 frontend's verdict when the peer is one (a bypassed workload's socket to a
 VIP), else the prefixes.
+
+FQDN rules (docs/fqdn.md): a destination no frontend or prefix decides, of a
+workload whose set has FQDN rules, is kept when the workload's
+`dns_learned` entry for the address has a slot, expired or not, whose
+pattern is still in the set and whose rules allow the port (none denying);
+else condemned ("FQDN: no allowed name resolved to ..."). The job reads the
+learned slots of its workloads once (FqdnSource: the workload ids of the
+policy maps and a LearnedReader, the pinned map's or MemoryLearned); the
+kernel judge reads them itself (`dns_learned`, `policy_fqdns`) given each
+cgroup's workload id (kernel_workloads), and the slots are read here only
+to name the condemned; a job without one (a dry run, a preview, a node without the learner) judges such
+destinations conservatively (kept when a pattern of the set allows the
+port), as does one whose read failed.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from socklb.lb.addresses import addr_text, join_host_port
 from socklb.lb.frontends import FrontendKey, frontend_key
@@ -56,6 +69,35 @@ from socklb.v1 import node_pb2
 from .termtypes import CookieReport, ListedSocket, SocketListing
 
 TRIGGER = "policy"
+log = logging.getLogger(__name__)
+
+# (workload id, address: 16 bytes, IPv4 v4-mapped) -> the pattern ids of its
+# learned slots, expired or not.
+LearnedSlots = Mapping[tuple[int, bytes], frozenset[int]]
+
+
+class LearnedReader(Protocol):
+    def learned_patterns(self, workload_ids: Collection[int]) -> LearnedSlots:
+        """What the DNS learner learned for those workloads (dns.DnsLearner)."""
+
+
+@dataclass(frozen=True)
+class MemoryLearned:
+    """A LearnedReader of given entries (tests, a node without a kernel)."""
+
+    entries: LearnedSlots
+
+    def learned_patterns(self, workload_ids: Collection[int]) -> LearnedSlots:
+        return {k: v for k, v in self.entries.items() if k[0] in workload_ids}
+
+
+@dataclass(frozen=True)
+class FqdnSource:
+    """What an FQDN judgement needs: the workloads' ids in the policy maps
+    (what `dns_learned` is keyed by) and where to read what they learned."""
+
+    workload_ids: Mapping[str, int]
+    reader: LearnedReader
 
 
 @dataclass(frozen=True)
@@ -84,6 +126,9 @@ class PolicyJob:
     # Set name -> its kernel id, when the new state is the one in the
     # policy maps (the kernel may judge then); None: judged in user space.
     set_ids: Mapping[str, int] | None = None
+    # Where the FQDN sets' workloads' learned addresses are read (None:
+    # judged conservatively, see the module doc).
+    fqdn: FqdnSource | None = None
 
     trigger: ClassVar[str] = TRIGGER
     service: ClassVar[str] = ""  # a policy job is about workloads, not one service
@@ -102,16 +147,17 @@ class Condemned:
     """A socket the new state denies. Why is worked out when asked: a
     report names a thousand at most, a change may condemn many more."""
 
-    __slots__ = ("socket", "workload", "raw_address", "port", "service", "_judge", "_set", "_frontend")
+    __slots__ = ("socket", "workload", "raw_address", "port", "service", "_judge", "_set", "_frontend", "_learned")
 
     def __init__(self, socket: ListedSocket, workload: str, raw_address: bytes, port: int, service: str,
-                 judge: PolicyEvaluator, policy_set: str, frontend: FrontendKey | None):
+                 judge: PolicyEvaluator, policy_set: str, frontend: FrontendKey | None,
+                 learned: frozenset[int] | None = None):
         self.socket = socket
         self.workload = workload
         self.raw_address = raw_address  # the destination as judged: the flow's VIP, else the peer
         self.port = port
         self.service = service          # the destination's service when it is a frontend, else ""
-        self._judge, self._set, self._frontend = judge, policy_set, frontend
+        self._judge, self._set, self._frontend, self._learned = judge, policy_set, frontend, learned
 
     @property
     def address(self) -> str:
@@ -126,7 +172,8 @@ class Condemned:
     @property
     def reason(self) -> str:
         """"policy set ps-...: <what denies it>"."""
-        return self._judge.denial(self._set, self._frontend, self.raw_address, self.port, self.socket.proto) or ""
+        return self._judge.denial(self._set, self._frontend, self.raw_address, self.port, self.socket.proto,
+                                  self._learned) or ""
 
     def __repr__(self) -> str:
         return f"Condemned({self.socket.cookie}, {self.workload}, {self.destination})"
@@ -198,7 +245,8 @@ def owned_cgroups(workloads: Iterable[node_pb2.WorkloadState],
 
 def policy_job(job_id: str, before: node_pb2.NodeState, after: node_pb2.NodeState,
                cgroup_ids: Mapping[str, Iterable[int]], dry_run: bool = False,
-               workloads: Iterable[str] = (), set_ids: Mapping[str, int] | None = None) -> PolicyJob | None:
+               workloads: Iterable[str] = (), set_ids: Mapping[str, int] | None = None,
+               fqdn: FqdnSource | None = None) -> PolicyJob | None:
     """The job for going from `before` to `after` (after: applied, or, dry
     run, only considered); None when no workload's sockets need judging.
     cgroup_ids: workload name -> the ids of its cgroup and of those below it
@@ -206,8 +254,9 @@ def policy_job(job_id: str, before: node_pb2.NodeState, after: node_pb2.NodeStat
     names to judge again although their policy did not change (e.g. one
     whose cgroup just appeared); set_ids: set name -> kernel id when
     `after` is the state in the policy maps (lets the kernel judge; ignored
-    for a dry run). InvalidState when `after` is not a state the node could
-    apply (its sets, its frontends)."""
+    for a dry run); fqdn: where the learned addresses are read (ignored for
+    a dry run: `after` is not in the maps). InvalidState when `after` is not
+    a state the node could apply (its sets, its frontends)."""
     evaluator = PolicyEvaluator.of_state(after)
     frontends = state_frontends(after)
     again = set(workloads)
@@ -226,7 +275,8 @@ def policy_job(job_id: str, before: node_pb2.NodeState, after: node_pb2.NodeStat
     if not scopes:
         return None
     ids = None if dry_run or set_ids is None else dict(set_ids)
-    return PolicyJob(job_id, dry_run, tuple(scopes), evaluator, frontends, set_ids=ids)
+    return PolicyJob(job_id, dry_run, tuple(scopes), evaluator, frontends, set_ids=ids,
+                     fqdn=None if dry_run else fqdn)
 
 
 # --- judging (pure) ----------------------------------------------------------------------------
@@ -243,36 +293,64 @@ class _Destinations:
         return (addr, port, *self.frontends.get((addr, port, s.proto), (None, "")))
 
 
-def judge(job: PolicyJob, sockets: Iterable[ListedSocket], denied: bool = False) -> list[Condemned]:
+def judge(job: PolicyJob, sockets: Iterable[ListedSocket], denied: bool = False,
+          learned: LearnedSlots | None = None) -> list[Condemned]:
     """The sockets the job's state denies, with why (see the module doc);
     sockets of cgroups the job does not own are left alone. denied: the
-    sockets were judged denied already (by the kernel): only named."""
+    sockets were judged denied already (by the kernel): only named.
+    learned: what the job's FQDN workloads learned (read_learned; None:
+    FQDN destinations judged conservatively)."""
     cgroups = job.cgroups
     destination = _Destinations(job)
     allowed = job.evaluator.allowed
+    fqdn_ids = _fqdn_ids(job) if learned is not None else {}
     # Sockets crowd on few destinations (a service, a database): judged once each.
-    judged: dict[tuple[str, bytes, int, int], bool] = {}
+    judged: dict[tuple, bool] = {}
     out = []
     for s in sockets:
         w = cgroups.get(s.cgroup_id)
         if w is None:
             continue
         addr, port, fe, service = destination(s)
+        wid = fqdn_ids.get(w.name)
+        patterns = None if wid is None or fe is not None else learned.get((wid, addr), frozenset())
         if not denied:
-            key = (w.policy_set, addr, port, s.proto)
+            key = (w.policy_set, addr, port, s.proto, patterns)
             ok = judged.get(key)
             if ok is None:
-                ok = judged[key] = allowed(w.policy_set, fe, addr, port, s.proto)
+                ok = judged[key] = allowed(w.policy_set, fe, addr, port, s.proto, patterns)
             if ok:
                 continue
-        out.append(Condemned(s, w.name, addr, port, service, job.evaluator, w.policy_set, fe))
+        out.append(Condemned(s, w.name, addr, port, service, job.evaluator, w.policy_set, fe, patterns))
     return out
 
 
-def condemn(job: PolicyJob, denied: Iterable[ListedSocket]) -> list[Condemned]:
+def _fqdn_ids(job: PolicyJob) -> dict[str, int]:
+    """Workload name -> its id in the policy maps, for the job's workloads
+    whose set has FQDN rules and whose id is known."""
+    if job.fqdn is None:
+        return {}
+    ids = job.fqdn.workload_ids
+    return {w.name: ids[w.name] for w in job.workloads if job.evaluator.has_fqdns(w.policy_set) and w.name in ids}
+
+
+def read_learned(job: PolicyJob) -> LearnedSlots | None:
+    """What the job's FQDN workloads learned, read once (I/O); None when the
+    job has none or the read failed (then judged conservatively)."""
+    ids = _fqdn_ids(job)
+    if not ids:
+        return None
+    try:
+        return job.fqdn.reader.learned_patterns(set(ids.values()))
+    except OSError as e:
+        log.warning("policy job %s: cannot read what the DNS learner learned (%s): FQDN destinations kept", job.id, e)
+        return None
+
+
+def condemn(job: PolicyJob, denied: Iterable[ListedSocket], learned: LearnedSlots | None = None) -> list[Condemned]:
     """The sockets the kernel judged denied, named as judge() names them
-    (their reasons are worked out when asked)."""
-    return judge(job, denied, denied=True)
+    (their reasons are worked out when asked; learned: for FQDN reasons)."""
+    return judge(job, denied, denied=True, learned=learned)
 
 
 def kernel_sets(job: PolicyJob, terminator) -> dict[int, int] | None:
@@ -283,12 +361,19 @@ def kernel_sets(job: PolicyJob, terminator) -> dict[int, int] | None:
     ids = job.set_ids
     if any(w.policy_set not in ids for w in job.workloads):
         return None
-    # The kernel judge does not see what the DNS learner learned: a set with
-    # FQDN rules is judged here, conservatively (policy_eval keeps what a
-    # pattern of the set may have allowed).
-    if any(job.evaluator.has_fqdns(w.policy_set) for w in job.workloads):
+    # A set with FQDN rules: the kernel reads what the workload learned by
+    # its id; without the ids (or a reader), judged here, conservatively.
+    fqdn_ids = _fqdn_ids(job)
+    if any(job.evaluator.has_fqdns(w.policy_set) and w.name not in fqdn_ids for w in job.workloads):
         return None
     return {cg: ids[w.policy_set] for cg, w in job.cgroups.items()}
+
+
+def kernel_workloads(job: PolicyJob) -> dict[int, int]:
+    """Cgroup id -> workload id for the kernel judge's FQDN decisions: the
+    cgroups of the job's workloads whose set has FQDN rules."""
+    fqdn_ids = _fqdn_ids(job)
+    return {cg: fqdn_ids[w.name] for cg, w in job.cgroups.items() if w.name in fqdn_ids}
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -301,11 +386,12 @@ def run_policy_job(terminator, job: PolicyJob) -> PolicyRun:
     sets = kernel_sets(job, terminator)
     destroyed = None
     if sets is not None:
-        listing, destroyed = terminator.judge_cgroups(sets)
-        condemned = condemn(job, listing.sockets)
+        workloads = kernel_workloads(job)
+        listing, destroyed = terminator.judge_cgroups(sets, cgroup_workloads=workloads)
+        condemned = condemn(job, listing.sockets, read_learned(job) if workloads and listing.sockets else None)
     else:
         listing = terminator.list_cgroups(job.cgroups)
-        condemned = judge(job, listing.sockets)
+        condemned = judge(job, listing.sockets, learned=read_learned(job))
     run = PolicyRun(listing, condemned, "none" if job.dry_run else terminator.method.value,
                     judge="kernel" if sets is not None else "user")
     for c in condemned:
@@ -318,5 +404,6 @@ def run_policy_job(terminator, job: PolicyJob) -> PolicyRun:
     return run
 
 
-__all__ = ["Condemned", "PolicyJob", "PolicyRun", "TRIGGER", "WorkloadScope", "changed_workloads", "condemn", "judge",
-           "kernel_sets", "owned_cgroups", "policy_job", "run_policy_job", "state_frontends"]
+__all__ = ["Condemned", "FqdnSource", "LearnedReader", "LearnedSlots", "MemoryLearned", "PolicyJob", "PolicyRun",
+           "TRIGGER", "WorkloadScope", "changed_workloads", "condemn", "judge", "kernel_sets", "kernel_workloads", "owned_cgroups",
+           "policy_job", "read_learned", "run_policy_job", "state_frontends"]

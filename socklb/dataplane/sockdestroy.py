@@ -75,7 +75,10 @@ cgroups (`judge_sets`: cgroup id -> the kernel id of its workload's set in
 the applied state) and decide each as the connect hook does
 (bpf/policy_verdict.h, one body with bpf/sock_lb.c) against the agent's
 pinned `services`, `policy_frontends` and `policy_prefixes` (reused like
-`flows`); only the denied emit a record, after bpf_sock_destroy() (kfunc;
+`flows`), and, for a destination neither decides, what the cgroup's
+workload (`judge_workloads`: cgroup id -> workload id, for sets with FQDN
+rules) learned in the pinned `dns_learned` against the set's rules in
+`policy_fqdns` (docs/fqdn.md, "Terminations"); only the denied emit a record, after bpf_sock_destroy() (kfunc;
 netlink: listed, then destroy_cookies()). They load with the object when
 they can (judge_unavailable: why not, the policy_kernel_judge probe); a
 Terminator whose policy_judge is "user" ($SOCKLB_POLICY_JUDGE, the agent's
@@ -145,7 +148,9 @@ JUDGE_PROGRAMS = {"judge_tcp": "socklb_term_judge_tcp", "judge_udp": "socklb_ter
 # The agent's pinned maps they read, with the key and value sizes this build expects.
 JUDGE_REUSE = {"services": (ct.sizeof(layout.SvcKey), ct.sizeof(layout.SvcVal)),
                "policy_frontends": (ct.sizeof(layout.PolicyFeKey), ct.sizeof(layout.PolicyVerdict)),
-               "policy_prefixes": (ct.sizeof(layout.PolicyPrefixKey), ct.sizeof(layout.PolicyRules))}
+               "policy_prefixes": (ct.sizeof(layout.PolicyPrefixKey), ct.sizeof(layout.PolicyRules)),
+               "policy_fqdns": (ct.sizeof(layout.PolicyFqdnKey), ct.sizeof(layout.PolicyRules)),
+               "dns_learned": (ct.sizeof(layout.DnsLearnedKey), ct.sizeof(layout.DnsLearnedVal))}
 # Who judges a policy job's sockets: "auto" (the kernel when the judge
 # programs load, else user space) or "user" (always user space).
 POLICY_JUDGE_ENV = "SOCKLB_POLICY_JUDGE"
@@ -194,6 +199,8 @@ class _Object(bpfobj.IterObject):
         super().__init__(path, pin_dir, programs, map_keys, error, reuse)
         try:
             self.judge_sets = kernel.BpfMap(self.map_fd("judge_sets"), ct.c_uint64, ct.c_uint32, "judge_sets")
+            self.judge_workloads = kernel.BpfMap(self.map_fd("judge_workloads"), ct.c_uint64, ct.c_uint32,
+                                                 "judge_workloads")
             self.judge_stats = kernel.BpfMap(self.map_fd("judge_stats"), ct.c_uint32, JudgeStats, "judge_stats")
             self.targets = kernel.BpfMap(self.map_fd("targets"), TermKey, TermVal, "targets")
             self.cfg = kernel.BpfMap(self.map_fd("term_cfg"), ct.c_uint32, TermCfg, "term_cfg")
@@ -238,15 +245,21 @@ class _Object(bpfobj.IterObject):
             self._selected.append((m, key))
         self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), flags))
 
-    def select_judged(self, mode: TermMode, cgroup_sets: dict[int, int]) -> None:
+    def select_judged(self, mode: TermMode, cgroup_sets: dict[int, int],
+                      cgroup_workloads: Mapping[int, int] | None = None) -> None:
         """What the judge programs judge next: the sockets of these cgroups,
-        each by the kernel policy set id given; counters zeroed. Undone by
+        each by the kernel policy set id given, and for FQDN rules by what
+        the workload id given learned; counters zeroed. Undone by
         clear_sockets()."""
         self.clear_sockets()
         for cg, sid in cgroup_sets.items():
             key = ct.c_uint64(cg)
             self.judge_sets.update(key, ct.c_uint32(sid))
             self._selected.append((self.judge_sets, key))
+        for cg, wid in (cgroup_workloads or {}).items():
+            key = ct.c_uint64(cg)
+            self.judge_workloads.update(key, ct.c_uint32(wid))
+            self._selected.append((self.judge_workloads, key))
         self.judge_stats.update(ct.c_uint32(0), JudgeStats())
         self.cfg.update(ct.c_uint32(0), TermCfg(int(mode), 0))
 
@@ -651,11 +664,16 @@ class Terminator(IterRunner):
         return f"user: {self.judge_unavailable}"
 
     def judge_cgroups(self, cgroup_sets: Mapping[int, int], destroy: bool = True, hooks: Hooks | None = None,
+                      cgroup_workloads: Mapping[int, int] | None = None,
                       ) -> tuple[SocketListing, CookieReport | None]:
         """Policy judged in the kernel, in one walk: the sockets of these
         cgroups (cgroup id -> the kernel id of its workload's policy set in
         the applied state: the policy maps hold that one) that the set
-        denies, judged as the connect hook judges (bpf/policy_verdict.h).
+        denies, judged as the connect hook judges (bpf/policy_verdict.h);
+        cgroup_workloads (cgroup id -> workload id in the policy maps, for
+        sets with FQDN rules): a destination no frontend or prefix decides
+        is kept when that workload learned it through a pattern the set
+        allows the port for, expired or not.
         kfunc: destroyed in the same walk; the listing holds them and the
         CookieReport their results. netlink: only listed (CookieReport
         None): destroy them with destroy_cookies(); destroy=False: only
@@ -678,7 +696,7 @@ class Terminator(IterRunner):
         rep = CookieReport(method=self.method.value, dry_run=False) if destroy else None
         t0 = time.monotonic()
         with self.loaded() as obj:
-            obj.select_judged(mode, sets)
+            obj.select_judged(mode, sets, cgroup_workloads)
             try:
                 res = self.scan(partial(self._walk_sockets, obj, tuple(JUDGE_PROGRAMS), self._passes(mode), None,
                                         hooks), hooks)

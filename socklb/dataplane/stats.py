@@ -129,8 +129,9 @@ class Statistics(ABC):
             translations=c[C.TRANSLATED], affinity_hits=c[C.AFFINITY_HIT], affinity_misses=c[C.AFFINITY_MISS],
             no_backend=c[C.NO_BACKEND], policy_denies=c[C.POLICY_DENY], rev_nat_hits=c[C.RNAT_HIT],
             rev_nat_misses=c[C.RNAT_MISS], rev_nat_cleaned=c[C.RNAT_CLEANED],
+            fqdn_denies=c[C.FQDN_DENY], fqdn_expired=c[C.FQDN_EXPIRED],
             **{f"dns_{k}": d.get(k, 0) for k in ("queries", "answers", "learned", "unsolicited", "malformed",
-                                                  "truncated")})
+                                                  "truncated", "pruned")})
 
     def flow_counts(self, catalog: Catalog) -> list[sync_pb2.FlowCount]:
         """Open flows per service and backend."""

@@ -37,7 +37,7 @@ from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
 from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
-from .policyjobs import TRIGGER as POLICY, PolicyJob, PolicyRun, policy_job, run_policy_job
+from .policyjobs import TRIGGER as POLICY, FqdnSource, LearnedReader, PolicyJob, PolicyRun, policy_job, run_policy_job
 from .redirect_desired import TRIGGER as REDIRECT, redirect_name
 from .redirectjobs import RedirectJob, RedirectRun, preview_job, preview_keep, run_redirect_job
 from .termtypes import Target
@@ -276,6 +276,10 @@ class Terminations(ABC):
     and explicit requests (request), keeps the recent reports and hands each
     to the listeners (the sync client sends them to the control plane)."""
 
+    # Where a policy job reads what the DNS learner learned (dns.DnsLearner;
+    # None: no learner, FQDN destinations judged conservatively).
+    learned_reader: LearnedReader | None = None
+
     def __init__(self, node: str):
         self.node = node
         self._listeners: list[Callable[[node_pb2.TerminationReport], None]] = []
@@ -297,7 +301,8 @@ class Terminations(ABC):
     def after_policy_change(self, before: node_pb2.NodeState, after: node_pb2.NodeState,
                             cgroup_ids: Mapping[str, Iterable[int]], dry_run: bool = False, wait: bool = False,
                             job_id: str = "", workloads: Iterable[str] = (),
-                            set_ids: Mapping[str, int] | None = None) -> node_pb2.TerminationReport | None:
+                            set_ids: Mapping[str, int] | None = None,
+                            workload_ids: Mapping[str, int] | None = None) -> node_pb2.TerminationReport | None:
         """Terminate the open sockets that `after` denies, of the workloads
         whose policy changed from `before` (see policyjobs.py); dry_run: list
         them, destroy nothing (`after` may be a state the node never
@@ -313,10 +318,15 @@ class Terminations(ABC):
         the job runs on the worker, its report goes to the listeners, and
         None is returned. set_ids: set name -> kernel id, when `after` is
         the policy the maps hold: the kernel may judge (policyjobs.py).
+        workload_ids: workload name -> id in the policy maps, when `after`
+        is the policy the maps hold: FQDN destinations are judged by what
+        the workloads learned (learned_reader).
         InvalidState (KeyError for a set the state lacks) when `after` is
         not a state the node could apply."""
         job_id = job_id or f"v{after.version}-{POLICY}"
-        job = policy_job(job_id, before, after, cgroup_ids, dry_run, workloads, set_ids)
+        reader = self.learned_reader
+        fqdn = FqdnSource(dict(workload_ids), reader) if workload_ids is not None and reader is not None else None
+        job = policy_job(job_id, before, after, cgroup_ids, dry_run, workloads, set_ids, fqdn)
         if job is None:
             return _report(job_id, "", POLICY, dry_run, self.node) if wait else None
         if wait:

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["Kind", "Pattern", "PatternError", "NAME_MAX", "wire", "parse_pattern", "canonical_pattern",
-           "matches", "covers", "covering"]
+           "matches", "covers", "covering", "fnv1a", "pattern_id", "FNV_OFFSET", "FNV_PRIME"]
 
 NAME_MAX = 255  # wire length of a name (RFC 1035); bpf/dns.h SOCKLB_DNS_NAME_MAX
 
@@ -151,3 +151,27 @@ def covering(pat: Pattern) -> list[Pattern]:
     else:
         out += [Pattern("", Kind.ANY_DEPTH, ".".join(labels[k:])) for k in range(0, len(labels) + 1)]
     return list({(p.kind, p.suffix): p for p in out}.values())
+
+
+# --- hashes (the kernel's, bpf/dns.h) ------------------------------------------
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+_MASK64 = (1 << 64) - 1
+
+
+def fnv1a(data) -> int:
+    """64-bit FNV-1a of an iterable of bytes."""
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & _MASK64
+    return h
+
+
+def pattern_id(pattern: str) -> int:
+    """A pattern's id (`dns_learned` slots, `policy_fqdns` keys): FNV-1a of
+    its canonical text folded to 32 bits, never 0; the same on every node
+    and after a restart (the node judge finds a learned slot's pattern in a
+    set by it)."""
+    h = fnv1a(parse_pattern(pattern).canonical.encode())
+    return ((h ^ (h >> 32)) & 0xFFFFFFFF) or 1

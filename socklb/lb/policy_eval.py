@@ -20,11 +20,16 @@ The rules are those the cgroup hooks apply at connect()/sendmsg():
   rules of every prefix containing it), so one match finds all that applies;
 - a destination no prefix decides (none holds it, or no rule of it matches)
   may have been allowed by an FQDN rule (`fqdns`: the kernel learned its
-  address from a DNS answer). What was learned is not in the node state, so
-  the judge is conservative: it is allowed when some pattern of the set
-  allows the port and protocol. A policy change thus never terminates a
-  socket an FQDN rule may have allowed (terminating on a name's removal
-  needs the learned names per address: a later phase of issue 13).
+  address from a DNS answer). What was learned is not in the node state:
+  the caller passes `learned`, the pattern ids of the slots of the
+  workload's `dns_learned` entry for the address (an empty set: none),
+  **expired or not** (a connection open when the TTL ran out stays open).
+  Of those patterns, the ones the set still has decide as the hook does:
+  one whose rules deny the port denies (deny wins), else one that allows
+  allows; none: denied ("no allowed name resolved to it"). Without
+  `learned` (None: not known, e.g. a dry run) the judge is conservative: it
+  allows when some pattern of the set allows the port and protocol.
+  bpf/sock_destroy.bpf.c's fqdn_keeps() is the kernel judge's copy.
 
 IPv4 and IPv6 prefixes are apart, as the control plane flattens them: an
 IPv4 destination, or a v4-mapped IPv6 one (socklb.lb.addresses reads those
@@ -44,6 +49,7 @@ from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
 from .addresses import V4MAPPED, IPAddress, join_host_port
 from .errors import InvalidState
+from .fqdn import pattern_id
 from .frontends import FrontendKey, frontend_key
 from .protocols import TCP, UDP, name_of
 
@@ -95,7 +101,7 @@ class _Family:
 
 
 class _Set:
-    __slots__ = ("name", "frontends", "v4", "v6", "fqdns")
+    __slots__ = ("name", "frontends", "v4", "v6", "fqdns", "fqdn_ids")
 
     def __init__(self, name: str):
         self.name = name
@@ -104,6 +110,7 @@ class _Set:
         self.v4 = _Family(32)
         self.v6 = _Family(128)
         self.fqdns: list[tuple[str, tuple[_Rule, ...]]] = []  # (pattern, its flattened rules)
+        self.fqdn_ids: dict[int, tuple[str, tuple[_Rule, ...]]] = {}  # pattern id -> (pattern, rules)
 
 
 def _destination(addr: bytes | str | IPAddress) -> tuple[int, int]:
@@ -162,7 +169,12 @@ def _compile(ps: node_pb2.PolicySetState, field: str) -> _Set:
         if not (s.v4 if version == 4 else s.v6).add(network, length, _Prefix(text, rules)):
             raise InvalidState(f"{pf}.prefix", f"prefix {text} is in the set already")
     for i, f in enumerate(ps.fqdns):
-        s.fqdns.append((f.pattern, tuple(_rule(r, f"{field}.fqdns[{i}].rules[{j}]") for j, r in enumerate(f.rules))))
+        entry = (f.pattern, tuple(_rule(r, f"{field}.fqdns[{i}].rules[{j}]") for j, r in enumerate(f.rules)))
+        s.fqdns.append(entry)
+        try:
+            s.fqdn_ids[pattern_id(f.pattern)] = entry
+        except ValueError:  # a pattern the node refuses; the control plane checks them
+            continue
     return s
 
 
@@ -172,6 +184,21 @@ def _by_fqdn(s: _Set, port: int, proto: int) -> str | None:
         if _decide(rules, port, proto) == _ALLOW:
             return pattern
     return None
+
+
+def _by_learned(s: _Set, learned: Iterable[int], port: int, proto: int) -> tuple[int | None, list[str]]:
+    """What the learned patterns the set still has decide (DENY wins over
+    ALLOW, as in the connect hook), and those patterns, sorted."""
+    verdict, names = None, []
+    for pid in learned:
+        entry = s.fqdn_ids.get(pid)
+        if entry is None:
+            continue
+        names.append(entry[0])
+        d = _decide(entry[1], port, proto)
+        if d == _DENY or (d == _ALLOW and verdict is None):
+            verdict = d
+    return verdict, sorted(names)
 
 
 class PolicyEvaluator:
@@ -206,10 +233,12 @@ class PolicyEvaluator:
         return s
 
     def allowed(self, set_name: str, frontend: FrontendKey | None, addr: bytes | str | IPAddress,
-                port: int, proto: int) -> bool:
+                port: int, proto: int, learned: frozenset[int] | None = None) -> bool:
         """Whether a workload with this set may reach the destination:
         `frontend` when it is one (addr and port are then not looked at),
-        else (addr, port, proto). KeyError for a set the state lacks."""
+        else (addr, port, proto); learned: the pattern ids the workload
+        learned the address through (see the module doc; None: not known).
+        KeyError for a set the state lacks."""
         if set_name == UNRESTRICTED:
             return True
         s = self._set(set_name)
@@ -219,14 +248,16 @@ class PolicyEvaluator:
         prefix = (s.v4 if version == 4 else s.v6).longest(value)
         verdict = _decide(prefix.rules, port, proto) if prefix is not None else None
         if verdict is None and s.fqdns:
-            return _by_fqdn(s, port, proto) is not None
+            if learned is None:
+                return _by_fqdn(s, port, proto) is not None
+            return _by_learned(s, learned, port, proto)[0] == _ALLOW
         return verdict == _ALLOW
 
     def denial(self, set_name: str, frontend: FrontendKey | None, addr: bytes | str | IPAddress,
-               port: int, proto: int) -> str | None:
+               port: int, proto: int, learned: frozenset[int] | None = None) -> str | None:
         """None when allowed (see allowed()), else why not, for reports:
         "policy set ps-...: <what denies>"."""
-        if self.allowed(set_name, frontend, addr, port, proto):
+        if self.allowed(set_name, frontend, addr, port, proto, learned):
             return None
         s = self._sets[set_name]
         if frontend is not None:
@@ -235,6 +266,13 @@ class PolicyEvaluator:
         version, value = _destination(addr)
         prefix = (s.v4 if version == 4 else s.v6).longest(value)
         shown = join_host_port(_shown(version, value), port) + "/" + name_of(proto)
+        fqdn = s.fqdns and learned is not None and (prefix is None or _decide(prefix.rules, port, proto) is None)
+        if fqdn:
+            verdict, names = _by_learned(s, learned, port, proto)
+            if not names:
+                return f"policy set {s.name}: FQDN: no allowed name resolved to {shown}"
+            how = "denies" if verdict == _DENY else "does not allow"
+            return f"policy set {s.name}: FQDN: {', '.join(names)} (what resolved to it) {how} {shown}"
         if prefix is None:
             return f"policy set {s.name}: no prefix holds {shown}"
         if _decide(prefix.rules, port, proto) == _DENY:

@@ -256,7 +256,7 @@ class DumpFlowsResponse(_message.Message):
     def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., method: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., namespaces: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("translations", "affinity_hits", "no_backend", "policy_denies", "rev_nat_hits", "rev_nat_misses", "rev_nat_cleaned", "affinity_misses", "dns_queries", "dns_answers", "dns_learned", "dns_unsolicited", "dns_malformed", "dns_truncated")
+    __slots__ = ("translations", "affinity_hits", "no_backend", "policy_denies", "rev_nat_hits", "rev_nat_misses", "rev_nat_cleaned", "affinity_misses", "dns_queries", "dns_answers", "dns_learned", "dns_unsolicited", "dns_malformed", "dns_truncated", "fqdn_denies", "fqdn_expired", "dns_pruned")
     TRANSLATIONS_FIELD_NUMBER: _ClassVar[int]
     AFFINITY_HITS_FIELD_NUMBER: _ClassVar[int]
     NO_BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,9 @@ class Counters(_message.Message):
     DNS_UNSOLICITED_FIELD_NUMBER: _ClassVar[int]
     DNS_MALFORMED_FIELD_NUMBER: _ClassVar[int]
     DNS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    FQDN_DENIES_FIELD_NUMBER: _ClassVar[int]
+    FQDN_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    DNS_PRUNED_FIELD_NUMBER: _ClassVar[int]
     translations: int
     affinity_hits: int
     no_backend: int
@@ -285,7 +288,10 @@ class Counters(_message.Message):
     dns_unsolicited: int
     dns_malformed: int
     dns_truncated: int
-    def __init__(self, translations: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., no_backend: _Optional[int] = ..., policy_denies: _Optional[int] = ..., rev_nat_hits: _Optional[int] = ..., rev_nat_misses: _Optional[int] = ..., rev_nat_cleaned: _Optional[int] = ..., affinity_misses: _Optional[int] = ..., dns_queries: _Optional[int] = ..., dns_answers: _Optional[int] = ..., dns_learned: _Optional[int] = ..., dns_unsolicited: _Optional[int] = ..., dns_malformed: _Optional[int] = ..., dns_truncated: _Optional[int] = ...) -> None: ...
+    fqdn_denies: int
+    fqdn_expired: int
+    dns_pruned: int
+    def __init__(self, translations: _Optional[int] = ..., affinity_hits: _Optional[int] = ..., no_backend: _Optional[int] = ..., policy_denies: _Optional[int] = ..., rev_nat_hits: _Optional[int] = ..., rev_nat_misses: _Optional[int] = ..., rev_nat_cleaned: _Optional[int] = ..., affinity_misses: _Optional[int] = ..., dns_queries: _Optional[int] = ..., dns_answers: _Optional[int] = ..., dns_learned: _Optional[int] = ..., dns_unsolicited: _Optional[int] = ..., dns_malformed: _Optional[int] = ..., dns_truncated: _Optional[int] = ..., fqdn_denies: _Optional[int] = ..., fqdn_expired: _Optional[int] = ..., dns_pruned: _Optional[int] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()

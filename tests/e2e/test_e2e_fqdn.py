@@ -14,12 +14,13 @@ import pytest
 import netenv
 from e2e_cluster import RPC_DEADLINE, poll
 from netenv import require
+from support import loopback_block
 
 from socklb.v1 import api_pb2, policy_pb2, types_pb2
 
-DNS_ADDR = "127.0.0.61"
-SHOP = "127.0.0.62"   # shop.example.test
-OTHER = "127.0.0.63"  # shop.other.test
+# dnsmasq listens on port 53 (what the policy's DNS rule allows): addresses of
+# their own, so that runs side by side do not take each other's.
+DNS_ADDR, SHOP, OTHER = loopback_block(3, 53)  # DNS, shop.example.test, shop.other.test
 
 EXTRA = r'''
 import sys

@@ -60,6 +60,8 @@ DNSMASQ_ARGS = [
     "--cname=alias.example.test,mid.example.test",
     "--cname=mid.example.test,target.example.test",
     "--host-record=short.example.test,10.1.4.1,2",
+    "--host-record=shared.deep.example.test,10.1.1.1",  # a.one.example.test's address too
+    *(f"--host-record=n{i}.slots.test,10.1.6.1,{ttl}" for i, ttl in enumerate((100, 50, 200, 300, 300), 1)),
     *(f"--host-record=big.example.test,{a}" for a in BIG),
 ]
 
@@ -376,6 +378,42 @@ def test_ttl_cap(setup):
     assert entry.ttl == 300 and 8 < entry.remaining() <= 10
 
 
+def test_an_address_learned_through_two_names_keeps_both(setup):
+    """A CDN address two allowed names resolve to: a slot per pattern, each
+    with its own expiry and TTL; the last question's hash on the entry."""
+    lr, c = setup
+    assert c.call("dns", server="127.0.0.1", name="a.one.example.test")["addrs"] == ["10.1.1.1"]
+    assert c.call("dns", server="127.0.0.1", name="shared.deep.example.test", tcp=True)["addrs"] == ["10.1.1.1"]
+    entry = learned(lr)["10.1.1.1"]
+    assert {(x.pattern, x.ttl) for x in entry.slots} == {(PATTERNS["*.one.example.test"], 300),
+                                                         (PATTERNS["**.deep.example.test"], 300)}
+    assert entry.name_hash == dns.name_hash("shared.deep.example.test")
+    # asking again refreshes the slot of its pattern, adds none
+    c.call("dns", server="127.0.0.1", name="A.one.example.test")
+    assert learned(lr)["10.1.1.1"].patterns == entry.patterns and len(learned(lr)["10.1.1.1"].slots) == 2
+
+
+def test_a_fifth_name_replaces_the_slot_expiring_first(learners, cgroup, dnsmasqs, dnsns, dclients):
+    """Five names of one address, TTLs 100, 50, 200, 300, 300: the fifth
+    takes the slot of the second (expiring first); the first, asked again,
+    keeps its slot."""
+    lr = learners(cgroup).learner
+    dnsmasqs(dnsns)
+    pats = {f"n{i}.slots.test": 40 + i for i in range(1, 6)}
+    program(lr, {cgroup: 1}, [("127.0.0.1", 53)], patterns=pats)
+    c = dclients()
+    for i in range(1, 5):
+        assert c.call("dns", server="127.0.0.1", name=f"n{i}.slots.test")["addrs"] == ["10.1.6.1"]
+    assert learned(lr)["10.1.6.1"].patterns == {41, 42, 43, 44}
+    assert layout.DNS_LEARNED_SLOTS == 4
+    c.call("dns", server="127.0.0.1", name="n5.slots.test")
+    got = learned(lr)["10.1.6.1"]
+    assert got.patterns == {41, 43, 44, 45}
+    assert {x.pattern: x.ttl for x in got.slots} == {41: 100, 43: 200, 44: 300, 45: 300}
+    c.call("dns", server="127.0.0.1", name="n1.slots.test")
+    assert learned(lr)["10.1.6.1"].patterns == {41, 43, 44, 45}
+
+
 def test_workload_a_does_not_teach_workload_b(learners, cgroup, dnsmasqs, dnsns, dclients):
     a, b = cgroup.child("wa"), cgroup.child("wb")
     lr = learners(cgroup).learner
@@ -678,15 +716,17 @@ def test_fuzz_only_valid_allowed_answers_teach(learners, cgroup, fakes, dclients
     assert len(srv.replies) == n_udp + n_tcp
     # every reply was delivered (the learner never drops)
     assert got == srv.replies, f"seed {seed}: replies missing at {[i for i, (g, w) in enumerate(zip(got, srv.replies)) if g != w][:10]}"
-    want: dict[str, int] = {}
+    want: dict[str, set[int]] = {}
     for q, r in srv.sent:
         for addr, pat in dnsref.learn(q, r, patterns).items():
-            want[addr] = pat
-    have = {x.addr: x.pattern for x in lr.learned(1)}
+            want.setdefault(addr, set()).add(pat)  # fewer patterns than slots: each keeps its slot
+    have = {x.addr: set(x.patterns) for x in lr.learned(1)}
     stats = gen.stats()
     print(f"fuzz seed {seed}: {len(srv.sent)} answers ({stats}), learned {len(have)} addresses")
     assert set(have) == set(want), (f"seed {seed}: learned but not valid: {sorted(set(have) - set(want))[:10]}; "
                                     f"valid but not learned: {sorted(set(want) - set(have))[:10]}")
+    assert len(patterns) <= layout.DNS_LEARNED_SLOTS
+    assert have == want, f"seed {seed}: patterns differ at {[a for a in want if have[a] != want[a]][:10]}"
     assert stats["mutated"] > len(srv.sent) // 2 and len(want) > 100
     assert len(srv.sent) > n_udp + n_tcp  # some TCP writes held two messages
     # still healthy: a plain answer still teaches

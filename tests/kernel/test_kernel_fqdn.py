@@ -146,3 +146,127 @@ def test_answers_through_a_dns_service_vip_teach(agent, cgroup, netns, backends,
     assert c.call("dns", server=vip, name="shop.example.test")["addrs"] == [API]
     assert connect(c, API) is None
     assert [(r["workload"], r["address"]) for r in a.dump("fqdn")["learned"]] == [("w1", API)]
+
+
+# --------------------------------------------------------------------------
+# Terminations when a policy change removes a name or narrows its ports
+
+SHOP, WWW2, CDN, SHORT = "127.0.2.11", "127.0.2.12", "127.0.2.13", "127.0.2.14"
+TERM_RECORDS = [f"--host-record=shop.example.test,{SHOP}", f"--host-record=www.example.test,{WWW2}",
+                f"--host-record=cdn.example.test,{CDN}", f"--host-record=cdn.other.test,{CDN}",
+                f"--host-record=brief.example.test,{SHORT},1"]
+DEAD_TCP, DEAD_UDP = "ECONNABORTED", "EDESTADDRREQ"
+
+
+def _rules(*spec):
+    return [{"port": port, "end_port": port, "protocol": f"PROTOCOL_{proto.upper()}", "action": "ACTION_ALLOW"}
+            for port, proto in spec]
+
+
+DENIED = "127.0.2.99"  # a prefix DENY decides it: no FQDN denial
+
+
+def term_state(cgroup, version, fqdns: dict) -> dict:
+    state = fqdn_state(cgroup, version)
+    state["policy_sets"][0]["fqdns"] = [{"pattern": p, "rules": _rules(*r)} for p, r in fqdns.items()]
+    state["policy_sets"][0]["prefixes"].append({"prefix": f"{DENIED}/32", "rules": [
+        {"port": 0, "end_port": 65535, "action": "ACTION_DENY"}]})
+    state["workloads"] = state["workloads"][:1]
+    return state
+
+
+def counts(a) -> dict[str, int]:
+    c = a.dump("counters")
+    return {k: int(c.get(k, 0)) for k in ("policyDenies", "fqdnDenies", "fqdnExpired", "dnsPruned")}
+
+
+def moved(a, before) -> dict[str, int]:
+    now = counts(a)
+    return {k: now[k] - before[k] for k in now if now[k] != before[k]}
+
+
+def _report(a, job_id):
+    got = poll(lambda: {r["id"]: r for r in a.dump("terminations").get("reports", [])}.get(job_id),
+               timeout=60, interval=0.2)
+    assert got, (job_id, a.dump("terminations"))
+    return got
+
+
+@pytest.mark.parametrize("judge", ["kernel", "user"])
+def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allowed(
+        agent, cgroup, netns, backends, clients, dnsmasqs, judge):  # noqa: F811
+    """w1 resolves shop, www, cdn.example.test and cdn.other.test (both of
+    cdn's names give one address), short (TTL 1 s) and opens TCP and
+    connected UDP sockets to them. Version 2 removes www.example.test and
+    cdn.other.test and narrows shop to 443: the sockets to www and shop:80
+    die (the client sees it), those to shop:443, cdn (still allowed
+    through cdn.example.test) and short (its entry expired: open
+    connections stay open) keep working. The FQDN counters move by what
+    each denial is; the pruner (every second here) keeps brief's expired
+    entry while a socket to it is open, and deletes it once it is closed.
+    The same with the kernel judge (it reads dns_learned and policy_fqdns)
+    and the user-space one."""
+    check_dns_tools()
+    cg1 = cgroup.child("w1")
+    for addr in (SHOP, WWW2, CDN, SHORT):
+        backends(f"t443-{addr}", addr, 443, "tcp", netns)
+        backends(f"u443-{addr}", addr, 443, "udp", netns)
+    backends(f"t80-{SHOP}", SHOP, 80, "tcp", netns)
+    dnsmasqs(netns, extra=TERM_RECORDS)
+    full = {"shop.example.test": [(443, "tcp"), (80, "tcp"), (443, "udp")],
+            "www.example.test": [(443, "tcp"), (443, "udp")],
+            "cdn.example.test": [(443, "tcp")], "cdn.other.test": [(443, "tcp")],
+            "brief.example.test": [(443, "tcp")]}
+    a = agent(term_state(cgroup, 1, full),
+              ["--dns-prune-interval", "1", *(["--policy-judge", "user"] if judge == "user" else [])])
+    assert a.wait_version(1), a.log_text()
+    c = clients(netns, cg=cg1, extra=EXTRA)
+    before = counts(a)
+    assert connect(c, SHOP) == "EPERM"  # not resolved yet: only an FQDN rule could allow it
+    assert moved(a, before) == {"policyDenies": 1, "fqdnDenies": 1}
+    before = counts(a)
+    assert connect(c, DENIED) == "EPERM"  # a prefix denies it
+    assert moved(a, before) == {"policyDenies": 1}
+    for name, addr in (("shop.example.test", SHOP), ("www.example.test", WWW2), ("cdn.example.test", CDN),
+                       ("cdn.other.test", CDN), ("brief.example.test", SHORT)):
+        assert resolve(c, name) == [addr]
+    socks = {"shop-443": ("tcp", SHOP, 443), "shop-80": ("tcp", SHOP, 80), "shop-u": ("udp", SHOP, 443),
+             "www-443": ("tcp", WWW2, 443), "www-u": ("udp", WWW2, 443), "cdn-443": ("tcp", CDN, 443),
+             "short-443": ("tcp", SHORT, 443)}
+    for sid, (proto, addr, port) in socks.items():
+        r = c.call(f"{proto}_open", id=sid, addr=addr, port=port)
+        assert "error" not in r, (sid, r)
+    rows = {(r["address"], r["pattern"]) for r in a.dump("fqdn")["learned"]}
+    assert {(CDN, "cdn.example.test"), (CDN, "cdn.other.test")} <= rows, rows
+    # short's entry expires (TTL 1 s + the 5 s grace); what it opened stays
+    assert poll(lambda: all(r["expired"] for r in a.dump("fqdn")["learned"] if r["address"] == SHORT), timeout=20)
+    before = counts(a)
+    assert connect(c, SHORT) == "EPERM"
+    assert moved(a, before) == {"policyDenies": 1, "fqdnDenies": 1, "fqdnExpired": 1}
+
+    narrowed = {"shop.example.test": [(443, "tcp"), (443, "udp")], "cdn.example.test": [(443, "tcp")],
+                "brief.example.test": [(443, "tcp")]}
+    r = a.apply(term_state(cgroup, 2, narrowed))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = _report(a, "v2-policy")
+    assert ("policy judged in the kernel" in a.log_text()) == (judge == "kernel"), a.log_text()
+    gone = {"shop-80", "www-443", "www-u"}
+    assert int(rep["found"]) == int(rep["destroyed"]) == len(gone), rep
+    reasons = {s["destination"]: s.get("reason", "") for s in rep.get("sockets", [])}
+    assert any("FQDN: no allowed name resolved to" in why for why in reasons.values()), reasons
+    assert any("shop.example.test" in why and "does not allow" in why for why in reasons.values()), reasons
+    for sid, (proto, addr, port) in socks.items():
+        got = c.call(f"{proto}_ping", id=sid)
+        if sid in gone:
+            assert got.get("error") == (DEAD_TCP if proto == "tcp" else DEAD_UDP), (sid, got)
+        else:
+            assert "backend" in got, (sid, got)
+    # the removed name no longer allows a new connect either; the kept one does
+    assert connect(c, WWW2) == "EPERM" and connect(c, CDN) is None
+    # pruning: brief's entry expired long ago, a socket to it is open: kept
+    assert a.wait_log("DNS prune: 0 expired learned entries deleted, 1 kept for open sockets", timeout=20), a.log_text()
+    assert SHORT in {r["address"] for r in a.dump("fqdn")["learned"]} and counts(a)["dnsPruned"] == 0
+    c.call("close", id="short-443")
+    assert poll(lambda: SHORT not in {r["address"] for r in a.dump("fqdn")["learned"]}, timeout=30), a.dump("fqdn")
+    assert counts(a)["dnsPruned"] == 1
+    assert {r["address"] for r in a.dump("fqdn")["learned"]} == {SHOP, WWW2, CDN}  # the live ones stay

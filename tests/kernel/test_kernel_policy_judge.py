@@ -20,8 +20,12 @@ from bench.policy_maps import PolicyMaps
 from test_kernel_policy_termination import (DEAD_TCP, OPEN, SHUT, VIP, _frontend, node,  # noqa: F401
                                             wclients, workload_cgroups)
 
-from socklb.dataplane import features, sockdestroy as term
-from socklb.dataplane.policyjobs import judge, policy_job, run_policy_job
+from socklb.dataplane import features, kernel, layout, sockdestroy as term
+from socklb.dataplane.dns import Learned, LearnedSlot, learned_val
+from socklb.dataplane.maps import _rules
+from socklb.dataplane.policy_desired import compile_set
+from socklb.dataplane.policyjobs import FqdnSource, MemoryLearned, judge, policy_job, run_policy_job
+from socklb.lb.fqdn import pattern_id
 from socklb.v1 import node_pb2, policy_pb2, types_pb2
 
 pytestmark = pytest.mark.agent
@@ -31,6 +35,9 @@ PROTOS = (types_pb2.PROTOCOL_UNSPECIFIED, types_pb2.PROTOCOL_TCP, types_pb2.PROT
 PREFIXES = ("127.0.0.0/8", f"{OPEN}/32", f"{SHUT}/32", "127.0.0.4/31", "0.0.0.0/0", "127.96.0.0/16",
             "::1/128", "::/0", "::ffff:127.0.0.4/126", "10.0.0.0/8")
 FIRST_ID = 900  # set ids of the random sets (the agent gives low ids)
+FQDN_POOL = ("a.fz.test", "*.fz.test", "**.deep.test", "b.other.test")  # the random sets' patterns
+GONE = "gone.test"  # a pattern no set has (learned before a change removed it)
+WID = 4000  # the workload id the learned entries are written under (the agent gives low ids)
 
 
 def random_set(rng: random.Random, name: str, node, ports: list[int]) -> node_pb2.PolicySetState:
@@ -51,7 +58,62 @@ def random_set(rng: random.Random, name: str, node, ports: list[int]) -> node_pb
             rules.append(node_pb2.PortRule(port=lo, end_port=hi, protocol=rng.choice(PROTOS),
                                            action=rng.choice((ALLOW, ALLOW, DENY))))
         prefixes.append(node_pb2.PrefixRules(prefix=p, rules=rules))
-    return node_pb2.PolicySetState(name=name, policies=["random"], frontends=frontends, prefixes=prefixes)
+    fqdns = [node_pb2.FqdnRules(pattern=p, rules=random_rules(rng, ports))
+             for p in rng.sample(FQDN_POOL, rng.randint(0, len(FQDN_POOL)))]
+    return node_pb2.PolicySetState(name=name, policies=["random"], frontends=frontends, prefixes=prefixes,
+                                   fqdns=fqdns)
+
+
+def random_rules(rng: random.Random, ports: list[int]) -> list[node_pb2.PortRule]:
+    rules = []
+    for _ in range(rng.randint(0, 4)):
+        port = rng.choice(ports)
+        lo, hi = rng.choice(((0, 65535), (port, port), (port - 1, port + 1), (port + 1, port + 9)))
+        rules.append(node_pb2.PortRule(port=lo, end_port=hi, protocol=rng.choice(PROTOS),
+                                       action=rng.choice((ALLOW, ALLOW, DENY))))
+    return rules
+
+
+class FqdnMaps:
+    """A set's FQDN rules in the pinned policy_fqdns, and learned entries in
+    the pinned dns_learned, written straight (as PolicyMaps writes the rest);
+    clear() deletes what was written."""
+
+    def __init__(self, pin_dir):
+        self.fqdns = kernel.BpfMap.pinned(pin_dir / "policy_fqdns", layout.PolicyFqdnKey, layout.PolicyRules)
+        self.learned = kernel.BpfMap.pinned(pin_dir / "dns_learned", layout.DnsLearnedKey, layout.DnsLearnedVal)
+        self.written: list[tuple[kernel.BpfMap, object]] = []
+
+    def write(self, set_id: int, ps: node_pb2.PolicySetState, learned: dict[tuple[int, bytes], list]) -> None:
+        for text, rules in compile_set(ps, "set").fqdns.items():
+            key = layout.PolicyFqdnKey(set_id, pattern_id(text))
+            self.fqdns.update(key, _rules(rules))
+            self.written.append((self.fqdns, key))
+        for (wid, addr), slots in learned.items():
+            key = layout.DnsLearnedKey(wid, 0, layout.pack_addr(addr))
+            self.learned.update(key, learned_val(Learned(wid, "", 1, tuple(slots))))
+            self.written.append((self.learned, key))
+
+    def clear(self) -> None:
+        for m, key in self.written:
+            m.delete(key)
+        self.written.clear()
+
+    def close(self) -> None:
+        self.clear()
+        self.fqdns.close()
+        self.learned.close()
+
+
+def random_learned(rng: random.Random, addrs: list[bytes]) -> dict[tuple[int, bytes], list]:
+    """Some of the addresses learned through 1-4 patterns (one maybe no
+    set's), expired or not (the judge does not look)."""
+    out = {}
+    for a in addrs:
+        if rng.random() < 0.6:
+            pats = rng.sample((*FQDN_POOL, GONE), rng.randint(1, layout.DNS_LEARNED_SLOTS))
+            out[(WID, a)] = [LearnedSlot(pattern_id(p), rng.choice((1, 10**19)), 60) for p in pats]
+    return out
 
 
 @pytest.fixture
@@ -94,29 +156,42 @@ def test_kernel_judge_agrees_with_the_evaluator(node, extra_sockets, policy_maps
     before = node.state(2, "")
     w1_cgroups = None
     checked = denied = 0
+    fq = FqdnMaps(node.agent.pin_dir)
     with term.Terminator(node.agent.pin_dir, method="kfunc") as t:
         assert t.kernel_judge, t.judge_unavailable
         listing = None
+        kept_by_fqdn = 0
         for i in range(60):
             ps = random_set(rng, f"ps-r{i}", node, ports)
             policy_maps.write(FIRST_ID + i, ps)
             after = _state(node, ps)
-            job = policy_job(f"r{i}", before, after, node.cgroup_ids(after), dry_run=True)
-            assert job is not None and [w.name for w in job.workloads] == ["w1"]
             if w1_cgroups is None:
+                job = policy_job(f"r{i}", before, after, node.cgroup_ids(after), dry_run=True)
+                assert job is not None and [w.name for w in job.workloads] == ["w1"]
                 w1_cgroups = set(job.cgroups)
                 listing = t.list_cgroups(w1_cgroups)
                 assert len(listing.sockets) >= 30, len(listing.sockets)
-            want = {c.socket.cookie for c in judge(job, listing.sockets)}
-            got, rep = t.judge_cgroups({cg: FIRST_ID + i for cg in w1_cgroups}, destroy=False)
+                addrs = sorted({s.dst for s in listing.sockets})
+            learned = random_learned(rng, addrs)
+            fq.clear()
+            fq.write(FIRST_ID + i, ps, learned)
+            table = {k: frozenset(x.pattern for x in v) for k, v in learned.items()}
+            job = policy_job(f"r{i}", before, after, node.cgroup_ids(after),
+                             fqdn=FqdnSource({"w1": WID}, MemoryLearned(table)))
+            want = {c.socket.cookie for c in judge(job, listing.sockets, learned=table)}
+            kept_by_fqdn += len({c.socket.cookie for c in judge(job, listing.sockets, learned={})} - want)
+            got, rep = t.judge_cgroups({cg: FIRST_ID + i for cg in w1_cgroups}, destroy=False,
+                                       cgroup_workloads={cg: WID for cg in w1_cgroups})
             assert rep is None and got.errors == []
             assert got.judged == len(listing.sockets), (got.judged, len(listing.sockets))
             kernel = {s.cookie for s in got.sockets}
             assert kernel == want, (seed, i, ps, sorted(kernel ^ want))
             checked += got.judged
             denied += len(kernel)
-        print(f"seed {seed}: {checked} socket verdicts agree ({denied} denied) over 60 random sets")
-    assert 0 < denied < checked
+        print(f"seed {seed}: {checked} socket verdicts agree ({denied} denied, {kept_by_fqdn} kept by what was "
+              f"learned) over 60 random sets")
+    fq.close()
+    assert 0 < denied < checked and kept_by_fqdn > 0
     node.check()  # list mode destroyed nothing
 
 

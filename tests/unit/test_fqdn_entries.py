@@ -168,31 +168,34 @@ def test_a_set_losing_its_fqdn_rules_leaves_the_learner():
 
 
 def test_dump_fqdn_names_workloads_and_patterns():
-    from socklb.dataplane.dns import Learned
+    from socklb.dataplane.dns import Learned, LearnedSlot
     from socklb.dataplane.policy_dump import fqdn_view
     policy, ids, entries, f = desired()
     wid = ids.workloads["a"]
     pid = dns.pattern_id("*.example.test")
-    learned = [Learned(wid, "127.0.2.1", 10_000_000_000, 1, pid, 300),
-               Learned(wid, "127.0.2.9", 1_000_000_000, 1, pid, 300),
-               Learned(4000, "10.0.0.1", 10_000_000_000, 1, 77, 5)]
+    learned = [Learned(wid, "127.0.2.1", 1, (LearnedSlot(pid, 10_000_000_000, 300),)),
+               Learned(wid, "127.0.2.9", 1, (LearnedSlot(pid, 1_000_000_000, 300), LearnedSlot(78, 9_000_000_000, 7))),
+               Learned(4000, "10.0.0.1", 1, (LearnedSlot(77, 10_000_000_000, 5),))]
     view = fqdn_view(state(), entries, {n: c.id for n, c in CGROUPS.items()}, learned, {"learned": 3},
                      now_ns=5_000_000_000)
     rows = view["learned"]
     assert rows[0] == {"workload": "", "workloadId": 4000, "address": "10.0.0.1", "pattern": "", "patternId": 77,
                        "ttl": 5, "expiresIn": 5.0, "expired": False}
     assert rows[1]["workload"] == "a" and rows[1]["pattern"] == "*.example.test" and not rows[1]["expired"]
-    assert rows[2]["address"] == "127.0.2.9" and rows[2]["expired"]
+    # an address learned through two names: a row per name, each with its expiry
+    assert [(r["address"], r["patternId"], r["expired"]) for r in rows[2:]] == \
+        [("127.0.2.9", 78, False), ("127.0.2.9", pid, True)]
     assert view["counters"] == {"learned": 3}
 
 
 def test_the_learners_counters_go_into_the_nodes_counters():
     from socklb.dataplane import layout as lay
     from socklb.dataplane.stats import KernelStatistics
-    stats = KernelStatistics(lambda: {c: 1 for c in lay.Counter}, None,
+    stats = KernelStatistics(lambda: {c: 1 + (c == lay.Counter.FQDN_EXPIRED) for c in lay.Counter}, None,
                              dns_counters=lambda: {"queries": 5, "answers": 4, "learned": 3, "unsolicited": 2,
-                                                   "malformed": 1, "truncated": 0, "tcp_messages": 9})
+                                                   "malformed": 1, "truncated": 0, "tcp_messages": 9, "pruned": 6})
     c = stats.counters()
+    assert (c.fqdn_denies, c.fqdn_expired, c.dns_pruned) == (1, 2, 6)
     assert (c.dns_queries, c.dns_answers, c.dns_learned, c.dns_unsolicited, c.dns_malformed, c.dns_truncated) == \
         (5, 4, 3, 2, 1, 0)
     assert c.policy_denies == 1

@@ -12,7 +12,8 @@ import socket
 import pytest
 
 from socklb.dataplane.cgroupids import cgroup_ids, workload_cgroup_ids
-from socklb.dataplane.policyjobs import changed_workloads, judge, owned_cgroups, policy_job, run_policy_job
+from socklb.dataplane.policyjobs import (changed_workloads, judge, owned_cgroups, policy_job, read_learned,
+                                         run_policy_job)
 from socklb.dataplane.sockdestroy import Method
 from socklb.dataplane.termjobs import MemoryTerminations, TerminationService, policy_report
 from socklb.dataplane.termtypes import CookieReport, ListedSocket, SocketListing
@@ -184,9 +185,11 @@ class FakeKernelJudge(FakeTerminator):
         super().__init__(sockets, gone, fail)
         self.job = job
 
-    def judge_cgroups(self, sets):
+    def judge_cgroups(self, sets, cgroup_workloads=None):
         self.calls.append(("judge", dict(sets)))
-        denied = [c.socket for c in judge(self.job, [s for s in self.sockets if s.cgroup_id in sets])]
+        self.workloads = dict(cgroup_workloads or {})
+        learned = read_learned(self.job) if self.workloads else None
+        denied = [c.socket for c in judge(self.job, [s for s in self.sockets if s.cgroup_id in sets], learned=learned)]
         rep = FakeTerminator.destroy_cookies(self, denied)
         self.calls.pop()
         return SocketListing(denied, netns_scanned=2, judged=sum(s.cgroup_id in sets for s in self.sockets)), rep
@@ -217,10 +220,11 @@ def test_the_kernel_judges_when_it_holds_the_applied_sets(job):
     assert run_policy_job(t, with_ids).judge == "user" and t.calls[0][0] == "list"
 
 
-def test_a_set_with_fqdn_rules_is_judged_in_user_space_and_keeps_what_a_pattern_may_allow():
-    """The kernel judge does not read dns_learned: a job for a set with FQDN
-    rules is judged here, and a destination no prefix decides is kept when a
-    pattern of the set allows its port (11.0.0.1:80 below), not destroyed."""
+def test_a_set_with_fqdn_rules_without_the_learned_is_judged_in_user_space_keeping_what_a_pattern_may_allow():
+    """A job for a set with FQDN rules given no FqdnSource (no workload ids,
+    no learner) is judged here, and a destination no prefix decides is kept
+    when a pattern of the set allows its port (11.0.0.1:80 below), not
+    destroyed."""
     after = job_state_after()
     after.policy_sets[0].fqdns.add(pattern="*.example.test", rules=[
         node_pb2.PortRule(port=80, end_port=80, action=ALLOW)])
@@ -229,6 +233,64 @@ def test_a_set_with_fqdn_rules_is_judged_in_user_space_and_keeps_what_a_pattern_
     run = run_policy_job(t, j)
     assert run.judge == "user" and t.calls[0][0] == "list"
     assert 5 not in [c.socket.cookie for c in run.condemned] and 11 in [c.socket.cookie for c in run.condemned]
+
+
+def fqdn_after(*patterns):
+    """job_state_after with FQDN patterns: (pattern, port, action) each."""
+    after = job_state_after()
+    for pattern, port, action in patterns:
+        after.policy_sets[0].fqdns.add(pattern=pattern, rules=[
+            node_pb2.PortRule(port=port, end_port=port, action=action)])
+    return after
+
+
+def test_fqdn_destinations_are_judged_by_what_the_workload_learned():
+    """11.0.0.1 (no prefix decides it) learned by workload "outer" (id 3)
+    through *.example.test (port 80 allowed): cookie 5 (port 80) is kept,
+    11 (port 81) condemned; without a learned entry, or learned only through
+    a pattern the set no longer has, both are condemned, naming FQDN; a
+    learned pattern whose rules deny the port denies (deny wins); a dry run,
+    not given what was learned, keeps what a pattern may have allowed."""
+    from socklb.dataplane.policyjobs import FqdnSource, MemoryLearned
+    from socklb.lb.fqdn import pattern_id
+    ex, other = pattern_id("*.example.test"), pattern_id("*.other.test")
+    after = fqdn_after(("*.example.test", 80, ALLOW), ("bad.other.test", 80, DENY))
+
+    def condemned(entries, state=after, dry_run=False):
+        src = FqdnSource({"outer": 3, "other": 4}, MemoryLearned(entries))
+        j = policy_job("v2-policy", job_state_before(), state, IDS, dry_run=dry_run, set_ids={"ps-a": 7}, fqdn=src)
+        user = run_policy_job(FakeTerminator(SOCKS), j)
+        k = FakeKernelJudge(SOCKS, j)
+        run = run_policy_job(k, j)
+        # the kernel judges FQDN sets too, given the workloads' ids (a dry run: user space)
+        assert (run.judge, k.workloads if not dry_run else None) == (("user", None) if dry_run else
+                                                                     ("kernel", {1: 3, 2: 3, 3: 3}))
+        assert [(c.socket.cookie, c.reason) for c in run.condemned] == [
+            (c.socket.cookie, c.reason) for c in user.condemned]
+        return {c.socket.cookie: c.reason for c in run.condemned if c.socket.cookie in (5, 11)}
+
+    addr = addr16("11.0.0.1")
+    assert set(condemned({(3, addr): frozenset({ex})})) == {11}
+    assert "FQDN: *.example.test (what resolved to it) does not allow 11.0.0.1:81/tcp" in \
+        condemned({(3, addr): frozenset({ex})})[11]
+    for entries in ({}, {(4, addr): frozenset({ex})}, {(3, addr): frozenset({other})}):
+        got = condemned(entries)
+        assert set(got) == {5, 11} and "FQDN: no allowed name resolved to 11.0.0.1:80/tcp" in got[5], entries
+    # the shared address was also learned through a denied name: deny wins
+    got = condemned({(3, addr): frozenset({ex, pattern_id("bad.other.test")})})
+    assert set(got) == {5, 11} and "bad.other.test" in got[5] and "denies" in got[5]
+    # the name removed from the set, the other kept: the address stays through the other
+    narrowed = fqdn_after(("*.other.test", 80, ALLOW))
+    assert set(condemned({(3, addr): frozenset({ex, other})}, narrowed)) == {11}
+    assert set(condemned({(3, addr): frozenset({ex})}, narrowed)) == {5, 11}
+    # a dry run reads nothing: kept when a pattern allows the port
+    assert set(condemned({}, dry_run=True)) == {11}
+
+
+def test_memory_learned_reads_the_asked_workloads_only():
+    from socklb.dataplane.policyjobs import MemoryLearned
+    m = MemoryLearned({(3, b"a" * 16): frozenset({1}), (4, b"b" * 16): frozenset({2})})
+    assert m.learned_patterns({3}) == {(3, b"a" * 16): frozenset({1})}
 
 
 def test_run_and_report(job):
