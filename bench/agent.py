@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import yaml
 
@@ -33,6 +35,7 @@ from socklb.v1 import types_pb2
 CLI_MODULE = "socklb.dataplane.cli"
 # The word, not a substring: "already attached" must not count as ready.
 READY = re.compile(r"\bready\b")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,18 @@ def tail(text: str, lines: int = 30) -> str:
 
 
 def start_agent(paths: AgentPaths, services: dict[str, Service], teardown: Teardown,
-                ready_timeout: float, extra: dict | None = None, env: dict | None = None,
+                ready_timeout: float, extra: dict | None = None, tree: Path | None = None,
                 args: list[str] | None = None) -> subprocess.Popen:
-    """extra: more of the NodeState (workloads, policy_sets); env, args: for
-    the agent process (e.g. PYTHONPATH of another socklb tree)."""
+    """extra: more of the NodeState (workloads, policy_sets); tree: another
+    socklb tree whose agent (and BPF programs) to run, e.g. a baseline as
+    "before"; args: more agent arguments."""
     require_cli()
+    env = cwd = None
+    if tree is not None:
+        # Run from the tree, too: `python -m` puts the working directory
+        # first on sys.path, ahead of PYTHONPATH.
+        cwd = tree.resolve()
+        env = dict(os.environ, PYTHONPATH=str(cwd))
     paths.state.write_text(yaml.safe_dump({**state_document(services), **(extra or {})}, sort_keys=False))
     # Registered before the start: a crash half-way through attaching must
     # still be undone. Runs after the agent is stopped (LIFO).
@@ -113,7 +123,7 @@ def start_agent(paths: AgentPaths, services: dict[str, Service], teardown: Teard
         proc = subprocess.Popen(
             cli("run", "--state", str(paths.state), "--cgroup", str(paths.cgroup),
                 "--pin-dir", str(paths.pin_dir), "--admin-socket", str(paths.admin_socket), *(args or [])),
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     teardown.add("socklb agent", lambda: stop_process(proc, signal.SIGTERM, timeout=20))
     t0 = time.monotonic()
     wait_ready(proc, paths.log, ready_timeout)
@@ -137,3 +147,55 @@ def counters(paths: AgentPaths) -> dict[str, int]:
     if res.returncode != 0:
         return {}
     return {k: int(v) for k, v in json.loads(res.stdout).items() if str(v).isdigit()}
+
+
+# --- the hooks' own cost, as the kernel counts it ------------------------------
+
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+# bpftool names attach types either way, depending on its version.
+HOOK_NAMES = {"cgroup_inet4_connect": "connect4", "cgroup_inet6_connect": "connect6",
+              "cgroup_udp4_sendmsg": "sendmsg4", "cgroup_udp6_sendmsg": "sendmsg6",
+              "cgroup_udp4_recvmsg": "recvmsg4", "cgroup_udp6_recvmsg": "recvmsg6",
+              "cgroup_inet4_getpeername": "getpeername4", "cgroup_inet6_getpeername": "getpeername6",
+              "cgroup_inet_sock_release": "sock_release"}
+
+
+def enable_bpf_stats(teardown: Teardown) -> None:
+    """kernel.bpf_stats_enabled for the run (restored after): the kernel then
+    counts each program's runs and run time (a clock read before and after
+    every run, some tens of ns, paid by every variant with programs)."""
+    old = BPF_STATS.read_text().strip()
+    teardown.add("bpf stats", lambda: BPF_STATS.write_text(old))
+    BPF_STATS.write_text("1")
+
+
+def hook_programs(cgroup: Path) -> dict[str, int]:
+    """hook name (connect4, sendmsg4, ...) -> id of the program attached to cgroup."""
+    progs = json.loads(run(["bpftool", "-j", "cgroup", "show", str(cgroup)], quiet=True).stdout or "[]")
+    return {HOOK_NAMES.get(p["attach_type"], p["attach_type"]): p["id"] for p in progs}
+
+
+def prog_stats(prog_id: int) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of a program, 0s while bpf stats are off."""
+    info = json.loads(run(["bpftool", "-j", "prog", "show", "id", str(prog_id)], quiet=True).stdout)
+    return info.get("run_cnt", 0), info.get("run_time_ns", 0)
+
+
+@dataclass(frozen=True)
+class HookCost:
+    calls: int
+    ns_per_call: float
+
+
+def hook_costs(programs: dict[str, int], measure: Callable[[], T]) -> tuple[T, dict[str, HookCost]]:
+    """Run measure() and return its result with what each hook that ran
+    meanwhile cost per call."""
+    before = {h: prog_stats(i) for h, i in programs.items()}
+    res = measure()
+    costs = {}
+    for h, i in programs.items():
+        cnt, ns = prog_stats(i)
+        calls = cnt - before[h][0]
+        if calls > 0:
+            costs[h] = HookCost(calls, (ns - before[h][1]) / calls)
+    return res, costs

@@ -28,7 +28,9 @@ What it does (everything on this machine, nothing needs root):
 Results are printed and written to docs/benchmarks.md between the
 ``<!-- convergence:begin -->`` / ``<!-- convergence:end -->`` markers.
 Timing is reported, never asserted. ``--profile`` samples the control plane
-with py-spy during the largest node count's writes.
+with py-spy during the largest node count's writes. ``--cp-workers N`` runs
+the control plane with ``--workers N`` on an etcd of the benchmark's own
+(``--etcd`` alone: one process on etcd), its CPU summed over its processes.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
 BACKENDS_PER_SERVICE = 10
+ETCD = "/usr/bin/etcd"
 TARGET_P99_MS = 100.0
 # Capacities given to Agent nodes when the default BPF map sizes cannot hold
 # the benchmark's state (10k services x 10 backends = 100k backend entries).
@@ -115,9 +118,25 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU of the process and of its live children (the control plane's
+    --workers; the floor and a single control plane have none)."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a child that just ended
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def service_name(i: int) -> str:
@@ -342,6 +361,7 @@ class Bench:
             if args.store_parent else None
         self.store_dir = (self.store_tmp or self.tmp) / "store"
         self.cp: Server | None = None
+        self.etcd: Server | None = None
         self.floor: Server | None = None
         self.lean: Workers | None = None
         self.agents: Workers | None = None
@@ -355,7 +375,8 @@ class Bench:
     def close(self) -> None:
         for closer in (self._stop_spy, lambda: self.lean and self.lean.stop(),
                        lambda: self.agents and self.agents.stop(),
-                       lambda: self.floor and self.floor.stop(), lambda: self.cp and self.cp.stop()):
+                       lambda: self.floor and self.floor.stop(), lambda: self.cp and self.cp.stop(),
+                       lambda: self.etcd and self.etcd.stop()):
             try:
                 closer()
             except Exception as e:  # clean up the rest regardless
@@ -371,13 +392,29 @@ class Bench:
     def start_cp(self) -> None:
         self.cp_port = free_port()
         self.cp_target = f"127.0.0.1:{self.cp_port}"
-        argv = [sys.executable, "-m", self.args.cp_module, "--listen", self.cp_target,
-                "--store", f"embedded://{self.store_dir}"]
+        store = f"embedded://{self.store_dir}"
+        if self.args.etcd:
+            store = self.start_etcd()
+        argv = [sys.executable, "-m", self.args.cp_module, "--listen", self.cp_target, "--store", store]
+        if self.args.cp_workers != 1:
+            argv += ["--workers", str(self.args.cp_workers)]
         self.cp_argv = argv
         self.cp = Server("control plane", argv, self.tmp / "controlplane.log")
         self.cp.wait_ready()
         self.channel = grpc.insecure_channel(self.cp_target)
         self.api = api_pb2_grpc.LoadBalancerStub(self.channel)
+
+    def start_etcd(self) -> str:
+        """An etcd of the benchmark's own (the store --cp-workers > 1 needs), on the store directory."""
+        client, peer = free_port(), free_port()
+        self.etcd = Server("etcd", [ETCD, "--data-dir", str(self.store_dir), "--name", "bench",
+                                    "--listen-client-urls", f"http://127.0.0.1:{client}",
+                                    "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                                    "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                                    "--initial-cluster", f"bench=http://127.0.0.1:{peer}"], self.tmp / "etcd.log")
+        self.etcd.wait_ready()
+        return f"etcd://127.0.0.1:{client}"
 
     # --- loading
     def load(self, upto: int) -> tuple[int, float]:
@@ -905,8 +942,9 @@ def doc_section(b: Bench, body: list[str], heads: list[str], command: str) -> st
              f"{b.results.get('loadavg_after')} after",
              f"- Date: {b.results.get('started')}; run time {b.results.get('duration_s', 0) / 60:.1f} min; "
              f"code: {b.results.get('code')}",
-             f"- Setup: control plane `python -m {a.cp_module}` (embedded store on "
-             f"{a.store_parent or 'the temp dir'}), "
+             f"- Setup: control plane `python -m {a.cp_module}` "
+             + (f"(--workers {a.cp_workers}: the CPU of all its processes; etcd store of its own, etcd's CPU not "
+                f"counted), " if a.etcd else f"(embedded store on {a.store_parent or 'the temp dir'}), ") +
              f"{a.services} services × {BACKENDS_PER_SERVICE} backends (loopback VIPs), "
              f"{a.workers} lean-node worker processes, writes {a.gap[0] * 1000:.0f}–{a.gap[1] * 1000:.0f} ms apart", "",
              *body, "", *heads, "", *NOTES, END]
@@ -945,6 +983,10 @@ def parse_args(argv=None):
     p.add_argument("--store-parent", metavar="DIR", default="",
                    help="make the embedded store's directory under DIR (default: the temp dir, on disk; "
                         "/dev/shm takes fsync out of the picture)")
+    p.add_argument("--cp-workers", type=int, default=1,
+                   help="the control plane's --workers (default 1; more runs an etcd of the benchmark's own)")
+    p.add_argument("--etcd", action="store_true", help="the control plane on an etcd store of the benchmark's own "
+                                                       "(implied by --cp-workers > 1)")
     p.add_argument("--cp-module", default="socklb.controlplane.server",
                    help="for experiments: a module with socklb.controlplane.server's command line")
     p.add_argument("--json", metavar="FILE", default="", help="write every sample (per write) to FILE")
@@ -955,6 +997,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     a.nodes = sorted({int(x) for x in a.nodes.split(",") if x.strip()})
     a.gap = tuple(float(x) for x in a.gap.split(","))
+    a.etcd = a.etcd or a.cp_workers > 1
     if len(a.gap) != 2 or not a.nodes or min(a.nodes) < 1 or a.services < 1 or a.writes < 1:
         p.error("bad --nodes/--gap/--services/--writes")
     return a

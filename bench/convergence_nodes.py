@@ -1,7 +1,8 @@
 """Simulated nodes for bench/convergence.py, run in worker processes.
 
 Two kinds of node, both speaking the real NodeSync protocol over real gRPC
-streams (one channel, so one HTTP/2 connection, per node, like real nodes):
+streams (one channel with its own subchannel pool, so one HTTP/2 connection,
+per node, like real nodes):
 
 - ``lean``: an asyncio node (grpc.aio): Hello -> snapshot chunks / deltas ->
   parse each message -> check the delta's from_version -> Ack(version, nonce).
@@ -227,7 +228,12 @@ class LeanNode(_AckLog):
         from socklb.dataplane.sync_client import CLIENT_OPTIONS
         from socklb.lb.digest import entries_digest
 
-        self.channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
+        # A local subchannel pool: a connection of the node's own, as a node on
+        # its own host has (channels of one process with the same target and
+        # options otherwise share one connection, and SO_REUSEPORT spreads
+        # connections, not streams, over --workers).
+        self.channel = grpc.aio.insecure_channel(self.target,
+                                                 options=[*CLIENT_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
         # Raw bytes both ways: the node parses (and times) what it receives.
         call = self.channel.stream_stream(SYNC_METHOD)()
         stats_task = None

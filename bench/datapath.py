@@ -10,6 +10,11 @@ rounds and medians are reported, with ratios against direct measured in the
 same run.
 
     cd /work/main && .venv/bin/python -m bench.datapath [--rounds 10 --duration 2]
+        [--baseline TREE]   # also the socklb variants through TREE's agent, as "-base"
+
+With kernel.bpf_stats_enabled on for the run (unless --no-hook-stats), each
+socklb variant also reports its programs' ns per call (run_time_ns /
+run_cnt over each measurement), per hook.
 
 Needs root. Everything it creates (namespaces, cgroups, pins, rules,
 processes, temp files) is removed on exit, Ctrl-C or failure.
@@ -49,7 +54,8 @@ UDP_PORTS = [9000, 9001]
 # after a direct round. Separate addresses keep the variants' TIME_WAITs
 # apart; UDP has no such state and shares BACKEND_ADDR.
 TCP_ADDRS = {"direct": lab.BACKEND_ADDR, "socklb": "192.0.2.3",
-             "iptables": "192.0.2.4", "nftables": "192.0.2.5", "socklb-nomatch": "192.0.2.6"}
+             "iptables": "192.0.2.4", "nftables": "192.0.2.5", "socklb-nomatch": "192.0.2.6",
+             "socklb-base": "192.0.2.7"}
 
 
 def tcp_service(variant: str) -> nat.Service:
@@ -58,9 +64,24 @@ def tcp_service(variant: str) -> nat.Service:
 
 UDP_SERVICE = nat.Service(VIP, UDP_PORT, "udp", [(lab.BACKEND_ADDR, p) for p in UDP_PORTS])
 
-ALL_VARIANTS = ["direct", "socklb", "iptables", "nftables", "socklb-nomatch",
-                "udp-direct", "udp-socklb", "udp-iptables"]
+ALL_VARIANTS = ["direct", "socklb", "socklb-base", "iptables", "nftables", "socklb-nomatch",
+                "udp-direct", "udp-socklb", "udp-socklb-base", "udp-socklb-nodns", "udp-socklb-nomatch",
+                "udp-iptables"]
+# Variants ending in one of these run through their own agent, in their own
+# cgroup: "-base" the agent of another tree (--baseline: the same traffic
+# through the old hooks and the new ones, side by side in one run); "-nodns"
+# this tree's without the DNS learner (`--dns-learner disabled`: no
+# cgroup_skb programs on every packet, FQDN rules allow nothing).
+BASE_SUFFIX, NODNS_SUFFIX = "-base", "-nodns"
+AGENT_SUFFIXES = (BASE_SUFFIX, NODNS_SUFFIX)
+
 DEFAULT_VARIANTS = ["direct", "socklb", "iptables", "nftables", "udp-direct", "udp-socklb"]
+
+
+def agent_of(variant: str) -> str:
+    """The suffix of the agent serving a socklb variant ("" for the default one)."""
+    return next((x for x in AGENT_SUFFIXES if variant.endswith(x)), "")
+
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -92,12 +113,13 @@ class Lab:
     net: lab.Net
     workdir: Path
     plain_cgroup: Path
-    lb_cgroup: Path | None
+    agent_cgroups: dict[str, Path]     # agent suffix ("", "-base", "-nodns") -> its client cgroup
     server_cgroup: Path                # nginx and the UDP server, for CPU accounting
     crr_exe: Path | None
     udp_exe: Path | None
     pinned: set[int] | None            # CPUs of the servers and the one-at-a-time clients
     agent_paths: agent.AgentPaths | None
+    hooks: dict[Path, dict[str, int]]  # agent cgroup -> hook -> program id, with --hook-stats
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,13 +147,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--agent-timeout", type=float, default=120.0,
                    help="seconds to wait for the socklb agent to print 'ready' (default 120)")
+    p.add_argument("--baseline", type=Path,
+                   help="another socklb tree (e.g. a worktree of main) whose agent serves the "
+                        "-base variants, added for every socklb variant chosen")
+    p.add_argument("--no-hook-stats", dest="hook_stats", action="store_false",
+                   help="leave kernel.bpf_stats_enabled alone: no per-hook ns per call (the "
+                        "statistics cost each program run a clock read before and after)")
     p.add_argument("--no-doc", action="store_true",
                    help=f"do not write the results to {DOC.relative_to(REPO)}")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.baseline:
+        if not (args.baseline / "socklb" / "dataplane" / "cli.py").exists():
+            p.error(f"--baseline {args.baseline}: no socklb tree there")
+        args.variants += [v + BASE_SUFFIX for v in ("socklb", "udp-socklb")
+                          if v in args.variants and v + BASE_SUFFIX not in args.variants]
     unknown = set(args.variants) - set(ALL_VARIANTS)
     if unknown or not args.variants:
         p.error(f"unknown variants {sorted(unknown)}; choose from {ALL_VARIANTS}")
+    if any(v.endswith(BASE_SUFFIX) for v in args.variants) and not args.baseline:
+        p.error("the -base variants need --baseline DIR")
     if args.rounds < 1 or args.duration < 1 or args.udp_requests < 1:
         p.error("--rounds, --duration and --udp-requests must be >= 1")
     if args.crr_connections < 0:
@@ -162,8 +197,8 @@ def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
     parent = lab.make_cgroup(cg_root / f"{lab.PREFIX}{os.getpid()}", teardown)
     plain = lab.make_cgroup(parent / "plain", teardown)
     server = lab.make_cgroup(parent / "server", teardown)
-    wants_lb = any("socklb" in v for v in args.variants)
-    lb = lab.make_cgroup(parent / "socklb", teardown) if wants_lb else None
+    cgroups = {x: lab.make_cgroup(parent / f"socklb{x}", teardown)
+               for x in sorted({agent_of(v) for v in args.variants if "socklb" in v})}
     backends.start_nginx(net.backend_ns, workdir, NGINX_PORTS, args.nginx_workers, server,
                          cpu_set(args.pin_cpu), teardown)
     crr_exe = None
@@ -175,34 +210,47 @@ def build_lab(args: argparse.Namespace, teardown: lab.Teardown) -> Lab:
         backends.start_udp_server(net.backend_ns, udp_exe, UDP_PORTS, server,
                                   cpu_set(args.pin_cpu), teardown)
     paths = None
-    if lb is not None:
+    if cgroups:
         # The agent pins under bpffs: mounted at its standard place if absent
         # (left mounted: it is the system's usual mount, not ours to remove).
         ensure_bpffs(bpf_root)
-        paths = agent_paths(workdir, lb, bpf_root)
-        agent.start_agent(paths, {"bench": tcp_service("socklb"), "bench-udp": UDP_SERVICE},
-                          teardown, args.agent_timeout)
-    return Lab(net, workdir, plain, lb, server, crr_exe, udp_exe, cpu_set(args.pin_cpu), paths)
+    for x, cg in cgroups.items():
+        services = {"bench": tcp_service("socklb-base" if x == BASE_SUFFIX else "socklb"),
+                    "bench-udp": UDP_SERVICE}
+        this = agent_paths(workdir, cg, bpf_root, x)
+        agent.start_agent(this, services, teardown, args.agent_timeout,
+                          tree=args.baseline if x == BASE_SUFFIX else None,
+                          args=["--dns-learner", "disabled"] if x == NODNS_SUFFIX else None)
+        if x == "":
+            paths = this
+    hooks = {}
+    if args.hook_stats and cgroups:
+        agent.enable_bpf_stats(teardown)
+        hooks = {cg: agent.hook_programs(cg) for cg in cgroups.values()}
+    return Lab(net, workdir, plain, cgroups, server, crr_exe, udp_exe, cpu_set(args.pin_cpu),
+               paths, hooks)
 
 
 def cpu_set(cpu: int) -> set[int] | None:
     return {cpu} if cpu >= 0 else None
 
 
-def agent_paths(workdir: Path, cgroup: Path, bpf_root: Path) -> agent.AgentPaths:
+def agent_paths(workdir: Path, cgroup: Path, bpf_root: Path, suffix: str) -> agent.AgentPaths:
     return agent.AgentPaths(
-        state=workdir / "state.yaml", cgroup=cgroup,
-        pin_dir=bpf_root / f"{lab.PREFIX}{os.getpid()}",
-        admin_socket=workdir / "agent.sock", log=workdir / "agent.log")
+        state=workdir / f"state{suffix}.yaml", cgroup=cgroup,
+        pin_dir=bpf_root / f"{lab.PREFIX}{os.getpid()}{suffix}",
+        admin_socket=workdir / f"agent{suffix}.sock", log=workdir / f"agent{suffix}.log")
 
 
 def make_variants(names: list[str], the_lab: Lab) -> list[Variant]:
-    ns, plain, lb = the_lab.net.client_ns, the_lab.plain_cgroup, the_lab.lb_cgroup
+    ns, plain = the_lab.net.client_ns, the_lab.plain_cgroup
+    lb, base, nodns = (the_lab.agent_cgroups.get(x) for x in ("", BASE_SUFFIX, NODNS_SUFFIX))
     both_tcp = frozenset(NGINX_PORTS)
     table = {
         "direct": lambda: Variant("direct", "tcp", plain, TCP_ADDRS["direct"], NGINX_PORTS[0],
                                   expect_backends=frozenset(NGINX_PORTS[:1])),
         "socklb": lambda: Variant("socklb", "tcp", lb, VIP, TCP_PORT, expect_backends=both_tcp),
+        "socklb-base": lambda: Variant("socklb-base", "tcp", base, VIP, TCP_PORT, expect_backends=both_tcp),
         "iptables": lambda: Variant("iptables", "tcp", plain, VIP, TCP_PORT,
                                     nat.IptablesDnat(ns, tcp_service("iptables")), both_tcp),
         "nftables": lambda: Variant("nftables", "tcp", plain, VIP, TCP_PORT,
@@ -213,6 +261,12 @@ def make_variants(names: list[str], the_lab: Lab) -> list[Variant]:
                                           NGINX_PORTS[0], expect_backends=frozenset(NGINX_PORTS[:1])),
         "udp-direct": lambda: Variant("udp-direct", "udp", plain, lab.BACKEND_ADDR, UDP_PORTS[0]),
         "udp-socklb": lambda: Variant("udp-socklb", "udp", lb, VIP, UDP_PORT),
+        "udp-socklb-base": lambda: Variant("udp-socklb-base", "udp", base, VIP, UDP_PORT),
+        "udp-socklb-nodns": lambda: Variant("udp-socklb-nodns", "udp", nodns, VIP, UDP_PORT),
+        # The hooks run and find no service: their floor, what the kernel's
+        # cgroup hook calls cost a socket whose datagrams socklb leaves alone.
+        "udp-socklb-nomatch": lambda: Variant("udp-socklb-nomatch", "udp", lb, lab.BACKEND_ADDR,
+                                              UDP_PORTS[0]),
         "udp-iptables": lambda: Variant("udp-iptables", "udp", plain, VIP, UDP_PORT,
                                         nat.IptablesDnat(ns, UDP_SERVICE)),
     }
@@ -250,23 +304,33 @@ def cpu_metered(cgroups: list[Path], run: Callable[[], R]) -> R:
     return res
 
 
-def measure(variant: Variant, the_lab: Lab, args: argparse.Namespace) -> list[tuple[str, object]]:
-    """One measurement of a variant: (kind, result) pairs, kind being
-    "wrk", "crr" or "udp". TCP runs wrk and then tcp_crr under the same rules."""
+Hooks = dict[str, agent.HookCost]     # hook -> its cost during one measurement
+
+
+def measure(variant: Variant, the_lab: Lab, args: argparse.Namespace) -> list[tuple[str, object, Hooks]]:
+    """One measurement of a variant: (kind, result, hook costs) triples, kind
+    being "wrk", "crr" or "udp". TCP runs wrk and then tcp_crr under the same
+    rules. Hook costs: the variant's socklb programs, with --hook-stats."""
     ns, cg = the_lab.net.client_ns, variant.cgroup
     metered = [cg, the_lab.server_cgroup]
+    programs = the_lab.hooks.get(cg, {})
+
+    def one(run: Callable[[], R]) -> tuple[R, Hooks]:
+        return agent.hook_costs(programs, lambda: cpu_metered(metered, run))
+
+    out: list[tuple[str, object, Hooks]] = []
     with active(variant, ns):
         if variant.proto == "udp":
-            return [("udp", cpu_metered(metered, lambda: loadgen.run_udp_client(
-                ns, cg, the_lab.udp_exe, variant.addr, variant.port, args.udp_requests,
-                the_lab.pinned)))]
-        out: list[tuple[str, object]] = [
-            ("wrk", cpu_metered(metered, lambda: loadgen.run_wrk(
-                ns, cg, variant.url, args.threads, args.connections, args.duration)))]
+            res, hooks = one(lambda: loadgen.run_udp_client(
+                ns, cg, the_lab.udp_exe, variant.addr, variant.port, args.udp_requests, the_lab.pinned))
+            return [("udp", res, hooks)]
+        res, hooks = one(lambda: loadgen.run_wrk(ns, cg, variant.url, args.threads, args.connections,
+                                                 args.duration))
+        out.append(("wrk", res, hooks))
         if the_lab.crr_exe is not None:
-            out.append(("crr", cpu_metered(metered, lambda: loadgen.run_tcp_crr(
-                ns, cg, the_lab.crr_exe, variant.addr, variant.port, args.crr_connections,
-                the_lab.pinned))))
+            res, hooks = one(lambda: loadgen.run_tcp_crr(ns, cg, the_lab.crr_exe, variant.addr, variant.port,
+                                                         args.crr_connections, the_lab.pinned))
+            out.append(("crr", res, hooks))
         return out
 
 
@@ -321,17 +385,22 @@ def describe(kind: str, res) -> str:
 Results = dict[str, dict[str, list]]   # kind -> variant -> one result per round
 
 
-def run_rounds(variants: list[Variant], the_lab: Lab, args: argparse.Namespace) -> Results:
+def run_rounds(variants: list[Variant], the_lab: Lab, args: argparse.Namespace) -> tuple[Results, Results]:
     """Interleave the variants, rotating their order each round so that no
-    variant always runs first (after an idle pause) or last."""
+    variant always runs first (after an idle pause) or last. Returns the
+    results and the hook costs (kind -> variant -> Hooks per round)."""
     results: Results = {"wrk": {}, "crr": {}, "udp": {}}
+    hook_results: Results = {"wrk": {}, "crr": {}, "udp": {}}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            for kind, res in measure(v, the_lab, args):
+            for kind, res, hooks in measure(v, the_lab, args):
                 results[kind].setdefault(v.name, []).append(res)
-                lab.log(f"round {r + 1}/{args.rounds} {v.name:14s} {describe(kind, res)}")
-    return results
+                if hooks:
+                    hook_results[kind].setdefault(v.name, []).append(hooks)
+                lab.log(f"round {r + 1}/{args.rounds} {v.name:14s} {describe(kind, res)}"
+                        + "".join(f"  {h} {c.ns_per_call:.0f} ns" for h, c in sorted(hooks.items())))
+    return results, hook_results
 
 
 # --- reporting ----------------------------------------------------------------
@@ -382,6 +451,17 @@ NOTES = [
     "the CPU spent per connection); it misses softirq work the kernel defers to ksoftirqd.",
     "- The machine is noisy: compare ratios within one run, not absolute numbers across runs; "
     "the per-round quartiles show the spread.",
+    "- Optional variants, each through its own agent and cgroup: `-base` = the same traffic "
+    "through the agent of the `--baseline` tree (old hooks and new side by side); "
+    "`udp-socklb-nodns` = this tree's agent with `--dns-learner disabled` (no cgroup_skb "
+    "programs on every packet); `udp-socklb-nomatch` = the socklb cgroup sending straight to a "
+    "backend address (the hooks run and find no service: their floor).",
+    "- Hook cost: with kernel.bpf_stats_enabled (on for the run unless `--no-hook-stats`; "
+    "the kernel then reads the clock before and after every program run, which every variant "
+    "with programs pays), each program's run_time_ns / run_cnt over each measurement. "
+    "\"hooks ns per op\" sums calls × ns over the hooks: the programs' share of the CPU per "
+    "operation next to it; the kernel's work to call them (e.g. the socket lock the UDP "
+    "sendmsg/recvmsg hooks take) is not in it.",
 ]
 
 
@@ -435,7 +515,53 @@ COMPARISONS = [
     report.Comparison("udp", "udp-socklb", "udp-direct", "UDP socklb / direct, CPU per round trip",
                       attr="cpu"),
     report.Comparison("udp", "udp-iptables", "udp-direct", "UDP iptables DNAT / direct, round trips/s"),
+    report.Comparison("udp", "udp-socklb-nomatch", "udp-direct",
+                      "UDP socklb cgroup to a non-VIP address / direct, round trips/s"),
+    report.Comparison("udp", "udp-socklb-nomatch", "udp-direct",
+                      "UDP socklb cgroup to a non-VIP address / direct, CPU per round trip", attr="cpu"),
+    # --baseline: the same traffic through the other tree's hooks.
+    report.Comparison("udp", "udp-socklb-base", "udp-direct", "UDP socklb (baseline) / direct, round trips/s"),
+    report.Comparison("udp", "udp-socklb-base", "udp-direct",
+                      "UDP socklb (baseline) / direct, CPU per round trip", attr="cpu"),
+    report.Comparison("udp", "udp-socklb", "udp-socklb-base", "UDP socklb / baseline, CPU per round trip",
+                      attr="cpu"),
+    report.Comparison("udp", "udp-socklb-nodns", "udp-direct",
+                      "UDP socklb without the DNS learner / direct, round trips/s"),
+    report.Comparison("udp", "udp-socklb-nodns", "udp-direct",
+                      "UDP socklb without the DNS learner / direct, CPU per round trip", attr="cpu"),
+    report.Comparison("wrk", "socklb-base", "direct", "TCP socklb (baseline) / direct, req/s"),
+    report.Comparison("wrk", "socklb", "socklb-base", "TCP socklb / baseline, CPU per connection", attr="cpu"),
 ]
+
+
+def hook_lines(results: Results, hook_results: Results) -> list[str]:
+    """Per hook: ns per call (medians over rounds of run_time_ns / run_cnt),
+    calls per operation, and their product summed over the hooks: the
+    programs' share of an operation, next to the CPU per operation."""
+    out: list[str] = []
+    for kind, per_variant in hook_results.items():
+        if not per_variant:
+            continue
+        out += [f"Hook cost per call ({kind}): kernel.bpf_stats_enabled, the programs' run_time_ns / "
+                "run_cnt over each measurement, medians over rounds", "",
+                "| variant | hook | calls per op | ns per call | vs base | hooks ns per op | CPU ns per op |",
+                "|---|---|---:|---:|---:|---:|---:|"]
+        for name, rounds in per_variant.items():
+            base = per_variant.get(name + BASE_SUFFIX)
+            ops = [r.ops for r in results[kind][name]]
+            cpu = report.median([r.cpu_us * 1000 for r in results[kind][name]])
+            total = report.median([sum(c.calls * c.ns_per_call for c in hooks.values()) / n
+                                   for hooks, n in zip(rounds, ops) if n])
+            for i, hook in enumerate(sorted({h for hooks in rounds for h in hooks})):
+                ns = report.median([hooks[hook].ns_per_call for hooks in rounds if hook in hooks])
+                calls = report.median([hooks[hook].calls / n for hooks, n in zip(rounds, ops)
+                                       if hook in hooks and n])
+                vs = report.fmt(report.ratio(ns, report.median(
+                    [h[hook].ns_per_call for h in base if hook in h])), 3) if base else ""
+                tail = f"{total:.0f} | {cpu:.0f}" if i == 0 else " | "
+                out.append(f"| {name} | {hook} | {calls:.2f} | {ns:.1f} | {vs} | {tail} |")
+        out.append("")
+    return out
 
 
 def loadavg() -> str:
@@ -444,9 +570,11 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def publish(args: argparse.Namespace, argv: list[str], results: Results,
+def publish(args: argparse.Namespace, argv: list[str], results: Results, hook_results: Results,
             load_before: str, socklb_counters: dict[str, int]) -> None:
     body = report.render(tables(args, results), COMPARISONS)
+    if any(hook_results.values()):
+        body += [""] + hook_lines(results, hook_results)
     if socklb_counters:
         body += ["", "socklb agent counters at the end of the run (`dump counters`): "
                  + ", ".join(f"{k} {v}" for k, v in socklb_counters.items())]
@@ -480,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         the_lab = build_lab(args, teardown)
         variants = make_variants(args.variants, the_lab)
         probe_all(variants, the_lab)
-        results = run_rounds(variants, the_lab, args)
+        results, hook_results = run_rounds(variants, the_lab, args)
         socklb_counters = agent.counters(the_lab.agent_paths) if the_lab.agent_paths else {}
     except KeyboardInterrupt:
         lab.log("interrupted; cleaning up")
@@ -490,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         teardown.close()
-    publish(args, argv, results, load_before, socklb_counters)
+    publish(args, argv, results, hook_results, load_before, socklb_counters)
     return 0
 
 

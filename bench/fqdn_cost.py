@@ -62,9 +62,9 @@ def learn(pin_dir: Path, cgroup: Path) -> None:
         pid = dns.pattern_id(PATTERN)
         rng = random.Random(1)
         addrs = {DIRECT} | {str(ipaddress.IPv4Address(0x0A000000 | rng.getrandbits(24))) for _ in range(LEARNED)}
-        for a in sorted(addrs)[:LEARNED]:
-            m.update(layout.DnsLearnedKey(wid, 0, layout.pack_addr(a)), layout.DnsLearnedVal(expiry, 1, pid, 3600))
-        m.update(layout.DnsLearnedKey(wid, 0, layout.pack_addr(DIRECT)), layout.DnsLearnedVal(expiry, 1, pid, 3600))
+        slots = (dns.LearnedSlot(pid, expiry, 3600),)
+        for a in [*sorted(addrs)[:LEARNED], DIRECT]:
+            m.update(layout.DnsLearnedKey(wid, 0, layout.pack_addr(a)), dns.learned_val(dns.Learned(wid, a, 1, slots)))
     finally:
         learner.close()
 

@@ -276,7 +276,10 @@ def remove_stale(cgroup_root: Path, bpf_root: Path, detach: Callable[[Path, Path
             log(f"stopping stale agent {agent_pid}")
             os.kill(agent_pid, signal.SIGKILL)
         log(f"detaching stale programs {pins}")
-        detach(pins, cgroup_root / f"{PREFIX}{pid}" / "socklb")
+        # bench.datapath's extra agents pin at <prefix><pid>-base etc., for
+        # the cgroup socklb-base etc.
+        suffix = pins.name[len(f"{PREFIX}{pid}"):]
+        detach(pins, cgroup_root / f"{PREFIX}{pid}" / f"socklb{suffix}")
         shutil.rmtree(pins, ignore_errors=True)
     for parent in sorted(cgroup_root.glob(f"{PREFIX}*")):
         pid = _owner_pid(parent.name)

@@ -66,7 +66,7 @@ from pathlib import Path
 from bench import agent, lab, loadgen
 from bench.backends import compile_c, stop_process
 from bench.nat import Service
-from bench.policy_cost import STATS, connect_prog, prog_stats
+from bench.policy_cost import connect_prog
 from bench.report import bench_parser, fmt, median, paired_ratios, publish, quartiles, target_text
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 
@@ -273,12 +273,12 @@ def check(variants: list[Variant], exe: Path) -> dict[str, str]:
 
 def measure(v: Variant, exe: Path, connects: int, server_cg: Path, pin: set[int] | None) -> None:
     prog = connect_prog(v.agent_cgroup) if v.agent_cgroup else None
-    c0 = prog_stats(prog) if prog else (0, 0)
+    c0 = agent.prog_stats(prog) if prog else (0, 0)
     cpu0 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
     out = loadgen.run_in_client(v.ns, v.cgroup, [str(exe), "client", v.server, str(PORT), str(connects)],
                                 timeout=600, cpus=pin)
     cpu1 = lab.cgroup_cpu_usec(v.cgroup) + lab.cgroup_cpu_usec(server_cg)
-    c1 = prog_stats(prog) if prog else (0, 0)
+    c1 = agent.prog_stats(prog) if prog else (0, 0)
     kv = loadgen.parse_kv(out)
     if int(kv["errors"]):
         raise RuntimeError(f"{v.name}: {kv['errors']} connects failed ({kv['eperm']} EPERM): {out}")
@@ -367,9 +367,7 @@ def main(argv=None) -> int:
         variants, loads = build(args, teardown, workdir, exe)
         server_cg = variants[0].cgroup.parent / "server"
         refusals = check(variants, exe)
-        old = STATS.read_text().strip()
-        teardown.add("bpf stats", lambda: STATS.write_text(old))
-        STATS.write_text("1")
+        agent.enable_bpf_stats(teardown)
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:

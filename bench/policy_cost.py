@@ -20,7 +20,6 @@ files) is removed on exit, Ctrl-C or failure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import agent, lab, loadgen
+# Re-exported: bench/fqdn_cost.py and fqdn_dns.py (another owner's) take them from here.
+from bench.agent import BPF_STATS as STATS, prog_stats  # noqa: F401
 from bench.backends import compile_c
 from bench.nat import Service
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
@@ -36,7 +37,6 @@ from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
 VIP, VIP_PORT = "127.96.1.1", 53        # a UDP frontend
 DIRECT, DIRECT_PORT = "127.0.0.2", 9    # not a frontend: decided by prefixes
 SOURCE = Path(__file__).resolve().parent / "connect_loop.c"
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,10 @@ def workload(name: str, cg: Path, mount: Path, ps: str = "") -> dict:
 
 
 def connect_prog(cgroup: Path) -> int:
-    progs = json.loads(lab.run(["bpftool", "-j", "cgroup", "show", str(cgroup)], quiet=True).stdout or "[]")
-    ids = [p["id"] for p in progs if p["attach_type"] in ("cgroup_inet4_connect", "connect4")]
-    if len(ids) != 1:
-        raise RuntimeError(f"expected one connect4 program on {cgroup}: {progs}")
-    return ids[0]
-
-
-def prog_stats(prog_id: int) -> tuple[int, int]:
-    info = json.loads(lab.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)], quiet=True).stdout)
-    return info.get("run_cnt", 0), info.get("run_time_ns", 0)
+    prog = agent.hook_programs(cgroup).get("connect4")
+    if prog is None:
+        raise RuntimeError(f"no connect4 program on {cgroup}")
+    return prog
 
 
 def build(args, teardown: lab.Teardown, workdir: Path) -> list[Variant]:
@@ -106,13 +100,13 @@ def build(args, teardown: lab.Teardown, workdir: Path) -> list[Variant]:
     services = {"dns": Service(VIP, VIP_PORT, "udp", [("127.0.0.2", 5353)])}
     bpf = Path("/sys/fs/bpf")
 
-    def start(name: str, extra: dict | None = None, env: dict | None = None, children=()) -> Path:
+    def start(name: str, extra: dict | None = None, tree: Path | None = None, children=()) -> Path:
         cg = lab.make_cgroup(root / name, teardown)
         for child in children:  # registered after the parent: removed before it
             lab.make_cgroup(cg / child, teardown)
         paths = agent.AgentPaths(workdir / f"{name}.yaml", cg, bpf / f"{lab.PREFIX}pol-{os.getpid()}-{name}",
                                  workdir / f"{name}.sock", workdir / f"{name}.log")
-        agent.start_agent(paths, services, teardown, args.agent_timeout, extra, env)
+        agent.start_agent(paths, services, teardown, args.agent_timeout, extra, tree)
         return cg
 
     rng = random.Random(1)
@@ -136,24 +130,23 @@ def build(args, teardown: lab.Teardown, workdir: Path) -> list[Variant]:
                 Variant("10k CIDRs", cg_new / "w-cidr10k", cg_new, DIRECT, DIRECT_PORT, ns),
                 Variant("1 of 1000 sets (10k CIDRs)", cg_new / "w-many-0", cg_new, DIRECT, DIRECT_PORT, ns)]
     if args.baseline:
-        env = dict(os.environ, PYTHONPATH=str(args.baseline.resolve()))
-        before = start("before", env=env)
+        before = start("before", tree=args.baseline)
         variants[:0] = [Variant("before (baseline)", before, before, DIRECT, DIRECT_PORT, ns),
                         Variant("before, VIP", before, before, VIP, VIP_PORT, ns)]
     return variants
 
 
 def measure(v: Variant, exe: Path, connects: int) -> tuple[float, float]:
-    prog = connect_prog(v.agent_cgroup)
-    cnt0, t0 = prog_stats(prog)
-    out = loadgen.run_in_client(v.ns, v.client_cgroup, [str(exe), v.addr, str(v.port), str(connects)], timeout=600)
-    cnt1, t1 = prog_stats(prog)
+    programs = {"connect4": connect_prog(v.agent_cgroup)}
+    out, costs = agent.hook_costs(programs, lambda: loadgen.run_in_client(
+        v.ns, v.client_cgroup, [str(exe), v.addr, str(v.port), str(connects)], timeout=600))
     kv = loadgen.parse_kv(out)
     if int(kv["errors"]):
         raise RuntimeError(f"{v.name}: {kv['errors']} connect() calls failed: {out}")
-    if cnt1 - cnt0 < connects:
-        raise RuntimeError(f"{v.name}: the hook ran {cnt1 - cnt0} times for {connects} calls")
-    return (t1 - t0) / (cnt1 - cnt0), float(kv["ns_per_op"])
+    hook = costs.get("connect4", agent.HookCost(0, 0.0))
+    if hook.calls < connects:
+        raise RuntimeError(f"{v.name}: the hook ran {hook.calls} times for {connects} calls")
+    return hook.ns_per_call, float(kv["ns_per_op"])
 
 
 def main(argv=None) -> int:
@@ -164,9 +157,7 @@ def main(argv=None) -> int:
         workdir = lab.make_tempdir(teardown)
         exe = compile_c(SOURCE, workdir)
         variants = build(args, teardown, workdir)
-        old = STATS.read_text().strip()
-        teardown.add("bpf stats", lambda: STATS.write_text(old))
-        STATS.write_text("1")
+        agent.enable_bpf_stats(teardown)
         results: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]

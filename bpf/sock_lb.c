@@ -146,14 +146,18 @@ affinity_backend(const struct socklb_svc_val *master, __u64 netns, __u64 now, __
 }
 
 static __always_inline struct socklb_backend *
-select_backend(struct socklb_svc_key *key, const struct socklb_svc_val *master, __u64 netns,
+select_backend(struct bpf_sock_addr *ctx, struct socklb_svc_key *key, const struct socklb_svc_val *master,
 	       __u32 *backend_id)
 {
 	struct socklb_backend *be;
 	struct socklb_svc_val *slot;
-	__u64 now = 0;
+	__u64 now = 0, netns = 0;
 	__u32 idx;
 
+	/* Only affinity and Maglev key on the client's netns: random selection,
+	 * the common case, skips the helper call. */
+	if (master->affinity_timeout || master->selection == SOCKLB_SEL_MAGLEV)
+		netns = bpf_get_netns_cookie(ctx);
 	if (master->affinity_timeout) {
 		now = bpf_ktime_get_ns();
 		be = affinity_backend(master, netns, now, backend_id);
@@ -186,6 +190,17 @@ select_backend(struct socklb_svc_key *key, const struct socklb_svc_val *master, 
 	return be;
 }
 
+/* 1 when the flow already records this frontend and backend: an unconnected
+ * socket sending to the same backend again (and a re-connect to the same). */
+static __always_inline int flow_records(const struct socklb_flow *f, const struct socklb_svc_key *key,
+					const struct socklb_svc_val *master, __u32 backend_id,
+					const struct socklb_backend *be)
+{
+	return f->frontend_id == master->id && f->backend_id == backend_id &&
+	       f->backend_port == be->port && addr_eq(f->backend_addr, be->addr) &&
+	       f->vip_port == key->port && addr_eq(f->vip, key->addr) && f->proto == key->proto;
+}
+
 static __always_inline void flow_record(struct socklb_flow *f, const struct socklb_svc_key *key,
 					const struct socklb_svc_val *master, __u32 backend_id,
 					const struct socklb_backend *be)
@@ -197,6 +212,16 @@ static __always_inline void flow_record(struct socklb_flow *f, const struct sock
 	addr_copy(f->backend_addr, be->addr);
 	f->backend_port = be->port;
 	f->proto = key->proto;
+}
+
+/* The socket's cookie, the reverse-NAT keys' first half: the flow's ring
+ * holds it once the socket has sent a datagram through a VIP, which saves
+ * the helper call on every later one. */
+static __always_inline __u64 flow_cookie(struct bpf_sock_addr *ctx, const struct socklb_flow *f)
+{
+	if (f && f->rnat_used)
+		return f->rnat[0].cookie;
+	return bpf_get_socket_cookie(ctx);
 }
 
 /* Remember the reverse-NAT key on the socket so sock_release can delete it. */
@@ -375,7 +400,6 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	struct socklb_backend *be;
 	struct socklb_flow *f;
 	__u32 backend_id = 0;
-	__u64 netns;
 
 	ctx_load_addr(ctx, key.addr, v6);
 	key.port = (__u16)ctx->user_port;
@@ -425,8 +449,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 		}
 		return 1;
 	}
-	netns = bpf_get_netns_cookie(ctx);
-	be = select_backend(&key, master, netns, &backend_id);
+	be = select_backend(ctx, &key, master, &backend_id);
 	if (!be || ctx_store_addr(ctx, be->addr, be->port, v6) < 0) {
 		count(SOCKLB_CNT_NO_BACKEND);
 		bpf_set_retval(-ECONNREFUSED);
@@ -435,17 +458,24 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	count(SOCKLB_CNT_TRANSLATED);
 
 	f = flows.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (f)
+	if (f && !flow_records(f, &key, master, backend_id, be))
 		flow_record(f, &key, master, backend_id, be);
 	if (sendmsg) {
-		struct socklb_rnat_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
+		struct socklb_rnat_key rk = { .cookie = flow_cookie(ctx, f) };
 		struct socklb_rnat_val rv = { .frontend_id = master->id };
+		struct socklb_rnat_val *old;
 
 		addr_copy(rk.addr, be->addr);
 		rk.port = be->port;
 		addr_copy(rv.addr, key.addr);
 		rv.port = key.port;
-		rev_nat.update(&rk, &rv);
+		/* Look before writing: an unconnected socket sends to the same
+		 * backend again and again, and an LRU update takes a lock (and
+		 * may evict) while a lookup only marks the entry used. */
+		old = rev_nat.lookup(&rk);
+		if (!old || old->frontend_id != rv.frontend_id || old->port != rv.port ||
+		    !addr_eq(old->addr, rv.addr))
+			rev_nat.update(&rk, &rv);
 		if (f)
 			flow_remember_rnat(f, &rk);
 	}
@@ -470,7 +500,7 @@ static __always_inline int reverse(struct bpf_sock_addr *ctx, const int v6, cons
 	if (!recvmsg || !f)
 		return 1;
 
-	struct socklb_rnat_key rk = { .cookie = bpf_get_socket_cookie(ctx) };
+	struct socklb_rnat_key rk = { .cookie = flow_cookie(ctx, f) };
 	struct socklb_rnat_val *rv;
 
 	addr_copy(rk.addr, addr);

@@ -32,10 +32,22 @@ def health_of(node: api_pb2.Node, connected: bool) -> int:
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, replica: str, flush_interval: float = 0.2, heartbeat: float = 10.0):
+    """Per-node events cost O(1) and touch no clock or store: a node's record
+    is completed (health, last_seen) and serialized when it is flushed.
+    Changes that alter what `node list` shows in kind (a node came or went,
+    a NACK or its clearing, statistics parts unavailable) are flushed within
+    `flush_interval`; version progress alone (desired/applied moved, the
+    node answered) within `progress_interval`: with a write every 100 ms a
+    thousand nodes' records are rewritten once per progress_interval, not
+    once per write. Nothing is dropped: the last state of every dirty node is
+    written by the next flush, and by flush_now() on shutdown."""
+
+    def __init__(self, store: Store, replica: str, flush_interval: float = 0.2, heartbeat: float = 10.0,
+                 progress_interval: float = 1.0):
         self.store = store
         self.replica = replica
         self.flush_interval = flush_interval
+        self.progress_interval = progress_interval
         # Records of connected nodes are rewritten this often, so that a
         # replica that dies (and cannot write "disconnected") is noticed:
         # a record not refreshed for `stale_after` is read as DISCONNECTED.
@@ -44,47 +56,57 @@ class NodeRegistry:
         self.records: dict[str, api_pb2.Node] = {}
         self.connected_nodes: set[str] = set()
         self.reports: dict[str, sync_pb2.StatsReport] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # to write within flush_interval
+        self._progressed: set[str] = set()  # to write within progress_interval
+        self._progress_due = False
+        self._heard: set[str] = set()  # dirty nodes that spoke: last_seen is the flush's time
         self._dirty_stats: set[str] = set()
         self._reports: list[node_pb2.TerminationReport] = []
         self._gone: set[str] = set()  # disconnected here, to be written if still ours
         self._wake = asyncio.Event()
+        self._progress_timer: asyncio.TimerHandle | None = None
 
     # --- events from streams (event loop thread) --------------------------
     def connected(self, hello: sync_pb2.Hello, peer: str, desired: int) -> None:
         n = api_pb2.Node(name=hello.node, applied_version=hello.applied_version, desired_version=desired,
-                         kernel=hello.kernel, replica=self.replica, last_seen=_now())
+                         kernel=hello.kernel, replica=self.replica)
         n.capabilities.update(hello.capabilities)
         self.records[hello.node] = n
         self.connected_nodes.add(hello.node)
         self._gone.discard(hello.node)
+        self._heard.add(hello.node)
         self._touch(hello.node)
 
     def disconnected(self, node: str) -> None:
         self.connected_nodes.discard(node)
         if node in self.records:
-            self.records[node].last_seen.CopyFrom(_now())
+            self._heard.add(node)
             self._gone.add(node)
             self._touch(node)
 
     def desired(self, node: str, version: int) -> None:
-        if node in self.records:
-            self.records[node].desired_version = version
-            self._touch(node)
+        n = self.records.get(node)
+        if n is not None:
+            n.desired_version = version
+            self._progress(node)
 
     def acked(self, node: str, version: int) -> None:
         n = self.records.get(node)
         if n is not None:
-            n.applied_version = max(n.applied_version, version)
-            n.last_error = ""
-            n.last_seen.CopyFrom(_now())
-            self._touch(node)
+            if version > n.applied_version:
+                n.applied_version = version
+            self._heard.add(node)
+            if n.last_error:
+                n.last_error = ""
+                self._touch(node)
+            else:
+                self._progress(node)
 
     def nacked(self, node: str, version: int, error: str) -> None:
         n = self.records.get(node)
         if n is not None:
             n.last_error = f"version {version}: {error}"
-            n.last_seen.CopyFrom(_now())
+            self._heard.add(node)
             self._touch(node)
 
     def stats(self, node: str, report: sync_pb2.StatsReport) -> None:
@@ -92,12 +114,12 @@ class NodeRegistry:
         self._dirty_stats.add(node)
         n = self.records.get(node)
         if n is not None:
-            n.last_seen.CopyFrom(_now())
+            self._heard.add(node)  # last_seen moves with the record's next write (heartbeat at the latest)
             if dict(n.stats_unavailable) != dict(report.unavailable):
                 # Shown by `node list`: the record is rewritten only when the parts change.
                 n.stats_unavailable.clear()
                 n.stats_unavailable.update(report.unavailable)
-                self._touch(node)
+                self._dirty.add(node)
         self._wake.set()
 
     def termination(self, report: node_pb2.TerminationReport) -> None:
@@ -109,9 +131,19 @@ class NodeRegistry:
         return n.applied_version if n is not None else 0
 
     def _touch(self, node: str) -> None:
-        n = self.records[node]
-        n.health = health_of(n, node in self.connected_nodes)
+        """A change to write soon (flush_interval)."""
         self._dirty.add(node)
+        self._wake.set()
+
+    def _progress(self, node: str) -> None:
+        """Version progress: written within progress_interval (flushes that
+        other changes cause in between leave it for then)."""
+        self._progressed.add(node)
+        if self._progress_timer is None:
+            self._progress_timer = asyncio.get_running_loop().call_later(self.progress_interval, self._due)
+
+    def _due(self) -> None:
+        self._progress_due = True
         self._wake.set()
 
     # --- persistence ---------------------------------------------------------
@@ -125,10 +157,9 @@ class NodeRegistry:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
-            now = _now()
             for name in self.connected_nodes:
                 if name in self.records:
-                    self.records[name].last_seen.CopyFrom(now)
+                    self._heard.add(name)
                     self._dirty.add(name)
             self._wake.set()
 
@@ -137,18 +168,54 @@ class NodeRegistry:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await asyncio.to_thread(self.flush_batch, *self._take())
+                await self.flush_now(everything=False)
             except StoreError as e:
                 log.warning("could not write node status (will retry): %s", e)
                 await asyncio.sleep(1.0)
                 self._wake.set()
             await asyncio.sleep(self.flush_interval)
 
-    def _take(self):
+    async def flush_now(self, everything: bool = True) -> None:
+        """Write what is pending (on shutdown: everything; the flush loop
+        leaves version progress for its own timer). A batch that fails is put
+        back, to be written by the next flush."""
+        taken = self._take(everything)
+        if not any(taken):
+            return
+        try:
+            await asyncio.to_thread(self.flush_batch, *taken)
+        except StoreError:
+            self._put_back(*taken)
+            raise
+
+    def _put_back(self, live, down, puts) -> None:
+        self._dirty |= {n for n in live if n in self.records} | {n for n in down if n in self.records}
+        self._gone |= {n for n in down if n not in self.connected_nodes}
+
+    def _take(self, everything: bool = False):
         dirty, self._dirty = self._dirty, set()
+        if everything or self._progress_due:
+            dirty |= self._progressed
+            self._progressed = set()
+            self._progress_due = False
+            if self._progress_timer is not None:
+                self._progress_timer.cancel()
+                self._progress_timer = None
+        else:
+            self._progressed -= dirty  # written now
+        heard = self._heard & dirty
+        self._heard -= heard
         stats, self._dirty_stats = self._dirty_stats, set()
         gone = dirty & self._gone
         self._gone -= gone
+        now = _now() if heard else None
+        for name in dirty:
+            n = self.records.get(name)
+            if n is None:
+                continue
+            if name in heard:
+                n.last_seen.CopyFrom(now)
+            n.health = health_of(n, name in self.connected_nodes)
         live = {n: self.records[n].SerializeToString() for n in dirty - gone if n in self.records}
         down = {n: self.records[n] for n in gone if n in self.records}
         puts = [(keys.stats(n), self.reports[n].SerializeToString()) for n in stats if n in self.reports]

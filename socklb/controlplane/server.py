@@ -32,13 +32,13 @@ from socklb.observability import metrics, tracing
 from socklb.observability.grpcutil import add_health_and_reflection_aio
 from socklb.observability.logs import setup_logging
 
-from . import auth, keys, terminations
+from . import auth, keys, terminations, workers
 from .api import LoadBalancerServicer, MalformedRequests
 from .cache import SnapshotCache
 from .nodes import NodeRegistry, mark_gone
 from .services import ServiceRepository, expire_drains
 from .store import Compacted, Store, StoreError, Unavailable, open_store
-from .sync import SyncService
+from .sync import PUSH_SPANS, SyncService
 
 log = logging.getLogger("socklb.controlplane")
 
@@ -88,7 +88,8 @@ def check_listen(listen: str) -> None:
 class ControlPlane:
     def __init__(self, store: Store, replica: str, node_timeout: float = 60.0, duty_interval: float = 2.0,
                  heartbeat: float = 10.0, terminations_kept: int = terminations.MAX_KEPT,
-                 terminations_retention: float = terminations.RETENTION, prune_interval: float = 30.0):
+                 terminations_retention: float = terminations.RETENTION, prune_interval: float = 30.0,
+                 push_spans: int = PUSH_SPANS):
         self.terminations_kept = terminations_kept
         self.terminations_retention = terminations_retention
         self.prune_interval = prune_interval
@@ -98,7 +99,7 @@ class ControlPlane:
         self.duty_interval = duty_interval
         self.cache = SnapshotCache()
         self.registry = NodeRegistry(store, replica, heartbeat=heartbeat)
-        self.sync = SyncService(self.cache, self.registry, replica)
+        self.sync = SyncService(self.cache, self.registry, replica, push_spans=push_spans)
         self.api = LoadBalancerServicer(store, self.registry, cache=self.cache)
         self._watch = None  # of the configuration range
         self._term_watch = None
@@ -107,7 +108,8 @@ class ControlPlane:
         self.server: grpc.aio.Server | None = None
 
     async def start(self, listen: str, credentials: grpc.ServerCredentials | None = None,
-                    interceptors: list | None = None) -> int:
+                    interceptors: list | None = None, reuse_port: bool = False) -> int:
+        """reuse_port: share the port with the other workers of --workers."""
         self._loop = asyncio.get_running_loop()
         delay = 0.2
         while True:  # a store that is not up yet is waited for, not fatal
@@ -118,7 +120,8 @@ class ControlPlane:
                 log.warning("store unavailable (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS,
+        options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in SERVER_OPTIONS]
+        self.server = grpc.aio.server(options=options,
                                       interceptors=[*(interceptors or []), MalformedRequests()])
         api_pb2_grpc.add_LoadBalancerServicer_to_server(self.api, self.server)
         self.server.add_generic_rpc_handlers([self.sync.handler()])
@@ -154,6 +157,13 @@ class ControlPlane:
         self.sync.end_streams()
         if self.server is not None:
             await self.server.stop(grace=1)
+        # Node status is written in coalesced batches: what is still pending
+        # (the last versions, the streams just ended) is written now, bounded
+        # so that a store that is gone does not hold the shutdown up.
+        try:
+            await asyncio.wait_for(self.registry.flush_now(), 2.0)
+        except (StoreError, asyncio.TimeoutError) as e:
+            log.warning("node status not written on shutdown: %s", e or "the store did not answer in time")
 
     # --- store -> cache -> nodes -------------------------------------------------
     def _load(self) -> None:
@@ -301,7 +311,11 @@ class ControlPlane:
         leadership = await asyncio.to_thread(self.store.campaign, "duties", self.replica,
                                              max(self.duty_interval * 3, 5.0))
         services = ServiceRepository(self.store)
-        pruned_at = time.monotonic()
+        pruned_at = marked_at = time.monotonic()
+        # Marking reads every node's record: with a thousand nodes that is the
+        # leader's largest duty, and records go stale after 3 heartbeats, so
+        # every half heartbeat is soon enough (drains keep duty_interval).
+        mark_every = max(self.duty_interval, self.registry.heartbeat / 2)
         try:
             while True:
                 await asyncio.sleep(self.duty_interval)
@@ -309,9 +323,12 @@ class ControlPlane:
                     continue
                 try:
                     fence = leadership.fence()
-                    gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
-                                                   self.registry.stale_after, None,
-                                                   frozenset(self.registry.connected_nodes))
+                    gone = []
+                    if time.monotonic() - marked_at >= mark_every:
+                        marked_at = time.monotonic()
+                        gone = await asyncio.to_thread(mark_gone, self.store, fence, self.node_timeout,
+                                                       self.registry.stale_after, None,
+                                                       frozenset(self.registry.connected_nodes))
                     due = [n for n, t in self.cache.drain_deadlines.items() if t <= time.time()]
                     drained = await asyncio.to_thread(expire_drains, services, fence, due) if due else []
                     if gone or drained:
@@ -360,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name of this replica (default: hostname-pid-random)")
     p.add_argument("--node-timeout", type=float, default=60.0,
                    help="seconds a disconnected node is kept before the leader marks it GONE")
+    p.add_argument("--push-spans", type=int, default=int(os.environ.get("SOCKLB_PUSH_SPANS", PUSH_SPANS)),
+                   help=f"per-node push spans of a traced update, at most (default {PUSH_SPANS}; the first nodes in "
+                        "connection order): the other nodes' applies are children of the update's dispatch span")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("SOCKLB_WORKERS", "1")),
+                   help="processes serving node streams and the API on the same port (SO_REUSEPORT), each a "
+                        "replica of its own (default 1; more needs an etcd:// store)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers
     p.add_argument("--tls-cert", default=os.environ.get("SOCKLB_TLS_CERT", ""),
                    help="server certificate (PEM): serve TLS; files are re-read when they change")
     p.add_argument("--tls-key", default=os.environ.get("SOCKLB_TLS_KEY", ""), help="server private key (PEM)")
@@ -427,6 +451,10 @@ async def _amain(args) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    denied = workers.check(args.workers, args.listen, args.store)
+    if denied:
+        print(f"error: {denied}", file=sys.stderr)
+        return 2
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     tracing.setup_tracing("socklb-controlplane", {"service.instance.id": replica})
     try:
@@ -434,7 +462,7 @@ async def _amain(args) -> int:
     except (ValueError, StoreError, OSError) as e:
         print(f"error: cannot open store {args.store}: {e}", file=sys.stderr)
         return 1
-    cp = ControlPlane(store, replica, node_timeout=args.node_timeout)
+    cp = ControlPlane(store, replica, node_timeout=args.node_timeout, push_spans=args.push_spans)
     try:
         metrics.serve(args.metrics_listen)
     except (OSError, ValueError) as e:
@@ -442,18 +470,21 @@ async def _amain(args) -> int:
         store.close()
         return 1
     metrics.register(cp.metric_families)
+    reuse = args.reuse_port or args.workers > 1
     try:
-        await cp.start(args.listen, creds, interceptors)
+        await cp.start(args.listen, creds, interceptors, reuse_port=reuse)
     except (OSError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         store.close()
         return 1
-    log.info("ready")
+    others = workers.spawn(args.argv, args.workers, replica) if args.workers > 1 else []
+    log.info("ready" + (f" ({args.workers} workers)" if others else ""))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await asyncio.to_thread(workers.stop, others)
     await cp.stop()
     store.close()
     tracing.shutdown_tracing()  # flush the spans still batched
@@ -461,7 +492,9 @@ async def _amain(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what the other workers of --workers are started with
     setup_logging(args.verbose, args.log_format)
     return asyncio.run(_amain(args))
 

@@ -38,9 +38,14 @@ from .nodes import NodeRegistry
 from .policy_cache import PolicyChanges
 
 log = logging.getLogger(__name__)
+tally = metrics.sync  # counted per node per update: no lock, no label lookup
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20  # well under gRPC's default 4 MiB receive limit
 MAX_OPEN_PUSHES = 64  # push spans of a node awaiting its answer; older ones end unanswered
+# Per-node push spans of one traced update, at most: each costs the loop tens
+# of microseconds and the exporter a span. Beyond it the other nodes' applies
+# are children of the update's dispatch span (the trace stays whole).
+PUSH_SPANS = 100
 
 
 @dataclass
@@ -58,8 +63,9 @@ class NodeSession:
 
 
 class SyncService:
-    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, replica: str):
+    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, replica: str, push_spans: int = PUSH_SPANS):
         self.cache = cache
+        self.push_spans = push_spans
         self.registry = registry
         self.replica = replica
         self.sessions: dict[str, NodeSession] = {}
@@ -147,13 +153,13 @@ class SyncService:
                 self._answered(session, kind, getattr(msg, kind))
             if kind == "ack":
                 self.registry.acked(session.node, msg.ack.version)
-                metrics.sync_acks.inc()
+                tally.acks += 1
                 now = time.monotonic()
                 for v in [v for v in session.in_flight if v <= msg.ack.version]:
-                    metrics.sync_latency.observe(now - session.in_flight.pop(v))
+                    tally.observe_latency(now - session.in_flight.pop(v))
                 self._notify_acks()
             elif kind == "nack":
-                metrics.sync_nacks.inc()
+                tally.nacks += 1
                 session.in_flight.pop(msg.nack.version, None)
                 log.warning("node %s refused version %d: %s", session.node, msg.nack.version, msg.nack.error)
                 self.registry.nacked(session.node, msg.nack.version, msg.nack.error)
@@ -246,60 +252,78 @@ class SyncService:
         session.version = version
         session.diverged = False
         session.in_flight[version] = time.monotonic()
-        metrics.sync_updates.labels("snapshot").inc()
+        tally.updates["snapshot"] += 1
         self.registry.desired(session.node, version)
 
     def _send_delta(self, session: NodeSession, version: int, shared: bytes,
                     upserts: list[node_pb2.ServiceState], removals: list[str],
-                    policy: PolicyChanges | None = None) -> None:
+                    policy: PolicyChanges | None = None, versions: dict[int, bytes] | None = None) -> None:
         """`shared`: serialized parts of the delta shared with other nodes
-        (services, policy sets); the rest is this node's own."""
-        own = sync_pb2.ControlMessage(nonce=self._next_nonce(), delta=node_pb2.NodeStateDelta(
-            from_version=session.version, version=version, upserts=upserts, removals=removals))
-        if policy is not None:
-            d = own.delta
-            d.workload_upserts.extend(policy.workload_upserts)
-            d.workload_removals.extend(policy.workload_removals)
-            d.policy_set_removals.extend(policy.policy_set_removals)
-            d.redirect_upserts.extend(policy.redirect_upserts)
-            d.redirect_removals.extend(policy.redirect_removals)
-        session.queue.put_nowait(shared + own.SerializeToString())
+        (services, policy sets); the rest is this node's own. `versions`
+        memoizes, over one update, the (from_version, version) part by
+        from_version: every node that was at the same version shares it, so
+        a node with nothing of its own costs a nonce and a join."""
+        head = versions.get(session.version) if versions is not None else None
+        if head is None:
+            head = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
+                from_version=session.version, version=version)).SerializeToString()
+            if versions is not None:
+                versions[session.version] = head
+        own = b""
+        if upserts or removals or policy is not None:
+            msg = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(upserts=upserts, removals=removals))
+            if policy is not None:
+                d = msg.delta
+                d.workload_upserts.extend(policy.workload_upserts)
+                d.workload_removals.extend(policy.workload_removals)
+                d.policy_set_removals.extend(policy.policy_set_removals)
+                d.redirect_upserts.extend(policy.redirect_upserts)
+                d.redirect_removals.extend(policy.redirect_removals)
+            own = msg.SerializeToString()
+        session.queue.put_nowait(b"".join((shared, head, own, _nonce_bytes(self._next_nonce()))))
         session.version = version
         session.in_flight[version] = time.monotonic()
-        metrics.sync_updates.labels("delta").inc()
+        tally.updates["delta"] += 1
         self.registry.desired(session.node, version)
 
     def publish(self, update: Update, trace_context: dict[str, str] | None = None) -> int:
         """Send an update to the nodes it affects; returns how many.
 
-        Trace context: when the current span records, each node's copy gets
-        a "push" span of its own (child of the current span); otherwise every
-        node gets `trace_context`, default the current context (nothing when
-        tracing is off)."""
+        Trace context: when the current span records, the copies of the
+        first `push_spans` nodes (in connection order: the same nodes every
+        update) get a "push" span of their own (child of the current span),
+        the others the current context; otherwise every node gets
+        `trace_context`, default the current context (nothing when tracing
+        is off)."""
         if update.empty():
             return 0
-        per_node_spans = trace_context is None and trace.get_current_span().is_recording()
-        trace_bytes = b"" if per_node_spans else _trace_bytes(
-            trace_context if trace_context is not None else tracing.inject())
+        current = trace.get_current_span()
+        spans_left = self.push_spans if trace_context is None and current.is_recording() else 0
+        if spans_left and len(self.sessions) > spans_left:
+            current.set_attribute("socklb.push_spans", spans_left)  # sampled: the rest are the dispatch's
+        shared_trace = _trace_bytes(trace_context if trace_context is not None else tracing.inject())
         body = b""
         if update.shared_upserts or update.removals:
             body = sync_pb2.ControlMessage(delta=node_pb2.NodeStateDelta(
                 upserts=update.shared_upserts, removals=update.removals)).SerializeToString()
         # A policy set goes to every node using it: serialized once.
         set_bytes: dict[str, bytes] = {}
+        versions: dict[int, bytes] = {}
         sent = 0
         for node, session in list(self.sessions.items()):
             own = update.per_node.get(node, [])
             policy = update.policy.get(node)
             if not own and policy is None and not body:
                 continue
-            if per_node_spans:
+            trace_bytes = shared_trace
+            if spans_left:
+                spans_left -= 1
                 trace_bytes = self._push_span(session, update.revision, "snapshot" if session.diverged else "delta")
             if session.diverged:
                 self._send_snapshot(session, trace_bytes)
             else:
                 sets = b"".join(_set_bytes(set_bytes, ps) for ps in policy.policy_set_upserts) if policy else b""
-                self._send_delta(session, update.revision, trace_bytes + body + sets, own, [], policy)
+                self._send_delta(session, update.revision, trace_bytes + body + sets, own, [], policy, versions)
             sent += 1
         return sent
 
@@ -352,3 +376,20 @@ def _set_bytes(memo: dict[str, bytes], entry: node_pb2.PolicySetState) -> bytes:
 def _trace_bytes(carrier: dict[str, str]) -> bytes:
     """A ControlMessage holding only trace_context, to join to a message's bytes."""
     return sync_pb2.ControlMessage(trace_context=carrier).SerializeToString() if carrier else b""
+
+
+_NONCE_TAG = bytes([(1 << 3) | 2])  # ControlMessage.nonce: field 1, length-delimited
+
+
+def _nonce_bytes(nonce: str) -> bytes:
+    """ControlMessage(nonce=nonce).SerializeToString(), without building a
+    message: one of these goes to every node with every update."""
+    data = nonce.encode()
+    if not data:
+        return b""  # proto3 leaves an empty string out
+    n, length = len(data), bytearray()
+    while n > 0x7F:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return _NONCE_TAG + bytes(length) + data

@@ -34,9 +34,10 @@ from socklb.observability.tracing import setup_tracing, shutdown_tracing
 from socklb.v1 import node_pb2, node_pb2_grpc, types_pb2
 
 from . import layout
+from .fqdn_prune import DEFAULT_INTERVAL as DNS_PRUNE_INTERVAL
 from .kernel import cgroup2_mount
 from .loader import DNS_WAYS, WORKLOAD_MATCHES, Capacity, Datapath, LoadError, detach
-from .fqdn_prune import DEFAULT_INTERVAL as DNS_PRUNE_INTERVAL
+from .mapbatch import MAP_WRITES, MAP_WRITES_ENV
 from .sockdestroy import POLICY_JUDGE_ENV, POLICY_JUDGES
 from .statefile import load_state
 
@@ -83,6 +84,8 @@ def cmd_run(args) -> int:
         raise CliError(f"SOCKLB_DNS_LEARNER={args.dns_learner!r}: expected one of {', '.join(DNS_WAYS)}")
     if args.policy_judge not in POLICY_JUDGES:
         raise CliError(f"{POLICY_JUDGE_ENV}={args.policy_judge!r}: expected one of {', '.join(POLICY_JUDGES)}")
+    if args.map_writes not in MAP_WRITES:
+        raise CliError(f"{MAP_WRITES_ENV}={args.map_writes!r}: expected one of {', '.join(MAP_WRITES)}")
     if args.workload_match not in WORKLOAD_MATCHES:
         raise CliError(f"SOCKLB_WORKLOAD_MATCH={args.workload_match!r}: expected one of "
                        f"{', '.join(WORKLOAD_MATCHES)}")
@@ -93,7 +96,7 @@ def cmd_run(args) -> int:
                   workload_match=args.workload_match, dns=args.dns_learner)
     try:
         agent = load_agent(dp, args.node, terminate_method=args.terminate_method, flow_method=args.flow_reader,
-                           policy_judge=args.policy_judge)
+                           policy_judge=args.policy_judge, map_writes=args.map_writes)
     except (LoadError, OSError) as e:
         raise CliError(f"cannot load the datapath: {e}") from e
 
@@ -329,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who judges the open sockets of a policy change: the kernel, in the termination "
                         "iterator's walk, where its judge programs load (auto), or user space (user; env "
                         f"{POLICY_JUDGE_ENV})")
+    r.add_argument("--map-writes", choices=MAP_WRITES, default=os.environ.get(MAP_WRITES_ENV, "auto"),
+                   help="how plans are written to the services and backends maps: in batches "
+                        "(BPF_MAP_UPDATE_BATCH), one entry per call (per-entry), or batches where the kernel "
+                        f"takes them (auto; env {MAP_WRITES_ENV})")
     r.add_argument("--workload-match", choices=WORKLOAD_MATCHES,
                    default=os.environ.get("SOCKLB_WORKLOAD_MATCH", "auto"),
                    help="how the hooks find a process's workload: its cgroup and its ancestors (ancestor), "

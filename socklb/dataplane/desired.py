@@ -19,6 +19,7 @@ from socklb.lb.names import check_name
 from socklb.v1 import node_pb2
 
 from . import layout
+from .plan import collector_paused
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Limits:
 
 def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> dict[FrontendKey, FrontendTarget]:
     """Validate a whole NodeState and expand it into one target per frontend."""
+    with collector_paused():  # 100k+ backend targets: see plan.collector_paused
+        return _frontend_targets(state, limits)
+
+
+def _frontend_targets(state: node_pb2.NodeState, limits: Limits) -> dict[FrontendKey, FrontendTarget]:
     targets: dict[FrontendKey, FrontendTarget] = {}
     owner: dict[FrontendKey, str] = {}
     names: dict[str, int] = {}

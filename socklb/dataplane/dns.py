@@ -45,6 +45,7 @@ import errno
 import ipaddress
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,12 +197,6 @@ class Learned:
         return (self.expiry_ns - now) / 1e9
 
 
-def learned_of(key: layout.DnsLearnedKey, val: layout.DnsLearnedVal) -> Learned | None:
-    """A `dns_learned` entry as a Learned (None when no slot is used)."""
-    slots = tuple(LearnedSlot(x.pattern, x.expiry_ns, x.ttl) for x in val.slots if x.pattern)
-    return Learned(key.workload, _addr_text(key.addr), val.name_hash, slots) if slots else None
-
-
 def learned_val(entry: Learned) -> layout.DnsLearnedVal:
     """The map value of a Learned (tests and benchmarks write entries)."""
     val = layout.DnsLearnedVal(name_hash=entry.name_hash)
@@ -213,6 +208,32 @@ def learned_val(entry: Learned) -> layout.DnsLearnedVal:
 def boottime_ns() -> int:
     """The clock of the expiries (bpf_ktime_get_boot_ns)."""
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+_LEARNED_KEY = struct.Struct("=I4x16s")  # socklb_dns_learned_key: workload, address
+_LEARNED_VAL = struct.Struct("=Q" + "QII" * layout.DNS_LEARNED_SLOTS)  # name hash, then slots
+assert (_LEARNED_KEY.size, _LEARNED_VAL.size) == (ct.sizeof(layout.DnsLearnedKey), ct.sizeof(layout.DnsLearnedVal))
+
+
+def _learned_entries(m: BpfMap):
+    """Every `dns_learned` entry, read in batches and unpacked at once (a
+    full map is 262144 entries): (key bytes, value bytes, workload,
+    address (16 bytes), name hash, ((expiry, pattern, ttl) of the used
+    slots))."""
+    keys, values = m.raw_items()
+    ks, vs = _LEARNED_KEY.size, _LEARNED_VAL.size
+    for i, ((wid, addr), v) in enumerate(zip(_LEARNED_KEY.iter_unpack(keys), _LEARNED_VAL.iter_unpack(values))):
+        slots = tuple(v[j:j + 3] for j in range(1, len(v), 3) if v[j + 1])
+        yield keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs], wid, addr, v[0], slots
+
+
+def _learned(wid: int, addr: bytes, name_hash: int, slots) -> Learned:
+    return Learned(wid, _raw_addr_text(addr), name_hash, tuple(LearnedSlot(p, e, t) for e, p, t in slots))
+
+
+def _raw_addr_text(raw: bytes) -> str:
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
 
 
 def _addr_text(words) -> str:
@@ -490,25 +511,17 @@ class DnsLearner:
     # --- outputs --------------------------------------------------------------
 
     def learned(self, workload: int | None = None) -> list[Learned]:
-        out = []
-        for k, v in self.maps["dns_learned"].items():
-            if workload is None or k.workload == workload:
-                x = learned_of(k, v)
-                if x is not None:
-                    out.append(x)
+        out = [_learned(wid, addr, h, slots) for _, _, wid, addr, h, slots in _learned_entries(self.maps["dns_learned"])
+               if slots and (workload is None or wid == workload)]
         return sorted(out, key=lambda x: (x.workload, x.addr))
 
     def learned_patterns(self, workload_ids) -> dict[tuple[int, bytes], frozenset[int]]:
         """(workload id, address: 16 bytes as in the maps) -> the pattern ids
         of its used slots, expired or not, for those workloads: what a policy
         job judges FQDN destinations by (policyjobs.LearnedReader)."""
-        out = {}
-        for k, v in self.maps["dns_learned"].items():
-            if k.workload in workload_ids:
-                patterns = frozenset(x.pattern for x in v.slots if x.pattern)
-                if patterns:
-                    out[(k.workload, bytes(k.addr))] = patterns
-        return out
+        return {(wid, addr): frozenset(p for _, p, _ in slots)
+                for _, _, wid, addr, _, slots in _learned_entries(self.maps["dns_learned"])
+                if slots and wid in workload_ids}
 
     def active(self, workload: int | None = None, now_ns: int | None = None) -> list[Learned]:
         """What has a slot not expired: what the connect hook may allow."""
@@ -522,12 +535,12 @@ class DnsLearner:
         the learner's `pruned` counter."""
         now = boottime_ns() if now_ns is None else now_ns
         m, n = self.maps["dns_learned"], 0
-        for k, v in list(m.items()):
-            x = learned_of(k, v)
-            if x is not None and (x.expiry_ns > now or keep(x)):
+        for kb, vb, wid, addr, h, slots in _learned_entries(m):
+            if slots and (max(e for e, _, _ in slots) > now or keep(_learned(wid, addr, h, slots))):
                 continue
+            k = layout.DnsLearnedKey.from_buffer_copy(kb)
             again = m.lookup(k)  # an answer may have refreshed it since: then it stays
-            if (again is None or bytes(again) == bytes(v)) and m.delete(k):
+            if (again is None or bytes(again) == vb) and m.delete(k):
                 n += 1
         if n:
             self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)

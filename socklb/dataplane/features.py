@@ -18,6 +18,8 @@ Features (each "yes" or "no: <why>"):
   policy_kernel_judge    the termination object's judge programs load (they read the
                          pinned services and policy maps): a policy change's open
                          sockets are judged in the kernel, in one walk
+  map_batch              BPF_MAP_UPDATE_BATCH and BPF_MAP_DELETE_BATCH on the services
+                         and backends maps (maps.BpfMapWriter, kernel.BpfMap.batch_refused)
 Duties, with the way taken (or "none: <why>"):
   flows           map-iter | socket-iter        (flows.py)
   sock_destroy    kfunc | netlink               (sockdestroy.py)
@@ -26,10 +28,14 @@ Duties, with the way taken (or "none: <why>"):
                                                  user also when forced: SOCKLB_POLICY_JUDGE=user,
                                                  --policy-judge user)
   workload_match  ancestor | exact: <why>       (sock_lb.c, workloads.py)
+  map_writes      batch | per-entry: <why>      (maps.py, mapbatch.py; per-entry also when
+                                                 forced: SOCKLB_MAP_WRITES=per-entry,
+                                                 --map-writes per-entry)
 One refused feature only moves its duty to the fallback; a duty with no way
 left is reported as such, and the others run. The last feature and duty
 are the loader's (loader.probe_ancestor_cgroup, loader.workload_way): the
 programs are compiled for the way, so it is decided before they load;
+map_batch and map_writes are the map writer's, probed on the loaded maps;
 kernel_agent reports them with the others.
 """
 from __future__ import annotations
@@ -53,8 +59,8 @@ class Unavailable(RuntimeError):
 
 
 FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge")
-DUTIES = ("flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match")
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch")
+DUTIES = ("flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "map_writes")
 
 
 def answer(why_not: str | None) -> str:

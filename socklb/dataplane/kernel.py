@@ -151,8 +151,17 @@ def prog_query(cgroup_fd: int, attach_type: AttachType) -> list[int]:
     return list(ids[: cnt.value])
 
 
+class BatchOpts(ct.Structure):
+    """struct bpf_map_batch_opts."""
+    _fields_ = [("sz", ct.c_size_t), ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+_BATCH_OPTS = BatchOpts(sz=ct.sizeof(BatchOpts))
+
+
 class BpfMap:
-    """A map opened by fd, read and written with the layout's ctypes types."""
+    """A map opened by fd, read and written with the layout's ctypes types,
+    or in batches of packed entries (update_batch, delete_batch)."""
 
     def __init__(self, fd: int, key_type, value_type, name: str, percpu: bool = False):
         self.fd, self.key_type, self.value_type, self.name = fd, key_type, value_type, name
@@ -179,6 +188,49 @@ class BpfMap:
             return False
         _check(ret, f"delete from {self.name}")
         return True
+
+    def batch_refused(self) -> str | None:
+        """None when the kernel takes batch updates and deletes on this map
+        (BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH, Linux 5.6+ for hash
+        maps), else why not. Batches of no entries: nothing is written."""
+        count = ct.c_uint32(0)
+        for what, ret in (("BPF_MAP_UPDATE_BATCH", lambda: libbpf().bpf_map_update_batch(
+                              self.fd, None, None, ct.byref(count), ct.byref(_BATCH_OPTS))),
+                          ("BPF_MAP_DELETE_BATCH", lambda: libbpf().bpf_map_delete_batch(
+                              self.fd, None, ct.byref(count), ct.byref(_BATCH_OPTS)))):
+            err = ret()
+            if err < 0:
+                err = -err if err != -1 else (ct.get_errno() or errno.EIO)
+                return f"{what} on {self.name}: {os.strerror(err) if err != 524 else 'not supported'}"
+        return None
+
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None:
+        """Write `count` entries in one call: keys and values packed back to
+        back (key_size and value_size bytes each). The kernel writes them in
+        order, one at a time, as update() would: a reader sees each entry
+        appear in turn, never a half-written one."""
+        n = ct.c_uint32(count)
+        _check(libbpf().bpf_map_update_batch(self.fd, keys, values, ct.byref(n), ct.byref(_BATCH_OPTS)),
+               f"update {self.name} (batch of {count}, {n.value} written)")
+
+    def delete_batch(self, keys: bytes, count: int) -> int:
+        """Delete `count` packed keys in order; keys that are not in the map
+        are skipped, as delete() does (the kernel stops at the first one: the
+        rest go in a further call). Returns how many were deleted."""
+        size = len(keys) // count if count else 0
+        deleted = done = 0
+        buf = ct.create_string_buffer(keys, len(keys))
+        base = ct.addressof(buf)
+        while done < count:
+            n = ct.c_uint32(count - done)
+            ret = libbpf().bpf_map_delete_batch(self.fd, base + done * size, ct.byref(n), ct.byref(_BATCH_OPTS))
+            deleted += n.value
+            done += n.value
+            if ret == -errno.ENOENT:
+                done += 1  # the key at `done` is not there
+            elif ret < 0:
+                _check(ret, f"delete from {self.name} (batch of {count})")
+        return deleted
 
     def lookup(self, key):
         value = self.value_type()
@@ -228,6 +280,35 @@ class BpfMap:
             v = self.lookup(k)
             if v is not None:
                 yield k, v
+
+    def raw_items(self, chunk: int = 4096) -> tuple[bytes, bytes]:
+        """Every key and value of a hash map as two byte strings (the keys
+        back to back, the values likewise, in the same order), read `chunk`
+        entries per bpf() call (BPF_MAP_LOOKUP_BATCH; items() costs two
+        calls and two objects per entry), for a reader that unpacks many
+        records at once (layout.record_struct); what items() gives where the
+        kernel refuses batches for this map."""
+        lib = libbpf()
+        ks, vs = ct.sizeof(self.key_type), ct.sizeof(self.value_type)
+        keys, values = ct.create_string_buffer(ks * chunk), ct.create_string_buffer(vs * chunk)
+        token = max(ks, 8)
+        tok_in, tok_out = ct.create_string_buffer(token), ct.create_string_buffer(token)
+        out_k, out_v, first = [], [], True
+        while True:
+            count = ct.c_uint32(chunk)
+            ret = lib.bpf_map_lookup_batch(self.fd, None if first else tok_in, tok_out, keys, values,
+                                           ct.byref(count), None)
+            if ret < 0 and ret != -errno.ENOENT:
+                if first and ret in (-errno.EINVAL, -errno.ENOTSUP, -524):  # 524: ENOTSUPP
+                    pairs = list(self.items())
+                    return b"".join(bytes(k) for k, _ in pairs), b"".join(bytes(v) for _, v in pairs)
+                _check(ret, f"read {self.name} in batches")
+            out_k.append(keys.raw[:ks * count.value])
+            out_v.append(values.raw[:vs * count.value])
+            if ret == -errno.ENOENT:
+                return b"".join(out_k), b"".join(out_v)
+            ct.memmove(tok_in, tok_out, token)
+            first = False
 
 
 # --- mounts --------------------------------------------------------------

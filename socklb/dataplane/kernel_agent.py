@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", flow_method: str = "auto",
-               policy_judge: str | None = None) -> Agent:
+               policy_judge: str | None = None, map_writes: str | None = None) -> Agent:
     """Load (or adopt) the datapath and build its agent; raises
     loader.LoadError or OSError when the datapath cannot be loaded."""
     datapath.load()
-    writer = BpfMapWriter(datapath)
+    writer = BpfMapWriter(datapath, map_writes)
     # Each optional kernel feature is probed once, here: the duties (flows,
     # termination, socket statistics) take their way from the answers.
     parts = features.load(datapath.pin_dir, flow_method, terminate_method, policy_judge=policy_judge)
@@ -50,7 +50,9 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     capabilities = {**parts.features.capabilities(),
                     "ancestor_cgroup_id": answer(datapath.ancestor_refused),
                     "workload_match": datapath.workload_way,
-                    "fqdn_learner": datapath.dns_way}
+                    "fqdn_learner": datapath.dns_way,
+                    "map_batch": answer(writer.batch_refused),
+                    "map_writes": writer.write_way}
     agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
     if learner is not None:
         agent.pruner = LearnedPruner(learner, parts.terminator, agent.workload_cgroups_by_id)

@@ -79,17 +79,25 @@ def probe_ancestor_cgroup() -> str | None:
     return None
 
 
+def choose_way(requested: str, ways: tuple[str, ...], best: str, fallback: str, refused: str | None,
+               what: str) -> str:
+    """The way a duty takes: `best` where the kernel allows it (refused is
+    None), else "<fallback>: <why>"; requested is "auto", `best` (fails
+    when refused) or `fallback` ("<fallback>: forced")."""
+    if requested not in ways:
+        raise LoadError(f"{what} {requested!r}: expected one of {', '.join(ways)}")
+    if requested == fallback:
+        return f"{fallback}: forced"
+    if refused is None:
+        return best
+    if requested == best:
+        raise LoadError(f"{what} {best} was asked for, but this kernel refuses it: {refused}")
+    return f"{fallback}: {refused}"
+
+
 def workload_way(requested: str, ancestor_refused: str | None) -> str:
     """The way the hooks match workloads: "ancestor", or "exact: <why>"."""
-    if requested not in WORKLOAD_MATCHES:
-        raise LoadError(f"workload matching {requested!r}: expected one of {', '.join(WORKLOAD_MATCHES)}")
-    if requested == "exact":
-        return "exact: forced"
-    if ancestor_refused is None:
-        return "ancestor"
-    if requested == "ancestor":
-        raise LoadError(f"ancestor cgroup matching was asked for, but this kernel refuses it: {ancestor_refused}")
-    return f"exact: {ancestor_refused}"
+    return choose_way(requested, WORKLOAD_MATCHES, "ancestor", "exact", ancestor_refused, "workload matching")
 
 
 @dataclass(frozen=True)

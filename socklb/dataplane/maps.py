@@ -5,15 +5,17 @@ them."""
 from __future__ import annotations
 
 import ctypes as ct
+import os
 from collections.abc import Mapping
 
 from socklb.lb.frontends import FrontendKey
 
-from . import layout
+from . import layout, mapbatch
+from .mapbatch import MAP_WRITES, MAP_WRITES_ENV
 from .desired import Limits
 from .kernel import BpfMap
-from .loader import Datapath
-from .plan import Programmed, ProgrammedBackend
+from .loader import Datapath, choose_way
+from .plan import Programmed, ProgrammedBackend, collector_paused
 from .policy_desired import key_prefix, prefix_key
 from .policy_plan import FqdnEntries, FqdnOp, PolicyCfg, PolicyEntries, PortRule, Prefix, Rules, WorkloadEntry
 from .writer import MapWriter, Master, Placement, group_policy, read_back
@@ -103,10 +105,19 @@ def write_fqdn(maps: Mapping[str, BpfMap], op: FqdnOp) -> None:
         m.delete(key_of(op.key))
 
 
-class BpfMapWriter(MapWriter):
-    """The services, backends, meta, counters and policy maps of a loaded Datapath."""
+def map_writes_way(requested: str, batch_refused: str | None) -> str:
+    """The way the maps are written: "batch", or "per-entry: <why>"."""
+    return choose_way(requested, MAP_WRITES, "batch", "per-entry", batch_refused, "map writes")
 
-    def __init__(self, datapath: Datapath):
+
+class BpfMapWriter(MapWriter):
+    """The services, backends, meta, counters and policy maps of a loaded
+    Datapath. writes: MAP_WRITES (default: $SOCKLB_MAP_WRITES, else auto);
+    the kernel is asked once, here, whether it takes batches on the maps
+    plans write (batch_refused: None, or why not), and write_way says how
+    they are written."""
+
+    def __init__(self, datapath: Datapath, writes: str | None = None):
         self.datapath = datapath
         maps = datapath.maps
         self.services = maps["services"]
@@ -120,6 +131,21 @@ class BpfMapWriter(MapWriter):
         self.workload_denies = maps["workload_denies"]
         self.redirect_exempt = maps["redirect_exempt"]
         self.limits = Limits(services=datapath.capacity.services, backends=datapath.capacity.backends)
+        self.batch_refused = self.services.batch_refused() or self.backends.batch_refused()
+        self.write_way = map_writes_way(writes or os.environ.get(MAP_WRITES_ENV, "auto"), self.batch_refused)
+        self._batch_maps = {"services": self.services, "backends": self.backends}
+
+    def _execute_ops(self, ops) -> None:
+        if self.write_way != "batch":
+            super()._execute_ops(ops)
+            return
+        with collector_paused():  # packing a full state's entries: as for its plan
+            for b in mapbatch.batches(ops):
+                m = self._batch_maps[b.map]
+                if b.delete:
+                    m.delete_batch(b.keys, b.count)
+                else:
+                    m.update_batch(b.keys, b.values, b.count)
 
     def placement(self) -> Placement:
         dp = self.datapath

@@ -17,6 +17,10 @@ policy entries (the exempt workloads' entries and redirect_exempt) are in.
 """
 from __future__ import annotations
 
+import gc
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
@@ -117,9 +121,35 @@ class Plan:
     # Masters gaining SvcFlag.REDIRECTED, written after everything else
     # (the ops write them without the flag).
     late: list[Op] = field(default_factory=list)
+    _counts: Counter | None = field(default=None, init=False, repr=False, compare=False)
 
     def count(self, kind: type) -> int:
-        return sum(isinstance(o, kind) for o in self.ops)
+        """How many ops of one type (op types have no subclasses: by exact
+        type, counted once for all kinds, as a full state has 200k+ ops)."""
+        if self._counts is None:
+            self._counts = Counter(map(type, self.ops))
+        return self._counts[kind]
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block. A full state's plan
+    makes 400k+ objects (none in a cycle: reference counting frees them);
+    each 700 of them would start a collection, and the older generations'
+    passes walk every object the agent holds (the targets, the programmed
+    state): at 10k services they cost more than the plan itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _frontend_order(key: FrontendKey) -> tuple:
+    # FrontendKey's own order (its fields in turn), compared in C.
+    return key.addr, key.port, key.proto, key.table
 
 
 def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
@@ -132,12 +162,18 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     rest of `current` is carried over untouched, so a one-service delta costs
     the same whatever the number of services.
     """
+    with collector_paused():
+        return _make_plan(current, targets, only)
+
+
+def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
+               only: set[FrontendKey] | None) -> Plan:
     full = only is None
     if full:
-        keys = sorted(set(targets) | set(current.frontends))
+        keys = sorted(set(targets) | set(current.frontends), key=_frontend_order)
         result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     else:
-        keys = sorted(only)
+        keys = sorted(only, key=_frontend_order)
         result = Programmed(dict(current.frontends), dict(current.backends), current.next_frontend_id,
                             current.next_backend_id, dict(current.by_frontend))
 
@@ -179,7 +215,7 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                 be_id = result.next_backend_id
                 result.next_backend_id += 1
             pb = ProgrammedBackend(be_id, fe_id, b.addr, b.port, key.proto, b.state)
-            if prev != pb:
+            if prev is None or prev != pb:  # a new backend: no __eq__ call
                 put_backends.append(PutBackend(pb))
             result.backends[be_id] = pb
             ids.append(be_id)

@@ -28,6 +28,19 @@ def parse_ip(text: str, field: str) -> IPAddress:
         raw = text[1:-1]
         if ":" not in raw:
             raise InvalidState(field, f"{_shown(text)}: brackets are for IPv6 addresses only")
+    if raw is text:
+        # Plain IPv4 first, in C: a full state holds 100k+ backend addresses.
+        # inet_pton takes exactly what ipaddress takes (four decimal octets,
+        # no leading zeros); anything it refuses gets the full parse below,
+        # and its error.
+        try:
+            packed = socket.inet_pton(socket.AF_INET, raw)
+        except (OSError, UnicodeError):
+            pass
+        else:
+            if packed == b"\0\0\0\0" or 224 <= packed[0] <= 239:
+                raise InvalidState(field, f"{raw} cannot be used (unspecified or multicast)")
+            return ipaddress.IPv4Address(packed)
     if "%" in raw:
         raise InvalidState(field, f"{_shown(text)}: zone ids (%...) are not supported")
     try:
@@ -85,7 +98,7 @@ def addr16(addr: str | IPAddress | bytes) -> bytes:
     """16 bytes in network order, IPv4 v4-mapped: how the datapath keys an
     address (a literal without brackets, an ipaddress object, or 4 or 16
     packed bytes)."""
-    ip = ipaddress.ip_address(addr)
+    ip = addr if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(addr)
     return V4MAPPED + ip.packed if ip.version == 4 else ip.packed
 
 

@@ -280,6 +280,10 @@ def _interleave(counts: list[int]) -> list[int]:
     which spreads copies more evenly than plain index order. Unlike nginx's
     smooth round-robin this is O(T log T) and has the prefix bound above.
     """
+    if all(c == 1 for c in counts):
+        # Equal weights (the common case): every copy is released at 0 with
+        # the same deadline and centre, so the schedule is the index order.
+        return list(range(len(counts)))
     total = sum(counts)
     releases: list[tuple[int, int, int]] = []
     for i, c in enumerate(counts):

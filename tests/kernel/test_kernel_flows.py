@@ -35,8 +35,8 @@ VIP_UDP = "127.96.0.62"
 WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge"}
-DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner"}
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch"}
+DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner", "map_writes"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:

@@ -1,4 +1,6 @@
 """Plans are make-before-break, minimal, and keep ids stable."""
+import pytest
+
 from socklb.dataplane.desired import frontend_targets
 from socklb.dataplane.plan import (DeleteBackend, DeleteMaster, DeleteSlot, Programmed, PutBackend,
                                    PutMaster, PutSlot, make_plan)
@@ -131,3 +133,25 @@ def test_partial_plans_equal_full_plans():
     assert (part.result.next_frontend_id, part.result.next_backend_id) == \
         (full.result.next_frontend_id, full.result.next_backend_id)
     check_order(part, p1)
+
+
+def test_plan_pauses_the_collector_and_restores_it():
+    import gc
+
+    from socklb.dataplane.plan import collector_paused
+
+    seen = []
+    with collector_paused():
+        seen.append(gc.isenabled())
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        with collector_paused():
+            raise RuntimeError("plan failed")
+    assert gc.isenabled()

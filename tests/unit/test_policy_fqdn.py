@@ -134,9 +134,10 @@ def test_covering_agrees_with_matching(a, b, witnesses):
 
 
 def test_the_nodes_judge_keeps_sockets_an_fqdn_rule_may_have_allowed():
-    """Open sockets are judged without what the kernel learned: a destination
-    no prefix decides is kept when a pattern allows its port (no termination
-    on FQDN rules in this phase); a prefix DENY still wins."""
+    """Without what the workload learned (learned=None: a dry run), a
+    destination no prefix decides is kept when a pattern allows its port; a
+    prefix DENY still wins. With it, only the learned patterns of the set
+    count, deny winning among them."""
     from socklb.lb.policy_eval import PolicyEvaluator
     from socklb.lb.protocols import TCP as IP_TCP, UDP as IP_UDP
     p = policy("p", {}, rule(ALLOW, fqdns=["*.example.test"], ports=[(443, 0, TCP)]),
@@ -148,5 +149,12 @@ def test_the_nodes_judge_keeps_sockets_an_fqdn_rule_may_have_allowed():
     assert not judge.allowed(ps.name, None, "192.0.2.1", 443, IP_UDP)
     assert not judge.allowed(ps.name, None, "192.0.2.1", 80, IP_TCP)
     assert not judge.allowed(ps.name, None, "10.6.0.1", 443, IP_TCP)  # deny wins
+    ex = fqdn.pattern_id("*.example.test")
+    assert judge.allowed(ps.name, None, "192.0.2.1", 443, IP_TCP, frozenset({ex}))
+    assert not judge.allowed(ps.name, None, "192.0.2.1", 443, IP_TCP, frozenset())
+    assert not judge.allowed(ps.name, None, "192.0.2.1", 443, IP_TCP, frozenset({fqdn.pattern_id("x.test")}))
+    assert "FQDN: no allowed name resolved to 192.0.2.1:443/tcp" in judge.denial(
+        ps.name, None, "192.0.2.1", 443, IP_TCP, frozenset())
+    assert judge.allowed(ps.name, None, "10.6.0.1", 443, IP_TCP, frozenset({ex})) is False  # the prefix decides
     no_fqdn = policy_compute.policy_set([policy("q", {}, rule(ALLOW, cidrs=["10.7.0.0/16"]))], {})
     assert not PolicyEvaluator([no_fqdn]).allowed(no_fqdn.name, None, "192.0.2.1", 443, IP_TCP)

@@ -347,3 +347,12 @@ def test_a_state_the_node_cannot_apply_is_nacked_without_losing_the_stream(serve
         assert record().applied_version == fixed.revision
     finally:
         client.stop()
+
+
+def test_hand_encoded_nonce_is_what_protobuf_writes():
+    """Every delta's nonce is joined as bytes (sync._nonce_bytes): the same
+    bytes protobuf writes, for every length class of the varint."""
+    from socklb.controlplane.sync import _nonce_bytes
+
+    for nonce in ["", "r1-1", "x" * 127, "y" * 128, "z" * 300, "é" * 70, "q" * 20000]:
+        assert _nonce_bytes(nonce) == sync_pb2.ControlMessage(nonce=nonce).SerializeToString()

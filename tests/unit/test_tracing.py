@@ -380,3 +380,32 @@ def test_api_spans_carry_status_codes_and_continue_a_callers_trace(tmp_path, spa
     assert listed.attributes["rpc.grpc.status_code"] == 0
     assert listed.parent.span_id == caller.get_span_context().span_id
     assert listed.context.trace_id == caller.get_span_context().trace_id
+
+
+def test_push_spans_are_capped_per_update_and_the_other_nodes_hang_off_dispatch(spans):
+    """At scale the per-node push spans are a sample (SyncService.push_spans,
+    the first nodes in connection order): the other nodes' copies carry the
+    dispatch span's context, so every node's apply stays in the trace."""
+    from socklb.controlplane.cache import SnapshotCache, Update
+    from socklb.controlplane.nodes import NodeRegistry
+    from socklb.controlplane.sync import NodeSession, SyncService
+
+    svc = SyncService(SnapshotCache(), NodeRegistry(None, "r1"), "r1", push_spans=2)
+    for name in ("n1", "n2", "n3", "n4"):
+        svc.sessions[name] = NodeSession(name, "peer", version=4)
+    with tracing.TRACER.start_as_current_span("dispatch") as dispatch:
+        assert svc.publish(Update(revision=5, shared_upserts=[state_of(5, ["10.0.0.1"])])) == 4
+    parents = {}
+    for name, session in svc.sessions.items():
+        msg = sync_pb2.ControlMessage.FromString(session.queue.get_nowait())
+        assert (msg.delta.from_version, msg.delta.version, len(msg.delta.upserts)) == (4, 5, 1)
+        parents[name] = int(msg.trace_context["traceparent"].split("-")[2], 16)
+    for session in svc.sessions.values():  # the nodes answer: the push spans end
+        svc._answered(session, "ack", sync_pb2.Ack(version=5))
+    pushes = {s.attributes["socklb.node"]: s for s in spans.get_finished_spans() if s.name == "push"}
+    assert sorted(pushes) == ["n1", "n2"]
+    assert all(p.parent.span_id == dispatch.get_span_context().span_id for p in pushes.values())
+    assert parents == {"n1": pushes["n1"].context.span_id, "n2": pushes["n2"].context.span_id,
+                       "n3": dispatch.get_span_context().span_id, "n4": dispatch.get_span_context().span_id}
+    (d,) = [s for s in spans.get_finished_spans() if s.name == "dispatch"]
+    assert d.attributes["socklb.push_spans"] == 2
