@@ -660,41 +660,29 @@ struct l4 {
 static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4 *out)
 {
 	__u32 off, paylen;
+	struct {
+		struct iphdr ip;
+		struct udphdr udp;
+	} h;
+	int have_udp = 0; /* h.udp holds the UDP header */
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct {
-			struct iphdr ip;
-			struct udphdr udp;
-		} h;
-		struct iphdr ip;
-
-		/* the IP and UDP headers of a datagram without IP options in
-		 * one load (most packets); else the IP header alone */
-		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) == 0 && h.ip.ihl == 5 &&
-		    h.ip.protocol == IPPROTO_UDP && !(h.ip.frag_off & bpf_htons(0x3FFF))) {
-			out->addr[0] = 0;
-			out->addr[1] = 0;
-			out->addr[2] = bpf_htonl(0xffff);
-			out->addr[3] = egress ? h.ip.daddr : h.ip.saddr;
-			out->proto = IPPROTO_UDP;
-			out->port = egress ? h.udp.dest : h.udp.source;
-			off = sizeof(h);
-			if (skb->len < off)
-				return -1;
-			out->off = off;
-			out->len = skb->len - off;
-			return 0;
-		}
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		/* the IP header and the 8 bytes after it in one load (a UDP
+		 * header when there are no IP options: most packets); a
+		 * packet shorter than that, the IP header alone */
+		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) == 0)
+			have_udp = 1;
+		else if (bpf_skb_load_bytes(skb, 0, &h.ip, sizeof(h.ip)) < 0)
 			return -1;
-		if (ip.frag_off & bpf_htons(0x3FFF))
+		if (h.ip.ihl < 5 || (h.ip.frag_off & bpf_htons(0x3FFF)))
 			return -1;
 		out->addr[0] = 0;
 		out->addr[1] = 0;
 		out->addr[2] = bpf_htonl(0xffff);
-		out->addr[3] = egress ? ip.daddr : ip.saddr;
-		out->proto = ip.protocol;
-		off = ip.ihl * 4;
+		out->addr[3] = egress ? h.ip.daddr : h.ip.saddr;
+		out->proto = h.ip.protocol;
+		off = h.ip.ihl * 4;
+		have_udp = have_udp && off == sizeof(h.ip);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
@@ -707,12 +695,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4
 		return -1;
 	}
 	if (out->proto == IPPROTO_UDP) {
-		struct udphdr udp;
-
-		if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)) < 0)
+		if (!have_udp && bpf_skb_load_bytes(skb, off, &h.udp, sizeof(h.udp)) < 0)
 			return -1;
-		out->port = egress ? udp.dest : udp.source;
-		off += sizeof(udp);
+		out->port = egress ? h.udp.dest : h.udp.source;
+		off += sizeof(h.udp);
 		if (skb->len < off)
 			return -1;
 		out->off = off;
