@@ -35,7 +35,7 @@ def parse_ip(text: str, field: str) -> IPAddress:
         # and its error.
         try:
             packed = socket.inet_pton(socket.AF_INET, raw)
-        except (OSError, UnicodeError):
+        except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeError is one
             pass
         else:
             if packed == b"\0\0\0\0" or 224 <= packed[0] <= 239:
