@@ -10,6 +10,7 @@ pinned (the connect hook reads dns_learned; what was learned stays).
     <write the policy step>
     hooks.after(policy.programmed.fqdn)    # detach, if what the maps now hold has none
     hooks.status()                         # "attached" | "idle" | "failed: <why>" | "none"
+                                           # ("attached (tcp off: <why>)": sock_ops refused)
 
 Make-before-break: the programs are attached before any FQDN entry they
 serve is written, and detached only once none is left. An attach the kernel
@@ -36,6 +37,9 @@ class LearnerHooks:
     def __init__(self, learner) -> None:
         self.learner = learner
         self.failed = ""  # why the last attach failed ("" none did)
+        # The TCP way the load took (capability fqdn_learner): sock_ops is
+        # attached with the others, and a refusal then moves it to "off: <why>".
+        self.tcp_way = learner.tcp_way if learner is not None else ""
 
     def before(self, entries: FqdnEntries) -> None:
         """Attach when `entries` (about to be written) want the programs."""
@@ -65,7 +69,8 @@ class LearnerHooks:
         if self.learner is None:
             return "none"
         if self.learner.attached:
-            return "attached"
+            tcp = self.learner.tcp_way
+            return "attached" if tcp == self.tcp_way else f"attached (tcp {tcp})"
         return f"failed: {self.failed}" if self.failed else "idle"
 
 

@@ -97,6 +97,16 @@ def test_a_refused_attach_is_reported_and_the_state_applied():
     assert lr.calls == [("attach", 0), ("attach", 1)] and a.capabilities()["fqdn_learner_hooks"] == "attached"
 
 
+def test_sock_ops_refused_at_attach_is_reported():
+    a, lr = agent()
+
+    def udp_only():
+        lr.tcp_way, lr.attached = "off: attach CGROUP_SOCK_OPS: Operation not permitted", True
+    lr.attach = udp_only
+    a.apply(state(1, fqdns=True))
+    assert a.capabilities()["fqdn_learner_hooks"] == "attached (tcp off: attach CGROUP_SOCK_OPS: Operation not permitted)"
+
+
 def test_no_learner_says_none():
     a = Agent(MemoryMapWriter(), "n1")
     assert "fqdn_learner_hooks" not in a.capabilities()
