@@ -35,7 +35,7 @@
  * Parser: the message (less than SOCKLB_DNS_MSG_MAX bytes) is copied into a
  * per-CPU scratch buffer (one slot per program kind, so a softirq answer
  * never overwrites a query being parsed in process context). Names are
- * decoded by bpf_loop, one byte or pointer per step: compression pointers
+ * decoded by bpf_loop, one label or pointer per step: compression pointers
  * must point before the start of the run they end (so they always go
  * backwards: no loops), at most SOCKLB_DNS_HOPS_MAX of them, labels of
  * 1..63 bytes, 255 bytes in all. Every record of every section (at most
@@ -155,14 +155,13 @@ struct scratch {
 	__u32 nlen;
 	__u32 nlabels;
 	__u32 hops;
-	__u32 remain;    /* bytes left in the current label */
 	__u32 done;
 	__u64 hash;
 	/* pattern match */
 	__u32 set;
 	__u32 k;         /* the label whose suffix is hashed next (backwards) */
 	__u32 pattern;
-	__u32 pad;
+	__u32 at;        /* the next byte hashed (backwards) */
 	__u64 shash;
 	/* answer walk */
 	__u32 rr_pos;
@@ -178,6 +177,10 @@ struct scratch {
 	struct learn learn[SOCKLB_DNS_LEARN_MAX];
 	struct socklb_dns_query_key qkey;
 	struct socklb_dns_query_val q;
+	/* the question's decode, for names pointing to it (dns_name) */
+	__u64 q_hash;
+	__u32 q_hops;
+	__u32 q_ok;     /* set once the answer's question decoded; load_msg clears it */
 	__u32 workload; /* the receiving socket's workload (0: not known here, TCP) */
 	__u32 gen;      /* bumped by every load_msg(): an interrupting program's mark */
 };
@@ -223,10 +226,14 @@ static __always_inline __u32 rd32(struct scratch *s, __u32 off)
 
 /* --- names ----------------------------------------------------------- */
 
+/* One label, pointer or the root per step; a label's bytes are copied,
+ * lowercased and hashed by an inner bounded loop (a bpf_loop callback per
+ * byte cost more than the byte's work). */
 static long name_step(__u32 i, struct loop_ctx *c)
 {
 	struct scratch *s = scratch(c->slot);
-	__u32 pos, b, n, tgt;
+	__u32 pos, b, n, tgt, j, ch;
+	__u64 h;
 
 	if (!s)
 		return 1;
@@ -235,16 +242,6 @@ static long name_step(__u32 i, struct loop_ctx *c)
 	if (pos >= s->msglen || n >= SOCKLB_DNS_NAME_MAX)
 		goto bad;
 	b = rd8(s, pos);
-	if (s->remain) {
-		if (b >= 'A' && b <= 'Z')
-			b += 'a' - 'A';
-		s->name[n & 255] = b;
-		s->hash = (s->hash ^ b) * FNV_PRIME;
-		s->nlen = n + 1;
-		s->remain--;
-		s->pos = pos + 1;
-		return 0;
-	}
 	if (b == 0) {
 		s->name[n & 255] = 0;
 		s->hash = s->hash * FNV_PRIME; /* ^ 0 */
@@ -271,16 +268,26 @@ static long name_step(__u32 i, struct loop_ctx *c)
 	}
 	if (b & 0xC0) /* 0x40, 0x80: no such label types */
 		goto bad;
-	/* a label of b bytes: its length byte, its bytes and the root must fit */
-	if (n + b + 2 > SOCKLB_DNS_NAME_MAX || s->nlabels >= 127)
+	/* a label of b bytes: its length byte, its bytes and the root must fit
+	 * in the name, its bytes in the message */
+	if (n + b + 2 > SOCKLB_DNS_NAME_MAX || s->nlabels >= 127 || pos + b >= s->msglen)
 		goto bad;
 	s->lab[s->nlabels & 127] = n;
 	s->nlabels++;
 	s->name[n & 255] = b;
-	s->hash = (s->hash ^ b) * FNV_PRIME;
-	s->nlen = n + 1;
-	s->remain = b;
-	s->pos = pos + 1;
+	h = (s->hash ^ b) * FNV_PRIME;
+	for (j = 1; j <= 63; j++) {
+		if (j > b)
+			break;
+		ch = rd8(s, pos + j);
+		if (ch >= 'A' && ch <= 'Z')
+			ch += 'a' - 'A';
+		s->name[(n + j) & 255] = ch;
+		h = (h ^ ch) * FNV_PRIME;
+	}
+	s->hash = h;
+	s->nlen = n + 1 + b;
+	s->pos = pos + 1 + b;
 	return 0;
 bad:
 	s->done = 0;
@@ -298,6 +305,18 @@ __noinline int dns_name(__u32 slot, __u32 off)
 
 	if (!s)
 		return -1;
+	/* A name that is only a pointer to the question (offset 12; most owner
+	 * names of an answer): decoding it would redo the question's decode
+	 * with one hop more, so its hash and hop count give the result. Only
+	 * the hash and the end are used by the answer walk (not name[]). */
+	if (s->q_ok && off > 12 && off + 1 < s->msglen && rd8(s, off) == 0xC0 && rd8(s, off + 1) == 12) {
+		if (s->q_hops + 1 > SOCKLB_DNS_HOPS_MAX)
+			return -1;
+		s->hash = s->q_hash;
+		s->end = off + 2;
+		s->done = 1;
+		return 0;
+	}
 	s->pos = off;
 	s->run_start = off;
 	s->end = 0;
@@ -305,7 +324,6 @@ __noinline int dns_name(__u32 slot, __u32 off)
 	s->nlen = 0;
 	s->nlabels = 0;
 	s->hops = 0;
-	s->remain = 0;
 	s->done = 0;
 	s->err = ERR_NONE;
 	s->hash = FNV_OFFSET;
@@ -316,23 +334,36 @@ __noinline int dns_name(__u32 slot, __u32 off)
 	return 0;
 }
 
+/* One label per step, from the root to the whole name: the label's bytes
+ * are hashed backwards (an inner bounded loop), then the suffix from it to
+ * the end is looked up. */
 static long match_step(__u32 i, struct loop_ctx *c)
 {
 	struct scratch *s = scratch(c->slot);
 	struct socklb_dns_pattern_key key = {};
 	struct socklb_dns_pattern_val *v;
-	__u32 at, k;
+	__u32 at, lo, k, j;
+	__u64 h;
 
-	if (!s || i >= s->nlen)
+	if (!s)
 		return 1;
-	at = s->nlen - 1 - i;
-	s->shash = (s->shash ^ s->name[at & 255]) * FNV_PRIME;
 	k = s->k;
-	if (k > 127 || s->lab[k] != at)
-		return 0;
+	if (k > 127)
+		return 1;
+	lo = s->lab[k];
+	at = s->at; /* the next byte to hash (backwards): the label's last */
+	if (at < lo || at - lo > 63)
+		return 1; /* not reached: a label is its length byte and 0..63 bytes */
+	h = s->shash;
+	for (j = 0; j <= 63; j++) {
+		if (j > at - lo)
+			break;
+		h = (h ^ s->name[(at - j) & 255]) * FNV_PRIME;
+	}
+	s->shash = h;
 	/* the suffix from label k to the end is hashed: its patterns */
 	key.set = s->set;
-	key.hash = s->shash;
+	key.hash = h;
 	v = bpf_map_lookup_elem(&dns_patterns, &key);
 	if (v) {
 		/* walking from the root to the whole name, a later match is a
@@ -344,9 +375,10 @@ static long match_step(__u32 i, struct loop_ctx *c)
 		if ((v->kinds & SOCKLB_DNS_EXACT) && k == 0)
 			s->pattern = v->exact;
 	}
-	if (k == 0)
+	if (k == 0 || lo == 0)
 		return 1;
 	s->k = k - 1;
+	s->at = lo - 1;
 	return 0;
 }
 
@@ -360,9 +392,10 @@ __noinline int dns_match(__u32 slot, __u32 set)
 		return 0;
 	s->set = set;
 	s->k = s->nlabels;
+	s->at = s->nlen - 1; /* the root's zero byte: lab[nlabels] */
 	s->pattern = 0;
 	s->shash = FNV_OFFSET;
-	bpf_loop(SOCKLB_DNS_NAME_MAX, match_step, &c, 0);
+	bpf_loop(128, match_step, &c, 0); /* nlabels + 1 <= 128 */
 	s = scratch(slot);
 	return s ? s->pattern : 0;
 }
@@ -496,8 +529,23 @@ static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg,
 		ttl = cfg->ttl_cap;
 	expiry = now + (__u64)ttl * 1000000000ULL + (__u64)cfg->grace * 1000000000ULL;
 	old = bpf_map_lookup_elem(&dns_learned, &key);
-	if (old)
+	if (old) {
+		/* A refresh (the pattern's live slot: the common case, every
+		 * answer re-teaching what the last one taught) is written in
+		 * place: an update of an LRU map takes a new element. Each
+		 * field is one aligned store, so a concurrent reader sees the
+		 * old or the new value of each, both valid. */
+		k = learned_slot(old, s->q.pattern) & (SOCKLB_DNS_LEARNED_SLOTS - 1);
+		slot = &old->slots[k];
+		if (slot->pattern == s->q.pattern && slot->expiry_ns) {
+			if (expiry > slot->expiry_ns)
+				slot->expiry_ns = expiry;
+			slot->ttl = l->ttl;
+			old->name_hash = s->q.name_hash;
+			return;
+		}
 		__builtin_memcpy(&val, old, sizeof(val));
+	}
 	k = learned_slot(&val, s->q.pattern) & (SOCKLB_DNS_LEARNED_SLOTS - 1);
 	slot = &val.slots[k];
 	if (slot->pattern != s->q.pattern || expiry > slot->expiry_ns)
@@ -557,6 +605,9 @@ __noinline int dns_answer(__u32 slot, __u32 gen)
 	if (!s)
 		return 0;
 	p = s->end;
+	s->q_hash = s->hash;
+	s->q_hops = s->hops;
+	s->q_ok = 1;
 	if (p + 4 > s->msglen || s->hash != s->q.name_hash || rd16(s, p) != s->q.qtype || rd16(s, p + 2) != DNS_IN) {
 		count(SOCKLB_DNS_CNT_UNSOLICITED, 1); /* an answer to another question */
 		return 0;
@@ -609,20 +660,29 @@ struct l4 {
 static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4 *out)
 {
 	__u32 off, paylen;
+	struct {
+		struct iphdr ip;
+		struct udphdr udp;
+	} h;
+	int have_udp = 0; /* h.udp holds the UDP header */
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		/* the IP header and the 8 bytes after it in one load (a UDP
+		 * header when there are no IP options: most packets); a
+		 * packet shorter than that, the IP header alone */
+		if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) == 0)
+			have_udp = 1;
+		else if (bpf_skb_load_bytes(skb, 0, &h.ip, sizeof(h.ip)) < 0)
 			return -1;
-		if (ip.frag_off & bpf_htons(0x3FFF))
+		if (h.ip.ihl < 5 || (h.ip.frag_off & bpf_htons(0x3FFF)))
 			return -1;
 		out->addr[0] = 0;
 		out->addr[1] = 0;
 		out->addr[2] = bpf_htonl(0xffff);
-		out->addr[3] = egress ? ip.daddr : ip.saddr;
-		out->proto = ip.protocol;
-		off = ip.ihl * 4;
+		out->addr[3] = egress ? h.ip.daddr : h.ip.saddr;
+		out->proto = h.ip.protocol;
+		off = h.ip.ihl * 4;
+		have_udp = have_udp && off == sizeof(h.ip);
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 
@@ -635,12 +695,10 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4
 		return -1;
 	}
 	if (out->proto == IPPROTO_UDP) {
-		struct udphdr udp;
-
-		if (bpf_skb_load_bytes(skb, off, &udp, sizeof(udp)) < 0)
+		if (!have_udp && bpf_skb_load_bytes(skb, off, &h.udp, sizeof(h.udp)) < 0)
 			return -1;
-		out->port = egress ? udp.dest : udp.source;
-		off += sizeof(udp);
+		out->port = egress ? h.udp.dest : h.udp.source;
+		off += sizeof(h.udp);
 		if (skb->len < off)
 			return -1;
 		out->off = off;
@@ -674,16 +732,24 @@ static __always_inline int parse_l4(struct __sk_buff *skb, int egress, struct l4
 static __always_inline struct socklb_dns_workload *skb_workload(struct __sk_buff *skb)
 {
 	struct socklb_dns_workload *w;
-	__u64 id = bpf_skb_cgroup_id(skb);
-	int lvl;
+	__u64 own = bpf_skb_cgroup_id(skb), id;
+	__u32 top = 0, step, lvl;
 
-	w = bpf_map_lookup_elem(&dns_workloads, &id);
+	w = bpf_map_lookup_elem(&dns_workloads, &own);
 	if (w)
 		return w;
+	/* The deepest level with an ancestor (its own level, at most
+	 * CGROUP_DEPTH - 1): a binary search, as levels below it have none
+	 * (id 0). Then the ancestors nearest first, its own id skipped (looked
+	 * up above): the lookups of a walk down from CGROUP_DEPTH - 1, without
+	 * a helper call per empty level. */
 #pragma unroll
-	for (lvl = CGROUP_DEPTH - 1; lvl >= 1; lvl--) {
+	for (step = CGROUP_DEPTH / 2; step; step >>= 1)
+		if (bpf_skb_ancestor_cgroup_id(skb, top + step))
+			top += step;
+	for (lvl = top; lvl >= 1 && lvl < CGROUP_DEPTH; lvl--) {
 		id = bpf_skb_ancestor_cgroup_id(skb, lvl);
-		if (!id)
+		if (!id || id == own)
 			continue;
 		w = bpf_map_lookup_elem(&dns_workloads, &id);
 		if (w)
@@ -716,6 +782,7 @@ static __always_inline struct scratch *load_msg(struct __sk_buff *skb, __u32 slo
 	if (n < 12)
 		return NULL;
 	gen = ++s->gen; /* before the copy: an interruption during it shows too */
+	s->q_ok = 0;
 	if (bpf_skb_load_bytes(skb, off, s->msg, n) < 0)
 		return NULL;
 	s->msglen = n;
