@@ -110,10 +110,17 @@ class Agent:
         # Deletes expired DNS-learned entries (fqdn_prune.LearnedPruner; None:
         # no learner).
         self.pruner = None
+        # Attaches the DNS learner's per-packet programs while FQDN rules are
+        # applied (learner_hooks.LearnerHooks; None: no kernel learner).
+        self.learner_hooks = None
 
     def capabilities(self) -> dict[str, str]:
-        """The probed kernel features and each duty's way (none given: empty)."""
-        return dict(self._capabilities)
+        """The probed kernel features and each duty's way (none given: empty),
+        with whether the DNS learner's programs are attached now."""
+        out = dict(self._capabilities)
+        if self.learner_hooks is not None:
+            out["fqdn_learner_hooks"] = self.learner_hooks.status()
+        return out
 
     @property
     def applied(self) -> node_pb2.NodeState | None:
@@ -292,13 +299,16 @@ class Agent:
                 return self._recheck_redirects(given, resolved, overlay, touched)
             step = self.policy.prepare(given, _frontend_ids(self._programmed), resolved=resolved)
             found = self.policy.found(step)
+            self._learner_before(step)
             try:
                 self.writer.execute_policy(step.plan.ops)  # no service changes: one go
             except Exception:
                 log.exception("workload update failed; restoring the previous state")
                 self._restore(self._programmed, self.policy.programmed)
+                self._learner_after()
                 raise
             self.policy.commit(step)
+            self._learner_after()
             self.catalog.publish_workloads(self.policy.names())
             log.info("workload cgroups changed: %d policy entries written, %d removed",
                      *_policy_counts(step))
@@ -404,6 +414,17 @@ class Agent:
             terminations.submit(RedirectJob(job_id, names, tuple(frontend_ids), tuple(addresses), frozenset(kept)))
         terminations.later(build)
 
+    def _learner_before(self, step: PolicyStep) -> None:
+        """Make before break: the learner's programs run before the FQDN
+        entries they serve are written."""
+        if self.learner_hooks is not None:
+            self.learner_hooks.before(step.plan.result.fqdn)
+
+    def _learner_after(self) -> None:
+        """...and leave once what the maps hold has no FQDN rules."""
+        if self.learner_hooks is not None:
+            self.learner_hooks.after(self.policy.programmed.fqdn)
+
     def _write(self, plan: Plan, step: PolicyStep) -> None:
         self.writer.execute_policy(step.plan.before)
         self.writer.execute(plan, late=False)
@@ -416,14 +437,17 @@ class Agent:
         terminations what it removed (touched: the frontend keys a delta plan
         looked at, None for a whole state; suffix: of the terminations' ids,
         for a change of this node's own)."""
+        self._learner_before(step)
         try:
             self._write(plan, step)
         except Exception:
             log.exception("map update failed; restoring the previous state")
             self._restore(self._programmed, self.policy.programmed)
+            self._learner_after()
             raise
         self.writer.write_version(version)
         self.policy.commit(step)
+        self._learner_after()
         self.catalog.publish_workloads(self.policy.names())
         self._programmed = plan.result
         before = self.catalog.publish(plan.result, plan, touched)

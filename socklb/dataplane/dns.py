@@ -7,6 +7,10 @@ read what it learned. The agent loads it with the socket-LB programs
 
     learner = DnsLearner(pin_dir, cgroup, tcp="auto")   # "auto" | "sockmap" | "off"
     learner.load()                       # build (cached), load, pin, attach
+    learner.load(attach=False)           # the same, the cgroup programs left idle
+                                         # (unless pinned links are adopted)
+    learner.attach(); learner.detach_hooks(); learner.attached
+                                         # the per-packet cgroup programs on/off
     learner.tcp_way                      # "sockmap" | "off: <why>"
     learner.set_config(ttl_cap=3600, grace=5)
     learner.set_workload(cgroup_id, workload=1, fqdn_set=1)
@@ -14,7 +18,7 @@ read what it learned. The agent loads it with the socket-LB programs
     learner.set_patterns(1, {"api.example.com": 1, "*.example.org": 2, "**.example.net": 3})
     learner.learned()                    # [Learned(workload, addr, expiry_ns, ...)]
     learner.counters()                   # {"queries": .., "learned": .., ...}
-    learner.close()                      # the programs stay attached (pinned links)
+    learner.close()                      # the programs stay as they are (pinned links)
     detach(pin_dir)                      # remove the learner's links and pins
                                          # (also after a load that failed half-way)
 
@@ -355,6 +359,7 @@ class DnsLearner:
         self.cache = cache
         self.tcp_way = ""
         self.maps: dict[str, BpfMap] = {}
+        self._obj: _Object | None = None  # the loaded programs (load() to close())
 
     @property
     def links_dir(self) -> Path:
@@ -372,7 +377,13 @@ class DnsLearner:
             raise
         return self
 
-    def load(self) -> "DnsLearner":
+    def load(self, attach: bool = True) -> "DnsLearner":
+        """Build, load, pin the maps (reused when pinned) and the sk_skb
+        programs on the sockhash; the per-packet cgroup programs (cgroup_skb
+        egress and ingress, sock_ops) are swapped into the links pinned
+        before (a restart adopts them) and, with attach, attached where not
+        (else attach() does, later). The loaded programs stay open until
+        close(), for attach()."""
         kernel.ensure_bpffs()
         forced = tcp_refused(self.tcp)
         if not (self.cgroup / "cgroup.procs").exists():
@@ -395,25 +406,84 @@ class DnsLearner:
             obj = _Object(path, self.pin_dir, [p for p in PROGRAMS if not p.tcp])
         try:
             self._pin_maps(obj)
-            cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for p in PROGRAMS:
-                    if not p.tcp:
-                        self._attach(p, obj.prog_fd(p.func), cg_fd)
-                if why_not is None:
-                    why_not = self._attach_tcp(obj, cg_fd)
-            finally:
-                os.close(cg_fd)
-        finally:
+            if why_not is None:
+                why_not = self._attach_tcp(obj, [p for p in PROGRAMS if p.target == "dns_socks"])
+            if why_not is not None:
+                self._detach_tcp()
+            self.tcp_way = "sockmap" if why_not is None else f"off: {why_not}"
+            self._obj = obj
+            self._attach_cgroup(adopt_only=not attach)
+        except BaseException:
+            self._obj = None
             obj.close()
-        if why_not is not None:
-            self._detach_tcp()
-        self.tcp_way = "sockmap" if why_not is None else f"off: {why_not}"
+            raise
         self._open_maps()
         if self.maps["dns_cfg"].lookup(ct.c_uint32(0)).ttl_cap == 0:
             self.set_config()
-        log.info("DNS learner on %s (tcp: %s), maps in %s", self.cgroup, self.tcp_way, self.pin_dir)
+        log.info("DNS learner on %s (tcp: %s, %s), maps in %s", self.cgroup, self.tcp_way,
+                 "attached" if self.attached else "idle", self.pin_dir)
         return self
+
+    # --- the per-packet hooks: attached while some workload has FQDN rules -----
+
+    def _cgroup_programs(self) -> list[Program]:
+        return [p for p in PROGRAMS if p.target == "cgroup" and (not p.tcp or self.tcp_way == "sockmap")]
+
+    @property
+    def attached(self) -> bool:
+        """The cgroup programs' links are pinned (they run on every packet
+        and TCP socket event of the cgroup)."""
+        return all((self.links_dir / f"dns_{p.key}").exists() for p in self._cgroup_programs())
+
+    def attach(self) -> None:
+        """Attach the cgroup programs where they are not (load() first).
+        DnsError/OSError when the kernel refuses; then nothing of this call
+        stays attached. sock_ops refused with tcp="auto" leaves UDP
+        learning attached and tcp_way saying why."""
+        self._attach_cgroup(adopt_only=False)
+
+    def detach_hooks(self) -> bool:
+        """Remove the cgroup programs' links: the programs leave the cgroup
+        at once; the maps, what was learned, and the sk_skb programs on the
+        sockhash (they only see sockets sock_ops added) stay. Whether a
+        link was there."""
+        removed = False
+        for p in PROGRAMS:
+            pin = self.links_dir / f"dns_{p.key}"
+            if p.target == "cgroup" and pin.exists():
+                kernel.unpin_link(pin)
+                removed = True
+        return removed
+
+    def _attach_cgroup(self, adopt_only: bool) -> None:
+        """Swap the loaded programs into the pinned cgroup links; unless
+        adopt_only, create the missing links too."""
+        if self._obj is None:
+            raise DnsError("the learner is not loaded")
+        created = []
+        cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for p in self._cgroup_programs():
+                pinned = (self.links_dir / f"dns_{p.key}").exists()
+                if adopt_only and not pinned:
+                    continue
+                try:
+                    self._attach(p, self._obj.prog_fd(p.func), cg_fd)
+                except (OSError, DnsError) as e:
+                    if not p.tcp or self.tcp == "sockmap":
+                        raise
+                    log.warning("DNS over TCP: attaching %s failed (%s); learning from UDP only", p.func, e)
+                    self.tcp_way = f"off: {e}"
+                    self._detach_tcp()
+                    continue
+                if not pinned:
+                    created.append(p)
+        except BaseException:
+            for p in created:
+                kernel.unpin_link(self.links_dir / f"dns_{p.key}")
+            raise
+        finally:
+            os.close(cg_fd)
 
     def _pin_maps(self, obj: _Object) -> None:
         for name in MAPS:
@@ -421,12 +491,11 @@ class DnsLearner:
             if not pin.exists():
                 kernel.obj_pin(obj.map_fd(name), pin)
 
-    def _attach_tcp(self, obj: _Object, cg_fd: int) -> str | None:
+    def _attach_tcp(self, obj: _Object, programs: Iterable[Program]) -> str | None:
         socks = obj.map_fd("dns_socks")
         try:
-            for p in PROGRAMS:
-                if p.tcp:
-                    self._attach(p, obj.prog_fd(p.func), cg_fd if p.target == "cgroup" else socks)
+            for p in programs:
+                self._attach(p, obj.prog_fd(p.func), socks)
         except (OSError, DnsError) as e:
             if self.tcp == "sockmap":
                 raise
@@ -554,9 +623,13 @@ class DnsLearner:
         return {c.name.lower(): sum(v.value for v in m.lookup_percpu(ct.c_uint32(c))) for c in layout.DnsCounter}
 
     def close(self) -> None:
+        """Close the maps and the loaded programs; the pinned links stay."""
         for m in self.maps.values():
             m.close()
         self.maps.clear()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
 
 
 def _server_key(fqdn_set: int, addr: str, port: int) -> layout.DnsServer:

@@ -7,7 +7,9 @@ Parts: maps.BpfMapWriter (the pinned maps), termjobs.TerminationService
 (with the Terminator the kernel allows, see features.py),
 stats.KernelStatistics (the counters map, the flow reader, the socket
 statistics collector, the workloads' denials) and workloads.KernelCgroups
-(exact or ancestor matching, as loader.workload_way chose). One refused
+(exact or ancestor matching, as loader.workload_way chose) and
+learner_hooks.LearnerHooks (the DNS learner's programs attached while FQDN
+rules are applied). One refused
 feature leaves the other duties running.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .agent import Agent
 from .features import answer
 from .fqdn_prune import LearnedPruner
 from .kernel import cgroup2_mount
+from .learner_hooks import LearnerHooks
 from .loader import Datapath
 from .maps import BpfMapWriter
 from .stats import KernelStatistics
@@ -56,6 +59,11 @@ def load_agent(datapath: Datapath, node: str, terminate_method: str = "auto", fl
     agent = Agent(writer, node, terminations, statistics, capabilities, cgroups)
     if learner is not None:
         agent.pruner = LearnedPruner(learner, parts.terminator, agent.workload_cgroups_by_id)
+    # The learner's per-packet programs run while FQDN rules are applied. Until
+    # the first state: as the previous agent left them (adopted), attached if
+    # the maps it left hold FQDN rules.
+    agent.learner_hooks = LearnerHooks(learner)
+    agent.learner_hooks.before(agent.policy.programmed.fqdn)
     programmed = agent.catalog.current().programmed
     log.info("programmed state read back: %d frontends, %d backends, version %d",
              len(programmed.frontends), len(programmed.backends), agent.applied_version)

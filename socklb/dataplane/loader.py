@@ -4,7 +4,9 @@ pinned BPF links, and adopt what an earlier agent left pinned.
 Pin directory layout:  <pin_dir>/{services,backends,...}  maps (pinned by bcc)
                        <pin_dir>/links/<hook>              cgroup links
                        <pin_dir>/dns_*, links/dns_*        the DNS learner of FQDN policy (dns.py),
-                                                           loaded first: sock_lb.c reads its dns_learned
+                                                           loaded first: sock_lb.c reads its dns_learned;
+                                                           its cgroup links only while FQDN rules are
+                                                           applied (learner_hooks.py)
 A restart recompiles the programs against the same pinned maps and swaps them
 into the existing links with BPF_LINK_UPDATE: the hooks are never empty and
 never doubled, and sockets keep their flow records.
@@ -216,7 +218,9 @@ class Datapath:
             self.dns_way = "off: disabled"
             return
         try:
-            self.learner = dns.DnsLearner(self.pin_dir, self.cgroup, tcp=self.dns).load()
+            # Its per-packet programs are attached only while the applied
+            # policy has FQDN rules (learner_hooks.py); pinned ones are adopted.
+            self.learner = dns.DnsLearner(self.pin_dir, self.cgroup, tcp=self.dns).load(attach=False)
         except Exception as e:  # noqa: BLE001 - one refused feature must not take down the datapath
             if self.dns == "sockmap":
                 raise LoadError(f"DNS learner: {e}") from e
@@ -332,6 +336,7 @@ class Datapath:
                 if id(m) not in shared:
                     m.close()
             self.learner.maps.clear()
+            self.learner.close()  # its loaded programs; the pinned links stay
             self.learner = None
         for m in self.maps.values():
             m.close()

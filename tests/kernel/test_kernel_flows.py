@@ -36,7 +36,8 @@ WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
             "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch"}
-DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner", "map_writes"}
+DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner", "map_writes",
+          "fqdn_learner_hooks"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:
@@ -163,6 +164,8 @@ def test_probes_report_every_feature_once(agent):
     # The learner takes TCP where the probe says the sockmap path works (UDP alone, or off, said why).
     assert caps["fqdn_learner"] == "udp+tcp" if caps["dns_tcp_sockmap"] == "yes" else (
         caps["fqdn_learner"].startswith(("udp (tcp ", "off: "))), caps
+    # ... and attaches its programs only while FQDN rules are applied (none here).
+    assert caps["fqdn_learner_hooks"] == ("none" if caps["fqdn_learner"].startswith("off") else "idle"), caps
     log = a.log_text()
     lines = [line for line in log.splitlines() if "kernel features:" in line]
     assert len(lines) == 1, log

@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from netenv import node_state, poll
+from netenv import cgroup_progs, node_state, pinned_ids, poll
 from test_kernel_dns import EXTRA, check_dns_tools, dnsmasqs  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.agent
@@ -270,3 +270,100 @@ def test_a_policy_change_ends_the_sockets_to_addresses_only_a_removed_name_allow
     assert poll(lambda: SHORT not in {r["address"] for r in a.dump("fqdn")["learned"]}, timeout=30), a.dump("fqdn")
     assert counts(a)["dnsPruned"] == 1
     assert {r["address"] for r in a.dump("fqdn")["learned"]} == {SHOP, WWW2, CDN}  # the live ones stay
+
+
+# --------------------------------------------------------------------------
+# The learner's per-packet programs run only while FQDN rules are applied
+
+LEARNER_TYPES = ("egress", "ingress", "sock_ops")  # bpftool's attach types end so (the LB hooks' do not)
+
+
+def learner_progs(cgroup) -> list[str]:
+    """The attach types of the learner's programs on the agent's cgroup."""
+    return sorted(p["attach_type"] for p in cgroup_progs(cgroup.path) if p["attach_type"].endswith(LEARNER_TYPES))
+
+
+def learner_links(a) -> dict[str, int]:
+    """The learner's pinned cgroup links -> link id."""
+    return {name: ident for name, (_, ident) in pinned_ids(a.pin_dir).items()
+            if name in ("links/dns_egress", "links/dns_ingress", "links/dns_sockops")}
+
+
+def plain_state(cgroup, version) -> dict:
+    """w1 restricted (DNS to 127.0.0.1 allowed), no FQDN rule."""
+    state = fqdn_state(cgroup, version)
+    del state["policy_sets"][0]["fqdns"], state["policy_sets"][0]["dns_servers"]
+    state["workloads"] = state["workloads"][:1]
+    return state
+
+
+def test_the_learner_is_attached_only_while_fqdn_rules_are_applied(agent, cgroup, netns, backends, clients,
+                                                                   dnsmasqs):  # noqa: F811
+    check_dns_tools()
+    cg1 = cgroup.child("w1")
+    for addr in (API, WWW):
+        backends(f"s443-{addr}", addr, 443, "tcp", netns)
+    dnsmasqs(netns, extra=RECORDS)
+    a = agent(plain_state(cgroup, 1))
+    assert a.wait_version(1), a.log_text()
+    c = clients(netns, cg=cg1, extra=EXTRA)
+
+    def idle():
+        caps = a.dump("info")["capabilities"]
+        assert caps["fqdn_learner"].startswith("udp") and caps["fqdn_learner_hooks"] == "idle", caps
+        assert learner_progs(cgroup) == [] and learner_links(a) == {}, (learner_progs(cgroup), learner_links(a))
+
+    def attached():
+        caps = a.dump("info")["capabilities"]
+        assert caps["fqdn_learner_hooks"] == "attached", caps
+        want = 3 if caps["fqdn_learner"] == "udp+tcp" else 2
+        assert len(learner_progs(cgroup)) == len(learner_links(a)) == want, (caps, learner_progs(cgroup))
+        return learner_links(a)
+
+    # No FQDN rule: the learner's maps are loaded, its programs are not attached; DNS works.
+    idle()
+    assert resolve(c, "shop.example.test") == [API]
+    assert connect(c, API) == "EPERM"  # the set allows DNS only
+    # A restart with no FQDN rule leaves them detached.
+    a.kill()
+    a.write_state(plain_state(cgroup, 2))
+    a.start()
+    assert a.wait_version(2), a.log_text()
+    idle()
+
+    # A state with an FQDN rule attaches them before its entries are written: learning works.
+    r = a.apply(fqdn_state(cgroup, 3))
+    assert r.returncode == 0, r.stdout + r.stderr
+    links = attached()
+    assert connect(c, API) == "EPERM"
+    assert resolve(c, "shop.example.test") == [API]
+    assert connect(c, API) is None
+    # kill -9 and a restart whose first state has FQDN rules: the same links, adopted.
+    a.kill()
+    assert len(learner_progs(cgroup)) == len(links)  # still learning without the agent
+    a.write_state(fqdn_state(cgroup, 4))
+    a.start()
+    assert a.wait_version(4), a.log_text()
+    assert attached() == links
+    assert connect(c, WWW) == "EPERM"
+    assert resolve(c, "www.example.test") == [WWW]
+    assert connect(c, WWW) is None
+
+    # The last FQDN rule goes: detached, what was learned stays in the map.
+    r = a.apply(plain_state(cgroup, 5))
+    assert r.returncode == 0, r.stdout + r.stderr
+    idle()
+    assert {API, WWW} <= {e["address"] for e in a.dump("fqdn").get("learned", [])}, a.dump("fqdn")
+    assert resolve(c, "shop.example.test") == [API]
+
+    # Attached again, then a restart whose first state has none detaches them.
+    r = a.apply(fqdn_state(cgroup, 6))
+    assert r.returncode == 0, r.stdout + r.stderr
+    attached()
+    a.kill()
+    a.write_state(plain_state(cgroup, 7))
+    a.start()
+    assert a.wait_version(7), a.log_text()
+    idle()
+    assert {API, WWW} <= {e["address"] for e in a.dump("fqdn").get("learned", [])}, a.dump("fqdn")
+    assert "Traceback" not in a.log_text(), a.log_text()
