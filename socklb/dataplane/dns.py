@@ -548,14 +548,6 @@ class DnsLearner:
             self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)
         return n
 
-    def outstanding(self, sock_fd: int) -> list[layout.DnsQuery]:
-        """The queries the socket `sock_fd` (of this process) has outstanding:
-        they live in the socket's own storage, which user space reaches
-        through a socket fd only (the `replaced` counter tells of queries
-        that took an unanswered one's slot)."""
-        qs = self.maps["dns_queries"].lookup(ct.c_int(sock_fd))
-        return [] if qs is None else [q for q in qs.slots if q.sent_ns]
-
     def counters(self) -> dict[str, int]:
         m = self.maps["dns_counters"]
         return {c.name.lower(): sum(v.value for v in m.lookup_percpu(ct.c_uint32(c))) for c in layout.DnsCounter}
