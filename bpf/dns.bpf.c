@@ -11,8 +11,9 @@
  *                       holding a whole length-prefixed message, to a server
  *                       of the workload's set (`dns_servers`): a query (one
  *                       question, A or AAAA, class IN) whose name matches a
- *                       pattern of the set is recorded in `dns_queries`
- *                       under {socket cookie, server, port, txid}.
+ *                       pattern of the set is recorded in the socket's own
+ *                       storage (`dns_queries`, a few slots per socket; a
+ *                       TCP socket's in `dns_tcp_queries` by its cookie).
  *   socklb_dns_ingress  cgroup_skb/ingress: a UDP answer; it teaches when it
  *                       matches an outstanding query (same socket, server,
  *                       port and txid, same workload, within the query
@@ -20,7 +21,8 @@
  *                       hash and type) and parses whole.
  *   socklb_dns_sockops  sockops: a TCP socket of the cgroup that connects to
  *                       a server of any set (`dns_servers` set 0) is added
- *                       to the sockhash `dns_socks`,
+ *                       to the sockhash `dns_socks`; its `dns_tcp_queries`
+ *                       entry is deleted when it closes,
  *   socklb_dns_parser   sk_skb/stream_parser on `dns_socks`: the message
  *                       size from the 2-byte length prefix, so that the
  *                       strparser hands the verdict whole messages however
@@ -99,12 +101,23 @@ struct {
 	__type(value, struct socklb_dns_pattern_val);
 } dns_patterns SEC(".maps");
 
+/* Socket storage, not a hash map: recording a query is a few stores into
+ * the socket's slots instead of a map insert (the largest single cost of the
+ * egress program), and the kernel frees them with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct socklb_dns_queries);
+} dns_queries SEC(".maps");
+
+/* A TCP socket's query slots, by socket cookie (see dns.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SOCKLB_DNS_QUERIES_MAX);
-	__type(key, struct socklb_dns_query_key);
-	__type(value, struct socklb_dns_query_val);
-} dns_queries SEC(".maps");
+	__uint(max_entries, SOCKLB_DNS_SOCKS_MAX);
+	__type(key, __u64);
+	__type(value, struct socklb_dns_queries);
+} dns_tcp_queries SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -175,8 +188,10 @@ struct scratch {
 	__u64 chain[SOCKLB_DNS_CHAIN_MAX];
 	__u32 chain_ttl[SOCKLB_DNS_CHAIN_MAX];
 	struct learn learn[SOCKLB_DNS_LEARN_MAX];
-	struct socklb_dns_query_key qkey;
-	struct socklb_dns_query_val q;
+	struct socklb_dns_query q; /* the outstanding query the answer is matched against */
+	__u32 server[4];           /* the answer's server and port (network order) */
+	__u16 port;
+	__u16 pad3;
 	/* the question's decode, for names pointing to it (dns_name) */
 	__u64 q_hash;
 	__u32 q_hops;
@@ -556,15 +571,15 @@ static __always_inline void teach(struct scratch *s, struct socklb_dns_cfg *cfg,
 	bpf_map_update_elem(&dns_learned, &key, &val, BPF_ANY);
 }
 
-/* Parse the answer in the slot's scratch (msg, msglen; qkey without its
- * txid) and teach what it says, unless a program that interrupted this one
- * on its CPU used the slot meanwhile (gen moved: what the slot holds is not
- * this message's any more). */
+/* Parse the answer in the slot's scratch (msg, msglen) to the outstanding
+ * query copied into s->q and teach what it says, unless a program that
+ * interrupted this one on its CPU used the slot meanwhile (gen moved: what
+ * the slot holds is not this message's any more). 1: the query is answered
+ * (its socket slot is freed), else 0. */
 __noinline int dns_answer(__u32 slot, __u32 gen)
 {
 	struct loop_ctx c = {.slot = slot};
 	struct scratch *s = scratch(slot);
-	struct socklb_dns_query_val *q;
 	struct socklb_dns_cfg *cfg;
 	__u32 zero = 0, flags, qd, total, p, i;
 	__u64 now;
@@ -572,15 +587,6 @@ __noinline int dns_answer(__u32 slot, __u32 gen)
 	if (!s || s->msglen < 12)
 		return 0;
 	flags = rd16(s, 2);
-	if (!(flags & 0x8000) || (flags & 0x7800)) /* QR = 1, opcode QUERY */
-		return 0;
-	s->qkey.txid = s->msg[0] | (s->msg[1] << 8); /* as on the wire */
-	q = bpf_map_lookup_elem(&dns_queries, &s->qkey);
-	if (!q) {
-		count(SOCKLB_DNS_CNT_UNSOLICITED, 1);
-		return 0;
-	}
-	s->q = *q;
 	cfg = bpf_map_lookup_elem(&dns_cfg, &zero);
 	if (!cfg)
 		return 0;
@@ -613,9 +619,8 @@ __noinline int dns_answer(__u32 slot, __u32 gen)
 		return 0;
 	}
 	if (flags & 0x000F) { /* RCODE: nothing to learn, the query is answered */
-		bpf_map_delete_elem(&dns_queries, &s->qkey);
 		count(SOCKLB_DNS_CNT_ANSWERS, 1);
-		return 0;
+		return 1;
 	}
 	s->rr_pos = p + 4;
 	s->rr_i = 0;
@@ -637,13 +642,115 @@ __noinline int dns_answer(__u32 slot, __u32 gen)
 		return 0;
 	for (i = 0; i < SOCKLB_DNS_LEARN_MAX; i++)
 		teach(s, cfg, i, now);
-	bpf_map_delete_elem(&dns_queries, &s->qkey);
 	count(SOCKLB_DNS_CNT_ANSWERS, 1);
 	count(SOCKLB_DNS_CNT_LEARNED, s->nlearn);
-	return 0;
+	return 1;
 malformed:
 	count(SOCKLB_DNS_CNT_MALFORMED, 1);
 	return 0;
+}
+
+/* The socket's slots are written by egress programs (process context, any
+ * CPU) and read and freed by answers (softirq or the stream verdict), with no
+ * lock: sent_ns is the slot's version. A writer clears it, writes the
+ * fields, then sets it; a reader takes it, copies the slot and takes it
+ * again, and uses the copy only if both are the same non-zero value (a slot
+ * rewritten meanwhile is not this query any more); a slot is freed by a
+ * compare-and-swap of the value read, so a query recorded into it meanwhile
+ * stays. The barriers are compiler barriers: enough on x86's ordered stores
+ * (the only JIT this runs on here). */
+#define barrier() asm volatile("" ::: "memory")
+
+static __always_inline int same_server(const struct socklb_dns_query *q, const __u32 *addr, __u16 port)
+{
+	return q->port == port && q->server[0] == addr[0] && q->server[1] == addr[1] &&
+	       q->server[2] == addr[2] && q->server[3] == addr[3];
+}
+
+/* Match the answer in the slot's scratch (msg, server, port) with the
+ * socket's outstanding queries `qs` (NULL: the socket has none) and teach
+ * from it; the matched query's socket slot is freed once answered. */
+static __always_inline void answer(struct socklb_dns_queries *qs, __u32 slot)
+{
+	struct socklb_dns_query *q;
+	struct scratch *s = scratch(slot);
+	__u32 flags, txid, i, gen;
+	__u64 t;
+
+	if (!s)
+		return;
+	flags = rd16(s, 2);
+	if (!(flags & 0x8000) || (flags & 0x7800)) /* QR = 1, opcode QUERY */
+		return;
+	txid = s->msg[0] | (s->msg[1] << 8); /* as on the wire */
+	gen = s->gen;
+	if (qs) {
+#pragma unroll
+		for (i = 0; i < SOCKLB_DNS_QUERY_SLOTS; i++) {
+			q = &qs->slots[i];
+			t = *(volatile __u64 *)&q->sent_ns;
+			if (!t || q->txid != txid || !same_server(q, s->server, s->port))
+				continue;
+			barrier();
+			__builtin_memcpy(&s->q, q, sizeof(s->q));
+			barrier();
+			if (*(volatile __u64 *)&q->sent_ns != t || s->q.sent_ns != t)
+				continue; /* rewritten meanwhile */
+			if (dns_answer(slot, gen))
+				__sync_val_compare_and_swap(&q->sent_ns, t, 0);
+			return;
+		}
+	}
+	count(SOCKLB_DNS_CNT_UNSOLICITED, 1);
+}
+
+/* The slot a query to {server, port, txid} is recorded in: the one of the
+ * same key (a resent query replaces it), else the oldest (a free slot has
+ * sent_ns 0, so it goes first, then an expired or the oldest live one). */
+static __always_inline __u32 query_slot(struct socklb_dns_queries *qs, const __u32 *addr, __u16 port,
+					__u16 txid, __u64 *taken)
+{
+	__u64 oldest = ~0ULL, t;
+	__u32 i, k = 0;
+
+#pragma unroll
+	for (i = 0; i < SOCKLB_DNS_QUERY_SLOTS; i++) {
+		struct socklb_dns_query *q = &qs->slots[i];
+
+		t = q->sent_ns;
+		if (t && q->txid == txid && same_server(q, addr, port)) {
+			*taken = 0;
+			return i;
+		}
+		if (t < oldest) {
+			oldest = t;
+			k = i;
+		}
+	}
+	*taken = oldest;
+	return k;
+}
+
+/* A TCP socket's query slots by cookie, created empty if need be, or NULL. */
+static __always_inline struct socklb_dns_queries *tcp_queries(__u64 cookie)
+{
+	static const struct socklb_dns_queries empty;
+	struct socklb_dns_queries *qs = bpf_map_lookup_elem(&dns_tcp_queries, &cookie);
+
+	if (qs)
+		return qs;
+	bpf_map_update_elem(&dns_tcp_queries, &cookie, &empty, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&dns_tcp_queries, &cookie);
+}
+
+/* The socket's query slots (created when create is set), or NULL. The
+ * helper returns NULL for a socket that is not a full one (it checks), so
+ * no bpf_sk_fullsock(), which the stream verdict may not call. */
+static __always_inline struct socklb_dns_queries *sk_queries(struct bpf_sock *sk, int create)
+{
+	if (!sk)
+		return NULL;
+	return bpf_sk_storage_get(&dns_queries, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 }
 
 /* --- packets --------------------------------------------------------- */
@@ -795,11 +902,13 @@ SEC("cgroup_skb/egress")
 int socklb_dns_egress(struct __sk_buff *skb)
 {
 	struct socklb_dns_workload *w;
-	struct socklb_dns_query_val val = {};
+	struct socklb_dns_queries *qs;
+	struct socklb_dns_query *q;
 	struct scratch *s;
 	struct l4 l = {};
-	struct socklb_dns_query_key key = {};
-	__u32 flags, p, qtype, pattern, set, workload, gen;
+	__u32 flags, p, qtype, pattern, set, workload, gen, k;
+	__u64 name_hash, taken;
+	__u16 txid;
 
 	if (parse_l4(skb, 1, &l) < 0 || !server_allowed(SOCKLB_DNS_SET_ANY, &l))
 		return 1; /* most packets: one lookup, no workload walk */
@@ -828,26 +937,36 @@ int socklb_dns_egress(struct __sk_buff *skb)
 	qtype = rd16(s, p);
 	if (qtype != DNS_A && qtype != DNS_AAAA)
 		goto ignored;
-	val.name_hash = s->hash;
+	name_hash = s->hash;
 	pattern = dns_match(SLOT_EGRESS, set);
 	if (!pattern)
 		goto ignored;
 	s = scratch(SLOT_EGRESS);
 	if (!s)
 		return 1;
-	val.sent_ns = bpf_ktime_get_boot_ns();
-	val.workload = workload;
-	val.set = set;
-	val.pattern = pattern;
-	val.qtype = qtype;
-	key.cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(key.server, l.addr, sizeof(l.addr));
-	key.port = l.port;
-	key.txid = s->msg[0] | (s->msg[1] << 8);
+	txid = s->msg[0] | (s->msg[1] << 8);
 	if (s->gen != gen) /* interrupted by another egress program on this CPU */
 		goto ignored;
-	bpf_map_update_elem(&dns_queries, &key, &val, BPF_ANY);
+	qs = l.proto == IPPROTO_TCP ? tcp_queries(bpf_get_socket_cookie(skb)) : sk_queries(skb->sk, 1);
+	if (!qs)
+		goto ignored;
+	k = query_slot(qs, l.addr, l.port, txid, &taken) & (SOCKLB_DNS_QUERY_SLOTS - 1);
+	q = &qs->slots[k];
+	q->sent_ns = 0; /* the slot is no query while it is written (see answer()) */
+	barrier();
+	q->name_hash = name_hash;
+	__builtin_memcpy(q->server, l.addr, sizeof(l.addr));
+	q->port = l.port;
+	q->txid = txid;
+	q->qtype = qtype;
+	q->workload = workload;
+	q->set = set;
+	q->pattern = pattern;
+	barrier();
+	*(volatile __u64 *)&q->sent_ns = bpf_ktime_get_boot_ns();
 	count(SOCKLB_DNS_CNT_QUERIES, 1);
+	if (taken)
+		count(SOCKLB_DNS_CNT_REPLACED, 1);
 	return 1;
 ignored:
 	count(SOCKLB_DNS_CNT_QUERIES_IGNORED, 1);
@@ -876,11 +995,9 @@ int socklb_dns_ingress(struct __sk_buff *skb)
 	if (!s)
 		return 1;
 	s->workload = workload;
-	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
-	s->qkey.cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(s->qkey.server, l.addr, sizeof(l.addr));
-	s->qkey.port = l.port;
-	dns_answer(SLOT_INGRESS, s->gen);
+	__builtin_memcpy(s->server, l.addr, sizeof(l.addr));
+	s->port = l.port;
+	answer(sk_queries(skb->sk, 0), SLOT_INGRESS);
 	return 1;
 }
 
@@ -890,6 +1007,13 @@ int socklb_dns_sockops(struct bpf_sock_ops *ops)
 	struct socklb_dns_server key = {};
 	__u64 cookie;
 
+	if (ops->op == BPF_SOCK_OPS_STATE_CB) {
+		if (ops->args[1] == BPF_TCP_CLOSE) {
+			cookie = bpf_get_socket_cookie(ops);
+			bpf_map_delete_elem(&dns_tcp_queries, &cookie);
+		}
+		return 1;
+	}
 	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	key.set = SOCKLB_DNS_SET_ANY;
@@ -917,8 +1041,11 @@ int socklb_dns_sockops(struct bpf_sock_ops *ops)
 	if (!bpf_map_lookup_elem(&dns_servers, &key))
 		return 1;
 	cookie = bpf_get_socket_cookie(ops);
-	if (bpf_sock_hash_update(ops, &dns_socks, &cookie, BPF_NOEXIST) == 0)
+	if (bpf_sock_hash_update(ops, &dns_socks, &cookie, BPF_NOEXIST) == 0) {
 		count(SOCKLB_DNS_CNT_TCP_SOCKETS, 1);
+		/* its close, to delete its dns_tcp_queries entry */
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	}
 	return 1;
 }
 
@@ -987,6 +1114,7 @@ int socklb_dns_verdict(struct __sk_buff *skb)
 	struct strp_msg *m = strp_msg(skb);
 	__u32 off = m->offset, full = m->full_len;
 	struct scratch *s;
+	__u64 cookie;
 	__u16 prefix;
 	__u32 len;
 
@@ -999,26 +1127,25 @@ int socklb_dns_verdict(struct __sk_buff *skb)
 	s = load_msg(skb, SLOT_STREAM, off + 2, len);
 	if (!s)
 		return SK_PASS;
-	s->workload = 0; /* the socket cookie stands for it */
-	__builtin_memset(&s->qkey, 0, sizeof(s->qkey));
-	s->qkey.cookie = bpf_get_socket_cookie(skb);
+	s->workload = 0; /* the socket stands for it: its own slots */
+	cookie = bpf_get_socket_cookie(skb);
 	if (skb->family == AF_INET) {
 		__u32 a = skb->remote_ip4;
 
 		asm volatile("" : "+r"(a)); /* as in socklb_dns_sockops */
-		s->qkey.server[2] = bpf_htonl(0xffff);
-		s->qkey.server[3] = a;
+		s->server[2] = bpf_htonl(0xffff);
+		s->server[3] = a;
 	} else {
 		__u32 a0 = skb->remote_ip6[0], a1 = skb->remote_ip6[1], a2 = skb->remote_ip6[2],
 		      a3 = skb->remote_ip6[3];
 
 		asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
-		s->qkey.server[0] = a0;
-		s->qkey.server[1] = a1;
-		s->qkey.server[2] = a2;
-		s->qkey.server[3] = a3;
+		s->server[0] = a0;
+		s->server[1] = a1;
+		s->server[2] = a2;
+		s->server[3] = a3;
 	}
-	s->qkey.port = (__u16)(skb->remote_port >> 16);
-	dns_answer(SLOT_STREAM, s->gen);
+	s->port = (__u16)(skb->remote_port >> 16);
+	answer(bpf_map_lookup_elem(&dns_tcp_queries, &cookie), SLOT_STREAM);
 	return SK_PASS;
 }

@@ -28,7 +28,6 @@
 #define SOCKLB_DNS_WORKLOADS_MAX 65536
 #define SOCKLB_DNS_SERVERS_MAX 4096
 #define SOCKLB_DNS_PATTERNS_MAX 65536
-#define SOCKLB_DNS_QUERIES_MAX 65536
 #define SOCKLB_DNS_LEARNED_MAX 262144
 #define SOCKLB_DNS_SOCKS_MAX 65536
 
@@ -55,6 +54,7 @@ enum socklb_dns_counter {
 	SOCKLB_DNS_CNT_TCP_SOCKETS,    /* TCP sockets to a DNS server added to `dns_socks` */
 	SOCKLB_DNS_CNT_TCP_MESSAGES,   /* whole messages the stream verdict saw */
 	SOCKLB_DNS_CNT_PRUNED,         /* expired entries the agent deleted (counted by user space) */
+	SOCKLB_DNS_CNT_REPLACED,       /* queries that took the slot of an unanswered one (socket's slots full) */
 	SOCKLB_DNS_CNT_MAX,
 };
 
@@ -87,24 +87,36 @@ struct socklb_dns_pattern_val {
 	__u32 any_depth;
 };
 
-/* dns_queries (LRU): an outstanding query of a matching name, recorded at
- * egress; an answer teaches only when it matches one. */
-struct socklb_dns_query_key {
-	__u64 cookie; /* the client socket's cookie */
-	__u32 server[4];
-	__u16 port;   /* the server's, network order */
-	__u16 txid;   /* as on the wire */
-	__u32 pad;
-};
+/* dns_queries (socket storage): the outstanding queries of a matching name
+ * a client socket sent, recorded at egress in the socket's own storage (no
+ * global map write per query; the kernel frees them with the socket). An
+ * answer to the socket teaches only when it matches one: same server, port
+ * and txid, within the query window, same question (name hash, type). A
+ * query replaces the slot of the same {server, port, txid}, else a free
+ * slot, else the oldest (an expired one first: it is older). glibc sends A
+ * and AAAA in parallel on one socket; dig and TCP clients one per socket.
+ * A TCP socket's slots are in `dns_tcp_queries` (LRU hash, socket cookie ->
+ * the same slots) instead: the stream verdict that reads its answers may not
+ * use socket storage. The sockops program deletes the entry when the socket
+ * closes. */
+#define SOCKLB_DNS_QUERY_SLOTS 4
 
-struct socklb_dns_query_val {
-	__u64 sent_ns;   /* bpf_ktime_get_boot_ns() */
+struct socklb_dns_query {
+	__u64 sent_ns;   /* bpf_ktime_get_boot_ns(); 0: a free slot */
 	__u64 name_hash; /* of the question */
+	__u32 server[4];
+	__u16 port;      /* the server's, network order */
+	__u16 txid;      /* as on the wire */
+	__u16 qtype;     /* 1 (A) or 28 (AAAA) */
+	__u16 pad;
 	__u32 workload;
 	__u32 set;
 	__u32 pattern;   /* the pattern id the question matched */
-	__u16 qtype;     /* 1 (A) or 28 (AAAA) */
-	__u16 pad;
+	__u32 pad2;
+};
+
+struct socklb_dns_queries {
+	struct socklb_dns_query slots[SOCKLB_DNS_QUERY_SLOTS];
 };
 
 /* dns_learned (LRU): {workload, address} -> what answers taught, one slot

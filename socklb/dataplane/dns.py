@@ -109,7 +109,9 @@ MAPS: dict[str, MapSpec] = {
     "dns_workloads": MapSpec(ct.c_uint64, layout.DnsWorkload, layout.DNS_WORKLOADS_MAX),
     "dns_servers": MapSpec(layout.DnsServer, ct.c_uint8, layout.DNS_SERVERS_MAX),
     "dns_patterns": MapSpec(layout.DnsPatternKey, layout.DnsPatternVal, layout.DNS_PATTERNS_MAX),
-    "dns_queries": MapSpec(layout.DnsQueryKey, layout.DnsQueryVal, layout.DNS_QUERIES_MAX),
+    # socket storage: keyed by a socket's fd from user space (no iteration)
+    "dns_queries": MapSpec(ct.c_int, layout.DnsQueries, 0),
+    "dns_tcp_queries": MapSpec(ct.c_uint64, layout.DnsQueries, layout.DNS_SOCKS_MAX),
     "dns_learned": MapSpec(layout.DnsLearnedKey, layout.DnsLearnedVal, layout.DNS_LEARNED_MAX),
     "dns_cfg": MapSpec(ct.c_uint32, layout.DnsCfg, 1),
     "dns_counters": MapSpec(ct.c_uint32, ct.c_uint64, layout.DNS_COUNTER_MAX, percpu=True),
@@ -298,7 +300,7 @@ class _Object:
             if p.func not in funcs:
                 lib.bpf_program__set_autoload(self._prog(p.func), False)
         if self.tiny:
-            for name in ("dns_workloads", "dns_servers", "dns_patterns", "dns_queries", "dns_learned", "dns_socks"):
+            for name in ("dns_workloads", "dns_servers", "dns_patterns", "dns_tcp_queries", "dns_learned", "dns_socks"):
                 lib.bpf_map__set_max_entries(lib.bpf_object__find_map_by_name(obj, name.encode()), 1)
         ret = lib.bpf_object__load(obj)
         if ret < 0:
@@ -614,9 +616,6 @@ class DnsLearner:
         if n:
             self.maps["dns_counters"].add_percpu(ct.c_uint32(layout.DnsCounter.PRUNED), n)
         return n
-
-    def outstanding(self) -> int:
-        return sum(1 for _ in self.maps["dns_queries"].keys())
 
     def counters(self) -> dict[str, int]:
         m = self.maps["dns_counters"]

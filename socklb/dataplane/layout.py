@@ -379,7 +379,7 @@ DNS_CHAIN_MAX = 8
 DNS_WORKLOADS_MAX = 65536
 DNS_SERVERS_MAX = 4096
 DNS_PATTERNS_MAX = 65536
-DNS_QUERIES_MAX = 65536
+DNS_QUERY_SLOTS = 4
 DNS_LEARNED_MAX = 262144
 DNS_LEARNED_SLOTS = 4
 DNS_SOCKS_MAX = 65536
@@ -403,6 +403,7 @@ class DnsCounter(enum.IntEnum):
     TCP_SOCKETS = 7
     TCP_MESSAGES = 8
     PRUNED = 9
+    REPLACED = 10
 
 
 DNS_COUNTER_MAX = len(DnsCounter)
@@ -427,14 +428,16 @@ class DnsPatternVal(ct.Structure):
                 ("any_depth", ct.c_uint32)]
 
 
-class DnsQueryKey(ct.Structure):
-    _fields_ = [("cookie", ct.c_uint64), ("server", U32x4), ("port", ct.c_uint16), ("txid", ct.c_uint16),
-                ("pad", ct.c_uint32)]
+class DnsQuery(ct.Structure):
+    """struct socklb_dns_query: one outstanding query slot of a socket."""
+    _fields_ = [("sent_ns", ct.c_uint64), ("name_hash", ct.c_uint64), ("server", U32x4), ("port", ct.c_uint16),
+                ("txid", ct.c_uint16), ("qtype", ct.c_uint16), ("pad", ct.c_uint16), ("workload", ct.c_uint32),
+                ("set", ct.c_uint32), ("pattern", ct.c_uint32), ("pad2", ct.c_uint32)]
 
 
-class DnsQueryVal(ct.Structure):
-    _fields_ = [("sent_ns", ct.c_uint64), ("name_hash", ct.c_uint64), ("workload", ct.c_uint32),
-                ("set", ct.c_uint32), ("pattern", ct.c_uint32), ("qtype", ct.c_uint16), ("pad", ct.c_uint16)]
+class DnsQueries(ct.Structure):
+    """struct socklb_dns_queries: a socket's storage in `dns_queries`."""
+    _fields_ = [("slots", DnsQuery * DNS_QUERY_SLOTS)]
 
 
 class DnsLearnedKey(ct.Structure):
@@ -492,8 +495,8 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_dns_server": DnsServer,
     "socklb_dns_pattern_key": DnsPatternKey,
     "socklb_dns_pattern_val": DnsPatternVal,
-    "socklb_dns_query_key": DnsQueryKey,
-    "socklb_dns_query_val": DnsQueryVal,
+    "socklb_dns_query": DnsQuery,
+    "socklb_dns_queries": DnsQueries,
     "socklb_dns_learned_key": DnsLearnedKey,
     "socklb_dns_learned_slot": DnsLearnedSlot,
     "socklb_dns_learned_val": DnsLearnedVal,
@@ -552,7 +555,7 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_DNS_WORKLOADS_MAX": DNS_WORKLOADS_MAX,
     "SOCKLB_DNS_SERVERS_MAX": DNS_SERVERS_MAX,
     "SOCKLB_DNS_PATTERNS_MAX": DNS_PATTERNS_MAX,
-    "SOCKLB_DNS_QUERIES_MAX": DNS_QUERIES_MAX,
+    "SOCKLB_DNS_QUERY_SLOTS": DNS_QUERY_SLOTS,
     "SOCKLB_DNS_LEARNED_MAX": DNS_LEARNED_MAX,
     "SOCKLB_DNS_LEARNED_SLOTS": DNS_LEARNED_SLOTS,
     "SOCKLB_DNS_SOCKS_MAX": DNS_SOCKS_MAX,

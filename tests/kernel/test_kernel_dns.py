@@ -126,6 +126,24 @@ def op_exchange(self, server, port, wires, tcp=False, replies=1, timeout=5.0, rc
         got.append(n)
     return {"got": got, "errors": errors}
 
+def op_burst(self, server, port, wires, replies, timeout=5.0):
+    """Every query (hex) from one UDP socket, then read `replies` datagrams:
+    how many arrived."""
+    s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    n = 0
+    try:
+        for w in wires:
+            s.sendto(bytes.fromhex(w), (server, port))
+        while n < replies:
+            s.recvfrom(65536)
+            n += 1
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return {"got": n}
+
 client.main(globals())
 '''
 
@@ -270,8 +288,9 @@ def test_udp_a_and_aaaa_exact_name(setup):
     assert c.call("dns", server="127.0.0.1", name="other.example.test")["addrs"] == ["10.1.0.2"]
     assert "10.1.0.2" not in learned(lr)
     cnt = lr.counters()
+    # every recorded query answered; none took an unanswered one's slot
     assert cnt["queries"] == 2 and cnt["answers"] == 2 and cnt["learned"] == 2, cnt
-    assert lr.outstanding() == 0
+    assert cnt["replaced"] == 0, cnt
 
 
 def test_tcp_answers_teach(setup):
@@ -283,6 +302,11 @@ def test_tcp_answers_teach(setup):
     assert set(learned(lr)) == {"fd00:1::1", "10.1.2.1"}
     cnt = lr.counters()
     assert cnt["tcp_sockets"] == 2 and cnt["tcp_messages"] == 2, cnt
+    # a TCP socket's query slots (by cookie) go when it closes: nothing stale
+    deadline = time.monotonic() + 10
+    while list(lr.maps["dns_tcp_queries"].keys()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(lr.maps["dns_tcp_queries"].keys()) == []
 
 
 def test_cname_chain_teaches_the_target_for_the_question(setup):
@@ -680,6 +704,52 @@ def test_wrong_txid_unsolicited_and_wrong_question_teach_nothing(learners, cgrou
     got = c.call("exchange", server="127.0.0.1", port=srv.port, wires=[query_wire("a.fake.test").hex()], replies=2)
     assert got["got"] == [2], srv.errors
     assert "10.8.1.1" not in learned(lr) and len(learned(lr)) == 1
+
+
+@pytest.mark.parametrize("queries", [
+    [("a.fake.test", "A"), ("a.fake.test", "AAAA")],  # glibc: both in parallel on one socket
+    [(f"n{i}.fake.test", "A") for i in range(1, 6)],  # one more than the socket's slots
+])
+def test_queries_outstanding_together_on_one_socket(learners, cgroup, fakes, dclients, queries):
+    """A socket's outstanding queries live in its own slots
+    (layout.DNS_QUERY_SLOTS): the server holds every answer until the last
+    query, so all are outstanding at once. Each answered one teaches; past
+    the slots, the oldest query's slot is taken (counted `replaced`) and its
+    answer teaches nothing (`unsolicited`)."""
+    import dns.message
+    import dns.rrset
+
+    lr = learners(cgroup).learner
+    held, addrs = [], {}
+
+    def answer(q, tcp):
+        held.append(q)
+        if len(held) < len(queries):
+            return []
+        out = []
+        for w in held:
+            m = dns.message.from_wire(w)
+            r = dns.message.make_response(m)
+            qs = m.question[0]
+            addr = f"10.7.0.{len(addrs) + 1}" if qs.rdtype == 1 else f"fd00:7::{len(addrs) + 1}"
+            addrs[m.id] = addr
+            r.answer.append(dns.rrset.from_text(qs.name, 60, "IN", dns.rdatatype.to_text(qs.rdtype), addr))
+            out.append(r.to_wire())
+        return out
+
+    srv = fakes(answer)
+    program(lr, {cgroup: 1}, [("127.0.0.1", srv.port)], patterns={"**.fake.test": 7})
+    msgs = [dns.message.make_query(n, t, use_edns=0) for n, t in queries]
+    for i, m in enumerate(msgs):
+        m.id = 0x1000 + i  # distinct txids, as a resolver's
+    got = dclients().call("burst", server="127.0.0.1", port=srv.port, wires=[m.to_wire().hex() for m in msgs],
+                          replies=len(msgs))
+    assert got["got"] == len(msgs), srv.errors
+    over = max(0, len(msgs) - layout.DNS_QUERY_SLOTS)  # the oldest queries lost their slots
+    assert set(learned(lr)) == {addrs[m.id] for m in msgs[over:]}
+    cnt = lr.counters()
+    assert (cnt["queries"], cnt["answers"], cnt["replaced"], cnt["unsolicited"]) == \
+        (len(msgs), len(msgs) - over, over, over), cnt
 
 
 def test_fuzz_only_valid_allowed_answers_teach(learners, cgroup, fakes, dclients):
