@@ -61,7 +61,7 @@ enum socklb_dns_counter {
 /* dns_workloads: cgroup id (u64) -> this. A process's workload is its
  * cgroup's entry, else its nearest ancestor's (bpf_skb_ancestor_cgroup_id). */
 struct socklb_dns_workload {
-	__u32 id;  /* the workload id learned entries are keyed by (not 0) */
+	__u32 id;  /* the workload id learned entries are keyed by: the policy maps' (socklb_workload.id, from 0) */
 	__u32 set; /* the FQDN set: its servers and patterns (not 0) */
 };
 
