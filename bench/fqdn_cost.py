@@ -26,7 +26,7 @@ from pathlib import Path
 from bench import agent, lab, policy_cost
 from bench.backends import compile_c
 from bench.nat import Service
-from bench.policy_cost import DIRECT, DIRECT_PORT, SOURCE, STATS, VIP, VIP_PORT, Variant, measure, workload
+from bench.policy_cost import DIRECT, DIRECT_PORT, SOURCE, VIP, VIP_PORT, Variant, measure, workload
 from socklb.dataplane import dns, layout
 from socklb.dataplane.kernel import BpfMap, cgroup2_mount, ensure_bpffs
 
@@ -98,16 +98,8 @@ def prepare(args, teardown: lab.Teardown) -> tuple[Path, list[Variant]]:
     statistics switched on (restored by the teardown)."""
     workdir = lab.make_tempdir(teardown)
     exe, variants = compile_c(SOURCE, workdir), build(args, teardown, workdir)
-    bpf_stats_on(teardown)
+    agent.enable_bpf_stats(teardown)
     return exe, variants
-
-
-def bpf_stats_on(teardown: lab.Teardown) -> None:
-    """The kernel's BPF run-time statistics on for the run (programs'
-    run_time_ns / run_cnt), the previous setting restored by the teardown."""
-    before = STATS.read_text().strip()
-    teardown.add("bpf stats", lambda: STATS.write_text(before))
-    STATS.write_text("1")
 
 
 def main(argv=None) -> int:

@@ -69,7 +69,6 @@ from pathlib import Path
 from bench import agent, lab, loadgen, policy_connect
 from bench.backends import compile_c, stop_process
 from bench.nat import Service
-from bench.fqdn_cost import bpf_stats_on
 from bench.policy_cost import prog_stats
 from bench.report import Summary, Table, bench_parser, median, publish, render_table
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
@@ -521,7 +520,7 @@ def main(argv=None) -> int:
         connects = connect_variants(env, args.learned)
         info = {"learner": dump(env, "info").get("capabilities", {}).get("fqdn_learner", "?"),
                 "learned": learned, "learn_s": learn_s, "refusals": check(env, connects)}
-        bpf_stats_on(teardown)
+        agent.enable_bpf_stats(teardown)
         dns = run_dns(args, env)
         run_connects(args, env, connects)
         section = render(args, info, dns, connects, started, load_before, time.monotonic() - t_start)

@@ -112,29 +112,20 @@ def op_exchange(self, server, port, wires, tcp=False, replies=1, timeout=5.0, rc
             finally:
                 s.close()
         else:
-            s = socket.socket(fam, socket.SOCK_DGRAM)
-            s.settimeout(timeout)
-            try:
-                s.sendto(data, (server, port))
-                while n < replies:
-                    s.recvfrom(65536)
-                    n += 1
-            except OSError:
-                pass
-            finally:
-                s.close()
+            n = _udp_exchange(server, port, [data], replies, timeout)
         got.append(n)
     return {"got": got, "errors": errors}
 
-def op_burst(self, server, port, wires, replies, timeout=5.0):
-    """Every query (hex) from one UDP socket, then read `replies` datagrams:
-    how many arrived."""
+
+def _udp_exchange(server, port, datas, replies, timeout):
+    """Every datagram from one UDP socket, then read `replies` datagrams:
+    how many arrived before the timeout."""
     s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(timeout)
     n = 0
     try:
-        for w in wires:
-            s.sendto(bytes.fromhex(w), (server, port))
+        for data in datas:
+            s.sendto(data, (server, port))
         while n < replies:
             s.recvfrom(65536)
             n += 1
@@ -142,7 +133,12 @@ def op_burst(self, server, port, wires, replies, timeout=5.0):
         pass
     finally:
         s.close()
-    return {"got": n}
+    return n
+
+def op_burst(self, server, port, wires, replies, timeout=5.0):
+    """Every query (hex) from one UDP socket, then read `replies` datagrams:
+    how many arrived."""
+    return {"got": _udp_exchange(server, port, [bytes.fromhex(w) for w in wires], replies, timeout)}
 
 client.main(globals())
 '''
