@@ -25,7 +25,8 @@ from . import desired
 from .catalog import Catalog
 from .desired import check_capacity_delta, frontend_targets, totals
 from .layout import SvcFlag, Table
-from .plan import DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, make_plan
+from .plan import (DeleteBackend, DeleteMaster, Plan, Programmed, PutBackend, PutMaster, collector_paused,
+                   make_plan)
 from .policy import PolicyPart, PolicyStep
 from .policy_desired import NodePolicy, apply_policy_delta, node_policy
 from .policy_plan import (DeletePrefix, DeleteVerdict, DeleteWorkload, PolicyEntries, PutPrefix, PutVerdict,
@@ -140,31 +141,45 @@ class Agent:
         desired.isolate; ApplyResult.rejected names them), so one bad service
         does not hold back every other change. Only where the node holds its
         previous state: after a restart it cannot tell what to keep."""
-        with _measured():
+        # The collector off throughout: a full state makes 100k+ objects, and
+        # each 700 would start a collection walking what the agent holds.
+        with _measured(), collector_paused():
             start = time.monotonic()
             rejected: dict[str, str] = {}
             given = node_policy(state, self.policy.given)  # raises InvalidState, nothing touched; never isolated
+            reuse = self._reuse()
             try:
-                targets = frontend_targets(state, self.limits)  # raises InvalidState, nothing touched
+                targets = frontend_targets(state, self.limits, reuse)  # raises InvalidState, nothing touched
             except InvalidState:
                 if not isolate or self.services is None:
                     raise
                 state, rejected = desired.isolate(state, self.services, self.limits)
-                targets = frontend_targets(state, self.limits)
+                targets = frontend_targets(state, self.limits, reuse)
             with self._lock:
                 resolved = self.policy.resolve(given)
                 overlay = redirect_targets(self._live(given, resolved), targets.get, _redirect_fields(state))
                 planned = {**targets, **overlay}
                 desired.check_capacity(planned.values(), self.limits)
                 before_prog = self._programmed
-                plan = make_plan(before_prog, planned)
+                # Where this agent applied the last state, the plan looks
+                # at the frontends whose target changed only: an unchanged
+                # service's targets are the very objects it applied (reuse),
+                # and what the maps hold is what that apply wrote. Else (the
+                # first state since the agent started: the maps were read
+                # back) the whole state, stray entries included.
+                touched = None
+                if self.services is not None:
+                    before_planned = {**self.targets, **self.overlay}
+                    touched = {k for k, t in planned.items() if before_planned.get(k) is not t}
+                    touched.update(k for k in before_planned if k not in planned)
+                plan = make_plan(before_prog, planned, only=touched)
                 step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
                 before, found = self.policy.given, self.policy.found(step)
                 # The first state since the agent started: what the previous one
                 # applied (and whether its job ran) is unknown, so every
                 # restricted workload is judged, under an id of this node's own.
                 job_id = f"v{state.version}-policy-start-{self.node}" if self.services is None else ""
-                result = self._execute(plan, state.version, state, start, None, step)
+                result = self._execute(plan, state.version, state, start, touched, step)
                 self.services = {s.name: s for s in state.services}
                 self.targets = targets
                 keys: dict[str, list] = {}
@@ -180,8 +195,23 @@ class Agent:
                               len(rejected), "; ".join(rejected.values()))
                 return replace(result, rejected=rejected)
 
+    def _reuse(self):
+        """desired.frontend_targets' reuse: the targets this agent applied
+        for a service whose message is the same as then (None: changed, new,
+        or no state applied since the agent started)."""
+        services, targets, keys_of = self.services, self.targets, self.keys_of
+        if not services:
+            return None
+
+        def reuse(svc: node_pb2.ServiceState):
+            old = services.get(svc.name)
+            if old is None or old != svc:  # message equality: every field, in C
+                return None
+            return [targets[k] for k in keys_of.get(svc.name, ())]
+        return reuse
+
     def apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:
-        with _measured():
+        with _measured(), collector_paused():
             return self._apply_delta(delta)
 
     def _apply_delta(self, delta: node_pb2.NodeStateDelta) -> ApplyResult:

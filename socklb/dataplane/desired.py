@@ -9,7 +9,7 @@ invalid as a whole. A state is either entirely valid or rejected.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from socklb.lb.errors import InvalidState
@@ -29,29 +29,44 @@ class Limits:
     maglev_size: int = MAGLEV_TABLE_SIZE
 
 
-def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits()) -> dict[FrontendKey, FrontendTarget]:
-    """Validate a whole NodeState and expand it into one target per frontend."""
+def frontend_targets(state: node_pb2.NodeState, limits: Limits = Limits(),
+                     reuse: Callable[[node_pb2.ServiceState], list[FrontendTarget] | None] | None = None,
+                     ) -> dict[FrontendKey, FrontendTarget]:
+    """Validate a whole NodeState and expand it into one target per frontend.
+
+    reuse: the targets of a service exactly as last applied (None: not
+    that): a service's own checks and targets depend on its message alone,
+    so an unchanged one keeps its targets (the same objects, which make_plan
+    then need not look at); the checks between services (names, frontends,
+    capacity) still run on every one."""
     with collector_paused():  # 100k+ backend targets: see plan.collector_paused
-        return _frontend_targets(state, limits)
+        return _frontend_targets(state, limits, reuse)
 
 
-def _frontend_targets(state: node_pb2.NodeState, limits: Limits) -> dict[FrontendKey, FrontendTarget]:
+def _frontend_targets(state: node_pb2.NodeState, limits: Limits, reuse) -> dict[FrontendKey, FrontendTarget]:
     targets: dict[FrontendKey, FrontendTarget] = {}
-    owner: dict[FrontendKey, str] = {}
+    owner: dict[FrontendKey, int] = {}
     names: dict[str, int] = {}
+    maglev_size = limits.maglev_size
     for si, svc in enumerate(state.services):
-        sf = f"services[{si}]"
-        check_name(svc.name, f"{sf}.name")
-        if svc.name in names:
-            raise InvalidState(f"{sf}.name", f"{svc.name!r} is already services[{names[svc.name]}]")
-        names[svc.name] = si
-        for t in service_targets(svc, sf, limits.maglev_size):
-            if t.key in targets:
-                other, text = owner[t.key]
-                raise InvalidState(_frontend_field(svc, sf, t.key), f"frontend {t.key} is already used by {text}",
-                                   other=other)
-            targets[t.key] = t
-            owner[t.key] = (si, f"{sf} ({svc.name!r})")
+        name = svc.name
+        if name in names:
+            check_name(name, f"services[{si}].name")
+            raise InvalidState(f"services[{si}].name", f"{name!r} is already services[{names[name]}]")
+        names[name] = si
+        mine = reuse(svc) if reuse is not None else None
+        if mine is None:
+            check_name(name, f"services[{si}].name")
+            mine = service_targets(svc, f"services[{si}]", maglev_size)
+        for t in mine:
+            key = t.key
+            if key in targets:
+                other = owner[key]
+                sf = f"services[{si}]"
+                raise InvalidState(_frontend_field(svc, sf, key), f"frontend {key} is already used by "
+                                   f"services[{other}] ({state.services[other].name!r})", other=other)
+            targets[key] = t
+            owner[key] = si
     check_capacity(targets.values(), limits)
     return targets
 

@@ -22,14 +22,14 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
 
 from .layout import SvcFlag
 
 
-@dataclass(frozen=True)
-class ProgrammedBackend:
+class ProgrammedBackend(NamedTuple):
     id: int
     frontend_id: int
     addr: bytes
@@ -77,37 +77,32 @@ class Programmed:
 
 
 # --- operations, in execution order ---------------------------------------
+# Named tuples, as ProgrammedBackend: a full state's plan holds 200k+ ops.
 
-@dataclass(frozen=True)
-class PutBackend:
+class PutBackend(NamedTuple):
     backend: ProgrammedBackend
 
 
-@dataclass(frozen=True)
-class PutSlot:
+class PutSlot(NamedTuple):
     key: FrontendKey
     slot: int  # 1-based
     backend_id: int
 
 
-@dataclass(frozen=True)
-class PutMaster:
+class PutMaster(NamedTuple):
     frontend: ProgrammedFrontend
 
 
-@dataclass(frozen=True)
-class DeleteSlot:
+class DeleteSlot(NamedTuple):
     key: FrontendKey
     slot: int
 
 
-@dataclass(frozen=True)
-class DeleteMaster:
+class DeleteMaster(NamedTuple):
     key: FrontendKey
 
 
-@dataclass(frozen=True)
-class DeleteBackend:
+class DeleteBackend(NamedTuple):
     id: int
 
 

@@ -8,12 +8,14 @@ the message (`services[2].frontends[0].address`).
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from socklb.v1 import node_pb2, types_pb2
 
 from . import selection
-from .addresses import V4MAPPED, addr16, addr_text, check_port, join_host_port, parse_ip
+from .addresses import MAX_PORT, V4MAPPED, addr16, addr_text, check_port, join_host_port, parse_ip
 from .errors import InvalidState
 from .limits import MAGLEV_TABLE_SIZE, MAX_AFFINITY_SECONDS, MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT
 from .protocols import PROTOCOLS, name_of
@@ -48,8 +50,11 @@ STATES_PB = {state: pb for pb, state in STATES.items() if pb != types_pb2.BACKEN
 SELECTIONS_PB = {sel: pb for pb, sel in SELECTIONS.items() if pb != types_pb2.SELECTION_UNSPECIFIED}
 
 
-@dataclass(frozen=True, order=True)
-class FrontendKey:
+class FrontendKey(NamedTuple):
+    """A frontend as the services map keys it. A named tuple, not a
+    dataclass: hashed and compared in C, as a full state's 10k+ keys are
+    looked up several times per apply."""
+
     addr: bytes  # 16 bytes, IPv4 v4-mapped
     port: int
     proto: int  # IPPROTO_*
@@ -70,8 +75,9 @@ class FrontendKey:
         return f"{shown} (local redirect)" if self.table else shown
 
 
-@dataclass(frozen=True)
-class BackendTarget:
+class BackendTarget(NamedTuple):
+    """A named tuple: a full state makes 100k+ of them."""
+
     addr: bytes
     port: int
     state: BackendState
@@ -115,20 +121,8 @@ def service_targets(svc: node_pb2.ServiceState, sf: str,
         raise InvalidState(f"{sf}.frontends", f"{len(svc.frontends)} frontends: more than {MAX_FRONTENDS}")
     if len(svc.backends) > MAX_BACKENDS:
         raise InvalidState(f"{sf}.backends", f"{len(svc.backends)} backends: more than {MAX_BACKENDS}")
-    backends = []
-    seen: dict[tuple, int] = {}
-    for bi, be in enumerate(svc.backends):
-        bf = f"{sf}.backends[{bi}]"
-        ip = parse_ip(be.address, f"{bf}.address")
-        port = check_port(be.port, f"{bf}.port", allow_zero=True)
-        if be.weight > MAX_WEIGHT:
-            raise InvalidState(f"{bf}.weight", f"{be.weight} exceeds {MAX_WEIGHT}")
-        state = _enum(STATES, be.state, f"{bf}.state", "backend state")
-        ident = (ip, port)
-        if ident in seen:
-            raise InvalidState(f"{bf}", f"duplicate of backends[{seen[ident]}] ({be.address} port {port})")
-        seen[ident] = bi
-        backends.append((ip, port, state, be.weight or 1))
+    backends = _backends(svc.backends, sf)
+    zero_port = any(not p for _, p, _, _ in backends)
 
     out = []
     seen_fe: dict[FrontendKey, int] = {}
@@ -139,22 +133,72 @@ def service_targets(svc: node_pb2.ServiceState, sf: str,
             raise InvalidState(ff, f"duplicate of frontends[{seen_fe[key]}] ({key})")
         seen_fe[key] = fi
         # A frontend uses the backends of its own address family.
-        mine = tuple(BackendTarget(addr16(bip), bport or key.port, bstate, w)
-                     for bip, bport, bstate, w in backends if (bip.version == 4) == key.is_v4)
-        if len({(b.addr, b.port) for b in mine}) != len(mine):
+        v4, fport = key.is_v4, key.port
+        mine = tuple(BackendTarget(a, p or fport, s, w) for a, p, s, w in backends if (a[:12] == V4MAPPED) == v4)
+        # (address, port) is unique in `backends` (_backends); only port 0
+        # (the frontend's) can make two the same here.
+        if zero_port and len({(b.addr, b.port) for b in mine}) != len(mine):
             raise InvalidState(f"{sf}.backends", f"two backends resolve to the same address and port for {key}")
-        active = [i for i, b in enumerate(mine) if b.state == BackendState.ACTIVE]
+        active = [i for i, b in enumerate(mine) if b.state is _ACTIVE]
         if sel == Selection.MAGLEV and len(active) > maglev_size:
             raise InvalidState(f"{sf}.backends", f"{len(active)} active backends for {key} exceed the Maglev "
                                                  f"table size {maglev_size}")
         try:
-            table = selection.build_table(int(sel), [backend_name(mine[i]) for i in active],
-                                          [mine[i].weight for i in active], maglev_size)
+            if sel is Selection.RANDOM:
+                # By weights alone (cached: a node's services share a few weight patterns).
+                table = selection.random_table(tuple([mine[i].weight for i in active]))
+            else:
+                table = selection.build_table(int(sel), [backend_name(mine[i]) for i in active],
+                                              [mine[i].weight for i in active], maglev_size)
         except ValueError as e:  # a limit of the tables: a wrong state, named, never a crash
             raise InvalidState(f"{sf}.backends", f"selection table for {key}: {e}") from None
-        out.append(FrontendTarget(svc.name, key, sel, svc.affinity_timeout_seconds, mine,
-                                  tuple(active[j] for j in table)))
+        slots = tuple(table) if len(active) == len(mine) else tuple([active[j] for j in table])
+        out.append(FrontendTarget(svc.name, key, sel, svc.affinity_timeout_seconds, mine, slots))
     return out
+
+
+_ACTIVE = BackendState.ACTIVE
+_NO_ADDRESS = b"\0\0\0\0"
+
+
+def _backends(pbs, sf: str) -> list[tuple[bytes, int, BackendState, int]]:
+    """A service's backends checked, as (16-byte address, port, state,
+    weight), in order. A plain IPv4 backend whose fields are all in range is
+    read here, in a few C calls (a full state has 100k+ backends); any other
+    (IPv6, brackets, anything out of range) goes to _backend, which checks
+    every field in turn and names the first wrong one."""
+    out = []
+    seen: dict[tuple[bytes, int], int] = {}
+    pton, af, states = socket.inet_pton, socket.AF_INET, STATES
+    for bi, be in enumerate(pbs):
+        address, port, weight = be.address, be.port, be.weight
+        state = states.get(be.state)
+        try:
+            packed = pton(af, address)  # exactly what parse_ip's IPv4 path takes
+        except (OSError, ValueError):
+            packed = _NO_ADDRESS
+        if (packed == _NO_ADDRESS or 224 <= packed[0] <= 239 or port > MAX_PORT or weight > MAX_WEIGHT
+                or state is None):
+            a16, port, state, weight = _backend(be, f"{sf}.backends[{bi}]")
+        else:
+            a16, weight = V4MAPPED + packed, weight or 1
+        ident = (a16, port)
+        if ident in seen:
+            raise InvalidState(f"{sf}.backends[{bi}]", f"duplicate of backends[{seen[ident]}] ({address} port {port})")
+        seen[ident] = bi
+        out.append((a16, port, state, weight))
+    return out
+
+
+def _backend(be: types_pb2.Backend, bf: str) -> tuple[bytes, int, BackendState, int]:
+    """One backend (at field `bf`) checked field by field: the first wrong
+    one raises, named."""
+    ip = parse_ip(be.address, f"{bf}.address")
+    port = check_port(be.port, f"{bf}.port", allow_zero=True)
+    if be.weight > MAX_WEIGHT:
+        raise InvalidState(f"{bf}.weight", f"{be.weight} exceeds {MAX_WEIGHT}")
+    state = _enum(STATES, be.state, f"{bf}.state", "backend state")
+    return addr16(ip), port, state, be.weight or 1
 
 
 def backend_name(b: BackendTarget) -> str:

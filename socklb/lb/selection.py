@@ -16,6 +16,7 @@ caller's ``weights``/``keys``; backends with weight 0 get no slot.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import operator
@@ -32,6 +33,7 @@ __all__ = [
     "build_table",
     "maglev_size",
     "maglev_table",
+    "random_table",
     "weighted_slots",
 ]
 
@@ -187,18 +189,27 @@ def build_table(selection: int, keys: Sequence[str], weights: Sequence[int],
     _check_keys(keys, len(ws))
     sel = _as_int(selection, "selection")
     if sel in (0, SELECTION_RANDOM):
-        # 1024 slots as a rule; more only when more backends are active,
-        # each keeps at least one slot.
-        active = sum(1 for w in ws if w > 0)
-        if active > MAX_SLOTS_RANDOM:
-            raise ValueError(f"{active} backends exceed the largest random table ({MAX_SLOTS_RANDOM})")
-        return weighted_slots(ws, max(RANDOM_SLOTS, active))
+        return list(random_table(tuple(ws)))
     if sel == SELECTION_MAGLEV:
         active = sum(1 for w in ws if w > 0)
         if active > MAX_TABLE:
             raise ValueError(f"{active} backends exceed the largest maglev table ({MAX_TABLE})")
         return maglev_table(keys, ws, table_size if table_size is not None else maglev_size(active))
     raise ValueError(f"unknown selection {selection!r} (expected 0, 1 RANDOM or 2 MAGLEV)")
+
+
+@functools.lru_cache(maxsize=1024)
+def random_table(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """build_table's RANDOM table: a function of the weights alone (the keys
+    play no part), so cached by them: a node's frontends share a few weight
+    patterns (most: n equal weights), and a full state has 10k+ frontends.
+    1024 slots as a rule; more only when more backends are active, each
+    keeps at least one slot."""
+    ws = _check_weights(weights)
+    active = sum(1 for w in ws if w > 0)
+    if active > MAX_SLOTS_RANDOM:
+        raise ValueError(f"{active} backends exceed the largest random table ({MAX_SLOTS_RANDOM})")
+    return tuple(weighted_slots(ws, max(RANDOM_SLOTS, active)))
 
 
 # ---------------------------------------------------------------- helpers
