@@ -1,28 +1,34 @@
 """Snapshot apply (issue 14): a full state (10k services x 10 backends, about
-210k map entries) from a state file into the real BPF maps, with batched map
-writes (BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH) against the per-entry
-writes as the peer, in the same run.
+210k map entries) from a state file into the real BPF maps, through this
+tree's agent and, in the same run, another tree's (--baseline: main before a
+change), with the map writes batched; --per-entry adds this tree with one
+bpf() call per entry.
 
-    python -m bench.snapshot_apply [--services 10000 --rounds 2 --no-doc]
+    python -m bench.snapshot_apply [--baseline TREE] [--per-entry]
+                                   [--services 10000 --rounds 3 --no-doc]
 
-One datapath (the real programs, attached to a cgroup of the benchmark's own,
-pins under /sys/fs/bpf/socklb-bench-*) and, per round and way, a fresh
-Agent on a maps.BpfMapWriter forced to that way (--map-writes batch |
-per-entry, the agent's own switch); the ways alternate round by round.
-Each apply goes from the small state (one probe service) to the full one
-and back, so it writes every entry of the full state, then deletes them:
+Each (tree, round) is a worker process (bench/snapshot_worker.py, run with
+PYTHONPATH=TREE) that loads that tree's datapath (the real programs,
+attached to a cgroup of the benchmark's own, pins under
+/sys/fs/bpf/socklb-bench-*) and goes through its PHASES on the same state
+files: the full state over a one-service one, the full state with one
+service changed, a one-service apply_delta, the same full state again, and
+back to one service. Per phase: parse (statefile.load_state), apply
+(Agent.apply / apply_delta: validation, plan, writes, bookkeeping), and the
+map writer's share ("writes"), on the applying thread's CPU clock and the
+wall clock. The trees alternate round by round.
 
-- parse: the state file (JSON) into a NodeState, statefile.load_state;
-- apply: Agent.apply (validation, planning, the map writes), of which
-  "writes" is the map writer's share (the plan's ops into the maps);
-- entries: map entries written (or deleted), per second of each.
+During the full and remove applies a client in the cgroup connects in a
+loop (TCP) to the probe service's VIP on loopback, whose backend moves to
+another port in the full state and back: make-before-break must keep every
+connect working (failures are counted and reported). After the full apply
+each worker digests the maps' entries: every tree and run must program the
+same bytes (ids included).
 
-During every apply a client in the cgroup connects in a loop (TCP) to the
-probe service's VIP on loopback, whose backend moves to another port in the
-full state and back: make-before-break must keep every connect working
-(failures are counted and reported). After each full apply the maps are read
-back, and the per-entry and batched ways must have programmed the same
-entries (key and value bytes, ids included).
+The floor: floor() times, in this process, the least per-entry work from a
+parsed state to packed entries (reading each backend's fields, parsing its
+address, packing every entry); the workers time the kernel's batch calls
+alone (every entry written again, packed beforehand).
 
 The YAML loaders are timed on the same state written as YAML: libyaml's
 (CSafeLoader, what statefile uses where PyYAML has it) on the whole file,
@@ -43,25 +49,23 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from bench import lab
 from bench.report import publish
-from socklb.dataplane.agent import Agent
+from socklb.dataplane import mapbatch
 from socklb.dataplane.kernel import cgroup2_mount, ensure_bpffs
-from socklb.dataplane.layout import Meta
-from socklb.dataplane.loader import Capacity, Datapath, detach
-from socklb.dataplane.maps import BpfMapWriter
+from socklb.dataplane.loader import detach
 from socklb.dataplane.statefile import YAML_LOADER, load_state
-from socklb.v1 import node_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 PROBE_VIP, PROBE_PORT = "127.98.0.1", 80
-WAYS = ("per-entry", "batch")
+WORKER = ROOT / "bench" / "snapshot_worker.py"
 
 # The connect loop and its backends, shared with the kernel tests.
 LOOP = ROOT / "tests" / "kernel" / "connect_loop.py"
@@ -89,68 +93,6 @@ def server(teardown: lab.Teardown) -> int:
     return int(p.stdout.readline())
 
 
-class TimedWriter(BpfMapWriter):
-    """The map writer, timing its share of an apply (the plan's ops)."""
-
-    def __init__(self, datapath, way):
-        super().__init__(datapath, way)
-        self.seconds = self.cpu = 0.0
-        self.entries = 0
-
-    def _execute_ops(self, ops) -> None:
-        ops = list(ops)
-        t, c = time.perf_counter(), time.thread_time()
-        super()._execute_ops(ops)
-        self.seconds += time.perf_counter() - t
-        self.cpu += time.thread_time() - c
-        self.entries += len(ops)
-
-
-@dataclass
-class Apply:
-    way: str
-    kind: str  # "full" (small -> full) | "remove" (full -> small)
-    entries: int
-    parse_s: float
-    apply_s: float
-    write_s: float
-    parse_cpu: float
-    apply_cpu: float
-    write_cpu: float
-    ok: int = 0
-    failed: int = 0
-    errors: dict = field(default_factory=dict)
-
-
-def dump(writer: BpfMapWriter) -> dict:
-    """The services and backends maps' entries, as bytes."""
-    out = {}
-    for name in ("services", "backends"):
-        m = writer._batch_maps[name]
-        out[name] = {bytes(k): bytes(v) for k, v in m.items()}
-    return out
-
-
-def run_apply(agent: Agent, writer: TimedWriter, path: Path, way: str, kind: str, cg: Path) -> Apply:
-    client = subprocess.Popen([sys.executable, str(LOOP), "connect", PROBE_VIP, str(PROBE_PORT), str(INTERVAL)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, preexec_fn=lab.join_cgroup(cg))
-    try:
-        client.stdout.readline()  # "started"
-        time.sleep(0.2)  # the loop is running before the apply begins
-        writer.seconds, writer.cpu, writer.entries = 0.0, 0.0, 0
-        t0, c0 = time.perf_counter(), time.thread_time()
-        state = load_state(path)
-        t1, c1 = time.perf_counter(), time.thread_time()
-        agent.apply(state)
-        t2, c2 = time.perf_counter(), time.thread_time()
-        time.sleep(0.3)
-    finally:
-        out, _ = client.communicate("", timeout=30)
-    c = json.loads(out.splitlines()[-1])
-    return Apply(way, kind, writer.entries, t1 - t0, t2 - t1, writer.seconds, c1 - c0, c2 - c1, writer.cpu,
-                 c["ok"], c["failed"], c["errors"])
-
-
 def time_yaml(doc: dict, pure_services: int, tmp: Path) -> dict:
     text = yaml.safe_dump(doc, sort_keys=False)
     out = {"yaml_bytes": len(text)}
@@ -169,140 +111,212 @@ def time_yaml(doc: dict, pure_services: int, tmp: Path) -> dict:
     return out
 
 
-def run(args, teardown: lab.Teardown) -> tuple[list[Apply], dict, dict]:
+def run(args, teardown: lab.Teardown) -> tuple[list[Run], dict]:
     mount = cgroup2_mount()
     ensure_bpffs()
     parent = lab.make_cgroup(mount / f"{lab.PREFIX}{os.getpid()}", teardown)
     cg = lab.make_cgroup(parent / "socklb", teardown)
     pins = Path("/sys/fs/bpf") / f"{lab.PREFIX}{os.getpid()}-apply"
-    teardown.add(f"pins {pins}", lambda: (detach(pins), shutil.rmtree(pins, ignore_errors=True)))
+    teardown.add(f"pins {pins}", lambda: [(detach(p), shutil.rmtree(p, ignore_errors=True))
+                                          for p in (pins.glob("*") if pins.exists() else ())])
+    teardown.add(f"pin dir {pins}", lambda: shutil.rmtree(pins, ignore_errors=True))
     tmp = lab.make_tempdir(teardown)
     ports = [server(teardown), server(teardown)]
 
     many = [service(i, args.backends) for i in range(args.services)]
-    small = tmp / "small.json"
-    full = tmp / "full.json"
-    small.write_text(json.dumps({"version": 1, "services": [probe(ports[0])]}))
-    full.write_text(json.dumps({"version": 2, "services": many + [probe(ports[1])]}))
+    files = {"small": tmp / "small.json", "full": tmp / "full.json", "changed": tmp / "changed.json",
+             "delta": tmp / "delta.json"}
+    files["small"].write_text(json.dumps({"version": 1, "services": [probe(ports[0])]}))
+    files["full"].write_text(json.dumps({"version": 2, "services": many + [probe(ports[1])]}))
+    # One service with one backend moved (a new address): one backend entry
+    # and one slot written, one backend deleted.
+    moved = json.loads(json.dumps(many[0]))
+    moved["backends"][0]["address"] = "10.255.255.1"
+    files["changed"].write_text(json.dumps({"version": 3, "services": [moved, *many[1:], probe(ports[1])]}))
+    files["delta"].write_text(json.dumps(many[0]))  # the delta puts it back
 
-    dp = Datapath(pin_dir=pins, cgroup=cg, capacity=Capacity(services=1 << 20, backends=1 << 20))
-    dp.load()
-    teardown.add("datapath", dp.close)
-    runs: list[Apply] = []
-    contents: dict[str, dict] = {}
-    probed = ""
+    variants = [("this", ROOT, "batch")]
+    if args.baseline:
+        variants.append(("baseline", args.baseline.resolve(), "batch"))
+    if args.per_entry:
+        variants.append(("this, per-entry", ROOT, "per-entry"))
+    runs: list[Run] = []
     for r in range(args.rounds):
-        for way in (WAYS if r % 2 == 0 else WAYS[::-1]):
-            writer = TimedWriter(dp, way)
-            probed = writer.batch_refused or "yes"
-            # Both ways start from empty maps with the id allocators at 1, so
-            # they must program byte-identical entries (ids included).
-            Agent(writer, "bench").apply(node_pb2.NodeState(version=1))
-            writer.set_meta(Meta.NEXT_FRONTEND_ID, 1)
-            writer.set_meta(Meta.NEXT_BACKEND_ID, 1)
-            agent = Agent(writer, "bench")
-            agent.apply(load_state(small))
-            lab.log(f"round {r + 1}, {way}: small -> full")
-            a = run_apply(agent, writer, full, way, "full", cg)
-            runs.append(a)
-            lab.log(f"  {a.entries} entries: parse {a.parse_s:.2f}s, apply {a.apply_s:.2f}s "
-                    f"(writes {a.write_s:.3f}s); CPU {a.parse_cpu:.2f}/{a.apply_cpu:.2f}/{a.write_cpu:.3f}s; "
-                    f"connects ok {a.ok} failed {a.failed}")
-            if way not in contents:
-                contents[way] = dump(writer)
-            lab.log(f"round {r + 1}, {way}: full -> small")
-            a = run_apply(agent, writer, small, way, "remove", cg)
-            runs.append(a)
-            lab.log(f"  {a.entries} entries: parse {a.parse_s:.2f}s, apply {a.apply_s:.2f}s "
-                    f"(writes {a.write_s:.3f}s); connects ok {a.ok} failed {a.failed}")
-    same = contents.get("batch") == contents.get("per-entry")
-    sizes = {w: {m: len(v) for m, v in c.items()} for w, c in contents.items()}
-    doc = {"version": 2, "services": many}
-    yaml_t = time_yaml(doc, args.pure_services, tmp)
-    return runs, {"same": same, "sizes": sizes, "batch_probe": probed}, yaml_t
+        for label, tree, way in (variants if r % 2 == 0 else variants[::-1]):
+            spec = {"pins": str(pins / f"{r}-{way}-{len(runs)}"), "cgroup": str(cg), "way": way,
+                    "loop": str(LOOP), "vip": PROBE_VIP, "port": PROBE_PORT, "interval": INTERVAL,
+                    **{k: str(v) for k, v in files.items()}}
+            spec_file = tmp / f"spec-{len(runs)}.json"
+            spec_file.write_text(json.dumps(spec))
+            lab.log(f"round {r + 1}: {label} ({tree}, {way})")
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            p = subprocess.run([sys.executable, str(WORKER), str(spec_file)], env=env, cwd=tree,
+                               stdout=subprocess.PIPE, text=True, check=True)
+            out = json.loads(p.stdout.splitlines()[-1])
+            run = Run(label, way, out)
+            runs.append(run)
+            for name, ph in out["phases"].items():
+                lab.log(f"  {name}: {ph['entries']} entries; CPU parse {ph['parse_cpu']:.3f}s apply "
+                        f"{ph['apply_cpu']:.3f}s (writes {ph['write_cpu']:.3f}s); connects ok {ph['ok']} "
+                        f"failed {ph['failed']}")
+    sizes = runs[0].out["sizes"]
+    extra = {"yaml": time_yaml({"version": 2, "services": many}, args.pure_services, tmp),
+             "floor": floor(files["full"], sizes["services"])}
+    return runs, extra
 
 
-def med(runs: list[Apply], way: str, kind: str, attr: str) -> float:
-    return statistics.median(getattr(a, attr) for a in runs if a.way == way and a.kind == kind)
+def floor(path: Path, service_entries: int) -> dict:
+    """The least per-entry work in Python from a parsed state to packed map
+    entries (this tree's packers), timed step by step on the full state
+    (CPU of this thread, best of 3): each backend's four fields read from the
+    message, its address parsed (inet_pton) and its (address, port) checked
+    unique, and every entry packed (a backend's key and value, a slot's and
+    a master's). The kernel's share is the workers' ("kernel")."""
+    state = load_state(path)
+    backends = [be for svc in state.services for be in svc.backends]
+    pton, af = socket.inet_pton, socket.AF_INET
+
+    def fields():
+        for svc in state.services:
+            for be in svc.backends:
+                be.address, be.port, be.weight, be.state
+
+    def parse():
+        for svc in state.services:
+            seen = {}
+            for be in svc.backends:
+                ident = (pton(af, be.address), be.port)
+                seen[ident] = (ident, be.weight, be.state)
+
+    kpack, vpack, skey, sval, htons = (mapbatch.BACKEND_KEY.pack, mapbatch.BACKEND_VAL.pack, mapbatch.SVC_KEY.pack,
+                                       mapbatch.SVC_VAL.pack, socket.htons)
+    addr, n_back, n_svc = b"\0" * 16, len(backends), service_entries
+
+    def pack():
+        b"".join([kpack(i) for i in range(n_back)])
+        b"".join([vpack(addr, htons(8080), 6, 1, i) for i in range(n_back)])
+        b"".join([skey(addr, htons(80), 6, 0, i % 11, 0) for i in range(n_svc)])
+        b"".join([sval(i, 0, 0, 0, 0, 0) for i in range(n_svc)])
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            c = time.thread_time()
+            fn()
+            times.append(time.thread_time() - c)
+        return min(times)
+    return {"backends": n_back, "service_entries": n_svc, "fields": best(fields), "parse": best(parse),
+            "pack": best(pack)}
 
 
-READING = [
-    "",
-    "How to read it:",
-    "",
-    "- The peer differs from the batched way in the map writes only: both run the same validation and plan. "
-    "Where an apply's CPU goes besides the writes (cProfile of `Agent.apply` on the full state, batched, "
-    "load 6): validation (`desired.frontend_targets` → `socklb.lb.frontends.service_targets`: address parsing, "
-    "selection tables, the fields' names) about 58%, the plan (`make_plan`: 210k ops and their records) about "
-    "23%, the map writes about 7% (of which the kernel's batch calls 2%), the agent's bookkeeping (services by "
-    "name, catalog, terminations' bookkeeping) about 10%.",
-    "- The issue's target, ≥ 1 M map entries/s end to end, is **not met**: file → maps runs at about 50k "
-    "entries/s of CPU (about 15 µs of CPU per map entry in validation, planning and the agent's bookkeeping, about 2.4 µs in the batched "
-    "writes: packing about 1 µs, the kernel's batch call about 1 µs on this loaded machine). Batching moved "
-    "the writes from the largest per-entry cost to a small one; what is left is the model's per-backend work "
-    "in Python.",
-    "- The state file: JSON goes to json and the message's constructor (0.2 s + 0.1 s for 10k services; "
-    "protobuf's ParseDict took 2.2 s), YAML to libyaml's loader where PyYAML has it (the pure one logs a "
-    "warning on a large file). libyaml itself is slow on a 5 MB document: a large state file should be JSON.",
-]
+READING: list[str] = []
 
 
-def report(args, runs, check, yaml_t, started, load_before, t_start) -> str:
+@dataclass
+class Run:
+    label: str  # "this" | "baseline" | "this, per-entry"
+    way: str
+    out: dict  # the worker's: phases, digest, sizes, kernel, batch_probe
+
+
+def med(runs: list[Run], label: str, phase: str, attr: str) -> float:
+    return statistics.median(r.out["phases"][phase][attr] for r in runs if r.label == label)
+
+
+def _rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "–"
+
+
+def report(args, runs: list[Run], extra: dict, started, load_before, t_start) -> str:
+    labels = list(dict.fromkeys(r.label for r in runs))
+    cmd = "python -m bench.snapshot_apply" + (" --baseline ../baseline" if args.baseline else "") + \
+        (" --per-entry" if args.per_entry else "") + (f" --rounds {args.rounds}" if args.rounds != 3 else "")
     lines = ["<!-- snapshot-apply:begin -->", "## Snapshot apply (issue 14)", "",
-             "A full state (10k services × 10 backends) from a JSON state file into the real BPF maps of an "
-             "attached datapath, map writes in batches (BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH, the "
-             "agent's way where the kernel takes them) against one bpf() call per entry (`--map-writes "
-             "per-entry`, the way before) as the peer, alternating in one run. \"full\" applies the full state "
-             "over a one-service state (every entry written), \"remove\" goes back (every entry deleted). parse = "
-             "`statefile.load_state` (json, then NodeState's constructor); apply = `Agent.apply` (validation, plan, "
-             "writes); writes = the map writer's share. Medians over rounds. During every apply a client in the "
-             "cgroup connects in a loop through a VIP on loopback whose backend changes in the same apply.", "",
-             "```", "python -m bench.snapshot_apply" + (f" --rounds {args.rounds}" if args.rounds != 2 else ""),
-             "```", "",
+             f"A full state ({args.services // 1000}k services × {args.backends} backends) from a JSON state file "
+             "into the real BPF maps of an attached datapath (map writes in batches, BPF_MAP_UPDATE_BATCH / "
+             "BPF_MAP_DELETE_BATCH), through this tree's agent and, in the same run on the same files, through "
+             "the `--baseline` tree's (main before the change, checked out with `git worktree add ../baseline "
+             "<commit>`), each in a worker process of its own (bench/snapshot_worker.py), the trees alternating "
+             "round by round. Phases, in order: **full** (a one-service state → the full state: every entry "
+             "written), **one changed** (the full state again with one service's backend moved: what a node "
+             "gets most, as a whole state), **delta** (`apply_delta`: that service back, one upsert), **same** "
+             "(the same full state again), **remove** (back to one service: every entry deleted). parse = "
+             "`statefile.load_state`; apply = `Agent.apply` / `apply_delta` (validation, plan, writes, "
+             "bookkeeping); writes = the map writer's share. Medians over rounds. During full and remove a "
+             "client in the cgroup connects in a loop through a VIP on loopback whose backend changes in the "
+             "same apply.", "",
+             "```", "cd /work/main && git worktree add ../baseline " + (args.baseline_rev or "<commit>"), cmd, "```",
+             "",
              f"- Machine: {os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}; "
              f"load average {load_before} before the run, "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after (the CPUs are shared with other sessions)",
              f"- Date: {started} UTC; run time {(time.monotonic() - t_start) / 60:.1f} min; {args.rounds} rounds",
-             f"- Kernel batch ops on the services and backends maps: {check['batch_probe']}", "",
-             "Two clocks: wall (what the node waits) and the applying thread's CPU time (user + system, the "
-             "kernel's share of the writes included), which is what other sessions' load on the shared CPUs "
-             "does not inflate; entries/s are given on both.", "",
-             "| way | apply | entries | parse s wall / CPU | apply s wall / CPU | writes s wall / CPU "
-             "| writes entries/s wall / CPU | file → maps entries/s wall / CPU | connects ok / failed |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind in ("full", "remove"):
-        for way in WAYS:
-            sel = [a for a in runs if a.way == way and a.kind == kind]
-            if not sel:
-                continue
-            n = sel[0].entries
-            p, ap, w, pc, apc, wc = (med(runs, way, kind, x) for x in
-                                     ("parse_s", "apply_s", "write_s", "parse_cpu", "apply_cpu", "write_cpu"))
-            lines.append(f"| {way} | {kind} | {n} | {p:.2f} / {pc:.2f} | {ap:.2f} / {apc:.2f} | {w:.3f} / {wc:.3f} "
-                         f"| {n / w:,.0f} / {n / wc:,.0f} | {n / (p + ap):,.0f} / {n / (pc + apc):,.0f} "
-                         f"| {sum(a.ok for a in sel)} / {sum(a.failed for a in sel)} |")
+             f"- Kernel batch ops on the services and backends maps: {runs[0].out['batch_probe']}", "",
+             "CPU time is the applying thread's (user + system, the kernel's share of the writes included): "
+             "other sessions' load on the shared CPUs does not inflate it; wall is given beside it.", "",
+             "| tree | phase | entries | parse s CPU | apply s CPU (wall) | writes s CPU "
+             "| file → maps entries/s CPU (wall) | connects ok / failed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    phases = list(runs[0].out["phases"])
+    for phase in phases:
+        for label in labels:
+            sel = [r.out["phases"][phase] for r in runs if r.label == label]
+            n = sel[0]["entries"]
+            pc, ac, aw, wc, pw = (med(runs, label, phase, x) for x in
+                                  ("parse_cpu", "apply_cpu", "apply_s", "write_cpu", "parse_s"))
+            lines.append(f"| {label} | {phase} | {n} | {pc:.3f} | {ac:.3f} ({aw:.3f}) | {wc:.3f} "
+                         f"| {_rate(n, pc + ac)} ({_rate(n, pw + aw)}) "
+                         f"| {sum(s['ok'] for s in sel)} / {sum(s['failed'] for s in sel)} |")
     lines.append("")
-    for kind in ("full", "remove"):
-        wb, wp = med(runs, "batch", kind, "write_cpu"), med(runs, "per-entry", kind, "write_cpu")
-        ab, ap = med(runs, "batch", kind, "apply_cpu"), med(runs, "per-entry", kind, "apply_cpu")
-        wbw, wpw = med(runs, "batch", kind, "write_s"), med(runs, "per-entry", kind, "write_s")
-        lines.append(f"- {kind}: map writes, batch vs per-entry: **{wp / wb:.1f}x** less CPU ({wb * 1000:.0f} vs "
-                     f"{wp * 1000:.0f} ms; wall {wpw / wbw:.1f}x, {wbw * 1000:.0f} vs {wpw * 1000:.0f} ms); "
-                     f"whole apply **{ap / ab:.2f}x** less CPU ({ab:.2f} vs {ap:.2f} s)")
-    failed = sum(a.failed for a in runs)
-    errors: dict = {}
-    for a in runs:
-        for k, v in a.errors.items():
-            errors[k] = errors.get(k, 0) + v
-    lines.append(f"- Connects through the VIP during the applies: {sum(a.ok for a in runs)} ok, **{failed} failed**"
-                 + (f" ({errors})" if errors else ""))
-    lines.append(f"- Read back after the full apply: batched and per-entry maps hold "
-                 f"{'**the same entries**' if check['same'] else '**DIFFERENT entries**'} ({check['sizes']})")
-    lines.append(f"- State file parse, {args.services} services: JSON {yaml_t['json_bytes']:,} bytes, json.loads "
-                 f"{yaml_t['json_s']:.2f} s; the same as YAML ({yaml_t['yaml_bytes']:,} bytes): libyaml "
-                 f"(CSafeLoader) {yaml_t['c_s']:.1f} s, pure Python (SafeLoader) {yaml_t['pure_s_scaled']:.1f} s "
-                 f"(timed on {args.pure_services} services, scaled); statefile uses {YAML_LOADER} here, json for "
-                 "a JSON file")
+    if "baseline" in labels:
+        for phase in phases:
+            b, t = med(runs, "baseline", phase, "apply_cpu"), med(runs, "this", phase, "apply_cpu")
+            bp, tp = b + med(runs, "baseline", phase, "parse_cpu"), t + med(runs, "this", phase, "parse_cpu")
+            n = runs[0].out["phases"][phase]["entries"]
+            rate = (f"; file → maps {_rate(n, tp)} vs {_rate(n, bp)} entries/s of CPU" if n > 1000 else "")
+            lines.append(f"- {phase}: apply **{b / t:.1f}x** less CPU than the baseline ({t * 1000:.1f} vs "
+                         f"{b * 1000:.1f} ms){rate}")
+    failed = sum(p["failed"] for r in runs for p in r.out["phases"].values())
+    ok = sum(p["ok"] for r in runs for p in r.out["phases"].values())
+    lines.append(f"- Connects through the VIP during the full and remove applies: {ok} ok, **{failed} failed**")
+    digests = {r.label: r.out["digest"] for r in runs}
+    same = len(set(r.out["digest"] for r in runs)) == 1
+    lines.append(f"- Read back after the full apply (sha256 of the services and backends maps' sorted entries, "
+                 f"ids included): every run and tree holds {'**the same entries**' if same else '**DIFFERENT entries**'} "
+                 f"({runs[0].out['sizes']}; {digests})")
+    y = extra["yaml"]
+    lines.append(f"- State file parse, {args.services} services: JSON {y['json_bytes']:,} bytes, json.loads "
+                 f"{y['json_s']:.2f} s; the same as YAML ({y['yaml_bytes']:,} bytes): libyaml (CSafeLoader) "
+                 f"{y['c_s']:.1f} s, pure Python (SafeLoader) {y['pure_s_scaled']:.1f} s (timed on "
+                 f"{args.pure_services} services, scaled); statefile uses {YAML_LOADER} here, json for a JSON file")
+    lines += ["", "**The floor** (`floor()` and the workers' `kernel_call()` in this bench; CPU, best of 3 for "
+              "the Python steps, median over runs for the kernel's):", ""]
+    f = extra["floor"]
+    nb, ns = f["backends"], f["service_entries"]
+    n = nb + ns
+    kern = statistics.median(r.out["kernel"]["cpu"] / r.out["kernel"]["entries"] for r in runs) * n
+    parse_file = med(runs, "this", "full", "parse_cpu")
+    apply_t = med(runs, "this", "full", "apply_cpu")
+    least = f["parse"] + f["pack"] + kern
+    us = 1e6 / n
+    lines += ["| step | CPU s for the full state | µs per map entry |", "|---|---:|---:|",
+              f"| the state file → NodeState (json, the message's constructor) | {parse_file:.3f} "
+              f"| {parse_file * us:.2f} |",
+              f"| each backend's 4 fields read from the message ({nb:,} backends) | {f['fields']:.3f} "
+              f"| {f['fields'] * us:.2f} |",
+              f"| … and its address parsed (inet_pton), (address, port) checked unique | {f['parse']:.3f} "
+              f"| {f['parse'] * us:.2f} |",
+              f"| every entry packed (struct; {nb:,} backends, {ns:,} masters and slots) | {f['pack']:.3f} "
+              f"| {f['pack'] * us:.2f} |",
+              f"| the kernel's batch calls, entries packed beforehand | {kern:.3f} | {kern * us:.2f} |",
+              f"| **least work, NodeState → maps** (the three above) | {least:.3f} | {least * us:.2f} |",
+              f"| **least work, file → maps** (with the parse) | {least + parse_file:.3f} "
+              f"| {(least + parse_file) * us:.2f} |",
+              f"| this tree's apply (full) | {apply_t:.3f} | {apply_t * us:.2f} |",
+              ""]
+    lines.append(f"- Least work: NodeState → maps **{n / least:,.0f}** entries/s of CPU, file → maps "
+                 f"**{n / (least + parse_file):,.0f}**; this tree's full apply {n / apply_t:,.0f} "
+                 f"({n / (apply_t + parse_file):,.0f} file → maps), {apply_t / least:.1f}x the least work")
     lines += READING
     lines.append("<!-- snapshot-apply:end -->")
     return "\n".join(lines) + "\n"
@@ -313,11 +327,22 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--services", type=int, default=10000)
     p.add_argument("--backends", type=int, default=10, help="backends per service")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--baseline", type=Path, help="another socklb tree, run through the same phases")
+    p.add_argument("--per-entry", action="store_true",
+                   help="also this tree with one bpf() call per entry (--map-writes per-entry)")
     p.add_argument("--pure-services", type=int, default=1000,
                    help="services the pure-Python YAML loader is timed on (scaled to --services)")
     p.add_argument("--no-doc", action="store_true", help="print the section, do not write docs/benchmarks.md")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.baseline_rev = None
+    if args.baseline:
+        if not (args.baseline / "socklb" / "dataplane" / "agent.py").exists():
+            p.error(f"--baseline {args.baseline}: no socklb tree there")
+        rev = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
+                             stdout=subprocess.PIPE, text=True)
+        args.baseline_rev = rev.stdout.strip() or None
+    return args
 
 
 def main(argv=None) -> int:
@@ -330,10 +355,10 @@ def main(argv=None) -> int:
     lab.install_exit_handlers(teardown)
     lab.remove_stale(cgroup2_mount(), Path("/sys/fs/bpf"), lambda pins, _cg: detach(pins))
     try:
-        runs, check, yaml_t = run(args, teardown)
+        runs, extra = run(args, teardown)
     finally:
         teardown.close()
-    publish(DOC, report(args, runs, check, yaml_t, started, load_before, t_start), write=not args.no_doc)
+    publish(DOC, report(args, runs, extra, started, load_before, t_start), write=not args.no_doc)
     return 0
 
 

@@ -179,6 +179,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     removed: list[Op] = []
     late: list[Op] = []
     gone_backends: set[int] = set()
+    new = tuple.__new__
 
     for key in keys:
         t = targets.get(key)
@@ -198,29 +199,45 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
         else:
             fe_id = result.next_frontend_id
             result.next_frontend_id += 1
-        # Existing backend ids by identity, so unchanged backends keep their
-        # ids (and with them their flows' and affinity entries' meaning).
-        by_ident = {(current.backends[i].addr, current.backends[i].port): current.backends[i] for i in old_ids}
-        ids = []
-        for b in t.backends:
-            prev = by_ident.get((b.addr, b.port))
-            if prev is not None:
-                be_id = prev.id
-            else:
-                be_id = result.next_backend_id
-                result.next_backend_id += 1
-            pb = ProgrammedBackend(be_id, fe_id, b.addr, b.port, key.proto, b.state)
-            if prev is None or prev != pb:  # a new backend: no __eq__ call
-                put_backends.append(PutBackend(pb))
-            result.backends[be_id] = pb
-            ids.append(be_id)
-        gone_backends |= old_ids - set(ids)
-        result.by_frontend[fe_id] = frozenset(ids)
-        slots = tuple(ids[i] for i in t.table)
-        old_slots = old.slots if old else ()
-        for i, be_id in enumerate(slots):
-            if i >= len(old_slots) or old_slots[i] != be_id:
-                put_slots.append(PutSlot(key, i + 1, be_id))
+        proto = key.proto
+        if old is None:
+            # A new frontend (every one of a first state): new backends with
+            # consecutive ids, every slot written. Records made with
+            # tuple.__new__ (a named tuple's own __new__ is a Python call).
+            base = result.next_backend_id
+            result.next_backend_id += len(t.backends)
+            ids = range(base, result.next_backend_id)
+            pbs = [new(ProgrammedBackend, (be_id, fe_id, b.addr, b.port, proto, b.state))
+                   for be_id, b in zip(ids, t.backends)]
+            put_backends += [new(PutBackend, (pb,)) for pb in pbs]
+            result.backends.update(zip(ids, pbs))
+            result.by_frontend[fe_id] = frozenset(ids)
+            slots = tuple([ids[i] for i in t.table])
+            put_slots += [new(PutSlot, (key, i, be_id)) for i, be_id in enumerate(slots, 1)]
+        else:
+            # Existing backend ids by identity, so unchanged backends keep their
+            # ids (and with them their flows' and affinity entries' meaning).
+            by_ident = {(current.backends[i].addr, current.backends[i].port): current.backends[i] for i in old_ids}
+            ids = []
+            for b in t.backends:
+                prev = by_ident.get((b.addr, b.port))
+                if prev is not None:
+                    be_id = prev.id
+                else:
+                    be_id = result.next_backend_id
+                    result.next_backend_id += 1
+                pb = new(ProgrammedBackend, (be_id, fe_id, b.addr, b.port, proto, b.state))
+                if prev is None or prev != pb:
+                    put_backends.append(new(PutBackend, (pb,)))
+                result.backends[be_id] = pb
+                ids.append(be_id)
+            gone_backends |= old_ids - set(ids)
+            result.by_frontend[fe_id] = frozenset(ids)
+            slots = tuple([ids[i] for i in t.table])
+            old_slots = old.slots
+            for i, be_id in enumerate(slots):
+                if i >= len(old_slots) or old_slots[i] != be_id:
+                    put_slots.append(PutSlot(key, i + 1, be_id))
         fe = ProgrammedFrontend(fe_id, key, t.selection, t.affinity_timeout, slots, t.service, t.flags)
         if old is None or replace(old, service="") != replace(fe, service=""):
             gains = fe.flags & SvcFlag.REDIRECTED and not (old is not None and old.flags & SvcFlag.REDIRECTED)
@@ -231,8 +248,8 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                     put_masters.append(PutMaster(fe_now))
             else:
                 put_masters.append(PutMaster(fe))
-        for i in range(len(slots), len(old_slots)):
-            del_slots.append(DeleteSlot(key, i + 1))
+        if old is not None:
+            del_slots += [DeleteSlot(key, i + 1) for i in range(len(slots), len(old.slots))]
         result.frontends[key] = fe
 
     if full:
@@ -243,6 +260,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     del_backends = [DeleteBackend(i) for i in sorted(gone_backends)]
     # Redirect-table masters before service-table ones: a frontend's redirect
     # exists before the flag that leads to it (keys sort by table last).
-    put_masters.sort(key=lambda op: -op.frontend.key.table)
+    if any(op.frontend.key.table for op in put_masters):
+        put_masters.sort(key=lambda op: -op.frontend.key.table)
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
     return Plan(ops, result, late)
