@@ -189,7 +189,7 @@ class Agent:
                 self._totals = totals(planned.values())
                 self.overlay = overlay
                 self._judge_open_sockets(before, step, found, job_id)
-                self._take_over(before_prog, plan, step)
+                self._take_over(before_prog, plan, step, touched=touched)
                 if rejected:
                     log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
                               len(rejected), "; ".join(rejected.values()))
@@ -260,7 +260,7 @@ class Agent:
             self._totals = self._pending_totals
             self.overlay = overlay
             self._judge_open_sockets(before, step, found)
-            self._take_over(before_prog, plan, step)
+            self._take_over(before_prog, plan, step, touched=touched)
             return result
 
     def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
@@ -371,7 +371,7 @@ class Agent:
         log.info("workload cgroups changed: redirects now programmed: %s", sorted(
             {redirect_name(t.service) for k, t in overlay.items() if k.table == Table.REDIRECT}) or "none")
         self._judge_open_sockets(step.given, step, found, f"v{version}-policy{suffix}")
-        self._take_over(before_prog, plan, step, suffix)
+        self._take_over(before_prog, plan, step, suffix, touched)
         return True
 
     def _live(self, given: NodePolicy, resolved: Mapping) -> dict:
@@ -411,14 +411,17 @@ class Agent:
                                              workload_ids=workload_ids)
         terminations.later(judge)
 
-    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "") -> None:
+    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "",
+                   touched=None) -> None:
         """Once redirects are created (their redirect-table frontends are new
         in the maps), have the terminations destroy the open sockets they
         take over (redirect_desired.taken_over), so that clients reconnect
         to the local workloads. Built on the terminations' worker: it walks
         the exempt and bypassing workloads' cgroup trees."""
         result = plan.result.frontends
-        created = [k for k in result if k.table == Table.REDIRECT and k not in before.frontends]
+        # A plan of some keys (touched) creates none but those.
+        candidates = result if touched is None else (k for k in touched if k in result)
+        created = [k for k in candidates if k.table == Table.REDIRECT and k not in before.frontends]
         if not created:
             return
         frontend_ids, addresses, redirects = [], [], set()
