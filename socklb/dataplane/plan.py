@@ -188,8 +188,8 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
         if t is None:
             if old is None:
                 continue
-            removed.append(DeleteMaster(key))
-            removed.extend(DeleteSlot(key, i + 1) for i in range(len(old.slots)))
+            removed.append(new(DeleteMaster, (key,)))
+            removed += [new(DeleteSlot, (key, i)) for i in range(1, len(old.slots) + 1)]
             result.frontends.pop(key, None)
             result.by_frontend.pop(old.id, None)
             gone_backends |= old_ids
@@ -257,7 +257,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
         gone_backends = {i for i in current.backends if i not in result.backends}
     for i in gone_backends:
         result.backends.pop(i, None)
-    del_backends = [DeleteBackend(i) for i in sorted(gone_backends)]
+    del_backends = [new(DeleteBackend, (i,)) for i in sorted(gone_backends)]
     # Redirect-table masters before service-table ones: a frontend's redirect
     # exists before the flag that leads to it (keys sort by table last).
     if any(op.frontend.key.table for op in put_masters):

@@ -104,10 +104,10 @@ def _enum(table: dict, value: int, field: str, kind: str):
 
 def frontend_key(fe: types_pb2.Frontend, field: str) -> FrontendKey:
     """The key of frontend `fe` (at `field`): its address, port and protocol checked."""
-    ip = parse_ip(fe.address, f"{field}.address")
+    addr = _plain_ipv4(fe.address) or addr16(parse_ip(fe.address, f"{field}.address"))
     port = check_port(fe.port, f"{field}.port", allow_zero=False)
     proto = _enum(PROTOCOLS, fe.protocol, f"{field}.protocol", "protocol")
-    return FrontendKey(addr16(ip), port, proto)
+    return FrontendKey(addr, port, proto)
 
 
 def service_targets(svc: node_pb2.ServiceState, sf: str,
@@ -122,6 +122,7 @@ def service_targets(svc: node_pb2.ServiceState, sf: str,
     if len(svc.backends) > MAX_BACKENDS:
         raise InvalidState(f"{sf}.backends", f"{len(svc.backends)} backends: more than {MAX_BACKENDS}")
     backends = _backends(svc.backends, sf)
+    new = tuple.__new__  # BackendTarget's own __new__ is a Python call; 100k+ of them
     zero_port = any(not p for _, p, _, _ in backends)
 
     out = []
@@ -134,7 +135,8 @@ def service_targets(svc: node_pb2.ServiceState, sf: str,
         seen_fe[key] = fi
         # A frontend uses the backends of its own address family.
         v4, fport = key.is_v4, key.port
-        mine = tuple(BackendTarget(a, p or fport, s, w) for a, p, s, w in backends if (a[:12] == V4MAPPED) == v4)
+        mine = tuple([new(BackendTarget, (a, p or fport, s, w)) for a, p, s, w in backends
+                      if (a[:12] == V4MAPPED) == v4])
         # (address, port) is unique in `backends` (_backends); only port 0
         # (the frontend's) can make two the same here.
         if zero_port and len({(b.addr, b.port) for b in mine}) != len(mine):
@@ -161,6 +163,19 @@ _ACTIVE = BackendState.ACTIVE
 _NO_ADDRESS = b"\0\0\0\0"
 
 
+def _plain_ipv4(text: str) -> bytes | None:
+    """The 16 bytes of a usable IPv4 literal, read in C (exactly what
+    parse_ip's IPv4 path takes); None for anything else (IPv6, brackets,
+    0.0.0.0, multicast, no address), which parse_ip then reads or names."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeError is one
+        return None
+    if packed == _NO_ADDRESS or 224 <= packed[0] <= 239:
+        return None
+    return V4MAPPED + packed
+
+
 def _backends(pbs, sf: str) -> list[tuple[bytes, int, BackendState, int]]:
     """A service's backends checked, as (16-byte address, port, state,
     weight), in order. A plain IPv4 backend whose fields are all in range is
@@ -169,19 +184,15 @@ def _backends(pbs, sf: str) -> list[tuple[bytes, int, BackendState, int]]:
     every field in turn and names the first wrong one."""
     out = []
     seen: dict[tuple[bytes, int], int] = {}
-    pton, af, states = socket.inet_pton, socket.AF_INET, STATES
+    plain, states = _plain_ipv4, STATES
     for bi, be in enumerate(pbs):
         address, port, weight = be.address, be.port, be.weight
         state = states.get(be.state)
-        try:
-            packed = pton(af, address)  # exactly what parse_ip's IPv4 path takes
-        except (OSError, ValueError):
-            packed = _NO_ADDRESS
-        if (packed == _NO_ADDRESS or 224 <= packed[0] <= 239 or port > MAX_PORT or weight > MAX_WEIGHT
-                or state is None):
+        a16 = plain(address)
+        if a16 is None or port > MAX_PORT or weight > MAX_WEIGHT or state is None:
             a16, port, state, weight = _backend(be, f"{sf}.backends[{bi}]")
         else:
-            a16, weight = V4MAPPED + packed, weight or 1
+            weight = weight or 1
         ident = (a16, port)
         if ident in seen:
             raise InvalidState(f"{sf}.backends[{bi}]", f"duplicate of backends[{seen[ident]}] ({address} port {port})")
