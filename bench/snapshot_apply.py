@@ -265,7 +265,8 @@ def med(runs: list[Run], label: str, phase: str, attr: str) -> float:
 
 
 def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:,.0f}" if seconds > 0 else "–"
+    """Entries per second; "–" for a handful of entries (the apply's fixed cost, not a rate)."""
+    return f"{n / seconds:,.0f}" if seconds > 0 and n >= 1000 else "–"
 
 
 def report(args, runs: list[Run], extra: dict, started, load_before, t_start) -> str:

@@ -13,7 +13,7 @@ state):
                                             {"ok": n, "failed": n, "errors": {message: count}}
 
 Used where a map update must never break a connect (make-before-break):
-tests/kernel/test_kernel_map_batch.py and bench/snapshot_apply.py (the
+tests/kernel/test_kernel_map_batch.py and bench/snapshot_worker.py (the
 client started inside the cgroup).
 """
 import json
