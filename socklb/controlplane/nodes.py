@@ -69,6 +69,10 @@ class NodeRegistry:
         self._applied: dict[str, int] = {}
         self._desired: dict[str, int] = {}
         self._moved = False  # a version moved since the versions record was last written
+        self._errored: set[str] = set()  # nodes whose record holds a NACK: an ACK clears it
+        # The versions record's replica and node names, serialized: rebuilt
+        # when a node comes or goes, not every time the versions move.
+        self._names: tuple[list[str], bytes] | None = None
         self._versions_written = False  # the store holds a versions record of ours
         self._versions_at = 0.0  # monotonic time of its last write
         self._dirty: set[str] = set()  # records to write within flush_interval
@@ -86,11 +90,14 @@ class NodeRegistry:
         self._desired[hello.node] = desired
         self._moved = True
         self.connected_nodes.add(hello.node)
+        self._names = None
+        self._errored.discard(hello.node)
         self._gone.discard(hello.node)
         self._touch(hello.node)
 
     def disconnected(self, node: str) -> None:
         self.connected_nodes.discard(node)
+        self._names = None
         if node in self.records:
             self._gone.add(node)
             self._moved = True  # the versions record leaves it out
@@ -104,22 +111,25 @@ class NodeRegistry:
         if version > self._applied.get(node, 0):
             self._applied[node] = version
             self._moved = True
-        n = self.records.get(node)
-        if n is not None and n.last_error:
-            n.last_error = ""
+        if node in self._errored:
+            self._errored.discard(node)
+            self.records[node].last_error = ""
             self._touch(node)
 
     def nacked(self, node: str, version: int, error: str) -> None:
         n = self.records.get(node)
         if n is not None:
             n.last_error = f"version {version}: {error}"
+            self._errored.add(node)
             self._touch(node)
 
     def stats(self, node: str, report: sync_pb2.StatsReport) -> None:
         self.reports[node] = report
         self._dirty_stats.add(node)
         n = self.records.get(node)
-        if n is not None and dict(n.stats_unavailable) != dict(report.unavailable):
+        # Most reports have no unavailable parts: two lengths, not two dicts, per report.
+        if n is not None and (len(report.unavailable) or len(n.stats_unavailable)) \
+                and dict(n.stats_unavailable) != dict(report.unavailable):
             # Shown by `node list`: the record is rewritten only when the parts change.
             n.stats_unavailable.clear()
             n.stats_unavailable.update(report.unavailable)
@@ -191,7 +201,7 @@ class NodeRegistry:
                 await asyncio.to_thread(self.store.txn, [], [], [keys.node_versions(self.replica)])
                 self._versions_written = False
             return
-        value = self._versions_record().SerializeToString()
+        value = self._versions_record()
         try:
             await asyncio.to_thread(self.store.txn, [], [(keys.node_versions(self.replica), value)])
         except StoreError:
@@ -199,14 +209,18 @@ class NodeRegistry:
             raise
         self._versions_written = True
 
-    def _versions_record(self) -> api_pb2.NodeVersions:
-        names = list(self.connected_nodes)
+    def _versions_record(self) -> bytes:
+        """A serialized NodeVersions: the names part (kept while no node comes
+        or goes) joined to the versions and time (protobuf merges the two)."""
+        if self._names is None:
+            names = list(self.connected_nodes)
+            self._names = names, api_pb2.NodeVersions(replica=self.replica, nodes=names).SerializeToString()
+        names, head = self._names
         applied, desired = self._applied, self._desired
-        rec = api_pb2.NodeVersions(replica=self.replica, nodes=names,
-                                   applied_versions=[applied.get(n, 0) for n in names],
+        rec = api_pb2.NodeVersions(applied_versions=[applied.get(n, 0) for n in names],
                                    desired_versions=[desired.get(n, 0) for n in names])
         rec.written.GetCurrentTime()
-        return rec
+        return head + rec.SerializeToString()
 
     def _put_back(self, live, down, puts) -> None:
         self._dirty |= {n for n in live if n in self.records} | {n for n in down if n in self.records}

@@ -175,3 +175,19 @@ def test_a_dead_replicas_versions_reach_the_node_records(tmp_path):
         lead.close()
 
     run(tmp_path, scenario, progress_interval=3600)
+
+
+def test_a_nack_is_shown_until_an_ack_clears_it(tmp_path):
+    async def scenario(reg, store):
+        reg.connected(sync_pb2.Hello(node="n1", applied_version=1), "peer", desired=2)
+        reg.nacked("n1", 2, "map full")
+        await until(lambda: listed(reg, "n1") is not None and listed(reg, "n1").last_error != "")
+        assert listed(reg, "n1").health == api_pb2.NODE_HEALTH_DEGRADED
+        reg.acked("n1", 1)  # an older version's ACK: the NACK is no longer the node's last answer
+        await until(lambda: stored(store, "n1").last_error == "")
+        reg.desired("n1", 3)
+        reg.acked("n1", 3)
+        await reg.flush_now()
+        assert (listed(reg, "n1").last_error, state(listed(reg, "n1"))) == ("", (3, 3, api_pb2.NODE_HEALTH_READY))
+
+    run(tmp_path, scenario, progress_interval=3600)
