@@ -131,7 +131,7 @@ from socklb.lb.addresses import addr16, check_port, parse_ip
 from . import bpfobj, kernel, layout, sockdiag
 from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen, raising
 from .layout import JudgeStats, TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
-from .netns import Netns
+from .netns import Netns, netns_workers
 # The typed API, imported from here by the rest of socklb.
 from .termtypes import (CookieReport, ListedSocket, NetnsCount, Report, SocketListing, SocketRecord,  # noqa: F401
                         SocketRecords, Target, TargetCount)
@@ -361,6 +361,8 @@ class Terminator(IterRunner):
     method:  "auto" | "kfunc" | "netlink" (see the module doc).
     netns:   None = every namespace on the node; else only these ns paths
              (plus nothing else: the host's is not added).
+    workers: threads the namespaces are walked in (None: $SOCKLB_NETNS_WORKERS,
+             else one per CPU, see netns.netns_workers; 1: one after another).
 
     Benchmarks observe a run through iterrun.Hooks (run(..., hooks=)), and
     measure the floor under run() with one_pass().
@@ -372,8 +374,8 @@ class Terminator(IterRunner):
 
     def __init__(self, pin_dir: str | Path, method: str | Method = Method.AUTO,
                  netns: Iterable[str | Path] | None = None, cache: Path | None = None,
-                 policy_judge: str | None = None):
-        super().__init__(pin_dir, netns, cache)
+                 policy_judge: str | None = None, workers: int | None = None):
+        super().__init__(pin_dir, netns, cache, workers=netns_workers(workers))
         self.requested = Method(method)
         self.method: Method | None = None
         self.policy_judge = policy_judge or os.environ.get(POLICY_JUDGE_ENV) or "auto"
