@@ -18,7 +18,11 @@ read the agent's `flows` socket storage (the pinned map is reused, not copied)
 and match records against the `targets` map. Iterators see the sockets of the
 network namespace the iterator fd is created in, so a run enters each
 namespace (the host's, every /proc/*/ns/net, every /run/netns/*, deduplicated
-by the nsfs inode) with setns() in a dedicated thread.
+by the nsfs inode) with setns() in dedicated threads: one per CPU (at most
+netns.MAX_WORKERS), each taking the next namespace not yet walked, so the
+kernel walks of several namespaces overlap (the iterator read releases the
+GIL); workers=1 or $SOCKLB_NETNS_WORKERS=1 forces one thread walking them in
+turn. The report lists the namespaces in the order they were found either way.
 
 Destroying, by method:
   kfunc    bpf_sock_destroy() from the iterator itself (kernel >= 6.5)
@@ -109,9 +113,11 @@ Limits: namespaces are found through processes and /run/netns only (one held
 only by a bind mount elsewhere or an open fd, or entered by a single thread,
 is missed; one whose /proc entry is not readable is listed in
 Report.unreachable). Each TCP iterator pass walks the kernel's established
-hash (shared by every namespace unless net.ipv4.tcp_child_ehash_entries is
-set), so a run costs about one walk of the node's whole TCP table per
-namespace even where nothing matches.
+hash (shared by every namespace unless net.ipv4.tcp_child_ehash_entries was
+set before the namespace was created: netns.shared_ehash, the
+tcp_ehash_per_netns capability), so a run costs about one walk of the node's
+whole TCP table per namespace even where nothing matches; the threads divide
+that by the CPUs at best.
 """
 from __future__ import annotations
 
