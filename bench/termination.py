@@ -1179,6 +1179,10 @@ def render_doc(args, host, netns_res, loads, started, load_before, elapsed, ns_e
               + (f"; the namespace phase's namespaces: {layout_text(ns_ehash)}"
                  + (f" (created with {CHILD_EHASH} = {args.child_ehash}, the host's value restored after)"
                     if args.child_ehash is not None else "") if netns_res else "") + ".",
+              "- The namespace phase at 100,000 sockets in both TCP hash layouts (shared: the default; one "
+              "hash per namespace: net.ipv4.tcp_child_ehash_entries set before the namespaces are created) "
+              "is recorded in the sections below, written by namespace-only runs (`--sizes ''`, "
+              "`--child-ehash`); what a node should set: docs/operations.md.",
               "- The machine is a shared 2-CPU VM (other sessions run tests and benchmarks on it, some with "
               "their own socket iterators): compare ratios within one run, not absolute numbers across runs.",
               end]
