@@ -220,6 +220,32 @@ def in_each_netns(nss: list[Netns], fn, thread_name: str = "socklb-netns", worke
     return [s for s in slots if s is not None]
 
 
+# sockstat lines whose "inuse" counts the hashed sockets of a protocol, per
+# /proc/<thread>/net file (IPv4, IPv6), by the iterator they belong to.
+_SOCKSTAT = {"TCP:": "tcp", "TCP6:": "tcp", "UDP:": "udp", "UDP6:": "udp", "UDPLITE:": "udp", "UDPLITE6:": "udp"}
+
+
+def sockets_in_use() -> dict[str, int] | None:
+    """The hashed TCP and UDP sockets (IPv4 and IPv6) of the calling
+    thread's network namespace, from its /proc/thread-self/net/sockstat
+    files: {"tcp": n, "udp": n}; None when they cannot be read. A connected
+    or listening socket is hashed, so 0 means an iterator of that protocol
+    would find nothing there (TIME_WAIT and request sockets are not counted:
+    they carry no flow record and no cgroup)."""
+    out = {"tcp": 0, "udp": 0}
+    try:
+        for name in ("sockstat", "sockstat6"):
+            with open(f"/proc/thread-self/net/{name}") as f:
+                for line in f:
+                    words = line.split()
+                    proto = _SOCKSTAT.get(words[0]) if words else None
+                    if proto and len(words) >= 3 and words[1] == "inuse":
+                        out[proto] += int(words[2])
+    except (OSError, ValueError):
+        return None
+    return out
+
+
 CHILD_EHASH = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
 EHASH = "/proc/sys/net/ipv4/tcp_ehash_entries"
 

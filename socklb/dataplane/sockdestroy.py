@@ -23,6 +23,9 @@ netns.MAX_WORKERS), each taking the next namespace not yet walked, so the
 kernel walks of several namespaces overlap (the iterator read releases the
 GIL); workers=1 or $SOCKLB_NETNS_WORKERS=1 forces one thread walking them in
 turn. The report lists the namespaces in the order they were found either way.
+A namespace whose sockstat counts no hashed TCP (UDP) socket is not walked
+with that protocol's iterators (netns.sockets_in_use): with a shared hash
+such a walk costs the whole node's table and finds nothing.
 
 Destroying, by method:
   kfunc    bpf_sock_destroy() from the iterator itself (kernel >= 6.5)
@@ -137,7 +140,7 @@ from socklb.lb.addresses import addr16, check_port, parse_ip
 from . import bpfobj, kernel, layout, sockdiag
 from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen, raising
 from .layout import JudgeStats, TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
-from .netns import Netns, netns_workers
+from .netns import Netns, netns_workers, sockets_in_use
 # The typed API, imported from here by the rest of socklb.
 from .termtypes import (CookieReport, ListedSocket, NetnsCount, Report, SocketListing, SocketRecord,  # noqa: F401
                         SocketRecords, Target, TargetCount)
@@ -544,7 +547,10 @@ class Terminator(IterRunner):
         t = time.monotonic()
         out: list[tuple[TermRec, int]] = []
         n = 0
+        inuse = sockets_in_use()
         for proto in ("tcp", "udp"):
+            if inuse is not None and not inuse[proto]:
+                continue  # no socket of the protocol here: the walk (of a maybe shared hash) would find nothing
             recs, k = self._walk_proto(obj, proto, passes[proto], hooks,
                                        partial(self._read_flows, via_netlink, hooks))
             out += recs
@@ -743,8 +749,12 @@ class Terminator(IterRunner):
                 return None
         out: list[tuple[ListedSocket, int]] = []
         n = 0
+        inuse = sockets_in_use()
         for key in keys:
-            todo = passes if isinstance(passes, int) else passes[key.rsplit("_", 1)[1]]
+            proto = key.rsplit("_", 1)[1]
+            if inuse is not None and not inuse[proto]:
+                continue  # as in _walk_netns
+            todo = passes if isinstance(passes, int) else passes[proto]
             recs, k = self._walk_proto(obj, key, todo, hooks, partial(_read_sockets, ns.ident, hooks))
             out += recs
             n += k

@@ -150,3 +150,39 @@ def test_workers_setting(lab, monkeypatch):
     monkeypatch.setenv(dp_netns.WORKERS_ENV, "0")
     with pytest.raises(ValueError):
         term.Terminator(lab.agent.pin_dir, netns=lab.paths())
+
+
+class Reads(Hooks):
+    """The iterator reads (key) made in each namespace, by thread."""
+
+    def __init__(self):
+        self.current: dict[int, str] = {}  # thread -> netns ident
+        self.reads: dict[str, list[str]] = {}
+
+    def netns(self, ns) -> None:
+        self.current[threading.get_ident()] = ns.ident
+        self.reads.setdefault(ns.ident, [])
+
+    def read(self, key: str, seconds: float, size: int) -> None:
+        self.reads[self.current[threading.get_ident()]].append(key)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_namespace_without_sockets_is_not_walked(lab, netns_factory, workers):
+    """A namespace whose sockstat counts no TCP or UDP socket is entered
+    but no iterator is read there; the others are walked as before."""
+    empty = netns_factory()
+    target = [term.Target.backend(lab.id_a)]
+    with dp_netns.entered(empty.path) as ns:
+        assert dp_netns.sockets_in_use() == {"tcp": 0, "udp": 0}
+        ident = ns.ident
+    with term.Terminator(lab.agent.pin_dir, netns=[*lab.paths(), str(empty.path)], workers=workers) as t:
+        hooks = Reads()
+        rep = t.run(target, dry_run=True, hooks=hooks)
+        listing = t.list_cgroups(None, hooks=(sock_hooks := Reads()))
+    assert rep.netns_scanned == NAMESPACES + 1 and rep.per_netns[ident].found == 0, rep.per_netns
+    assert {r.cookie for r in rep.sockets} == lab.a_cookies()
+    assert hooks.reads[ident] == [] and sock_hooks.reads[ident] == [], (hooks.reads, sock_hooks.reads)
+    # the namespaces with TCP sockets had their TCP iterators read
+    assert all("tcp" in hooks.reads[i] for i in rep.per_netns if i != ident), hooks.reads
+    assert all("sock_tcp" in sock_hooks.reads[i] for i in listing.per_netns if i != ident), sock_hooks.reads
