@@ -35,9 +35,9 @@ VIP_UDP = "127.96.0.62"
 WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch"}
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch", "tcp_ehash_per_netns"}
 DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner", "map_writes",
-          "fqdn_learner_hooks"}
+          "fqdn_learner_hooks", "netns_walk"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:
@@ -157,6 +157,15 @@ def test_probes_report_every_feature_once(agent):
         assert caps["workload_match"] == "ancestor", caps
     else:
         assert caps["workload_match"].startswith("exact: "), caps
+    if caps["sock_destroy"].startswith("none: "):
+        assert caps["netns_walk"].startswith("none: "), caps
+    else:
+        assert caps["netns_walk"].startswith(("parallel: ", "sequential: ")), caps
+    child = int(Path("/proc/sys/net/ipv4/tcp_child_ehash_entries").read_text())
+    assert (caps["tcp_ehash_per_netns"] == "yes") == (child > 0), caps
+    if child == 0:
+        assert "tcp_child_ehash_entries is 0" in caps["tcp_ehash_per_netns"], caps
+        assert "tcp_child_ehash_entries is 0" in a.log_text()
     if caps["policy_kernel_judge"] == "yes":
         assert caps["policy_judge"] == "kernel", caps
     else:
