@@ -234,12 +234,12 @@ def test_connect_records_fall_back_to_socket_storage(agent, backends, clients):
         _fill_slots(m, 1 << 62)
         c = clients()
         opened = c.call("tcp_open", id="full", addr=VIP_HOST, port=tport)
-        assert opened["backend"] == "host" and opened["peer"] == f"{VIP_HOST}:{tport}", opened
+        assert opened["backend"] == "host" and opened["peer"] == [VIP_HOST, tport], opened
         cookies = c.call("cookies")
         assert _slot_of(m, cookies["full"]) is None
         _fill_slots(m, 0)
         opened = c.call("tcp_open", id="slot", addr=VIP_HOST, port=tport)
-        assert opened["peer"] == f"{VIP_HOST}:{tport}", opened
+        assert opened["peer"] == [VIP_HOST, tport], opened
         cookie = c.call("cookies")["slot"]
         idx = _slot_of(m, cookie)
         assert idx is not None
