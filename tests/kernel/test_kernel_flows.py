@@ -260,3 +260,26 @@ def test_connect_records_fall_back_to_socket_storage(agent, backends, clients):
         assert poll(lambda: not flow_counts(a), timeout=WAIT), flow_counts(a)
     finally:
         m.close()
+
+
+def test_reconnect_elsewhere_frees_the_slot(agent, backends, clients):
+    """A connected UDP socket re-connected straight to its backend's address
+    has no flow any more: its slot is freed, so getpeername() shows the
+    backend (not the VIP the stale record would name) and the dump drops it."""
+    b = backends("udp", "127.0.0.4", 0, "udp")
+    uport = free_port(VIP_UDP, socket.SOCK_DGRAM)
+    a = agent(node_state(1, service("udp", [frontend(VIP_UDP, uport, "udp")], [backend(b)])))
+    m = _slots(a)
+    try:
+        c = clients()
+        assert c.call("udp_open", id="u", addr=VIP_UDP, port=uport) == {"peer": [VIP_UDP, uport], "backend": "udp"}
+        cookie = c.call("cookies")["u"]
+        assert _slot_of(m, cookie) is not None
+        assert flow_counts(a) == Counter({(VIP_UDP, "127.0.0.4", b.port): 1})
+
+        r = c.call("udp_reconnect", id="u", addr="127.0.0.4", port=b.port)
+        assert r == {"peer": ["127.0.0.4", b.port], "backend": "udp"}, r
+        assert _slot_of(m, cookie) is None
+        assert flow_counts(a) == Counter()
+    finally:
+        m.close()
