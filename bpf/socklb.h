@@ -158,9 +158,9 @@ struct socklb_sk_flow {
  * Cookies are never reused: a slot whose socket closed without sock_release
  * running (the programs detached meanwhile) matches no socket, and only
  * narrows the probe window of later ones. */
-#ifndef SOCKLB_CONN_SLOTS
+/* Fixed, not a loader capacity: the hooks and the iterators index the slots
+ * alike. */
 #define SOCKLB_CONN_SLOTS 65536 /* a power of 2 */
-#endif
 #define SOCKLB_CONN_PROBE 4
 
 struct socklb_conn_slot {
