@@ -118,7 +118,7 @@ class IterRunner:
         with raising(self.error):
             return bpfobj.build(source, defines, self.cache, suffix=suffix)
 
-    def load(self, path: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
+    def load(self, path: Path, programs: Mapping[str, str], map_keys: Iterable[str] | Mapping[str, str] = (),
              cls: type[bpfobj.IterObject] = bpfobj.IterObject,
              reuse: Mapping[str, tuple[int, int]] | None = None) -> bpfobj.IterObject:
         """The object at path loaded with these programs attached (see

@@ -133,8 +133,9 @@ def map_specs(cap: Capacity) -> dict[str, MapSpec]:
         "policy_cfg": MapSpec(ct.c_uint32, layout.PolicyCfg, 1),
         "redirect_exempt": MapSpec(layout.ExemptKey, ct.c_uint32, layout.REDIRECT_EXEMPT_MAX),
         "policy_fqdns": MapSpec(layout.PolicyFqdnKey, layout.PolicyRules, layout.POLICY_FQDNS_MAX),
+        "conn_flows": MapSpec(ct.c_uint32, layout.ConnSlot, layout.CONN_SLOTS),
         # Socket storage: no max_entries, no user-space key.
-        "flows": MapSpec(ct.c_int, layout.Flow, 0),
+        "flows": MapSpec(ct.c_int, layout.SkFlow, 0),
     }
 
 
