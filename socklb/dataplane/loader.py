@@ -321,7 +321,9 @@ class Datapath:
             meta.update(key, ct.c_uint64(layout.LAYOUT_VERSION))
         elif have != layout.LAYOUT_VERSION:
             raise LoadError(f"pinned maps in {self.pin_dir} have layout {have}, this agent "
-                            f"uses {layout.LAYOUT_VERSION}")
+                            f"uses {layout.LAYOUT_VERSION}: run `socklb-dataplane detach --pin-dir "
+                            f"{self.pin_dir}` first (balancing pauses until "
+                            f"this agent attaches)")
 
     def attached_program_ids(self) -> dict[str, list[int]]:
         cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
