@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -75,6 +75,33 @@ class Programmed:
             index.setdefault(b.frontend_id, set()).add(b.id)
         self.by_frontend = {k: frozenset(v) for k, v in index.items()}
 
+    def copy(self) -> Programmed:
+        # The records are immutable (by_frontend's sets too): the dicts only.
+        return Programmed(dict(self.frontends), dict(self.backends), self.next_frontend_id,
+                          self.next_backend_id, dict(self.by_frontend))
+
+    def apply(self, changes: Changes) -> None:
+        """Change this state in place by a partial plan's changes (idempotent:
+        applied twice, the same state)."""
+        for mine, changed in ((self.frontends, changes.frontends), (self.backends, changes.backends),
+                              (self.by_frontend, changes.by_frontend)):
+            for k, v in changed.items():
+                if v is None:
+                    mine.pop(k, None)
+                else:
+                    mine[k] = v
+        self.next_frontend_id, self.next_backend_id = changes.next_frontend_id, changes.next_backend_id
+
+
+class Changes(NamedTuple):
+    """What a partial plan changes in the state it starts from: per dict of
+    Programmed, key -> new value, or None where the entry goes."""
+    frontends: dict
+    backends: dict
+    by_frontend: dict
+    next_frontend_id: int
+    next_backend_id: int
+
 
 # --- operations, in execution order ---------------------------------------
 # Named tuples, as ProgrammedBackend: a full state's plan holds 200k+ ops.
@@ -111,12 +138,50 @@ Op = PutBackend | PutSlot | PutMaster | DeleteSlot | DeleteMaster | DeleteBacken
 
 @dataclass
 class Plan:
+    """A whole plan (make_plan with only=None) carries its result; a partial
+    one the changes from its base instead (copying a 100k-backend state for a
+    one-service change would cost more than the change): `result` makes the
+    whole state on demand, `frontend()` looks one up, and the agent changes
+    its state in place once the plan is written (Programmed.apply)."""
     ops: list[Op]
-    result: Programmed
+    _result: Programmed | None
     # Masters gaining SvcFlag.REDIRECTED, written after everything else
     # (the ops write them without the flag).
     late: list[Op] = field(default_factory=list)
+    base: Programmed | None = None  # partial: the state the changes apply to
+    changes: Changes | None = None
     _counts: Counter | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def result(self) -> Programmed:
+        """The state after the plan (a partial plan's is made here, a copy
+        of its base: O(state))."""
+        if self._result is None:
+            self._result = self.base.copy()
+            self._result.apply(self.changes)
+        return self._result
+
+    @property
+    def next_frontend_id(self) -> int:
+        return (self.changes or self._result).next_frontend_id
+
+    @property
+    def next_backend_id(self) -> int:
+        return (self.changes or self._result).next_backend_id
+
+    def frontend(self, key: FrontendKey) -> ProgrammedFrontend | None:
+        """The frontend at `key` after the plan."""
+        if self.changes is None:
+            return self._result.frontends.get(key)
+        frontends = self.changes.frontends
+        return frontends[key] if key in frontends else self.base.frontends.get(key)
+
+    def frontend_keys(self) -> Iterable[FrontendKey]:
+        """The keys of the frontends the plan writes or keeps: a partial
+        plan's are those it writes (it creates none but those)."""
+        if self.changes is None:
+            return self._result.frontends.keys()
+        return [k for k, fe in self.changes.frontends.items() if fe is not None]
 
     def count(self, kind: type) -> int:
         """How many ops of one type (op types have no subclasses: by exact
@@ -164,13 +229,13 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
 def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                only: set[FrontendKey] | None) -> Plan:
     full = only is None
+    # A whole plan fills a new state; a partial one records its changes
+    # (None: the entry goes) in `result`'s dicts instead.
+    result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     if full:
         keys = sorted(set(targets) | set(current.frontends), key=_frontend_order)
-        result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     else:
         keys = sorted(only, key=_frontend_order)
-        result = Programmed(dict(current.frontends), dict(current.backends), current.next_frontend_id,
-                            current.next_backend_id, dict(current.by_frontend))
 
     put_backends: list[Op] = []
     put_slots: list[Op] = []
@@ -190,8 +255,9 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                 continue
             removed.append(new(DeleteMaster, (key,)))
             removed += [new(DeleteSlot, (key, i)) for i in range(1, len(old.slots) + 1)]
-            result.frontends.pop(key, None)
-            result.by_frontend.pop(old.id, None)
+            if not full:
+                result.frontends[key] = None
+                result.by_frontend[old.id] = None
             gone_backends |= old_ids
             continue
         if old is not None:
@@ -255,12 +321,16 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     if full:
         # Also backends no frontend owns (left by an interrupted update).
         gone_backends = {i for i in current.backends if i not in result.backends}
-    for i in gone_backends:
-        result.backends.pop(i, None)
+    else:
+        result.backends.update(dict.fromkeys(gone_backends))
     del_backends = [new(DeleteBackend, (i,)) for i in sorted(gone_backends)]
     # Redirect-table masters before service-table ones: a frontend's redirect
     # exists before the flag that leads to it (keys sort by table last).
     if any(op.frontend.key.table for op in put_masters):
         put_masters.sort(key=lambda op: -op.frontend.key.table)
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
-    return Plan(ops, result, late)
+    if full:
+        return Plan(ops, result, late)
+    changes = Changes(result.frontends, result.backends, result.by_frontend, result.next_frontend_id,
+                      result.next_backend_id)
+    return Plan(ops, None, late, base=current, changes=changes)
