@@ -25,7 +25,7 @@ from typing import NamedTuple
 from socklb.lb.addresses import addr_text
 from socklb.lb.frontends import FrontendKey
 
-from .plan import DeleteBackend, Plan, Programmed, ProgrammedBackend, ProgrammedFrontend
+from .plan import Plan, Programmed, ProgrammedBackend, ProgrammedFrontend
 
 REMEMBERED = 4096  # removed (frontend, backend) ids kept named
 
@@ -151,18 +151,27 @@ class Catalog:
                 # The state a whole plan replaces is not changed again.
                 before = self._index if self._index is not None else Index(self._live)
             if plan is not None:
-                self._remember([before.programmed.backends.get(op.id) for op in plan.ops
-                                if isinstance(op, DeleteBackend)], before)
+                self._remember(plan.deleted_backends(), before)
             if partial:
                 programmed.apply(plan.changes)
             self._live, self._index = programmed, None
         return before
 
-    def _remember(self, gone: list, before: Index) -> None:
-        for b in gone:
+    def _remember(self, gone: Iterable[int], before: Index) -> None:
+        """Name the deleted backends (`gone`: ids, last first) that stay
+        remembered: the last `remembered` of them, however many a plan
+        deletes (removing a whole state deletes every backend)."""
+        named = []
+        backends = before.programmed.backends
+        for i in gone:
+            if len(named) >= self.remembered:
+                break
+            b = backends.get(i)
             name = before.backend_name(b) if b is not None else None
             if name is not None:
-                self._removed[(b.frontend_id, b.id)] = name
+                named.append(((b.frontend_id, b.id), name))
+        for k, name in reversed(named):
+            self._removed[k] = name
         while len(self._removed) > self.remembered:
             self._removed.popitem(last=False)
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import NamedTuple
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
@@ -150,6 +151,13 @@ class Plan:
     late: list[Op] = field(default_factory=list)
     base: Programmed | None = None  # partial: the state the changes apply to
     changes: Changes | None = None
+    # What the plan deletes, for those who name it (the catalog, the
+    # terminations) without a walk over every op: the frontends removed,
+    # the backends removed from frontends that stay (the others go with
+    # their frontend), and how many DeleteBackend ops end `ops`.
+    removed_frontends: list[FrontendKey] = field(default_factory=list)
+    dropped_backends: list[int] = field(default_factory=list)
+    backend_deletes: int = 0
     _counts: Counter | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -168,6 +176,10 @@ class Plan:
     @property
     def next_backend_id(self) -> int:
         return (self.changes or self._result).next_backend_id
+
+    def deleted_backends(self) -> Iterator[int]:
+        """The ids of every backend the plan deletes, last first."""
+        return (op.id for op in islice(reversed(self.ops), self.backend_deletes))
 
     def frontend(self, key: FrontendKey) -> ProgrammedFrontend | None:
         """The frontend at `key` after the plan."""
@@ -244,6 +256,8 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     removed: list[Op] = []
     late: list[Op] = []
     gone_backends: set[int] = set()
+    gone_frontends: list[FrontendKey] = []
+    dropped: list[int] = []
     new = tuple.__new__
 
     for key in keys:
@@ -254,6 +268,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
             if old is None:
                 continue
             removed.append(new(DeleteMaster, (key,)))
+            gone_frontends.append(key)
             removed += [new(DeleteSlot, (key, i)) for i in range(1, len(old.slots) + 1)]
             if not full:
                 result.frontends[key] = None
@@ -297,7 +312,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                     put_backends.append(new(PutBackend, (pb,)))
                 result.backends[be_id] = pb
                 ids.append(be_id)
-            gone_backends |= old_ids - set(ids)
+            dropped += old_ids - set(ids)
             result.by_frontend[fe_id] = frozenset(ids)
             slots = tuple([ids[i] for i in t.table])
             old_slots = old.slots
@@ -318,6 +333,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
             del_slots += [DeleteSlot(key, i + 1) for i in range(len(slots), len(old.slots))]
         result.frontends[key] = fe
 
+    gone_backends.update(dropped)
     if full:
         # Also backends no frontend owns (left by an interrupted update).
         gone_backends = {i for i in current.backends if i not in result.backends}
@@ -329,8 +345,9 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     if any(op.frontend.key.table for op in put_masters):
         put_masters.sort(key=lambda op: -op.frontend.key.table)
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
+    deleted = {"removed_frontends": gone_frontends, "dropped_backends": dropped, "backend_deletes": len(del_backends)}
     if full:
-        return Plan(ops, result, late)
+        return Plan(ops, result, late, **deleted)
     changes = Changes(result.frontends, result.backends, result.by_frontend, result.next_frontend_id,
                       result.next_backend_id)
-    return Plan(ops, None, late, base=current, changes=changes)
+    return Plan(ops, None, late, base=current, changes=changes, **deleted)

@@ -233,3 +233,36 @@ def test_many_deltas_keep_the_state_they_change_in_place_equal_to_the_maps():
     fresh.apply(node_pb2.NodeState(version=v, services=services.values()))
     assert content(w) == content(fresh.writer)
     assert _fields(early) == held
+
+
+def test_removed_backends_are_named_and_their_flows_targeted_as_before():
+    """What a plan deletes is read from its own lists, not a walk over
+    every op: the catalog names the last `remembered` removed backends (the
+    highest ids, in order), and the terminations target a removed frontend
+    whole and a backend removed from a frontend that stays by itself."""
+    a = Agent(MemoryMapWriter(), "n")
+    a.catalog.remembered = 5
+    two = [svc("a", "127.0.4.1", [("10.3.0.1", 80), ("10.3.0.2", 80), ("10.3.0.3", 80)]),
+           svc("b", "127.0.4.2", [("10.3.1.1", 80), ("10.3.1.2", 80), ("10.3.1.3", 80), ("10.3.1.4", 80)])]
+    a.apply(node_pb2.NodeState(version=1, services=two))
+    names = a.catalog.current().backend_names()
+    assert len(names) == 7
+    fe_a = next(fe.id for fe in a.catalog.current().frontends() if fe.service == "a")
+    # b loses one backend (a delta), then a goes (a whole state).
+    b_less = svc("b", "127.0.4.2", [("10.3.1.1", 80), ("10.3.1.2", 80), ("10.3.1.4", 80)])
+    a.apply_delta(node_pb2.NodeStateDelta(from_version=1, version=2, upserts=[b_less]))
+    dropped = next(k for k, n in names.items() if n.address == "10.3.1.3")
+    assert list(a.catalog.removed()) == [dropped]
+    job = a.terminations.jobs[-1]
+    assert (job.service, job.trigger, [(t.frontend_id, t.backend_id) for t in job.targets]) == \
+        ("b", "backend-removed", [dropped])
+    a.apply(node_pb2.NodeState(version=3, services=[b_less]))
+    gone_a = sorted((k for k, n in names.items() if n.service == "a"), key=lambda k: k[1])
+    assert list(a.catalog.removed()) == [dropped, *gone_a]
+    assert a.catalog.removed() == {k: names[k] for k in [dropped, *gone_a]}
+    job = a.terminations.jobs[-1]
+    assert (job.service, job.trigger, [(t.frontend_id, t.backend_id) for t in job.targets]) == \
+        ("a", "service-removed", [(fe_a, 0)])
+    a.apply(node_pb2.NodeState(version=4, services=[]))  # 3 more: the oldest go
+    gone_b = sorted((k for k, n in names.items() if n.service == "b" and k != dropped), key=lambda k: k[1])
+    assert list(a.catalog.removed()) == [*gone_a[1:], *gone_b]
