@@ -673,7 +673,7 @@ _IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)", "Condition.wait (threa
 
 
 def _frame(f: str) -> str:
-    f = re.sub(r" \((?:/work/main/|/usr/lib/python3\.\d+/|.*?site-packages/)", " (", f)
+    f = re.sub(r" \((?:/work/main/|" + re.escape(f"{ROOT}/") + r"|/usr/lib/python3\.\d+/|.*?site-packages/)", " (", f)
     return re.sub(r":\d+\)$", ")", f)
 
 

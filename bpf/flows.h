@@ -14,8 +14,8 @@ struct socklb_flow_rec {
 	__u16 vip_port;       /* network order */
 	__u16 backend_port;   /* network order */
 	__u8 proto;           /* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 state;           /* skc_state of the socket */
-	__u16 family;         /* AF_INET / AF_INET6 of the socket */
+	__u8 state;           /* skc_state of the socket (0: unknown, a slot read by map-iter) */
+	__u16 family;         /* AF_INET / AF_INET6 of the socket (0: unknown, likewise) */
 };
 
 /* flow_counts (hash): open flows per (frontend, backend), counted in the

@@ -6,10 +6,10 @@
  * The records, map keys and values, limits and enums shared with user space
  * are in sock_destroy.h. Built by socklb/dataplane/sockdestroy.py with clang
  * -target bpf against a vmlinux.h that bpftool generates from the running
- * kernel's BTF (CO-RE), loaded with libbpf. The `flows` map is not created
- * here: the loader reuses the agent's pinned socket storage
- * (bpf_map__reuse_fd), so the programs read the records that the
- * connect/sendmsg hooks wrote.
+ * kernel's BTF (CO-RE), loaded with libbpf. The flow records' maps
+ * (`flows`, `conn_flows`: bpf/iter.h) are not created here: the loader
+ * reuses the agent's pinned ones (bpf_map__reuse_fd), so the programs read
+ * the records that the connect/sendmsg hooks wrote.
  *
  * Targets (hash map, written by user space before each run), key
  * struct socklb_term_key {frontend_id, backend_id}:
@@ -263,14 +263,13 @@ static __always_inline void read_local(const struct sock_common *skc, __u16 fami
 	*sport = bpf_htons(skc->skc_num);
 }
 
-/* The socket's live flow record: frontend_id set, and the socket connected
- * to the record's backend (a socket re-connected directly elsewhere keeps a
- * stale record). NULL otherwise. */
-static __always_inline struct socklb_flow *live_flow(struct sock *sk, const __u32 *dst, __u16 dport)
+/* The socket's live flow record, copied into *f (flow_of, bpf/iter.h):
+ * frontend_id set, and the socket connected to the record's backend (a
+ * socket re-connected directly elsewhere keeps a stale record). f, or NULL. */
+static __always_inline struct socklb_flow *live_flow(struct sock *sk, const __u32 *dst, __u16 dport,
+						     struct socklb_flow *f)
 {
-	struct socklb_flow *f = bpf_sk_storage_get(&flows, sk, 0, 0);
-
-	if (!f || !f->frontend_id)
+	if (!flow_of(sk, f))
 		return NULL;
 	if (dport != f->backend_port || dst[0] != f->backend_addr[0] || dst[1] != f->backend_addr[1] ||
 	    dst[2] != f->backend_addr[2] || dst[3] != f->backend_addr[3])
@@ -300,11 +299,11 @@ static __always_inline int handle(struct seq_file *seq, const struct socklb_term
 				  struct sock *sk, __u8 proto)
 {
 	struct socklb_term_val *tv;
-	struct socklb_flow *f;
+	struct socklb_flow *f, fbuf;
 	__u32 kind = 0;
 
 	/* Only a socket connected to the record's backend (see the header). */
-	f = live_flow(sk, r->dst, r->dport);
+	f = live_flow(sk, r->dst, r->dport, &fbuf);
 	if (!f)
 		return 0;
 	tv = match_target(f, &kind);
@@ -428,7 +427,7 @@ static __always_inline int sock_handle(struct seq_file *seq, const struct socklb
 				       struct sock_common *skc, struct sock *sk, __u8 proto, __u8 state)
 {
 	struct socklb_term_sock_rec r = {};
-	struct socklb_flow *f;
+	struct socklb_flow *f, fbuf;
 
 	if (!sock_selected(cfg, &r, skc, sk))
 		return 0;
@@ -437,7 +436,7 @@ static __always_inline int sock_handle(struct seq_file *seq, const struct socklb
 	read_local(skc, r.family, r.src, &r.sport);
 	r.proto = proto;
 	r.state = state;
-	f = live_flow(sk, r.dst, r.dport);
+	f = live_flow(sk, r.dst, r.dport, &fbuf);
 	if (f)
 		rec_flow(&r, f);
 	r.result = SOCKLB_TERM_NOT_TRIED;
@@ -508,7 +507,7 @@ static __always_inline int judge_handle(struct seq_file *seq, const struct sockl
 	struct socklb_term_sock_rec r = {};
 	struct socklb_svc_key key = {};
 	const struct socklb_svc_val *master;
-	struct socklb_flow *f;
+	struct socklb_flow *f, fbuf;
 	__u32 *set;
 	int verdict;
 
@@ -520,7 +519,7 @@ static __always_inline int judge_handle(struct seq_file *seq, const struct sockl
 		return 0;
 	judge_count(0);
 	/* The destination as the application addressed it: the flow's VIP, else the peer. */
-	f = live_flow(sk, r.dst, r.dport);
+	f = live_flow(sk, r.dst, r.dport, &fbuf);
 	if (f)
 		rec_flow(&r, f);
 	__builtin_memcpy(key.addr, f ? r.vip : r.dst, sizeof(key.addr));

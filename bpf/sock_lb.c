@@ -43,19 +43,30 @@ BPF_TABLE_PINNED("hash", struct socklb_policy_fqdn_key, struct socklb_policy_rul
 BPF_TABLE_PINNED("lru_hash", struct socklb_dns_learned_key, struct socklb_dns_learned_val, dns_learned,
 		 SOCKLB_DNS_LEARNED_MAX, PIN("dns_learned"));
 
-/* Socket storage, pinned like the rest so that flows of sockets opened before
- * an agent restart keep their reverse translation (bcc's BPF_SK_STORAGE cannot
- * be pinned, hence the spelled-out declaration). */
+/* The flow records (socklb.h, "The flow record"): connect()'s in the
+ * conn_flows slots, sendmsg()'s (and connect()'s when its slots are taken)
+ * in socket storage. Both pinned like the rest so that flows of sockets
+ * opened before an agent restart keep their reverse translation (bcc's
+ * BPF_SK_STORAGE cannot be pinned, hence the spelled-out declaration). */
+BPF_TABLE_PINNED("array", u32, struct socklb_conn_slot, conn_flows, SOCKLB_CONN_SLOTS, PIN("conn_flows"));
 struct flows_table_t {
 	int key;
-	struct socklb_flow leaf;
+	struct socklb_sk_flow leaf;
 	void *(*sk_storage_get)(void *, void *, int);
 	int (*sk_storage_delete)(void *);
 	u32 flags;
 };
 __attribute__((section("maps/sk_storage:" PIN("flows"))))
 struct flows_table_t flows = { .flags = BPF_F_NO_PREALLOC };
-BPF_ANNOTATE_KV_PAIR(flows, int, struct socklb_flow);
+BPF_ANNOTATE_KV_PAIR(flows, int, struct socklb_sk_flow);
+
+static __always_inline struct socklb_conn_slot *conn_slot_lookup(__u32 *idx)
+{
+	return conn_flows.lookup(idx);
+}
+
+#define SOCKLB_CONN_SLOT(idx) conn_slot_lookup(idx)
+#include "conn_flows.h"
 
 static __always_inline void count(u32 idx)
 {
@@ -205,19 +216,54 @@ static __always_inline void flow_record(struct socklb_flow *f, const struct sock
 					const struct socklb_svc_val *master, __u32 backend_id,
 					const struct socklb_backend *be)
 {
-	f->frontend_id = master->id;
 	f->backend_id = backend_id;
 	addr_copy(f->vip, key->addr);
 	f->vip_port = key->port;
 	addr_copy(f->backend_addr, be->addr);
 	f->backend_port = be->port;
 	f->proto = key->proto;
+	/* Last: a record is live once its frontend is set (conn_flows.h). */
+	socklb_barrier();
+	f->frontend_id = master->id;
+}
+
+/* connect() to a VIP: the record in the socket's slot, or in its socket
+ * storage when the slots it may take are all in use. The other place's
+ * record, if any (an earlier sendmsg or overflow), is cleared. */
+static __always_inline void flow_connect(struct bpf_sock_addr *ctx, const struct socklb_svc_key *key,
+					 const struct socklb_svc_val *master, __u32 backend_id,
+					 const struct socklb_backend *be)
+{
+	struct socklb_conn_slot *s = conn_slot_claim(bpf_get_socket_cookie(ctx));
+	struct socklb_sk_flow *sf = flows.sk_storage_get(ctx->sk, 0, s ? 0 : BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (s) {
+		if (!flow_records(&s->flow, key, master, backend_id, be))
+			flow_record(&s->flow, key, master, backend_id, be);
+		if (sf)
+			sf->flow.frontend_id = 0;
+	} else if (sf && !flow_records(&sf->flow, key, master, backend_id, be)) {
+		flow_record(&sf->flow, key, master, backend_id, be);
+	}
+}
+
+/* connect() elsewhere: a socket re-connected away from a VIP must not keep
+ * reporting the old one. */
+static __always_inline void flow_disconnect(struct bpf_sock_addr *ctx)
+{
+	struct socklb_conn_slot *s = conn_slot_find(bpf_get_socket_cookie(ctx));
+	struct socklb_sk_flow *sf = flows.sk_storage_get(ctx->sk, 0, 0);
+
+	if (s)
+		conn_slot_free(s);
+	if (sf)
+		sf->flow.frontend_id = 0;
 }
 
 /* The socket's cookie, the reverse-NAT keys' first half: the flow's ring
  * holds it once the socket has sent a datagram through a VIP, which saves
  * the helper call on every later one. */
-static __always_inline __u64 flow_cookie(struct bpf_sock_addr *ctx, const struct socklb_flow *f)
+static __always_inline __u64 flow_cookie(struct bpf_sock_addr *ctx, const struct socklb_sk_flow *f)
 {
 	if (f && f->rnat_used)
 		return f->rnat[0].cookie;
@@ -225,7 +271,7 @@ static __always_inline __u64 flow_cookie(struct bpf_sock_addr *ctx, const struct
 }
 
 /* Remember the reverse-NAT key on the socket so sock_release can delete it. */
-static __always_inline void flow_remember_rnat(struct socklb_flow *f, const struct socklb_rnat_key *rk)
+static __always_inline void flow_remember_rnat(struct socklb_sk_flow *f, const struct socklb_rnat_key *rk)
 {
 	__u8 i;
 
@@ -398,7 +444,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	struct socklb_policy_cfg *exempt_cfg;
 	struct socklb_workload *wl;
 	struct socklb_backend *be;
-	struct socklb_flow *f;
+	struct socklb_sk_flow *f;
 	__u32 backend_id = 0;
 
 	ctx_load_addr(ctx, key.addr, v6);
@@ -441,12 +487,8 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	if (master && (master->flags & SOCKLB_SVC_F_NOT_SERVICE))
 		master = NULL;
 	if (!master) {
-		/* A socket re-connected elsewhere must not keep reporting the old VIP. */
-		if (!sendmsg) {
-			f = flows.sk_storage_get(ctx->sk, 0, 0);
-			if (f)
-				f->frontend_id = 0;
-		}
+		if (!sendmsg)
+			flow_disconnect(ctx);
 		return 1;
 	}
 	be = select_backend(ctx, &key, master, &backend_id);
@@ -457,45 +499,63 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const int v6, co
 	}
 	count(SOCKLB_CNT_TRANSLATED);
 
-	f = flows.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (f && !flow_records(f, &key, master, backend_id, be))
-		flow_record(f, &key, master, backend_id, be);
-	if (sendmsg) {
-		struct socklb_rnat_key rk = { .cookie = flow_cookie(ctx, f) };
-		struct socklb_rnat_val rv = { .frontend_id = master->id };
-		struct socklb_rnat_val *old;
-
-		addr_copy(rk.addr, be->addr);
-		rk.port = be->port;
-		addr_copy(rv.addr, key.addr);
-		rv.port = key.port;
-		/* Look before writing: an unconnected socket sends to the same
-		 * backend again and again, and an LRU update takes a lock (and
-		 * may evict) while a lookup only marks the entry used. */
-		old = rev_nat.lookup(&rk);
-		if (!old || old->frontend_id != rv.frontend_id || old->port != rv.port ||
-		    !addr_eq(old->addr, rv.addr))
-			rev_nat.update(&rk, &rv);
-		if (f)
-			flow_remember_rnat(f, &rk);
+	if (!sendmsg) {
+		flow_connect(ctx, &key, master, backend_id, be);
+		return 1;
 	}
+	f = flows.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (f && !flow_records(&f->flow, &key, master, backend_id, be))
+		flow_record(&f->flow, &key, master, backend_id, be);
+
+	struct socklb_rnat_key rk = { .cookie = flow_cookie(ctx, f) };
+	struct socklb_rnat_val rv = { .frontend_id = master->id };
+	struct socklb_rnat_val *old;
+
+	addr_copy(rk.addr, be->addr);
+	rk.port = be->port;
+	addr_copy(rv.addr, key.addr);
+	rv.port = key.port;
+	/* Look before writing: an unconnected socket sends to the same backend
+	 * again and again, and an LRU update takes a lock (and may evict) while
+	 * a lookup only marks the entry used. */
+	old = rev_nat.lookup(&rk);
+	if (!old || old->frontend_id != rv.frontend_id || old->port != rv.port || !addr_eq(old->addr, rv.addr))
+		rev_nat.update(&rk, &rv);
+	if (f)
+		flow_remember_rnat(f, &rk);
+	return 1;
+}
+
+/* 1 when f is live and its backend is this peer: report its VIP. */
+static __always_inline int flow_reverse(struct bpf_sock_addr *ctx, const struct socklb_flow *f,
+					const __u32 addr[4], __u16 port, const int v6, const int recvmsg)
+{
+	if (!f->frontend_id || f->backend_port != port || !addr_eq(f->backend_addr, addr))
+		return 0;
+	ctx_store_addr(ctx, f->vip, f->vip_port, v6);
+	if (recvmsg)
+		count(SOCKLB_CNT_RNAT_HIT);
 	return 1;
 }
 
 /* recvmsg and getpeername: report the VIP, not the backend. */
 static __always_inline int reverse(struct bpf_sock_addr *ctx, const int v6, const int recvmsg)
 {
-	struct socklb_flow *f;
+	struct socklb_sk_flow *f;
+	struct socklb_conn_slot *s;
 	__u32 addr[4];
 	__u16 port = (__u16)ctx->user_port;
 
 	ctx_load_addr(ctx, addr, v6);
 	f = flows.sk_storage_get(ctx->sk, 0, 0);
-	if (f && f->frontend_id && f->backend_port == port && addr_eq(f->backend_addr, addr)) {
-		ctx_store_addr(ctx, f->vip, f->vip_port, v6);
-		if (recvmsg)
-			count(SOCKLB_CNT_RNAT_HIT);
+	if (f && flow_reverse(ctx, &f->flow, addr, port, v6, recvmsg))
 		return 1;
+	/* Only a connected socket has a slot: an unconnected UDP socket's
+	 * datagrams skip the cookie and the probe. */
+	if (ctx->sk->state != BPF_TCP_CLOSE) {
+		s = conn_slot_find(bpf_get_socket_cookie(ctx));
+		if (s && flow_reverse(ctx, &s->flow, addr, port, v6, recvmsg))
+			return 1;
 	}
 	if (!recvmsg || !f)
 		return 1;
@@ -524,13 +584,17 @@ int socklb_recvmsg6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1, 1); }
 int socklb_getpeername4(struct bpf_sock_addr *ctx) { return reverse(ctx, 0, 0); }
 int socklb_getpeername6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1, 0); }
 
-/* The kernel frees the flow record with the socket; the reverse-NAT entries
- * it made live in a map and are deleted here rather than left to the LRU. */
+/* The socket's slot is freed here; the kernel frees its socket storage with
+ * the socket, but the reverse-NAT entries that records made live in a map
+ * and are deleted here rather than left to the LRU. */
 int socklb_sock_release(struct bpf_sock *sk)
 {
-	struct socklb_flow *f = flows.sk_storage_get(sk, 0, 0);
+	struct socklb_conn_slot *s = conn_slot_find(bpf_get_socket_cookie(sk));
+	struct socklb_sk_flow *f = flows.sk_storage_get(sk, 0, 0);
 	__u8 i;
 
+	if (s)
+		conn_slot_free(s);
 	if (!f)
 		return 1;
 #pragma unroll

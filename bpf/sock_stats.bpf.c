@@ -6,8 +6,9 @@
  * sock_stats.h.
  *
  * Built and loaded like bpf/sock_destroy.bpf.c (clang -target bpf against a
- * bpftool-generated vmlinux.h, CO-RE, libbpf): the `flows` map is the agent's
- * pinned socket storage, reused (bpf_map__reuse_fd), never created here.
+ * bpftool-generated vmlinux.h, CO-RE, libbpf): the flow records' maps
+ * (`flows`, `conn_flows`: bpf/iter.h) are the agent's pinned ones, reused
+ * (bpf_map__reuse_fd), never created here.
  *
  * What is counted: the sockets termination would match, i.e. a live flow
  * record (frontend_id != 0) on a socket whose connected peer is the record's
@@ -72,17 +73,16 @@ static __always_inline __u32 read_drops(struct sock *sk)
 	return drops;
 }
 
-/* The flow record of a socket connected to its record's backend, else NULL. */
-static __always_inline struct socklb_flow *
-counted_flow(struct sock_common *skc, struct sock *sk, struct socklb_stat_rec *r)
+/* 1 for a socket connected to its flow record's backend (r then holds the
+ * flow's ids), else 0. */
+static __always_inline int counted_flow(struct sock_common *skc, struct sock *sk, struct socklb_stat_rec *r)
 {
-	struct socklb_flow *f;
+	struct socklb_flow fbuf, *f = &fbuf;
 	__u32 dst[4];
 	__u16 family;
 
-	f = bpf_sk_storage_get(&flows, sk, 0, 0);
-	if (!f || !f->frontend_id)
-		return NULL;
+	if (!flow_of(sk, f))
+		return 0;
 	family = BPF_CORE_READ(skc, skc_family);
 	if (family == AF_INET) {
 		dst[0] = 0;
@@ -92,18 +92,18 @@ counted_flow(struct sock_common *skc, struct sock *sk, struct socklb_stat_rec *r
 	} else if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&dst, skc, skc_v6_daddr.in6_u.u6_addr32);
 	} else {
-		return NULL;
+		return 0;
 	}
 	if (BPF_CORE_READ(skc, skc_dport) != f->backend_port || dst[0] != f->backend_addr[0] ||
 	    dst[1] != f->backend_addr[1] || dst[2] != f->backend_addr[2] ||
 	    dst[3] != f->backend_addr[3])
-		return NULL;
+		return 0;
 	r->family = family;
 	r->state = BPF_CORE_READ(skc, skc_state);
 	r->frontend_id = f->frontend_id;
 	r->backend_id = f->backend_id;
 	r->cookie = bpf_get_socket_cookie(skc);
-	return f;
+	return 1;
 }
 
 SEC("iter/tcp")

@@ -118,20 +118,54 @@ struct socklb_rnat_val {
 	__u32 frontend_id;
 };
 
-/* flows: socket storage, the conntrack entry of a load-balanced socket; the
- * kernel frees it with the socket. */
+/* The flow record of a load-balanced socket, its conntrack entry: what the
+ * reverse translation (getpeername, recvmsg), termination, the flows dump and
+ * socket statistics read. Where it lives:
+ *  - a connect() to a VIP writes it into the socket's slot of conn_flows
+ *    (struct socklb_conn_slot), which sock_release frees: no allocation per
+ *    connection (socket storage costs two allocations at connect and two
+ *    RCU-deferred frees at close, ~2 us of a ~3 us connect hook);
+ *  - a sendmsg() to a VIP (unconnected UDP), and a connect() that finds no
+ *    free slot, write it into the socket storage `flows` (struct
+ *    socklb_sk_flow), with the reverse-NAT ring sendmsg needs; the kernel
+ *    frees it with the socket.
+ * A socket has at most one live record (frontend_id != 0) from connect():
+ * a connect() clears the other place's, a connect() elsewhere both. */
 struct socklb_flow {
-	__u32 frontend_id;
+	__u32 frontend_id; /* 0: cleared (re-connected away from the VIP) */
 	__u32 backend_id;
 	__u32 vip[4];
 	__u32 backend_addr[4];
 	__u16 vip_port;     /* network order */
 	__u16 backend_port; /* network order */
 	__u8 proto;
+	__u8 pad[3];
+};
+
+/* flows: socket storage. */
+struct socklb_sk_flow {
+	struct socklb_flow flow;
 	__u8 rnat_next; /* next slot of rnat ring to overwrite */
 	__u8 rnat_used; /* valid entries in the rnat ring */
-	__u8 pad;
+	__u8 pad[6];
 	struct socklb_rnat_key rnat[SOCKLB_FLOW_RNAT_RING];
+};
+
+/* conn_flows: array of SOCKLB_CONN_SLOTS slots, shared lock-free. A socket's
+ * slot is one of the SOCKLB_CONN_PROBE after cookie % SOCKLB_CONN_SLOTS
+ * (cookies are sequential, so neighbours are mostly free), claimed with a
+ * compare-and-swap of cookie from 0 and freed by writing 0 (bpf/conn_flows.h).
+ * Cookies are never reused: a slot whose socket closed without sock_release
+ * running (the programs detached meanwhile) matches no socket, and only
+ * narrows the probe window of later ones. */
+/* Fixed, not a loader capacity: the hooks and the iterators index the slots
+ * alike. */
+#define SOCKLB_CONN_SLOTS 65536 /* a power of 2 */
+#define SOCKLB_CONN_PROBE 4
+
+struct socklb_conn_slot {
+	__u64 cookie; /* bpf_get_socket_cookie() of the owner, 0: free */
+	struct socklb_flow flow;
 };
 
 /* counters: per-CPU array indexed by this enum. */
@@ -272,6 +306,6 @@ struct socklb_exempt_key {
 };
 
 /* Bump when a map layout changes: pinned maps of another layout are not adopted. */
-#define SOCKLB_LAYOUT_VERSION 1
+#define SOCKLB_LAYOUT_VERSION 2
 
 #endif /* SOCKLB_H */

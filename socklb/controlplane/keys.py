@@ -15,6 +15,7 @@ ROOT = "/socklb/"
 SERVICES = ROOT + "services/"
 FRONTENDS = ROOT + "frontends/"  # index: frontend -> owning service, for uniqueness
 NODES = ROOT + "nodes/"
+NODE_VERSIONS = ROOT + "node-versions/"  # <replica>: the versions of the nodes connected to it (api_pb2.NodeVersions)
 STATS = ROOT + "stats/"
 TERMINATIONS = ROOT + "terminations/"  # <id>/request, <id>/reports/<node>
 LEADER = ROOT + "leader/"  # <name>: the campaign holding a leader-only duty (Store.campaign)
@@ -36,7 +37,7 @@ WORKLOAD_CGROUPS = ROOT + "workload-cgroups/"
 # Watching ROOT would do that too, but would carry every node's statistics
 # and status, written every few seconds, to every replica.
 #
-# Byte order of the top level: frontends/ < leader/ < nodes/ < policy/ <
+# Byte order of the top level: frontends/ < leader/ < node-versions/ < nodes/ < policy/ <
 # services/ < stats/ < terminations/ < workload-cgroups/. services/ is
 # released and stays; the policy kinds (new, nothing stored to migrate) sit
 # under policy/, the last name before it. Any key added at the top level
@@ -90,6 +91,10 @@ def leader(name: str) -> str:
 
 def node(name: str) -> str:
     return NODES + name
+
+
+def node_versions(replica: str) -> str:
+    return NODE_VERSIONS + replica
 
 
 def stats(name: str) -> str:

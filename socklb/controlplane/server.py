@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -491,11 +492,23 @@ async def _amain(args) -> int:
     return 0
 
 
+# The cyclic GC's first threshold (net new container objects between young
+# collections). At CPython's default, 700, a write pushed to 1000 node streams
+# (futures, handles, tuples per node) ran about 8 young collections and one of
+# the middle generation per write, and a full one every dozen writes over the
+# ~125k objects a replica holds with 1000 nodes: about 40 of its 300 ms of CPU
+# per write (bench.convergence with a GC callback, docs/benchmarks.md).
+# At 10000 the same writes run about one young collection per 10 s; the garbage
+# cycles it leaves for later are at most that many objects.
+GC_THRESHOLD = (10_000, 10, 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # what the other workers of --workers are started with
     setup_logging(args.verbose, args.log_format)
+    gc.set_threshold(*GC_THRESHOLD)
     return asyncio.run(_amain(args))
 
 

@@ -152,12 +152,16 @@ class SyncService:
             if session.pushes and kind in ("ack", "nack"):
                 self._answered(session, kind, getattr(msg, kind))
             if kind == "ack":
-                self.registry.acked(session.node, msg.ack.version)
+                version = msg.ack.version
+                self.registry.acked(session.node, version)
                 tally.acks += 1
-                now = time.monotonic()
-                for v in [v for v in session.in_flight if v <= msg.ack.version]:
-                    tally.observe_latency(now - session.in_flight.pop(v))
-                self._notify_acks()
+                in_flight = session.in_flight
+                if in_flight:
+                    now = time.monotonic()
+                    for v in [v for v in in_flight if v <= version]:
+                        tally.observe_latency(now - in_flight.pop(v))
+                if self._ack_waiters:
+                    self._notify_acks()
             elif kind == "nack":
                 tally.nacks += 1
                 session.in_flight.pop(msg.nack.version, None)

@@ -239,16 +239,18 @@ class IterObject:
     """A loaded libbpf object whose programs are socket iterators.
 
     path:     the compiled object (build()).
-    pin_dir:  the agent's pin directory: the object's map `flows` reuses the
-              pinned socket storage <pin_dir>/flows (checked for the layout
-              this build expects), so the programs read the records the
+    pin_dir:  the agent's pin directory: the object's maps `flows` and
+              `conn_flows` reuse the pinned socket storage <pin_dir>/flows
+              and slots <pin_dir>/conn_flows (checked for the layout this
+              build expects), so the programs read the records the
               connect/sendmsg hooks wrote.
     programs: key -> program name; each is attached as an iterator and read
               with read_iter(key). The object's other programs are not
               loaded (a kernel may refuse one kind of iterator and allow
               another).
-    map_keys: keys of `programs` that iterate the elements of the `flows`
-              map (iter/bpf_sk_storage_map) and are attached to it.
+    map_keys: keys of `programs` that iterate the elements of a map and are
+              attached to it: a key -> map name mapping, or keys alone for
+              the `flows` map (iter/bpf_sk_storage_map).
     reuse:    more of the agent's pinned maps the object's maps of the same
               name reuse: name -> (key size, value size) this build expects
               (checked); every one must be pinned.
@@ -256,7 +258,8 @@ class IterObject:
               fails; nothing is left open then.
     """
 
-    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
+    def __init__(self, path: Path, pin_dir: Path, programs: Mapping[str, str],
+                 map_keys: Iterable[str] | Mapping[str, str] = (),
                  error: type[BpfObjError] = BpfObjError, reuse: Mapping[str, tuple[int, int]] | None = None):
         self.error = error
         self.reuse = dict(reuse or {})
@@ -267,12 +270,13 @@ class IterObject:
         self._link_ptrs: list[int] = []
         with native.libbpf_messages() as logbuf:
             try:
-                self._open_load(self.path, Path(pin_dir), programs, set(map_keys), logbuf)
+                iter_maps = dict(map_keys) if isinstance(map_keys, Mapping) else dict.fromkeys(map_keys, "flows")
+                self._open_load(self.path, Path(pin_dir), programs, iter_maps, logbuf)
             except Exception:
                 self.close()
                 raise
 
-    def _open_load(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: set[str],
+    def _open_load(self, path: Path, pin_dir: Path, programs: Mapping[str, str], map_keys: dict[str, str],
                    logbuf: list[str]) -> None:
         lib, err = self.lib, self.error
         obj = lib.bpf_object__open_file(os.fsencode(str(path)), None)
@@ -284,13 +288,14 @@ class IterObject:
         if not flows:
             raise err(f"{path} has no map 'flows'")
         def flows_wrong(pinned: Path, info) -> str | None:
-            if info.type != BPF_MAP_TYPE_SK_STORAGE or info.value_size != ct.sizeof(layout.Flow):
+            if info.type != BPF_MAP_TYPE_SK_STORAGE or info.value_size != ct.sizeof(layout.SkFlow):
                 return (f"{pinned} is not the flows socket storage this build expects (type {info.type}, "
-                        f"value size {info.value_size}, want {BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.Flow)})")
+                        f"value size {info.value_size}, want {BPF_MAP_TYPE_SK_STORAGE}/{ct.sizeof(layout.SkFlow)})")
             return None
 
         self._reuse_pinned(flows, pin_dir / "flows", "flows", flows_wrong)
-        for name, sizes in self.reuse.items():
+        reuse = {"conn_flows": (ct.sizeof(ct.c_uint32), ct.sizeof(layout.ConnSlot)), **self.reuse}
+        for name, sizes in reuse.items():
             def sizes_wrong(pinned: Path, info, sizes=sizes) -> str | None:
                 if (info.key_size, info.value_size) != tuple(sizes):
                     return (f"{pinned} has keys/values of {info.key_size}/{info.value_size} bytes, "
@@ -317,7 +322,10 @@ class IterObject:
                 raise err(f"{path} has no program {name}")
             opts = None
             if key in map_keys:
-                info = _IterMapInfo(map_fd=lib.bpf_map__fd(flows))
+                m = lib.bpf_object__find_map_by_name(obj, map_keys[key].encode())
+                if not m:
+                    raise err(f"{path} has no map {map_keys[key]!r}")
+                info = _IterMapInfo(map_fd=lib.bpf_map__fd(m))
                 opts = ct.byref(_IterAttachOpts(ct.sizeof(_IterAttachOpts), ct.pointer(info), ct.sizeof(info)))
             link = lib.bpf_program__attach_iter(prog, opts)
             if not link:

@@ -20,9 +20,15 @@ Features (each "yes" or "no: <why>"):
                          sockets are judged in the kernel, in one walk
   map_batch              BPF_MAP_UPDATE_BATCH and BPF_MAP_DELETE_BATCH on the services
                          and backends maps (maps.BpfMapWriter, kernel.BpfMap.batch_refused)
+  tcp_ehash_per_netns    namespaces created from now on get a TCP established hash of their
+                         own (net.ipv4.tcp_child_ehash_entries > 0; netns.shared_ehash):
+                         else each namespace's termination walk covers every TCP socket
+                         of the node (logged as a warning, with what to set)
 Duties, with the way taken (or "none: <why>"):
   flows           map-iter | socket-iter        (flows.py)
   sock_destroy    kfunc | netlink               (sockdestroy.py)
+  netns_walk      parallel: N threads | sequential: <why>   (netns.in_each_netns; sequential
+                                                 when one CPU or forced: SOCKLB_NETNS_WORKERS=1)
   socket_stats    socket-iter                   (sockstats.py)
   policy_judge    kernel | user: <why>          (sockdestroy.py judge_cgroups, policyjobs.py;
                                                  user also when forced: SOCKLB_POLICY_JUDGE=user,
@@ -41,6 +47,7 @@ kernel_agent reports them with the others.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +57,7 @@ from . import dns
 from .bpfobj import first_line
 from .flows import FlowReader
 from .sockstats import SocketStatsCollector
+from .netns import WORKERS_ENV, shared_ehash
 from .sockdestroy import Terminator, resume_fixed
 
 log = logging.getLogger(__name__)
@@ -59,8 +67,8 @@ class Unavailable(RuntimeError):
 
 
 FEATURES = ("map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch")
-DUTIES = ("flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "map_writes")
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch", "tcp_ehash_per_netns")
+DUTIES = ("flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "map_writes", "netns_walk")
 
 
 def answer(why_not: str | None) -> str:
@@ -157,5 +165,21 @@ def load(pin_dir: str | Path, flow_method: str = "auto", terminate_method: str =
     else:
         f.probes["policy_kernel_judge"] = "unknown: " + errors["sock_destroy"].removeprefix("none: ")
         f.paths["policy_judge"] = "user: " + errors["sock_destroy"].removeprefix("none: ")
+    shared = shared_ehash()
+    f.probes["tcp_ehash_per_netns"] = answer(shared)
+    if shared is not None:
+        log.warning("socket termination: %s", shared)
+    if t is None:
+        f.paths["netns_walk"] = "none: " + errors["sock_destroy"].removeprefix("none: ")
+    else:
+        f.paths["netns_walk"] = netns_walk(t.workers)
     f.seconds = time.monotonic() - t0
     return parts
+
+
+def netns_walk(workers: int) -> str:
+    """The netns_walk way of a Terminator walking namespaces in `workers` threads."""
+    if workers > 1:
+        return f"parallel: {workers} threads"
+    why = f"forced (${WORKERS_ENV}=1)" if os.environ.get(WORKERS_ENV, "").strip() else "one CPU"
+    return f"sequential: {why}"

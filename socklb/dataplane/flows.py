@@ -1,6 +1,7 @@
-"""Read the node's flow records (the `flows` socket storage the connect and
-sendmsg hooks write): user space cannot walk socket storage with
-get_next_key, so a BPF iterator (bpf/flows.bpf.c) emits them.
+"""Read the node's flow records (bpf/socklb.h, "The flow record": the
+`conn_flows` slots connect() writes, the `flows` socket storage sendmsg
+writes): user space cannot walk socket storage with get_next_key, nor tell
+a slot's socket, so BPF iterators (bpf/flows.bpf.c) emit them.
 
     with FlowReader(pin_dir) as r:           # probes, builds + loads once
         dump = r.read()                      # FlowDump: records, method, timing
@@ -9,10 +10,12 @@ get_next_key, so a BPF iterator (bpf/flows.bpf.c) emits them.
         r.map_iter_refused                   # the probe: None, or why it was refused
 
 Two methods, one chosen at start:
-  map-iter     iter/bpf_sk_storage_map over the flows map: visits only the
-               sockets that have a record, every network namespace in one
-               pass. Some kernels refuse map-element iterators (EPERM at
-               load: kernel 6.18.44-fc under a BPF LSM policy, for one).
+  map-iter     iter/bpf_sk_storage_map over the flows map and
+               iter/bpf_map_elem over the conn_flows slots: visits only the
+               records, every network namespace in one pass; a slot's record
+               has state and family 0 (its socket is not at hand). Some
+               kernels refuse map-element iterators (EPERM at load: kernel
+               6.18.44-fc under a BPF LSM policy, for one).
   socket-iter  iter/tcp + iter/udp in every network namespace (entered with
                setns, as termination and socket statistics do), looking up
                each socket's record. Visits every socket of the node, once
@@ -27,8 +30,8 @@ map-element probe still runs, for the report); "map-iter" forces the map
 iterator and fails where it is refused.
 
 Records with a cleared frontend id (a socket re-connected away from its VIP)
-are not emitted; a socket the socket iterators show twice is kept once (by
-cookie). count() runs the counting programs instead: the kernel adds each
+are not emitted; a socket shown twice (by the socket iterators, or with a
+record in both places) is kept once (by cookie). count() runs the counting programs instead: the kernel adds each
 record to the flow_counts map, so a statistics report costs one walk and a
 map read rather than a record per socket; a socket the iterator shows twice
 while the table changes under it is counted twice (a statistic, not a dump).
@@ -52,7 +55,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = "flows.bpf.c"
 # key -> program: "<x>" emits records, "count-<x>" counts into flow_counts.
-MAP_PROGRAMS = {"map": "socklb_flows_map", "count-map": "socklb_counts_map"}
+MAP_PROGRAMS = {"map": "socklb_flows_map", "count-map": "socklb_counts_map",
+                "slots": "socklb_flows_slots", "count-slots": "socklb_counts_slots"}
+# The map each map-element program iterates.
+MAP_OF = {"map": "flows", "count-map": "flows", "slots": "conn_flows", "count-slots": "conn_flows"}
 SOCKET_PROGRAMS = {"tcp": "socklb_flows_tcp", "udp": "socklb_flows_udp",
                    "count-tcp": "socklb_counts_tcp", "count-udp": "socklb_counts_udp"}
 
@@ -144,13 +150,14 @@ class FlowReader(IterRunner):
         """Load, attach and read the map iterator once; keep it when auto or
         map-iter was asked for. None, or why it was refused."""
         try:
-            obj = self.load(path, MAP_PROGRAMS, map_keys=MAP_PROGRAMS)
+            obj = self.load(path, MAP_PROGRAMS, map_keys=MAP_OF)
         except FlowReaderError as e:
             log.debug("map-element iterator refused: %s", e)
             return bpfobj.first_line(e)
         try:
             self._check_counts(obj)
             self.run_iter(obj, "map")
+            self.run_iter(obj, "slots")
         except FlowReaderError as e:
             obj.close()
             return bpfobj.first_line(e)
@@ -166,7 +173,9 @@ class FlowReader(IterRunner):
         with self.loaded() as obj:
             if self.method is Method.MAP_ITER:
                 t0 = time.monotonic()
-                flows = parse(self.run_iter(obj, "map", hooks))
+                # Slots first: a record there is the socket's connect()'s.
+                flows = first_seen(parse(self.run_iter(obj, "slots", hooks)) +
+                                   parse(self.run_iter(obj, "map", hooks)), set())
                 return FlowDump(flows, self.method.value, time.monotonic() - t0)
 
             def scan(ns: Netns) -> list[Flow]:
@@ -191,6 +200,7 @@ class FlowReader(IterRunner):
             _clear(counts)
             if self.method is Method.MAP_ITER:
                 t0 = time.monotonic()
+                self.run_iter(obj, "count-slots", hooks)
                 self.run_iter(obj, "count-map", hooks)
                 out = FlowCounts(method=self.method.value)
             else:

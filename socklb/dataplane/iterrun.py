@@ -41,7 +41,10 @@ class Hooks:
 
     namespaces(seconds, count)  the namespaces were found and opened
     netns(ns)                   the reads of namespace ns follow (called in
-                                the namespace thread, before them)
+                                the namespace thread, before them; with
+                                several threads (IterRunner.workers) the
+                                namespaces' calls interleave: a hook that
+                                follows one namespace keys on the thread)
     read(key, seconds, size)    one iterator (key: "tcp", "udp", ...) read to
                                 its end: `size` bytes of records
     parsed(seconds, records)    records parsed from one read
@@ -87,6 +90,9 @@ class IterRunner:
     netns:   None = every namespace on the node at each scan; else only
              these namespace paths.
     cache:   build cache directory (default bpfobj.cache_dir()).
+    workers: threads a scan runs namespaces in (netns.in_each_netns); 1,
+             the default, enters them one after another. A tool that
+             passes more must keep its per-namespace function thread-safe.
     """
 
     error: type[bpfobj.BpfObjError] = bpfobj.BpfObjError
@@ -95,8 +101,9 @@ class IterRunner:
     read_size = bpfobj.ITER_READ  # see bpfobj.ITER_READ; tools that destroy nothing may read more at once
 
     def __init__(self, pin_dir: str | Path, netns: Iterable[str | Path] | None = None,
-                 cache: Path | None = None):
+                 cache: Path | None = None, workers: int = 1):
         self.pin_dir = Path(pin_dir)
+        self.workers = workers
         self.netns_paths = None if netns is None else [str(p) for p in netns]
         self.cache = cache
         self._lock = threading.Lock()
@@ -111,7 +118,7 @@ class IterRunner:
         with raising(self.error):
             return bpfobj.build(source, defines, self.cache, suffix=suffix)
 
-    def load(self, path: Path, programs: Mapping[str, str], map_keys: Iterable[str] = (),
+    def load(self, path: Path, programs: Mapping[str, str], map_keys: Iterable[str] | Mapping[str, str] = (),
              cls: type[bpfobj.IterObject] = bpfobj.IterObject,
              reuse: Mapping[str, tuple[int, int]] | None = None) -> bpfobj.IterObject:
         """The object at path loaded with these programs attached (see
@@ -156,7 +163,8 @@ class IterRunner:
             hooks.netns(ns)
             return fn(ns)
 
-        return netns.scan(each, self.netns_paths, thread_name=self.thread_name, found=hooks.namespaces)
+        return netns.scan(each, self.netns_paths, thread_name=self.thread_name, found=hooks.namespaces,
+                          workers=self.workers)
 
 
 def first_seen(records: Iterable, seen: set[int]) -> list:

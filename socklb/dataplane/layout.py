@@ -22,7 +22,9 @@ from socklb.lb.frontends import BackendState, Selection  # noqa: F401 (the value
 U32x4 = ct.c_uint32 * 4
 
 FLOW_RNAT_RING = 4
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+CONN_SLOTS = 65536  # conn_flows slots (a power of 2)
+CONN_PROBE = 4      # slots a socket may take, from cookie % CONN_SLOTS on
 
 # Default capacities (SOCKLB_*_MAX in the header); the loader may override them.
 SERVICES_MAX = 262144
@@ -169,10 +171,26 @@ class Flow(ct.Structure):
         ("vip_port", ct.c_uint16),
         ("backend_port", ct.c_uint16),
         ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    ]
+
+
+class SkFlow(ct.Structure):
+    """struct socklb_sk_flow: the `flows` socket storage's value."""
+    _fields_ = [
+        ("flow", Flow),
         ("rnat_next", ct.c_uint8),
         ("rnat_used", ct.c_uint8),
-        ("pad", ct.c_uint8),
+        ("pad", ct.c_uint8 * 6),
         ("rnat", RnatKey * FLOW_RNAT_RING),
+    ]
+
+
+class ConnSlot(ct.Structure):
+    """struct socklb_conn_slot: a `conn_flows` slot (cookie 0: free)."""
+    _fields_ = [
+        ("cookie", ct.c_uint64),
+        ("flow", Flow),
     ]
 
 
@@ -472,6 +490,8 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "socklb_rnat_key": RnatKey,
     "socklb_rnat_val": RnatVal,
     "socklb_flow": Flow,
+    "socklb_sk_flow": SkFlow,
+    "socklb_conn_slot": ConnSlot,
     "socklb_workload": Workload,
     "socklb_policy_fe_key": PolicyFeKey,
     "socklb_policy_verdict": PolicyVerdict,
@@ -526,6 +546,8 @@ CONSTANTS: dict[str, int] = {
     "SOCKLB_AFFINITY_MAX": AFFINITY_MAX,
     "SOCKLB_REV_NAT_MAX": REV_NAT_MAX,
     "SOCKLB_FLOW_RNAT_RING": FLOW_RNAT_RING,
+    "SOCKLB_CONN_SLOTS": CONN_SLOTS,
+    "SOCKLB_CONN_PROBE": CONN_PROBE,
     "SOCKLB_LAYOUT_VERSION": LAYOUT_VERSION,
     "SOCKLB_WORKLOAD_IDS_MAX": WORKLOAD_IDS_MAX,
     "SOCKLB_WORKLOAD_CGROUPS_MAX": WORKLOAD_CGROUPS_MAX,
@@ -567,8 +589,8 @@ def record_struct(rec: type[ct.Structure]) -> struct.Struct:
     """A struct.Struct with the layout of a mirrored record, for parsing many
     of them at once (iter_unpack is several times faster than a ctypes
     object per record): one value per field in _fields_ order, integers as
-    such, arrays as raw bytes (an address: 16 bytes in network order),
-    padding skipped as the offsets say."""
+    such, arrays and nested structs as raw bytes (an address: 16 bytes in
+    network order), padding skipped as the offsets say."""
     codes = {ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q",
              ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q"}
     fmt, pos = "=", 0
@@ -576,7 +598,7 @@ def record_struct(rec: type[ct.Structure]) -> struct.Struct:
         off = getattr(rec, name).offset
         if off > pos:
             fmt += f"{off - pos}x"
-        fmt += f"{ct.sizeof(ctype)}s" if issubclass(ctype, ct.Array) else codes[ctype]
+        fmt += f"{ct.sizeof(ctype)}s" if issubclass(ctype, (ct.Array, ct.Structure)) else codes[ctype]
         pos = off + ct.sizeof(ctype)
     if ct.sizeof(rec) > pos:
         fmt += f"{ct.sizeof(rec) - pos}x"

@@ -133,8 +133,9 @@ def map_specs(cap: Capacity) -> dict[str, MapSpec]:
         "policy_cfg": MapSpec(ct.c_uint32, layout.PolicyCfg, 1),
         "redirect_exempt": MapSpec(layout.ExemptKey, ct.c_uint32, layout.REDIRECT_EXEMPT_MAX),
         "policy_fqdns": MapSpec(layout.PolicyFqdnKey, layout.PolicyRules, layout.POLICY_FQDNS_MAX),
+        "conn_flows": MapSpec(ct.c_uint32, layout.ConnSlot, layout.CONN_SLOTS),
         # Socket storage: no max_entries, no user-space key.
-        "flows": MapSpec(ct.c_int, layout.Flow, 0),
+        "flows": MapSpec(ct.c_int, layout.SkFlow, 0),
     }
 
 
@@ -320,7 +321,9 @@ class Datapath:
             meta.update(key, ct.c_uint64(layout.LAYOUT_VERSION))
         elif have != layout.LAYOUT_VERSION:
             raise LoadError(f"pinned maps in {self.pin_dir} have layout {have}, this agent "
-                            f"uses {layout.LAYOUT_VERSION}")
+                            f"uses {layout.LAYOUT_VERSION}: run `socklb-dataplane detach --pin-dir "
+                            f"{self.pin_dir}` first (balancing pauses until "
+                            f"this agent attaches)")
 
     def attached_program_ids(self) -> dict[str, list[int]]:
         cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)

@@ -18,7 +18,14 @@ read the agent's `flows` socket storage (the pinned map is reused, not copied)
 and match records against the `targets` map. Iterators see the sockets of the
 network namespace the iterator fd is created in, so a run enters each
 namespace (the host's, every /proc/*/ns/net, every /run/netns/*, deduplicated
-by the nsfs inode) with setns() in a dedicated thread.
+by the nsfs inode) with setns() in dedicated threads: one per CPU (at most
+netns.MAX_WORKERS), each taking the next namespace not yet walked, so the
+kernel walks of several namespaces overlap (the iterator read releases the
+GIL); workers=1 or $SOCKLB_NETNS_WORKERS=1 forces one thread walking them in
+turn. The report lists the namespaces in the order they were found either way.
+A namespace whose sockstat counts no hashed TCP (UDP) socket is not walked
+with that protocol's iterators (netns.sockets_in_use): with a shared hash
+such a walk costs the whole node's table and finds nothing.
 
 Destroying, by method:
   kfunc    bpf_sock_destroy() from the iterator itself (kernel >= 6.5)
@@ -109,9 +116,11 @@ Limits: namespaces are found through processes and /run/netns only (one held
 only by a bind mount elsewhere or an open fd, or entered by a single thread,
 is missed; one whose /proc entry is not readable is listed in
 Report.unreachable). Each TCP iterator pass walks the kernel's established
-hash (shared by every namespace unless net.ipv4.tcp_child_ehash_entries is
-set), so a run costs about one walk of the node's whole TCP table per
-namespace even where nothing matches.
+hash (shared by every namespace unless net.ipv4.tcp_child_ehash_entries was
+set before the namespace was created: netns.shared_ehash, the
+tcp_ehash_per_netns capability), so a run costs about one walk of the node's
+whole TCP table per namespace even where nothing matches; the threads divide
+that by the CPUs at best.
 """
 from __future__ import annotations
 
@@ -131,7 +140,7 @@ from socklb.lb.addresses import addr16, check_port, parse_ip
 from . import bpfobj, kernel, layout, sockdiag
 from .iterrun import NO_HOOKS, Hooks, IterRunner, first_seen, raising
 from .layout import JudgeStats, TermCfg, TermDst, TermKey, TermMode, TermRec, TermSockRec, TermVal
-from .netns import Netns
+from .netns import Netns, netns_workers, sockets_in_use
 # The typed API, imported from here by the rest of socklb.
 from .termtypes import (CookieReport, ListedSocket, NetnsCount, Report, SocketListing, SocketRecord,  # noqa: F401
                         SocketRecords, Target, TargetCount)
@@ -361,6 +370,8 @@ class Terminator(IterRunner):
     method:  "auto" | "kfunc" | "netlink" (see the module doc).
     netns:   None = every namespace on the node; else only these ns paths
              (plus nothing else: the host's is not added).
+    workers: threads the namespaces are walked in (None: $SOCKLB_NETNS_WORKERS,
+             else one per CPU, see netns.netns_workers; 1: one after another).
 
     Benchmarks observe a run through iterrun.Hooks (run(..., hooks=)), and
     measure the floor under run() with one_pass().
@@ -372,8 +383,8 @@ class Terminator(IterRunner):
 
     def __init__(self, pin_dir: str | Path, method: str | Method = Method.AUTO,
                  netns: Iterable[str | Path] | None = None, cache: Path | None = None,
-                 policy_judge: str | None = None):
-        super().__init__(pin_dir, netns, cache)
+                 policy_judge: str | None = None, workers: int | None = None):
+        super().__init__(pin_dir, netns, cache, workers=netns_workers(workers))
         self.requested = Method(method)
         self.method: Method | None = None
         self.policy_judge = policy_judge or os.environ.get(POLICY_JUDGE_ENV) or "auto"
@@ -536,7 +547,10 @@ class Terminator(IterRunner):
         t = time.monotonic()
         out: list[tuple[TermRec, int]] = []
         n = 0
+        inuse = sockets_in_use()
         for proto in ("tcp", "udp"):
+            if inuse is not None and not inuse[proto]:
+                continue  # no socket of the protocol here: the walk (of a maybe shared hash) would find nothing
             recs, k = self._walk_proto(obj, proto, passes[proto], hooks,
                                        partial(self._read_flows, via_netlink, hooks))
             out += recs
@@ -735,8 +749,12 @@ class Terminator(IterRunner):
                 return None
         out: list[tuple[ListedSocket, int]] = []
         n = 0
+        inuse = sockets_in_use()
         for key in keys:
-            todo = passes if isinstance(passes, int) else passes[key.rsplit("_", 1)[1]]
+            proto = key.rsplit("_", 1)[1]
+            if inuse is not None and not inuse[proto]:
+                continue  # as in _walk_netns
+            todo = passes if isinstance(passes, int) else passes[proto]
             recs, k = self._walk_proto(obj, key, todo, hooks, partial(_read_sockets, ns.ident, hooks))
             out += recs
             n += k

@@ -219,6 +219,20 @@ class Node(_message.Message):
     stats_unavailable: _containers.ScalarMap[str, str]
     def __init__(self, name: _Optional[str] = ..., applied_version: _Optional[int] = ..., desired_version: _Optional[int] = ..., health: _Optional[_Union[NodeHealth, str]] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., kernel: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., replica: _Optional[str] = ..., stats_unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class NodeVersions(_message.Message):
+    __slots__ = ("replica", "written", "nodes", "applied_versions", "desired_versions")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    written: _timestamp_pb2.Timestamp
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    applied_versions: _containers.RepeatedScalarFieldContainer[int]
+    desired_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replica: _Optional[str] = ..., written: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., nodes: _Optional[_Iterable[str]] = ..., applied_versions: _Optional[_Iterable[int]] = ..., desired_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class TerminateFlowsRequest(_message.Message):
     __slots__ = ("service", "backends", "dry_run")
     SERVICE_FIELD_NUMBER: _ClassVar[int]

@@ -18,6 +18,8 @@ meanwhile). Then {"pid", "cgroup", "netns"}. Commands (``op``):
   -> {counts, sources, errors}
 - udp_connected {addr, port, n}: connect, getpeername, n times send/recv (and
   recvfrom, to see the source). -> {peer, counts, sources, errors}
+- udp_reconnect {id, addr, port}: connect a udp_open socket again, one exchange.
+  -> {peer, backend} or {error}
 - connect_error {addr, port, proto}: -> {error} (null if it connected)
 - udp_multi {targets: [[addr, port], ...], n}: one unconnected socket, n rounds
   of sendto/recvfrom to each target in turn.
@@ -230,6 +232,16 @@ class Server:
             return {"error": errname(e)}
         self.socks[id] = s
         return {"peer": peer_str(s.getpeername()), "backend": data.decode()}
+
+    def op_udp_reconnect(self, id, addr, port):
+        """connect() a udp_open socket again, elsewhere, and exchange once."""
+        s = self.socks[id]
+        try:
+            s.connect((addr, port))
+            s.send(b"ping")
+            return {"peer": peer_str(s.getpeername()), "backend": s.recv(65535).decode()}
+        except Exception as e:
+            return {"error": errname(e)}
 
     def op_udp_ping(self, id):
         """One more exchange on a connected UDP socket opened with udp_open."""

@@ -14,6 +14,8 @@ way the node can take, and the probe that picks the way.
 
 from __future__ import annotations
 
+import ctypes as ct
+import json
 import os
 import socket
 import subprocess
@@ -35,9 +37,9 @@ VIP_UDP = "127.96.0.62"
 WAIT = 30.0  # hang guard for the flow counts to follow a close
 
 FEATURES = {"map_elem_iter", "iter_tcp_resume", "iter_udp_resume", "sock_destroy_kfunc", "netlink_sock_destroy",
-            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch"}
+            "ancestor_cgroup_id", "dns_tcp_sockmap", "policy_kernel_judge", "map_batch", "tcp_ehash_per_netns"}
 DUTIES = {"flows", "sock_destroy", "socket_stats", "policy_judge", "workload_match", "fqdn_learner", "map_writes",
-          "fqdn_learner_hooks"}
+          "fqdn_learner_hooks", "netns_walk"}
 
 
 def bpftool_allows_map_iter(flows_map: Path, tmp: Path) -> tuple[bool, str]:
@@ -157,6 +159,15 @@ def test_probes_report_every_feature_once(agent):
         assert caps["workload_match"] == "ancestor", caps
     else:
         assert caps["workload_match"].startswith("exact: "), caps
+    if caps["sock_destroy"].startswith("none: "):
+        assert caps["netns_walk"].startswith("none: "), caps
+    else:
+        assert caps["netns_walk"].startswith(("parallel: ", "sequential: ")), caps
+    child = int(Path("/proc/sys/net/ipv4/tcp_child_ehash_entries").read_text())
+    assert (caps["tcp_ehash_per_netns"] == "yes") == (child > 0), caps
+    if child == 0:
+        assert "tcp_child_ehash_entries is 0" in caps["tcp_ehash_per_netns"], caps
+        assert "tcp_child_ehash_entries is 0" in a.log_text()
     if caps["policy_kernel_judge"] == "yes":
         assert caps["policy_judge"] == "kernel", caps
     else:
@@ -189,3 +200,95 @@ def test_bad_flow_reader_from_environment_is_refused(cgroup, workdir):
                        cwd=str(netenv.REPO), env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "SOCKLB_FLOW_READER='fastest': expected one of auto, map-iter, socket-iter" in r.stderr, r.stderr
+
+
+def _slots(a):
+    from socklb.dataplane import kernel, layout
+
+    return kernel.BpfMap.pinned(a.pin_dir / "conn_flows", ct.c_uint32, layout.ConnSlot)
+
+
+def _fill_slots(m, cookie_base: int) -> None:
+    """Every conn_flows slot taken by a cookie no socket has (cookie_base
+    and up; 0 frees them all)."""
+    from socklb.dataplane import layout
+
+    n = layout.CONN_SLOTS
+    keys = b"".join(ct.c_uint32(i) for i in range(n))
+    values = b"".join(bytes(layout.ConnSlot(cookie=cookie_base + i if cookie_base else 0)) for i in range(n))
+    m.update_batch(keys, values, n)
+
+
+def _slot_of(m, cookie: int):
+    """The slot index holding this socket cookie, or None."""
+    from socklb.dataplane import layout
+
+    for i in range(layout.CONN_PROBE):
+        idx = (cookie + i) % layout.CONN_SLOTS
+        if m.lookup(ct.c_uint32(idx)).cookie == cookie:
+            return idx
+    return None
+
+
+def test_connect_records_fall_back_to_socket_storage(agent, backends, clients):
+    """A connect() whose slots are all taken records its flow in socket
+    storage: its peer is still the VIP, the dump and the counts still show
+    it, and termination by backend still ends it. A later connect() takes a
+    free slot, which closing the socket frees again."""
+    tport = free_port(VIP_HOST)
+    b = backends("host", "127.0.0.2", tport)
+    a = agent(node_state(1, service("host", [frontend(VIP_HOST, tport)], [backend(b)])))
+    m = _slots(a)
+    try:
+        _fill_slots(m, 1 << 62)
+        c = clients()
+        opened = c.call("tcp_open", id="full", addr=VIP_HOST, port=tport)
+        assert opened["backend"] == "host" and opened["peer"] == [VIP_HOST, tport], opened
+        cookies = c.call("cookies")
+        assert _slot_of(m, cookies["full"]) is None
+        _fill_slots(m, 0)
+        opened = c.call("tcp_open", id="slot", addr=VIP_HOST, port=tport)
+        assert opened["peer"] == [VIP_HOST, tport], opened
+        cookie = c.call("cookies")["slot"]
+        idx = _slot_of(m, cookie)
+        assert idx is not None
+        assert m.lookup(ct.c_uint32(idx)).flow.frontend_id != 0
+        assert flow_counts(a) == Counter({(VIP_HOST, "127.0.0.2", tport): 2})
+        assert kernel_counts(a, "socket-iter") == Counter({(VIP_HOST, "127.0.0.2", tport): 2})
+
+        c.call("close", id="slot")
+        slot = m.lookup(ct.c_uint32(idx))
+        assert slot.cookie == 0 and slot.flow.frontend_id == 0
+        assert poll(lambda: flow_counts(a) == Counter({(VIP_HOST, "127.0.0.2", tport): 1}), timeout=WAIT), \
+            flow_counts(a)
+        # Termination by backend finds the socket-storage record too.
+        r = a.cli("terminate", "host", f"127.0.0.2:{tport}", "--admin-socket", str(a.socket), "-o", "json")
+        assert r.returncode == 0, r
+        rep = json.loads(r.stdout)
+        assert (int(rep.get("found", 0)), int(rep.get("destroyed", 0))) == (1, 1), rep
+        assert poll(lambda: not flow_counts(a), timeout=WAIT), flow_counts(a)
+    finally:
+        m.close()
+
+
+def test_reconnect_elsewhere_frees_the_slot(agent, backends, clients):
+    """A connected UDP socket re-connected straight to its backend's address
+    has no flow any more: its slot is freed, so getpeername() shows the
+    backend (not the VIP the stale record would name) and the dump drops it."""
+    b = backends("udp", "127.0.0.4", 0, "udp")
+    uport = free_port(VIP_UDP, socket.SOCK_DGRAM)
+    a = agent(node_state(1, service("udp", [frontend(VIP_UDP, uport, "udp")], [backend(b)])))
+    m = _slots(a)
+    try:
+        c = clients()
+        assert c.call("udp_open", id="u", addr=VIP_UDP, port=uport) == {"peer": [VIP_UDP, uport], "backend": "udp"}
+        cookie = c.call("cookies")["u"]
+        assert _slot_of(m, cookie) is not None
+        assert flow_counts(a) == Counter({(VIP_UDP, "127.0.0.4", b.port): 1})
+
+        r = c.call("udp_reconnect", id="u", addr="127.0.0.4", port=b.port)
+        assert r == {"peer": ["127.0.0.4", b.port], "backend": "udp"}, r
+        assert _slot_of(m, cookie) is None
+        assert flow_counts(a) == Counter()
+    finally:
+        m.close()

@@ -49,7 +49,7 @@ def test_every_configuration_key_is_in_the_range(key):
 
 
 @pytest.mark.parametrize("key", [
-    keys.node("n1"), keys.stats("n1"), keys.leader("duties"), keys.termination_request("t"),
+    keys.node("n1"), keys.node_versions("r1"), keys.stats("n1"), keys.leader("duties"), keys.termination_request("t"),
     keys.termination_report("t", "n1"), keys.workload_cgroup("n1", "kubepods/x"), keys.ROOT])
 def test_no_other_key_is(key):
     assert not START <= key.encode() < END

@@ -120,7 +120,7 @@ def test_record_struct_reads_what_ctypes_writes(cname):
     want = []
     for field, ctype in pystruct._fields_:
         v = getattr(obj, field)
-        want.append(bytes(v) if issubclass(ctype, ctypes.Array) else v)
+        want.append(bytes(v) if issubclass(ctype, (ctypes.Array, ctypes.Structure)) else v)
     assert list(got) == want
 
 
