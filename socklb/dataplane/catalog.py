@@ -146,7 +146,7 @@ class Catalog:
         with self._lock:
             if partial:
                 assert plan.base is programmed is self._live, "a partial plan applies to the published state"
-                before = Index.of_keys(programmed, list(plan.changes.frontends))
+                before = Index.of_keys(programmed, [*plan.changes.frontends, *plan.changes.gone_frontends])
             else:
                 # The state a whole plan replaces is not changed again.
                 before = self._index if self._index is not None else Index(self._live)

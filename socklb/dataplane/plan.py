@@ -84,22 +84,24 @@ class Programmed:
     def apply(self, changes: Changes) -> None:
         """Change this state in place by a partial plan's changes (idempotent:
         applied twice, the same state)."""
-        for mine, changed in ((self.frontends, changes.frontends), (self.backends, changes.backends),
-                              (self.by_frontend, changes.by_frontend)):
-            for k, v in changed.items():
-                if v is None:
-                    mine.pop(k, None)
-                else:
-                    mine[k] = v
+        for mine, changed, gone in ((self.frontends, changes.frontends, changes.gone_frontends),
+                                    (self.backends, changes.backends, changes.gone_backends),
+                                    (self.by_frontend, changes.by_frontend, changes.gone_ids)):
+            for k in gone:
+                mine.pop(k, None)
+            mine.update(changed)  # in C: a first state's plan changes every entry
         self.next_frontend_id, self.next_backend_id = changes.next_frontend_id, changes.next_backend_id
 
 
 class Changes(NamedTuple):
     """What a partial plan changes in the state it starts from: per dict of
-    Programmed, key -> new value, or None where the entry goes."""
+    Programmed, the entries it writes and the keys that go (never both)."""
     frontends: dict
     backends: dict
     by_frontend: dict
+    gone_frontends: frozenset
+    gone_backends: frozenset
+    gone_ids: frozenset  # of by_frontend
     next_frontend_id: int
     next_backend_id: int
 
@@ -185,15 +187,17 @@ class Plan:
         """The frontend at `key` after the plan."""
         if self.changes is None:
             return self._result.frontends.get(key)
-        frontends = self.changes.frontends
-        return frontends[key] if key in frontends else self.base.frontends.get(key)
+        changes = self.changes
+        if key in changes.frontends:
+            return changes.frontends[key]
+        return None if key in changes.gone_frontends else self.base.frontends.get(key)
 
     def frontend_keys(self) -> Iterable[FrontendKey]:
         """The keys of the frontends the plan writes or keeps: a partial
         plan's are those it writes (it creates none but those)."""
         if self.changes is None:
             return self._result.frontends.keys()
-        return [k for k, fe in self.changes.frontends.items() if fe is not None]
+        return self.changes.frontends.keys()
 
     def count(self, kind: type) -> int:
         """How many ops of one type (op types have no subclasses: by exact
@@ -241,8 +245,8 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
 def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                only: set[FrontendKey] | None) -> Plan:
     full = only is None
-    # A whole plan fills a new state; a partial one records its changes
-    # (None: the entry goes) in `result`'s dicts instead.
+    # A whole plan fills a new state; a partial one records what it writes
+    # in `result`'s dicts instead (and what goes in Changes).
     result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     if full:
         keys = sorted(set(targets) | set(current.frontends), key=_frontend_order)
@@ -257,6 +261,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     late: list[Op] = []
     gone_backends: set[int] = set()
     gone_frontends: list[FrontendKey] = []
+    gone_ids: list[int] = []
     dropped: list[int] = []
     new = tuple.__new__
 
@@ -270,9 +275,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
             removed.append(new(DeleteMaster, (key,)))
             gone_frontends.append(key)
             removed += [new(DeleteSlot, (key, i)) for i in range(1, len(old.slots) + 1)]
-            if not full:
-                result.frontends[key] = None
-                result.by_frontend[old.id] = None
+            gone_ids.append(old.id)
             gone_backends |= old_ids
             continue
         if old is not None:
@@ -337,8 +340,6 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     if full:
         # Also backends no frontend owns (left by an interrupted update).
         gone_backends = {i for i in current.backends if i not in result.backends}
-    else:
-        result.backends.update(dict.fromkeys(gone_backends))
     del_backends = [new(DeleteBackend, (i,)) for i in sorted(gone_backends)]
     # Redirect-table masters before service-table ones: a frontend's redirect
     # exists before the flag that leads to it (keys sort by table last).
@@ -348,6 +349,6 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     deleted = {"removed_frontends": gone_frontends, "dropped_backends": dropped, "backend_deletes": len(del_backends)}
     if full:
         return Plan(ops, result, late, **deleted)
-    changes = Changes(result.frontends, result.backends, result.by_frontend, result.next_frontend_id,
-                      result.next_backend_id)
+    changes = Changes(result.frontends, result.backends, result.by_frontend, frozenset(gone_frontends),
+                      frozenset(gone_backends), frozenset(gone_ids), result.next_frontend_id, result.next_backend_id)
     return Plan(ops, None, late, base=current, changes=changes, **deleted)
