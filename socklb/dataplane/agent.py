@@ -173,13 +173,14 @@ class Agent:
                     touched = {k for k, t in planned.items() if before_planned.get(k) is not t}
                     touched.update(k for k in before_planned if k not in planned)
                 plan = make_plan(before_prog, planned, only=touched)
-                step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
+                step = self.policy.prepare(given, _frontend_ids(plan.frontend), resolved=resolved)
                 before, found = self.policy.given, self.policy.found(step)
+                created = _created_redirects(before_prog, plan)
                 # The first state since the agent started: what the previous one
                 # applied (and whether its job ran) is unknown, so every
                 # restricted workload is judged, under an id of this node's own.
                 job_id = f"v{state.version}-policy-start-{self.node}" if self.services is None else ""
-                result = self._execute(plan, state.version, state, start, touched, step)
+                result = self._execute(plan, state.version, state, start, step)
                 self.services = {s.name: s for s in state.services}
                 self.targets = targets
                 keys: dict[str, list] = {}
@@ -189,7 +190,7 @@ class Agent:
                 self._totals = totals(planned.values())
                 self.overlay = overlay
                 self._judge_open_sockets(before, step, found, job_id)
-                self._take_over(before_prog, plan, step, touched=touched)
+                self._take_over(created, plan, step)
                 if rejected:
                     log.error("applied version %d without %d service(s) it cannot take: %s", state.version,
                               len(rejected), "; ".join(rejected.values()))
@@ -240,10 +241,11 @@ class Agent:
                     planned[k] = t
             before_prog = self._programmed
             plan = make_plan(before_prog, planned, only=touched)
-            step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
+            step = self.policy.prepare(given, _frontend_ids(plan.frontend), resolved=resolved)
             before, found = self.policy.given, self.policy.found(step)
+            created = _created_redirects(before_prog, plan)
             upserts = node_pb2.NodeState(version=delta.version, services=delta.upserts)
-            result = self._execute(plan, delta.version, upserts, start, touched, step)
+            result = self._execute(plan, delta.version, upserts, start, step)
             for name in delta.removals:
                 self.services.pop(name, None)
                 self.keys_of.pop(name, None)
@@ -260,7 +262,7 @@ class Agent:
             self._totals = self._pending_totals
             self.overlay = overlay
             self._judge_open_sockets(before, step, found)
-            self._take_over(before_prog, plan, step, touched=touched)
+            self._take_over(created, plan, step)
             return result
 
     def _check_delta(self, delta: node_pb2.NodeStateDelta) -> tuple[set[str], dict]:
@@ -327,7 +329,7 @@ class Agent:
             touched = changed_keys(self.overlay, overlay)
             if touched:
                 return self._recheck_redirects(given, resolved, overlay, touched)
-            step = self.policy.prepare(given, _frontend_ids(self._programmed), resolved=resolved)
+            step = self.policy.prepare(given, _frontend_ids(self._programmed.frontends.get), resolved=resolved)
             found = self.policy.found(step)
             self._learner_before(step)
             try:
@@ -361,17 +363,18 @@ class Agent:
                 planned[k] = t
         before_prog = self._programmed
         plan = make_plan(before_prog, planned, only=touched)
-        step = self.policy.prepare(given, _frontend_ids(plan.result), resolved=resolved)
+        step = self.policy.prepare(given, _frontend_ids(plan.frontend), resolved=resolved)
         found = self.policy.found(step)
+        created = _created_redirects(before_prog, plan)
         version = self.applied_version
         suffix = f"-cgroup-{self.node}-{time.time_ns() // 1_000_000}"
-        self._execute(plan, version, node_pb2.NodeState(version=version), start, touched, step, suffix)
+        self._execute(plan, version, node_pb2.NodeState(version=version), start, step, suffix)
         self._totals = pending
         self.overlay = overlay
         log.info("workload cgroups changed: redirects now programmed: %s", sorted(
             {redirect_name(t.service) for k, t in overlay.items() if k.table == Table.REDIRECT}) or "none")
         self._judge_open_sockets(step.given, step, found, f"v{version}-policy{suffix}")
-        self._take_over(before_prog, plan, step, suffix, touched)
+        self._take_over(created, plan, step, suffix)
         return True
 
     def _live(self, given: NodePolicy, resolved: Mapping) -> dict:
@@ -411,29 +414,25 @@ class Agent:
                                              workload_ids=workload_ids)
         terminations.later(judge)
 
-    def _take_over(self, before: Programmed, plan: Plan, step: PolicyStep, suffix: str = "",
-                   touched=None) -> None:
-        """Once redirects are created (their redirect-table frontends are new
-        in the maps), have the terminations destroy the open sockets they
-        take over (redirect_desired.taken_over), so that clients reconnect
-        to the local workloads. Built on the terminations' worker: it walks
-        the exempt and bypassing workloads' cgroup trees."""
-        result = plan.result.frontends
-        # A plan of some keys (touched) creates none but those.
-        candidates = result if touched is None else (k for k in touched if k in result)
-        created = [k for k in candidates if k.table == Table.REDIRECT and k not in before.frontends]
+    def _take_over(self, created: list, plan: Plan, step: PolicyStep, suffix: str = "") -> None:
+        """Once redirects are created (created: their redirect-table
+        frontends, new in the maps, _created_redirects), have the
+        terminations destroy the open sockets they take over
+        (redirect_desired.taken_over), so that clients reconnect to the
+        local workloads. Built on the terminations' worker: it walks the
+        exempt and bypassing workloads' cgroup trees."""
         if not created:
             return
         frontend_ids, addresses, redirects = [], [], set()
         for k in created:
-            svc = result.get(k.in_table(Table.SERVICE))
+            svc = plan.frontend(k.in_table(Table.SERVICE))
             if svc is None:
                 continue
             if svc.placeholder:
                 addresses.append(svc.key)
             else:
                 frontend_ids.append(svc.id)
-            redirects.add(redirect_name(result[k].service))
+            redirects.add(redirect_name(plan.frontend(k).service))
         given = step.given
         keep = {n for r in redirects if r in given.redirects for n in given.redirects[r].exempt}
         keep |= {n for n, w in given.specs.items() if w.bypass}
@@ -464,12 +463,13 @@ class Agent:
         self.writer.execute_policy(step.plan.after)
         self.writer.execute_late(plan)
 
-    def _execute(self, plan, version: int, state, start: float, touched, step: PolicyStep,
+    def _execute(self, plan, version: int, state, start: float, step: PolicyStep,
                  suffix: str = "") -> ApplyResult:
         """Write a plan and its policy step, publish their result and tell the
-        terminations what it removed (touched: the frontend keys a delta plan
-        looked at, None for a whole state; suffix: of the terminations' ids,
-        for a change of this node's own)."""
+        terminations what it removed (suffix: of the terminations' ids, for a
+        change of this node's own). Until the writes succeed nothing the
+        agent holds changes: a partial plan is applied to its state (in
+        place, by the catalog) only then."""
         self._learner_before(step)
         try:
             self._write(plan, step)
@@ -482,8 +482,9 @@ class Agent:
         self.policy.commit(step)
         self._learner_after()
         self.catalog.publish_workloads(self.policy.names())
-        self._programmed = plan.result
-        before = self.catalog.publish(plan.result, plan, touched)
+        if plan.changes is None:
+            self._programmed = plan.result
+        before = self.catalog.publish(self._programmed, plan)
         self.terminations.after_apply(before, plan, state, suffix)
         self.applied_version = version
         metrics.programmed.labels("frontends").set(len(self._programmed.frontends))
@@ -531,7 +532,8 @@ class Agent:
                                            redirects=preview.redirects)
                 given = node_policy(after, self.policy.given)  # InvalidState naming the field
                 paths = {name: spec.cgroup for name, spec in given.specs.items()}
-                cgroups, programmed = self.policy.cgroups, self._programmed
+                # A snapshot: the agent's own state changes in place.
+                cgroups, programmed = self.policy.cgroups, self.catalog.current().programmed
         except InvalidState as e:
             self.terminations.preview_failed(job_id, trigger, f"the previewed state is not valid here: {e}")
             return
@@ -596,14 +598,20 @@ def _redirect_fields(state: node_pb2.NodeState) -> dict[str, str]:
     return {r.name: f"redirects[{i}]" for i, r in enumerate(state.redirects)}
 
 
-def _frontend_ids(prog: Programmed):
-    """The programmed id of a frontend key (None: not programmed)."""
-    frontends = prog.frontends
-
+def _frontend_ids(frontend):
+    """The programmed id of a frontend key (None: not programmed), from a
+    lookup of its frontend (Plan.frontend, a Programmed's frontends.get)."""
     def frontend_id(key):
-        fe = frontends.get(key)
+        fe = frontend(key)
         return fe.id if fe is not None else None
     return frontend_id
+
+
+def _created_redirects(before: Programmed, plan: Plan) -> list:
+    """The redirect-table frontends a plan creates (not in `before`, which
+    it starts from): looked at before the plan is written, as a partial
+    plan then changes `before` in place."""
+    return [k for k in plan.frontend_keys() if k.table == Table.REDIRECT and k not in before.frontends]
 
 
 def _policy_counts(step: PolicyStep) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from socklb.lb.addresses import addr_text
 from socklb.lb.frontends import FrontendKey
 
-from .plan import DeleteBackend, Plan, Programmed, ProgrammedBackend, ProgrammedFrontend
+from .plan import Plan, Programmed, ProgrammedBackend, ProgrammedFrontend
 
 REMEMBERED = 4096  # removed (frontend, backend) ids kept named
 
@@ -102,48 +102,78 @@ class Index:
 
     @classmethod
     def of_keys(cls, programmed: Programmed, keys: Iterable[FrontendKey]) -> Index:
-        """An index that knows only the frontends at `keys` by id: enough to
-        name what a delta plan over those keys removed, without a walk over
-        every frontend."""
-        index = cls(programmed)
-        index._by_id = {fe.id: fe for fe in map(programmed.frontends.get, keys) if fe is not None}
-        return index
+        """An index of the frontends at `keys` and their backends only (a
+        copy: `programmed` may change after): enough to name what a partial
+        plan over those keys removed, without a walk over every frontend."""
+        frontends = {k: fe for k, fe in zip(keys, map(programmed.frontends.get, keys)) if fe is not None}
+        backends, by_frontend = programmed.backends, programmed.by_frontend
+        mine = {i: backends[i] for fe in frontends.values() for i in by_frontend.get(fe.id, ()) if i in backends}
+        return cls(Programmed(frontends, mine, by_frontend={fe.id: by_frontend.get(fe.id, frozenset())
+                                                            for fe in frontends.values()}))
 
 
 class Catalog:
     """The agent's published state and the names of recently removed
-    backends. Readers on other threads (statistics, admin) see one whole
-    state: publish() swaps it in at once."""
+    backends. Readers on other threads (statistics, admin, terminations)
+    see one whole state that never changes under them: current() is a
+    snapshot, copied (under the lock) from the agent's state when it changed
+    since the last one. The agent's own state is changed in place by a
+    partial plan (publish, under the same lock), so that a small change
+    costs what it changes, not a copy of every entry; the readers pay one
+    copy per change they look at."""
 
     def __init__(self, remembered: int = REMEMBERED):
         self.remembered = remembered
-        self._index = Index(Programmed())
+        self._live = Programmed()  # the agent's: changed in place by publish()
+        self._index: Index | None = Index(Programmed())  # a snapshot of _live; None: to be copied
         self._removed: OrderedDict[tuple[int, int], BackendName] = OrderedDict()
         self._workloads: dict[str, WorkloadName] = {}
         self._lock = threading.Lock()
 
     def current(self) -> Index:
-        return self._index
+        with self._lock:
+            if self._index is None:
+                self._index = Index(self._live.copy())
+            return self._index
 
-    def publish(self, programmed: Programmed, plan: Plan | None = None,
-                touched: Iterable[FrontendKey] | None = None) -> Index:
+    def publish(self, programmed: Programmed, plan: Plan | None = None) -> Index:
         """Make `programmed` current. plan: the ops that led to it, whose
-        removed backends are remembered; touched: the frontend keys a delta
-        plan looked at (its removed backends belong to them), None for a
-        whole state. Returns the previous state, indexed to name what the
-        plan removed."""
-        before = self._index if touched is None else Index.of_keys(self._index.programmed, touched)
-        if plan is not None:
-            gone = [before.programmed.backends.get(op.id) for op in plan.ops if isinstance(op, DeleteBackend)]
-            with self._lock:
-                for b in gone:
-                    name = before.backend_name(b) if b is not None else None
-                    if name is not None:
-                        self._removed[(b.frontend_id, b.id)] = name
-                while len(self._removed) > self.remembered:
-                    self._removed.popitem(last=False)
-        self._index = Index(programmed)
+        removed backends are remembered. A partial plan (plan.changes) is
+        applied here to `programmed`, its base, in place. Returns the
+        previous state, indexed to name what the plan removed (of a partial
+        plan: the frontends it looked at only)."""
+        partial = plan is not None and plan.changes is not None
+        with self._lock:
+            if partial:
+                assert plan.base is programmed is self._live, "a partial plan applies to the published state"
+                before = Index.of_keys(programmed, [*plan.changes.frontends, *plan.changes.gone_frontends])
+            else:
+                # The state a whole plan replaces is not changed again.
+                before = self._index if self._index is not None else Index(self._live)
+            if plan is not None:
+                self._remember(plan.deleted_backends(), before)
+            if partial:
+                programmed.apply(plan.changes)
+            self._live, self._index = programmed, None
         return before
+
+    def _remember(self, gone: Iterable[int], before: Index) -> None:
+        """Name the deleted backends (`gone`: ids, last first) that stay
+        remembered: the last `remembered` of them, however many a plan
+        deletes (removing a whole state deletes every backend)."""
+        named = []
+        backends = before.programmed.backends
+        for i in gone:
+            if len(named) >= self.remembered:
+                break
+            b = backends.get(i)
+            name = before.backend_name(b) if b is not None else None
+            if name is not None:
+                named.append(((b.frontend_id, b.id), name))
+        for k, name in reversed(named):
+            self._removed[k] = name
+        while len(self._removed) > self.remembered:
+            self._removed.popitem(last=False)
 
     def publish_workloads(self, workloads: dict[str, WorkloadName]) -> None:
         self._workloads = workloads
@@ -162,7 +192,7 @@ class Catalog:
         """Every backend a flow may still point at: the removed ones
         remembered, then the programmed ones."""
         names = self.removed()
-        names.update(self._index.backend_names())
+        names.update(self.current().backend_names())
         return names
 
 

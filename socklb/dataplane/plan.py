@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import NamedTuple
 
 from socklb.lb.frontends import BackendState, FrontendKey, FrontendTarget, Selection
@@ -75,6 +76,35 @@ class Programmed:
             index.setdefault(b.frontend_id, set()).add(b.id)
         self.by_frontend = {k: frozenset(v) for k, v in index.items()}
 
+    def copy(self) -> Programmed:
+        # The records are immutable (by_frontend's sets too): the dicts only.
+        return Programmed(dict(self.frontends), dict(self.backends), self.next_frontend_id,
+                          self.next_backend_id, dict(self.by_frontend))
+
+    def apply(self, changes: Changes) -> None:
+        """Change this state in place by a partial plan's changes (idempotent:
+        applied twice, the same state)."""
+        for mine, changed, gone in ((self.frontends, changes.frontends, changes.gone_frontends),
+                                    (self.backends, changes.backends, changes.gone_backends),
+                                    (self.by_frontend, changes.by_frontend, changes.gone_ids)):
+            for k in gone:
+                mine.pop(k, None)
+            mine.update(changed)  # in C: a first state's plan changes every entry
+        self.next_frontend_id, self.next_backend_id = changes.next_frontend_id, changes.next_backend_id
+
+
+class Changes(NamedTuple):
+    """What a partial plan changes in the state it starts from: per dict of
+    Programmed, the entries it writes and the keys that go (never both)."""
+    frontends: dict
+    backends: dict
+    by_frontend: dict
+    gone_frontends: frozenset
+    gone_backends: frozenset
+    gone_ids: frozenset  # of by_frontend
+    next_frontend_id: int
+    next_backend_id: int
+
 
 # --- operations, in execution order ---------------------------------------
 # Named tuples, as ProgrammedBackend: a full state's plan holds 200k+ ops.
@@ -111,12 +141,63 @@ Op = PutBackend | PutSlot | PutMaster | DeleteSlot | DeleteMaster | DeleteBacken
 
 @dataclass
 class Plan:
+    """A whole plan (make_plan with only=None) carries its result; a partial
+    one the changes from its base instead (copying a 100k-backend state for a
+    one-service change would cost more than the change): `result` makes the
+    whole state on demand, `frontend()` looks one up, and the agent changes
+    its state in place once the plan is written (Programmed.apply)."""
     ops: list[Op]
-    result: Programmed
+    _result: Programmed | None
     # Masters gaining SvcFlag.REDIRECTED, written after everything else
     # (the ops write them without the flag).
     late: list[Op] = field(default_factory=list)
+    base: Programmed | None = None  # partial: the state the changes apply to
+    changes: Changes | None = None
+    # What the plan deletes, for those who name it (the catalog, the
+    # terminations) without a walk over every op: the frontends removed,
+    # the backends removed from frontends that stay (the others go with
+    # their frontend), and how many DeleteBackend ops end `ops`.
+    removed_frontends: list[FrontendKey] = field(default_factory=list)
+    dropped_backends: list[int] = field(default_factory=list)
+    backend_deletes: int = 0
     _counts: Counter | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def result(self) -> Programmed:
+        """The state after the plan (a partial plan's is made here, a copy
+        of its base: O(state))."""
+        if self._result is None:
+            self._result = self.base.copy()
+            self._result.apply(self.changes)
+        return self._result
+
+    @property
+    def next_frontend_id(self) -> int:
+        return (self.changes or self._result).next_frontend_id
+
+    @property
+    def next_backend_id(self) -> int:
+        return (self.changes or self._result).next_backend_id
+
+    def deleted_backends(self) -> Iterator[int]:
+        """The ids of every backend the plan deletes, last first."""
+        return (op.id for op in islice(reversed(self.ops), self.backend_deletes))
+
+    def frontend(self, key: FrontendKey) -> ProgrammedFrontend | None:
+        """The frontend at `key` after the plan."""
+        if self.changes is None:
+            return self._result.frontends.get(key)
+        changes = self.changes
+        if key in changes.frontends:
+            return changes.frontends[key]
+        return None if key in changes.gone_frontends else self.base.frontends.get(key)
+
+    def frontend_keys(self) -> Iterable[FrontendKey]:
+        """The keys of the frontends the plan writes or keeps: a partial
+        plan's are those it writes (it creates none but those)."""
+        if self.changes is None:
+            return self._result.frontends.keys()
+        return self.changes.frontends.keys()
 
     def count(self, kind: type) -> int:
         """How many ops of one type (op types have no subclasses: by exact
@@ -164,13 +245,13 @@ def make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
 def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                only: set[FrontendKey] | None) -> Plan:
     full = only is None
+    # A whole plan fills a new state; a partial one records what it writes
+    # in `result`'s dicts instead (and what goes in Changes).
+    result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     if full:
         keys = sorted(set(targets) | set(current.frontends), key=_frontend_order)
-        result = Programmed(next_frontend_id=current.next_frontend_id, next_backend_id=current.next_backend_id)
     else:
         keys = sorted(only, key=_frontend_order)
-        result = Programmed(dict(current.frontends), dict(current.backends), current.next_frontend_id,
-                            current.next_backend_id, dict(current.by_frontend))
 
     put_backends: list[Op] = []
     put_slots: list[Op] = []
@@ -179,6 +260,9 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
     removed: list[Op] = []
     late: list[Op] = []
     gone_backends: set[int] = set()
+    gone_frontends: list[FrontendKey] = []
+    gone_ids: list[int] = []
+    dropped: list[int] = []
     new = tuple.__new__
 
     for key in keys:
@@ -189,9 +273,9 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
             if old is None:
                 continue
             removed.append(new(DeleteMaster, (key,)))
+            gone_frontends.append(key)
             removed += [new(DeleteSlot, (key, i)) for i in range(1, len(old.slots) + 1)]
-            result.frontends.pop(key, None)
-            result.by_frontend.pop(old.id, None)
+            gone_ids.append(old.id)
             gone_backends |= old_ids
             continue
         if old is not None:
@@ -231,7 +315,7 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
                     put_backends.append(new(PutBackend, (pb,)))
                 result.backends[be_id] = pb
                 ids.append(be_id)
-            gone_backends |= old_ids - set(ids)
+            dropped += old_ids - set(ids)
             result.by_frontend[fe_id] = frozenset(ids)
             slots = tuple([ids[i] for i in t.table])
             old_slots = old.slots
@@ -252,15 +336,19 @@ def _make_plan(current: Programmed, targets: dict[FrontendKey, FrontendTarget],
             del_slots += [DeleteSlot(key, i + 1) for i in range(len(slots), len(old.slots))]
         result.frontends[key] = fe
 
+    gone_backends.update(dropped)
     if full:
         # Also backends no frontend owns (left by an interrupted update).
         gone_backends = {i for i in current.backends if i not in result.backends}
-    for i in gone_backends:
-        result.backends.pop(i, None)
     del_backends = [new(DeleteBackend, (i,)) for i in sorted(gone_backends)]
     # Redirect-table masters before service-table ones: a frontend's redirect
     # exists before the flag that leads to it (keys sort by table last).
     if any(op.frontend.key.table for op in put_masters):
         put_masters.sort(key=lambda op: -op.frontend.key.table)
     ops = put_backends + put_slots + put_masters + del_slots + removed + del_backends
-    return Plan(ops, result, late)
+    deleted = {"removed_frontends": gone_frontends, "dropped_backends": dropped, "backend_deletes": len(del_backends)}
+    if full:
+        return Plan(ops, result, late, **deleted)
+    changes = Changes(result.frontends, result.backends, result.by_frontend, frozenset(gone_frontends),
+                      frozenset(gone_backends), frozenset(gone_ids), result.next_frontend_id, result.next_backend_id)
+    return Plan(ops, None, late, base=current, changes=changes, **deleted)

@@ -36,7 +36,7 @@ from socklb.observability import metrics, tracing
 from socklb.v1 import node_pb2
 
 from .catalog import Catalog, Index
-from .plan import DeleteBackend, DeleteMaster, Plan, Programmed
+from .plan import Plan, Programmed
 from .policyjobs import TRIGGER as POLICY, FqdnSource, LearnedReader, PolicyJob, PolicyRun, policy_job, run_policy_job
 from .redirect_desired import TRIGGER as REDIRECT, redirect_name
 from .redirectjobs import RedirectJob, RedirectRun, preview_job, preview_keep, run_redirect_job
@@ -75,8 +75,9 @@ def removed_targets(before: Index, plan: Plan, state: node_pb2.NodeState, versio
                     suffix: str = "") -> list[Job]:
     """Jobs for the flows a plan orphans: one per service, trigger by cause.
     before: the state the plan started from; suffix: of the jobs' ids."""
-    gone_frontends = {op.key for op in plan.ops if isinstance(op, DeleteMaster)}
-    gone_backends = [op.id for op in plan.ops if isinstance(op, DeleteBackend)]
+    # Backends removed with their frontend are covered by its target: the others only.
+    gone_frontends = set(plan.removed_frontends)
+    gone_backends = sorted(plan.dropped_backends)
     if not gone_frontends and not gone_backends:
         return []
     per_service: dict[str, dict] = {}

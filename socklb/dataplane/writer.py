@@ -79,8 +79,8 @@ class MapWriter(ABC):
         """Write the plan's ops in order (plan.py says why that order), then
         its late ops unless late=False (then execute_late writes them)."""
         # Ids first, so that a crash mid-plan never lets an id be handed out twice.
-        self.set_meta(Meta.NEXT_FRONTEND_ID, plan.result.next_frontend_id)
-        self.set_meta(Meta.NEXT_BACKEND_ID, plan.result.next_backend_id)
+        self.set_meta(Meta.NEXT_FRONTEND_ID, plan.next_frontend_id)
+        self.set_meta(Meta.NEXT_BACKEND_ID, plan.next_backend_id)
         self._execute_ops(plan.ops)
         if late:
             self.execute_late(plan)

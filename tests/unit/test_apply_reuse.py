@@ -4,6 +4,7 @@ same named errors as the full check, an unchanged service keeps its targets
 while every change to one is still seen, and a delta after a full state
 programs what a full apply of the final state does."""
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -167,3 +168,101 @@ def test_a_delta_after_a_full_state_programs_what_the_final_full_state_does():
         # And a whole state over it (the unchanged services reused) changes nothing.
         a.apply(final)
         assert content(a.writer) == content(fresh.writer)
+
+
+class FailingBackend(MemoryMapWriter):
+    """Refuses the n-th backend write from when it is armed."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def put_backend(self, b):
+        self.n -= 1
+        if self.n == 0:
+            raise OSError(28, "no space left in backends")
+        super().put_backend(b)
+
+
+def _fields(p):
+    return p.frontends, p.backends, p.by_frontend, p.next_frontend_id, p.next_backend_id
+
+
+def test_many_deltas_keep_the_state_they_change_in_place_equal_to_the_maps():
+    """A partial plan changes the agent's programmed state in place: after
+    many deltas (no full state between them) it is what the maps hold, ids
+    included, and the maps what a full apply of the final state programs; a
+    snapshot readers took earlier does not change under them; a delta
+    whose write fails leaves the programmed state, the published one and
+    the maps as they were, and the next delta applies."""
+    rnd = random.Random(41)
+
+    def random_service(i):
+        return svc(f"s{i}", f"127.0.3.{i}", [(f"10.2.{i}.{b}", 80, rnd.choice([0, 1, 3]))
+                                             for b in rnd.sample(range(1, 50), rnd.randrange(1, 6))])
+    services = {f"s{i}": random_service(i) for i in range(1, 20)}
+    w = FailingBackend()
+    a = Agent(w, "n")
+    a.apply(node_pb2.NodeState(version=1, services=services.values()))
+    early = a.catalog.current().programmed
+    held = _fields(early.copy())
+    v = 1
+    for step in range(40):
+        upserts = [random_service(i) for i in rnd.sample(range(1, 30), rnd.randrange(1, 5))]
+        removals = [n for n in rnd.sample(sorted(services), min(2, len(services)))
+                    if n not in {s.name for s in upserts}]
+        delta = node_pb2.NodeStateDelta(from_version=v, version=v + 1, upserts=upserts, removals=removals)
+        if step % 10 == 5:  # a failed write: nothing changes
+            before = (_fields(a._programmed.copy()), _fields(a.catalog.current().programmed.copy()), content(w))
+            w.n = 1
+            with pytest.raises(OSError):
+                a.apply_delta(delta)
+            assert (_fields(a._programmed), _fields(a.catalog.current().programmed), content(w)) == before
+            assert a.applied_version == v
+            w.n = 0
+        a.apply_delta(delta)
+        v += 1
+        for n in removals:
+            del services[n]
+        services.update((s.name, s) for s in upserts)
+        back = w.read_programmed()  # the maps hold no service names
+        assert {k: replace(fe, service="") for k, fe in a._programmed.frontends.items()} == back.frontends
+        assert (a._programmed.backends, a._programmed.by_frontend) == (back.backends, back.by_frontend)
+        assert _fields(a.catalog.current().programmed)[:3] == _fields(a._programmed)[:3]
+    fresh = Agent(MemoryMapWriter(), "n")
+    fresh.apply(node_pb2.NodeState(version=v, services=services.values()))
+    assert content(w) == content(fresh.writer)
+    assert _fields(early) == held
+
+
+def test_removed_backends_are_named_and_their_flows_targeted_as_before():
+    """What a plan deletes is read from its own lists, not a walk over
+    every op: the catalog names the last `remembered` removed backends (the
+    highest ids, in order), and the terminations target a removed frontend
+    whole and a backend removed from a frontend that stays by itself."""
+    a = Agent(MemoryMapWriter(), "n")
+    a.catalog.remembered = 5
+    two = [svc("a", "127.0.4.1", [("10.3.0.1", 80), ("10.3.0.2", 80), ("10.3.0.3", 80)]),
+           svc("b", "127.0.4.2", [("10.3.1.1", 80), ("10.3.1.2", 80), ("10.3.1.3", 80), ("10.3.1.4", 80)])]
+    a.apply(node_pb2.NodeState(version=1, services=two))
+    names = a.catalog.current().backend_names()
+    assert len(names) == 7
+    fe_a = next(fe.id for fe in a.catalog.current().frontends() if fe.service == "a")
+    # b loses one backend (a delta), then a goes (a whole state).
+    b_less = svc("b", "127.0.4.2", [("10.3.1.1", 80), ("10.3.1.2", 80), ("10.3.1.4", 80)])
+    a.apply_delta(node_pb2.NodeStateDelta(from_version=1, version=2, upserts=[b_less]))
+    dropped = next(k for k, n in names.items() if n.address == "10.3.1.3")
+    assert list(a.catalog.removed()) == [dropped]
+    job = a.terminations.jobs[-1]
+    assert (job.service, job.trigger, [(t.frontend_id, t.backend_id) for t in job.targets]) == \
+        ("b", "backend-removed", [dropped])
+    a.apply(node_pb2.NodeState(version=3, services=[b_less]))
+    gone_a = sorted((k for k, n in names.items() if n.service == "a"), key=lambda k: k[1])
+    assert list(a.catalog.removed()) == [dropped, *gone_a]
+    assert a.catalog.removed() == {k: names[k] for k in [dropped, *gone_a]}
+    job = a.terminations.jobs[-1]
+    assert (job.service, job.trigger, [(t.frontend_id, t.backend_id) for t in job.targets]) == \
+        ("a", "service-removed", [(fe_a, 0)])
+    a.apply(node_pb2.NodeState(version=4, services=[]))  # 3 more: the oldest go
+    gone_b = sorted((k for k, n in names.items() if n.service == "b" and k != dropped), key=lambda k: k[1])
+    assert list(a.catalog.removed()) == [*gone_a[1:], *gone_b]
