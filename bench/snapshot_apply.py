@@ -245,9 +245,9 @@ READING = [
     "- delta: `apply_delta` of one service is now proportional to what it touches (about 1 ms of CPU here, "
     "with the map writes; in process with the in-memory writer about 0.4 ms at 1k and at 10k services, "
     "against 0.8 and 8.4 ms before).",
-    "- full: in this run slower than the baseline (1.40, 1.40, 1.13 s against 1.12, 1.00, 1.02 s); the same "
-    "apply in process with the in-memory writer (a one-service state, then the full one; three runs each) "
-    "took 0.93, 0.73, 0.70 s against 0.83, 0.83, 0.74 s: not confirmed, to be re-measured.",
+    "- full: a first apply plans every frontend in both trees, so they do the same work there; one run at "
+    "load 3–5 (2026-12-01 07:00 UTC) had this tree 1.4x slower than the baseline, which neither the same "
+    "apply in process with the in-memory writer nor the quiet run above reproduced.",
     "- The state file: JSON goes to json and the message's constructor, YAML to libyaml's loader where PyYAML "
     "has it (the pure one logs a warning on a large file). libyaml itself is slow on a 5 MB document: a large "
     "state file should be JSON.",
