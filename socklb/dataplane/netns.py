@@ -259,13 +259,13 @@ def shared_ehash() -> str | None:
     termination over every namespace costs namespaces x the node's TCP
     sockets. Namespaces made before a change keep the hash they got."""
     try:
-        child = int(open(CHILD_EHASH).read())
+        child = int(Path(CHILD_EHASH).read_text())
     except (OSError, ValueError) as e:
         return f"{CHILD_EHASH} unreadable ({e}): namespaces share the host's TCP established hash"
     if child > 0:
         return None
     try:
-        host = f" ({int(open(EHASH).read())} buckets)"
+        host = f" ({int(Path(EHASH).read_text())} buckets)"
     except (OSError, ValueError):
         host = ""
     return (f"net.ipv4.tcp_child_ehash_entries is {child}: namespaces share the host's TCP established hash{host}, "

@@ -17,6 +17,21 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 64 else repr(text[:64]) + f"... ({len(text)} characters)"
 
 
+def ipv4_packed(text: str) -> bytes | None:
+    """The 4 bytes of an IPv4 literal, read in C; None for anything else.
+    inet_pton takes exactly what ipaddress takes (four decimal octets, no
+    leading zeros)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeError is one
+        return None
+
+
+def usable_ipv4(packed: bytes) -> bool:
+    """Neither unspecified (0.0.0.0) nor multicast: what parse_ip accepts."""
+    return packed != b"\0\0\0\0" and not 224 <= packed[0] <= 239
+
+
 def parse_ip(text: str, field: str) -> IPAddress:
     """An address literal: IPv4, IPv6, or IPv6 in one pair of brackets.
     Zone ids are refused: the datapath keys on the 16-byte address alone, so
@@ -30,15 +45,10 @@ def parse_ip(text: str, field: str) -> IPAddress:
             raise InvalidState(field, f"{_shown(text)}: brackets are for IPv6 addresses only")
     if raw is text:
         # Plain IPv4 first, in C: a full state holds 100k+ backend addresses.
-        # inet_pton takes exactly what ipaddress takes (four decimal octets,
-        # no leading zeros); anything it refuses gets the full parse below,
-        # and its error.
-        try:
-            packed = socket.inet_pton(socket.AF_INET, raw)
-        except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeError is one
-            pass
-        else:
-            if packed == b"\0\0\0\0" or 224 <= packed[0] <= 239:
+        # Anything inet_pton refuses gets the full parse below, and its error.
+        packed = ipv4_packed(raw)
+        if packed is not None:
+            if not usable_ipv4(packed):
                 raise InvalidState(field, f"{raw} cannot be used (unspecified or multicast)")
             return ipaddress.IPv4Address(packed)
     if "%" in raw:

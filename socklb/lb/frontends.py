@@ -8,14 +8,14 @@ the message (`services[2].frontends[0].address`).
 from __future__ import annotations
 
 import enum
-import socket
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from socklb.v1 import node_pb2, types_pb2
 
 from . import selection
-from .addresses import MAX_PORT, V4MAPPED, addr16, addr_text, check_port, join_host_port, parse_ip
+from .addresses import (MAX_PORT, V4MAPPED, addr16, addr_text, check_port, ipv4_packed, join_host_port,
+                        parse_ip, usable_ipv4)
 from .errors import InvalidState
 from .limits import MAGLEV_TABLE_SIZE, MAX_AFFINITY_SECONDS, MAX_BACKENDS, MAX_FRONTENDS, MAX_WEIGHT
 from .protocols import PROTOCOLS, name_of
@@ -160,20 +160,14 @@ def service_targets(svc: node_pb2.ServiceState, sf: str,
 
 
 _ACTIVE = BackendState.ACTIVE
-_NO_ADDRESS = b"\0\0\0\0"
 
 
 def _plain_ipv4(text: str) -> bytes | None:
-    """The 16 bytes of a usable IPv4 literal, read in C (exactly what
-    parse_ip's IPv4 path takes); None for anything else (IPv6, brackets,
-    0.0.0.0, multicast, no address), which parse_ip then reads or names."""
-    try:
-        packed = socket.inet_pton(socket.AF_INET, text)
-    except (OSError, ValueError):  # ValueError: an embedded NUL; UnicodeError is one
-        return None
-    if packed == _NO_ADDRESS or 224 <= packed[0] <= 239:
-        return None
-    return V4MAPPED + packed
+    """The 16 bytes of a usable IPv4 literal (exactly what parse_ip's IPv4
+    path takes); None for anything else (IPv6, brackets, 0.0.0.0,
+    multicast, no address), which parse_ip then reads or names."""
+    packed = ipv4_packed(text)
+    return V4MAPPED + packed if packed is not None and usable_ipv4(packed) else None
 
 
 def _backends(pbs, sf: str) -> list[tuple[bytes, int, BackendState, int]]:
